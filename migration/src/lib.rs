@@ -1,0 +1,16 @@
+//! Database migrations, shared by SQLite and PostgreSQL.
+//!
+//! Never edit a migration that has landed: add a new file and list it in [`Migrator`].
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_initial::Migration)]
+    }
+}

@@ -1,0 +1,113 @@
+//! Builds the application: connects and migrates the database, binds the listener, serves the
+//! router and runs the background workers until shutdown. Returns the bound address, so tests
+//! can start the real server on port 0 and talk HTTP to it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use sea_orm::DatabaseConnection;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Settings, db, http};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub settings: Arc<Settings>,
+    /// The base URL the gateway is reached at (for links and the demo page).
+    pub public_url: Arc<str>,
+}
+
+pub struct App {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Connects, migrates, binds and starts serving in the background.
+    pub async fn start(settings: Settings) -> anyhow::Result<App> {
+        let db = db::connect(&settings.database).await?;
+        db::migrate(&db).await?;
+        App::start_with(settings, db).await
+    }
+
+    /// Starts on an already connected and migrated database.
+    pub async fn start_with(settings: Settings, db: DatabaseConnection) -> anyhow::Result<App> {
+        crate::telemetry::init_metrics();
+        let listener = TcpListener::bind(settings.server.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
+        let addr = listener.local_addr()?;
+        let state = AppState { db, public_url: settings.public_url(addr).into(), settings: Arc::new(settings) };
+        let shutdown = CancellationToken::new();
+        let workers = crate::workers::spawn(&state, &shutdown);
+        let router = http::router(state.clone());
+        let token = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+        });
+        tracing::info!(%addr, "consentgate listening");
+        Ok(App { addr, state, shutdown, server, workers })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A handle that stops the app: no new connections, in-flight requests finish.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token fires, then waits up to the grace period for in-flight
+    /// requests and workers.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
+        let mut server = self.server;
+        tokio::select! {
+            result = &mut server => return Ok(result??),
+            _ = self.shutdown.cancelled() => {}
+        }
+        let drain = async {
+            let _ = server.await;
+            for w in self.workers {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(?grace, "shutdown grace period over; stopping with work in flight");
+        }
+        self.state.db.clone().close().await.ok();
+        Ok(())
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

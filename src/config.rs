@@ -1,0 +1,257 @@
+//! Typed configuration: defaults, then an optional TOML file, then `CONSENTGATE__…` environment
+//! variables (`CONSENTGATE__DATABASE__URL` overrides `database.url`). Unknown keys are errors, so
+//! a typo stops start-up with a message naming the key instead of being silently ignored.
+
+use std::{net::SocketAddr, path::Path};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+    pub geo: GeoSettings,
+    pub delivery: DeliverySettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on. Port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// Public base URL of the gateway, used in printed links and the demo page.
+    /// Empty: derived from `bind`.
+    pub public_url: String,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Header carrying the client IP when the gateway runs behind a proxy
+    /// (e.g. `X-Forwarded-For`; its first entry is used). Empty: the socket peer address.
+    /// Only set this behind a proxy that overwrites the header, or clients can forge their IP.
+    pub client_ip_header: String,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: String::new(),
+            max_body_bytes: 64 * 1024,
+            client_ip_header: String::new(),
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://consentgate.db?mode=rwc` (embedded default, file created on first start)
+    /// or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: "sqlite://consentgate.db?mode=rwc".into(), max_connections: 10 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A `tracing` filter, e.g. `info` or `consentgate=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Human }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoSettings {
+    /// Trusted header with the visitor's ISO 3166 country (e.g. `CF-IPCountry`). Empty: unused.
+    pub country_header: String,
+    /// Trusted header with the visitor's ISO 3166-2 subdivision (e.g. `X-Region` = `CA`),
+    /// so `US-CA` style regions can be matched. Empty: unused.
+    pub region_header: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// Run delivery workers in this process.
+    pub enabled: bool,
+    /// How often an idle worker looks for due deliveries, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Deliveries claimed per round.
+    pub batch_size: u64,
+    /// Requests in flight at once, per provider.
+    pub concurrency_per_provider: usize,
+    /// Timeout of one provider request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How long a claim is held before another worker may take it over, in seconds.
+    pub lease_secs: u64,
+    /// Attempts before a delivery is dead-lettered.
+    pub max_attempts: i32,
+    /// First retry delay, in milliseconds; doubles each attempt (full jitter).
+    pub backoff_base_ms: u64,
+    /// Upper bound of one retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Consecutive 401/403 answers that put a provider config in `error`.
+    pub auth_failures_before_error: u32,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval_ms: 500,
+            batch_size: 50,
+            concurrency_per_provider: 4,
+            request_timeout_ms: 10_000,
+            lease_secs: 60,
+            max_attempts: 12,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 3_600_000,
+            auth_failures_before_error: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads defaults, then `file` (which must exist when given explicitly), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("consentgate.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("consentgate.toml"))
+            }
+            None => {}
+        }
+        Self::from_figment(figment.merge(Env::prefixed("CONSENTGATE__").split("__")))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|e| {
+            // figment's own message names the key ("for key `default.server.bind`"); keep each
+            // error on its own line so several mistakes are all reported.
+            ConfigError(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+        })?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError(format!(
+                "key `database.url`: expected a sqlite: or postgres:// URL, found {:?}",
+                redact_url(url)
+            )));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError("key `database.max_connections`: must be at least 1".into()));
+        }
+        if self.delivery.max_attempts < 1 {
+            return Err(ConfigError("key `delivery.max_attempts`: must be at least 1".into()));
+        }
+        if self.delivery.concurrency_per_provider == 0 {
+            return Err(ConfigError("key `delivery.concurrency_per_provider`: must be at least 1".into()));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError("key `server.max_body_bytes`: must be at least 1024".into()));
+        }
+        Ok(())
+    }
+
+    /// The base URL visitors and admins reach the gateway at.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        if self.server.public_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.server.public_url.trim_end_matches('/').to_string()
+        }
+    }
+}
+
+/// Hides a password in a database URL, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::from_figment(Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = from_toml("").unwrap();
+        assert!(s.database.url.starts_with("sqlite:"));
+        assert_eq!(s.server.bind.port(), 8080);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = from_toml("[server]\nbind = \"not an address\"").unwrap_err().to_string();
+        assert!(err.contains("server.bind"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = from_toml("[database]\nulr = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("ulr"), "{err}");
+    }
+
+    #[test]
+    fn an_unsupported_database_is_refused() {
+        let err = from_toml("[database]\nurl = \"mysql://root:pw@x/db\"").unwrap_err().to_string();
+        assert!(err.contains("database.url") && !err.contains("pw@"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let example = include_str!("../config.example.toml");
+        let s = from_toml(example).unwrap();
+        let d = Settings::default();
+        assert_eq!(serde_json::to_value(&s).unwrap(), serde_json::to_value(&d).unwrap());
+    }
+}

@@ -1,0 +1,45 @@
+//! Connecting to the database and migrating it. SQLite is the embedded default (a file in WAL
+//! mode, created on first start); PostgreSQL is for scale-out. Both run the same migrations.
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+
+use crate::config::{DatabaseSettings, redact_url};
+
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(settings.url.clone());
+    opts.max_connections(settings.max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        // sqlx logs every statement at INFO; statements are not what an operator wants to read.
+        .sqlx_logging(false);
+    let db = Database::connect(opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact_url(&settings.url)))?;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        // WAL lets readers proceed while the single writer commits; the busy timeout makes a
+        // writer wait for the lock instead of failing with SQLITE_BUSY under concurrent requests.
+        for pragma in [
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=NORMAL",
+        ] {
+            db.execute_unprepared(pragma).await?;
+        }
+    }
+    Ok(db)
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    Migrator::up(db, None).await?;
+    Ok(())
+}
+
+/// True when every known migration has been applied (for `/readyz`).
+pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, sea_orm::DbErr> {
+    Ok(Migrator::get_pending_migrations(db).await?.is_empty())
+}

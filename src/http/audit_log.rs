@@ -1,0 +1,52 @@
+//! `/v1/tenants/{tenant}/audit-log`: who changed which configuration or key, and when.
+
+use axum::{Json, extract::State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{
+    error::ApiResult,
+    extract::{ApiQuery, Reader},
+};
+use crate::{
+    app::AppState,
+    audit::{self, AuditEntry},
+};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_audit_log))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Page size, 1–500 (default 100).
+    limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    items: Vec<AuditEntry>,
+    next_cursor: Option<Uuid>,
+}
+
+/// The tenant's audit log, newest first.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/audit-log", tag = "audit",
+    params(("tenant" = String, Path), AuditQuery),
+    responses((status = 200, body = AuditPage)),
+    security(("bearer" = []))
+)]
+async fn list_audit_log(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<AuditPage>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let items = audit::list(&state.db, caller.tenant.id, q.cursor, limit).await?;
+    let next_cursor = (items.len() as u64 == limit).then(|| items.last().map(|e| e.id)).flatten();
+    Ok(Json(AuditPage { items, next_cursor }))
+}

@@ -1,0 +1,18 @@
+//! consentgate: a tenant-scoped consent management and analytics forwarding gateway.
+//!
+//! One event's way: `http` (extract key, parse body) → `ingest` (validate, enrich, idempotency)
+//! → `consent::decide` per provider config → one transaction (event, decisions, deliveries)
+//! → `outbox` workers → `providers::<p>` maps and classifies → usage and metrics.
+
+pub mod app;
+pub mod audit;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod telemetry;
+pub mod tenants;
+pub mod tokens;
+pub mod workers;

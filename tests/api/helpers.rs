@@ -1,0 +1,209 @@
+#![allow(dead_code)] // each test module uses a different subset of the fixtures
+//! Test fixtures: the real app on a random 127.0.0.1 port against a fresh database — a SQLite
+//! file in a temp dir by default, or a fresh PostgreSQL database on the server named by
+//! `TEST_DATABASE_URL` (dropped again when the test ends).
+
+use consentgate::{
+    app::App,
+    config::Settings,
+    tenants::{self, TenantSlug},
+    tokens::{self, Role},
+};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+pub struct TestApp {
+    pub app: App,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: DatabaseConnection,
+    /// A tenant created for the test, with an admin and an auditor token.
+    pub tenant: String,
+    pub admin: String,
+    pub auditor: String,
+    _database: TestDatabase,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app with settings adjusted by `configure` (bind, database and delivery timing are
+/// already set for tests).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        consentgate::telemetry::init_logging(&Default::default());
+    }
+    let database = TestDatabase::create().await;
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.server.shutdown_grace_secs = 2;
+    settings.database.url = database.url.clone();
+    settings.database.max_connections = 5;
+    settings.delivery.poll_interval_ms = 50;
+    settings.delivery.backoff_base_ms = 50;
+    settings.delivery.backoff_max_ms = 400;
+    settings.delivery.request_timeout_ms = 2_000;
+    configure(&mut settings);
+    let app = App::start(settings).await.expect("app starts");
+    let db = app.state.db.clone();
+    let base = app.base_url();
+    let mut test = TestApp {
+        app,
+        base,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        db,
+        tenant: String::new(),
+        admin: String::new(),
+        auditor: String::new(),
+        _database: database,
+    };
+    let (tenant, admin, auditor) = test.create_tenant("acme").await;
+    test.tenant = tenant;
+    test.admin = admin;
+    test.auditor = auditor;
+    test
+}
+
+impl TestApp {
+    /// Creates a tenant with an admin and an auditor token, as the CLI does.
+    pub async fn create_tenant(&self, slug: &str) -> (String, String, String) {
+        let tenant = tenants::create(&self.db, &TenantSlug::parse(slug).unwrap(), slug).await.unwrap();
+        let (_, admin) = tokens::create(&self.db, tenant.id, Role::Admin, "test admin").await.unwrap();
+        let (_, auditor) = tokens::create(&self.db, tenant.id, Role::Auditor, "test auditor").await.unwrap();
+        (tenant.slug, admin.expose_secret().to_string(), auditor.expose_secret().to_string())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `path` below `/v1/tenants/{tenant}` of the test's tenant.
+    pub fn tenant_url(&self, path: &str) -> String {
+        format!("{}/v1/tenants/{}{}", self.base, self.tenant, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Sends a JSON request with a bearer token and returns the status and the JSON body
+    /// (`Value::Null` for an empty body).
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.request(method, path, token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        send(req).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, token, None).await
+    }
+}
+
+pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
+    let res = req.send().await.expect("request reaches the app");
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text}"))
+    };
+    (status, body)
+}
+
+/// Asserts a JSON error response: status, code and (when given) the field it names.
+#[track_caller]
+pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
+    assert_eq!(got.0, status, "body: {}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "body: {}", got.1);
+    if let Some(f) = field {
+        assert_eq!(got.1["error"]["field"], f, "body: {}", got.1);
+    }
+    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", got.1);
+}
+
+/// Polls `check` until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "condition not met within {secs}s");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Which backend the suite runs on, for messages.
+pub fn backend() -> &'static str {
+    if std::env::var("TEST_DATABASE_URL").is_ok() { "postgres" } else { "sqlite" }
+}
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(server) => {
+                let name = format!("cgtest_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&server)
+                    .await
+                    .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+                admin.close().await.ok();
+                let mut url = url::Url::parse(&server).unwrap();
+                url.set_path(&name);
+                TestDatabase { url: url.to_string(), _dir: None, pg: Some((server, name)) }
+            }
+            Err(_) => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                TestDatabase { url, _dir: Some(dir), pg: None }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.pg.take() {
+            // Drop runs inside the test's runtime; use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(db) = Database::connect(&server).await {
+                        let _ = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                        db.close().await.ok();
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}

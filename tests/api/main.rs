@@ -1,0 +1,6 @@
+//! Integration tests: the real app over HTTP, on SQLite by default and on PostgreSQL when
+//! `TEST_DATABASE_URL` is set. One binary, one module per area.
+
+mod helpers;
+
+mod foundation;
