@@ -549,6 +549,8 @@ mod tests {
     const ANALYTICS_ONLY: Choices = Choices { functional: false, analytics: true, marketing: false };
 
     /// (scenario, policy, record, signals, provider, expected decision)
+    type Case<'a> = (&'a str, Option<&'a ConsentPolicy>, Option<&'a RecordView>, Signals, ProviderPolicy, Decision);
+
     #[test]
     fn decisions() {
         use Identity::*;
@@ -577,7 +579,7 @@ mod tests {
         let deny = |reason: &str| Decision::Deny { reason: reason.into() };
 
         #[rustfmt::skip]
-        let cases: Vec<(&str, Option<&ConsentPolicy>, Option<&RecordView>, Signals, ProviderPolicy, Decision)> = vec![
+        let cases: Vec<Case> = vec![
             ("accept all, consent region", Some(&p), Some(&accepted), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
             ("reject all sends nothing to ga4", Some(&p), Some(&rejected), from("SE"), ga4, deny("denied:rejected")),
             ("reject all: plausible anonymous", Some(&p), Some(&rejected), from("SE"), plausible, allow(Anonymous, "anonymous:rejected")),
