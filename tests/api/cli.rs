@@ -81,3 +81,55 @@ async fn migrate_applies_everything_from_empty_and_rolls_back() {
     assert!(Migrator::get_pending_migrations(&conn).await.unwrap().is_empty());
     conn.close().await.unwrap();
 }
+
+/// Tokens are secrets: the running server must never write one to its log, even at the most
+/// verbose level, whether the token is valid, revoked or wrong.
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    use std::{io::BufRead, process::Stdio};
+
+    let db = TestDatabase::create().await;
+    let out = consentgate(&db.url).args(["tenant", "create", "log-check"]).output().unwrap();
+    let token =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["admin_token"].as_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = consentgate(&db.url)
+        .env("RUST_LOG", "trace")
+        .env("CONSENTGATE__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("CONSENTGATE__LOG__FORMAT", "json")
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let tokens = format!("{base}/v1/tenants/log-check/tokens");
+    crate::helpers::eventually(20, || async { http.get(format!("{base}/healthz")).send().await.ok().map(|_| ()) })
+        .await;
+    let wrong = "cg_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let created: serde_json::Value = http
+        .post(&tokens)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "n", "role": "auditor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_secret = created["secret"].as_str().unwrap().to_string();
+    for t in [token.as_str(), wrong, new_secret.as_str()] {
+        let _ = http.get(&tokens).bearer_auth(t).send().await.unwrap();
+    }
+    let _ = http.get(format!("{base}/v1/tenants/other/tokens")).bearer_auth(&token).send().await.unwrap();
+    server.kill().unwrap();
+    let log: Vec<String> =
+        std::io::BufReader::new(server.stderr.take().unwrap()).lines().map_while(Result::ok).collect();
+    assert!(log.len() > 5, "the server logged: {log:?}");
+    let log = log.join("\n");
+    assert!(log.contains("/v1/tenants/log-check/tokens"), "requests were logged");
+    for secret in [&token[3..], &wrong[3..], &new_secret[3..]] {
+        assert!(!log.contains(secret), "a token reached the log");
+    }
+}
