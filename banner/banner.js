@@ -3,7 +3,7 @@
 // inline handlers, no innerHTML; config texts only ever become text nodes. Whole-line comments
 // and indentation are stripped when served (README.md), so they cost nothing.
 const C = CG_CONFIG, K = C.categories, B = C.banner, T = C.texts, w = window, d = document, n = navigator, now = Date.now;
-const S = d.currentScript || d.querySelector('script[src*="/banner.js"]'), ds = S.dataset;
+const S = d.currentScript, ds = S.dataset;
 // https://gw/v1/tenants/{t}: the API lives where the script came from.
 const API = S.src.replace(/\/banner\.js.*/, '');
 const O = ['functional', 'analytics', 'marketing'], CATS = ['necessary', ...O].filter(k => K[k] && K[k].enabled != 0);
@@ -36,7 +36,7 @@ gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}, { wait_fo
 // The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie (so the
 // site's server can read it too) and localStorage. A valid one decides without any request.
 let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2] || '') || ls('cg_consent')) } catch (e) {}
-const valid = s => s?.choices && s.rev >= (C.reconsent_revision || 0) && s.exp > now() && (!s.cfg || s.cfg == C.config_id);
+const valid = s => s?.choices && s.rev >= (C.reconsent_revision || 0) && s.exp > now() && s.cfg == C.config_id;
 const save = s => {
   d.cookie = `cg_consent=${encodeURIComponent(s = JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
   ls('cg_consent', s);

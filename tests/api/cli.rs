@@ -124,6 +124,7 @@ async fn secrets_never_reach_the_log() {
     }
     let _ = http.get(format!("{base}/v1/tenants/other/tokens")).bearer_auth(&token).send().await.unwrap();
     server.kill().unwrap();
+    server.wait().unwrap();
     let log: Vec<String> =
         std::io::BufReader::new(server.stderr.take().unwrap()).lines().map_while(Result::ok).collect();
     assert!(log.len() > 5, "the server logged: {log:?}");
