@@ -257,7 +257,7 @@ export async function visitor(browser, { locale = 'en-US', headers, viewport = {
   if (init) await context.addInitScript(init);
   const page = await context.newPage();
   const requests = [];
-  page.on('request', (r) => requests.push({ method: r.method(), url: r.url(), body: r.postData(), headers: r.headers() }));
+  page.on('request', (r) => requests.push({ method: r.method(), url: r.url(), body: r.postData(), headers: r.headers(), type: r.resourceType() }));
   const errors = [];
   page.on('pageerror', (e) => errors.push(e));
   return { context, page, requests, errors };
