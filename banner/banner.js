@@ -20,7 +20,8 @@ const tx = k => T[L]?.[k] || T[C.default_language]?.[k] || DEF[k] || '';
 const ctx = (k, f, g) => T[L]?.categories?.[k]?.[f] || K[k][g] || '';
 
 // Signals. GPC always denies marketing (CCPA regs § 7025); with respect_do_not_track, DNT or GPC
-// deny every non-necessary category. The gateway's view of the headers is merged in later.
+// deny every non-necessary category. The browser's own view is enough: it sends the same
+// signals as DNT / Sec-GPC headers, and the gateway enforces them on every event anyway.
 const sig = { gpc: n.globalPrivacyControl, dnt: n.doNotTrack == 1 };
 const blocked = k => k != 'necessary' && (C.respect_do_not_track && (sig.dnt || sig.gpc) || sig.gpc && k == 'marketing');
 const eff = c => { const o = { necessary: true }; for (const k of O) o[k] = !!c?.[k] && CATS.includes(k) && !blocked(k); return o };
@@ -161,7 +162,6 @@ const api = w.consentgate = {
 
 if (valid(st)) apply(st);
 else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r => {
-  sig.dnt ||= r.signals?.dnt; sig.gpc ||= r.signals?.gpc;
   const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, exp: Date.parse(r.expires_at) };
   if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
   // Unknown region (or no answer) counts as consent required.
@@ -177,7 +177,7 @@ let ref = d.referrer, last, timer, tries = 0;
 function track(event_name, event_properties = {}) {
   if (!ds.key) return;
   Q.push({ event_name, event_properties, anonymous_id: vid, page_url: red(location.href), referrer: red(ref) || undefined, title: d.title,
-    language: n.language, occurred_at: new Date().toISOString(), idempotency_key: uuid() });
+    occurred_at: new Date().toISOString(), idempotency_key: uuid() });
   Q.splice(0, Q.length - 50);
   timer ||= setTimeout(flush, 200);
 }
@@ -204,7 +204,6 @@ if (!('noPageview' in ds)) {
   pv();
 }
 d.addEventListener('click', e => {
-  const a = e.target.closest?.('a[href],[data-consentgate-settings]');
-  if (a?.matches('[data-consentgate-settings]')) e.preventDefault(), api.showPreferences();
-  else if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
+  const a = e.target.closest?.('a[href]');
+  if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
 }, true);
