@@ -1,7 +1,8 @@
 // consentgate banner: consent UI and a small tracker. templates/banner.js.tera wraps this file in
 // an IIFE defining CG_CONFIG (banner config) and CG_CSS (banner.css). CSP-friendly: no eval, no
-// inline handlers, no innerHTML; config texts only ever become text nodes. Whole-line comments
-// and indentation are stripped when served (README.md), so they cost nothing.
+// inline handlers, no innerHTML; config texts only ever become text nodes. The gateway serves
+// dist/banner.min.js, built from this file by build.mjs (README.md): comments cost nothing, but
+// every feature counts against the 6 KB gzip budget.
 const C = CG_CONFIG, K = C.categories, B = C.banner, T = C.texts, w = window, d = document, n = navigator, now = Date.now;
 const S = d.currentScript, ds = S.dataset;
 // https://gw/v1/tenants/{t}: the API lives where the script came from.
@@ -100,7 +101,7 @@ function show(required) {
   // No pre-ticked boxes where consent is required (CJEU C-673/17 Planet49).
   init = eff(!required && pre);
   ready(() => {
-    mount(); bn?.remove();
+    mount();
     root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1, lang: L },
       h('div', { className: 'tx' }, h('h2', { id: 't' }, tx('title')), h('p', { id: 'd' }, tx('body')),
         ...['privacy', 'cookie'].filter(k => /^https?:/.test(C[k + '_policy_url'])).map(k => h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')))),
@@ -112,7 +113,7 @@ function show(required) {
 
 function hide() {
   mount(); bn?.remove();
-  'noSettingsButton' in ds || (fab ||= root.appendChild(btn('settings', () => api.showPreferences(), 'fab'))).removeAttribute('hidden');
+  'noSettingsButton' in ds || fab || root.append(fab = btn('settings', () => api.showPreferences(), 'fab'));
 }
 
 // Preferences: a modal <dialog> (Esc closes it) with one switch per category and a focus trap.
