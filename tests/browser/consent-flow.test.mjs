@@ -151,8 +151,12 @@ describe('decisions', () => {
     assert.equal(await u.toggle(/Analytics/).isChecked(), true);
     await page.keyboard.press('Escape');
     await u.dialog.waitFor({ state: 'detached' });
-    // Withdrawal: as easy as consent; scripts that ran cannot be stopped, so the page reloads.
+    // Withdrawal: as easy as consent; scripts that ran cannot be stopped, so the page reloads,
+    // and the cookies of the withdrawn categories are deleted.
+    await context.addCookies(['_ga', '_fbp'].map((name) => ({ name, value: '1', url: site.origin })));
     await Promise.all([page.waitForEvent('load'), page.evaluate(() => window.consentgate.withdraw())]);
+    const names = (await context.cookies(site.origin)).map((c) => c.name);
+    assert.ok(!names.includes('_ga') && !names.includes('_fbp'), `cookies deleted: ${names}`);
     const rec = await latestRecord(page, 'withdraw');
     assert.deepEqual({ ...rec.choices }, { necessary: true, functional: false, analytics: false, marketing: false });
     await u.settings.waitFor();
