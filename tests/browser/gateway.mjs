@@ -155,13 +155,18 @@ export class Tenant {
     return [...items].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
   }
 
-  /** Polls until the visitor's newest record has `action` (decisions are posted asynchronously). */
+  /**
+   * Polls until the visitor has a record with `action` (decisions are posted asynchronously) and
+   * returns the newest such record. Matching on the action keeps this independent of the order
+   * the API lists records in and of timestamps that tie within a second.
+   */
   async waitForRecord(visitorId, action, timeout = 10000) {
     const until = Date.now() + timeout;
     for (;;) {
-      const [latest] = await this.records(visitorId);
-      if (latest?.action === action) return latest;
-      if (Date.now() > until) throw new Error(`no ${action} record for visitor ${visitorId}; newest: ${JSON.stringify(latest)}`);
+      const all = await this.records(visitorId);
+      const found = all.find((r) => r.action === action);
+      if (found) return found;
+      if (Date.now() > until) throw new Error(`no ${action} record for visitor ${visitorId}; records: ${JSON.stringify(all)}`);
       await sleep(100);
     }
   }
