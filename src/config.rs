@@ -17,6 +17,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub log: LogSettings,
     pub geo: GeoSettings,
+    pub consent: ConsentSettings,
     pub delivery: DeliverySettings,
 }
 
@@ -95,6 +96,23 @@ pub struct GeoSettings {
     /// Trusted header with the visitor's ISO 3166-2 subdivision (e.g. `X-Region` = `CA`),
     /// so `US-CA` style regions can be matched. Empty: unused.
     pub region_header: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentSettings {
+    /// Consent writes (`POST`/`DELETE …/consent`) accepted per client IP (IPv6: per /64) and
+    /// tenant per minute, with bursts up to the same number. The consent routes are public, so
+    /// this bounds how fast one client can grow the hash chain. 0 disables the limit. The count is
+    /// kept in memory per instance: behind a proxy set `server.client_ip_header`, or every visitor
+    /// shares the proxy's budget.
+    pub writes_per_minute_per_ip: u32,
+}
+
+impl Default for ConsentSettings {
+    fn default() -> Self {
+        Self { writes_per_minute_per_ip: 120 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
