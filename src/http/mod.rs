@@ -4,6 +4,7 @@
 //! under the very path its annotation documents).
 
 mod audit_log;
+mod consent_configs;
 pub mod error;
 pub mod extract;
 mod health;
@@ -57,6 +58,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(tokens::router())
         .merge(audit_log::router())
+        .merge(consent_configs::router())
         .routes(routes!(openapi_json))
 }
 
