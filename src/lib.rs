@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod geo;
 pub mod http;
 pub mod telemetry;
 pub mod tenants;

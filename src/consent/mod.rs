@@ -1,7 +1,14 @@
-//! Consent: the tenant's cookie consent configs, the visitors' consent records with their hash
-//! chain (proof of consent, GDPR Art. 7(1)), and the regions where consent is required.
+//! Consent: the pure decision engine (`decide`), and — around it — consent configuration,
+//! consent records and their proof (the hash chain, GDPR Art. 7(1)), and the regions where
+//! consent is required.
 
 pub mod canonical;
 pub mod config;
+mod decide;
 pub mod geo;
 pub mod origins;
+
+pub use decide::{
+    Action, Category, Choices, ConsentPolicy, Decision, Effective, Identity, ProviderPolicy, ProviderStatus,
+    RecordView, RequiredCategory, Signals, Undecided, consent_required, decide, effective,
+};
