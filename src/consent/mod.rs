@@ -3,11 +3,14 @@
 //! consent is required.
 
 pub mod canonical;
+pub mod chain;
 pub mod config;
 mod decide;
-pub mod geo;
 pub mod origins;
+pub mod records;
+pub mod regions;
 
+pub use config::store::policy_for;
 pub use decide::{
     Action, Category, Choices, ConsentPolicy, Decision, Effective, Identity, ProviderPolicy, ProviderStatus,
     RecordView, RequiredCategory, Signals, Undecided, consent_required, decide, effective,

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use validator::Validate;
 
 use crate::{
-    consent::{geo::RegionCode, origins::OriginPattern},
+    consent::{origins::OriginPattern, regions::RegionCode},
     error::{Error, Result, validation_problems},
 };
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use entity::{consent_config_revision as revision, cookie_consent_config as config};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, ModelTrait,
-    QueryFilter, QueryOrder, Set,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -26,7 +26,9 @@ use super::{
     spec::{ConfigSpec, Status},
 };
 use crate::{
-    audit, db,
+    audit,
+    consent::{Choices, ConsentPolicy},
+    db,
     error::{Error, Result},
 };
 
@@ -526,6 +528,51 @@ pub async fn active(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option
         return Ok(None);
     };
     published_of(db, m).await
+}
+
+/// The id of the tenant's active config (one cheap indexed lookup).
+pub async fn active_id(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<Uuid>> {
+    Ok(config::Entity::find()
+        .select_only()
+        .column(config::Column::Id)
+        .filter(config::Column::TenantId.eq(tenant_id))
+        .filter(config::Column::Status.eq(Status::Active.as_str()))
+        .into_tuple::<Uuid>()
+        .one(db)
+        .await?)
+}
+
+impl Published {
+    /// What the decision engine applies: the published snapshot with the row's revision numbers.
+    pub fn policy(&self) -> ConsentPolicy {
+        let c = &self.spec.categories;
+        let enabled = Choices {
+            functional: c.functional.enabled,
+            analytics: c.analytics.enabled,
+            marketing: c.marketing.enabled,
+        };
+        let defaults = Choices {
+            functional: c.functional.default_accepted,
+            analytics: c.analytics.default_accepted,
+            marketing: c.marketing.default_accepted,
+        };
+        ConsentPolicy {
+            expiry_days: self.spec.consent_expiry_days.clamp(1, 730) as u32,
+            geo_targeting_enabled: self.spec.geo_targeting_enabled,
+            consent_required_regions: self.spec.consent_required_regions.iter().map(|r| r.to_string()).collect(),
+            respect_do_not_track: self.spec.respect_do_not_track,
+            enabled,
+            default_accepted: defaults.and(enabled),
+            revision: self.config.revision,
+            reconsent_revision: self.config.reconsent_revision,
+        }
+    }
+}
+
+/// The consent policy of the tenant's active config, for the decision engine; `None` when the
+/// tenant has no active config (then nothing optional is granted).
+pub async fn policy_for(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<ConsentPolicy>> {
+    Ok(active(db, tenant_id).await?.map(|p| p.policy()))
 }
 
 /// The config visitors of the tenant deal with: the active one, else the most recently paused

@@ -1,6 +1,5 @@
-//! Regions: the ISO 3166 codes a config names as consent-required, and the country a request
-//! comes from. The country itself is taken from the operator's trusted header by the `Visitor`
-//! extractor; a GeoIP database is not part of this module.
+//! Regions: the ISO 3166 codes a config names as consent-required, and which country codes a
+//! request may carry. Locating the visitor (trusted header, GeoIP file) is `crate::geo`'s job.
 //!
 //! An unknown country (no header, or a placeholder such as Cloudflare's `XX` / `T1`) counts as a
 //! consent-required region: the gateway cannot show that GDPR does *not* apply, so it asks.
