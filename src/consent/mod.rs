@@ -6,9 +6,11 @@ pub mod canonical;
 pub mod chain;
 pub mod config;
 mod decide;
+pub mod export;
 pub mod origins;
 pub mod records;
 pub mod regions;
+pub mod visitors;
 
 pub use config::store::policy_for;
 pub use decide::{

@@ -276,7 +276,6 @@ impl From<consent_record::Model> for RecordItem {
 
 /// Which records an auditor asks for. Every given condition must hold.
 #[derive(Clone, Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RecordFilter {
     /// Records of this visitor id (erased records no longer carry it; use `visitor_hash`).
