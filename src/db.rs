@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -58,7 +58,10 @@ pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, sea_orm::DbErr
 /// SQLite: `BEGIN IMMEDIATE`, which takes the database's single write lock up front (SQLite
 /// serialises all writers anyway; a deferred transaction that read first would instead fail
 /// with `SQLITE_BUSY` when it tries to write after another writer committed).
-pub async fn begin_tenant_write(db: &DatabaseConnection, tenant_id: Uuid) -> Result<DatabaseTransaction, sea_orm::DbErr> {
+pub async fn begin_tenant_write(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+) -> Result<DatabaseTransaction, sea_orm::DbErr> {
     match db.get_database_backend() {
         DbBackend::Sqlite => {
             db.begin_with_options(TransactionOptions {

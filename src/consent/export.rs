@@ -67,16 +67,9 @@ pub const CSV_COLUMNS: [&str; 23] = [
 
 /// One CSV cell: formula-neutralised, then quoted when needed.
 pub fn csv_cell(value: &str) -> String {
-    let neutral = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_string()
-    };
-    if neutral.contains(['"', ',', '\n', '\r']) {
-        format!("\"{}\"", neutral.replace('"', "\"\""))
-    } else {
-        neutral
-    }
+    let neutral =
+        if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}") } else { value.to_string() };
+    if neutral.contains(['"', ',', '\n', '\r']) { format!("\"{}\"", neutral.replace('"', "\"\"")) } else { neutral }
 }
 
 fn csv_line<'a>(cells: impl IntoIterator<Item = &'a str>) -> String {

@@ -23,7 +23,9 @@ pub struct OriginPattern {
 impl OriginPattern {
     pub fn parse(s: &str) -> Result<Self, String> {
         let err = || {
-            format!("{s:?} is not an origin: expected scheme://host[:port] such as \"https://example.com\" or \"https://*.example.com\"")
+            format!(
+                "{s:?} is not an origin: expected scheme://host[:port] such as \"https://example.com\" or \"https://*.example.com\""
+            )
         };
         let trimmed = s.trim().strip_suffix('/').unwrap_or(s.trim());
         let (scheme, rest) = trimmed.split_once("://").ok_or_else(err)?;

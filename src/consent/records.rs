@@ -298,7 +298,12 @@ pub struct RecordFilter {
 }
 
 impl RecordFilter {
-    fn apply(&self, tenant: &tenant::Model, backend: DbBackend, mut q: Select<consent_record::Entity>) -> Select<consent_record::Entity> {
+    fn apply(
+        &self,
+        tenant: &tenant::Model,
+        backend: DbBackend,
+        mut q: Select<consent_record::Entity>,
+    ) -> Select<consent_record::Entity> {
         use consent_record::Column as C;
         q = q.filter(C::TenantId.eq(tenant.id));
         if let Some(v) = &self.visitor_id {

@@ -60,7 +60,9 @@ impl RegionCode {
             None => (code.as_str(), None),
         };
         if !is_country(country) {
-            return Err(format!("{s:?} is not an ISO 3166-1 alpha-2 country code (e.g. \"SE\") or subdivision (\"US-CA\")"));
+            return Err(format!(
+                "{s:?} is not an ISO 3166-1 alpha-2 country code (e.g. \"SE\") or subdivision (\"US-CA\")"
+            ));
         }
         if let Some(sub) = sub
             && !((1..=3).contains(&sub.len()) && sub.bytes().all(|b| b.is_ascii_alphanumeric()))

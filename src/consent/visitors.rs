@@ -87,10 +87,9 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
         Action::AcceptAll => enabled,
         Action::RejectAll | Action::Withdraw => Choices::none(),
         // A category the config does not offer cannot have been chosen.
-        Action::Custom => s
-            .choices
-            .ok_or_else(|| Error::validation("choices", "required for action custom"))?
-            .and(enabled),
+        Action::Custom => {
+            s.choices.ok_or_else(|| Error::validation("choices", "required for action custom"))?.and(enabled)
+        }
     };
     let language = shown_language(&p, s.language.as_deref())?;
     let source = match s.source {

@@ -156,8 +156,11 @@ async fn publish_config(
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
     body: Bytes,
 ) -> ApiResult<Json<ConfigView>> {
-    let req: PublishRequest =
-        if body.iter().all(u8::is_ascii_whitespace) { PublishRequest { requires_reconsent: false } } else { parse_json(&body)? };
+    let req: PublishRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PublishRequest { requires_reconsent: false }
+    } else {
+        parse_json(&body)?
+    };
     Ok(Json(store::publish(&state.db, caller.tenant.id, id, &caller.actor(), req.requires_reconsent).await?))
 }
 

@@ -36,8 +36,18 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 /// Query parameters of the filter, so a misspelt one (`analytic=true`) is refused instead of
 /// silently widening an auditor's result.
-const FILTER_KEYS: [&str; 10] =
-    ["visitor_id", "visitor_hash", "from", "to", "action", "functional", "analytics", "marketing", "revision", "config_id"];
+const FILTER_KEYS: [&str; 10] = [
+    "visitor_id",
+    "visitor_hash",
+    "from",
+    "to",
+    "action",
+    "functional",
+    "analytics",
+    "marketing",
+    "revision",
+    "config_id",
+];
 
 fn check_keys(query: Option<&str>, extra: &[&str]) -> ApiResult<()> {
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {

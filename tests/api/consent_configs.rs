@@ -40,8 +40,12 @@ async fn a_new_config_is_a_draft_with_defaults_for_what_was_left_out() {
     assert!(created["published_at"].is_null() && created["unpublished_changes"] == true);
     assert_eq!(created["warnings"], json!([]));
     assert_eq!(created["consent_expiry_days"], 180);
-    assert_eq!((created["geo_targeting_enabled"].as_bool(), created["respect_do_not_track"].as_bool()), (Some(true), Some(true)));
-    let regions: Vec<&str> = created["consent_required_regions"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert_eq!(
+        (created["geo_targeting_enabled"].as_bool(), created["respect_do_not_track"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let regions: Vec<&str> =
+        created["consent_required_regions"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
     for r in ["DE", "SE", "NO", "IS", "LI", "GB", "CH", "US-CA"] {
         assert!(regions.contains(&r), "{r} missing from default regions");
     }
@@ -166,7 +170,8 @@ async fn patch_merges_validates_and_keeps_what_it_does_not_mention() {
 
     let got = app.patch(&p, &app.admin, json!(["not", "an", "object"])).await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", None);
-    let got = app.patch(&format!("{}/{}", app.consent_configs_path(), uuid::Uuid::now_v7()), &app.admin, json!({})).await;
+    let got =
+        app.patch(&format!("{}/{}", app.consent_configs_path(), uuid::Uuid::now_v7()), &app.admin, json!({})).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
 }
 
@@ -196,7 +201,10 @@ async fn publishing_creates_immutable_revisions() {
     assert_eq!(s, StatusCode::OK);
     let revisions = revisions.as_array().unwrap();
     assert_eq!(revisions.len(), 2);
-    assert_eq!((revisions[0]["revision"].as_i64(), revisions[0]["requires_reconsent"].as_bool()), (Some(2), Some(true)));
+    assert_eq!(
+        (revisions[0]["revision"].as_i64(), revisions[0]["requires_reconsent"].as_bool()),
+        (Some(2), Some(true))
+    );
     assert_eq!(revisions[1]["requires_reconsent"], false);
     assert_eq!(revisions[0]["snapshot"]["texts"]["en"]["title"], "Your privacy");
     assert!(revisions[0]["published_by"].as_str().unwrap().starts_with("token:"));
@@ -241,7 +249,12 @@ async fn status_changes_follow_the_lifecycle() {
 
     // Decommissioned is final: no status change, no edit, no publish.
     assert_error(&app.patch(&p, &app.admin, status("active")).await, StatusCode::CONFLICT, "conflict", None);
-    assert_error(&app.patch(&p, &app.admin, json!({"display_name": "x"})).await, StatusCode::CONFLICT, "conflict", None);
+    assert_error(
+        &app.patch(&p, &app.admin, json!({"display_name": "x"})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
     let publish = app.post(&format!("{p}/publish"), &app.admin, json!({})).await;
     assert_error(&publish, StatusCode::CONFLICT, "conflict", None);
 }
@@ -258,17 +271,14 @@ async fn publishing_another_config_pauses_the_active_one() {
     assert_eq!((status(a.clone()).await, status(b.clone()).await), (json!("paused"), json!("active")));
 
     // Re-activating A pauses B: never two active configs.
-    let (s, _) = app.patch(&format!("{}/{a}", app.consent_configs_path()), &app.admin, json!({"status": "active"})).await;
+    let (s, _) =
+        app.patch(&format!("{}/{a}", app.consent_configs_path()), &app.admin, json!({"status": "active"})).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!((status(a.clone()).await, status(b.clone()).await), (json!("active"), json!("paused")));
 
     let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
-    let pauses: Vec<&Value> = log["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "cookie_consent_config.pause")
-        .collect();
+    let pauses: Vec<&Value> =
+        log["items"].as_array().unwrap().iter().filter(|e| e["action"] == "cookie_consent_config.pause").collect();
     assert_eq!(pauses.len(), 2, "{log}");
     assert_eq!(pauses[0]["entity_id"], json!(b));
     assert_eq!(pauses[0]["after"]["status"], "paused");
@@ -304,7 +314,8 @@ async fn every_config_change_is_in_the_audit_log() {
     app.delete(&p, &app.admin).await;
 
     let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
-    let entries: Vec<&Value> = log["items"].as_array().unwrap().iter().filter(|e| e["entity_id"] == created["id"]).collect();
+    let entries: Vec<&Value> =
+        log["items"].as_array().unwrap().iter().filter(|e| e["entity_id"] == created["id"]).collect();
     let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(
         actions,
@@ -317,7 +328,10 @@ async fn every_config_change_is_in_the_audit_log() {
         ]
     );
     let update = entries[3];
-    assert_eq!((update["before"]["display_name"].as_str(), update["after"]["display_name"].as_str()), (Some("Shop"), Some("Renamed")));
+    assert_eq!(
+        (update["before"]["display_name"].as_str(), update["after"]["display_name"].as_str()),
+        (Some("Shop"), Some("Renamed"))
+    );
     assert!(update["actor"].as_str().unwrap().starts_with("token:"));
     let publish = entries[2];
     assert_eq!((publish["before"]["revision"].as_i64(), publish["after"]["revision"].as_i64()), (Some(0), Some(1)));
@@ -382,7 +396,14 @@ async fn the_banner_config_and_the_policy_come_from_the_published_revision() {
     assert_eq!(banner["consent_required_regions"], json!(["SE", "US-CA"]));
     let cats: Vec<&String> = banner["categories"].as_object().unwrap().keys().collect();
     assert_eq!(cats, ["analytics", "functional", "necessary"], "only enabled categories");
-    for key in ["banner", "default_language", "privacy_policy_url", "cookie_policy_url", "respect_do_not_track", "geo_targeting_enabled"] {
+    for key in [
+        "banner",
+        "default_language",
+        "privacy_policy_url",
+        "cookie_policy_url",
+        "respect_do_not_track",
+        "geo_targeting_enabled",
+    ] {
         assert!(banner.get(key).is_some(), "{key} missing");
     }
 

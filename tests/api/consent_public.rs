@@ -39,7 +39,10 @@ async fn a_visitor_accepts_all_from_the_banner() {
         .header("origin", SITE)
         .header("content-type", "text/plain;charset=UTF-8")
         .header("user-agent", "Mozilla/5.0 (test)")
-        .body(json!({"visitor_id": visitor, "action": "accept_all", "revision": 1, "language": "sv", "source": "banner"}).to_string())
+        .body(
+            json!({"visitor_id": visitor, "action": "accept_all", "revision": 1, "language": "sv", "source": "banner"})
+                .to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -87,7 +90,10 @@ async fn the_server_issues_a_visitor_id_when_none_is_given() {
     let id = uuid::Uuid::parse_str(body["visitor_id"].as_str().unwrap()).unwrap();
     assert_eq!(id.get_version_num(), 4);
     assert!(cookie.starts_with(&format!("cg_vid={id};")));
-    assert_eq!(body["choices"], json!({"necessary": true, "functional": false, "analytics": false, "marketing": false}));
+    assert_eq!(
+        body["choices"],
+        json!({"necessary": true, "functional": false, "analytics": false, "marketing": false})
+    );
 
     // A server-side caller that holds the cookie is recognised by it.
     let (s, again) = send(
@@ -134,11 +140,17 @@ async fn bad_input_is_refused_clearly() {
         (json!({"visitor_id": "v", "action": "accept_all", "revision": 1, "source": "Banner <b>"}), "source"),
     ];
     for (body, field) in table {
-        assert_error(&app.record_consent(body).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
+        assert_error(
+            &app.record_consent(body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(field),
+        );
     }
     let got = send(app.public(Method::GET, &format!("{}/a%20b", consent_path(&app)))).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", Some("visitor_id"));
-    let got = send(app.public(Method::POST, &consent_path(&app)).header("content-type", "text/plain").body("{oops")).await;
+    let got =
+        send(app.public(Method::POST, &consent_path(&app)).header("content-type", "text/plain").body("{oops")).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", None);
     let got = send(app.public(Method::GET, "/v1/tenants/no-such-tenant/consent/v1")).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
@@ -158,7 +170,8 @@ async fn a_stale_revision_is_refused_but_withdrawal_never_is() {
     // Withdrawing from a banner that still shows revision 1 works, recorded under revision 1.
     let (s, body) = app.record_consent(json!({"visitor_id": "v1", "action": "withdraw", "revision": 1})).await;
     assert_eq!((s, body["revision"].as_i64()), (StatusCode::CREATED, Some(1)));
-    let (_, records) = app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v1", app.tenant), &app.auditor).await;
+    let (_, records) =
+        app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v1", app.tenant), &app.auditor).await;
     let (_, revs) = app.get(&format!("{}/{id}/revisions", app.consent_configs_path()), &app.auditor).await;
     assert_eq!(records["items"][0]["texts_hash"], revs[1]["texts_hash"], "the texts of revision 1");
 }
@@ -197,14 +210,22 @@ async fn cors_answers_only_the_allowed_origins() {
         assert_eq!(res.status(), StatusCode::CREATED, "{allowed}");
         assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], allowed);
     }
-    for refused in ["https://evil.example", "http://shop.example", "https://shop.example:8443", "https://shop.example.evil.net", "null"] {
+    for refused in [
+        "https://evil.example",
+        "http://shop.example",
+        "https://shop.example:8443",
+        "https://shop.example.evil.net",
+        "null",
+    ] {
         let res = post(refused).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::FORBIDDEN, "{refused}");
         assert!(res.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "forbidden");
     }
-    let got = send(app.public(Method::GET, &format!("{}/v", consent_path(&app))).header("origin", "https://evil.example")).await;
+    let got =
+        send(app.public(Method::GET, &format!("{}/v", consent_path(&app))).header("origin", "https://evil.example"))
+            .await;
     assert_error(&got, StatusCode::FORBIDDEN, "forbidden", None);
     // Refused writes stored nothing: only the three allowed ones are there.
     let (_, records) = app.get(&format!("/v1/tenants/{}/consent-records", app.tenant), &app.auditor).await;
@@ -256,7 +277,9 @@ async fn allowed_origins_change_when_the_config_is_published() {
     let id = app.publish_consent_config(json!({})).await;
     let path = format!("{}/{id}", app.consent_configs_path());
     app.patch(&path, &app.admin, json!({"allowed_origins": ["https://new.example"]})).await;
-    let state_from = |origin: &'static str| send(app.public(Method::GET, &format!("{}/v", consent_path(&app))).header("origin", origin));
+    let state_from = |origin: &'static str| {
+        send(app.public(Method::GET, &format!("{}/v", consent_path(&app))).header("origin", origin))
+    };
     assert_eq!(state_from(SITE).await.0, StatusCode::OK, "the published origins still apply");
     assert_eq!(state_from("https://new.example").await.0, StatusCode::FORBIDDEN);
     app.publish(&id, false).await;
@@ -332,7 +355,8 @@ async fn dnt_and_gpc_limit_what_is_granted_and_are_recorded() {
     // The record keeps the visitor's choice; the signal overrides it per request.
     assert_eq!(state(&app, "v-dnt").await["granted"]["analytics"], true);
 
-    let (_, records) = app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v-dnt", app.tenant), &app.auditor).await;
+    let (_, records) =
+        app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v-dnt", app.tenant), &app.auditor).await;
     assert_eq!(records["items"][0]["signals"], json!({"dnt": true, "gpc": false}));
 
     // GPC always refuses marketing, even where DNT is not respected.

@@ -64,9 +64,27 @@ async fn an_auditor_sees_every_proof_field() {
     assert!(r["created_at"].is_string() && r["expires_at"].is_string());
     assert_eq!(r["prev_hash"], "0".repeat(64));
     assert_eq!(r["hash"].as_str().unwrap().len(), 64);
-    for key in ["id", "seq", "visitor_id", "visitor_hash", "config_id", "revision", "texts_hash", "language", "choices",
-        "action", "source", "signals", "country", "ip_truncated", "user_agent", "created_at", "expires_at", "prev_hash", "hash"]
-    {
+    for key in [
+        "id",
+        "seq",
+        "visitor_id",
+        "visitor_hash",
+        "config_id",
+        "revision",
+        "texts_hash",
+        "language",
+        "choices",
+        "action",
+        "source",
+        "signals",
+        "country",
+        "ip_truncated",
+        "user_agent",
+        "created_at",
+        "expires_at",
+        "prev_hash",
+        "hash",
+    ] {
         assert!(r.get(key).is_some(), "{key} missing");
     }
 }
@@ -161,7 +179,12 @@ async fn exports_stream_every_matching_record_as_csv_and_ndjson() {
     let res = app.request(Method::GET, &records_path(&app, "/export?format=csv"), &app.auditor).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()[header::CONTENT_TYPE], "text/csv; charset=utf-8");
-    assert!(res.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment; filename=\"consent-records-acme-"));
+    assert!(
+        res.headers()[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"consent-records-acme-")
+    );
     let csv = res.text().await.unwrap();
     let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert!(lines[0].starts_with("id,seq,visitor_id,visitor_hash,config_id,revision,texts_hash,language,necessary,functional,analytics,marketing,action"));
@@ -266,7 +289,10 @@ async fn erasing_a_visitor_keeps_the_proof_verifiable() {
     // The audit log names the pseudonym, never the erased id.
     let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
     let entry = &log["items"][0];
-    assert_eq!((entry["action"].as_str(), entry["entity_id"].as_str()), (Some("consent_record.erase"), Some(hash.as_str())));
+    assert_eq!(
+        (entry["action"].as_str(), entry["entity_id"].as_str()),
+        (Some("consent_record.erase"), Some(hash.as_str()))
+    );
     assert!(!log.to_string().contains("erase-me"));
 
     let got = app.delete(&records_path(&app, ""), &app.admin).await;
@@ -306,10 +332,14 @@ async fn chains_are_per_tenant() {
     let (other, other_admin, other_auditor) = app.create_tenant("other-shop").await;
     let mut body = crate::helpers::consent_config();
     body["display_name"] = json!("Other");
-    let (_, created) = app.post(&format!("/v1/tenants/{other}/analytics/cookie-consent/configs"), &other_admin, body).await;
+    let (_, created) =
+        app.post(&format!("/v1/tenants/{other}/analytics/cookie-consent/configs"), &other_admin, body).await;
     let (s, _) = app
         .post(
-            &format!("/v1/tenants/{other}/analytics/cookie-consent/configs/{}/publish", created["id"].as_str().unwrap()),
+            &format!(
+                "/v1/tenants/{other}/analytics/cookie-consent/configs/{}/publish",
+                created["id"].as_str().unwrap()
+            ),
             &other_admin,
             json!({}),
         )

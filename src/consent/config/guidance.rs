@@ -80,7 +80,10 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
         w.push("consent_required_regions: empty while geo targeting is on, so no known country requires consent and category defaults apply everywhere".to_string());
     }
     if spec.allowed_origins.is_empty() {
-        w.push("allowed_origins: empty; browsers on your site cannot record consent until their origin is listed".to_string());
+        w.push(
+            "allowed_origins: empty; browsers on your site cannot record consent until their origin is listed"
+                .to_string(),
+        );
     }
     w
 }
@@ -128,10 +131,7 @@ mod tests {
             (json!({"banner": {"text_color": "#999999", "background_color": "#ffffff"}}), "banner.text_color"),
             (json!({"banner": {"primary_color": "#eeeeee"}}), "banner.primary_color"),
             (json!({"categories": {"analytics": {"default_accepted": true}}}), "categories.analytics.default_accepted"),
-            (
-                json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "Accept all"}}}),
-                "texts.en",
-            ),
+            (json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "Accept all"}}}), "texts.en"),
             (
                 json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"}, "sv": {"title": "t"}}}),
                 "texts.sv",

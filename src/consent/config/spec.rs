@@ -76,7 +76,11 @@ pub struct HexColor(String);
 impl HexColor {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = s.len() == 7 && s.starts_with('#') && s[1..].bytes().all(|b| b.is_ascii_hexdigit());
-        if ok { Ok(HexColor(s.to_ascii_lowercase())) } else { Err(format!("{s:?} is not a colour of the form #rrggbb")) }
+        if ok {
+            Ok(HexColor(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("{s:?} is not a colour of the form #rrggbb"))
+        }
     }
 
     pub fn rgb(&self) -> [u8; 3] {
@@ -114,7 +118,9 @@ impl HttpsUrl {
             return Err("must be at most 2000 characters long".into());
         }
         match url::Url::parse(s.trim()) {
-            Ok(u) if u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(HttpsUrl(u.to_string())),
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()) => {
+                Ok(HttpsUrl(u.to_string()))
+            }
             Ok(_) => Err(format!("{s:?} must be an https:// URL")),
             Err(_) => Err(format!("{s:?} is not a valid URL")),
         }
@@ -147,7 +153,11 @@ impl LanguageTag {
             && (2..=3).contains(&primary.len())
             && primary.bytes().all(|b| b.is_ascii_alphabetic())
             && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-        if ok { Ok(LanguageTag(s.to_string())) } else { Err(format!("{s:?} is not a language tag such as \"en\" or \"pt-BR\"")) }
+        if ok {
+            Ok(LanguageTag(s.to_string()))
+        } else {
+            Err(format!("{s:?} is not a language tag such as \"en\" or \"pt-BR\""))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -568,7 +578,10 @@ impl ConfigSpec {
         let mut seen = std::collections::HashSet::new();
         for (lang, texts) in &self.texts {
             if !seen.insert(lang.as_str().to_ascii_lowercase()) {
-                p.push((format!("texts.{lang}"), "the same language is given twice (tags are case-insensitive)".into()));
+                p.push((
+                    format!("texts.{lang}"),
+                    "the same language is given twice (tags are case-insensitive)".into(),
+                ));
             }
             if let Err(e) = texts.validate() {
                 p.extend(validation_problems(&e, &format!("texts.{lang}")));
@@ -688,11 +701,23 @@ pub(crate) mod tests {
             (with(minimal(), &["default_language"], json!("fr")), "default_language"),
             (with(minimal(), &["default_language"], json!("english!")), "default_language"),
             (with(minimal(), &["display_name"], json!("")), "display_name"),
-            (with(minimal(), &["categories"], json!({"necessary": {"enabled": false}})), "categories.necessary.enabled"),
-            (with(minimal(), &["categories"], json!({"necessary": {"required": false}})), "categories.necessary.required"),
-            (with(minimal(), &["categories"], json!({"analytics": {"required": true}})), "categories.analytics.required"),
+            (
+                with(minimal(), &["categories"], json!({"necessary": {"enabled": false}})),
+                "categories.necessary.enabled",
+            ),
+            (
+                with(minimal(), &["categories"], json!({"necessary": {"required": false}})),
+                "categories.necessary.required",
+            ),
+            (
+                with(minimal(), &["categories"], json!({"analytics": {"required": true}})),
+                "categories.analytics.required",
+            ),
             (with(minimal(), &["categories"], json!({"ads": {}})), "categories"),
-            (with(minimal(), &["categories"], json!({"marketing": {"cookie_names": ["a b"]}})), "categories.marketing.cookie_names[0]"),
+            (
+                with(minimal(), &["categories"], json!({"marketing": {"cookie_names": ["a b"]}})),
+                "categories.marketing.cookie_names[0]",
+            ),
             (with(minimal(), &["texts", "en", "title"], json!("")), "texts.en.title"),
             (with(minimal(), &["texts", "en", "body"], Value::Null), "texts.en.body"),
             (with(minimal(), &["texts", "en", "accept_all"], json!("x".repeat(101))), "texts.en.accept_all"),

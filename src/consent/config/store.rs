@@ -123,12 +123,17 @@ fn spec_of(m: &config::Model) -> Result<ConfigSpec> {
         "respect_do_not_track": m.respect_do_not_track,
         "allowed_origins": m.allowed_origins,
     });
-    serde_json::from_value(v).map_err(|e| Error::Internal(anyhow::anyhow!("stored consent config {} is unreadable: {e}", m.id)))
+    serde_json::from_value(v)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored consent config {} is unreadable: {e}", m.id)))
 }
 
 fn snapshot_of(r: &revision::Model) -> Result<ConfigSpec> {
     serde_json::from_value(r.snapshot.clone()).map_err(|e| {
-        Error::Internal(anyhow::anyhow!("snapshot of consent config {} revision {} is unreadable: {e}", r.config_id, r.revision))
+        Error::Internal(anyhow::anyhow!(
+            "snapshot of consent config {} revision {} is unreadable: {e}",
+            r.config_id,
+            r.revision
+        ))
     })
 }
 
@@ -188,11 +193,7 @@ async fn view(db: &impl ConnectionTrait, m: config::Model) -> Result<ConfigView>
 }
 
 async fn find(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<config::Model> {
-    config::Entity::find_by_id(id)
-        .filter(config::Column::TenantId.eq(tenant_id))
-        .one(db)
-        .await?
-        .ok_or(Error::NotFound)
+    config::Entity::find_by_id(id).filter(config::Column::TenantId.eq(tenant_id)).one(db).await?.ok_or(Error::NotFound)
 }
 
 fn change<'a>(tenant_id: Uuid, actor: &'a str, action: &'a str, id: Uuid) -> audit::Change<'a> {
@@ -212,7 +213,10 @@ pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body:
     if let Some(o) = body.as_object() {
         for key in ["id", "status", "revision", "reconsent_revision", "published_at", "created_at", "updated_at"] {
             if o.contains_key(key) {
-                return Err(Error::validation(key, "is set by the server; a new config starts as a draft at revision 0"));
+                return Err(Error::validation(
+                    key,
+                    "is set by the server; a new config starts as a draft at revision 0",
+                ));
             }
         }
     }
@@ -233,8 +237,14 @@ pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body:
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = a.insert(&txn).await?;
     let v = view(&txn, m).await?;
-    audit::record(&txn, audit::Change { after: Some(v.audit_value()), ..change(tenant_id, actor, "cookie_consent_config.create", v.id) })
-        .await?;
+    audit::record(
+        &txn,
+        audit::Change {
+            after: Some(v.audit_value()),
+            ..change(tenant_id, actor, "cookie_consent_config.create", v.id)
+        },
+    )
+    .await?;
     txn.commit().await?;
     Ok(v.with_warnings())
 }
@@ -294,7 +304,10 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// Applies a merge patch to the working copy, and/or a status change (`{"status": "paused"}`).
 pub async fn patch(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &str, body: Value) -> Result<ConfigView> {
     let Value::Object(mut patch) = strip_output_only(body) else {
-        return Err(Error::Validation { field: None, message: "the body must be a JSON object (a JSON merge patch)".into() });
+        return Err(Error::Validation {
+            field: None,
+            message: "the body must be a JSON object (a JSON merge patch)".into(),
+        });
     };
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = find(&txn, tenant_id, id).await?;
@@ -313,7 +326,10 @@ pub async fn patch(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &s
     let new_status = match patch.remove("status") {
         None => None,
         Some(Value::String(s)) => Some(Status::parse(&s).ok_or_else(|| {
-            Error::validation("status", format!("unknown status {s:?}: expected draft, active, paused or decommissioned"))
+            Error::validation(
+                "status",
+                format!("unknown status {s:?}: expected draft, active, paused or decommissioned"),
+            )
         })?),
         Some(_) => return Err(Error::validation("status", "must be a string")),
     };
@@ -403,7 +419,10 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
             m.delete(&txn).await?;
             audit::record(
                 &txn,
-                audit::Change { before: Some(before.audit_value()), ..change(tenant_id, actor, "cookie_consent_config.delete", id) },
+                audit::Change {
+                    before: Some(before.audit_value()),
+                    ..change(tenant_id, actor, "cookie_consent_config.delete", id)
+                },
             )
             .await?;
             txn.commit().await?;
