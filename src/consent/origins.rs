@@ -20,6 +20,8 @@ pub struct OriginPattern {
     port: u16,
 }
 
+parsed_string!(OriginPattern);
+
 impl OriginPattern {
     pub fn parse(s: &str) -> Result<Self, String> {
         let err = || {
@@ -84,19 +86,6 @@ impl fmt::Display for OriginPattern {
             write!(f, ":{}", self.port)?;
         }
         Ok(())
-    }
-}
-
-impl TryFrom<String> for OriginPattern {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        OriginPattern::parse(&s)
-    }
-}
-
-impl From<OriginPattern> for String {
-    fn from(p: OriginPattern) -> String {
-        p.to_string()
     }
 }
 

@@ -31,6 +31,8 @@ use crate::{
 #[schema(value_type = String)]
 pub struct VisitorId(String);
 
+parsed_string!(VisitorId, newtype);
+
 impl VisitorId {
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Ok(u) = Uuid::parse_str(s)
@@ -49,23 +51,6 @@ impl VisitorId {
     /// A fresh random (v4) visitor id.
     pub fn generate() -> Self {
         VisitorId(Uuid::new_v4().hyphenated().to_string())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for VisitorId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        VisitorId::parse(&s)
-    }
-}
-
-impl From<VisitorId> for String {
-    fn from(v: VisitorId) -> String {
-        v.0
     }
 }
 

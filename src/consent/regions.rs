@@ -4,8 +4,6 @@
 //! An unknown country (no header, or a placeholder such as Cloudflare's `XX` / `T1`) counts as a
 //! consent-required region: the gateway cannot show that GDPR does *not* apply, so it asks.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 /// ISO 3166-1 alpha-2 codes currently assigned, plus `XK` (Kosovo, user-assigned but sent by
@@ -35,15 +33,10 @@ pub const DEFAULT_CONSENT_REGIONS: &[&str] = &[
     "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO", "GB", "CH", "US-CA",
 ];
 
-/// True for an assigned ISO 3166-1 alpha-2 code (upper case).
+/// True for an assigned ISO 3166-1 alpha-2 code (upper case). Anything else a country header
+/// may carry (`XX`, `T1`, …) must count as unknown, which is consent-required.
 pub fn is_country(code: &str) -> bool {
     COUNTRIES.binary_search(&code).is_ok()
-}
-
-/// The request's country as the consent rules should see it: an assigned code, or `None`
-/// (unknown, which counts as consent-required) for anything else a header may carry.
-pub fn known_country(code: Option<&str>) -> Option<String> {
-    code.map(|c| c.trim().to_ascii_uppercase()).filter(|c| is_country(c))
 }
 
 /// An ISO 3166-1 alpha-2 country (`SE`) or an ISO 3166-2 subdivision of one (`US-CA`),
@@ -51,6 +44,8 @@ pub fn known_country(code: Option<&str>) -> Option<String> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RegionCode(String);
+
+parsed_string!(RegionCode, newtype);
 
 impl RegionCode {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -72,31 +67,8 @@ impl RegionCode {
         Ok(RegionCode(code))
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     pub fn defaults() -> Vec<RegionCode> {
         DEFAULT_CONSENT_REGIONS.iter().map(|c| RegionCode(c.to_string())).collect()
-    }
-}
-
-impl TryFrom<String> for RegionCode {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        RegionCode::parse(&s)
-    }
-}
-
-impl From<RegionCode> for String {
-    fn from(r: RegionCode) -> String {
-        r.0
-    }
-}
-
-impl fmt::Display for RegionCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -122,11 +94,10 @@ mod tests {
     }
 
     #[test]
-    fn placeholder_countries_are_unknown() {
-        assert_eq!(known_country(Some("se")), Some("SE".into()));
-        for placeholder in ["XX", "T1", "", "EU", "A1"] {
-            assert_eq!(known_country(Some(placeholder)), None, "{placeholder}");
+    fn placeholder_countries_are_not_countries() {
+        assert!(is_country("SE") && is_country("XK"));
+        for placeholder in ["XX", "T1", "", "EU", "A1", "se"] {
+            assert!(!is_country(placeholder), "{placeholder}");
         }
-        assert_eq!(known_country(None), None);
     }
 }

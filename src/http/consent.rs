@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use axum::{
     Extension, Json,
-    extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{FromRequestParts, RawPathParams, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
@@ -35,7 +35,6 @@ use crate::{
         config::store,
         origins,
         records::VisitorId,
-        regions,
         visitors::{self, Context, Recorded, Submission, VisitorState},
     },
     tenants,
@@ -49,12 +48,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize)]
-pub struct TenantPath {
-    tenant: String,
-}
-
-#[derive(Deserialize)]
 pub struct VisitorPath {
+    #[allow(dead_code)]
     tenant: String,
     visitor_id: String,
 }
@@ -78,18 +73,25 @@ pub struct NewConsent {
     source: Option<String>,
 }
 
-/// The tenant and the CORS verdict for one public request.
+/// The tenant, the request's visitor and the CORS verdict of one public request. As an
+/// extractor it refuses an unknown tenant (404) and a disallowed `Origin` (403) before the
+/// handler runs.
 struct Gate {
     tenant: entity::tenant::Model,
+    visitor: Visitor,
     /// The allowed `Origin`, echoed in `Access-Control-Allow-Origin`.
     origin: Option<String>,
 }
 
-impl Gate {
-    /// Finds the tenant and checks the `Origin` against the published allowed origins.
-    async fn open(state: &AppState, slug: &str, visitor: &Visitor) -> ApiResult<Gate> {
-        let tenant = tenants::find(&state.db, slug).await?.ok_or(ApiError::NotFound)?;
-        let Some(origin) = visitor.origin.clone() else { return Ok(Gate { tenant, origin: None }) };
+impl FromRequestParts<AppState> for Gate {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound)?;
+        let slug = params.iter().find(|(k, _)| *k == "tenant").map(|(_, v)| v.to_string()).ok_or(ApiError::NotFound)?;
+        let visitor = Visitor::from_request_parts(parts, state).await?;
+        let tenant = tenants::find(&state.db, &slug).await?.ok_or(ApiError::NotFound)?;
+        let Some(origin) = visitor.origin.clone() else { return Ok(Gate { tenant, visitor, origin: None }) };
         let allowed = match store::current(&state.db, tenant.id).await? {
             Some(p) => origins::allowed(&p.spec.allowed_origins, &origin),
             None => false,
@@ -99,9 +101,11 @@ impl Gate {
                 "origin {origin} is not in the allowed origins of this tenant's cookie consent config"
             )));
         }
-        Ok(Gate { tenant, origin: Some(origin) })
+        Ok(Gate { tenant, visitor, origin: Some(origin) })
     }
+}
 
+impl Gate {
     /// Adds the CORS headers to whatever the handler answered, errors included, so the banner
     /// can read a 409 or 422.
     fn respond(&self, result: ApiResult<Response>) -> Response {
@@ -119,8 +123,8 @@ fn cors_headers(h: &mut HeaderMap, origin: Option<&str>) {
 }
 
 /// `Some(429 response with Retry-After)` when the client has used up its write budget.
-fn rate_limited(state: &AppState, limiter: &RateLimiter, gate: &Gate, visitor: &Visitor) -> Option<Response> {
-    let ip = visitor.ip?;
+fn rate_limited(state: &AppState, limiter: &RateLimiter, gate: &Gate) -> Option<Response> {
+    let ip = gate.visitor.ip?;
     let wait = limiter.check(gate.tenant.id, ip, state.settings.consent.writes_per_minute_per_ip).err()?;
     let mut res = ApiError::RateLimited.into_response();
     let secs = wait.as_secs() + 1;
@@ -132,7 +136,7 @@ fn context(visitor: &Visitor) -> Context {
     Context {
         dnt: visitor.dnt,
         gpc: visitor.gpc,
-        country: regions::known_country(visitor.country.as_deref()),
+        country: visitor.country.clone(),
         ip: visitor.ip,
         user_agent: visitor.user_agent.clone(),
         from_browser: visitor.origin.is_some(),
@@ -180,17 +184,13 @@ fn created(r: Recorded) -> Response {
 async fn record_consent(
     State(state): State<AppState>,
     Extension(limiter): Extension<Arc<RateLimiter>>,
-    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
-    visitor: Visitor,
+    gate: Gate,
     headers: HeaderMap,
     body: Result<ApiJson<NewConsent>, ApiError>,
 ) -> Response {
-    let gate = match Gate::open(&state, &tenant, &visitor).await {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
+    let visitor = &gate.visitor;
     let result = async {
-        if let Some(res) = rate_limited(&state, &limiter, &gate, &visitor) {
+        if let Some(res) = rate_limited(&state, &limiter, &gate) {
             return Ok(res);
         }
         let ApiJson(body) = body?;
@@ -202,7 +202,7 @@ async fn record_consent(
             language: body.language,
             source: body.source,
         };
-        let recorded = visitors::submit(&state.db, &gate.tenant, submission, context(&visitor)).await?;
+        let recorded = visitors::submit(&state.db, &gate.tenant, submission, context(visitor)).await?;
         Ok(created(recorded))
     }
     .await;
@@ -217,19 +217,16 @@ async fn record_consent(
 )]
 async fn visitor_state(
     State(state): State<AppState>,
-    ApiPath(VisitorPath { tenant, visitor_id }): ApiPath<VisitorPath>,
-    visitor: Visitor,
+    gate: Gate,
+    ApiPath(VisitorPath { visitor_id, .. }): ApiPath<VisitorPath>,
 ) -> Response {
-    let gate = match Gate::open(&state, &tenant, &visitor).await {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
+    let visitor = &gate.visitor;
     let result = async {
         let id = VisitorId::parse(&visitor_id).map_err(|m| ApiError::bad_request("visitor_id", m))?;
         let signals = Signals {
             dnt: visitor.dnt,
             gpc: visitor.gpc,
-            country: regions::known_country(visitor.country.as_deref()),
+            country: visitor.country.clone(),
             region: visitor.region.clone(),
             bot: false,
         };
@@ -252,16 +249,13 @@ async fn visitor_state(
 async fn withdraw_consent(
     State(state): State<AppState>,
     Extension(limiter): Extension<Arc<RateLimiter>>,
-    ApiPath(VisitorPath { tenant, visitor_id }): ApiPath<VisitorPath>,
-    visitor: Visitor,
+    gate: Gate,
+    ApiPath(VisitorPath { visitor_id, .. }): ApiPath<VisitorPath>,
 ) -> Response {
-    let gate = match Gate::open(&state, &tenant, &visitor).await {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
+    let visitor = &gate.visitor;
     let result = async {
         let id = VisitorId::parse(&visitor_id).map_err(|m| ApiError::bad_request("visitor_id", m))?;
-        if let Some(res) = rate_limited(&state, &limiter, &gate, &visitor) {
+        if let Some(res) = rate_limited(&state, &limiter, &gate) {
             return Ok(res);
         }
         let submission = Submission {
@@ -272,19 +266,15 @@ async fn withdraw_consent(
             language: None,
             source: None,
         };
-        Ok(created(visitors::submit(&state.db, &gate.tenant, submission, context(&visitor)).await?))
+        Ok(created(visitors::submit(&state.db, &gate.tenant, submission, context(visitor)).await?))
     }
     .await;
     gate.respond(result)
 }
 
-/// Answers a CORS preflight: 204 with the allowed methods and headers for an allowed origin,
-/// 403 for any other.
-async fn preflight(state: &AppState, tenant: &str, visitor: &Visitor, methods: &'static str) -> Response {
-    let gate = match Gate::open(state, tenant, visitor).await {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
+/// Answers a CORS preflight: 204 with the allowed methods and headers for an allowed origin
+/// (a disallowed one never gets here: the gate answers 403).
+fn preflight(gate: &Gate, methods: &'static str) -> Response {
     let mut res = StatusCode::NO_CONTENT.into_response();
     let h = res.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
@@ -301,12 +291,8 @@ async fn preflight(state: &AppState, tenant: &str, visitor: &Visitor, methods: &
     params(("tenant" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody))
 )]
-async fn consent_preflight(
-    State(state): State<AppState>,
-    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
-    visitor: Visitor,
-) -> Response {
-    preflight(&state, &tenant, &visitor, "POST, OPTIONS").await
+async fn consent_preflight(gate: Gate) -> Response {
+    preflight(&gate, "POST, OPTIONS")
 }
 
 /// CORS preflight for reading a visitor's state and withdrawing.
@@ -315,10 +301,6 @@ async fn consent_preflight(
     params(("tenant" = String, Path), ("visitor_id" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody))
 )]
-async fn visitor_preflight(
-    State(state): State<AppState>,
-    ApiPath(VisitorPath { tenant, .. }): ApiPath<VisitorPath>,
-    visitor: Visitor,
-) -> Response {
-    preflight(&state, &tenant, &visitor, "GET, DELETE, OPTIONS").await
+async fn visitor_preflight(gate: Gate) -> Response {
+    preflight(&gate, "GET, DELETE, OPTIONS")
 }

@@ -73,6 +73,8 @@ impl fmt::Display for Status {
 #[serde(try_from = "String", into = "String")]
 pub struct HexColor(String);
 
+parsed_string!(HexColor, newtype);
+
 impl HexColor {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = s.len() == 7 && s.starts_with('#') && s[1..].bytes().all(|b| b.is_ascii_hexdigit());
@@ -93,24 +95,13 @@ impl HexColor {
     }
 }
 
-impl TryFrom<String> for HexColor {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        HexColor::parse(&s)
-    }
-}
-
-impl From<HexColor> for String {
-    fn from(c: HexColor) -> String {
-        c.0
-    }
-}
-
 /// An absolute `https://` URL (policy links are shown to visitors; plain http would let a
 /// network attacker replace the policy they read).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HttpsUrl(String);
+
+parsed_string!(HttpsUrl, newtype);
 
 impl HttpsUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -127,23 +118,12 @@ impl HttpsUrl {
     }
 }
 
-impl TryFrom<String> for HttpsUrl {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        HttpsUrl::parse(&s)
-    }
-}
-
-impl From<HttpsUrl> for String {
-    fn from(u: HttpsUrl) -> String {
-        u.0
-    }
-}
-
 /// A BCP 47 language tag as used for texts: `en`, `sv`, `pt-BR`, `zh-Hant-TW`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct LanguageTag(String);
+
+parsed_string!(LanguageTag, newtype);
 
 impl LanguageTag {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -159,29 +139,6 @@ impl LanguageTag {
             Err(format!("{s:?} is not a language tag such as \"en\" or \"pt-BR\""))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for LanguageTag {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        LanguageTag::parse(&s)
-    }
-}
-
-impl From<LanguageTag> for String {
-    fn from(l: LanguageTag) -> String {
-        l.0
-    }
-}
-
-impl fmt::Display for LanguageTag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// A cookie name the category covers, as shown to visitors; `*` stands for any characters
@@ -189,6 +146,8 @@ impl fmt::Display for LanguageTag {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CookieName(String);
+
+parsed_string!(CookieName, newtype);
 
 impl CookieName {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -198,19 +157,6 @@ impl CookieName {
         } else {
             Err(format!("{s:?} is not a cookie name (1-100 characters, no spaces or separators)"))
         }
-    }
-}
-
-impl TryFrom<String> for CookieName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        CookieName::parse(&s)
-    }
-}
-
-impl From<CookieName> for String {
-    fn from(c: CookieName) -> String {
-        c.0
     }
 }
 

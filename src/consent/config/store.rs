@@ -196,16 +196,21 @@ async fn find(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<co
     config::Entity::find_by_id(id).filter(config::Column::TenantId.eq(tenant_id)).one(db).await?.ok_or(Error::NotFound)
 }
 
-fn change<'a>(tenant_id: Uuid, actor: &'a str, action: &'a str, id: Uuid) -> audit::Change<'a> {
-    audit::Change {
-        tenant_id,
-        actor,
-        action,
-        entity_type: "cookie_consent_config",
-        entity_id: Some(id.to_string()),
-        before: None,
-        after: None,
-    }
+/// Writes the audit log row of one config change (`before`/`after`: config views).
+async fn audit_change(
+    txn: &impl ConnectionTrait,
+    (tenant_id, actor): (Uuid, &str),
+    action: &str,
+    id: Uuid,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<()> {
+    let entity_id = Some(id.to_string());
+    audit::record(
+        txn,
+        audit::Change { tenant_id, actor, action, entity_type: "cookie_consent_config", entity_id, before, after },
+    )
+    .await
 }
 
 /// Creates a draft.
@@ -237,14 +242,7 @@ pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body:
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = a.insert(&txn).await?;
     let v = view(&txn, m).await?;
-    audit::record(
-        &txn,
-        audit::Change {
-            after: Some(v.audit_value()),
-            ..change(tenant_id, actor, "cookie_consent_config.create", v.id)
-        },
-    )
-    .await?;
+    audit_change(&txn, (tenant_id, actor), "cookie_consent_config.create", v.id, None, Some(v.audit_value())).await?;
     txn.commit().await?;
     Ok(v.with_warnings())
 }
@@ -362,15 +360,7 @@ pub async fn patch(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &s
     }
     a.updated_at = Set(Utc::now());
     let after = view(&txn, a.update(&txn).await?).await?;
-    audit::record(
-        &txn,
-        audit::Change {
-            before: Some(before.audit_value()),
-            after: Some(after.audit_value()),
-            ..change(tenant_id, actor, action, id)
-        },
-    )
-    .await?;
+    audit_change(&txn, (tenant_id, actor), action, id, Some(before.audit_value()), Some(after.audit_value())).await?;
     txn.commit().await?;
     Ok(after.with_warnings())
 }
@@ -389,13 +379,13 @@ async fn pause_others(txn: &impl ConnectionTrait, tenant_id: Uuid, except: Uuid,
         a.status = Set(Status::Paused.as_str().into());
         a.updated_at = Set(Utc::now());
         let after = view(txn, a.update(txn).await?).await?;
-        audit::record(
+        audit_change(
             txn,
-            audit::Change {
-                before: Some(before.audit_value()),
-                after: Some(after.audit_value()),
-                ..change(tenant_id, actor, "cookie_consent_config.pause", after.id)
-            },
+            (tenant_id, actor),
+            "cookie_consent_config.pause",
+            after.id,
+            Some(before.audit_value()),
+            Some(after.audit_value()),
         )
         .await?;
     }
@@ -417,12 +407,13 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
     match before.status {
         Status::Draft => {
             m.delete(&txn).await?;
-            audit::record(
+            audit_change(
                 &txn,
-                audit::Change {
-                    before: Some(before.audit_value()),
-                    ..change(tenant_id, actor, "cookie_consent_config.delete", id)
-                },
+                (tenant_id, actor),
+                "cookie_consent_config.delete",
+                id,
+                Some(before.audit_value()),
+                None,
             )
             .await?;
             txn.commit().await?;
@@ -434,13 +425,13 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
             a.status = Set(Status::Decommissioned.as_str().into());
             a.updated_at = Set(Utc::now());
             let after = view(&txn, a.update(&txn).await?).await?;
-            audit::record(
+            audit_change(
                 &txn,
-                audit::Change {
-                    before: Some(before.audit_value()),
-                    after: Some(after.audit_value()),
-                    ..change(tenant_id, actor, "cookie_consent_config.decommission", id)
-                },
+                (tenant_id, actor),
+                "cookie_consent_config.decommission",
+                id,
+                Some(before.audit_value()),
+                Some(after.audit_value()),
             )
             .await?;
             txn.commit().await?;
@@ -493,13 +484,13 @@ pub async fn publish(
     let mut after_audit = after.audit_value();
     after_audit["requires_reconsent"] = Value::Bool(requires_reconsent);
     after_audit["texts_hash"] = Value::String(before.spec.texts_hash());
-    audit::record(
+    audit_change(
         &txn,
-        audit::Change {
-            before: Some(before.audit_value()),
-            after: Some(after_audit),
-            ..change(tenant_id, actor, "cookie_consent_config.publish", id)
-        },
+        (tenant_id, actor),
+        "cookie_consent_config.publish",
+        id,
+        Some(before.audit_value()),
+        Some(after_audit),
     )
     .await?;
     txn.commit().await?;
