@@ -2,11 +2,13 @@
 //! or slipped in afterwards (the controller must be able to demonstrate consent, GDPR Art. 7(1)).
 //!
 //! `hash = sha256_hex(prev_hash ‖ canonical_json(record))`, where `prev_hash` is the previous
-//! record's `hash` (64 zeros for the first), `‖` is string concatenation, and the record is the
-//! JSON object of [`chained_fields`] — everything the record proves, with `visitor_hash` (the
-//! tenant-salted hash of the visitor id) instead of the id itself, so erasing the id
-//! (Art. 17) leaves the chain verifiable. Timestamps are RFC 3339 UTC with microseconds, the
-//! precision both databases keep. `seq` numbers the records of a tenant from 1 without gaps.
+//! record's `hash` (64 zeros for the first), `‖` is string concatenation, and `record` is the
+//! record exactly as the auditor API and the NDJSON export show it, without `visitor_id`,
+//! `prev_hash` and `hash` ([`chained_fields`]). So an auditor can recompute every hash from an
+//! export alone. The chain covers `visitor_hash` (the tenant-salted hash of the visitor id)
+//! instead of the id, so erasing the id (Art. 17) leaves it verifiable. Timestamps are RFC 3339
+//! UTC with exactly six fractional digits, the precision both databases keep. `seq` numbers the
+//! records of a tenant from 1 without gaps.
 //!
 //! The chain shows tampering *within* the records; a truncated tail looks like a shorter valid
 //! chain. Auditors who need that too record the `head` that `verify` reports and compare later.
@@ -32,11 +34,16 @@ pub fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// The record as the chain covers it.
+/// `serialize_with` for timestamps that are hashed: always [`timestamp`]'s form.
+pub fn serialize_timestamp<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&timestamp(t))
+}
+
+/// The record as the chain covers it: the auditor's view of it minus `visitor_id`, `prev_hash`
+/// and `hash`.
 pub fn chained_fields(m: &consent_record::Model) -> Value {
     json!({
         "id": m.id,
-        "tenant_id": m.tenant_id,
         "seq": m.seq,
         "visitor_hash": m.visitor_hash,
         "config_id": m.config_id,
@@ -46,8 +53,7 @@ pub fn chained_fields(m: &consent_record::Model) -> Value {
         "choices": m.choices,
         "action": m.action,
         "source": m.source,
-        "dnt": m.dnt,
-        "gpc": m.gpc,
+        "signals": {"dnt": m.dnt, "gpc": m.gpc},
         "country": m.country,
         "ip_truncated": m.ip_truncated,
         "user_agent": m.user_agent,
@@ -254,8 +260,19 @@ mod tests {
         let m = record(1, GENESIS);
         let canonical = canonical::to_string(&chained_fields(&m));
         assert!(canonical.starts_with(r#"{"action":"custom","choices":{"analytics":true,"#), "{canonical}");
+        assert!(canonical.contains(r#""signals":{"dnt":false,"gpc":true}"#), "{canonical}");
         assert!(canonical.contains(r#""created_at":"2026-06-01T12:00:00.123456Z""#));
         assert!(!canonical.contains("visitor_id"));
         assert_eq!(m.hash, sha256_hex(format!("{GENESIS}{canonical}")));
+    }
+
+    #[test]
+    fn the_chained_record_is_the_auditors_view_without_id_and_links() {
+        let m = record(1, GENESIS);
+        let mut view = serde_json::to_value(crate::consent::records::RecordItem::from(m.clone())).unwrap();
+        for key in ["visitor_id", "prev_hash", "hash"] {
+            view.as_object_mut().unwrap().remove(key);
+        }
+        assert_eq!(view, chained_fields(&m));
     }
 }

@@ -201,7 +201,8 @@ pub async fn latest_model(
     Ok(Some(m))
 }
 
-/// A record as auditors see it.
+/// A record as auditors see it. Without `visitor_id`, `prev_hash` and `hash`, this is exactly
+/// what the chain hashes (see [`chain`]).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct RecordItem {
     pub id: Uuid,
@@ -221,7 +222,10 @@ pub struct RecordItem {
     pub country: Option<String>,
     pub ip_truncated: Option<String>,
     pub user_agent: Option<String>,
+    /// RFC 3339 UTC with six fractional digits, as hashed.
+    #[serde(serialize_with = "chain::serialize_timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "chain::serialize_timestamp")]
     pub expires_at: DateTime<Utc>,
     pub prev_hash: String,
     pub hash: String,

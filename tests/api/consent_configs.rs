@@ -2,10 +2,10 @@
 //! patch, publish, status lifecycle, one active config per tenant, audit log, banner config.
 
 use consentgate::consent;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, consent_config, spawn_app};
+use crate::helpers::{TestApp, assert_error, consent_config, send, spawn_app};
 
 async fn create(app: &TestApp, body: Value) -> Value {
     let (s, created) = app.post(&app.consent_configs_path(), &app.admin, body).await;
@@ -213,9 +213,13 @@ async fn publishing_creates_immutable_revisions() {
     assert_eq!((h1.len(), h2.len()), (64, 64));
     assert_ne!(h1, h2);
 
-    // A banner-only change publishes with the same texts hash.
+    // A banner-only change publishes with the same texts hash (and the body is optional).
     app.patch(&p, &app.admin, json!({"banner": {"position": "top"}})).await;
-    app.publish(id, false).await;
+    let (s, third) = send(app.request(Method::POST, &format!("{p}/publish"), &app.admin)).await;
+    assert_eq!(
+        (s, third["revision"].as_i64(), third["reconsent_revision"].as_i64()),
+        (StatusCode::OK, Some(3), Some(2))
+    );
     let (_, rev3) = app.get(&format!("{p}/revisions/3"), &app.auditor).await;
     assert_eq!(rev3["texts_hash"], h2);
     assert_error(&app.get(&format!("{p}/revisions/9"), &app.auditor).await, StatusCode::NOT_FOUND, "not_found", None);

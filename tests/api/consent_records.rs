@@ -218,6 +218,41 @@ async fn exports_stream_every_matching_record_as_csv_and_ndjson() {
 }
 
 #[tokio::test]
+async fn an_auditor_can_recompute_every_hash_from_the_export_alone() {
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    app.consent("a", "accept_all", 1).await;
+    let (s, _) = send(
+        app.public(Method::POST, &format!("/v1/tenants/{}/consent", app.tenant))
+            .header("user-agent", r#"Mozilla/5.0 "quoted" back\slash"#)
+            .header("dnt", "1")
+            .json(&json!({"visitor_id": "b", "action": "custom", "revision": 1, "choices": {"marketing": true}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    app.consent("a", "reject_all", 1).await;
+    app.delete(&records_path(&app, "?visitor_id=a"), &app.admin).await;
+    assert_eq!(list(&app, "?visitor_id=b").await["items"][0]["user_agent"], r#"Mozilla/5.0 "quoted" back\slash"#);
+
+    let res =
+        app.request(Method::GET, &records_path(&app, "/export?format=ndjson"), &app.auditor).send().await.unwrap();
+    let mut prev = "0".repeat(64);
+    for line in res.text().await.unwrap().lines() {
+        // The documented recipe: drop visitor_id, prev_hash and hash; canonical JSON; chain.
+        let mut r: Value = serde_json::from_str(line).unwrap();
+        let o = r.as_object_mut().unwrap();
+        let hash = o.remove("hash").unwrap();
+        assert_eq!(o.remove("prev_hash").unwrap(), json!(prev));
+        o.remove("visitor_id");
+        let canonical = consentgate::consent::canonical::to_string(&r);
+        let recomputed = consentgate::crypto::sha256_hex(format!("{prev}{canonical}"));
+        assert_eq!(json!(recomputed), hash, "{line}");
+        prev = recomputed;
+    }
+    assert_eq!(verify(&app).await["head"]["hash"], json!(prev));
+}
+
+#[tokio::test]
 async fn an_edited_record_breaks_the_chain_and_verify_says_where() {
     let app = spawn_app().await;
     app.publish_consent_config(json!({})).await;
