@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod banner;
 pub mod config;
 pub mod consent;
 pub mod crypto;
