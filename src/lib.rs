@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod geo;
 pub mod http;
+pub mod ip;
 pub mod telemetry;
 pub mod tenants;
 pub mod tokens;

@@ -4,9 +4,13 @@
 //! under the very path its annotation documents).
 
 mod audit_log;
+mod consent;
+mod consent_configs;
+mod consent_records;
 pub mod error;
 pub mod extract;
 mod health;
+mod rate_limit;
 mod tokens;
 
 use std::sync::OnceLock;
@@ -57,6 +61,9 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(tokens::router())
         .merge(audit_log::router())
+        .merge(consent_configs::router())
+        .merge(consent::router())
+        .merge(consent_records::router())
         .routes(routes!(openapi_json))
 }
 

@@ -86,6 +86,21 @@ pub fn tenant_routes() -> Vec<(Method, &'static str, Option<serde_json::Value>)>
         (Method::POST, "/tokens", Some(json!({"name": "x", "role": "admin"}))),
         (Method::DELETE, "/tokens/00000000-0000-0000-0000-000000000000", None),
         (Method::GET, "/audit-log", None),
+        (Method::GET, "/analytics/cookie-consent/configs", None),
+        (Method::POST, "/analytics/cookie-consent/configs", Some(crate::helpers::consent_config())),
+        (Method::GET, "/analytics/cookie-consent/configs/00000000-0000-0000-0000-000000000000", None),
+        (Method::PATCH, "/analytics/cookie-consent/configs/00000000-0000-0000-0000-000000000000", Some(json!({}))),
+        (Method::DELETE, "/analytics/cookie-consent/configs/00000000-0000-0000-0000-000000000000", None),
+        (
+            Method::POST,
+            "/analytics/cookie-consent/configs/00000000-0000-0000-0000-000000000000/publish",
+            Some(json!({"requires_reconsent": false})),
+        ),
+        (Method::GET, "/analytics/cookie-consent/configs/00000000-0000-0000-0000-000000000000/revisions", None),
+        (Method::GET, "/consent-records", None),
+        (Method::DELETE, "/consent-records", None),
+        (Method::GET, "/consent-records/export", None),
+        (Method::GET, "/consent-records/verify", None),
     ]
 }
 
@@ -171,6 +186,9 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/tenants/{tenant}/tokens",
         "/v1/tenants/{tenant}/tokens/{id}",
         "/v1/tenants/{tenant}/audit-log",
+        "/v1/tenants/{tenant}/analytics/cookie-consent/configs/{id}/revisions/{revision}",
+        "/v1/tenants/{tenant}/consent",
+        "/v1/tenants/{tenant}/consent/{visitor_id}",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }

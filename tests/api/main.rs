@@ -4,4 +4,7 @@
 mod helpers;
 
 mod cli;
+mod consent_configs;
+mod consent_public;
+mod consent_records;
 mod foundation;
