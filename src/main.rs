@@ -138,7 +138,7 @@ async fn connect_migrated(settings: &Settings) -> anyhow::Result<sea_orm::Databa
 async fn serve(settings: Settings, with_demo: bool) -> anyhow::Result<()> {
     let app = App::start(settings).await?;
     if with_demo {
-        let demo = demo::seed(&app.state.db).await?;
+        let demo = demo::seed(&app.state.db, &app.state.public_url).await?;
         let base = app.state.public_url.clone();
         let t = &demo.tenant.slug;
         println!(

@@ -4,6 +4,7 @@
 //! under the very path its annotation documents).
 
 mod audit_log;
+mod banner;
 mod consent;
 mod consent_configs;
 mod consent_records;
@@ -60,6 +61,7 @@ pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(tokens::router())
+        .merge(banner::router())
         .merge(audit_log::router())
         .merge(consent_configs::router())
         .merge(consent::router())

@@ -189,6 +189,8 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/tenants/{tenant}/analytics/cookie-consent/configs/{id}/revisions/{revision}",
         "/v1/tenants/{tenant}/consent",
         "/v1/tenants/{tenant}/consent/{visitor_id}",
+        "/v1/tenants/{tenant}/banner.js",
+        "/demo",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod banner;
 mod cli;
 mod consent_configs;
 mod consent_public;

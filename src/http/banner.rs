@@ -1,0 +1,101 @@
+//! `GET /v1/tenants/{tenant}/banner.js`: the consent banner, rendered from the tenant's active
+//! cookie consent config; and `GET /demo`: a demo page for the `demo` tenant.
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+};
+use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    error::{ApiError, ApiResult},
+    extract::ApiPath,
+};
+use crate::{app::AppState, banner, consent, demo, tenants};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(banner_js)).routes(routes!(demo_page))
+}
+
+#[derive(Deserialize)]
+pub struct TenantPath {
+    tenant: String,
+}
+
+/// Short freshness so a published revision reaches visitors within minutes; after that the
+/// browser revalidates with `If-None-Match` (a 304 costs a round trip, not the script), and
+/// `stale-while-revalidate` lets it use the old copy while it does.
+const CACHE_CONTROL: &str = "public, max-age=300, stale-while-revalidate=86400";
+
+/// The consent banner script for a site: `<script src=".../banner.js" data-key="pk_…" async>`.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/banner.js", tag = "banner",
+    params(("tenant" = String, Path)),
+    responses(
+        (status = 200, content_type = "application/javascript", description = "The banner script"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 404, body = super::error::ErrorBody, description = "No such tenant, or no active consent config")
+    )
+)]
+async fn banner_js(
+    State(state): State<AppState>,
+    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let tenant = tenants::find(&state.db, &tenant).await?.ok_or(ApiError::NotFound)?;
+    let config = consent::config::active_banner_config(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
+    let rendered = banner::render(&config).map_err(|e| ApiError::Internal(e.into()))?;
+    let etag = HeaderValue::from_str(&rendered.etag).map_err(|e| ApiError::Internal(e.into()))?;
+    let cache = [(header::ETAG, etag), (header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL))];
+    if etag_matches(&headers, &rendered.etag) {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    Ok((
+        cache,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/javascript; charset=utf-8")),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        ],
+        rendered.body,
+    )
+        .into_response())
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are ignored, a list
+/// matches when any entry does, `*` matches anything.
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag))
+}
+
+/// A demo page with the banner and two scripts marked with consent categories (`serve --demo`).
+#[utoipa::path(get, path = "/demo", tag = "banner", responses((status = 200, content_type = "text/html"), (status = 404, body = super::error::ErrorBody)))]
+async fn demo_page(State(state): State<AppState>) -> ApiResult<Html<String>> {
+    let page = demo::page(&state).await?.ok_or(ApiError::NotFound)?;
+    Ok(Html(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, v.parse().unwrap());
+            h
+        };
+        assert!(etag_matches(&with("\"abc\""), "\"abc\""));
+        assert!(etag_matches(&with("W/\"abc\""), "\"abc\""));
+        assert!(etag_matches(&with("\"x\", \"abc\""), "\"abc\""));
+        assert!(etag_matches(&with("*"), "\"abc\""));
+        assert!(!etag_matches(&with("\"abd\""), "\"abc\""));
+        assert!(!etag_matches(&HeaderMap::new(), "\"abc\""));
+    }
+}
