@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Action, Choices, Signals,
+    Action, Choices, ConsentPolicy, Signals,
     config::{Published, spec::LanguageTag, store},
     effective,
     records::{self, NewRecord, VisitorId},
@@ -91,6 +91,7 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
             s.choices.ok_or_else(|| Error::validation("choices", "required for action custom"))?.and(enabled)
         }
     };
+    let choices = offered(choices, &p.policy(), ctx.dnt, ctx.gpc);
     let language = shown_language(&p, s.language.as_deref())?;
     let source = match s.source {
         Some(src) => {
@@ -136,6 +137,17 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
         expires_at: record.expires_at,
         expiry_days,
     })
+}
+
+/// The choices restricted to what the banner offered: under Global Privacy Control marketing is
+/// shown refused and locked (CCPA/CPRA, Cal. Code Regs. tit. 11 § 7025), and with
+/// `respect_do_not_track` DNT or GPC lock every optional category off. "Accept all" then accepts
+/// what was on offer, and the record says so, with the signals beside it.
+fn offered(choices: Choices, policy: &ConsentPolicy, dnt: bool, gpc: bool) -> Choices {
+    if policy.respect_do_not_track && (dnt || gpc) {
+        return Choices::none();
+    }
+    Choices { marketing: choices.marketing && !gpc, ..choices }
 }
 
 /// The revision (and its texts hash) the visitor decided under.

@@ -352,18 +352,37 @@ async fn dnt_and_gpc_limit_what_is_granted_and_are_recorded() {
     let st = state_with(&app, "v-dnt", &[("dnt", "1")]).await;
     assert_eq!(st["signals"], json!({"dnt": true, "gpc": false}));
     assert_eq!(st["granted"], json!({"necessary": true, "functional": false, "analytics": false, "marketing": false}));
-    // The record keeps the visitor's choice; the signal overrides it per request.
-    assert_eq!(state(&app, "v-dnt").await["granted"]["analytics"], true);
+    // The banner showed every optional category locked off, so "Accept all" accepted none of
+    // them: the record says so, and nothing is granted later without the signal either.
+    assert_eq!(state(&app, "v-dnt").await["granted"]["analytics"], false);
 
     let (_, records) =
         app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v-dnt", app.tenant), &app.auditor).await;
     assert_eq!(records["items"][0]["signals"], json!({"dnt": true, "gpc": false}));
+    assert_eq!(
+        records["items"][0]["choices"],
+        json!({"necessary": true, "functional": false, "analytics": false, "marketing": false})
+    );
 
     // GPC always refuses marketing, even where DNT is not respected.
     app.publish_consent_config(json!({"respect_do_not_track": false})).await;
     app.consent("v-gpc2", "accept_all", 1).await;
     let st = state_with(&app, "v-gpc2", &[("sec-gpc", "1")]).await;
     assert_eq!(st["granted"], json!({"necessary": true, "functional": true, "analytics": true, "marketing": false}));
+
+    // "Accept all" under GPC: marketing was shown refused and locked, and is recorded refused.
+    let (s, recorded) = send(
+        app.public(Method::POST, &consent_path(&app))
+            .header("sec-gpc", "1")
+            .json(&json!({"visitor_id": "v-gpc3", "action": "accept_all", "revision": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{recorded}");
+    assert_eq!(
+        recorded["choices"],
+        json!({"necessary": true, "functional": true, "analytics": true, "marketing": false})
+    );
+    assert_eq!(state(&app, "v-gpc3").await["granted"]["marketing"], false);
 }
 
 #[tokio::test]
