@@ -34,7 +34,8 @@ async fn verify(app: &TestApp) -> Value {
 #[tokio::test]
 async fn an_auditor_sees_every_proof_field() {
     let app = spawn_app().await;
-    let config_id = app.publish_consent_config(json!({})).await;
+    // DNT not honoured: GPC then refuses marketing only, and analytics is the visitor's to give.
+    let config_id = app.publish_consent_config(json!({"respect_do_not_track": false})).await;
     let (s, _) = send(
         app.public(Method::POST, &format!("/v1/tenants/{}/consent", app.tenant))
             .header("user-agent", "Mozilla/5.0 (X11)")
