@@ -1,242 +1,211 @@
-// consentgate banner: consent UI + a small tracker. The gateway wraps this file in an IIFE that
-// defines CG_CONFIG (the banner config) and CG_CSS (banner.css as a string): see README.md.
-// CSP-friendly: no eval, no inline handlers, no innerHTML. Every config text reaches the page
-// through DOM APIs (text nodes), so HTML in a text is shown as text.
-const C = CG_CONFIG, w = window, d = document, n = navigator, KEY = 'cg_consent';
-const S = d.currentScript || d.querySelector('script[src*="/banner.js"]'), ds = S.dataset;
-const API = S.src.replace(/\/banner\.js([?#].*)?$/, ''); // …/v1/tenants/{t}, origin of the tag
-const OPT = ['functional', 'analytics', 'marketing'];
-const CATS = ['necessary', ...OPT].filter(k => C.categories[k] && C.categories[k].enabled !== false);
-const T = C.texts || {}, DEF_L = C.default_language;
-const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close',
-  always_on: 'Always on', signal_denied: 'Off: your browser asks not to be tracked' };
-
-let ls; try { ls = w.localStorage } catch (e) {}
-const lget = k => { try { return ls.getItem(k) } catch (e) {} };
-const lset = (k, v) => { try { ls.setItem(k, v) } catch (e) {} };
-const uuid = () => crypto.randomUUID ? crypto.randomUUID()
-  : '10000000-1000-4000-8000-100000000000'.replace(/[018]/g, c => (c ^ crypto.getRandomValues(new Uint8Array(1))[0] & 15 >> c / 4).toString(16));
+// consentgate banner: consent UI and a small tracker. templates/banner.js.tera wraps this file in
+// an IIFE defining CG_CONFIG (banner config) and CG_CSS (banner.css). CSP-friendly: no eval, no
+// inline handlers, no innerHTML; config texts only ever become text nodes. Whole-line comments
+// and indentation are stripped when served (README.md), so they cost nothing.
+const C = CG_CONFIG, K = C.categories, B = C.banner, T = C.texts, w = window, d = document, n = navigator, now = Date.now;
+const S = d.currentScript, ds = S.dataset;
+// https://gw/v1/tenants/{t}: the API lives where the script came from.
+const API = S.src.replace(/\/banner\.js.*/, '');
+const O = ['functional', 'analytics', 'marketing'], CATS = ['necessary', ...O].filter(k => K[k] && K[k].enabled != 0);
+const ls = (k, v) => { try { return v ? localStorage.setItem(k, v) : localStorage[k] } catch (e) {} };
+const uuid = () => crypto.randomUUID?.() || URL.createObjectURL(new Blob).slice(-36);
 const ready = f => d.readyState == 'loading' ? d.addEventListener('DOMContentLoaded', f) : f();
+const G = x => x ? 'granted' : 'denied';
 
-// Visitor's language: first of navigator.languages with texts (exact, then primary subtag).
-const L = (() => {
-  const ks = Object.keys(T);
-  for (let l of n.languages || [n.language]) {
-    l = String(l).toLowerCase();
-    const k = ks.find(x => x.toLowerCase() == l) || ks.find(x => x.toLowerCase() == l.split('-')[0]);
-    if (k) return k;
-  }
-  return DEF_L;
-})();
-const tx = k => (T[L] || {})[k] || (T[DEF_L] || {})[k] || DEF[k] || '';
-const ctx = (k, f, g) => ((T[L] || {}).categories || {})[k]?.[f] || C.categories[k][g] || '';
+// Texts: the first of navigator.languages we have texts for (exact tag, then primary subtag).
+const L = [...n.languages, C.default_language].map(l => l.toLowerCase()).reduce((r, l) => r || Object.keys(T).find(x => [l, l.split('-')[0]].includes(x.toLowerCase())), 0);
+const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', signal_denied: 'Off (privacy signal)' };
+const tx = k => T[L]?.[k] || T[C.default_language]?.[k] || DEF[k] || '';
+const ctx = (k, f, g) => T[L]?.categories?.[k]?.[f] || K[k][g] || '';
 
 // Signals. GPC always denies marketing (CCPA regs § 7025); with respect_do_not_track, DNT or GPC
 // deny every non-necessary category. The gateway's view of the headers is merged in later.
-const sig = { gpc: n.globalPrivacyControl === true, dnt: (n.doNotTrack || w.doNotTrack) == '1' };
+const sig = { gpc: n.globalPrivacyControl, dnt: n.doNotTrack == 1 };
 const blocked = k => k != 'necessary' && (C.respect_do_not_track && (sig.dnt || sig.gpc) || sig.gpc && k == 'marketing');
-const eff = c => { const o = { necessary: true }; OPT.forEach(k => o[k] = !!(c && c[k] && CATS.includes(k) && !blocked(k))); return o };
+const eff = c => { const o = { necessary: true }; for (const k of O) o[k] = !!c?.[k] && CATS.includes(k) && !blocked(k); return o };
 
-// Google Consent Mode v2: region-aware defaults now, before any tag fires; updates on decisions.
-const dl = w.dataLayer = w.dataLayer || [];
-function gtag() { typeof w.gtag == 'function' ? w.gtag.apply(w, arguments) : dl.push(arguments) }
-const g = b => b ? 'granted' : 'denied';
-const cm = c => ({ ad_storage: g(c.marketing), ad_user_data: g(c.marketing), ad_personalization: g(c.marketing),
-  analytics_storage: g(c.analytics), functionality_storage: g(c.functional), personalization_storage: g(c.functional), security_storage: 'granted' });
-const defaults = {}; CATS.forEach(k => defaults[k] = C.categories[k].default_accepted);
-const regions = C.consent_required_regions || [];
-if (C.geo_targeting_enabled && regions.length) gtag('consent', 'default', { ...cm({}), region: regions, wait_for_update: 500 });
-gtag('consent', 'default', { ...cm(C.geo_targeting_enabled ? eff(defaults) : {}), wait_for_update: 500 });
+// Google Consent Mode v2: region-aware defaults now, before any tag fires; an update per decision.
+const dl = w.dataLayer ||= [];
+function gtag() { w.gtag ? w.gtag(...arguments) : dl.push(arguments) }
+const cm = (c, x) => ({ ...x, ad_storage: G(c.marketing), ad_user_data: G(c.marketing), ad_personalization: G(c.marketing),
+  analytics_storage: G(c.analytics), functionality_storage: G(c.functional), personalization_storage: G(c.functional), security_storage: G(1) });
+const pre = {}; CATS.forEach(k => pre[k] = K[k].default_accepted);
+if (C.geo_targeting_enabled && C.consent_required_regions?.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions, wait_for_update: 500 }));
+gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}, { wait_for_update: 500 }));
 
-// Site-side record {vid, cfg, rev, choices, exp, act}: cookie (readable by the site's server) + localStorage.
-const load = () => { try { return JSON.parse(decodeURIComponent((d.cookie.match(/(?:^|; )cg_consent=([^;]*)/) || [])[1] || '') || lget(KEY)) } catch (e) {} };
+// The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie (so the
+// site's server can read it too) and localStorage. A valid one decides without any request.
+let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2] || '') || ls('cg_consent')) } catch (e) {}
+const valid = s => s?.choices && s.rev >= (C.reconsent_revision || 0) && s.exp > now() && s.cfg == C.config_id;
 const save = s => {
-  const v = JSON.stringify(s);
-  d.cookie = `${KEY}=${encodeURIComponent(v)}; Path=/; Max-Age=${Math.round((s.exp - Date.now()) / 1e3)}; SameSite=Lax${location.protocol == 'https:' ? '; Secure' : ''}`;
-  lset(KEY, v);
+  d.cookie = `cg_consent=${encodeURIComponent(s = JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
+  ls('cg_consent', s);
 };
-const valid = s => s && s.choices && s.rev >= (C.reconsent_revision || 0) && s.exp > Date.now() && (!s.cfg || s.cfg == C.config_id);
-const st = load();
-const vid = lget('cg_vid') || st?.vid || uuid();
-lset('cg_vid', vid);
+const vid = ls('cg_vid') || st?.vid || uuid();
+ls('cg_vid', vid);
 
-const delCookie = name => {
-  const re = new RegExp('^' + name.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*') + '$');
+// Delete a cookie (trailing * = prefix) for the host and each parent domain it may be set on.
+const del = name => {
   const p = location.hostname.split('.');
-  d.cookie.split('; ').map(c => c.split('=')[0]).filter(c => re.test(c)).forEach(c =>
-    ['', ...p.map((_, i) => '; Domain=' + p.slice(i).join('.'))].forEach(x => d.cookie = `${c}=; Max-Age=0; Path=/${x}`));
+  for (const c of d.cookie.split('; ')) if (RegExp('^' + name.replace(/[.+^$|]/g, '\\$&').replace('*', '.*') + '=').test(c))
+    for (const x of ['', ...p.map((_, i) => ';Domain=' + p.slice(i).join('.'))]) d.cookie = c.split('=')[0] + '=;Max-Age=0;Path=/' + x;
 };
 
-let cur, pre, ran = {}, host, root, bn, dlg, fab;
-const fire = (ch, action, revision) => d.dispatchEvent(new CustomEvent('consentgate:change', { bubbles: true, detail: { choices: ch, action, revision } }));
-
+let cur, init, ran = {}, host, root, bn, dlg, fab;
 function apply(s) {
-  cur = s;
   const ch = eff(s.choices);
+  cur = s;
   gtag('consent', 'update', cm(ch));
   ready(() => {
-    CATS.forEach(k => ch[k] || (C.categories[k].cookie_names || []).forEach(delCookie));
-    // Withdrawal takes effect for everything after it (GDPR Art. 7(3)): scripts that already
-    // ran on this page cannot be stopped, so start the page again without them.
-    if (OPT.some(k => ran[k] && !ch[k])) return location.reload();
-    d.querySelectorAll('script[type="text/plain"][data-consent-category],iframe[data-src][data-consent-category]').forEach(el => {
+    CATS.forEach(k => ch[k] || K[k].cookie_names?.forEach(del));
+    // Withdrawal must stop everything after it (GDPR Art. 7(3)); scripts that already ran on
+    // this page cannot be stopped, so load the page again without them.
+    if (O.some(k => ran[k] && !ch[k])) return location.reload();
+    for (const el of d.querySelectorAll('script[type="text/plain"][data-consent-category],iframe[data-src][data-consent-category]')) {
       const ks = el.dataset.consentCategory.split(/[\s,]+/);
-      if (!ks.every(k => ch[k])) return;
+      if (!ks.every(k => ch[k])) continue;
       ks.forEach(k => ran[k] = 1);
-      if (el.tagName == 'IFRAME') return el.src = el.dataset.src, el.removeAttribute('data-src');
+      if (el.tagName == 'IFRAME') { el.src = el.dataset.src; el.removeAttribute('data-src'); continue }
       const s2 = d.createElement('script');
       for (const a of el.attributes) a.name != 'type' && s2.setAttribute(a.name, a.value);
       s2.nonce = el.nonce; s2.async = el.async; s2.text = el.text;
       el.replaceWith(s2);
-    });
-    fire(ch, s.act, s.rev);
+    }
+    d.dispatchEvent(new CustomEvent('consentgate:change', { bubbles: true, detail: { choices: ch, action: s.act, revision: s.rev } }));
     hide();
   });
 }
 
-// Small DOM builder: properties where the element has them, attributes otherwise; children are
-// nodes or strings (strings become text nodes, never markup).
+// DOM builder: properties where the element has them, attributes otherwise. Children are nodes
+// or strings, and strings become text nodes, never markup.
 const h = (t, p, ...c) => { const e = d.createElement(t); for (const k in p) k in e ? e[k] = p[k] : e.setAttribute(k, p[k]); e.append(...c); return e };
 const btn = (k, onclick, className = 'pr') => h('button', { type: 'button', className, onclick }, tx(k));
-const ink = c => { // readable text colour on the primary colour
-  c = (c || '').slice(1); if (c.length == 3) c = c.replace(/./g, '$&$&');
-  let y = 0; c.match(/../g)?.forEach((x, i) => { x = parseInt(x, 16) / 255; y += [.2126, .7152, .0722][i] * (x < .04 ? x / 12.92 : ((x + .055) / 1.055) ** 2.4) });
-  return y > .18 ? '#000' : '#fff';
-};
+const act = a => () => decide(a);
 
 function mount() {
   if (host) return;
-  const b = C.banner || {};
-  host = h('div', { id: 'consentgate' });
+  d.body.append(host = h('div', { id: 'consentgate' }));
   root = host.attachShadow({ mode: 'open' });
-  root.append(h('style', { nonce: ds.nonce || S.nonce || '' }, CG_CSS));
-  [['p', b.primary_color], ['b', b.background_color], ['t', b.text_color], ['i', b.primary_color && ink(b.primary_color)]]
-    .forEach(([k, v]) => v && host.style.setProperty('--cg-' + k, v));
-  d.body.append(host);
+  // A <style> element carrying the nonce the site gave us works under a strict style-src CSP;
+  // colours go in through CSSOM custom properties, which CSP does not restrict.
+  root.append(h('style', { nonce: ds.nonce || S.nonce }, CG_CSS));
+  for (const k of ['primary', 'background', 'text']) B[k + '_color'] && host.style.setProperty('--cg-' + k[0], B[k + '_color']);
 }
 
+// First layer. Reject all looks exactly like Accept all (EDPB cookie banner taskforce 2023).
 function show(required) {
-  pre = {}; CATS.forEach(k => pre[k] = !required && C.categories[k].default_accepted);
+  // No pre-ticked boxes where consent is required (CJEU C-673/17 Planet49).
+  init = eff(!required && pre);
   ready(() => {
-    mount(); bn?.remove(); fab && (fab.hidden = true);
-    const b = C.banner || {}, links = [['privacy_policy_url', 'privacy_policy'], ['cookie_policy_url', 'cookie_policy']]
-      .filter(([u]) => /^https?:\/\//i.test(C[u])).map(([u, t]) => h('a', { href: C[u], target: '_blank', rel: 'noopener' }, tx(t)));
-    root.append(bn = h('div', { className: `bn s-${b.style || 'box'} p-${b.position || 'bottom'}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1, lang: L },
-      h('div', { className: 'tx' }, h('h2', { id: 't' }, tx('title')), h('p', { id: 'd' }, tx('body')), h('p', { className: 'ln' }, ...links)),
-      h('div', { className: 'bt' },
-        b.show_reject_all !== false ? btn('reject_all', () => decide('reject_all')) : '',
-        btn('accept_all', () => decide('accept_all')),
-        b.show_preferences !== false ? btn('preferences', () => prefs(pre), 'sc') : '')));
-    if (!d.activeElement || d.activeElement == d.body) bn.focus();
+    mount(); bn?.remove(); fab && (fab.hidden = 1);
+    root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1, lang: L },
+      h('div', { className: 'tx' }, h('h2', { id: 't' }, tx('title')), h('p', { id: 'd' }, tx('body')),
+        ...['privacy', 'cookie'].filter(k => /^https?:/.test(C[k + '_policy_url'])).map(k => h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')))),
+      h('div', { className: 'bt' }, B.show_reject_all != 0 ? btn('reject_all', act('reject_all')) : '', btn('accept_all', act('accept_all')),
+        B.show_preferences != 0 ? btn('preferences', () => prefs(init), 'sc') : '')));
+    d.activeElement == d.body && bn.focus();
   });
 }
 
 function hide() {
-  mount(); bn?.remove(); bn = 0;
-  if (!fab && !('noSettingsButton' in ds)) root.append(fab = btn('settings', () => api.showPreferences(), 'fab'));
-  if (fab) fab.hidden = false;
+  mount(); bn?.remove();
+  'noSettingsButton' in ds || (fab ||= root.appendChild(btn('settings', () => api.showPreferences(), 'fab'))).removeAttribute('hidden');
 }
 
-function prefs(init) {
+// Preferences: a modal <dialog> (Esc closes it) with one switch per category and a focus trap.
+function prefs(c) {
   ready(() => {
     mount(); dlg?.open && dlg.close();
-    const opener = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt', lang: L },
+    const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt', lang: L },
       h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { type: 'button', className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
       ...CATS.map(k => {
-        const lock = k == 'necessary' || C.categories[k].required, bl = blocked(k), id = 'c-' + k;
-        box[k] = h('input', { type: 'checkbox', id, role: 'switch', checked: lock || !bl && !!init?.[k], disabled: lock || bl, 'aria-describedby': id + 'd' });
+        const lock = k == 'necessary' || K[k].required, off = blocked(k);
         return h('div', { className: 'ct' },
-          h('label', {}, box[k], h('span', {}, ctx(k, 'label', 'display_name')), lock || bl ? h('small', {}, tx(lock ? 'always_on' : 'signal_denied')) : ''),
-          h('p', { id: id + 'd' }, ctx(k, 'description', 'description')));
+          h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
+            h('span', {}, ctx(k, 'label', 'display_name')), h('small', {}, tx(lock ? 'always_on' : off ? 'signal_denied' : 0))),
+          h('p', { id: k }, ctx(k, 'description', 'description')));
       }),
-      h('div', { className: 'bt' }, btn('reject_all', () => decide('reject_all')), btn('accept_all', () => decide('accept_all')),
-        btn('save', () => { const c = {}; OPT.forEach(k => c[k] = !!box[k]?.checked); decide('custom', c) }, 'sc')));
-    D.onkeydown = e => { // keep Tab inside the dialog
-      if (e.key != 'Tab') return;
-      const f = [...D.querySelectorAll('button,input:enabled,a[href]')], a = root.activeElement;
-      if (!f.includes(a) || a == (e.shiftKey ? f[0] : f.at(-1))) e.preventDefault(), (e.shiftKey ? f.at(-1) : f[0]).focus();
+      h('div', { className: 'bt' }, btn('reject_all', act('reject_all')), btn('accept_all', act('accept_all')),
+        btn('save', () => decide('custom', { functional: box.functional?.checked, analytics: box.analytics?.checked, marketing: box.marketing?.checked }), 'sc')));
+    D.onkeydown = e => {
+      const f = [...D.querySelectorAll('button,input:enabled')], a = root.activeElement;
+      if (e.key == 'Tab' && (!f.includes(a) || a == (e.shiftKey ? f[0] : f.at(-1)))) e.preventDefault(), (e.shiftKey ? f.at(-1) : f[0]).focus();
     };
-    D.onclose = () => { D.remove(); dlg?.open || opener?.isConnected && opener.focus() };
+    D.onclose = () => { D.remove(); dlg.open || back?.isConnected && back.focus() };
     root.append(D); D.showModal();
   });
 }
 
-// A decision: POST it, keep it on the site, then apply it. Choices are sent explicitly, with the
-// categories a privacy signal blocks set to false, so the record matches what the visitor saw.
+// A decision: POST it, keep it on the site, apply it. Choices are sent explicitly, with what a
+// privacy signal blocks set to false, so the record says what the visitor saw and chose.
 function decide(action, c) {
-  const focused = root?.activeElement, ch = eff(action == 'custom' ? c : action == 'accept_all' ? { functional: 1, analytics: 1, marketing: 1 } : 0);
+  const focused = root?.activeElement, { necessary, ...choices } = eff(action == 'custom' ? c : action == 'accept_all' && K /* every category */);
   dlg?.open && dlg.close();
   hide(); focused && fab?.focus();
-  const { necessary, ...choices } = ch;
   fetch(API + '/consent', { method: 'POST', credentials: 'omit', keepalive: true,
     body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner' }) })
-    .then(r => r.ok ? r.json() : Promise.reject()).catch(() => 0).then(r => {
-      const s = { vid, cfg: C.config_id, rev: r?.revision ?? C.revision, choices: r?.choices || ch, act: action,
-        exp: Date.parse(r?.expires_at) || Date.now() + (C.expiry_days || 180) * 864e5 };
-      // Without a server record there is no proof of consent: keep only a refusal.
-      if (r || !OPT.some(k => ch[k])) save(s);
+    .then(r => r.ok && r.json()).catch(() => 0).then(r => {
+      const s = { vid, cfg: C.config_id, rev: r?.revision ?? C.revision, choices: r?.choices || choices, act: action, exp: Date.parse(r?.expires_at) || now() + C.expiry_days * 864e5 };
+      // Without a record on the gateway there is no proof of consent: keep only a refusal.
+      if (r || !O.some(k => choices[k])) save(s);
       apply(s);
     });
 }
 
 const api = w.consentgate = {
   track,
-  showPreferences: () => prefs(cur ? eff(cur.choices) : pre),
+  showPreferences: () => prefs(cur ? eff(cur.choices) : init),
   getConsent: () => cur ? { choices: eff(cur.choices), revision: cur.rev, action: cur.act } : null,
-  withdraw: () => decide('withdraw'),
+  withdraw: act('withdraw'),
 };
 
-// Decide without the network when the stored choice is still valid; otherwise ask the gateway.
 if (valid(st)) apply(st);
-else fetch(`${API}/consent/${vid}`, { credentials: 'omit' }).then(r => r.ok ? r.json() : Promise.reject())
-  .catch(() => ({ consent_required: true })).then(r => {
-    sig.dnt ||= !!r.signals?.dnt; sig.gpc ||= !!r.signals?.gpc;
-    const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, act: r.action, exp: Date.parse(r.expires_at) };
-    if (r.decision_needed === false && valid(s)) save(s), apply(s);
-    else show(r.consent_required !== false);
-  });
+else fetch(`${API}/consent/${vid}`, { credentials: 'omit' }).then(r => r.json()).catch(() => ({})).then(r => {
+  sig.dnt ||= r.signals?.dnt; sig.gpc ||= r.signals?.gpc;
+  const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, exp: Date.parse(r.expires_at) };
+  if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
+  // Unknown region (or no answer) counts as consent required.
+  else show(r.consent_required != 0);
+});
 
-// Tracker: page views (also SPA navigations), outbound clicks, custom events. Batched, at most
-// 50 queued, retried with exponential backoff and jitter; idempotency keys make retries safe.
-const EV = `${API}/events?key=${encodeURIComponent(ds.key || '')}`, Q = [];
-const red = u => String(u || '').replace(/([?&#])([^=&#]+)=([^&#]*)/g, (m, p, k) => /token|secret|passw|pwd|auth|key|sig/i.test(k) ? p + k + '=REDACTED' : m);
+// Tracker: page views (also SPA navigations), outbound link clicks, custom events. At most 50
+// queued, posted in batches, retried with exponential backoff and jitter; each event has its own
+// idempotency key so a retry never counts twice. What is left goes by sendBeacon on page hide.
+const EV = API + '/events?key=' + encodeURIComponent(ds.key), Q = [];
+const red = u => u.replace(/([?&#])([^=&#]*(token|secret|passw|pwd|auth|key|sig)[^=&#]*)=[^&#]*/gi, '$1$2=REDACTED');
 let ref = d.referrer, last, timer, busy, tries = 0;
 function track(event_name, event_properties = {}) {
   if (!ds.key) return;
-  Q.push({ event_name, event_properties, anonymous_id: vid, page_url: red(location.href), referrer: red(ref) || undefined,
-    title: d.title, language: n.language, screen: `${screen.width}x${screen.height}`, occurred_at: new Date().toISOString(), idempotency_key: uuid() });
+  Q.push({ event_name, event_properties, anonymous_id: vid, page_url: red(location.href), referrer: red(ref) || undefined, title: d.title,
+    language: n.language, screen: screen.width + 'x' + screen.height, occurred_at: new Date().toISOString(), idempotency_key: uuid() });
   Q.splice(0, Q.length - 50);
   timer ||= setTimeout(flush, 200);
 }
 function flush() {
   timer = 0;
   if (busy || !Q.length) return;
-  const b = Q.splice(0, 50), again = x => (x == 429 || x >= 500);
+  const b = Q.splice(0, 50);
   busy = 1;
   fetch(EV, { method: 'POST', credentials: 'omit', keepalive: true, body: JSON.stringify({ batch: b }) })
-    .then(r => { if (again(r.status)) throw 0; return r.json() })
-    .then(j => { const f = (j.results || []).filter(x => again(x.status)).map(x => b[x.index]); Q.unshift(...f); tries = f.length ? tries + 1 : 0 },
-      e => { if (e === 0 || e instanceof TypeError) Q.unshift(...b), tries++ })
-    .finally(() => { busy = 0; Q.splice(0, Q.length - 50); if (Q.length) timer = setTimeout(flush, tries ? Math.min(6e4, 1e3 * 2 ** tries) * (.5 + Math.random() / 2) : 200) });
+    // 408, 429 and 5xx are worth another try; any other answer is final.
+    .then(r => [408, 429].includes(r.status) || r.status > 499 ? Promise.reject() : tries = 0).catch(() => (Q.unshift(...b), tries++))
+    .then(() => { busy = 0; Q.splice(0, Q.length - 50); if (Q.length) timer = setTimeout(flush, tries && Math.min(6e4, 1e3 * 2 ** tries) * (.5 + Math.random() / 2)) });
 }
-const beacon = () => { if (Q.length && ds.key && n.sendBeacon(EV, JSON.stringify({ batch: Q }))) Q.length = 0 };
-addEventListener('pagehide', beacon);
-d.addEventListener('visibilitychange', () => d.visibilityState == 'hidden' && beacon());
+d.addEventListener('visibilitychange', () => d.hidden && Q.length && n.sendBeacon(EV, JSON.stringify({ batch: Q })) && (Q.length = 0));
 const pv = () => {
   const u = location.href.split('#')[0], p = {};
   if (u == last) return;
-  if (last) ref = last;
-  last = u;
+  ref = last || ref; last = u;
   new URLSearchParams(location.search).forEach((v, k) => /^utm_/.test(k) && (p[k] = v));
   track('pageview', p);
 };
 if (!('noPageview' in ds)) {
-  for (const m of ['pushState', 'replaceState']) { const o = history[m]; history[m] = function () { const r = o.apply(this, arguments); pv(); return r } }
+  for (const m of ['pushState', 'replaceState']) { const o = history[m]; history[m] = function () { o.apply(this, arguments); pv() } }
   addEventListener('popstate', pv);
   pv();
 }
 d.addEventListener('click', e => {
   const a = e.target.closest?.('a[href],[data-consentgate-settings]');
-  if (a?.hasAttribute('data-consentgate-settings')) e.preventDefault(), api.showPreferences();
+  if (a?.matches('[data-consentgate-settings]')) e.preventDefault(), api.showPreferences();
   else if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
 }, true);

@@ -8,7 +8,7 @@ use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, db, http};
+use crate::{config::Settings, db, geo::Geo, http};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +16,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The base URL the gateway is reached at (for links and the demo page).
     pub public_url: Arc<str>,
+    pub geo: Arc<Geo>,
 }
 
 pub struct App {
@@ -37,11 +38,12 @@ impl App {
     /// Starts on an already connected and migrated database.
     pub async fn start_with(settings: Settings, db: DatabaseConnection) -> anyhow::Result<App> {
         crate::telemetry::init_metrics();
+        let geo = Arc::new(Geo::open(&settings.geo)?);
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let addr = listener.local_addr()?;
-        let state = AppState { db, public_url: settings.public_url(addr).into(), settings: Arc::new(settings) };
+        let state = AppState { db, public_url: settings.public_url(addr).into(), geo, settings: Arc::new(settings) };
         let shutdown = CancellationToken::new();
         let workers = crate::workers::spawn(&state, &shutdown);
         let router = http::router(state.clone());

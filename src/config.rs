@@ -95,6 +95,9 @@ pub struct GeoSettings {
     /// Trusted header with the visitor's ISO 3166-2 subdivision (e.g. `X-Region` = `CA`),
     /// so `US-CA` style regions can be matched. Empty: unused.
     pub region_header: String,
+    /// A MaxMind-format database (GeoIP2/GeoLite2 Country or City) used when the country
+    /// header is unset or absent. Empty: unused.
+    pub mmdb_path: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

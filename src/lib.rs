@@ -7,10 +7,12 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod geo;
 pub mod http;
 pub mod telemetry;
 pub mod tenants;

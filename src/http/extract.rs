@@ -156,7 +156,7 @@ pub struct Visitor {
     pub dnt: bool,
     /// `Sec-GPC: 1`.
     pub gpc: bool,
-    /// ISO 3166-1 alpha-2 country from the configured trusted header, upper-case.
+    /// ISO 3166-1 alpha-2 country, upper-case: the configured trusted header, else the GeoIP file.
     pub country: Option<String>,
     /// ISO 3166-2 subdivision from the configured trusted header (e.g. `US-CA`).
     pub region: Option<String>,
@@ -182,9 +182,11 @@ impl FromRequestParts<AppState> for Visitor {
         } else {
             text(ip_header).and_then(|v| v.split(',').next().and_then(|s| s.trim().parse().ok())).or(peer)
         };
+        let looked_up = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
         let country = text(&state.settings.geo.country_header)
             .map(|c| c.to_ascii_uppercase())
-            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()));
+            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))
+            .or(looked_up.country.clone());
         let region = text(&state.settings.geo.region_header).and_then(|r| {
             let r = r.to_ascii_uppercase();
             match (&country, r.contains('-')) {
@@ -193,6 +195,8 @@ impl FromRequestParts<AppState> for Visitor {
                 (None, false) => None,
             }
         });
+        // A subdivision from the database only counts with the country it belongs to.
+        let region = region.or(looked_up.region.filter(|r| country.as_deref().is_some_and(|c| r.starts_with(c))));
         Ok(Visitor {
             ip,
             user_agent: text("user-agent"),

@@ -3,4 +3,5 @@
 
 mod helpers;
 
+mod cli;
 mod foundation;

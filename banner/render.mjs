@@ -1,0 +1,35 @@
+// Reference implementation of what the gateway does to serve GET /v1/tenants/{t}/banner.js.
+// The Rust side (src/banner/) must produce the same bytes; size.mjs and the development stub use
+// this module. See README.md for the contract.
+import { readFileSync } from 'node:fs';
+
+const here = new URL('.', import.meta.url);
+const read = (p) => readFileSync(new URL(p, here), 'utf8');
+
+/** JSON for a script context: `<`, `>`, `&`, U+2028 and U+2029 become \uXXXX escapes. */
+export const scriptJson = (value) =>
+  JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
+
+/** The banner config the gateway builds from a tenant's active cookie-consent config. */
+export function bannerConfig(config, { tenant = 'demo', id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0e', revision = 1, reconsentRevision = 1, textsHash = '0'.repeat(64) } = {}) {
+  const categories = Object.fromEntries(Object.entries(config.categories).filter(([, c]) => c.enabled));
+  return {
+    tenant, config_id: id, revision, reconsent_revision: reconsentRevision, texts_hash: textsHash,
+    expiry_days: config.consent_expiry_days, respect_do_not_track: config.respect_do_not_track,
+    geo_targeting_enabled: config.geo_targeting_enabled, consent_required_regions: config.consent_required_regions,
+    banner: config.banner, categories, texts: config.texts, default_language: config.default_language,
+    privacy_policy_url: config.privacy_policy_url, cookie_policy_url: config.cookie_policy_url,
+  };
+}
+
+/** Render templates/banner.js.tera the way the gateway does (autoescape off, three variables). */
+export function renderBanner(bannerCfg) {
+  const vars = {
+    config_json: scriptJson(bannerCfg),
+    css: scriptJson(read('banner.css')),
+    script: read('dist/banner.min.js'),
+  };
+  return read('../templates/banner.js.tera').replace(/\{\{\s*(\w+)\s*\|\s*safe\s*\}\}/g, (_, k) => vars[k]);
+}
+
+export const sampleConfig = () => JSON.parse(read('sample-config.json'));
