@@ -43,3 +43,16 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
 pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, sea_orm::DbErr> {
     Ok(Migrator::get_pending_migrations(db).await?.is_empty())
 }
+
+/// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, taking the write lock
+/// up front: a deferred transaction that reads and then writes fails with `SQLITE_BUSY` (which the
+/// busy timeout cannot wait out) when another connection wrote in between. PostgreSQL ignores
+/// the option.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}

@@ -31,7 +31,7 @@ use utoipa::{
 
 use crate::{
     consent::{Identity, RequiredCategory},
-    error::{Error, Result},
+    error::Result,
 };
 
 /// One provider's wire contract. Implementations are unit structs; all state is in `Settings`.
@@ -227,26 +227,8 @@ impl PartialSchema for ProviderConfigInput {
 
 impl ToSchema for ProviderConfigInput {}
 
-/// Deserialises with the failing field named as a dotted path below `prefix`; unknown fields are
-/// reported by name.
 pub(crate) fn from_json_value<T: DeserializeOwned>(raw: Value, prefix: &str) -> Result<T> {
-    serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().to_string();
-        let mut field = if path == "." { String::new() } else { path };
-        // deny_unknown_fields reports at the parent: name the unknown field itself.
-        if let Some(rest) = message.strip_prefix("unknown field `")
-            && let Some(name) = rest.split('`').next()
-        {
-            field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
-        }
-        let field = match (prefix.is_empty(), field.is_empty()) {
-            (true, _) => field,
-            (false, true) => prefix.to_string(),
-            (false, false) => format!("{prefix}.{field}"),
-        };
-        Error::Validation { field: (!field.is_empty()).then_some(field), message }
-    })
+    crate::json::from_value(raw, prefix)
 }
 
 // ---------------------------------------------------------------------------------------------
