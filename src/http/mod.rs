@@ -4,9 +4,13 @@
 //! under the very path its annotation documents).
 
 mod audit_log;
+mod deliveries;
 pub mod error;
+mod events;
 pub mod extract;
 mod health;
+mod ingest_keys;
+mod provider_configs;
 mod tokens;
 
 use std::sync::OnceLock;
@@ -57,6 +61,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(tokens::router())
         .merge(audit_log::router())
+        .merge(ingest_keys::router())
+        .merge(events::router())
+        .merge(provider_configs::router())
+        .merge(deliveries::router())
         .routes(routes!(openapi_json))
 }
 
