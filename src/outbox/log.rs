@@ -6,7 +6,7 @@ use entity::{delivery, provider_config};
 use sea_orm::{
     ExprTrait,
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, sea_query::Expr,
+    sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -142,7 +142,7 @@ async fn with_decisions(db: &impl ConnectionTrait, rows: Vec<delivery::Model>) -
 
 /// Sends a dead or dropped delivery again, from a fresh attempt count.
 pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &str) -> Result<DeliveryView> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let d = delivery::Entity::find_by_id(id)
         .filter(delivery::Column::TenantId.eq(tenant_id))
         .one(&txn)
@@ -178,7 +178,7 @@ pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
 
 /// Replays every dead delivery of a config; returns how many.
 pub async fn replay_dead_letters(db: &DatabaseConnection, tenant_id: Uuid, config_id: Uuid, actor: &str) -> Result<u64> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let n = reset(
         &txn,
         delivery::Column::TenantId

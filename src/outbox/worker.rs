@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use entity::{analytics_event, delivery, provider_config};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter, Set,
-    TransactionTrait,
+
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -193,7 +193,7 @@ impl Worker {
         adjustments: &[String],
     ) -> Result<()> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin_write(&self.db).await?;
         let Some(current) = delivery::Entity::find_by_id(d.id)
             .filter(delivery::Column::LeaseOwner.eq(self.owner.as_str()))
             .filter(delivery::Column::Status.eq(status::PENDING))

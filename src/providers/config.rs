@@ -12,7 +12,7 @@ use entity::provider_config;
 use sea_orm::{
     ExprTrait,
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, Set, TransactionTrait, sea_query::Expr,
+    QueryOrder, Set, sea_query::Expr,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -221,7 +221,7 @@ pub async fn create(
         )));
     }
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let model = provider_config::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(tenant_id),
@@ -318,7 +318,7 @@ pub async fn patch(
     let Value::Object(patch) = patch else {
         return Err(Error::Validation { field: None, message: "expected a JSON object".into() });
     };
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let current = find(&txn, tenant_id, provider.name(), id).await?;
     let from = ProviderStatus::parse(&current.status).unwrap_or(ProviderStatus::Draft);
     if from == ProviderStatus::Decommissioned {

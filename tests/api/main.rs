@@ -4,4 +4,9 @@
 mod helpers;
 
 mod cli;
+mod fakes;
+mod forwarding;
 mod foundation;
+mod ingest;
+mod provider_configs;
+mod site;
