@@ -32,7 +32,8 @@ const EXPECTED: &str = "must be a secret reference (env:NAME, file:/absolute/pat
 
 impl SecretRef {
     pub fn parse(s: &str) -> Result<Self, NotAReference> {
-        let bad = |why: &str| NotAReference(if why.is_empty() { EXPECTED.into() } else { format!("{EXPECTED}: {why}") });
+        let bad =
+            |why: &str| NotAReference(if why.is_empty() { EXPECTED.into() } else { format!("{EXPECTED}: {why}") });
         if let Some(name) = s.strip_prefix("env:") {
             let mut chars = name.chars();
             let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');

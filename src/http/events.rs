@@ -274,9 +274,7 @@ async fn ingest_request(
 ) -> Response {
     let (origin, result) = match authorize(&state, tenant, query_key, &visitor, &headers).await {
         Err(res) => return res,
-        Ok((tenant, caller, origin)) => {
-            (origin, ingest_body(&state, &tenant, &caller, provider, &headers, body).await)
-        }
+        Ok((tenant, caller, origin)) => (origin, ingest_body(&state, &tenant, &caller, provider, &headers, body).await),
     };
     let mut res = match result {
         Ok(r) => r,
@@ -297,7 +295,8 @@ async fn authorize(
     visitor: &Visitor,
     headers: &HeaderMap,
 ) -> Result<(entity::tenant::Model, Caller, Option<String>), Response> {
-    let (tenant, key, origin) = authenticate(state, tenant, query_key, visitor, headers).await.map_err(IntoResponse::into_response)?;
+    let (tenant, key, origin) =
+        authenticate(state, tenant, query_key, visitor, headers).await.map_err(IntoResponse::into_response)?;
     if let Some(limit) = key.rate_limit_per_minute
         && let Err(wait) = state.ingest_limits.check(key.id, limit.max(1) as u32)
     {
@@ -339,14 +338,17 @@ async fn authenticate(
     let tenant = tenants::find(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;
     let from_bearer = bearer(headers).map(|s| s.expose_secret().to_string());
     let from_header = header_text(headers, "x-ingest-key");
-    if query_key.as_deref().is_some_and(|k| k.starts_with("sk_")) || from_header.as_deref().is_some_and(|k| k.starts_with("sk_")) {
+    if query_key.as_deref().is_some_and(|k| k.starts_with("sk_"))
+        || from_header.as_deref().is_some_and(|k| k.starts_with("sk_"))
+    {
         // URLs end up in access logs and browser history.
-        return Err(ApiError::Unauthorized("a secret key goes in the Authorization header (never in the URL, where logs keep it)".into()));
+        return Err(ApiError::Unauthorized(
+            "a secret key goes in the Authorization header (never in the URL, where logs keep it)".into(),
+        ));
     }
-    let presented = from_bearer
-        .or(from_header)
-        .or(query_key)
-        .ok_or_else(|| ApiError::Unauthorized("missing ingest key (?key=, X-Ingest-Key or Authorization: Bearer)".into()))?;
+    let presented = from_bearer.or(from_header).or(query_key).ok_or_else(|| {
+        ApiError::Unauthorized("missing ingest key (?key=, X-Ingest-Key or Authorization: Bearer)".into())
+    })?;
     let key = keys::authenticate(&state.db, tenant.id, &presented)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("invalid or revoked ingest key".into()))?;
@@ -354,7 +356,9 @@ async fn authenticate(
     let origin = match kind {
         KeyKind::Public => {
             let origin = visitor.origin.clone().ok_or_else(|| {
-                ApiError::Forbidden("a public key is accepted only from pages of its allowed origins (Origin header)".into())
+                ApiError::Forbidden(
+                    "a public key is accepted only from pages of its allowed origins (Origin header)".into(),
+                )
             })?;
             if !keys::origin_allowed(&key, &origin) {
                 return Err(ApiError::Forbidden(format!("origin {origin} is not allowed for this key")));
@@ -405,7 +409,10 @@ async fn ingest_body(
             }
             match m.get("batch") {
                 Some(Value::Array(items)) if items.is_empty() => {
-                    return Err(ApiError::Unprocessable { field: Some("batch".into()), message: "must not be empty".into() });
+                    return Err(ApiError::Unprocessable {
+                        field: Some("batch".into()),
+                        message: "must not be empty".into(),
+                    });
                 }
                 Some(Value::Array(items)) if items.len() > MAX_BATCH => {
                     return Err(ApiError::Unprocessable {
@@ -447,7 +454,13 @@ async fn ingest_body(
                     tracing::error!(error = %e, index, "storing a batch item failed");
                 }
                 let api = ApiError::from(e);
-                BatchItem { index, status: api.status().as_u16(), id: None, decisions: None, error: Some(api.body().error) }
+                BatchItem {
+                    index,
+                    status: api.status().as_u16(),
+                    id: None,
+                    decisions: None,
+                    error: Some(api.body().error),
+                }
             }
         });
     }

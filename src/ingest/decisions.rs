@@ -40,7 +40,13 @@ impl DecisionView {
 
 impl From<forwarding_decision::Model> for DecisionView {
     fn from(m: forwarding_decision::Model) -> Self {
-        DecisionView { config_id: m.config_id, provider: m.provider, decision: m.decision, identity: m.identity, reason: m.reason }
+        DecisionView {
+            config_id: m.config_id,
+            provider: m.provider,
+            decision: m.decision,
+            identity: m.identity,
+            reason: m.reason,
+        }
     }
 }
 
@@ -84,9 +90,7 @@ pub async fn for_events(db: &impl ConnectionTrait, event_ids: &[Uuid]) -> Result
     let mut ids = event_ids.to_vec();
     ids.sort();
     ids.dedup();
-    let rows = forwarding_decision::Entity::find()
-        .filter(forwarding_decision::Column::EventId.is_in(ids))
-        .all(db)
-        .await?;
+    let rows =
+        forwarding_decision::Entity::find().filter(forwarding_decision::Column::EventId.is_in(ids)).all(db).await?;
     Ok(rows.into_iter().map(|m| ((m.event_id, m.config_id), DecisionView::from(m))).collect())
 }

@@ -70,8 +70,17 @@ fn is_bare_product(ua: &str) -> bool {
 
 /// Headless and automation browsers, which woothee reports as ordinary browsers.
 fn is_automation(ua: &str) -> bool {
-    const MARKERS: &[&str] =
-        &["headlesschrome", "phantomjs", "puppeteer", "playwright", "selenium", "lighthouse", "bot;", "crawler", "spider"];
+    const MARKERS: &[&str] = &[
+        "headlesschrome",
+        "phantomjs",
+        "puppeteer",
+        "playwright",
+        "selenium",
+        "lighthouse",
+        "bot;",
+        "crawler",
+        "spider",
+    ];
     let lower = ua.to_ascii_lowercase();
     MARKERS.iter().any(|m| lower.contains(m))
 }
@@ -117,14 +126,16 @@ fn truncate_v4(ip: Ipv4Addr) -> Ipv4Addr {
 mod tests {
     use super::*;
 
-    const CHROME: &str =
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
     const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
 
     #[test]
     fn browsers_and_bots() {
         let a = parse_agent(Some(CHROME));
-        assert_eq!((a.browser.as_deref(), a.os.as_deref(), a.device.as_deref(), a.bot), (Some("Chrome"), Some("Windows 10"), Some("desktop"), false));
+        assert_eq!(
+            (a.browser.as_deref(), a.os.as_deref(), a.device.as_deref(), a.bot),
+            (Some("Chrome"), Some("Windows 10"), Some("desktop"), false)
+        );
         let a = parse_agent(Some(IPHONE));
         assert_eq!((a.device.as_deref(), a.bot), (Some("mobile"), false));
         for bot in [
@@ -145,7 +156,10 @@ mod tests {
     #[test]
     fn campaign_parameters() {
         let u = utm("https://ex.com/?utm_source=news&utm_medium=email&utm_campaign=bf&x=1&utm_bogus=1");
-        assert_eq!(serde_json::Value::Object(u), serde_json::json!({"source": "news", "medium": "email", "campaign": "bf"}));
+        assert_eq!(
+            serde_json::Value::Object(u),
+            serde_json::json!({"source": "news", "medium": "email", "campaign": "bf"})
+        );
         assert!(utm("not a url").is_empty());
     }
 

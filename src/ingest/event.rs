@@ -229,7 +229,10 @@ pub fn validate(raw: Value, caller: &Caller, prefix: &str, now: DateTime<Utc>) -
         // The seed's natural key: the same event of the same session at the same client time is
         // the same event (a beacon sent twice).
         None => client_time.and_then(|t| {
-            let who = session_id.as_deref().map(|s| format!("s:{s}")).or(anonymous_id.as_deref().map(|v| format!("v:{v}")))?;
+            let who = session_id
+                .as_deref()
+                .map(|s| format!("s:{s}"))
+                .or(anonymous_id.as_deref().map(|v| format!("v:{v}")))?;
             let stamp = t.to_rfc3339_opts(SecondsFormat::Micros, true);
             Some(format!("{DERIVED_PREFIX}{}", crypto::sha256_hex(format!("{who}\n{event_name}\n{stamp}"))))
         }),
@@ -262,7 +265,9 @@ pub fn validate(raw: Value, caller: &Caller, prefix: &str, now: DateTime<Utc>) -
             None => None,
         };
         let ip = match input.ip {
-            Some(ip) => Some(ip.trim().parse::<IpAddr>().map_err(|_| invalid("ip", "must be an IPv4 or IPv6 address".into()))?),
+            Some(ip) => {
+                Some(ip.trim().parse::<IpAddr>().map_err(|_| invalid("ip", "must be an IPv4 or IPv6 address".into()))?)
+            }
             None => None,
         };
         let country = match input.country {
@@ -333,9 +338,11 @@ fn check_url(s: &str) -> Result<(), String> {
 fn decimal(s: &str) -> Option<Number> {
     let s = s.trim();
     let ok = !s.is_empty()
-        && s.trim_start_matches('-').split_once('.').map_or(s.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()), |(i, f)| {
-            !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && f.bytes().all(|b| b.is_ascii_digit())
-        });
+        && s.trim_start_matches('-')
+            .split_once('.')
+            .map_or(s.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()), |(i, f)| {
+                !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && f.bytes().all(|b| b.is_ascii_digit())
+            });
     if !ok {
         return None;
     }
@@ -414,7 +421,8 @@ mod tests {
 
     #[test]
     fn a_server_speaks_for_its_visitor() {
-        let server = Caller { kind: Some(KeyKind::Secret), ip: Some("10.0.0.1".parse().unwrap()), ..Default::default() };
+        let server =
+            Caller { kind: Some(KeyKind::Secret), ip: Some("10.0.0.1".parse().unwrap()), ..Default::default() };
         let e = validate(
             ok(json!({"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 X", "dnt": true, "country": "se"})),
             &server,
@@ -447,7 +455,8 @@ mod tests {
 
     #[test]
     fn revenue_amounts() {
-        let e = validate(ok(json!({"revenue": {"amount": "12.50", "currency": "eur"}})), &browser(), "", now()).unwrap();
+        let e =
+            validate(ok(json!({"revenue": {"amount": "12.50", "currency": "eur"}})), &browser(), "", now()).unwrap();
         assert_eq!(e.revenue.unwrap(), json!({"amount": 12.5, "currency": "EUR"}));
     }
 }

@@ -61,7 +61,8 @@ pub struct OriginPattern {
 
 impl OriginPattern {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an origin (https://example.com, https://*.example.com, http://localhost:3000)");
+        let bad =
+            || format!("{s:?} is not an origin (https://example.com, https://*.example.com, http://localhost:3000)");
         let (scheme, rest) = s.trim().split_once("://").ok_or_else(bad)?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "http" && scheme != "https" {
@@ -261,7 +262,11 @@ pub async fn revoke(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Res
 }
 
 /// The live key of `tenant_id` behind `presented`, if any.
-pub async fn authenticate(db: &impl ConnectionTrait, tenant_id: Uuid, presented: &str) -> Result<Option<ingest_key::Model>> {
+pub async fn authenticate(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    presented: &str,
+) -> Result<Option<ingest_key::Model>> {
     if presented.len() > 128 || !(presented.starts_with("pk_") || presented.starts_with("sk_")) {
         return Ok(None);
     }
@@ -324,7 +329,15 @@ mod tests {
         let l = OriginPattern::parse("http://localhost:3000").unwrap();
         assert!(l.matches("http://localhost:3000") && !l.matches("http://localhost:3001"));
         assert!(!l.matches("null"));
-        for bad in ["example.com", "https://example.com/", "https://example.com/path", "ftp://x.org", "https://*.com", "https://u@x.org", "*"] {
+        for bad in [
+            "example.com",
+            "https://example.com/",
+            "https://example.com/path",
+            "ftp://x.org",
+            "https://*.com",
+            "https://u@x.org",
+            "*",
+        ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
     }

@@ -28,7 +28,10 @@ use self::{
     event::{Caller, ValidEvent},
 };
 use crate::{
-    consent::{self, Action, Choices, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory, Signals},
+    consent::{
+        self, Action, Choices, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory,
+        Signals,
+    },
     crypto,
     error::{Error, Result},
     geo::Geo,
@@ -76,13 +79,8 @@ pub async fn accept(
 
     let agent = enrich::parse_agent(ev.user_agent.as_deref());
     let model = stored_event(tenant.id, provider, &ev, &agent, now);
-    let signals = Signals {
-        dnt: ev.dnt,
-        gpc: ev.gpc,
-        country: ev.country.clone(),
-        region: ev.region.clone(),
-        bot: agent.bot,
-    };
+    let signals =
+        Signals { dnt: ev.dnt, gpc: ev.gpc, country: ev.country.clone(), region: ev.region.clone(), bot: agent.bot };
     let (policy, record) = consent_inputs(db, tenant, ev.anonymous_id.as_deref()).await?;
 
     struct Planned {
@@ -96,7 +94,8 @@ pub async fn accept(
         let Some(p) = providers::get(&config.provider) else { continue };
         let policy_for_config = ProviderPolicy {
             status: ProviderStatus::parse(&config.status).unwrap_or(ProviderStatus::Paused),
-            required_category: serde_json::from_value(json!(config.required_category)).unwrap_or(RequiredCategory::None),
+            required_category: serde_json::from_value(json!(config.required_category))
+                .unwrap_or(RequiredCategory::None),
             cookieless_fallback: p.cookieless_fallback(&config.settings),
         };
         let mut decision = consent::decide(policy.as_ref(), record.as_ref(), &signals, &policy_for_config, now);
@@ -130,8 +129,15 @@ pub async fn accept(
         decisions::insert(&txn, tenant.id, model.id, &p.view, now).await?;
         match p.identity {
             Some(identity) => {
-                crate::outbox::enqueue(&txn, tenant.id, model.id, p.config_id, &p.view.provider, identity, ev.ip, now)
-                    .await?;
+                let new = crate::outbox::NewDelivery {
+                    tenant_id: tenant.id,
+                    event_id: model.id,
+                    config_id: p.config_id,
+                    provider: &p.view.provider,
+                    identity,
+                    client_ip: ev.ip,
+                };
+                crate::outbox::enqueue(&txn, new, now).await?;
             }
             None if p.denied_by_consent => usage::denied_by_consent(&txn, p.config_id).await?,
             None => {}
@@ -258,7 +264,13 @@ pub async fn consent_inputs(
                 .map_err(|e| Error::Internal(anyhow::anyhow!("consent record {} has unreadable choices: {e}", r.id)))?;
             let action = Action::parse(&r.action)
                 .ok_or_else(|| Error::Internal(anyhow::anyhow!("consent record {} has action {:?}", r.id, r.action)))?;
-            Some(RecordView { choices, action, revision: r.revision, created_at: r.created_at, expires_at: r.expires_at })
+            Some(RecordView {
+                choices,
+                action,
+                revision: r.revision,
+                created_at: r.created_at,
+                expires_at: r.expires_at,
+            })
         }
     };
     Ok((policy, record))

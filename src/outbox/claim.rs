@@ -55,18 +55,7 @@ pub async fn claim(
         txn.commit().await?;
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = delivery::Entity::find()
-        .select_only()
-        .column(delivery::Column::Id)
-        .filter(delivery::Column::Provider.eq(provider))
-        .filter(delivery::Column::ConfigId.is_in(active))
-        .filter(due(now))
-        .order_by_asc(delivery::Column::NextAttemptAt)
-        .limit(n)
-        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-        .into_tuple()
-        .all(&txn)
-        .await?;
+    let ids: Vec<Uuid> = due_ids(provider, active, now, n).into_tuple().all(&txn).await?;
     if ids.is_empty() {
         txn.commit().await?;
         return Ok(Vec::new());
@@ -90,6 +79,20 @@ pub async fn claim(
     Ok(claimed)
 }
 
+/// The ids of due deliveries of `provider` to the `active` configs, oldest due first, locked on
+/// PostgreSQL (`FOR UPDATE SKIP LOCKED`).
+fn due_ids(provider: &str, active: Vec<Uuid>, now: DateTime<Utc>, n: u64) -> sea_orm::Select<delivery::Entity> {
+    delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::Id)
+        .filter(delivery::Column::Provider.eq(provider))
+        .filter(delivery::Column::ConfigId.is_in(active))
+        .filter(due(now))
+        .order_by_asc(delivery::Column::NextAttemptAt)
+        .limit(n)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+}
+
 /// Gives a claimed delivery back without an attempt (its config is no longer active).
 pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<()> {
     delivery::Entity::update_many()
@@ -100,4 +103,21 @@ pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<(
         .exec(db)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, QueryTrait};
+
+    use super::*;
+
+    #[test]
+    fn postgres_skips_rows_other_workers_are_claiming_and_sqlite_relies_on_its_write_lock() {
+        let q = due_ids("umami", vec![Uuid::nil()], Utc::now(), 5);
+        let pg = q.clone().build(DbBackend::Postgres).to_string();
+        assert!(pg.ends_with("FOR UPDATE SKIP LOCKED"), "{pg}");
+        assert!(pg.contains(r#""lease_until" IS NULL OR "delivery"."lease_until" <"#), "{pg}");
+        let lite = q.build(DbBackend::Sqlite).to_string();
+        assert!(!lite.contains("FOR UPDATE"), "SQLite has no row locks: {lite}");
+    }
 }

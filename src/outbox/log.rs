@@ -4,8 +4,7 @@
 use chrono::{DateTime, Utc};
 use entity::{delivery, provider_config};
 use sea_orm::{
-    ExprTrait,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
@@ -149,7 +148,10 @@ pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
         .await?
         .ok_or(Error::NotFound)?;
     if d.status != status::DEAD && d.status != status::DROPPED {
-        return Err(Error::Conflict(format!("only dead or dropped deliveries can be replayed; this one is {}", d.status)));
+        return Err(Error::Conflict(format!(
+            "only dead or dropped deliveries can be replayed; this one is {}",
+            d.status
+        )));
     }
     let config = provider_config::Entity::find_by_id(d.config_id).one(&txn).await?.ok_or(Error::NotFound)?;
     if config.status == "decommissioned" {
@@ -177,7 +179,12 @@ pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
 }
 
 /// Replays every dead delivery of a config; returns how many.
-pub async fn replay_dead_letters(db: &DatabaseConnection, tenant_id: Uuid, config_id: Uuid, actor: &str) -> Result<u64> {
+pub async fn replay_dead_letters(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    actor: &str,
+) -> Result<u64> {
     let txn = crate::db::begin_write(db).await?;
     let n = reset(
         &txn,

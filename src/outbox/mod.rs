@@ -55,26 +55,28 @@ pub mod status {
     pub const DEAD: &str = "dead";
 }
 
-/// A new pending delivery of `event_id` to `config_id`, inside the caller's (the ingest)
-/// transaction. `client_ip` is the visitor's full IP, kept only until the delivery ends.
-pub async fn enqueue(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    event_id: Uuid,
-    config_id: Uuid,
-    provider: &str,
-    identity: Identity,
-    client_ip: Option<IpAddr>,
-    now: DateTime<Utc>,
-) -> Result<Uuid> {
+/// A delivery to create: one event to one config.
+pub struct NewDelivery<'a> {
+    pub tenant_id: Uuid,
+    pub event_id: Uuid,
+    pub config_id: Uuid,
+    pub provider: &'a str,
+    /// What the decision allowed to be sent.
+    pub identity: Identity,
+    /// The visitor's full IP, kept only until the delivery ends.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A new pending delivery, due at once, inside the caller's (the ingest) transaction.
+pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateTime<Utc>) -> Result<Uuid> {
     let id = Uuid::now_v7();
     delivery::ActiveModel {
         id: Set(id),
-        tenant_id: Set(tenant_id),
-        event_id: Set(event_id),
-        config_id: Set(config_id),
-        provider: Set(provider.to_string()),
-        identity: Set(identity.as_str().into()),
+        tenant_id: Set(new.tenant_id),
+        event_id: Set(new.event_id),
+        config_id: Set(new.config_id),
+        provider: Set(new.provider.to_string()),
+        identity: Set(new.identity.as_str().into()),
         status: Set(status::PENDING.into()),
         attempts: Set(0),
         next_attempt_at: Set(now),
@@ -84,7 +86,7 @@ pub async fn enqueue(
         last_error: Set(None),
         warning: Set(None),
         delivered_at: Set(None),
-        client_ip: Set(client_ip.map(|ip| ip.to_string())),
+        client_ip: Set(new.client_ip.map(|ip| ip.to_string())),
         created_at: Set(now),
         updated_at: Set(now),
     }

@@ -13,10 +13,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
 
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, delivery, provider_config};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter, Set,
-
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
@@ -118,16 +115,15 @@ impl Worker {
             return claim::release(&self.db, d.id, &self.owner).await;
         };
         let Some(event) = analytics_event::Entity::find_by_id(d.event_id).one(&self.db).await? else {
-            return self.record(&d, &config, None, Outcome::Dead { reason: "the event no longer exists".into() }, &[]).await;
+            return self
+                .record(&d, &config, None, Outcome::Dead { reason: "the event no longer exists".into() }, &[])
+                .await;
         };
         let identity = if d.identity == "full" { Identity::Full } else { Identity::Anonymous };
         // The full IP while pending; after a replay (it was erased when the delivery first
         // ended) the stored truncated one, which still locates the visitor's network.
-        let client_ip: Option<IpAddr> = d
-            .client_ip
-            .as_deref()
-            .or(event.ip_truncated.as_deref())
-            .and_then(|ip| ip.parse().ok());
+        let client_ip: Option<IpAddr> =
+            d.client_ip.as_deref().or(event.ip_truncated.as_deref()).and_then(|ip| ip.parse().ok());
         let request = match provider.build(&config.settings, &Outgoing { event: &event, identity, client_ip }) {
             Ok(r) => r,
             Err(reason) => return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await,
@@ -148,7 +144,11 @@ impl Worker {
     }
 
     /// Sends the request; transport failures are retries.
-    async fn send(&self, provider: &dyn AnyProvider, req: &ProviderRequest) -> (Outcome, Option<(u16, Option<std::time::Duration>)>) {
+    async fn send(
+        &self,
+        provider: &dyn AnyProvider,
+        req: &ProviderRequest,
+    ) -> (Outcome, Option<(u16, Option<std::time::Duration>)>) {
         let mut builder = self.http.post(&req.url);
         for (name, value) in &req.headers {
             builder = builder.header(*name, value);

@@ -10,9 +10,8 @@
 use chrono::{DateTime, Utc};
 use entity::provider_config;
 use sea_orm::{
-    ExprTrait,
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, Set, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, Set, sea_query::Expr,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -183,9 +182,8 @@ fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: Provider
     };
     let status = match map.remove("status") {
         None | Some(Value::Null) => status_default,
-        Some(v) => serde_json::from_value(v).map_err(|_| {
-            Error::validation("status", "must be one of draft, active, paused, error, decommissioned")
-        })?,
+        Some(v) => serde_json::from_value(v)
+            .map_err(|_| Error::validation("status", "must be one of draft, active, paused, error, decommissioned"))?,
     };
     let required_category = match map.remove("required_category") {
         None | Some(Value::Null) => provider.default_required_category(),
@@ -215,10 +213,7 @@ pub async fn create(
 ) -> Result<ConfigView> {
     let input = parse_input(provider, body, ProviderStatus::Draft)?;
     if !matches!(input.status, ProviderStatus::Draft | ProviderStatus::Active) {
-        return Err(Error::Conflict(format!(
-            "a new config starts as draft or active, not {}",
-            input.status.as_str()
-        )));
+        return Err(Error::Conflict(format!("a new config starts as draft or active, not {}", input.status.as_str())));
     }
     let now = Utc::now();
     let txn = crate::db::begin_write(db).await?;
@@ -287,7 +282,12 @@ pub async fn find(
         .ok_or(Error::NotFound)
 }
 
-pub async fn get(db: &impl ConnectionTrait, tenant_id: Uuid, provider: &dyn AnyProvider, id: Uuid) -> Result<ConfigView> {
+pub async fn get(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    id: Uuid,
+) -> Result<ConfigView> {
     Ok(find(db, tenant_id, provider.name(), id).await?.into())
 }
 
@@ -376,7 +376,9 @@ pub async fn patch(
         _ if to == from => {}
         // Waiting deliveries go out now rather than at the end of their backoff.
         ProviderStatus::Active => crate::outbox::resume_config(&txn, id).await?,
-        ProviderStatus::Decommissioned => crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?,
+        ProviderStatus::Decommissioned => {
+            crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?
+        }
         _ => {}
     }
     let view = ConfigView::from(model);
@@ -483,7 +485,10 @@ pub mod usage {
             .col_expr(provider_config::Column::LastError, Expr::value(error))
             .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0));
         if dead {
-            q = q.col_expr(provider_config::Column::EventsFailed, Expr::col(provider_config::Column::EventsFailed).add(1));
+            q = q.col_expr(
+                provider_config::Column::EventsFailed,
+                Expr::col(provider_config::Column::EventsFailed).add(1),
+            );
         }
         q.filter(provider_config::Column::Id.eq(config_id)).exec(db).await?;
         Ok(())
@@ -539,7 +544,7 @@ mod tests {
         for s in all {
             assert!(allowed(s, s));
             assert_eq!(allowed(Decommissioned, s), s == Decommissioned, "decommissioned is terminal");
-            assert_eq!(allowed(s, Decommissioned), true);
+            assert!(allowed(s, Decommissioned));
             if s != Error {
                 assert!(!allowed(s, Error), "only the gateway sets error");
             }
@@ -569,17 +574,29 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         assert_eq!(
-            field(serde_json::json!({"display_name": "x", "site_id": "example.com", "credentials": {"api_key_ref": "abc123secret"}}), p),
+            field(
+                serde_json::json!({"display_name": "x", "site_id": "example.com", "credentials": {"api_key_ref": "abc123secret"}}),
+                p
+            ),
             Some("credentials.api_key_ref".into())
         );
         assert_eq!(field(serde_json::json!({"display_name": "x"}), p), Some("site_id".into()));
-        assert_eq!(field(serde_json::json!({"display_name": "x", "site_id": "a.org", "colour": 1}), p), Some("colour".into()));
+        assert_eq!(
+            field(serde_json::json!({"display_name": "x", "site_id": "a.org", "colour": 1}), p),
+            Some("colour".into())
+        );
         assert_eq!(field(serde_json::json!({"site_id": "a.org"}), p), Some("display_name".into()));
-        assert_eq!(field(serde_json::json!({"display_name": "x", "site_id": "a.org", "usage": {}}), p), Some("usage".into()));
+        assert_eq!(
+            field(serde_json::json!({"display_name": "x", "site_id": "a.org", "usage": {}}), p),
+            Some("usage".into())
+        );
         let u: &dyn AnyProvider = &Umami;
         assert_eq!(field(serde_json::json!({"display_name": "x", "website_id": "nope"}), u), Some("website_id".into()));
         assert_eq!(
-            field(serde_json::json!({"display_name": "x", "website_id": "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11", "credentials": {"password_ref": "hunter2"}}), u),
+            field(
+                serde_json::json!({"display_name": "x", "website_id": "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11", "credentials": {"password_ref": "hunter2"}}),
+                u
+            ),
             Some("credentials.password_ref".into())
         );
     }

@@ -286,10 +286,12 @@ impl DomainPattern {
     pub fn matches(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         match self.0.strip_prefix("*.") {
-            Some(parent) => host.len() > parent.len() + 1 && host.ends_with(parent) && {
-                let cut = host.len() - parent.len();
-                host.as_bytes()[cut - 1] == b'.'
-            },
+            Some(parent) => {
+                host.len() > parent.len() + 1 && host.ends_with(parent) && {
+                    let cut = host.len() - parent.len();
+                    host.as_bytes()[cut - 1] == b'.'
+                }
+            }
             None => host == self.0,
         }
     }
@@ -427,7 +429,11 @@ pub fn body_excerpt(body: &[u8]) -> String {
 pub fn classify_failure(provider: &str, status: u16, body: &[u8]) -> Outcome {
     let answer = || {
         let excerpt = body_excerpt(body);
-        if excerpt.is_empty() { format!("{provider} answered {status}") } else { format!("{provider} answered {status}: {excerpt}") }
+        if excerpt.is_empty() {
+            format!("{provider} answered {status}")
+        } else {
+            format!("{provider} answered {status}: {excerpt}")
+        }
     };
     match status {
         401 | 403 => Outcome::AuthFailure { reason: answer() },
@@ -489,7 +495,8 @@ pub(crate) mod testing {
         }
     }
 
-    pub const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    pub const BROWSER_UA: &str =
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 }
 
 #[cfg(test)]
@@ -498,7 +505,9 @@ mod tests {
 
     #[test]
     fn identifier_keys() {
-        for k in ["user_id", "userId", "clientID", "email", "E-Mail", "customer-id", "id", "visitor_uuid", "ip", "Phone"] {
+        for k in
+            ["user_id", "userId", "clientID", "email", "E-Mail", "customer-id", "id", "visitor_uuid", "ip", "Phone"]
+        {
             assert!(is_identifier_key(k), "{k}");
         }
         for k in ["plan", "url", "valid", "paid", "width", "category", "video", "ideal"] {
@@ -528,8 +537,14 @@ mod tests {
 
     #[test]
     fn instance_urls() {
-        assert_eq!(InstanceUrl::parse("https://plausible.io/").unwrap().join("/api/event"), "https://plausible.io/api/event");
-        assert_eq!(InstanceUrl::parse("http://127.0.0.1:9/umami").unwrap().join("/api/send"), "http://127.0.0.1:9/umami/api/send");
+        assert_eq!(
+            InstanceUrl::parse("https://plausible.io/").unwrap().join("/api/event"),
+            "https://plausible.io/api/event"
+        );
+        assert_eq!(
+            InstanceUrl::parse("http://127.0.0.1:9/umami").unwrap().join("/api/send"),
+            "http://127.0.0.1:9/umami/api/send"
+        );
         for bad in ["plausible.io", "ftp://x.org", "https://u:p@x.org", "https://x.org/?a=1", "https://x.org/#f"] {
             assert!(InstanceUrl::parse(bad).is_err(), "{bad}");
         }

@@ -403,7 +403,8 @@ mod tests {
         for bad in ["=cmd", "+1", "-x", "@a", "\tx", "\rx"] {
             assert_eq!(Umami::accepts(&s, &event(bad)).unwrap_err(), "denied:event_name_unsafe_prefix", "{bad:?}");
         }
-        let off = settings(json!({"website_id": WEBSITE, "enable_custom_events": false, "track_outbound_links": false}));
+        let off =
+            settings(json!({"website_id": WEBSITE, "enable_custom_events": false, "track_outbound_links": false}));
         assert_eq!(Umami::accepts(&off, &event("signup")).unwrap_err(), "denied:custom_events_disabled");
         assert_eq!(Umami::accepts(&off, &event(OUTBOUND_LINK_CLICK)).unwrap_err(), "denied:outbound_links_disabled");
         assert_eq!(Umami::accepts(&off, &event("pageview")), Ok(()));

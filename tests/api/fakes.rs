@@ -61,10 +61,6 @@ impl FakeProviders {
         res.json().await.unwrap()
     }
 
-    pub async fn reset(&self) {
-        self.http.post(format!("{}/_fake/reset", self.base)).send().await.unwrap();
-    }
-
     /// Every request the fake received, in order.
     pub async fn received(&self) -> Vec<Value> {
         self.http.get(format!("{}/_fake/received", self.base)).send().await.unwrap().json().await.unwrap()

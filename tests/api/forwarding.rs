@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::{
     fakes::{FakeProviders, SITE, WEBSITE_ID},
     helpers::{TestApp, eventually, send, spawn_app_with},
-    site::{self, CHROME, PAGE, Site, VISITOR_IP, consent_config, consent_record, delivery_in, settled, track, visitor},
+    site::{
+        self, CHROME, PAGE, Site, VISITOR_IP, consent_config, consent_record, delivery_in, settled, track, visitor,
+    },
 };
 
 /// The gateway behind a proxy that passes the visitor's address in `X-Forwarded-For`, the fakes,
@@ -192,13 +194,11 @@ async fn bots_are_stored_but_never_forwarded() {
     assert_eq!(s, StatusCode::ACCEPTED, "{bot}");
     assert_eq!(decision_for(&bot, &id(&p))["reason"], "denied:bot");
     // A server passing a bare library agent as its visitor's is a bot too.
-    let (s, curl) = send(
-        app.http
-            .post(app.tenant_url("/events"))
-            .bearer_auth(&keys.secret_key)
-            .json(&json!({"event_name": "pageview", "page_url": PAGE, "user_agent": "curl/8.5.0", "ip": "198.51.100.4"})),
-    )
-    .await;
+    let (s, curl) =
+        send(app.http.post(app.tenant_url("/events")).bearer_auth(&keys.secret_key).json(
+            &json!({"event_name": "pageview", "page_url": PAGE, "user_agent": "curl/8.5.0", "ip": "198.51.100.4"}),
+        ))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{curl}");
     assert_eq!(decision_for(&curl, &id(&p))["reason"], "denied:bot");
 
@@ -244,7 +244,10 @@ async fn a_provider_that_is_down_is_retried_until_it_is_back() {
     let outcomes: Vec<&str> = got.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["failed", "failed", "failed", "stored"]);
     // Every retry is the same request.
-    assert!(got.windows(2).all(|w| w[0]["body"] == w[1]["body"] && w[0]["headers"]["user-agent"] == w[1]["headers"]["user-agent"]));
+    assert!(
+        got.windows(2)
+            .all(|w| w[0]["body"] == w[1]["body"] && w[0]["headers"]["user-agent"] == w[1]["headers"]["user-agent"])
+    );
     let usage = &site::config(&app, "plausible", &id(&p)).await["usage"];
     assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(1), Some(0)));
     assert!(usage["last_error"].as_str().unwrap().contains("503"), "{usage}");
@@ -297,7 +300,8 @@ async fn a_400_is_a_dead_letter_with_the_providers_message_and_can_be_replayed()
     // The full IP was erased when the delivery first ended; the replay carries the network.
     assert_eq!(stored[0]["body"]["payload"]["ip"], "203.0.113.0");
     // A delivered delivery cannot be replayed.
-    let got = app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
+    let got =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
     crate::helpers::assert_error(&got, StatusCode::CONFLICT, "conflict", None);
 }
 
@@ -359,12 +363,17 @@ async fn silently_dropped_events_show_as_dropped_not_delivered() {
     assert!(du["warning"].as_str().unwrap().contains("beep"), "{du}");
     for (provider, c) in [("plausible", &p), ("umami", &u)] {
         let usage = &site::config(&app, provider, &id(c)).await["usage"];
-        assert_eq!((usage["events_dropped"].as_i64(), usage["events_sent"].as_i64()), (Some(1), Some(0)), "{provider}: {usage}");
+        assert_eq!(
+            (usage["events_dropped"].as_i64(), usage["events_sent"].as_i64()),
+            (Some(1), Some(0)),
+            "{provider}: {usage}"
+        );
     }
     let (_, dropped) = app.get(&format!("/v1/tenants/{}/deliveries?status=dropped", app.tenant), &app.auditor).await;
     assert_eq!(dropped["items"].as_array().unwrap().len(), 2);
     // A dropped delivery can be replayed (e.g. after registering the site).
-    let (s, r) = app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&dp)), &app.admin, json!({})).await;
+    let (s, r) =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&dp)), &app.admin, json!({})).await;
     assert_eq!((s, r["status"].as_str(), r["attempts"].as_i64()), (StatusCode::OK, Some("pending"), Some(0)), "{r}");
     delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
 }
@@ -372,7 +381,8 @@ async fn silently_dropped_events_show_as_dropped_not_delivered() {
 #[tokio::test]
 async fn an_unregistered_plausible_site_is_a_drop_with_a_warning() {
     let (app, fakes, keys) = setup().await;
-    let p = site::plausible(&app, &fakes, json!({"site_id": "example.org", "allowed_domains": ["*.example.com"]})).await;
+    let p =
+        site::plausible(&app, &fakes, json!({"site_id": "example.org", "allowed_domains": ["*.example.com"]})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
     let d = delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
     assert_eq!(d["last_status"], 202);
@@ -412,7 +422,8 @@ async fn the_per_provider_endpoint_sends_to_that_provider_only() {
     let (app, fakes, keys) = setup().await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let u = site::umami(&app, &fakes, json!({})).await;
-    let (s, accepted) = site::post_from_browser(&app, "/analytics/umami/events", &keys.public_key, site::pageview(&visitor())).await;
+    let (s, accepted) =
+        site::post_from_browser(&app, "/analytics/umami/events", &keys.public_key, site::pageview(&visitor())).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
     let decisions = accepted["decisions"].as_array().unwrap();
     assert_eq!(decisions.len(), 1);
@@ -422,7 +433,8 @@ async fn the_per_provider_endpoint_sends_to_that_provider_only() {
     let (_, control) = track(&app, &keys, site::pageview(&visitor())).await;
     delivery_in(&app, &id(&control), &id(&p), "delivered", 10).await;
     exactly(&fakes, "plausible", 1).await;
-    let (s, _) = site::post_from_browser(&app, "/analytics/ga5/events", &keys.public_key, site::pageview(&visitor())).await;
+    let (s, _) =
+        site::post_from_browser(&app, "/analytics/ga5/events", &keys.public_key, site::pageview(&visitor())).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 

@@ -92,7 +92,11 @@ pub fn tenant_routes() -> Vec<(Method, &'static str, Option<serde_json::Value>)>
         (Method::GET, "/analytics/plausible/configs", None),
         (Method::POST, "/analytics/plausible/configs", Some(json!({"display_name": "x", "site_id": "a.org"}))),
         (Method::GET, "/analytics/umami/configs/00000000-0000-0000-0000-000000000000", None),
-        (Method::PATCH, "/analytics/umami/configs/00000000-0000-0000-0000-000000000000", Some(json!({"status": "active"}))),
+        (
+            Method::PATCH,
+            "/analytics/umami/configs/00000000-0000-0000-0000-000000000000",
+            Some(json!({"status": "active"})),
+        ),
         (Method::DELETE, "/analytics/plausible/configs/00000000-0000-0000-0000-000000000000", None),
         (Method::POST, "/analytics/umami/configs/00000000-0000-0000-0000-000000000000/replay-dead-letters", None),
         (Method::GET, "/deliveries", None),
@@ -198,7 +202,9 @@ async fn the_openapi_document_lists_every_route() {
     }
     for (_, path, _) in tenant_routes() {
         // Provider route families are one set of routes with a `{provider}` segment.
-        let path = path.replace("/analytics/plausible/", "/analytics/{provider}/").replace("/analytics/umami/", "/analytics/{provider}/");
+        let path = path
+            .replace("/analytics/plausible/", "/analytics/{provider}/")
+            .replace("/analytics/umami/", "/analytics/{provider}/");
         let templ = format!("/v1/tenants/{{tenant}}{}", path.replace("00000000-0000-0000-0000-000000000000", "{id}"));
         assert!(paths.contains_key(&templ), "{templ} missing from the OpenAPI document");
     }

@@ -38,7 +38,10 @@ async fn an_admin_creates_lists_and_revokes_ingest_keys() {
     let (s, revoked) = app.delete(&format!("{}/{}", keys_path(&app), secret["id"].as_str().unwrap()), &app.admin).await;
     assert_eq!(s, StatusCode::OK);
     assert!(revoked["revoked_at"].is_string());
-    let got = send(app.http.post(app.tenant_url("/events")).bearer_auth(sk).json(&json!({"event_name": "x", "page_url": PAGE}))).await;
+    let got = send(
+        app.http.post(app.tenant_url("/events")).bearer_auth(sk).json(&json!({"event_name": "x", "page_url": PAGE})),
+    )
+    .await;
     assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized", None);
 
     assert_error(
@@ -63,7 +66,12 @@ async fn ingest_key_input_names_the_field() {
         (json!({"kind": "secret", "name": "x", "rate_limit_per_minute": 0}), "rate_limit_per_minute"),
         (json!({"kind": "secret", "name": "x", "scopes": []}), "scopes"),
     ] {
-        assert_error(&app.post(&path, &app.admin, body.clone()).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
+        assert_error(
+            &app.post(&path, &app.admin, body.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(field),
+        );
     }
 }
 
@@ -102,9 +110,18 @@ async fn keys_are_checked_before_anything_else() {
     // Wildcard origins match subdomains.
     assert_eq!(post(Some(&keys.public_key), Some("https://blog.example.org")).await.0, StatusCode::ACCEPTED);
     // A secret key never travels in a URL, and is not for pages.
-    let got = send(app.http.post(app.tenant_url(&format!("/events?key={}", keys.secret_key))).json(&pageview(&visitor()))).await;
+    let got =
+        send(app.http.post(app.tenant_url(&format!("/events?key={}", keys.secret_key))).json(&pageview(&visitor())))
+            .await;
     assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized", None);
-    let got = send(app.http.post(app.tenant_url("/events")).bearer_auth(&keys.secret_key).header("origin", ORIGIN).json(&pageview(&visitor()))).await;
+    let got = send(
+        app.http
+            .post(app.tenant_url("/events"))
+            .bearer_auth(&keys.secret_key)
+            .header("origin", ORIGIN)
+            .json(&pageview(&visitor())),
+    )
+    .await;
     assert_error(&got, StatusCode::FORBIDDEN, "forbidden", None);
 }
 
@@ -168,7 +185,11 @@ async fn cors_answers_allowed_origins_only() {
 #[tokio::test]
 async fn a_keys_rate_limit_is_enforced() {
     let app = spawn_app().await;
-    let key = create_key(&app, json!({"kind": "public", "name": "tight", "allowed_origins": [ORIGIN], "rate_limit_per_minute": 2})).await;
+    let key = create_key(
+        &app,
+        json!({"kind": "public", "name": "tight", "allowed_origins": [ORIGIN], "rate_limit_per_minute": 2}),
+    )
+    .await;
     let keys = site::Site { public_key: key["key"].as_str().unwrap().into(), secret_key: String::new() };
     assert_eq!(track(&app, &keys, pageview(&visitor())).await.0, StatusCode::ACCEPTED);
     assert_eq!(track(&app, &keys, pageview(&visitor())).await.0, StatusCode::ACCEPTED);
@@ -197,7 +218,10 @@ async fn bad_events_name_the_field() {
         (json!({"event_name": "x".repeat(121), "page_url": PAGE}), "event_name"),
         (json!({"event_name": "pageview"}), "page_url"),
         (json!({"event_name": "pageview", "page_url": "not a url"}), "page_url"),
-        (json!({"event_name": "e", "page_url": PAGE, "event_properties": {"big": "x".repeat(17_000)}}), "event_properties"),
+        (
+            json!({"event_name": "e", "page_url": PAGE, "event_properties": {"big": "x".repeat(17_000)}}),
+            "event_properties",
+        ),
         (json!({"event_name": "e", "page_url": PAGE, "occurred_at": "2001-01-01T00:00:00Z"}), "occurred_at"),
         (json!({"event_name": "e", "page_url": PAGE, "revenue": {"amount": 5, "currency": "€"}}), "revenue.currency"),
         (json!({"event_name": "e", "page_url": PAGE, "ip": "1.2.3.4"}), "ip"),
@@ -249,12 +273,23 @@ async fn a_batch_stores_its_valid_items_and_reports_each() {
     assert_eq!(r[1]["error"]["field"], "batch[1].page_url");
     assert_eq!(r[2]["id"], r[3]["id"]);
     for i in [0, 2] {
-        let (s, _) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, r[i]["id"].as_str().unwrap()), &app.auditor).await;
+        let (s, _) =
+            app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, r[i]["id"].as_str().unwrap()), &app.auditor).await;
         assert_eq!(s, StatusCode::OK, "item {i} was stored");
     }
     let too_many = json!({"batch": vec![pageview(&visitor()); 101]});
-    assert_error(&track(&app, &keys, too_many).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("batch"));
-    assert_error(&track(&app, &keys, json!({"batch": []})).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("batch"));
+    assert_error(
+        &track(&app, &keys, too_many).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("batch"),
+    );
+    assert_error(
+        &track(&app, &keys, json!({"batch": []})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("batch"),
+    );
 }
 
 #[tokio::test]

@@ -8,5 +8,6 @@ mod fakes;
 mod forwarding;
 mod foundation;
 mod ingest;
+mod outbox;
 mod provider_configs;
 mod site;

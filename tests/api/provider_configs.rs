@@ -25,7 +25,10 @@ async fn a_plausible_config_with_the_defaults() {
     assert_eq!(c["required_category"], "none");
     assert_eq!(c["site_id"], "example.com");
     assert_eq!(c["instance_url"], "https://plausible.io");
-    assert_eq!((c["enable_custom_events"].as_bool(), c["enable_revenue_tracking"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (c["enable_custom_events"].as_bool(), c["enable_revenue_tracking"].as_bool()),
+        (Some(true), Some(false))
+    );
     assert_eq!(c["allowed_domains"], json!([]));
     assert_eq!(c["credentials"], json!({"api_key_ref": "env:PLAUSIBLE_API_KEY"}));
     assert_eq!(
@@ -64,9 +67,21 @@ async fn raw_secrets_and_bad_fields_are_refused_by_name() {
     let p = configs_path(&app, "plausible");
     let u = configs_path(&app, "umami");
     for (path, body, field) in [
-        (&p, json!({"display_name": "x", "site_id": "a.org", "credentials": {"api_key_ref": "sk-live-abcdef123456"}}), "credentials.api_key_ref"),
-        (&u, json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"password_ref": "hunter2"}}), "credentials.password_ref"),
-        (&u, json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"token_ref": "env:X"}}), "credentials.token_ref"),
+        (
+            &p,
+            json!({"display_name": "x", "site_id": "a.org", "credentials": {"api_key_ref": "sk-live-abcdef123456"}}),
+            "credentials.api_key_ref",
+        ),
+        (
+            &u,
+            json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"password_ref": "hunter2"}}),
+            "credentials.password_ref",
+        ),
+        (
+            &u,
+            json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"token_ref": "env:X"}}),
+            "credentials.token_ref",
+        ),
         (&p, json!({"display_name": "x"}), "site_id"),
         (&p, json!({"display_name": "x", "site_id": "https://a.org/"}), "site_id"),
         (&p, json!({"display_name": "x", "site_id": "a.org", "instance_url": "plausible.io"}), "instance_url"),
@@ -80,7 +95,11 @@ async fn raw_secrets_and_bad_fields_are_refused_by_name() {
     ] {
         let got = app.post(path, &app.admin, body.clone()).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
-        assert!(!got.1.to_string().contains("hunter2") && !got.1.to_string().contains("sk-live"), "no secret echoed: {}", got.1);
+        assert!(
+            !got.1.to_string().contains("hunter2") && !got.1.to_string().contains("sk-live"),
+            "no secret echoed: {}",
+            got.1
+        );
     }
     let got = app.post(&configs_path(&app, "matomo"), &app.admin, json!({"display_name": "x"})).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
@@ -104,7 +123,13 @@ async fn the_status_lifecycle_is_enforced() {
             conflict(got);
         }
     }
-    let got = app.post(&configs_path(&app, "plausible"), &app.admin, json!({"display_name": "y", "site_id": "a.org", "status": "paused"})).await;
+    let got = app
+        .post(
+            &configs_path(&app, "plausible"),
+            &app.admin,
+            json!({"display_name": "y", "site_id": "a.org", "status": "paused"}),
+        )
+        .await;
     conflict(got);
     // Decommissioned is final.
     let (s, gone) = app.delete(&format!("{}/{id}", configs_path(&app, "plausible")), &app.admin).await;

@@ -41,7 +41,11 @@ pub async fn create_key(app: &TestApp, body: Value) -> Value {
 
 /// A public key for [`ORIGIN`] and a secret key.
 pub async fn site(app: &TestApp) -> Site {
-    let public = create_key(app, json!({"kind": "public", "name": "site", "allowed_origins": [ORIGIN, "https://*.example.org"]})).await;
+    let public = create_key(
+        app,
+        json!({"kind": "public", "name": "site", "allowed_origins": [ORIGIN, "https://*.example.org"]}),
+    )
+    .await;
     let secret = create_key(app, json!({"kind": "secret", "name": "backend"})).await;
     Site {
         public_key: public["key"].as_str().unwrap().to_string(),
@@ -119,7 +123,9 @@ pub async fn settled(app: &TestApp, event_id: &str, secs: u64) -> Vec<Value> {
 /// The one delivery of an event to `config_id`, once it is in `status`.
 pub async fn delivery_in(app: &TestApp, event_id: &str, config_id: &str, status: &str, secs: u64) -> Value {
     eventually(secs, || async {
-        let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?event={event_id}&config={config_id}", app.tenant), &app.admin).await;
+        let (_, page) = app
+            .get(&format!("/v1/tenants/{}/deliveries?event={event_id}&config={config_id}", app.tenant), &app.admin)
+            .await;
         page["items"].as_array().and_then(|i| i.first()).filter(|d| d["status"] == status).cloned()
     })
     .await
@@ -187,7 +193,9 @@ pub async fn consent_record(app: &TestApp, config_id: Uuid, visitor: &str, actio
         revision: Set(1),
         texts_hash: Set("test".into()),
         language: Set("en".into()),
-        choices: Set(json!({"necessary": true, "functional": analytics, "analytics": analytics, "marketing": analytics})),
+        choices: Set(
+            json!({"necessary": true, "functional": analytics, "analytics": analytics, "marketing": analytics}),
+        ),
         action: Set(action.into()),
         source: Set("banner".into()),
         dnt: Set(false),

@@ -63,7 +63,12 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8], ip: &str) -> (Respons
         return (StatusCode::NOT_ACCEPTABLE.into_response(), "rejected", 406, Some("Accept excludes JSON".into()));
     }
     let reject = |errors: Value, why: &str| {
-        ((StatusCode::BAD_REQUEST, axum::Json(json!({"errors": errors}))).into_response(), "rejected", 400, Some(why.to_string()))
+        (
+            (StatusCode::BAD_REQUEST, axum::Json(json!({"errors": errors}))).into_response(),
+            "rejected",
+            400,
+            Some(why.to_string()),
+        )
     };
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
         return reject(json!({"request": "Unable to parse request body as json"}), "unparsable");
@@ -87,7 +92,9 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8], ip: &str) -> (Respons
     }
     let host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string));
     let domains: Vec<String> = match field("domain", "d") {
-        Some(Value::String(s)) if s.trim().is_empty() => return reject(json!({"domain": ["can't be blank"]}), "blank domain"),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return reject(json!({"domain": ["can't be blank"]}), "blank domain");
+        }
         Some(Value::String(s)) => s.split(',').map(|d| d.trim().to_string()).collect(),
         Some(_) => return reject(json!({"domain": ["is invalid"]}), "domain not a string"),
         None => match &host {
@@ -108,7 +115,10 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8], ip: &str) -> (Respons
             _ => continue,
         };
         if k.len() > 300 || value.len() > 2000 {
-            return reject(json!({"props": ["keys should have at most 300 bytes and values 2000 bytes"]}), "prop too big");
+            return reject(
+                json!({"props": ["keys should have at most 300 bytes and values 2000 bytes"]}),
+                "prop too big",
+            );
         }
     }
 

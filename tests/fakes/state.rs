@@ -131,11 +131,12 @@ pub fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in headers {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        out.entry(k.as_str().to_string()).and_modify(|e| {
-            e.push_str(", ");
-            e.push_str(&v);
-        })
-        .or_insert(v);
+        out.entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
     }
     out
 }

@@ -25,10 +25,12 @@ pub async fn send(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -
     let behaviour = fakes.behaviour("umami");
     delay(&behaviour).await;
     let value = body_value(&body);
-    let resolved_ip = value["payload"]["ip"]
-        .as_str()
-        .map(String::from)
-        .or_else(|| headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim().to_string()));
+    let resolved_ip = value["payload"]["ip"].as_str().map(String::from).or_else(|| {
+        headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+    });
     let (res, outcome, status, reason) = answer(&fakes, &headers, &body);
     fakes.record(Received {
         provider: "umami",
@@ -47,7 +49,9 @@ pub async fn send(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -
 fn bad_request(errors: Vec<Value>) -> Response {
     (
         StatusCode::BAD_REQUEST,
-        axum::Json(json!({"error": {"message": "Bad request", "code": "bad-request", "status": 400, "errors": errors}})),
+        axum::Json(
+            json!({"error": {"message": "Bad request", "code": "bad-request", "status": 400, "errors": errors}}),
+        ),
     )
         .into_response()
 }
@@ -58,7 +62,12 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
     }
     let behaviour = fakes.behaviour("umami");
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
-        return (bad_request(vec![json!({"path": [], "message": "Invalid input: expected object"})]), "rejected", 400, Some("not JSON".into()));
+        return (
+            bad_request(vec![json!({"path": [], "message": "Invalid input: expected object"})]),
+            "rejected",
+            400,
+            Some("not JSON".into()),
+        );
     };
     let errors = validate(&req, behaviour.formula_guard);
     if !errors.is_empty() {
@@ -73,12 +82,20 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
         .map(String::from)
         .or_else(|| headers.get("user-agent").and_then(|v| v.to_str().ok()).map(String::from));
     if ua.as_deref().is_some_and(isbot) {
-        return ((StatusCode::OK, axum::Json(json!({"beep": "boop"}))).into_response(), "dropped", 200, Some("isbot".into()));
+        return (
+            (StatusCode::OK, axum::Json(json!({"beep": "boop"}))).into_response(),
+            "dropped",
+            200,
+            Some("isbot".into()),
+        );
     }
     let website = payload.get("website").and_then(Value::as_str).unwrap_or("");
     if !behaviour.websites.iter().any(|w| w.eq_ignore_ascii_case(website)) {
         return (
-            (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "Website not found.", "code": "bad-request", "status": 400}})))
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"message": "Website not found.", "code": "bad-request", "status": 400}})),
+            )
                 .into_response(),
             "rejected",
             400,
@@ -87,7 +104,10 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
     }
     if let Some(why) = over_db_limits(&payload) {
         return (
-            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"message": "Server error", "code": "server-error", "status": 500}})))
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": {"message": "Server error", "code": "server-error", "status": 500}})),
+            )
                 .into_response(),
             "stored_then_failed",
             500,
@@ -127,7 +147,11 @@ fn validate(req: &Map<String, Value>, formula_guard: bool) -> Vec<Value> {
             Some(Value::String(s)) if s.encode_utf16().count() > max => {
                 err(json!(["payload", key]), &format!("Too big: expected string to have <={max} characters"))
             }
-            Some(Value::String(s)) if formula_guard && (key == "name" || key == "tag") && s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+            Some(Value::String(s))
+                if formula_guard
+                    && (key == "name" || key == "tag")
+                    && s.starts_with(['=', '+', '-', '@', '\t', '\r']) =>
+            {
                 err(json!(["payload", key]), "Invalid string: must not start with =, +, -, @, tab or carriage return")
             }
             Some(Value::String(_)) => {}
@@ -136,12 +160,10 @@ fn validate(req: &Map<String, Value>, formula_guard: bool) -> Vec<Value> {
     }
     for key in ["url", "referrer"] {
         match payload.get(key) {
-            None => {}
-            Some(Value::String(s)) => {
-                if url::Url::parse("https://localhost").unwrap().join(s).is_err() {
-                    err(json!(["payload", key]), "Invalid URL.")
-                }
+            Some(Value::String(s)) if url::Url::parse("https://localhost").unwrap().join(s).is_err() => {
+                err(json!(["payload", key]), "Invalid URL.")
             }
+            None | Some(Value::String(_)) => {}
             Some(_) => err(json!(["payload", key]), "Invalid input: expected string"),
         }
     }
@@ -181,7 +203,8 @@ fn over_db_limits(p: &Map<String, Value>) -> Option<String> {
         && let Ok(u) = url::Url::parse("https://localhost").unwrap().join(url)
     {
         for (k, v) in u.query_pairs() {
-            let tracked = k.starts_with("utm_") || ["gclid", "fbclid", "msclkid", "ttclid", "li_fat_id", "twclid"].contains(&k.as_ref());
+            let tracked = k.starts_with("utm_")
+                || ["gclid", "fbclid", "msclkid", "ttclid", "li_fat_id", "twclid"].contains(&k.as_ref());
             if tracked && v.chars().count() > 255 {
                 return Some(format!("website_event.{k} VarChar(255)"));
             }
@@ -220,8 +243,27 @@ fn isbot(ua: &str) -> bool {
     }
     let l = ua.to_ascii_lowercase();
     let keywords = [
-        "bot", "crawl", "spider", "slurp", "headless", "fetch", "monitor", "scan", "curl", "wget", "python", "java/",
-        "axios", "node", "undici", "okhttp", "go-http", "reqwest", "phantom", "lighthouse", "http-client",
+        "bot",
+        "crawl",
+        "spider",
+        "slurp",
+        "headless",
+        "fetch",
+        "monitor",
+        "scan",
+        "curl",
+        "wget",
+        "python",
+        "java/",
+        "axios",
+        "node",
+        "undici",
+        "okhttp",
+        "go-http",
+        "reqwest",
+        "phantom",
+        "lighthouse",
+        "http-client",
     ];
     if keywords.iter().any(|k| l.contains(k)) || l.contains("(compatible;") {
         return true;
@@ -235,7 +277,8 @@ fn isbot(ua: &str) -> bool {
     let name_ok = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_' || " .-()?:%".contains(c));
     let version_ok = version.is_none_or(|v| {
         let v = v.strip_prefix('v').unwrap_or(v);
-        v.starts_with(|c: char| c.is_ascii_digit()) && v.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
+        v.starts_with(|c: char| c.is_ascii_digit())
+            && v.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
     });
     name_ok && version_ok
 }
