@@ -1,7 +1,8 @@
 // consentgate banner: consent UI and a small tracker. templates/banner.js.tera wraps this file in
 // an IIFE defining CG_CONFIG (banner config) and CG_CSS (banner.css). CSP-friendly: no eval, no
-// inline handlers, no innerHTML; config texts only ever become text nodes. Whole-line comments
-// and indentation are stripped when served (README.md), so they cost nothing.
+// inline handlers, no innerHTML; config texts only ever become text nodes. The gateway serves
+// dist/banner.min.js, built from this file by build.mjs (README.md): comments cost nothing, but
+// every feature counts against the 6 KB gzip budget.
 const C = CG_CONFIG, K = C.categories, B = C.banner, T = C.texts, w = window, d = document, n = navigator, now = Date.now;
 const S = d.currentScript, ds = S.dataset;
 // https://gw/v1/tenants/{t}: the API lives where the script came from.
@@ -13,13 +14,15 @@ const ready = f => d.readyState == 'loading' ? d.addEventListener('DOMContentLoa
 const G = x => x ? 'granted' : 'denied';
 
 // Texts: the first of navigator.languages we have texts for (exact tag, then primary subtag).
-const L = [...n.languages, C.default_language].map(l => l.toLowerCase()).reduce((r, l) => r || Object.keys(T).find(x => [l, l.split('-')[0]].includes(x.toLowerCase())), 0);
-const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', signal_denied: 'Off (privacy signal)' };
+// Language keys in the config are lowercase (the gateway normalises them).
+const L = [...n.languages, C.default_language].flatMap(l => [l = l.toLowerCase(), l.split('-')[0]]).find(l => T[l]);
+const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close' };
 const tx = k => T[L]?.[k] || T[C.default_language]?.[k] || DEF[k] || '';
 const ctx = (k, f, g) => T[L]?.categories?.[k]?.[f] || K[k][g] || '';
 
 // Signals. GPC always denies marketing (CCPA regs § 7025); with respect_do_not_track, DNT or GPC
-// deny every non-necessary category. The gateway's view of the headers is merged in later.
+// deny every non-necessary category. The browser's own view is enough: it sends the same
+// signals as DNT / Sec-GPC headers, and the gateway enforces them on every event anyway.
 const sig = { gpc: n.globalPrivacyControl, dnt: n.doNotTrack == 1 };
 const blocked = k => k != 'necessary' && (C.respect_do_not_track && (sig.dnt || sig.gpc) || sig.gpc && k == 'marketing');
 const eff = c => { const o = { necessary: true }; for (const k of O) o[k] = !!c?.[k] && CATS.includes(k) && !blocked(k); return o };
@@ -27,11 +30,12 @@ const eff = c => { const o = { necessary: true }; for (const k of O) o[k] = !!c?
 // Google Consent Mode v2: region-aware defaults now, before any tag fires; an update per decision.
 const dl = w.dataLayer ||= [];
 function gtag() { w.gtag ? w.gtag(...arguments) : dl.push(arguments) }
-const cm = (c, x) => ({ ...x, ad_storage: G(c.marketing), ad_user_data: G(c.marketing), ad_personalization: G(c.marketing),
-  analytics_storage: G(c.analytics), functionality_storage: G(c.functional), personalization_storage: G(c.functional), security_storage: G(1) });
+// security_storage is left to Google's default (granted): it is strictly necessary storage.
+const cm = (c, x, m = G(c.marketing), f = G(c.functional)) => ({ wait_for_update: 500, ...x, ad_storage: m, ad_user_data: m, ad_personalization: m,
+  analytics_storage: G(c.analytics), functionality_storage: f, personalization_storage: f });
 const pre = {}; CATS.forEach(k => pre[k] = K[k].default_accepted);
-if (C.geo_targeting_enabled && C.consent_required_regions?.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions, wait_for_update: 500 }));
-gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}, { wait_for_update: 500 }));
+if (C.geo_targeting_enabled && C.consent_required_regions?.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions }));
+gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}));
 
 // The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie (so the
 // site's server can read it too) and localStorage. A valid one decides without any request.
@@ -48,7 +52,7 @@ ls('cg_vid', vid);
 const del = name => {
   const p = location.hostname.split('.');
   for (const c of d.cookie.split('; ')) if (RegExp('^' + name.replace(/[.+^$|]/g, '\\$&').replace('*', '.*') + '=').test(c))
-    for (const x of ['', ...p.map((_, i) => ';Domain=' + p.slice(i).join('.'))]) d.cookie = c.split('=')[0] + '=;Max-Age=0;Path=/' + x;
+    for (const x of ['', ...p.map((_, i) => '; Domain=' + p.slice(i).join('.'))]) d.cookie = c.split('=')[0] + '=; Path=/; Max-Age=0' + x;
 };
 
 let cur, init, ran = {}, host, root, bn, dlg, fab;
@@ -61,9 +65,9 @@ function apply(s) {
     // Withdrawal must stop everything after it (GDPR Art. 7(3)); scripts that already ran on
     // this page cannot be stopped, so load the page again without them.
     if (O.some(k => ran[k] && !ch[k])) return location.reload();
-    for (const el of d.querySelectorAll('script[type="text/plain"][data-consent-category],iframe[data-src][data-consent-category]')) {
+    for (const el of d.querySelectorAll('[data-consent-category]')) {
       const ks = el.dataset.consentCategory.split(/[\s,]+/);
-      if (!ks.every(k => ch[k])) continue;
+      if (!(el.type == 'text/plain' || el.dataset.src) || !ks.every(k => ch[k])) continue;
       ks.forEach(k => ran[k] = 1);
       if (el.tagName == 'IFRAME') { el.src = el.dataset.src; el.removeAttribute('data-src'); continue }
       const s2 = d.createElement('script');
@@ -97,7 +101,7 @@ function show(required) {
   // No pre-ticked boxes where consent is required (CJEU C-673/17 Planet49).
   init = eff(!required && pre);
   ready(() => {
-    mount(); bn?.remove(); fab && (fab.hidden = 1);
+    mount();
     root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1, lang: L },
       h('div', { className: 'tx' }, h('h2', { id: 't' }, tx('title')), h('p', { id: 'd' }, tx('body')),
         ...['privacy', 'cookie'].filter(k => /^https?:/.test(C[k + '_policy_url'])).map(k => h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')))),
@@ -109,31 +113,29 @@ function show(required) {
 
 function hide() {
   mount(); bn?.remove();
-  'noSettingsButton' in ds || (fab ||= root.appendChild(btn('settings', () => api.showPreferences(), 'fab'))).removeAttribute('hidden');
+  'noSettingsButton' in ds || fab || root.append(fab = btn('settings', () => api.showPreferences(), 'fab'));
 }
 
 // Preferences: a modal <dialog> (Esc closes it) with one switch per category and a focus trap.
 function prefs(c) {
-  ready(() => {
-    mount(); dlg?.open && dlg.close();
-    const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt', lang: L },
-      h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { type: 'button', className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
-      ...CATS.map(k => {
-        const lock = k == 'necessary' || K[k].required, off = blocked(k);
-        return h('div', { className: 'ct' },
-          h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
-            h('span', {}, ctx(k, 'label', 'display_name')), h('small', {}, tx(lock ? 'always_on' : off ? 'signal_denied' : 0))),
-          h('p', { id: k }, ctx(k, 'description', 'description')));
-      }),
-      h('div', { className: 'bt' }, btn('reject_all', act('reject_all')), btn('accept_all', act('accept_all')),
-        btn('save', () => decide('custom', { functional: box.functional?.checked, analytics: box.analytics?.checked, marketing: box.marketing?.checked }), 'sc')));
-    D.onkeydown = e => {
-      const f = [...D.querySelectorAll('button,input:enabled')], a = root.activeElement;
-      if (e.key == 'Tab' && (!f.includes(a) || a == (e.shiftKey ? f[0] : f.at(-1)))) e.preventDefault(), (e.shiftKey ? f.at(-1) : f[0]).focus();
-    };
-    D.onclose = () => { D.remove(); dlg.open || back?.isConnected && back.focus() };
-    root.append(D); D.showModal();
-  });
+  mount(); dlg?.open && dlg.close();
+  const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt', lang: L },
+    h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { type: 'button', className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
+    ...CATS.map(k => {
+      const lock = k == 'necessary' || K[k].required, off = blocked(k);
+      return h('div', { className: 'ct' },
+        h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
+          h('span', {}, ctx(k, 'label', 'display_name'))),
+        h('p', { id: k }, ctx(k, 'description', 'description')));
+    }),
+    h('div', { className: 'bt' }, btn('reject_all', act('reject_all')), btn('accept_all', act('accept_all')),
+      btn('save', () => decide('custom', { functional: box.functional?.checked, analytics: box.analytics?.checked, marketing: box.marketing?.checked }), 'sc')));
+  D.onkeydown = e => {
+    const f = [...D.querySelectorAll('button,input:enabled')], a = root.activeElement;
+    if (e.key == 'Tab' && (!f.includes(a) || a == (e.shiftKey ? f[0] : f.at(-1)))) e.preventDefault(), (e.shiftKey ? f.at(-1) : f[0]).focus();
+  };
+  D.onclose = () => { D.remove(); dlg.open || back?.isConnected && back.focus() };
+  root.append(D); D.showModal();
 }
 
 // A decision: POST it, keep it on the site, apply it. Choices are sent explicitly, with what a
@@ -142,7 +144,7 @@ function decide(action, c) {
   const focused = root?.activeElement, { necessary, ...choices } = eff(action == 'custom' ? c : action == 'accept_all' && K /* every category */);
   dlg?.open && dlg.close();
   hide(); focused && fab?.focus();
-  fetch(API + '/consent', { method: 'POST', credentials: 'omit', keepalive: true,
+  fetch(API + '/consent', { method: 'POST', keepalive: true,
     body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner' }) })
     .then(r => r.ok && r.json()).catch(() => 0).then(r => {
       const s = { vid, cfg: C.config_id, rev: r?.revision ?? C.revision, choices: r?.choices || choices, act: action, exp: Date.parse(r?.expires_at) || now() + C.expiry_days * 864e5 };
@@ -160,8 +162,7 @@ const api = w.consentgate = {
 };
 
 if (valid(st)) apply(st);
-else fetch(`${API}/consent/${vid}`, { credentials: 'omit' }).then(r => r.json()).catch(() => ({})).then(r => {
-  sig.dnt ||= r.signals?.dnt; sig.gpc ||= r.signals?.gpc;
+else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r => {
   const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, exp: Date.parse(r.expires_at) };
   if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
   // Unknown region (or no answer) counts as consent required.
@@ -173,23 +174,22 @@ else fetch(`${API}/consent/${vid}`, { credentials: 'omit' }).then(r => r.json())
 // idempotency key so a retry never counts twice. What is left goes by sendBeacon on page hide.
 const EV = API + '/events?key=' + encodeURIComponent(ds.key), Q = [];
 const red = u => u.replace(/([?&#])([^=&#]*(token|secret|passw|pwd|auth|key|sig)[^=&#]*)=[^&#]*/gi, '$1$2=REDACTED');
-let ref = d.referrer, last, timer, busy, tries = 0;
+let ref = d.referrer, last, timer, tries = 0;
 function track(event_name, event_properties = {}) {
   if (!ds.key) return;
   Q.push({ event_name, event_properties, anonymous_id: vid, page_url: red(location.href), referrer: red(ref) || undefined, title: d.title,
-    language: n.language, screen: screen.width + 'x' + screen.height, occurred_at: new Date().toISOString(), idempotency_key: uuid() });
+    occurred_at: new Date().toISOString(), idempotency_key: uuid() });
   Q.splice(0, Q.length - 50);
   timer ||= setTimeout(flush, 200);
 }
 function flush() {
   timer = 0;
-  if (busy || !Q.length) return;
   const b = Q.splice(0, 50);
-  busy = 1;
-  fetch(EV, { method: 'POST', credentials: 'omit', keepalive: true, body: JSON.stringify({ batch: b }) })
+  if (!b.length) return;
+  fetch(EV, { method: 'POST', keepalive: true, body: JSON.stringify({ batch: b }) })
     // 408, 429 and 5xx are worth another try; any other answer is final.
     .then(r => [408, 429].includes(r.status) || r.status > 499 ? Promise.reject() : tries = 0).catch(() => (Q.unshift(...b), tries++))
-    .then(() => { busy = 0; Q.splice(0, Q.length - 50); if (Q.length) timer = setTimeout(flush, tries && Math.min(6e4, 1e3 * 2 ** tries) * (.5 + Math.random() / 2)) });
+    .then(() => { Q.splice(0, Q.length - 50); if (Q.length) timer = setTimeout(flush, tries && Math.min(6e4, 1e3 * 2 ** tries) * (.5 + Math.random() / 2)) });
 }
 d.addEventListener('visibilitychange', () => d.hidden && Q.length && n.sendBeacon(EV, JSON.stringify({ batch: Q })) && (Q.length = 0));
 const pv = () => {
@@ -205,7 +205,6 @@ if (!('noPageview' in ds)) {
   pv();
 }
 d.addEventListener('click', e => {
-  const a = e.target.closest?.('a[href],[data-consentgate-settings]');
-  if (a?.matches('[data-consentgate-settings]')) e.preventDefault(), api.showPreferences();
-  else if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
+  const a = e.target.closest?.('a[href]');
+  if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
 }, true);

@@ -17,6 +17,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub log: LogSettings,
     pub geo: GeoSettings,
+    pub consent: ConsentSettings,
     pub delivery: DeliverySettings,
 }
 
@@ -98,6 +99,23 @@ pub struct GeoSettings {
     /// A MaxMind-format database (GeoIP2/GeoLite2 Country or City) used when the country
     /// header is unset or absent. Empty: unused.
     pub mmdb_path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentSettings {
+    /// Consent writes (`POST`/`DELETE …/consent`) accepted per client IP (IPv6: per /64) and
+    /// tenant per minute, with bursts up to the same number. The consent routes are public, so
+    /// this bounds how fast one client can grow the hash chain. 0 disables the limit. The count is
+    /// kept in memory per instance: behind a proxy set `server.client_ip_header`, or every visitor
+    /// shares the proxy's budget.
+    pub writes_per_minute_per_ip: u32,
+}
+
+impl Default for ConsentSettings {
+    fn default() -> Self {
+        Self { writes_per_minute_per_ip: 120 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use uuid::Uuid;
 
 use crate::config::{DatabaseSettings, redact_url};
 
@@ -44,12 +48,46 @@ pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, sea_orm::DbErr
     Ok(Migrator::get_pending_migrations(db).await?.is_empty())
 }
 
+/// Starts a transaction that no other `begin_tenant_write` of the same tenant runs alongside:
+/// for read-then-write sequences whose outcome depends on what was read (appending to the
+/// tenant's consent hash chain, switching its active config).
+///
+/// PostgreSQL: `SELECT … FOR NO KEY UPDATE` on the tenant row, so other tenants are not held up
+/// (and, unlike `FOR UPDATE`, foreign-key checks of rows inserted for the tenant elsewhere —
+/// events, audit entries — are not blocked either).
+/// SQLite: `BEGIN IMMEDIATE`, which takes the database's single write lock up front (SQLite
+/// serialises all writers anyway; a deferred transaction that read first would instead fail
+/// with `SQLITE_BUSY` when it tries to write after another writer committed).
+pub async fn begin_tenant_write(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+) -> Result<DatabaseTransaction, sea_orm::DbErr> {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            db.begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+        }
+        backend => {
+            let txn = db.begin().await?;
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT id FROM tenant WHERE id = $1 FOR NO KEY UPDATE",
+                [tenant_id.into()],
+            ))
+            .await?;
+            Ok(txn)
+        }
+    }
+}
+
 /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, taking the write lock
 /// up front: a deferred transaction that reads and then writes fails with `SQLITE_BUSY` (which the
 /// busy timeout cannot wait out) when another connection wrote in between. PostgreSQL ignores
 /// the option.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
-    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, sea_orm::DbErr> {
     db.begin_with_options(TransactionOptions {
         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
         ..Default::default()

@@ -26,6 +26,47 @@ impl Error {
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Validation { field: Some(field.into()), message: message.into() }
     }
+
+    /// One error for several rejected fields: `field` names the first (by path), the message
+    /// names every one (`banner.primary_color: …; consent_expiry_days: …`), so a client fixes
+    /// all of them in one round trip.
+    pub fn from_problems(mut problems: Vec<(String, String)>) -> Self {
+        problems.sort();
+        problems.dedup();
+        match problems.len() {
+            0 => Error::Validation { field: None, message: "invalid input".into() },
+            1 => {
+                let (field, message) = problems.remove(0);
+                Error::Validation { field: Some(field), message }
+            }
+            _ => Error::Validation {
+                field: Some(problems[0].0.clone()),
+                message: problems.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join("; "),
+            },
+        }
+    }
+}
+
+/// Every failing field of `errors` as (dotted path below `prefix`, message).
+pub fn validation_problems(errors: &validator::ValidationErrors, prefix: &str) -> Vec<(String, String)> {
+    use validator::ValidationErrorsKind as K;
+    let mut out = Vec::new();
+    for (name, kind) in errors.errors() {
+        let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        match kind {
+            K::Field(list) => out.extend(list.iter().map(|e| {
+                (path.clone(), e.message.as_ref().map(|m| m.to_string()).unwrap_or_else(|| describe_rule(e)))
+            })),
+            K::Struct(inner) => out.extend(validation_problems(inner, &path)),
+            K::List(items) => {
+                for (i, inner) in items {
+                    out.extend(validation_problems(inner, &format!("{path}[{i}]")));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Validation failures from `validator` derive, reported by the first offending field. Nested

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod banner;
 pub mod config;
 pub mod consent;
 pub mod crypto;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod geo;
 pub mod http;
 pub mod ingest;
+pub mod ip;
 pub mod json;
 pub mod outbox;
 pub mod providers;

@@ -5,13 +5,18 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
-mod m20261126_000001_forwarding;
+mod m20261126_000001_one_active_consent_config;
+mod m20261126_000002_forwarding;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_initial::Migration), Box::new(m20261126_000001_forwarding::Migration)]
+        vec![
+            Box::new(m20261125_000001_initial::Migration),
+            Box::new(m20261126_000001_one_active_consent_config::Migration),
+            Box::new(m20261126_000002_forwarding::Migration),
+        ]
     }
 }

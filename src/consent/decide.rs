@@ -3,7 +3,7 @@
 //! Pure functions, no I/O: everything they need is passed in, so every rule is a row in a table
 //! test. The legal reason for each rule sits next to it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -286,9 +286,14 @@ pub fn effective(
     // six months, the config says how long) and not from before a revision that asks again
     // because purposes or providers changed materially (consent must be specific and informed,
     // GDPR Art. 4(11)).
+    // The stricter of the record's own expiry and the config's current lifetime: shortening
+    // `consent_expiry_days` (say, to follow CNIL's six months) applies to choices already made,
+    // while lengthening it does not stretch what a visitor was told when they chose.
     let undecided = match record {
         None => Some(Undecided::NoRecord),
-        Some(r) if r.expires_at <= now => Some(Undecided::Expired),
+        Some(r) if r.expires_at <= now || r.created_at + Duration::days(i64::from(policy.expiry_days)) <= now => {
+            Some(Undecided::Expired)
+        }
         Some(r) if r.revision < policy.reconsent_revision => Some(Undecided::Reconsent),
         Some(_) => None,
     };
@@ -570,6 +575,9 @@ mod tests {
         let no_geo = ConsentPolicy { geo_targeting_enabled: false, ..p.clone() };
         let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
         let marketing_off = ConsentPolicy { enabled: ANALYTICS_ONLY, ..p.clone() };
+        // `accepted` was made a day ago with 179 days left; the config now keeps choices 1 day.
+        let shortened = ConsentPolicy { expiry_days: 1, ..p.clone() };
+        let lengthened = ConsentPolicy { expiry_days: 730, ..p.clone() };
         let dnt = Signals { dnt: true, ..from("SE") };
         let gpc = Signals { gpc: true, ..from("SE") };
         let gpc_us = Signals { gpc: true, ..from("US") };
@@ -595,6 +603,8 @@ mod tests {
             ("subdivision in the list (US-CA)", Some(&p), None, californian, ga4, deny("denied:no_consent")),
             ("expired record", Some(&p), Some(&expired), from("SE"), ga4, deny("denied:expired")),
             ("expired record outside region: defaults", Some(&p), Some(&expired), from("US"), ga4, allow(Full, "consent_default:analytics")),
+            ("older than a since shortened expiry", Some(&shortened), Some(&accepted), from("SE"), ga4, deny("denied:expired")),
+            ("a lengthened expiry does not stretch a record", Some(&lengthened), Some(&expired), from("SE"), ga4, deny("denied:expired")),
             ("record before a re-consent revision", Some(&p), Some(&stale_revision), from("SE"), ga4, deny("denied:reconsent")),
             ("record at the re-consent revision", Some(&p), Some(&current_after_reconsent), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
             ("dnt respected", Some(&p), Some(&accepted), dnt.clone(), ga4, deny("denied:dnt")),

@@ -185,7 +185,9 @@ impl FromRequestParts<AppState> for Visitor {
         let looked_up = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
         let country = text(&state.settings.geo.country_header)
             .map(|c| c.to_ascii_uppercase())
-            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))
+            // Placeholders such as Cloudflare's `XX` (unknown) and `T1` (Tor) are not countries:
+            // they must count as unknown, which is consent-required, not as "outside the list".
+            .filter(|c| crate::consent::regions::is_country(c))
             .or(looked_up.country.clone());
         let region = text(&state.settings.geo.region_header).and_then(|r| {
             let r = r.to_ascii_uppercase();

@@ -4,6 +4,9 @@
 //! under the very path its annotation documents).
 
 mod audit_log;
+mod consent;
+mod consent_configs;
+mod consent_records;
 mod deliveries;
 pub mod error;
 mod events;
@@ -11,6 +14,7 @@ pub mod extract;
 mod health;
 mod ingest_keys;
 mod provider_configs;
+mod rate_limit;
 mod tokens;
 
 use std::sync::OnceLock;
@@ -61,6 +65,9 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(tokens::router())
         .merge(audit_log::router())
+        .merge(consent_configs::router())
+        .merge(consent::router())
+        .merge(consent_records::router())
         .merge(ingest_keys::router())
         .merge(events::router())
         .merge(provider_configs::router())

@@ -1,7 +1,5 @@
-//! Enrichment of an accepted event: campaign (UTM) parameters from the page URL, the parsed user
-//! agent with a bot flag, and the visitor's IP truncated for storage. Pure functions.
-
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! Enrichment of an accepted event: campaign (UTM) parameters from the page URL and the parsed user
+//! agent with a bot flag (the IP is truncated for storage by `crate::ip`). Pure functions.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -102,26 +100,6 @@ pub fn utm(page_url: &str) -> Map<String, Value> {
     out
 }
 
-/// The IP as stored with the event: IPv4 to its /24, IPv6 to its /48 (the network, not the
-/// device — GDPR data minimisation, Art. 5(1)(c)). An IPv4-mapped IPv6 address counts as IPv4.
-pub fn truncate_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(truncate_v4(v4)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(truncate_v4(v4)),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
-fn truncate_v4(ip: Ipv4Addr) -> Ipv4Addr {
-    let o = ip.octets();
-    Ipv4Addr::new(o[0], o[1], o[2], 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,13 +139,5 @@ mod tests {
             serde_json::json!({"source": "news", "medium": "email", "campaign": "bf"})
         );
         assert!(utm("not a url").is_empty());
-    }
-
-    #[test]
-    fn ips_are_truncated_to_the_network() {
-        let t = |s: &str| truncate_ip(s.parse().unwrap()).to_string();
-        assert_eq!(t("203.0.113.77"), "203.0.113.0");
-        assert_eq!(t("2001:db8:abcd:12:34::1"), "2001:db8:abcd::");
-        assert_eq!(t("::ffff:198.51.100.9"), "198.51.100.0");
     }
 }

@@ -13,10 +13,10 @@ pub mod keys;
 pub mod rate_limit;
 
 use chrono::{DateTime, Utc};
-use entity::{analytics_event, consent_record, cookie_consent_config, tenant};
+use entity::{analytics_event, tenant};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, SqlErr,
+    SqlErr,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -28,11 +28,7 @@ use self::{
     event::{Caller, ValidEvent},
 };
 use crate::{
-    consent::{
-        self, Action, Choices, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory,
-        Signals,
-    },
-    crypto,
+    consent::{self, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory, Signals},
     error::{Error, Result},
     geo::Geo,
     providers::{self, config::usage},
@@ -198,7 +194,7 @@ fn stored_event(
         occurred_at: ev.occurred_at,
         received_at: now,
         // Stored: the network only. The full address travels on the pending delivery rows.
-        ip_truncated: ev.ip.map(|ip| enrich::truncate_ip(ip).to_string()),
+        ip_truncated: ev.ip.map(crate::ip::truncate),
         country: ev.country.clone(),
         dnt: ev.dnt,
         gpc: ev.gpc,
@@ -206,72 +202,17 @@ fn stored_event(
     }
 }
 
-/// The salted hash consent records are kept under: `sha256(salt ":" visitor_id)`.
-///
-/// Stand-in until the consent module's own lookup lands; the lead swaps it for
-/// `consent::records`' function.
-pub fn visitor_hash(tenant: &tenant::Model, visitor_id: &str) -> String {
-    crypto::sha256_hex(format!("{}:{}", tenant.salt, visitor_id))
-}
-
 /// The tenant's consent policy (its active cookie consent config) and the visitor's latest
-/// consent record.
-///
-/// Stand-in until the consent module provides `consent::policy_for(db, tenant_id)` and
-/// `consent::records::latest_for_visitor(db, &tenant, visitor_id)`; it reads their tables
-/// directly and is the only place the ingest pipeline does so. The lead replaces its body with
-/// calls to those two functions.
+/// consent record under it — the consent module's answers, in the shape `consent::decide` takes.
 pub async fn consent_inputs(
     db: &impl ConnectionTrait,
     tenant: &tenant::Model,
     visitor_id: Option<&str>,
 ) -> Result<(Option<ConsentPolicy>, Option<RecordView>)> {
-    let config = cookie_consent_config::Entity::find()
-        .filter(cookie_consent_config::Column::TenantId.eq(tenant.id))
-        .filter(cookie_consent_config::Column::Status.eq("active"))
-        .order_by_desc(cookie_consent_config::Column::PublishedAt)
-        .one(db)
-        .await?;
-    let policy = config.map(|c| {
-        let flag = |cat: &str, key: &str| c.categories.get(cat).and_then(|v| v.get(key)).and_then(Value::as_bool);
-        let choices = |key: &str| Choices {
-            functional: flag("functional", key).unwrap_or(false),
-            analytics: flag("analytics", key).unwrap_or(false),
-            marketing: flag("marketing", key).unwrap_or(false),
-        };
-        ConsentPolicy {
-            expiry_days: c.consent_expiry_days.max(1) as u32,
-            geo_targeting_enabled: c.geo_targeting_enabled,
-            consent_required_regions: serde_json::from_value(c.consent_required_regions.clone()).unwrap_or_default(),
-            respect_do_not_track: c.respect_do_not_track,
-            enabled: choices("enabled"),
-            default_accepted: choices("default_accepted"),
-            revision: c.revision,
-            reconsent_revision: c.reconsent_revision,
-        }
-    });
-    let Some(visitor) = visitor_id else { return Ok((policy, None)) };
-    let record = consent_record::Entity::find()
-        .filter(consent_record::Column::TenantId.eq(tenant.id))
-        .filter(consent_record::Column::VisitorHash.eq(visitor_hash(tenant, visitor)))
-        .order_by_desc(consent_record::Column::Seq)
-        .one(db)
-        .await?;
-    let record = match record {
+    let policy = consent::policy_for(db, tenant.id).await?;
+    let record = match visitor_id {
+        Some(v) => consent::records::latest_for_visitor(db, tenant, v).await?,
         None => None,
-        Some(r) => {
-            let choices: Choices = serde_json::from_value(r.choices)
-                .map_err(|e| Error::Internal(anyhow::anyhow!("consent record {} has unreadable choices: {e}", r.id)))?;
-            let action = Action::parse(&r.action)
-                .ok_or_else(|| Error::Internal(anyhow::anyhow!("consent record {} has action {:?}", r.id, r.action)))?;
-            Some(RecordView {
-                choices,
-                action,
-                revision: r.revision,
-                created_at: r.created_at,
-                expires_at: r.expires_at,
-            })
-        }
     };
     Ok((policy, record))
 }

@@ -114,10 +114,10 @@ async fn identifiers_go_only_with_analytics_consent() {
     let (app, fakes, keys) = setup().await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let u = site::umami(&app, &fakes, json!({})).await;
-    let cfg = consent_config(&app).await;
+    consent_config(&app).await;
     let (yes, no) = (visitor(), visitor());
-    consent_record(&app, cfg, &yes, "accept_all", true, 1).await;
-    consent_record(&app, cfg, &no, "reject_all", false, 2).await;
+    consent_record(&app, &yes, "accept_all").await;
+    consent_record(&app, &no, "reject_all").await;
     let signup = |v: &str| {
         json!({"event_name": "signup", "page_url": PAGE, "anonymous_id": v, "user_id": format!("user-{v}"),
                "event_properties": {"plan": "pro", "email": "ann@example.com", "customer_id": "c-9"}})
@@ -155,10 +155,10 @@ async fn a_denied_provider_receives_nothing_at_all() {
     let (app, fakes, keys) = setup().await;
     // An admin makes Umami wait for analytics consent.
     let u = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
-    let cfg = consent_config(&app).await;
+    consent_config(&app).await;
     let (refused, granted) = (visitor(), visitor());
-    consent_record(&app, cfg, &refused, "reject_all", false, 1).await;
-    consent_record(&app, cfg, &granted, "accept_all", true, 2).await;
+    consent_record(&app, &refused, "reject_all").await;
+    consent_record(&app, &granted, "accept_all").await;
 
     let (s, denied) = track(&app, &keys, site::pageview(&refused)).await;
     assert_eq!(s, StatusCode::ACCEPTED);

@@ -12,7 +12,7 @@ use consentgate::{
 use reqwest::{Method, RequestBuilder, StatusCode};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use secrecy::ExposeSecret;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub struct TestApp {
     pub app: App,
@@ -114,6 +114,93 @@ impl TestApp {
     pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, token, None).await
     }
+
+    /// A request without a token (public routes), to add headers to before `send`.
+    pub fn public(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    /// `/v1/tenants/{tenant}/analytics/cookie-consent/configs` of the test's tenant.
+    pub fn consent_configs_path(&self) -> String {
+        format!("/v1/tenants/{}/analytics/cookie-consent/configs", self.tenant)
+    }
+
+    /// Creates a cookie consent config — [`consent_config`] with `changes` merged in (JSON merge
+    /// patch) — and publishes it, so it is the tenant's active config. Returns its id.
+    pub async fn publish_consent_config(&self, changes: Value) -> String {
+        let mut body = consent_config();
+        consentgate::consent::config::store::merge_patch(&mut body, &changes);
+        let (s, created) = self.post(&self.consent_configs_path(), &self.admin, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        self.publish(&id, false).await;
+        id
+    }
+
+    /// Publishes a config; returns the published config.
+    pub async fn publish(&self, config_id: &str, requires_reconsent: bool) -> Value {
+        let path = format!("{}/{config_id}/publish", self.consent_configs_path());
+        let (s, published) = self.post(&path, &self.admin, json!({"requires_reconsent": requires_reconsent})).await;
+        assert_eq!(s, StatusCode::OK, "{published}");
+        published
+    }
+
+    /// Records a visitor's decision through the public route, as a server-side caller (no
+    /// `Origin`). `body` is the contract's body, e.g. `{"visitor_id", "action", "revision"}`.
+    pub async fn record_consent(&self, body: Value) -> (StatusCode, Value) {
+        send(self.public(Method::POST, &format!("/v1/tenants/{}/consent", self.tenant)).json(&body)).await
+    }
+
+    /// Records `action` for `visitor` under the active revision; panics unless it is stored.
+    pub async fn consent(&self, visitor: &str, action: &str, revision: i64) -> Value {
+        let mut body = json!({"visitor_id": visitor, "action": action, "revision": revision, "language": "en"});
+        if action == "custom" {
+            body["choices"] = json!({"functional": false, "analytics": true, "marketing": false});
+        }
+        let (s, recorded) = self.record_consent(body).await;
+        assert_eq!(s, StatusCode::CREATED, "{recorded}");
+        recorded
+    }
+}
+
+/// The origin [`consent_config`] allows (plus any subdomain of it).
+pub const SITE: &str = "https://shop.example";
+
+/// A complete, guidance-conforming cookie consent config body (no warnings): all four
+/// categories enabled, English and Swedish texts, allowed origins [`SITE`] and `https://*.shop.example`.
+pub fn consent_config() -> Value {
+    json!({
+        "display_name": "Shop",
+        "banner": {"position": "bottom", "style": "bar", "primary_color": "#1a73e8",
+                   "background_color": "#ffffff", "text_color": "#202124",
+                   "show_reject_all": true, "show_preferences": true},
+        "categories": {
+            "necessary": {"enabled": true, "required": true, "default_accepted": true,
+                          "display_name": "Strictly necessary", "description": "Needed for the site to work.",
+                          "cookie_names": ["cg_vid"]},
+            "functional": {"enabled": true, "required": false, "default_accepted": false,
+                           "display_name": "Functional", "description": "Preferences.", "cookie_names": []},
+            "analytics": {"enabled": true, "required": false, "default_accepted": false,
+                          "display_name": "Analytics", "description": "Usage statistics.", "cookie_names": ["_ga"]},
+            "marketing": {"enabled": true, "required": false, "default_accepted": false,
+                          "display_name": "Marketing", "description": "Ads.", "cookie_names": ["_fbp"]}
+        },
+        "texts": {
+            "en": {"title": "Cookies", "body": "We use cookies.", "accept_all": "Accept all",
+                   "reject_all": "Reject all", "preferences": "Preferences", "save": "Save choices",
+                   "settings": "Cookie settings",
+                   "categories": {"analytics": {"label": "Analytics", "description": "Counts visits."}}},
+            "sv": {"title": "Kakor", "body": "Vi använder kakor.", "accept_all": "Godkänn alla",
+                   "reject_all": "Avvisa alla"}
+        },
+        "default_language": "en",
+        "privacy_policy_url": "https://shop.example/privacy",
+        "cookie_policy_url": "https://shop.example/cookies",
+        "consent_expiry_days": 180,
+        "geo_targeting_enabled": true,
+        "respect_do_not_track": true,
+        "allowed_origins": [SITE, "https://*.shop.example"]
+    })
 }
 
 pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {

@@ -4,6 +4,9 @@
 mod helpers;
 
 mod cli;
+mod consent_configs;
+mod consent_public;
+mod consent_records;
 mod fakes;
 mod forwarding;
 mod foundation;

@@ -1,16 +1,8 @@
 #![allow(dead_code)] // each test module uses a different subset
 //! Fixtures for forwarding tests: a site with ingest keys, provider configs pointing at the fakes,
-//! a consent configuration and visitors' consent records.
-//!
-//! The consent configuration and records are written straight into their tables through the
-//! entity crate, because the consent API is built in parallel; the lead switches these two
-//! fixtures to the consent API (`POST …/cookie-consent/configs` + publish, `POST …/consent`) when
-//! it lands.
+//! a consent configuration and visitors' consent records (through the consent API).
 
-use chrono::{Duration, Utc};
-use consentgate::tenants;
 use reqwest::{Method, StatusCode};
-use sea_orm::{ActiveModelTrait, Set};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -141,76 +133,17 @@ pub async fn patch_config(app: &TestApp, provider: &str, id: &str, body: Value) 
     app.call(Method::PATCH, &format!("{}/{id}", configs_path(app, provider)), &app.admin, Some(body)).await
 }
 
-/// An active cookie consent configuration: analytics and marketing offered, consent required
-/// everywhere (no geo header is configured, so every visitor's country is unknown), DNT honoured.
-pub async fn consent_config(app: &TestApp) -> Uuid {
-    let tenant = tenants::find(&app.db, &app.tenant).await.unwrap().unwrap();
-    let cat = |enabled: bool| json!({"enabled": enabled, "required": false, "default_accepted": false, "display_name": "x", "description": "x", "cookie_names": []});
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    entity::cookie_consent_config::ActiveModel {
-        id: Set(id),
-        tenant_id: Set(tenant.id),
-        display_name: Set("Main".into()),
-        status: Set("active".into()),
-        banner: Set(json!({})),
-        categories: Set(json!({
-            "necessary": {"enabled": true, "required": true, "default_accepted": true, "display_name": "x", "description": "x", "cookie_names": []},
-            "functional": cat(true), "analytics": cat(true), "marketing": cat(true)
-        })),
-        texts: Set(json!({})),
-        default_language: Set("en".into()),
-        privacy_policy_url: Set(None),
-        cookie_policy_url: Set(None),
-        consent_expiry_days: Set(180),
-        geo_targeting_enabled: Set(true),
-        consent_required_regions: Set(json!(["SE", "DE"])),
-        respect_do_not_track: Set(true),
-        allowed_origins: Set(json!([ORIGIN])),
-        revision: Set(1),
-        reconsent_revision: Set(1),
-        published_at: Set(Some(now)),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(&app.db)
-    .await
-    .unwrap();
-    id
+/// The tenant's consent configuration, published through the consent API: every category
+/// offered, consent required (no geo header is configured, so every visitor's country is
+/// unknown), DNT honoured.
+pub async fn consent_config(app: &TestApp) -> String {
+    app.publish_consent_config(json!({"respect_do_not_track": true})).await
 }
 
-/// A visitor's consent record (`accept_all`, `reject_all`, `custom`, `withdraw`).
-pub async fn consent_record(app: &TestApp, config_id: Uuid, visitor: &str, action: &str, analytics: bool, seq: i64) {
-    let tenant = tenants::find(&app.db, &app.tenant).await.unwrap().unwrap();
-    let now = Utc::now();
-    entity::consent_record::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        tenant_id: Set(tenant.id),
-        seq: Set(seq),
-        visitor_id: Set(Some(visitor.into())),
-        visitor_hash: Set(consentgate::ingest::visitor_hash(&tenant, visitor)),
-        config_id: Set(config_id),
-        revision: Set(1),
-        texts_hash: Set("test".into()),
-        language: Set("en".into()),
-        choices: Set(
-            json!({"necessary": true, "functional": analytics, "analytics": analytics, "marketing": analytics}),
-        ),
-        action: Set(action.into()),
-        source: Set("banner".into()),
-        dnt: Set(false),
-        gpc: Set(false),
-        country: Set(None),
-        ip_truncated: Set(None),
-        user_agent: Set(None),
-        created_at: Set(now),
-        expires_at: Set(now + Duration::days(180)),
-        prev_hash: Set("0".repeat(64)),
-        hash: Set(format!("{seq:064}")),
-    }
-    .insert(&app.db)
-    .await
-    .unwrap();
+/// A visitor's decision (`accept_all`, `reject_all`, `withdraw`) under the published revision,
+/// recorded through the public consent API.
+pub async fn consent_record(app: &TestApp, visitor: &str, action: &str) {
+    app.consent(visitor, action, 1).await;
 }
 
 /// A new visitor id (what the banner stores in `cg_vid`).

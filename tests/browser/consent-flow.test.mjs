@@ -31,7 +31,7 @@ async function firstVisit(opts = {}) {
   return v;
 }
 
-const latestRecord = async (page) => (await tenant.records(await visitorId(page)))[0];
+const latestRecord = async (page, action) => tenant.waitForRecord(await visitorId(page), action);
 
 describe('first visit', () => {
   test('shows the banner with title, text, policy links and three choices, and nothing runs', async () => {
@@ -93,8 +93,7 @@ describe('decisions', () => {
     assert.deepEqual(detail.choices, { necessary: true, functional: false, analytics: false, marketing: false });
     await assert.doesNotReject(ui(page).banner.waitFor({ state: 'detached' }));
 
-    const rec = await latestRecord(page);
-    assert.equal(rec.action, 'reject_all');
+    const rec = await latestRecord(page, 'reject_all');
     assert.deepEqual({ ...rec.choices }, { necessary: true, functional: false, analytics: false, marketing: false });
     assert.equal(rec.revision, tenant.revision);
     const post = consentRequests(requests).find((r) => r.method === 'POST');
@@ -118,8 +117,7 @@ describe('decisions', () => {
     await page.waitForFunction(() => window.__marketingRan);
     assert.deepEqual(await ran(page), { functional: true, analytics: true, marketing: true });
     assert.equal(await page.locator('iframe').getAttribute('src'), 'about:blank#video');
-    const rec = await latestRecord(page);
-    assert.equal(rec.action, 'accept_all');
+    const rec = await latestRecord(page, 'accept_all');
     assert.deepEqual({ ...rec.choices }, { necessary: true, functional: true, analytics: true, marketing: true });
     const update = await page.evaluate(() => window.__gtag.filter((c) => c[0] === 'consent' && c[1] === 'update').at(-1)?.[2]);
     assert.deepEqual([update.analytics_storage, update.ad_storage, update.ad_user_data, update.ad_personalization], ['granted', 'granted', 'granted', 'granted']);
@@ -137,8 +135,7 @@ describe('decisions', () => {
     await u.dialogButton('Save choices').click();
     await page.waitForFunction(() => window.__analyticsRan);
     assert.deepEqual(await ran(page), { functional: false, analytics: true, marketing: false });
-    const rec = await latestRecord(page);
-    assert.equal(rec.action, 'custom');
+    const rec = await latestRecord(page, 'custom');
     assert.deepEqual({ ...rec.choices }, { necessary: true, functional: false, analytics: true, marketing: false });
     assert.deepEqual(await page.evaluate(() => window.consentgate.getConsent().choices), rec.choices);
     await context.close();
@@ -154,10 +151,13 @@ describe('decisions', () => {
     assert.equal(await u.toggle(/Analytics/).isChecked(), true);
     await page.keyboard.press('Escape');
     await u.dialog.waitFor({ state: 'detached' });
-    // Withdrawal: as easy as consent; scripts that ran cannot be stopped, so the page reloads.
+    // Withdrawal: as easy as consent; scripts that ran cannot be stopped, so the page reloads,
+    // and the cookies of the withdrawn categories are deleted.
+    await context.addCookies(['_ga', '_fbp'].map((name) => ({ name, value: '1', url: site.origin })));
     await Promise.all([page.waitForEvent('load'), page.evaluate(() => window.consentgate.withdraw())]);
-    const rec = await latestRecord(page);
-    assert.equal(rec.action, 'withdraw');
+    const names = (await context.cookies(site.origin)).map((c) => c.name);
+    assert.ok(!names.includes('_ga') && !names.includes('_fbp'), `cookies deleted: ${names}`);
+    const rec = await latestRecord(page, 'withdraw');
     assert.deepEqual({ ...rec.choices }, { necessary: true, functional: false, analytics: false, marketing: false });
     await u.settings.waitFor();
     assert.deepEqual(await ran(page), { functional: false, analytics: false, marketing: false });
@@ -195,7 +195,7 @@ describe('later visits', () => {
     assert.deepEqual(await ran(page), { functional: false, analytics: false, marketing: false });
     assert.equal(await visitorId(page), vid, 'same visitor id');
     await ui(page).reject.click();
-    assert.equal((await tenant.records(vid))[0]?.action, 'reject_all');
+    await tenant.waitForRecord(vid, 'reject_all');
     await context.close();
   });
 
@@ -216,7 +216,7 @@ describe('later visits', () => {
     await shot(page, 'reconsent-banner');
     await ui(page).accept.click();
     await page.waitForFunction(() => window.__analyticsRan);
-    const rec = await latestRecord(page);
+    const rec = await latestRecord(page, 'accept_all');
     assert.equal(rec.revision, tenant.revision);
     assert.ok(tenant.revision >= before + 2);
     await context.close();

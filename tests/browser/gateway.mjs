@@ -155,6 +155,22 @@ export class Tenant {
     return [...items].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
   }
 
+  /**
+   * Polls until the visitor has a record with `action` (decisions are posted asynchronously) and
+   * returns the newest such record. Matching on the action keeps this independent of the order
+   * the API lists records in and of timestamps that tie within a second.
+   */
+  async waitForRecord(visitorId, action, timeout = 10000) {
+    const until = Date.now() + timeout;
+    for (;;) {
+      const all = await this.records(visitorId);
+      const found = all.find((r) => r.action === action);
+      if (found) return found;
+      if (Date.now() > until) throw new Error(`no ${action} record for visitor ${visitorId}; records: ${JSON.stringify(all)}`);
+      await sleep(100);
+    }
+  }
+
   /** GET …/consent/{vid} as the site's page would (Origin of the site). */
   async consentState(visitorId, origin, headers = {}) {
     const res = await fetch(`${this.url}/consent/${visitorId}`, { headers: { origin, ...headers } });
@@ -246,7 +262,7 @@ export async function visitor(browser, { locale = 'en-US', headers, viewport = {
   if (init) await context.addInitScript(init);
   const page = await context.newPage();
   const requests = [];
-  page.on('request', (r) => requests.push({ method: r.method(), url: r.url(), body: r.postData(), headers: r.headers() }));
+  page.on('request', (r) => requests.push({ method: r.method(), url: r.url(), body: r.postData(), headers: r.headers(), type: r.resourceType() }));
   const errors = [];
   page.on('pageerror', (e) => errors.push(e));
   return { context, page, requests, errors };

@@ -1,0 +1,278 @@
+//! The hash chain over a tenant's consent records — proof that no record was altered, removed
+//! or slipped in afterwards (the controller must be able to demonstrate consent, GDPR Art. 7(1)).
+//!
+//! `hash = sha256_hex(prev_hash ‖ canonical_json(record))`, where `prev_hash` is the previous
+//! record's `hash` (64 zeros for the first), `‖` is string concatenation, and `record` is the
+//! record exactly as the auditor API and the NDJSON export show it, without `visitor_id`,
+//! `prev_hash` and `hash` ([`chained_fields`]). So an auditor can recompute every hash from an
+//! export alone. The chain covers `visitor_hash` (the tenant-salted hash of the visitor id)
+//! instead of the id, so erasing the id (Art. 17) leaves it verifiable. Timestamps are RFC 3339
+//! UTC with exactly six fractional digits, the precision both databases keep. `seq` numbers the
+//! records of a tenant from 1 without gaps.
+//!
+//! The chain shows tampering *within* the records; a truncated tail looks like a shorter valid
+//! chain. Auditors who need that too record the `head` that `verify` reports and compare later.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::consent_record;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::canonical;
+use crate::{crypto::sha256_hex, error::Result};
+
+/// `prev_hash` of a tenant's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Records read per query when walking the chain.
+const PAGE: u64 = 500;
+
+pub fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// `serialize_with` for timestamps that are hashed: always [`timestamp`]'s form.
+pub fn serialize_timestamp<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&timestamp(t))
+}
+
+/// The record as the chain covers it: the auditor's view of it minus `visitor_id`, `prev_hash`
+/// and `hash`.
+pub fn chained_fields(m: &consent_record::Model) -> Value {
+    json!({
+        "id": m.id,
+        "seq": m.seq,
+        "visitor_hash": m.visitor_hash,
+        "config_id": m.config_id,
+        "revision": m.revision,
+        "texts_hash": m.texts_hash,
+        "language": m.language,
+        "choices": m.choices,
+        "action": m.action,
+        "source": m.source,
+        "signals": {"dnt": m.dnt, "gpc": m.gpc},
+        "country": m.country,
+        "ip_truncated": m.ip_truncated,
+        "user_agent": m.user_agent,
+        "created_at": timestamp(&m.created_at),
+        "expires_at": timestamp(&m.expires_at),
+    })
+}
+
+/// The hash `m` must carry, given its `prev_hash`.
+pub fn link_hash(m: &consent_record::Model) -> String {
+    let mut input = m.prev_hash.clone();
+    input.push_str(&canonical::to_string(&chained_fields(m)));
+    sha256_hex(input)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Broken {
+    pub seq: i64,
+    pub id: Uuid,
+    /// `seq_gap` (a record is missing or out of place), `prev_hash_mismatch` (the link to the
+    /// previous record is broken) or `hash_mismatch` (the record was altered).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Verification {
+    pub ok: bool,
+    /// Records checked (all of them when `ok`; up to and including the first broken one else).
+    pub checked: u64,
+    pub first_broken: Option<Broken>,
+    /// The last record of an intact chain: keep it to detect a truncated tail later.
+    pub head: Option<Head>,
+}
+
+/// Checks records one after the other, in `seq` order.
+#[derive(Debug)]
+pub struct Verifier {
+    expected_seq: i64,
+    prev_hash: String,
+    checked: u64,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier { expected_seq: 1, prev_hash: GENESIS.to_string(), checked: 0 }
+    }
+}
+
+impl Verifier {
+    pub fn check(&mut self, m: &consent_record::Model) -> Result<(), Broken> {
+        self.checked += 1;
+        let broken = |reason: &str| Broken { seq: m.seq, id: m.id, reason: reason.into() };
+        if m.seq != self.expected_seq {
+            return Err(broken("seq_gap"));
+        }
+        if m.prev_hash != self.prev_hash {
+            return Err(broken("prev_hash_mismatch"));
+        }
+        if link_hash(m) != m.hash {
+            return Err(broken("hash_mismatch"));
+        }
+        self.expected_seq += 1;
+        self.prev_hash = m.hash.clone();
+        Ok(())
+    }
+
+    pub fn finish(self, first_broken: Option<Broken>) -> Verification {
+        let head = (first_broken.is_none() && self.checked > 0)
+            .then(|| Head { seq: self.expected_seq - 1, hash: self.prev_hash.clone() });
+        Verification { ok: first_broken.is_none(), checked: self.checked, first_broken, head }
+    }
+}
+
+/// Walks the tenant's whole chain, a page at a time (never all records in memory).
+pub async fn verify(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Verification> {
+    let mut v = Verifier::default();
+    let mut after = 0i64;
+    loop {
+        let page = consent_record::Entity::find()
+            .filter(consent_record::Column::TenantId.eq(tenant_id))
+            .filter(consent_record::Column::Seq.gt(after))
+            .order_by_asc(consent_record::Column::Seq)
+            .limit(PAGE)
+            .all(db)
+            .await?;
+        for m in &page {
+            if let Err(b) = v.check(m) {
+                return Ok(v.finish(Some(b)));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() as u64 == PAGE => after = last.seq,
+            _ => return Ok(v.finish(None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: i64, prev: &str) -> consent_record::Model {
+        let mut m = consent_record::Model {
+            id: Uuid::now_v7(),
+            tenant_id: Uuid::nil(),
+            seq,
+            visitor_id: Some("v1".into()),
+            visitor_hash: "ab".repeat(32),
+            config_id: Uuid::nil(),
+            revision: 1,
+            texts_hash: "cd".repeat(32),
+            language: "en".into(),
+            choices: json!({"necessary": true, "functional": false, "analytics": true, "marketing": false}),
+            action: "custom".into(),
+            source: "banner".into(),
+            dnt: false,
+            gpc: true,
+            country: Some("SE".into()),
+            ip_truncated: Some("203.0.113.0".into()),
+            user_agent: Some("Mozilla/5.0".into()),
+            created_at: "2026-06-01T12:00:00.123456Z".parse().unwrap(),
+            expires_at: "2026-11-28T12:00:00.123456Z".parse().unwrap(),
+            prev_hash: prev.into(),
+            hash: String::new(),
+        };
+        m.hash = link_hash(&m);
+        m
+    }
+
+    fn chain(n: i64) -> Vec<consent_record::Model> {
+        let mut out: Vec<consent_record::Model> = Vec::new();
+        for seq in 1..=n {
+            let prev = out.last().map_or(GENESIS.to_string(), |m| m.hash.clone());
+            out.push(record(seq, &prev));
+        }
+        out
+    }
+
+    fn verify_all(records: &[consent_record::Model]) -> Verification {
+        let mut v = Verifier::default();
+        for m in records {
+            if let Err(b) = v.check(m) {
+                return v.finish(Some(b));
+            }
+        }
+        v.finish(None)
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let c = chain(5);
+        let r = verify_all(&c);
+        assert!(r.ok);
+        assert_eq!(r.checked, 5);
+        assert_eq!(r.head, Some(Head { seq: 5, hash: c[4].hash.clone() }));
+        assert_eq!(verify_all(&[]), Verification { ok: true, checked: 0, first_broken: None, head: None });
+    }
+
+    #[test]
+    fn erasing_the_visitor_id_keeps_the_chain_valid() {
+        let mut c = chain(3);
+        c[1].visitor_id = None;
+        assert!(verify_all(&c).ok);
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_found() {
+        type Tamper = fn(&mut Vec<consent_record::Model>);
+        let table: [(&str, Tamper, i64, &str); 6] = [
+            ("a choice changed", |c| c[2].choices["marketing"] = json!(true), 3, "hash_mismatch"),
+            ("the time changed", |c| c[1].created_at += chrono::Duration::seconds(1), 2, "hash_mismatch"),
+            ("a record removed", |c| drop(c.remove(2)), 4, "seq_gap"),
+            ("records swapped", |c| c.swap(1, 2), 3, "seq_gap"),
+            (
+                "a record re-hashed after editing",
+                |c| {
+                    c[1].action = "accept_all".into();
+                    c[1].hash = link_hash(&c[1]);
+                },
+                3,
+                "prev_hash_mismatch",
+            ),
+            ("the first record's link", |c| c[0].prev_hash = "1".repeat(64), 1, "prev_hash_mismatch"),
+        ];
+        for (what, tamper, seq, reason) in table {
+            let mut c = chain(5);
+            tamper(&mut c);
+            let r = verify_all(&c);
+            assert!(!r.ok, "{what}");
+            let b = r.first_broken.unwrap();
+            assert_eq!((b.seq, b.reason.as_str()), (seq, reason), "{what}");
+            assert_eq!(r.head, None);
+        }
+    }
+
+    #[test]
+    fn the_hash_is_reproducible_from_the_documented_recipe() {
+        let m = record(1, GENESIS);
+        let canonical = canonical::to_string(&chained_fields(&m));
+        assert!(canonical.starts_with(r#"{"action":"custom","choices":{"analytics":true,"#), "{canonical}");
+        assert!(canonical.contains(r#""signals":{"dnt":false,"gpc":true}"#), "{canonical}");
+        assert!(canonical.contains(r#""created_at":"2026-06-01T12:00:00.123456Z""#));
+        assert!(!canonical.contains("visitor_id"));
+        assert_eq!(m.hash, sha256_hex(format!("{GENESIS}{canonical}")));
+    }
+
+    #[test]
+    fn the_chained_record_is_the_auditors_view_without_id_and_links() {
+        let m = record(1, GENESIS);
+        let mut view = serde_json::to_value(crate::consent::records::RecordItem::from(m.clone())).unwrap();
+        for key in ["visitor_id", "prev_hash", "hash"] {
+            view.as_object_mut().unwrap().remove(key);
+        }
+        assert_eq!(view, chained_fields(&m));
+    }
+}

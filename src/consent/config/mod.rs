@@ -1,0 +1,9 @@
+//! Cookie consent configs: what the webmaster sets ([`spec`]), the warnings against regulator
+//! guidance ([`guidance`]) and the stored lifecycle with published revisions ([`store`]).
+
+pub mod guidance;
+pub mod spec;
+pub mod store;
+
+pub use spec::{ConfigSpec, Status};
+pub use store::{ConfigView, Published, RevisionView, active_banner_config};

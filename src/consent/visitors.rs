@@ -1,0 +1,233 @@
+//! What a visitor does through the public consent routes: record a choice (or withdraw it) and
+//! read their current state. The HTTP layer adds CORS, rate limits and the cookie.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use entity::tenant;
+use sea_orm::DatabaseConnection;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    Action, Choices, Signals,
+    config::{Published, spec::LanguageTag, store},
+    effective,
+    records::{self, NewRecord, VisitorId},
+};
+use crate::error::{Error, Result};
+
+/// A visitor's decision as submitted.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub visitor: Option<VisitorId>,
+    pub action: Action,
+    /// Needed for `custom` only; derived for the other actions.
+    pub choices: Option<Choices>,
+    /// The revision the visitor was shown. Needed except for `withdraw`.
+    pub revision: Option<i32>,
+    pub language: Option<String>,
+    pub source: Option<String>,
+}
+
+/// What the request says about where a submission came from.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub dnt: bool,
+    pub gpc: bool,
+    pub country: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    /// An `Origin` header was sent (a browser); decides the default `source`.
+    pub from_browser: bool,
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Recorded {
+    pub record_id: Uuid,
+    pub visitor_id: String,
+    #[schema(value_type = String)]
+    pub action: Action,
+    #[schema(value_type = Object)]
+    pub choices: Choices,
+    pub revision: i32,
+    pub expires_at: DateTime<Utc>,
+    /// For the cookie's Max-Age.
+    #[serde(skip)]
+    pub expiry_days: u32,
+}
+
+/// Longest user agent kept in a record (longer ones are cut; they are not proof of anything
+/// beyond the first few hundred characters).
+const USER_AGENT_MAX: usize = 512;
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Records a decision under the tenant's active config and appends it to the chain.
+///
+/// Withdrawal is accepted whatever the revision and also while the config is paused: withdrawing
+/// must be as easy as giving consent (GDPR Art. 7(3)), so it is never refused for a stale banner.
+pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submission, ctx: Context) -> Result<Recorded> {
+    let withdraw = s.action == Action::Withdraw;
+    let published = if withdraw { store::current(db, tenant.id).await? } else { store::active(db, tenant.id).await? };
+    let Some(p) = published else {
+        return Err(if store::current(db, tenant.id).await?.is_some() {
+            Error::Conflict("consent collection is paused: the tenant's cookie consent config is not active".into())
+        } else {
+            Error::Conflict("the tenant has no active cookie consent config".into())
+        });
+    };
+    let (revision, texts_hash) = shown_revision(db, &p, &s).await?;
+    let enabled = p.policy().enabled;
+    let choices = match s.action {
+        Action::AcceptAll => enabled,
+        Action::RejectAll | Action::Withdraw => Choices::none(),
+        // A category the config does not offer cannot have been chosen.
+        Action::Custom => {
+            s.choices.ok_or_else(|| Error::validation("choices", "required for action custom"))?.and(enabled)
+        }
+    };
+    let language = shown_language(&p, s.language.as_deref())?;
+    let source = match s.source {
+        Some(src) => {
+            let ok = (1..=32).contains(&src.len())
+                && src.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+            if !ok {
+                return Err(Error::validation("source", "must be 1-32 characters of a-z, 0-9, _ . -"));
+            }
+            src
+        }
+        None if ctx.from_browser => "banner".into(),
+        None => "api".into(),
+    };
+    let visitor = s.visitor.unwrap_or_else(VisitorId::generate);
+    let expiry_days = p.policy().expiry_days;
+    let record = records::append(
+        db,
+        tenant,
+        &NewRecord {
+            visitor: visitor.clone(),
+            config_id: p.config.id,
+            revision,
+            texts_hash,
+            language,
+            choices,
+            action: s.action,
+            source,
+            dnt: ctx.dnt,
+            gpc: ctx.gpc,
+            country: ctx.country,
+            ip_truncated: ctx.ip.map(crate::ip::truncate),
+            user_agent: ctx.user_agent.map(|ua| truncate_chars(&ua, USER_AGENT_MAX)),
+            expiry_days,
+        },
+    )
+    .await?;
+    Ok(Recorded {
+        record_id: record.id,
+        visitor_id: visitor.as_str().to_string(),
+        action: s.action,
+        choices,
+        revision,
+        expires_at: record.expires_at,
+        expiry_days,
+    })
+}
+
+/// The revision (and its texts hash) the visitor decided under.
+async fn shown_revision(db: &DatabaseConnection, p: &Published, s: &Submission) -> Result<(i32, String)> {
+    let active = p.config.revision;
+    match (s.action, s.revision) {
+        (Action::Withdraw, Some(r)) if r != active => match store::texts_hash_of(db, p.config.id, r).await? {
+            Some(hash) => Ok((r, hash)),
+            None => Ok((active, p.texts_hash.clone())),
+        },
+        (Action::Withdraw, _) => Ok((active, p.texts_hash.clone())),
+        (_, None) => Err(Error::validation("revision", "required: the config revision the visitor was shown")),
+        (_, Some(r)) if r != active => Err(Error::Conflict(format!(
+            "revision {r} is not the active revision {active} of the cookie consent config; reload the banner and ask again"
+        ))),
+        (_, Some(r)) => Ok((r, p.texts_hash.clone())),
+    }
+}
+
+/// The language the visitor read: the submitted one when the config has texts for it (tags
+/// compare case-insensitively), else the default language — which is what the banner shows then.
+fn shown_language(p: &Published, submitted: Option<&str>) -> Result<String> {
+    let default = p.spec.default_language.to_string();
+    let Some(lang) = submitted else { return Ok(default) };
+    LanguageTag::parse(lang).map_err(|e| Error::validation("language", e))?;
+    Ok(p.spec.texts.keys().find(|k| k.as_str().eq_ignore_ascii_case(lang)).map_or(default, |k| k.to_string()))
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SignalsView {
+    pub dnt: bool,
+    pub gpc: bool,
+}
+
+/// What the banner needs to know about a visitor.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct VisitorState {
+    pub visitor_id: String,
+    /// The banner must ask: no valid decision exists.
+    pub decision_needed: bool,
+    /// `no_record`, `expired`, `reconsent` (undecided), `withdrawn` (decided: nothing granted),
+    /// or null.
+    pub reason: Option<&'static str>,
+    /// The visitor is in a region where consent is required (unknown region counts as one).
+    pub consent_required: bool,
+    pub country: Option<String>,
+    pub signals: SignalsView,
+    /// The visitor's choices after DNT/GPC, while their decision is valid; else null.
+    #[schema(value_type = Option<Object>)]
+    pub choices: Option<Choices>,
+    /// What may be used right now: the choices, or the defaults before a decision outside
+    /// consent-required regions.
+    #[schema(value_type = Object)]
+    pub granted: Choices,
+    /// The action of the visitor's latest record.
+    #[schema(value_type = Option<String>)]
+    pub action: Option<Action>,
+    /// The revision the latest record was made under; the active revision when there is none.
+    pub revision: Option<i32>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The visitor's current state under the tenant's active config, computed by the decision
+/// engine from their latest record and the request's signals.
+pub async fn state(
+    db: &DatabaseConnection,
+    tenant: &tenant::Model,
+    visitor: &VisitorId,
+    signals: &Signals,
+    now: DateTime<Utc>,
+) -> Result<VisitorState> {
+    let policy = store::policy_for(db, tenant.id).await?;
+    let record = records::latest_model(db, tenant, visitor.as_str()).await?;
+    let view = record.as_ref().map(records::record_view).transpose()?;
+    let e = effective(policy.as_ref(), view.as_ref(), signals, now);
+    let decided = e.undecided.is_none();
+    let reason = match (e.undecided, &view) {
+        (Some(u), _) => Some(u.as_str()),
+        (None, Some(r)) if r.action == Action::Withdraw => Some("withdrawn"),
+        _ => None,
+    };
+    Ok(VisitorState {
+        visitor_id: visitor.as_str().to_string(),
+        decision_needed: !decided,
+        reason,
+        consent_required: e.consent_required,
+        country: signals.country.clone(),
+        signals: SignalsView { dnt: signals.dnt, gpc: signals.gpc },
+        choices: decided.then_some(e.choices),
+        granted: e.choices,
+        action: view.as_ref().map(|r| r.action),
+        revision: view.as_ref().map(|r| r.revision).or(policy.as_ref().map(|p| p.revision)),
+        expires_at: view.as_ref().map(|r| r.expires_at),
+    })
+}

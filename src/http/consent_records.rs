@@ -1,0 +1,206 @@
+//! `/v1/tenants/{tenant}/consent-records`: the proof of consent for auditors — filter and page
+//! through records, export them (CSV, NDJSON; streamed), verify the hash chain — and erasure of
+//! a visitor id for admins (GDPR Art. 17).
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{RawQuery, State},
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    error::{ApiError, ApiResult, ErrorBody},
+    extract::{Admin, ApiQuery, Reader},
+};
+use crate::{
+    app::AppState,
+    audit,
+    consent::{
+        chain::{self, Verification},
+        export::{self, Format},
+        records::{self, RecordFilter, RecordItem, VisitorId},
+    },
+};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_records, erase_visitor))
+        .routes(routes!(export_records))
+        .routes(routes!(verify_chain))
+}
+
+/// Query parameters of the filter, so a misspelt one (`analytic=true`) is refused instead of
+/// silently widening an auditor's result.
+const FILTER_KEYS: [&str; 10] = [
+    "visitor_id",
+    "visitor_hash",
+    "from",
+    "to",
+    "action",
+    "functional",
+    "analytics",
+    "marketing",
+    "revision",
+    "config_id",
+];
+
+fn check_keys(query: Option<&str>, extra: &[&str]) -> ApiResult<()> {
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split('=').next().unwrap_or_default();
+        if !FILTER_KEYS.contains(&key) && !extra.contains(&key) {
+            return Err(ApiError::bad_request(key, format!("unknown query parameter {key:?}")));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    /// Page size, 1–500 (default 100).
+    limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RecordPage {
+    items: Vec<RecordItem>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Consent records matching the filter, in chain order (`seq`).
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/consent-records", tag = "consent records",
+    params(("tenant" = String, Path), RecordFilter, Paging),
+    responses((status = 200, body = RecordPage), (status = 400, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn list_records(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    RawQuery(raw): RawQuery,
+    ApiQuery(filter): ApiQuery<RecordFilter>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<RecordPage>> {
+    check_keys(raw.as_deref(), &["limit", "cursor"])?;
+    let limit = paging.limit.unwrap_or(100).clamp(1, 500);
+    let after = match paging.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse::<i64>().map_err(|_| ApiError::bad_request("cursor", "not a cursor from next_cursor"))?,
+    };
+    let rows = records::page(&state.db, &caller.tenant, &filter, after, limit).await?;
+    let next_cursor = (rows.len() as u64 == limit).then(|| rows.last().map(|m| m.seq.to_string())).flatten();
+    Ok(Json(RecordPage { items: rows.into_iter().map(RecordItem::from).collect(), next_cursor }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportFormat {
+    /// `csv` or `ndjson`.
+    #[param(value_type = String)]
+    format: Format,
+}
+
+/// Every record matching the filter as CSV or NDJSON, streamed in chain order.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/consent-records/export", tag = "consent records",
+    params(("tenant" = String, Path), ExportFormat, RecordFilter),
+    responses(
+        (status = 200, content_type = "text/csv", description = "format=csv"),
+        (status = 200, content_type = "application/x-ndjson", description = "format=ndjson"),
+        (status = 400, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn export_records(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    RawQuery(raw): RawQuery,
+    ApiQuery(filter): ApiQuery<RecordFilter>,
+    ApiQuery(ExportFormat { format }): ApiQuery<ExportFormat>,
+) -> ApiResult<Response> {
+    check_keys(raw.as_deref(), &["format"])?;
+    let disposition = format!(
+        "attachment; filename=\"consent-records-{}-{}.{}\"",
+        caller.tenant.slug,
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        format.extension()
+    );
+    let body = Body::from_stream(export::stream(state.db.clone(), caller.tenant, filter, format));
+    let mut res = body.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// Walk the tenant's hash chain and report the first record that does not fit.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/consent-records/verify", tag = "consent records",
+    params(("tenant" = String, Path)),
+    responses((status = 200, body = Verification)),
+    security(("bearer" = []))
+)]
+async fn verify_chain(State(state): State<AppState>, Reader(caller): Reader) -> ApiResult<Json<Verification>> {
+    Ok(Json(chain::verify(&state.db, caller.tenant.id).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EraseQuery {
+    /// The visitor whose id is erased.
+    #[param(value_type = String)]
+    visitor_id: VisitorId,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Erased {
+    /// Records whose visitor id was removed.
+    erased: u64,
+    /// The pseudonym the records remain under (the proof stays; the id is gone).
+    visitor_hash: String,
+}
+
+/// Erase a visitor id (GDPR Art. 17): removed from every record of that visitor; the records,
+/// their `visitor_hash` and the chain stay, so the proof of consent remains verifiable. The
+/// visitor counts as undecided afterwards.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/consent-records", tag = "consent records",
+    params(("tenant" = String, Path), EraseQuery),
+    responses((status = 200, body = Erased), (status = 400, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn erase_visitor(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiQuery(EraseQuery { visitor_id }): ApiQuery<EraseQuery>,
+) -> ApiResult<Json<Erased>> {
+    let erased = records::erase_visitor(&state.db, &caller.tenant, &visitor_id).await?;
+    let visitor_hash = records::visitor_hash(&caller.tenant, &visitor_id);
+    // The audit entry names the pseudonym only: writing the erased id here would undo the erasure.
+    audit::record(
+        &state.db,
+        audit::Change {
+            tenant_id: caller.tenant.id,
+            actor: &caller.actor(),
+            action: "consent_record.erase",
+            entity_type: "consent_record",
+            entity_id: Some(visitor_hash.clone()),
+            before: None,
+            after: Some(serde_json::json!({"visitor_hash": visitor_hash, "records": erased})),
+        },
+    )
+    .await?;
+    Ok(Json(Erased { erased, visitor_hash }))
+}

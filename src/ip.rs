@@ -1,0 +1,59 @@
+//! Client IP addresses, minimised. A stored IP is truncated — IPv4 to its /24, IPv6 to its /48 —
+//! enough to tell roughly where a request came from, too little to single out a household
+//! (GDPR Art. 5(1)(c), data minimisation).
+
+use std::net::IpAddr;
+
+/// The network an address belongs to, as an address: `203.0.113.77` → `203.0.113.0`,
+/// `2001:db8:abcd:12::1` → `2001:db8:abcd::`. IPv4-mapped IPv6 addresses count as IPv4.
+pub fn truncate(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0")
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+        }
+    }
+}
+
+/// The unit one client is counted as for rate limits: the address for IPv4, the /64 for IPv6
+/// (one subscriber usually holds a whole /64 and can pick any address in it).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation() {
+        for (ip, want) in [
+            ("203.0.113.77", "203.0.113.0"),
+            ("10.0.0.1", "10.0.0.0"),
+            ("2001:db8:abcd:12::1", "2001:db8:abcd::"),
+            ("2001:db8:abcd:ffff:ffff:ffff:ffff:ffff", "2001:db8:abcd::"),
+            ("::ffff:198.51.100.9", "198.51.100.0"),
+            ("::1", "::"),
+        ] {
+            assert_eq!(truncate(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_keys() {
+        let k = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("2001:db8:1:2:3:4:5:6"), k("2001:db8:1:2:ffff::1"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("198.51.100.9"), "198.51.100.9");
+    }
+}
