@@ -39,6 +39,8 @@ use crate::{
 
 /// Events in one batch at most.
 pub const MAX_BATCH: usize = 100;
+/// An events request body at most (bytes), whatever `server.max_body_bytes` allows elsewhere.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -397,6 +399,9 @@ async fn ingest_body(
             ApiError::BadRequest { field: None, message: e.body_text() }
         }
     })?;
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
     let value: Value = parse_json(&bytes)?;
     let batch = match &value {
         Value::Object(m) if m.contains_key("batch") => {

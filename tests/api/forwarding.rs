@@ -107,6 +107,42 @@ async fn a_pageview_reaches_plausible_and_umami_as_the_visitor() {
         assert_eq!(usage["events_sent"], 1, "{usage}");
         assert!(usage["last_sent_at"].is_string());
     }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"consentgate_deliveries_total{provider="plausible",outcome="delivered"}"#,
+        r#"consentgate_delivery_duration_seconds"#,
+        r#"consentgate_delivery_lag_seconds"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn do_not_track_makes_a_consenting_visitor_anonymous() {
+    let (app, fakes, keys) = setup().await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    consent_config(&app).await;
+    let v = visitor();
+    consent_record(&app, &v, "accept_all").await;
+    let mut body = site::pageview(&v);
+    body["user_id"] = json!("user-7");
+    let (s, accepted) = send(
+        app.http
+            .post(app.tenant_url("/events"))
+            .header("x-ingest-key", &keys.public_key)
+            .header("origin", site::ORIGIN)
+            .header("user-agent", CHROME)
+            .header("dnt", "1")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let d = decision_for(&accepted, &id(&u));
+    assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("anonymous"), Some("anonymous:dnt")), "{d}");
+    delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    let got = exactly(&fakes, "umami", 1).await.remove(0);
+    assert!(got["body"]["payload"].get("id").is_none());
+    assert!(!got["body"].to_string().contains("user-7"));
 }
 
 #[tokio::test]
