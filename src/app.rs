@@ -17,6 +17,10 @@ pub struct AppState {
     /// The base URL the gateway is reached at (for links and the demo page).
     pub public_url: Arc<str>,
     pub geo: Arc<Geo>,
+    /// Wakes this process's delivery workers when new deliveries are due.
+    pub outbox: crate::outbox::Outbox,
+    /// Per-key ingest rate limits (in memory, per instance).
+    pub ingest_limits: Arc<crate::ingest::rate_limit::RateLimiter>,
 }
 
 pub struct App {
@@ -43,7 +47,14 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let addr = listener.local_addr()?;
-        let state = AppState { db, public_url: settings.public_url(addr).into(), geo, settings: Arc::new(settings) };
+        let state = AppState {
+            db,
+            public_url: settings.public_url(addr).into(),
+            geo,
+            outbox: Default::default(),
+            ingest_limits: Default::default(),
+            settings: Arc::new(settings),
+        };
         let shutdown = CancellationToken::new();
         let workers = crate::workers::spawn(&state, &shutdown);
         let router = http::router(state.clone());

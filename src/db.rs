@@ -82,3 +82,15 @@ pub async fn begin_tenant_write(
         }
     }
 }
+
+/// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, taking the write lock
+/// up front: a deferred transaction that reads and then writes fails with `SQLITE_BUSY` (which the
+/// busy timeout cannot wait out) when another connection wrote in between. PostgreSQL ignores
+/// the option.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, sea_orm::DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}

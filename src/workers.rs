@@ -7,7 +7,17 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppState;
 
 pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
-    let _ = (state, shutdown);
-    // The delivery outbox registers its workers here.
-    Vec::new()
+    let mut workers = Vec::new();
+    if state.settings.delivery.enabled {
+        // One delivery worker per process: on SQLite that is the rule (one writer), on PostgreSQL
+        // each instance runs one and they share the outbox through leases. Concurrency comes
+        // from the per-provider limits inside the worker.
+        workers.push(tokio::spawn(crate::outbox::worker::run(
+            state.db.clone(),
+            state.settings.delivery.clone(),
+            state.outbox.clone(),
+            shutdown.clone(),
+        )));
+    }
+    workers
 }

@@ -28,6 +28,9 @@ pub struct Model {
     pub last_sent_at: Option<DateTimeUtc>,
     pub last_error_at: Option<DateTimeUtc>,
     pub last_error: Option<String>,
+    /// 401/403 answers in a row; reset by any other answer. At the configured threshold the
+    /// config goes to `error`.
+    pub consecutive_auth_failures: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
 mod m20261126_000001_one_active_consent_config;
+mod m20261126_000002_forwarding;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261126_000001_one_active_consent_config::Migration),
+            Box::new(m20261126_000002_forwarding::Migration),
         ]
     }
 }

@@ -8,9 +8,13 @@ mod banner;
 mod consent;
 mod consent_configs;
 mod consent_records;
+mod deliveries;
 pub mod error;
+mod events;
 pub mod extract;
 mod health;
+mod ingest_keys;
+mod provider_configs;
 mod rate_limit;
 mod tokens;
 
@@ -66,6 +70,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(consent_configs::router())
         .merge(consent::router())
         .merge(consent_records::router())
+        .merge(ingest_keys::router())
+        .merge(events::router())
+        .merge(provider_configs::router())
+        .merge(deliveries::router())
         .routes(routes!(openapi_json))
 }
 

@@ -101,6 +101,22 @@ pub fn tenant_routes() -> Vec<(Method, &'static str, Option<serde_json::Value>)>
         (Method::DELETE, "/consent-records", None),
         (Method::GET, "/consent-records/export", None),
         (Method::GET, "/consent-records/verify", None),
+        (Method::GET, "/ingest-keys", None),
+        (Method::POST, "/ingest-keys", Some(json!({"kind": "secret", "name": "x"}))),
+        (Method::DELETE, "/ingest-keys/00000000-0000-0000-0000-000000000000", None),
+        (Method::GET, "/analytics/plausible/configs", None),
+        (Method::POST, "/analytics/plausible/configs", Some(json!({"display_name": "x", "site_id": "a.org"}))),
+        (Method::GET, "/analytics/umami/configs/00000000-0000-0000-0000-000000000000", None),
+        (
+            Method::PATCH,
+            "/analytics/umami/configs/00000000-0000-0000-0000-000000000000",
+            Some(json!({"status": "active"})),
+        ),
+        (Method::DELETE, "/analytics/plausible/configs/00000000-0000-0000-0000-000000000000", None),
+        (Method::POST, "/analytics/umami/configs/00000000-0000-0000-0000-000000000000/replay-dead-letters", None),
+        (Method::GET, "/deliveries", None),
+        (Method::POST, "/deliveries/00000000-0000-0000-0000-000000000000/replay", None),
+        (Method::GET, "/events/00000000-0000-0000-0000-000000000000", None),
     ]
 }
 
@@ -191,10 +207,24 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/tenants/{tenant}/consent/{visitor_id}",
         "/v1/tenants/{tenant}/banner.js",
         "/demo",
+        "/v1/tenants/{tenant}/ingest-keys",
+        "/v1/tenants/{tenant}/ingest-keys/{id}",
+        "/v1/tenants/{tenant}/events",
+        "/v1/tenants/{tenant}/events/{id}",
+        "/v1/tenants/{tenant}/analytics/{provider}/events",
+        "/v1/tenants/{tenant}/analytics/{provider}/configs",
+        "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}",
+        "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}/replay-dead-letters",
+        "/v1/tenants/{tenant}/deliveries",
+        "/v1/tenants/{tenant}/deliveries/{id}/replay",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }
     for (_, path, _) in tenant_routes() {
+        // Provider route families are one set of routes with a `{provider}` segment.
+        let path = path
+            .replace("/analytics/plausible/", "/analytics/{provider}/")
+            .replace("/analytics/umami/", "/analytics/{provider}/");
         let templ = format!("/v1/tenants/{{tenant}}{}", path.replace("00000000-0000-0000-0000-000000000000", "{id}"));
         assert!(paths.contains_key(&templ), "{templ} missing from the OpenAPI document");
     }

@@ -1,0 +1,171 @@
+//! `/v1/tenants/{tenant}/analytics/{provider}/configs[/{id}]`: provider configurations, for
+//! every registered provider (`plausible`, `umami`, …) through the same handlers; the provider's
+//! own fields are parsed by its module.
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{
+    error::{ApiError, ApiResult, ErrorBody},
+    extract::{Admin, ApiJson, ApiPath, Reader},
+};
+use crate::{
+    app::AppState,
+    outbox,
+    providers::{
+        self, AnyProvider, ProviderConfigInput,
+        config::{self, ConfigView},
+    },
+};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_configs, create_config))
+        .routes(routes!(get_config, patch_config, delete_config))
+        .routes(routes!(replay_dead_letters))
+}
+
+#[derive(Deserialize)]
+pub struct ProviderPath {
+    #[allow(dead_code)]
+    tenant: String,
+    provider: String,
+}
+
+#[derive(Deserialize)]
+pub struct ConfigPath {
+    #[allow(dead_code)]
+    tenant: String,
+    provider: String,
+    id: Uuid,
+}
+
+/// A provider named in a path; an unknown one is a 404 like any unknown route.
+pub(crate) fn provider(name: &str) -> ApiResult<&'static dyn AnyProvider> {
+    providers::get(name).ok_or(ApiError::NotFound)
+}
+
+/// List the tenant's configs of a provider.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
+    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
+    responses((status = 200, body = Vec<ConfigView>), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn list_configs(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    ApiPath(path): ApiPath<ProviderPath>,
+) -> ApiResult<Json<Vec<ConfigView>>> {
+    let p = provider(&path.provider)?;
+    Ok(Json(config::list(&state.db, caller.tenant.id, p).await?))
+}
+
+/// Create a provider config. Credentials are secret *references* only; a raw secret is refused
+/// with 422 naming the field.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
+    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
+    request_body = ProviderConfigInput,
+    responses((status = 201, body = ConfigView), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn create_config(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(path): ApiPath<ProviderPath>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<(StatusCode, Json<ConfigView>)> {
+    let p = provider(&path.provider)?;
+    let view = config::create(&state.db, caller.tenant.id, p, body, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One provider config, with its usage.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
+    params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
+    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn get_config(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    ApiPath(path): ApiPath<ConfigPath>,
+) -> ApiResult<Json<ConfigView>> {
+    let p = provider(&path.provider)?;
+    Ok(Json(config::get(&state.db, caller.tenant.id, p, path.id).await?))
+}
+
+/// Change a provider config (JSON merge patch, validated like a creation). `status` follows the
+/// lifecycle draft → active ⇄ paused, error → active | paused, any → decommissioned (final);
+/// other moves are 409. Setting an `error` config `active` again resumes its waiting deliveries.
+#[utoipa::path(
+    patch, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
+    params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
+    request_body = ProviderConfigInput,
+    responses((status = 200, body = ConfigView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn patch_config(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(path): ApiPath<ConfigPath>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Json<ConfigView>> {
+    let p = provider(&path.provider)?;
+    let view = config::patch(&state.db, caller.tenant.id, p, path.id, body, &caller.actor()).await?;
+    if view.status == "active" {
+        state.outbox.wake();
+    }
+    Ok(Json(view))
+}
+
+/// Decommission a provider config (final). The config stays readable, so its delivery log and the
+/// decisions naming it remain explainable; its waiting deliveries end as dead.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
+    params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
+    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn delete_config(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(path): ApiPath<ConfigPath>,
+) -> ApiResult<Json<ConfigView>> {
+    let p = provider(&path.provider)?;
+    Ok(Json(config::decommission(&state.db, caller.tenant.id, p, path.id, &caller.actor()).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Replayed {
+    /// Dead deliveries set pending again.
+    replayed: u64,
+}
+
+/// Send every dead delivery of this config again.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}/replay-dead-letters", tag = "deliveries",
+    params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
+    responses((status = 200, body = Replayed), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn replay_dead_letters(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(path): ApiPath<ConfigPath>,
+) -> ApiResult<Json<Replayed>> {
+    let p = provider(&path.provider)?;
+    let config = config::find(&state.db, caller.tenant.id, p.name(), path.id).await?;
+    if config.status == "decommissioned" {
+        return Err(ApiError::Conflict("the config is decommissioned".into()));
+    }
+    let replayed = outbox::log::replay_dead_letters(&state.db, caller.tenant.id, config.id, &caller.actor()).await?;
+    state.outbox.wake();
+    Ok(Json(Replayed { replayed }))
+}

@@ -1,0 +1,344 @@
+//! Ingest keys: what a site presents to post events.
+//!
+//! - A *public* key (`pk_…`) is embedded in pages, so it is no secret: it is only valid from the
+//!   origins it lists (checked against the browser's `Origin`, which a page cannot forge) and is
+//!   kept readable so an admin can look it up again.
+//! - A *secret* key (`sk_…`) is for servers, sent as `Authorization: Bearer`, shown once and
+//!   stored only as a SHA-256 hash. Servers may pass the visitor's agent, IP, DNT/GPC and country.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use entity::ingest_key;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
+    sea_query::Expr,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    crypto,
+    error::{Error, Result},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Browsers: `?key=` or `X-Ingest-Key`, checked against `allowed_origins`.
+    Public,
+    /// Servers: `Authorization: Bearer sk_…`.
+    Secret,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Public => "public",
+            KeyKind::Secret => "secret",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            KeyKind::Public => "pk_",
+            KeyKind::Secret => "sk_",
+        }
+    }
+}
+
+/// An allowed browser origin: `https://example.com`, `http://localhost:3000`, or every subdomain
+/// of a host: `https://*.example.com` (not the host itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: String,
+    /// The host, or for a wildcard the parent domain.
+    host: String,
+    wildcard: bool,
+    port: Option<u16>,
+}
+
+impl OriginPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not an origin (https://example.com, https://*.example.com, http://localhost:3000)");
+        let (scheme, rest) = s.trim().split_once("://").ok_or_else(bad)?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(bad());
+        }
+        let (wildcard, rest) = match rest.strip_prefix("*.") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let u = url::Url::parse(&format!("{scheme}://{rest}")).map_err(|_| bad())?;
+        let bare = u.path() == "/" && !rest.ends_with('/') && u.query().is_none() && u.fragment().is_none();
+        if !bare || !u.username().is_empty() || u.password().is_some() {
+            return Err(bad());
+        }
+        let host = u.host_str().ok_or_else(bad)?.to_ascii_lowercase();
+        if wildcard && !host.contains('.') {
+            return Err(bad());
+        }
+        Ok(OriginPattern { scheme, host, wildcard, port: u.port() })
+    }
+
+    /// Whether a browser's `Origin` header value matches.
+    pub fn matches(&self, origin: &str) -> bool {
+        let Ok(u) = url::Url::parse(origin) else { return false };
+        let Some(host) = u.host_str().map(str::to_ascii_lowercase) else { return false };
+        if u.scheme() != self.scheme || u.port() != self.port {
+            return false;
+        }
+        if self.wildcard {
+            host.len() > self.host.len() + 1
+                && host.ends_with(&self.host)
+                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+        } else {
+            host == self.host
+        }
+    }
+}
+
+impl fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, if self.wildcard { "*." } else { "" }, self.host)?;
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl utoipa::PartialSchema for OriginPattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .examples(["https://*.example.com"])
+            .into()
+    }
+}
+
+impl ToSchema for OriginPattern {}
+
+impl Serialize for OriginPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OriginPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        OriginPattern::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A new key as an admin asks for it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub kind: KeyKind,
+    /// 1–100 characters.
+    pub name: String,
+    /// Required (at least one) for public keys; not allowed for secret keys.
+    #[serde(default)]
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Requests per minute, 1–100,000. Absent: unlimited.
+    pub rate_limit_per_minute: Option<i32>,
+}
+
+/// A key as the API shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub kind: KeyKind,
+    pub name: String,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    pub allowed_origins: Vec<String>,
+    pub rate_limit_per_minute: Option<i32>,
+    /// Public keys: always (they are published in pages anyway). Secret keys: only in the response
+    /// that created them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ingest_key::Model> for KeyView {
+    fn from(m: ingest_key::Model) -> Self {
+        KeyView {
+            id: m.id,
+            kind: if m.kind == "secret" { KeyKind::Secret } else { KeyKind::Public },
+            name: m.name,
+            prefix: m.prefix,
+            allowed_origins: serde_json::from_value(m.allowed_origins).unwrap_or_default(),
+            rate_limit_per_minute: m.rate_limit_per_minute,
+            key: m.public_key,
+            created_at: m.created_at,
+            last_used_at: m.last_used_at,
+            revoked_at: m.revoked_at,
+        }
+    }
+}
+
+/// Creates a key; the view carries the key itself.
+pub async fn create(db: &impl ConnectionTrait, tenant_id: Uuid, new: NewKey) -> Result<KeyView> {
+    let name = new.name.trim();
+    if !(1..=100).contains(&name.chars().count()) {
+        return Err(Error::validation("name", "must be 1 to 100 characters long"));
+    }
+    match new.kind {
+        KeyKind::Public if new.allowed_origins.is_empty() => {
+            return Err(Error::validation(
+                "allowed_origins",
+                "a public key needs at least one origin (it is only valid from those pages)",
+            ));
+        }
+        KeyKind::Secret if !new.allowed_origins.is_empty() => {
+            return Err(Error::validation(
+                "allowed_origins",
+                "secret keys are for servers and are never accepted from browsers; leave this empty",
+            ));
+        }
+        _ => {}
+    }
+    if new.allowed_origins.len() > 100 {
+        return Err(Error::validation("allowed_origins", "at most 100 origins"));
+    }
+    if let Some(r) = new.rate_limit_per_minute
+        && !(1..=100_000).contains(&r)
+    {
+        return Err(Error::validation("rate_limit_per_minute", "must be between 1 and 100000"));
+    }
+    let bytes = if new.kind == KeyKind::Public { 16 } else { 24 };
+    let key = format!("{}{}", new.kind.prefix(), crypto::random_hex(bytes));
+    let origins: Vec<String> = new.allowed_origins.iter().map(ToString::to_string).collect();
+    let model = ingest_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(tenant_id),
+        kind: Set(new.kind.as_str().into()),
+        name: Set(name.to_string()),
+        prefix: Set(key[..11].to_string()),
+        key_hash: Set(crypto::sha256_hex(&key)),
+        public_key: Set((new.kind == KeyKind::Public).then(|| key.clone())),
+        allowed_origins: Set(serde_json::json!(origins)),
+        rate_limit_per_minute: Set(new.rate_limit_per_minute),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    }
+    .insert(db)
+    .await?;
+    let mut view = KeyView::from(model);
+    view.key = Some(key);
+    Ok(view)
+}
+
+pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<KeyView>> {
+    let rows = ingest_key::Entity::find()
+        .filter(ingest_key::Column::TenantId.eq(tenant_id))
+        .order_by_asc(ingest_key::Column::CreatedAt)
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(KeyView::from).collect())
+}
+
+/// Revokes a key at once. Revoking twice keeps the first time.
+pub async fn revoke(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<KeyView> {
+    let key = ingest_key::Entity::find_by_id(id)
+        .filter(ingest_key::Column::TenantId.eq(tenant_id))
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if key.revoked_at.is_some() {
+        return Ok(key.into());
+    }
+    let mut active = key.into_active_model();
+    active.revoked_at = Set(Some(Utc::now()));
+    Ok(active.update(db).await?.into())
+}
+
+/// The live key of `tenant_id` behind `presented`, if any.
+pub async fn authenticate(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    presented: &str,
+) -> Result<Option<ingest_key::Model>> {
+    if presented.len() > 128 || !(presented.starts_with("pk_") || presented.starts_with("sk_")) {
+        return Ok(None);
+    }
+    let key = ingest_key::Entity::find()
+        .filter(ingest_key::Column::KeyHash.eq(crypto::sha256_hex(presented)))
+        .filter(ingest_key::Column::TenantId.eq(tenant_id))
+        .filter(ingest_key::Column::RevokedAt.is_null())
+        .one(db)
+        .await?;
+    let Some(key) = key else { return Ok(None) };
+    // Record use at most once a minute: a write per event would double the ingest cost.
+    let now = Utc::now();
+    if key.last_used_at.is_none_or(|t| now - t > Duration::seconds(60)) {
+        ingest_key::Entity::update_many()
+            .col_expr(ingest_key::Column::LastUsedAt, Expr::value(now))
+            .filter(ingest_key::Column::Id.eq(key.id))
+            .exec(db)
+            .await?;
+    }
+    Ok(Some(key))
+}
+
+pub fn kind_of(key: &ingest_key::Model) -> KeyKind {
+    if key.kind == "secret" { KeyKind::Secret } else { KeyKind::Public }
+}
+
+/// Whether a public key may be used from `origin`.
+pub fn origin_allowed(key: &ingest_key::Model, origin: &str) -> bool {
+    let patterns: Vec<OriginPattern> = serde_json::from_value(key.allowed_origins.clone()).unwrap_or_default();
+    patterns.iter().any(|p| p.matches(origin))
+}
+
+/// For a CORS preflight, which carries no key header: whether any live public key of the tenant
+/// allows `origin` (the real request is checked against its own key).
+pub async fn any_public_key_allows(db: &impl ConnectionTrait, tenant_id: Uuid, origin: &str) -> Result<bool> {
+    let keys = ingest_key::Entity::find()
+        .filter(ingest_key::Column::TenantId.eq(tenant_id))
+        .filter(ingest_key::Column::Kind.eq("public"))
+        .filter(ingest_key::Column::RevokedAt.is_null())
+        .all(db)
+        .await?;
+    Ok(keys.iter().any(|k| origin_allowed(k, origin)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns() {
+        let p = OriginPattern::parse("https://Example.com").unwrap();
+        assert_eq!(p.to_string(), "https://example.com");
+        assert!(p.matches("https://example.com"));
+        assert!(!p.matches("http://example.com") && !p.matches("https://www.example.com"));
+        assert!(!p.matches("https://example.com:8443"));
+        let w = OriginPattern::parse("https://*.example.com").unwrap();
+        assert!(w.matches("https://www.example.com") && w.matches("https://a.b.example.com"));
+        assert!(!w.matches("https://example.com") && !w.matches("https://evilexample.com"));
+        assert!(!w.matches("https://www.example.com.evil.org"));
+        let l = OriginPattern::parse("http://localhost:3000").unwrap();
+        assert!(l.matches("http://localhost:3000") && !l.matches("http://localhost:3001"));
+        assert!(!l.matches("null"));
+        for bad in [
+            "example.com",
+            "https://example.com/",
+            "https://example.com/path",
+            "ftp://x.org",
+            "https://*.com",
+            "https://u@x.org",
+            "*",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Ingestion: one posted event becomes one stored event, a forwarding decision per provider config
+//! and a delivery per allowed config — in one transaction, before the site gets its `202`.
+//!
+//! validate ([`event`]) → enrich ([`enrich`]) → idempotency → consent inputs → per config:
+//! `consent::decide`, then the provider's own acceptance (custom events switched off, a page on
+//! another domain, a name the provider refuses) → one transaction (event, [`decisions`],
+//! `outbox::enqueue`, usage) → the decisions.
+
+pub mod decisions;
+pub mod enrich;
+pub mod event;
+pub mod keys;
+pub mod rate_limit;
+
+use chrono::{DateTime, Utc};
+use entity::{analytics_event, tenant};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    SqlErr,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use self::{
+    decisions::DecisionView,
+    event::{Caller, ValidEvent},
+};
+use crate::{
+    consent::{self, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory, Signals},
+    error::{Error, Result},
+    geo::Geo,
+    providers::{self, config::usage},
+};
+
+/// What became of one posted event.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: Uuid,
+    /// True when the idempotency key was seen before: `id` is the first event's, nothing new was
+    /// stored or sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    pub decisions: Vec<DecisionView>,
+}
+
+/// Validates, decides and stores one event. `provider` restricts forwarding to that provider's
+/// configs (the per-provider endpoint); `prefix` names the event's place in a batch.
+pub async fn accept(
+    db: &DatabaseConnection,
+    geo: &Geo,
+    tenant: &tenant::Model,
+    caller: &Caller,
+    provider: Option<&str>,
+    raw: Value,
+    prefix: &str,
+) -> Result<Accepted> {
+    let now = Utc::now();
+    let mut ev = event::validate(raw, caller, prefix, now)?;
+    // A server's visitor: located by the IP the server passed, unless it said the country.
+    if caller.kind == Some(keys::KeyKind::Secret)
+        && ev.country.is_none()
+        && let Some(ip) = ev.ip
+    {
+        let loc = geo.lookup(ip);
+        ev.country = loc.country;
+        ev.region = loc.region;
+    }
+    if let Some(key) = &ev.idempotency_key
+        && let Some(first) = find_by_key(db, tenant.id, key).await?
+    {
+        return duplicate(db, first).await;
+    }
+
+    let agent = enrich::parse_agent(ev.user_agent.as_deref());
+    let model = stored_event(tenant.id, provider, &ev, &agent, now);
+    let signals =
+        Signals { dnt: ev.dnt, gpc: ev.gpc, country: ev.country.clone(), region: ev.region.clone(), bot: agent.bot };
+    let (policy, record) = consent_inputs(db, tenant, ev.anonymous_id.as_deref()).await?;
+
+    struct Planned {
+        view: DecisionView,
+        config_id: Uuid,
+        identity: Option<consent::Identity>,
+        denied_by_consent: bool,
+    }
+    let mut planned = Vec::new();
+    for config in providers::config::forwarding_targets(db, tenant.id, provider).await? {
+        let Some(p) = providers::get(&config.provider) else { continue };
+        let policy_for_config = ProviderPolicy {
+            status: ProviderStatus::parse(&config.status).unwrap_or(ProviderStatus::Paused),
+            required_category: serde_json::from_value(json!(config.required_category))
+                .unwrap_or(RequiredCategory::None),
+            cookieless_fallback: p.cookieless_fallback(&config.settings),
+        };
+        let mut decision = consent::decide(policy.as_ref(), record.as_ref(), &signals, &policy_for_config, now);
+        let denied_by_consent = !decision.is_allowed() && is_consent_reason(decision.reason());
+        if decision.is_allowed()
+            && let Err(reason) = p.accepts(&config.settings, &model)
+        {
+            decision = Decision::Deny { reason };
+        }
+        planned.push(Planned {
+            view: DecisionView::new(config.id, p.name(), &decision),
+            config_id: config.id,
+            identity: decision.identity(),
+            denied_by_consent,
+        });
+    }
+
+    let txn = crate::db::begin_write(db).await?;
+    if let Err(e) = model.clone().into_active_model().insert(&txn).await {
+        drop(txn);
+        // A concurrent request with the same key won the race: answer like a repeat.
+        if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+            && let Some(key) = &ev.idempotency_key
+            && let Some(first) = find_by_key(db, tenant.id, key).await?
+        {
+            return duplicate(db, first).await;
+        }
+        return Err(e.into());
+    }
+    for p in &planned {
+        decisions::insert(&txn, tenant.id, model.id, &p.view, now).await?;
+        match p.identity {
+            Some(identity) => {
+                let new = crate::outbox::NewDelivery {
+                    tenant_id: tenant.id,
+                    event_id: model.id,
+                    config_id: p.config_id,
+                    provider: &p.view.provider,
+                    identity,
+                    client_ip: ev.ip,
+                };
+                crate::outbox::enqueue(&txn, new, now).await?;
+            }
+            None if p.denied_by_consent => usage::denied_by_consent(&txn, p.config_id).await?,
+            None => {}
+        }
+    }
+    txn.commit().await?;
+    Ok(Accepted { id: model.id, duplicate: false, decisions: planned.into_iter().map(|p| p.view).collect() })
+}
+
+/// Denials that are the visitor's consent (or its absence) speaking — counted in the config's
+/// `events_denied_by_consent` — as opposed to bots, a config's status or the provider's own rules.
+fn is_consent_reason(reason: &str) -> bool {
+    let why = reason.strip_prefix("denied:").unwrap_or(reason);
+    !(why == "bot" || why.starts_with("config_"))
+}
+
+async fn find_by_key(db: &impl ConnectionTrait, tenant_id: Uuid, key: &str) -> Result<Option<analytics_event::Model>> {
+    Ok(analytics_event::Entity::find()
+        .filter(analytics_event::Column::TenantId.eq(tenant_id))
+        .filter(analytics_event::Column::IdempotencyKey.eq(key))
+        .one(db)
+        .await?)
+}
+
+async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model) -> Result<Accepted> {
+    Ok(Accepted { id: first.id, duplicate: true, decisions: decisions::for_event(db, first.id).await? })
+}
+
+fn stored_event(
+    tenant_id: Uuid,
+    provider: Option<&str>,
+    ev: &ValidEvent,
+    agent: &enrich::Agent,
+    now: DateTime<Utc>,
+) -> analytics_event::Model {
+    let context = json!({
+        "utm": enrich::utm(&ev.page_url),
+        "agent": agent,
+        "region": ev.region,
+    });
+    analytics_event::Model {
+        id: Uuid::now_v7(),
+        tenant_id,
+        provider: provider.map(str::to_string),
+        event_name: ev.event_name.clone(),
+        event_properties: Value::Object(ev.properties.clone()),
+        user_id: ev.user_id.clone(),
+        anonymous_id: ev.anonymous_id.clone(),
+        session_id: ev.session_id.clone(),
+        page_url: Some(ev.page_url.clone()),
+        referrer: ev.referrer.clone(),
+        title: ev.title.clone(),
+        user_agent: ev.user_agent.clone(),
+        language: ev.language.clone(),
+        screen: ev.screen.clone(),
+        revenue: ev.revenue.clone(),
+        context,
+        occurred_at: ev.occurred_at,
+        received_at: now,
+        // Stored: the network only. The full address travels on the pending delivery rows.
+        ip_truncated: ev.ip.map(crate::ip::truncate),
+        country: ev.country.clone(),
+        dnt: ev.dnt,
+        gpc: ev.gpc,
+        idempotency_key: ev.idempotency_key.clone(),
+    }
+}
+
+/// The tenant's consent policy (its active cookie consent config) and the visitor's latest
+/// consent record under it — the consent module's answers, in the shape `consent::decide` takes.
+pub async fn consent_inputs(
+    db: &impl ConnectionTrait,
+    tenant: &tenant::Model,
+    visitor_id: Option<&str>,
+) -> Result<(Option<ConsentPolicy>, Option<RecordView>)> {
+    let policy = consent::policy_for(db, tenant.id).await?;
+    let record = match visitor_id {
+        Some(v) => consent::records::latest_for_visitor(db, tenant, v).await?,
+        None => None,
+    };
+    Ok((policy, record))
+}
+
+/// A stored event with the reason each config did or did not receive it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    /// Set when posted to a per-provider endpoint.
+    pub provider: Option<String>,
+    pub event_name: String,
+    #[schema(value_type = Object)]
+    pub event_properties: Value,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub session_id: Option<String>,
+    pub page_url: Option<String>,
+    pub referrer: Option<String>,
+    pub title: Option<String>,
+    pub user_agent: Option<String>,
+    pub language: Option<String>,
+    pub screen: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub revenue: Option<Value>,
+    /// Enrichment: `utm`, parsed `agent` (with the `bot` flag), `region`.
+    #[schema(value_type = Object)]
+    pub context: Value,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// IPv4 /24 or IPv6 /48.
+    pub ip_truncated: Option<String>,
+    pub country: Option<String>,
+    pub dnt: bool,
+    pub gpc: bool,
+    pub idempotency_key: Option<String>,
+    pub decisions: Vec<EventDecision>,
+}
+
+/// A decision about the event, with the delivery that carried it out (when allowed).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EventDecision {
+    #[serde(flatten)]
+    pub decision: DecisionView,
+    pub delivery: Option<crate::outbox::log::DeliveryView>,
+}
+
+pub async fn event_view(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<EventView> {
+    let e = analytics_event::Entity::find_by_id(id)
+        .filter(analytics_event::Column::TenantId.eq(tenant_id))
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let mut deliveries = crate::outbox::log::for_event(db, tenant_id, id).await?;
+    let decisions = decisions::for_event(db, id)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let delivery = deliveries.iter().position(|x| x.config_id == d.config_id).map(|i| {
+                let mut x = deliveries.swap_remove(i);
+                x.decision = None;
+                x
+            });
+            EventDecision { decision: d, delivery }
+        })
+        .collect();
+    Ok(EventView {
+        id: e.id,
+        provider: e.provider,
+        event_name: e.event_name,
+        event_properties: e.event_properties,
+        user_id: e.user_id,
+        anonymous_id: e.anonymous_id,
+        session_id: e.session_id,
+        page_url: e.page_url,
+        referrer: e.referrer,
+        title: e.title,
+        user_agent: e.user_agent,
+        language: e.language,
+        screen: e.screen,
+        revenue: e.revenue,
+        context: e.context,
+        occurred_at: e.occurred_at,
+        received_at: e.received_at,
+        ip_truncated: e.ip_truncated,
+        country: e.country,
+        dnt: e.dnt,
+        gpc: e.gpc,
+        idempotency_key: e.idempotency_key,
+        decisions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_denials_are_consent() {
+        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired"] {
+            assert!(is_consent_reason(r), "{r}");
+        }
+        for r in ["denied:bot", "denied:config_paused", "denied:config_draft"] {
+            assert!(!is_consent_reason(r), "{r}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Deserialising JSON values into domain types with the failing field named, for bodies that are
+//! taken apart before they are typed (provider configs, event batches).
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Deserialises `raw`; on failure the error names the field as a dotted path below `prefix`
+/// (`credentials.api_key_ref`, `batch[2].event_name`), including unknown and missing fields,
+/// which serde reports at their parent.
+pub fn from_value<T: DeserializeOwned>(raw: Value, prefix: &str) -> Result<T> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let mut field = if path == "." { String::new() } else { path };
+        for lead in ["unknown field `", "missing field `"] {
+            if let Some(rest) = message.strip_prefix(lead)
+                && let Some(name) = rest.split('`').next()
+            {
+                let already = field == name || field.ends_with(&format!(".{name}"));
+                if !already {
+                    field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
+                }
+            }
+        }
+        Error::Validation { field: join(prefix, &field), message }
+    })
+}
+
+/// `prefix.field`, `prefix`, `field` or nothing.
+pub fn join(prefix: &str, field: &str) -> Option<String> {
+    match (prefix.is_empty(), field.is_empty()) {
+        (true, true) => None,
+        (true, false) => Some(field.to_string()),
+        (false, true) => Some(prefix.to_string()),
+        (false, false) if field.starts_with('[') => Some(format!("{prefix}{field}")),
+        (false, false) => Some(format!("{prefix}.{field}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        a: u8,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        b: String,
+    }
+
+    fn field(v: Value, prefix: &str) -> Option<String> {
+        match from_value::<T>(v, prefix) {
+            Err(Error::Validation { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_are_named() {
+        assert_eq!(field(json!({"a": "x"}), ""), Some("a".into()));
+        assert_eq!(field(json!({}), ""), Some("a".into()));
+        assert_eq!(field(json!({"a": 1, "zz": 1}), ""), Some("zz".into()));
+        assert_eq!(field(json!({"a": 1, "inner": {"c": 1}}), "p"), Some("p.inner.c".into()));
+        assert_eq!(field(json!({"a": 1, "inner": {}}), "batch[3]"), Some("batch[3].inner.b".into()));
+    }
+}

@@ -1,0 +1,231 @@
+//! The delivery log: each delivery with its attempts, the provider's last answer and the
+//! forwarding decision behind it; dead letters (`status=dead`); replays.
+
+use chrono::{DateTime, Utc};
+use entity::{delivery, provider_config};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::status;
+use crate::{
+    audit,
+    error::{Error, Result},
+    ingest::decisions::{self, DecisionView},
+};
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub config_id: Uuid,
+    pub provider: String,
+    /// `full` or `anonymous`: what the decision allowed to be sent.
+    pub identity: String,
+    /// `pending`, `delivered`, `dropped` (the provider answered success but discarded the event)
+    /// or `dead`.
+    pub status: String,
+    pub attempts: i32,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The provider's last HTTP status; none for a transport failure.
+    pub last_status: Option<i32>,
+    /// The provider's answer (an excerpt) or the transport error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Why a `dropped` delivery was discarded, or what was changed to fit the provider's limits.
+    pub warning: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The forwarding decision this delivery carries out.
+    pub decision: Option<DecisionView>,
+}
+
+impl DeliveryView {
+    fn new(d: delivery::Model, decision: Option<DecisionView>) -> Self {
+        DeliveryView {
+            next_attempt_at: (d.status == status::PENDING).then_some(d.next_attempt_at),
+            id: d.id,
+            event_id: d.event_id,
+            config_id: d.config_id,
+            provider: d.provider,
+            identity: d.identity,
+            status: d.status,
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error,
+            warning: d.warning,
+            delivered_at: d.delivered_at,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            decision,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dropped,
+    Dead,
+}
+
+impl DeliveryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => status::PENDING,
+            DeliveryStatus::Delivered => status::DELIVERED,
+            DeliveryStatus::Dropped => status::DROPPED,
+            DeliveryStatus::Dead => status::DEAD,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub status: Option<DeliveryStatus>,
+    pub config: Option<Uuid>,
+    pub event: Option<Uuid>,
+    /// Page after this delivery id (ids are UUIDv7: they order by creation).
+    pub before: Option<Uuid>,
+    pub limit: u64,
+}
+
+/// Newest first.
+pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid, f: &Filter) -> Result<Vec<DeliveryView>> {
+    let mut q = delivery::Entity::find().filter(delivery::Column::TenantId.eq(tenant_id));
+    if let Some(s) = f.status {
+        q = q.filter(delivery::Column::Status.eq(s.as_str()));
+    }
+    if let Some(c) = f.config {
+        q = q.filter(delivery::Column::ConfigId.eq(c));
+    }
+    if let Some(e) = f.event {
+        q = q.filter(delivery::Column::EventId.eq(e));
+    }
+    if let Some(b) = f.before {
+        q = q.filter(delivery::Column::Id.lt(b));
+    }
+    let rows = q.order_by_desc(delivery::Column::Id).limit(f.limit).all(db).await?;
+    with_decisions(db, rows).await
+}
+
+/// The deliveries of one event.
+pub async fn for_event(db: &impl ConnectionTrait, tenant_id: Uuid, event_id: Uuid) -> Result<Vec<DeliveryView>> {
+    let rows = delivery::Entity::find()
+        .filter(delivery::Column::TenantId.eq(tenant_id))
+        .filter(delivery::Column::EventId.eq(event_id))
+        .order_by_asc(delivery::Column::Id)
+        .all(db)
+        .await?;
+    with_decisions(db, rows).await
+}
+
+async fn with_decisions(db: &impl ConnectionTrait, rows: Vec<delivery::Model>) -> Result<Vec<DeliveryView>> {
+    let events: Vec<Uuid> = rows.iter().map(|d| d.event_id).collect();
+    let mut found = decisions::for_events(db, &events).await?;
+    Ok(rows
+        .into_iter()
+        .map(|d| {
+            let decision = found.remove(&(d.event_id, d.config_id));
+            DeliveryView::new(d, decision)
+        })
+        .collect())
+}
+
+/// Sends a dead or dropped delivery again, from a fresh attempt count.
+pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &str) -> Result<DeliveryView> {
+    let txn = crate::db::begin_write(db).await?;
+    let d = delivery::Entity::find_by_id(id)
+        .filter(delivery::Column::TenantId.eq(tenant_id))
+        .one(&txn)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if d.status != status::DEAD && d.status != status::DROPPED {
+        return Err(Error::Conflict(format!(
+            "only dead or dropped deliveries can be replayed; this one is {}",
+            d.status
+        )));
+    }
+    let config = provider_config::Entity::find_by_id(d.config_id).one(&txn).await?.ok_or(Error::NotFound)?;
+    if config.status == "decommissioned" {
+        return Err(Error::Conflict("the delivery's config is decommissioned".into()));
+    }
+    let before = DeliveryView::new(d.clone(), None);
+    reset(&txn, delivery::Column::Id.eq(id)).await?;
+    let after = delivery::Entity::find_by_id(id).one(&txn).await?.ok_or(Error::NotFound)?;
+    audit::record(
+        &txn,
+        audit::Change {
+            tenant_id,
+            actor,
+            action: "delivery.replay",
+            entity_type: "delivery",
+            entity_id: Some(id.to_string()),
+            before: serde_json::to_value(&before).ok(),
+            after: None,
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    let mut views = with_decisions(db, vec![after]).await?;
+    Ok(views.remove(0))
+}
+
+/// Replays every dead delivery of a config; returns how many.
+pub async fn replay_dead_letters(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    actor: &str,
+) -> Result<u64> {
+    let txn = crate::db::begin_write(db).await?;
+    let n = reset(
+        &txn,
+        delivery::Column::TenantId
+            .eq(tenant_id)
+            .and(delivery::Column::ConfigId.eq(config_id))
+            .and(delivery::Column::Status.eq(status::DEAD)),
+    )
+    .await?;
+    audit::record(
+        &txn,
+        audit::Change {
+            tenant_id,
+            actor,
+            action: "delivery.replay_dead_letters",
+            entity_type: "provider_config",
+            entity_id: Some(config_id.to_string()),
+            before: None,
+            after: Some(serde_json::json!({"replayed": n})),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(n)
+}
+
+async fn reset(db: &impl ConnectionTrait, which: sea_orm::sea_query::SimpleExpr) -> Result<u64> {
+    let now = Utc::now();
+    let res = delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value(status::PENDING))
+        .col_expr(delivery::Column::Attempts, Expr::value(0))
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::LastStatus, Expr::value(Option::<i32>::None))
+        .col_expr(delivery::Column::LastError, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::Warning, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::DeliveredAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        .filter(which)
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}

@@ -1,0 +1,603 @@
+//! Provider configurations: one `provider_config` row per destination, for every provider. The
+//! fields every provider shares (name, status, required category, credential references, usage)
+//! are handled here once; the provider's own fields are its typed `Settings`, stored as JSON.
+//!
+//! Status lifecycle: `draft → active ⇄ paused`, `active → error` (set by the outbox after repeated
+//! 401/403, never by an admin), `error → active | paused`, and `decommissioned` from anywhere,
+//! terminal. Only `active` configs have their deliveries sent; `paused` and `error` ones keep them
+//! waiting until the config is active again.
+
+use chrono::{DateTime, Utc};
+use entity::provider_config;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, Set, sea_query::Expr,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        RefOr,
+        schema::{AllOfBuilder, OneOfBuilder, Schema},
+    },
+};
+use uuid::Uuid;
+
+use super::{AnyProvider, all};
+use crate::{
+    audit,
+    consent::{ProviderStatus, RequiredCategory},
+    error::{Error, Result},
+};
+
+/// The fields every provider config has, as an admin writes them (documentation of the body).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CommonConfigFields {
+    /// 1–100 characters.
+    display_name: String,
+    /// `draft` (default) or `active` at creation; later `active`, `paused` or `decommissioned`
+    /// (`error` is set by the gateway).
+    #[schema(value_type = Option<String>, example = "active")]
+    status: Option<String>,
+    /// `none` (default for Plausible and Umami), `functional`, `analytics` or `marketing`.
+    #[schema(value_type = Option<String>, example = "none")]
+    required_category: Option<String>,
+    /// Secret references only (`env:NAME`, `file:/path`, `keyvault://…`).
+    #[schema(value_type = Option<Object>)]
+    credentials: Option<Value>,
+}
+
+/// Usage counters, kept by the ingest transaction (denied) and the delivery workers (the rest).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub events_sent: i64,
+    pub events_failed: i64,
+    pub events_denied_by_consent: i64,
+    pub events_dropped: i64,
+    pub last_sent_at: Option<DateTime<Utc>>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// A provider config as the API shows it: the shared fields, the provider's settings at the top
+/// level, credential *references* (never values) and usage.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigView {
+    pub id: Uuid,
+    pub provider: String,
+    pub display_name: String,
+    pub status: String,
+    /// Why the config is in `error` (the provider's answer).
+    pub status_reason: Option<String>,
+    pub required_category: String,
+    pub credentials: Value,
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+    pub usage: Usage,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Documentation of [`ConfigView`]: the shared read fields and one provider's settings.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ConfigMeta {
+    id: Uuid,
+    provider: String,
+    display_name: String,
+    status: String,
+    status_reason: Option<String>,
+    required_category: String,
+    #[schema(value_type = Object)]
+    credentials: Value,
+    usage: Usage,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl PartialSchema for ConfigView {
+    fn schema() -> RefOr<Schema> {
+        let mut settings = OneOfBuilder::new();
+        for p in all() {
+            settings = settings.item(p.input_schema());
+        }
+        AllOfBuilder::new().item(ConfigMeta::schema()).item(settings).into()
+    }
+}
+
+impl ToSchema for ConfigView {}
+
+impl From<provider_config::Model> for ConfigView {
+    fn from(m: provider_config::Model) -> Self {
+        ConfigView {
+            id: m.id,
+            provider: m.provider,
+            display_name: m.display_name,
+            status: m.status,
+            status_reason: m.status_reason,
+            required_category: m.required_category,
+            credentials: m.credentials,
+            settings: match m.settings {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            },
+            usage: Usage {
+                events_sent: m.events_sent,
+                events_failed: m.events_failed,
+                events_denied_by_consent: m.events_denied_by_consent,
+                events_dropped: m.events_dropped,
+                last_sent_at: m.last_sent_at,
+                last_error_at: m.last_error_at,
+                last_error: m.last_error,
+            },
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// Whether an admin may move a config from `from` to `to`. Staying is always allowed.
+pub fn admin_may_move(from: ProviderStatus, to: ProviderStatus) -> bool {
+    use ProviderStatus::*;
+    from == to
+        || matches!(
+            (from, to),
+            (Draft, Active)
+                | (Draft, Decommissioned)
+                | (Active, Paused)
+                | (Active, Decommissioned)
+                | (Paused, Active)
+                | (Paused, Decommissioned)
+                | (Error, Active)
+                | (Error, Paused)
+                | (Error, Decommissioned)
+        )
+}
+
+/// A parsed, valid config body.
+struct ConfigInput {
+    display_name: String,
+    status: ProviderStatus,
+    required_category: RequiredCategory,
+    credentials: Value,
+    settings: Value,
+}
+
+const READ_ONLY: &[&str] = &["id", "provider", "status_reason", "usage", "created_at", "updated_at"];
+
+fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: ProviderStatus) -> Result<ConfigInput> {
+    let Value::Object(mut map) = body else {
+        return Err(Error::Validation { field: None, message: "expected a JSON object".into() });
+    };
+    if let Some(k) = READ_ONLY.iter().find(|k| map.contains_key(**k)) {
+        return Err(Error::validation(*k, "is read-only"));
+    }
+    let display_name = match map.remove("display_name") {
+        Some(Value::String(s)) if (1..=100).contains(&s.trim().chars().count()) => s.trim().to_string(),
+        Some(Value::String(_)) => return Err(Error::validation("display_name", "must be 1 to 100 characters long")),
+        Some(_) => return Err(Error::validation("display_name", "must be a string")),
+        None => return Err(Error::validation("display_name", "is required")),
+    };
+    let status = match map.remove("status") {
+        None | Some(Value::Null) => status_default,
+        Some(v) => serde_json::from_value(v)
+            .map_err(|_| Error::validation("status", "must be one of draft, active, paused, error, decommissioned"))?,
+    };
+    let required_category = match map.remove("required_category") {
+        None | Some(Value::Null) => provider.default_required_category(),
+        Some(v) => serde_json::from_value(v).map_err(|_| {
+            Error::validation("required_category", "must be one of none, functional, analytics, marketing")
+        })?,
+    };
+    let credentials = match map.remove("credentials") {
+        None | Some(Value::Null) => provider.parse_credentials(Value::Object(Map::new()))?,
+        Some(v @ Value::Object(_)) => provider.parse_credentials(v)?,
+        Some(_) => return Err(Error::validation("credentials", "must be an object of secret references")),
+    };
+    let settings = provider.parse_settings(Value::Object(map))?;
+    Ok(ConfigInput { display_name, status, required_category, credentials, settings })
+}
+
+fn view_json(view: &ConfigView) -> Option<Value> {
+    serde_json::to_value(view).ok()
+}
+
+pub async fn create(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    body: Value,
+    actor: &str,
+) -> Result<ConfigView> {
+    let input = parse_input(provider, body, ProviderStatus::Draft)?;
+    if !matches!(input.status, ProviderStatus::Draft | ProviderStatus::Active) {
+        return Err(Error::Conflict(format!("a new config starts as draft or active, not {}", input.status.as_str())));
+    }
+    let now = Utc::now();
+    let txn = crate::db::begin_write(db).await?;
+    let model = provider_config::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(tenant_id),
+        provider: Set(provider.name().to_string()),
+        display_name: Set(input.display_name),
+        status: Set(input.status.as_str().into()),
+        status_reason: Set(None),
+        required_category: Set(input.required_category.as_str().into()),
+        settings: Set(input.settings),
+        credentials: Set(input.credentials),
+        events_sent: Set(0),
+        events_failed: Set(0),
+        events_denied_by_consent: Set(0),
+        events_dropped: Set(0),
+        last_sent_at: Set(None),
+        last_error_at: Set(None),
+        last_error: Set(None),
+        consecutive_auth_failures: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    let view = ConfigView::from(model);
+    audit::record(
+        &txn,
+        audit::Change {
+            tenant_id,
+            actor,
+            action: &format!("{}_config.create", provider.name()),
+            entity_type: "provider_config",
+            entity_id: Some(view.id.to_string()),
+            before: None,
+            after: view_json(&view),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(view)
+}
+
+pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid, provider: &dyn AnyProvider) -> Result<Vec<ConfigView>> {
+    let rows = provider_config::Entity::find()
+        .filter(provider_config::Column::TenantId.eq(tenant_id))
+        .filter(provider_config::Column::Provider.eq(provider.name()))
+        .order_by_asc(provider_config::Column::CreatedAt)
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(ConfigView::from).collect())
+}
+
+pub async fn find(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &str,
+    id: Uuid,
+) -> Result<provider_config::Model> {
+    provider_config::Entity::find_by_id(id)
+        .filter(provider_config::Column::TenantId.eq(tenant_id))
+        .filter(provider_config::Column::Provider.eq(provider))
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+pub async fn get(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    id: Uuid,
+) -> Result<ConfigView> {
+    Ok(find(db, tenant_id, provider.name(), id).await?.into())
+}
+
+/// The writable representation of a stored config, onto which a PATCH is merged.
+fn writable(m: &provider_config::Model) -> Map<String, Value> {
+    let mut doc = match &m.settings {
+        Value::Object(s) => s.clone(),
+        _ => Map::new(),
+    };
+    doc.insert("display_name".into(), Value::String(m.display_name.clone()));
+    doc.insert("status".into(), Value::String(m.status.clone()));
+    doc.insert("required_category".into(), Value::String(m.required_category.clone()));
+    doc.insert("credentials".into(), m.credentials.clone());
+    doc
+}
+
+/// JSON merge patch (RFC 7396) of `patch` onto the stored config, then the same validation as a
+/// creation: a PATCH can never leave a config that a POST would have refused. `credentials`
+/// merges per reference (`null` removes one).
+pub async fn patch(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    id: Uuid,
+    patch: Value,
+    actor: &str,
+) -> Result<ConfigView> {
+    let Value::Object(patch) = patch else {
+        return Err(Error::Validation { field: None, message: "expected a JSON object".into() });
+    };
+    let txn = crate::db::begin_write(db).await?;
+    let current = find(&txn, tenant_id, provider.name(), id).await?;
+    let from = ProviderStatus::parse(&current.status).unwrap_or(ProviderStatus::Draft);
+    if from == ProviderStatus::Decommissioned {
+        return Err(Error::Conflict("the config is decommissioned; that is final".into()));
+    }
+    let mut doc = writable(&current);
+    for (k, v) in patch {
+        match (k.as_str(), v) {
+            ("credentials", Value::Object(refs)) => {
+                let creds = doc.entry("credentials").or_insert_with(|| Value::Object(Map::new()));
+                if !creds.is_object() {
+                    *creds = Value::Object(Map::new());
+                }
+                let creds = creds.as_object_mut().expect("an object");
+                for (rk, rv) in refs {
+                    if matches!(rv, Value::Null) {
+                        creds.remove(&rk);
+                    } else {
+                        creds.insert(rk, rv);
+                    }
+                }
+            }
+            (_, Value::Null) => {
+                doc.remove(&k);
+            }
+            (_, v) => {
+                doc.insert(k, v);
+            }
+        }
+    }
+    let input = parse_input(provider, Value::Object(doc), from)?;
+    let to = input.status;
+    if to == ProviderStatus::Error && from != ProviderStatus::Error {
+        return Err(Error::Conflict(
+            "status error is set by the gateway when the provider refuses the credentials".into(),
+        ));
+    }
+    if !admin_may_move(from, to) {
+        return Err(Error::Conflict(format!("a {} config cannot become {}", from.as_str(), to.as_str())));
+    }
+    let before = ConfigView::from(current.clone());
+    let mut active = current.into_active_model();
+    active.display_name = Set(input.display_name);
+    active.status = Set(to.as_str().into());
+    active.required_category = Set(input.required_category.as_str().into());
+    active.settings = Set(input.settings);
+    active.credentials = Set(input.credentials);
+    active.updated_at = Set(Utc::now());
+    if to != from {
+        active.status_reason = Set(None);
+        active.consecutive_auth_failures = Set(0);
+    }
+    let model = active.update(&txn).await?;
+    match to {
+        _ if to == from => {}
+        // Waiting deliveries go out now rather than at the end of their backoff.
+        ProviderStatus::Active => crate::outbox::resume_config(&txn, id).await?,
+        ProviderStatus::Decommissioned => {
+            crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?
+        }
+        _ => {}
+    }
+    let view = ConfigView::from(model);
+    audit::record(
+        &txn,
+        audit::Change {
+            tenant_id,
+            actor,
+            action: &format!("{}_config.update", provider.name()),
+            entity_type: "provider_config",
+            entity_id: Some(id.to_string()),
+            before: view_json(&before),
+            after: view_json(&view),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(view)
+}
+
+/// `DELETE`: decommissions the config. The row stays, so the delivery log and the forwarding
+/// decisions that name it remain explainable to an auditor. Deleting twice is harmless.
+pub async fn decommission(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    id: Uuid,
+    actor: &str,
+) -> Result<ConfigView> {
+    let current = find(db, tenant_id, provider.name(), id).await?;
+    if current.status == ProviderStatus::Decommissioned.as_str() {
+        return Ok(current.into());
+    }
+    patch(db, tenant_id, provider, id, serde_json::json!({"status": "decommissioned"}), actor).await
+}
+
+/// The configs an event may be forwarded to, and so gets a decision for: `active` and `error`
+/// ones (an `error` config is decided like an active one; its deliveries wait) and `paused` ones
+/// (decided `denied:config_paused`, for the record). Optionally only one provider's.
+pub async fn forwarding_targets(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: Option<&str>,
+) -> Result<Vec<provider_config::Model>> {
+    let mut q = provider_config::Entity::find()
+        .filter(provider_config::Column::TenantId.eq(tenant_id))
+        .filter(provider_config::Column::Status.is_in(["active", "error", "paused"]));
+    if let Some(p) = provider {
+        q = q.filter(provider_config::Column::Provider.eq(p));
+    }
+    Ok(q.order_by_asc(provider_config::Column::CreatedAt).all(db).await?)
+}
+
+/// Usage counters. Increments are single `UPDATE … SET n = n + 1` statements, so concurrent
+/// workers and requests never lose a count.
+pub mod usage {
+    use super::*;
+
+    pub async fn denied_by_consent(db: &impl ConnectionTrait, config_id: Uuid) -> Result<()> {
+        provider_config::Entity::update_many()
+            .col_expr(
+                provider_config::Column::EventsDeniedByConsent,
+                Expr::col(provider_config::Column::EventsDeniedByConsent).add(1),
+            )
+            .filter(provider_config::Column::Id.eq(config_id))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn sent(db: &impl ConnectionTrait, config_id: Uuid, at: DateTime<Utc>) -> Result<()> {
+        provider_config::Entity::update_many()
+            .col_expr(provider_config::Column::EventsSent, Expr::col(provider_config::Column::EventsSent).add(1))
+            .col_expr(provider_config::Column::LastSentAt, Expr::value(at))
+            .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0))
+            .filter(provider_config::Column::Id.eq(config_id))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn dropped(db: &impl ConnectionTrait, config_id: Uuid, warning: &str, at: DateTime<Utc>) -> Result<()> {
+        provider_config::Entity::update_many()
+            .col_expr(provider_config::Column::EventsDropped, Expr::col(provider_config::Column::EventsDropped).add(1))
+            .col_expr(provider_config::Column::LastErrorAt, Expr::value(at))
+            .col_expr(provider_config::Column::LastError, Expr::value(warning))
+            .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0))
+            .filter(provider_config::Column::Id.eq(config_id))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    /// A failed attempt: `last_error` always, `events_failed` only when the delivery is dead.
+    pub async fn failed(
+        db: &impl ConnectionTrait,
+        config_id: Uuid,
+        error: &str,
+        dead: bool,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut q = provider_config::Entity::update_many()
+            .col_expr(provider_config::Column::LastErrorAt, Expr::value(at))
+            .col_expr(provider_config::Column::LastError, Expr::value(error))
+            .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0));
+        if dead {
+            q = q.col_expr(
+                provider_config::Column::EventsFailed,
+                Expr::col(provider_config::Column::EventsFailed).add(1),
+            );
+        }
+        q.filter(provider_config::Column::Id.eq(config_id)).exec(db).await?;
+        Ok(())
+    }
+
+    /// A 401/403: counts it, and puts an `active` config into `error` once `threshold` have come
+    /// in a row. Returns whether this call moved the config to `error`.
+    pub async fn auth_failed(
+        db: &impl ConnectionTrait,
+        config_id: Uuid,
+        error: &str,
+        threshold: u32,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        provider_config::Entity::update_many()
+            .col_expr(
+                provider_config::Column::ConsecutiveAuthFailures,
+                Expr::col(provider_config::Column::ConsecutiveAuthFailures).add(1),
+            )
+            .col_expr(provider_config::Column::LastErrorAt, Expr::value(at))
+            .col_expr(provider_config::Column::LastError, Expr::value(error))
+            .filter(provider_config::Column::Id.eq(config_id))
+            .exec(db)
+            .await?;
+        let moved = provider_config::Entity::update_many()
+            .col_expr(provider_config::Column::Status, Expr::value("error"))
+            .col_expr(
+                provider_config::Column::StatusReason,
+                Expr::value(format!("{threshold} authentication failures in a row; last: {error}")),
+            )
+            .col_expr(provider_config::Column::UpdatedAt, Expr::value(at))
+            .filter(provider_config::Column::Id.eq(config_id))
+            .filter(provider_config::Column::Status.eq("active"))
+            .filter(provider_config::Column::ConsecutiveAuthFailures.gte(threshold as i32))
+            .exec(db)
+            .await?;
+        Ok(moved.rows_affected > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{plausible::Plausible, umami::Umami};
+
+    #[test]
+    fn the_lifecycle() {
+        use ProviderStatus::*;
+        let all = [Draft, Active, Paused, Error, Decommissioned];
+        let allowed = |f, t| admin_may_move(f, t);
+        assert!(allowed(Draft, Active) && allowed(Active, Paused) && allowed(Paused, Active));
+        assert!(allowed(Error, Active) && allowed(Error, Paused));
+        for s in all {
+            assert!(allowed(s, s));
+            assert_eq!(allowed(Decommissioned, s), s == Decommissioned, "decommissioned is terminal");
+            assert!(allowed(s, Decommissioned));
+            if s != Error {
+                assert!(!allowed(s, Error), "only the gateway sets error");
+            }
+            if s != Draft {
+                assert!(!allowed(s, Draft), "nothing goes back to draft");
+            }
+        }
+        assert!(!allowed(Draft, Paused));
+    }
+
+    #[test]
+    fn bodies_are_parsed_with_the_field_named() {
+        let p: &dyn AnyProvider = &Plausible;
+        let ok = parse_input(
+            p,
+            serde_json::json!({"display_name": " Main ", "site_id": "example.com",
+                               "credentials": {"api_key_ref": "env:PLAUSIBLE_KEY"}}),
+            ProviderStatus::Draft,
+        )
+        .unwrap();
+        assert_eq!(ok.display_name, "Main");
+        assert_eq!(ok.settings["instance_url"], "https://plausible.io");
+        assert_eq!(ok.credentials["api_key_ref"], "env:PLAUSIBLE_KEY");
+        let field = |body: Value, provider: &dyn AnyProvider| match parse_input(provider, body, ProviderStatus::Draft) {
+            Err(Error::Validation { field, .. }) => field,
+            Ok(_) => panic!("accepted"),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            field(
+                serde_json::json!({"display_name": "x", "site_id": "example.com", "credentials": {"api_key_ref": "abc123secret"}}),
+                p
+            ),
+            Some("credentials.api_key_ref".into())
+        );
+        assert_eq!(field(serde_json::json!({"display_name": "x"}), p), Some("site_id".into()));
+        assert_eq!(
+            field(serde_json::json!({"display_name": "x", "site_id": "a.org", "colour": 1}), p),
+            Some("colour".into())
+        );
+        assert_eq!(field(serde_json::json!({"site_id": "a.org"}), p), Some("display_name".into()));
+        assert_eq!(
+            field(serde_json::json!({"display_name": "x", "site_id": "a.org", "usage": {}}), p),
+            Some("usage".into())
+        );
+        let u: &dyn AnyProvider = &Umami;
+        assert_eq!(field(serde_json::json!({"display_name": "x", "website_id": "nope"}), u), Some("website_id".into()));
+        assert_eq!(
+            field(
+                serde_json::json!({"display_name": "x", "website_id": "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11", "credentials": {"password_ref": "hunter2"}}),
+                u
+            ),
+            Some("credentials.password_ref".into())
+        );
+    }
+}

@@ -1,0 +1,572 @@
+//! Analytics providers. Each provider is one module that only *maps* and *classifies*:
+//!
+//! - which events its config accepts at all (custom events switched off, a page on a domain the
+//!   config does not allow, an event name the provider would refuse) — answered at ingest, so the
+//!   forwarding decision says why an event was not sent;
+//! - the request for one event (method, URL, headers, JSON body), built from the stored event, the
+//!   identity level the consent decision allowed and the visitor's IP — pure, no I/O;
+//! - what the provider's answer means (delivered, silently dropped, retry, dead, bad credentials).
+//!
+//! Sending, retries, backoff, leases and metrics live once, in [`crate::outbox`]. Configuration
+//! storage and the status lifecycle live once, in [`config`]. Adding a provider (PostHog, GA4) is
+//! one module implementing [`Provider`] plus one line in [`all`].
+
+pub mod config;
+pub mod plausible;
+pub mod umami;
+
+use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
+
+use axum::http::HeaderMap;
+use entity::analytics_event;
+use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        RefOr,
+        schema::{AllOfBuilder, OneOfBuilder, Schema},
+    },
+};
+
+use crate::{
+    consent::{Identity, RequiredCategory},
+    error::Result,
+};
+
+/// One provider's wire contract. Implementations are unit structs; all state is in `Settings`.
+pub trait Provider: Send + Sync + 'static {
+    /// The provider's fields of a config (`site_id`, `website_id`, `instance_url`, toggles),
+    /// stored in `provider_config.settings`. Deserialising must validate (parse, don't validate)
+    /// and fill defaults, and must refuse unknown fields.
+    type Settings: Serialize + DeserializeOwned + ToSchema + Send + Sync;
+    /// Secret *references* the config may hold (`credentials`), refusing unknown fields.
+    type Credentials: Serialize + DeserializeOwned + ToSchema + Default + Send + Sync;
+
+    /// The name in URLs and in `provider_config.provider`: `plausible`, `umami`.
+    const NAME: &'static str;
+
+    /// The consent category a new config requires unless the admin says otherwise. Cookie-free
+    /// providers (Plausible, Umami) need none.
+    fn default_required_category() -> RequiredCategory {
+        RequiredCategory::None
+    }
+
+    /// Whether the provider can take an anonymous event when its category is not granted
+    /// (PostHog's cookieless mode). Plausible and Umami never need it: they require no category.
+    fn cookieless_fallback(_settings: &Self::Settings) -> bool {
+        false
+    }
+
+    /// `Err(reason)` when this config must not receive the event whatever the consent, e.g.
+    /// `denied:custom_events_disabled`. Checked at ingest (the reason goes into the forwarding
+    /// decision) and again by [`Provider::build`] at send time, since settings may have changed.
+    fn accepts(settings: &Self::Settings, event: &analytics_event::Model) -> Result<(), String>;
+
+    /// The provider request for one event. `Err` is a permanent refusal (the delivery is
+    /// dead-lettered with that reason).
+    fn build(settings: &Self::Settings, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
+
+    /// What the provider's answer means.
+    fn classify(response: &ProviderResponse<'_>) -> Outcome;
+}
+
+/// One event on its way to one config.
+pub struct Outgoing<'a> {
+    pub event: &'a analytics_event::Model,
+    /// What the consent decision allowed: full identifiers, or none.
+    pub identity: Identity,
+    /// The visitor's IP. The full address while the delivery is pending (the transient
+    /// `delivery.client_ip`); for a replay after the full address was erased, the stored
+    /// truncated one.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A provider request, ready for the outbox to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderRequest {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
+    /// What the mapping changed to fit the provider's limits (a property cut to 2,000 bytes, the
+    /// 31st property left out). Stored as the delivery's warning, so nothing is changed silently.
+    pub adjustments: Vec<String>,
+}
+
+impl ProviderRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The provider's answer, as the outbox received it.
+pub struct ProviderResponse<'a> {
+    pub status: u16,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// What an answer means for the delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted and stored.
+    Delivered,
+    /// Answered with success but discarded (Plausible's `x-plausible-dropped`, Umami's
+    /// `{"beep":"boop"}`): the delivery ends as `dropped`, never as success.
+    DeliveredButDropped { warning: String },
+    /// Try again later (timeout, 408, 429, 5xx).
+    Retry { reason: String },
+    /// Will never succeed as it is (other 4xx): dead-letter at once, with the provider's answer.
+    Dead { reason: String },
+    /// 401/403: the config's credentials (or an auth proxy in front of the provider) refuse us.
+    /// Repeated, this puts the config into `error`.
+    AuthFailure { reason: String },
+}
+
+impl Outcome {
+    /// The `outcome` label of the `consentgate_deliveries_total` metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::DeliveredButDropped { .. } => "dropped",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead { .. } => "dead",
+            Outcome::AuthFailure { .. } => "auth_failure",
+        }
+    }
+}
+
+/// The object-safe face of a [`Provider`], working on stored JSON. Implemented for every
+/// provider by the blanket impl below; the rest of the crate only sees this.
+pub trait AnyProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn default_required_category(&self) -> RequiredCategory;
+    /// Parses (validates, fills defaults) settings; the error names the field.
+    fn parse_settings(&self, raw: Value) -> Result<Value>;
+    /// Parses credentials (secret references only); the error names the field under `credentials`.
+    fn parse_credentials(&self, raw: Value) -> Result<Value>;
+    fn cookieless_fallback(&self, settings: &Value) -> bool;
+    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), String>;
+    fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
+    fn classify(&self, response: &ProviderResponse<'_>) -> Outcome;
+    /// The OpenAPI schema of a config body for this provider.
+    fn input_schema(&self) -> RefOr<Schema>;
+}
+
+impl<P: Provider> AnyProvider for P {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn default_required_category(&self) -> RequiredCategory {
+        P::default_required_category()
+    }
+
+    fn parse_settings(&self, raw: Value) -> Result<Value> {
+        let typed: P::Settings = from_json_value(raw, "")?;
+        Ok(serde_json::to_value(typed).map_err(anyhow::Error::from)?)
+    }
+
+    fn parse_credentials(&self, raw: Value) -> Result<Value> {
+        let typed: P::Credentials = from_json_value(raw, "credentials")?;
+        Ok(serde_json::to_value(typed).map_err(anyhow::Error::from)?)
+    }
+
+    fn cookieless_fallback(&self, settings: &Value) -> bool {
+        stored_settings::<P>(settings).map(|s| P::cookieless_fallback(&s)).unwrap_or(false)
+    }
+
+    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), String> {
+        P::accepts(&stored_settings::<P>(settings)?, event)
+    }
+
+    fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String> {
+        let settings = stored_settings::<P>(settings)?;
+        P::accepts(&settings, out.event)?;
+        P::build(&settings, out)
+    }
+
+    fn classify(&self, response: &ProviderResponse<'_>) -> Outcome {
+        P::classify(response)
+    }
+
+    fn input_schema(&self) -> RefOr<Schema> {
+        AllOfBuilder::new()
+            .item(config::CommonConfigFields::schema())
+            .item(P::Settings::schema())
+            .title(Some(format!("{} config", P::NAME)))
+            .into()
+    }
+}
+
+fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String> {
+    serde_json::from_value(settings.clone()).map_err(|e| format!("the stored {} settings are invalid: {e}", P::NAME))
+}
+
+/// Every provider the gateway can forward to. Adding one is a module and a line here.
+pub fn all() -> &'static [&'static dyn AnyProvider] {
+    &[&plausible::Plausible, &umami::Umami]
+}
+
+pub fn get(name: &str) -> Option<&'static dyn AnyProvider> {
+    all().iter().copied().find(|p| p.name() == name)
+}
+
+/// Documentation only: the body of a provider config, one of the registered providers' shapes.
+pub struct ProviderConfigInput;
+
+impl PartialSchema for ProviderConfigInput {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of = OneOfBuilder::new();
+        for p in all() {
+            one_of = one_of.item(p.input_schema());
+        }
+        one_of.into()
+    }
+}
+
+impl ToSchema for ProviderConfigInput {}
+
+pub(crate) fn from_json_value<T: DeserializeOwned>(raw: Value, prefix: &str) -> Result<T> {
+    crate::json::from_value(raw, prefix)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated setting types shared by providers.
+
+/// A provider's base URL: `http(s)://host[:port][/path]`, no query, fragment or credentials
+/// (credentials belong in secret references), stored without a trailing slash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(value_type = String, example = "https://plausible.io")]
+pub struct InstanceUrl(String);
+
+impl InstanceUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s.trim()).map_err(|e| format!("must be an absolute http(s) URL: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+            return Err("must be an absolute http(s) URL".into());
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err("must not contain credentials; use the credentials references".into());
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err("must not have a query or fragment".into());
+        }
+        Ok(InstanceUrl(u.as_str().trim_end_matches('/').to_string()))
+    }
+
+    /// `{base}{path}`, e.g. `https://plausible.io/api/event`.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        InstanceUrl::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A host name (`example.com`) or a wildcard for its subdomains (`*.example.com`), lower-case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(value_type = String, example = "*.example.com")]
+pub struct DomainPattern(String);
+
+impl DomainPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let host = s.strip_prefix("*.").unwrap_or(&s);
+        if is_hostname(host) {
+            Ok(DomainPattern(s))
+        } else {
+            Err(format!("{s:?} is not a host name (example.com) or a subdomain wildcard (*.example.com)"))
+        }
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        match self.0.strip_prefix("*.") {
+            Some(parent) => {
+                host.len() > parent.len() + 1 && host.ends_with(parent) && {
+                    let cut = host.len() - parent.len();
+                    host.as_bytes()[cut - 1] == b'.'
+                }
+            }
+            None => host == self.0,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DomainPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        DomainPattern::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Letters, digits, `-` and `.`, labels of 1–63 characters, at most 253 in all (RFC 1123).
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mapping helpers shared by providers.
+
+/// The event name the gateway uses for page views.
+pub const PAGEVIEW: &str = "pageview";
+/// The event name the gateway uses for outbound link clicks (`event_properties.url`).
+pub const OUTBOUND_LINK_CLICK: &str = "outbound-link-click";
+
+/// The host of the event's page URL, lower-case.
+pub fn page_host(event: &analytics_event::Model) -> Option<String> {
+    let u = url::Url::parse(event.page_url.as_deref()?).ok()?;
+    u.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Whether a property name looks like it carries an identifier of a person or device, and so must
+/// not leave the gateway when the decision allowed only anonymous forwarding (no analytics
+/// consent: GDPR art. 6(1)(a) / ePrivacy art. 5(3) cover identifiers, not aggregate counts).
+pub fn is_identifier_key(key: &str) -> bool {
+    let normal: String = key.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+    const EXACT: &[&str] = &[
+        "id",
+        "uid",
+        "uuid",
+        "guid",
+        "email",
+        "emailaddress",
+        "mail",
+        "phone",
+        "phonenumber",
+        "mobile",
+        "ip",
+        "ipaddress",
+        "username",
+        "login",
+        "distinctid",
+        "fingerprint",
+        "token",
+        "cookie",
+    ];
+    if EXACT.contains(&normal.as_str()) {
+        return true;
+    }
+    // `user_id`, `userId`, `customer-id`, `visitor_uuid`, `clientID`: an "id" word at the end.
+    let lower = key.to_ascii_lowercase();
+    let camel_id = key.ends_with("Id") || key.ends_with("ID");
+    let sep_id = ["_id", "-id", ".id", " id", "_uuid", "-uuid", "_guid"].iter().any(|s| lower.ends_with(s));
+    let email_like = normal.contains("email");
+    camel_id || sep_id || email_like
+}
+
+/// Whether a string value looks like an email address (kept out of anonymous events too).
+pub fn looks_like_email(v: &str) -> bool {
+    let v = v.trim();
+    match v.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !local.contains(' ') && domain.contains('.') && !domain.contains(' ')
+        }
+        None => false,
+    }
+}
+
+/// The event's properties, without identifier-like ones when the identity is anonymous. Returns
+/// the kept properties and the names left out.
+pub fn properties_for(event: &analytics_event::Model, identity: Identity) -> (Map<String, Value>, Vec<String>) {
+    let mut kept = Map::new();
+    let mut removed = Vec::new();
+    if let Value::Object(props) = &event.event_properties {
+        for (k, v) in props {
+            let identifying = is_identifier_key(k) || v.as_str().is_some_and(looks_like_email);
+            if identity == Identity::Anonymous && identifying {
+                removed.push(k.clone());
+            } else {
+                kept.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    (kept, removed)
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate_bytes(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(s[..end].to_string())
+}
+
+/// `s` cut to at most `max` characters (Unicode scalar values, as PostgreSQL's `varchar(n)` counts).
+pub fn truncate_chars(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => Cow::Borrowed(s),
+        Some((i, _)) => Cow::Owned(s[..i].to_string()),
+    }
+}
+
+/// The first bytes of a provider's answer, printable, for `last_error` (enough to read a
+/// validation message; never the whole body).
+pub fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let clean = clean.trim();
+    let cut = truncate_chars(clean, 500);
+    if cut.len() < clean.len() { format!("{cut}…") } else { cut.into_owned() }
+}
+
+/// The part of classification every provider shares: what a non-2xx status means.
+pub fn classify_failure(provider: &str, status: u16, body: &[u8]) -> Outcome {
+    let answer = || {
+        let excerpt = body_excerpt(body);
+        if excerpt.is_empty() {
+            format!("{provider} answered {status}")
+        } else {
+            format!("{provider} answered {status}: {excerpt}")
+        }
+    };
+    match status {
+        401 | 403 => Outcome::AuthFailure { reason: answer() },
+        408 | 429 | 500..=599 => Outcome::Retry { reason: answer() },
+        300..=399 => Outcome::Dead {
+            reason: format!("{provider} answered with a redirect ({status}); check the config's instance_url"),
+        },
+        _ => Outcome::Dead { reason: answer() },
+    }
+}
+
+/// The event's revenue, when it has a valid one.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Revenue {
+    pub amount: serde_json::Number,
+    pub currency: String,
+}
+
+pub fn revenue_of(event: &analytics_event::Model) -> Option<Revenue> {
+    event.revenue.clone().and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// A property map ordered by key, as the mapping keeps it (deterministic requests).
+pub type Props = BTreeMap<String, Value>;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A stored event to map, for the providers' table tests.
+    use chrono::{TimeZone, Utc};
+    use entity::analytics_event;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    pub fn event(name: &str) -> analytics_event::Model {
+        analytics_event::Model {
+            id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            provider: None,
+            event_name: name.into(),
+            event_properties: json!({}),
+            user_id: None,
+            anonymous_id: None,
+            session_id: None,
+            page_url: Some("https://www.example.com/pricing?utm_source=news".into()),
+            referrer: Some("https://search.example.org/".into()),
+            title: Some("Pricing".into()),
+            user_agent: Some(BROWSER_UA.into()),
+            language: Some("sv-SE".into()),
+            screen: Some("1920x1080".into()),
+            revenue: None,
+            context: json!({}),
+            occurred_at: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
+            received_at: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 1).unwrap(),
+            ip_truncated: Some("203.0.113.0".into()),
+            country: Some("SE".into()),
+            dnt: false,
+            gpc: false,
+            idempotency_key: None,
+        }
+    }
+
+    pub const BROWSER_UA: &str =
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifier_keys() {
+        for k in
+            ["user_id", "userId", "clientID", "email", "E-Mail", "customer-id", "id", "visitor_uuid", "ip", "Phone"]
+        {
+            assert!(is_identifier_key(k), "{k}");
+        }
+        for k in ["plan", "url", "valid", "paid", "width", "category", "video", "ideal"] {
+            assert!(!is_identifier_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert!(looks_like_email("ann@example.com"));
+        assert!(!looks_like_email("@handle"));
+        assert!(!looks_like_email("a@b"));
+        assert!(!looks_like_email("plain"));
+    }
+
+    #[test]
+    fn domain_patterns() {
+        let exact = DomainPattern::parse("Example.com").unwrap();
+        assert!(exact.matches("example.com") && !exact.matches("www.example.com"));
+        let wild = DomainPattern::parse("*.example.com").unwrap();
+        assert!(wild.matches("www.example.com") && wild.matches("a.b.example.com"));
+        assert!(!wild.matches("example.com") && !wild.matches("badexample.com"));
+        for bad in ["", "https://example.com", "exa mple.com", "*.", "-a.com", "a..b"] {
+            assert!(DomainPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_urls() {
+        assert_eq!(
+            InstanceUrl::parse("https://plausible.io/").unwrap().join("/api/event"),
+            "https://plausible.io/api/event"
+        );
+        assert_eq!(
+            InstanceUrl::parse("http://127.0.0.1:9/umami").unwrap().join("/api/send"),
+            "http://127.0.0.1:9/umami/api/send"
+        );
+        for bad in ["plausible.io", "ftp://x.org", "https://u:p@x.org", "https://x.org/?a=1", "https://x.org/#f"] {
+            assert!(InstanceUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate_bytes("åäö", 3), "å");
+        assert_eq!(truncate_bytes("abc", 5), "abc");
+        assert_eq!(truncate_chars("åäö", 2), "åä");
+    }
+
+    #[test]
+    fn failures_are_classified_once_for_all_providers() {
+        assert!(matches!(classify_failure("p", 503, b""), Outcome::Retry { .. }));
+        assert!(matches!(classify_failure("p", 429, b""), Outcome::Retry { .. }));
+        assert!(matches!(classify_failure("p", 408, b""), Outcome::Retry { .. }));
+        assert!(matches!(classify_failure("p", 401, b""), Outcome::AuthFailure { .. }));
+        assert!(matches!(classify_failure("p", 302, b""), Outcome::Dead { .. }));
+        match classify_failure("Plausible", 400, br#"{"errors":{"url":["is required"]}}"#) {
+            Outcome::Dead { reason } => assert!(reason.contains("is required"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

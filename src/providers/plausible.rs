@@ -1,0 +1,352 @@
+//! Plausible — Events API (`POST {instance}/api/event`).
+//!
+//! Facts this mapping relies on (shared/docs/providers-sources.md §1, Plausible's
+//! `ingestion/request.ex`, `remote_ip.ex`, `external_controller.ex`):
+//! - The visitor's `User-Agent` and IP make Plausible's daily visitor hash and its geolocation; the
+//!   IP is read `X-Plausible-IP` > `CF-Connecting-IP` > `X-Forwarded-For`, so both are set (a
+//!   self-hosted Plausible behind Cloudflare would otherwise see the gateway's IP for everyone).
+//! - `name` ≤ 120 and `url` ≤ 2,000 bytes are required; a prop key over 300 bytes or value over
+//!   2,000 bytes rejects the whole event (400); props past 30 and non-scalar props are dropped
+//!   silently — so the mapping enforces all of it first and records what it changed.
+//! - `202` = taken; `202` with `x-plausible-dropped` = discarded (unknown domain, bot, datacenter
+//!   IP, rate limit, shield rule) — never counted as delivered.
+//! - There is no client timestamp and no idempotency key: a late delivery is recorded late, a
+//!   retried request that was accepted counts twice (see `outbox` for the retry choice).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+use super::{
+    DomainPattern, InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
+    ProviderResponse, classify_failure, is_hostname, page_host, properties_for, revenue_of, truncate_bytes,
+};
+use crate::secrets::SecretRef;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plausible;
+
+pub const CLOUD_URL: &str = "https://plausible.io";
+/// Plausible's limits (`Plausible.Props`): larger keys or values reject the whole event.
+pub const MAX_PROP_KEY_BYTES: usize = 300;
+pub const MAX_PROP_VALUE_BYTES: usize = 2_000;
+/// Props beyond this count are dropped by Plausible without notice.
+pub const MAX_PROPS: usize = 30;
+pub const MAX_URL_BYTES: usize = 2_000;
+/// The name Plausible's own tracker and dashboard use for outbound link clicks.
+pub const OUTBOUND_GOAL: &str = "Outbound Link: Click";
+
+/// A site domain as registered in Plausible (`example.com`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(value_type = String, example = "example.com")]
+pub struct SiteDomain(String);
+
+impl<'de> Deserialize<'de> for SiteDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?.trim().to_ascii_lowercase();
+        if is_hostname(&s) {
+            Ok(SiteDomain(s))
+        } else {
+            Err(serde::de::Error::custom("must be the site's domain as registered in Plausible, e.g. example.com"))
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlausibleSettings {
+    /// The site's domain as registered in Plausible; sent as `domain`.
+    pub site_id: SiteDomain,
+    /// `https://plausible.io` (cloud, the default) or a self-hosted base URL.
+    #[serde(default = "cloud_url")]
+    pub instance_url: InstanceUrl,
+    /// Forward events other than page views (default true).
+    #[serde(default = "yes")]
+    pub enable_custom_events: bool,
+    /// Send `revenue` (counted by Plausible's cloud edition, for revenue goals only; default false).
+    #[serde(default)]
+    pub enable_revenue_tracking: bool,
+    /// Page hosts this config forwards (`example.com`, `*.example.com`). Empty: the `site_id`
+    /// domain and its subdomains.
+    #[serde(default)]
+    pub allowed_domains: Vec<DomainPattern>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlausibleCredentials {
+    /// Stats/Sites API key (not needed to send events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_ref: Option<SecretRef>,
+}
+
+fn cloud_url() -> InstanceUrl {
+    InstanceUrl::parse(CLOUD_URL).expect("the cloud URL is valid")
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PlausibleSettings {
+    fn allows_host(&self, host: &str) -> bool {
+        if self.allowed_domains.is_empty() {
+            let site = &self.site_id.0;
+            return host == site || host.strip_suffix(site.as_str()).is_some_and(|p| p.ends_with('.'));
+        }
+        self.allowed_domains.iter().any(|d| d.matches(host))
+    }
+}
+
+impl Provider for Plausible {
+    type Settings = PlausibleSettings;
+    type Credentials = PlausibleCredentials;
+    const NAME: &'static str = "plausible";
+
+    fn accepts(s: &PlausibleSettings, event: &entity::analytics_event::Model) -> Result<(), String> {
+        if event.event_name != PAGEVIEW && !s.enable_custom_events {
+            return Err("denied:custom_events_disabled".into());
+        }
+        match page_host(event) {
+            Some(host) if s.allows_host(&host) => Ok(()),
+            _ => Err("denied:domain_not_allowed".into()),
+        }
+    }
+
+    fn build(s: &PlausibleSettings, out: &Outgoing<'_>) -> Result<ProviderRequest, String> {
+        let event = out.event;
+        let url = event.page_url.as_deref().ok_or("the event has no page_url, which Plausible requires")?;
+        if url.len() > MAX_URL_BYTES {
+            return Err(format!("page_url is over Plausible's {MAX_URL_BYTES}-byte limit"));
+        }
+        let mut adjustments = Vec::new();
+        let (mut props, removed) = properties_for(event, out.identity);
+        if !removed.is_empty() {
+            adjustments.push(format!("identifier properties left out (anonymous): {}", removed.join(", ")));
+        }
+        let name = match event.event_name.as_str() {
+            OUTBOUND_LINK_CLICK => OUTBOUND_GOAL,
+            other => other,
+        };
+        let props = fit_props(std::mem::take(&mut props), &mut adjustments);
+        let mut body = Map::new();
+        body.insert("domain".into(), json!(s.site_id.0));
+        body.insert("name".into(), json!(name));
+        body.insert("url".into(), json!(url));
+        if let Some(r) = event.referrer.as_deref().filter(|r| !r.is_empty()) {
+            body.insert("referrer".into(), json!(truncate_bytes(r, MAX_URL_BYTES)));
+        }
+        if !props.is_empty() {
+            body.insert("props".into(), Value::Object(props));
+        }
+        if s.enable_revenue_tracking
+            && let Some(rev) = revenue_of(event)
+        {
+            body.insert("revenue".into(), json!({"currency": rev.currency, "amount": rev.amount}));
+        }
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(ua) = event.user_agent.as_deref().filter(|u| !u.is_empty()) {
+            headers.push(("user-agent", ua.to_string()));
+        }
+        if let Some(ip) = out.client_ip {
+            headers.push(("x-forwarded-for", ip.to_string()));
+            headers.push(("x-plausible-ip", ip.to_string()));
+        }
+        Ok(ProviderRequest { url: s.instance_url.join("/api/event"), headers, body: Value::Object(body), adjustments })
+    }
+
+    fn classify(r: &ProviderResponse<'_>) -> Outcome {
+        if (200..300).contains(&r.status) {
+            return match r.headers.get("x-plausible-dropped") {
+                Some(v) => Outcome::DeliveredButDropped {
+                    warning: format!(
+                        "Plausible answered {} but dropped the event (x-plausible-dropped: {}): unknown domain, \
+                         bot or datacenter IP, site rate limit, or a shield rule",
+                        r.status,
+                        v.to_str().unwrap_or("?")
+                    ),
+                },
+                None => Outcome::Delivered,
+            };
+        }
+        classify_failure("Plausible", r.status, r.body)
+    }
+}
+
+/// Scalars only, blank values left out, keys ≤ 300 bytes, values ≤ 2,000 bytes, at most 30 —
+/// exactly what Plausible would keep, minus the cases where it would refuse the whole event.
+fn fit_props(props: Map<String, Value>, adjustments: &mut Vec<String>) -> Map<String, Value> {
+    let mut kept = Map::new();
+    let mut skipped = Vec::new();
+    let mut over = 0;
+    for (k, v) in props {
+        let value = match v {
+            Value::String(s) if s.trim().is_empty() => continue,
+            Value::String(s) => {
+                let cut = truncate_bytes(&s, MAX_PROP_VALUE_BYTES);
+                if cut.len() < s.len() {
+                    adjustments.push(format!("property {k:?} cut to {MAX_PROP_VALUE_BYTES} bytes"));
+                }
+                Value::String(cut.into_owned())
+            }
+            Value::Number(_) | Value::Bool(_) => v,
+            Value::Null => continue,
+            Value::Array(_) | Value::Object(_) => {
+                skipped.push(k);
+                continue;
+            }
+        };
+        if k.len() > MAX_PROP_KEY_BYTES {
+            skipped.push(format!("{}…", truncate_bytes(&k, 40)));
+            continue;
+        }
+        if kept.len() == MAX_PROPS {
+            over += 1;
+            continue;
+        }
+        kept.insert(k, value);
+    }
+    if !skipped.is_empty() {
+        adjustments.push(format!(
+            "properties Plausible cannot take (not a scalar, or a name over {MAX_PROP_KEY_BYTES} bytes) left out: {}",
+            skipped.join(", ")
+        ));
+    }
+    if over > 0 {
+        adjustments.push(format!("{over} properties beyond Plausible's {MAX_PROPS} left out"));
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use axum::http::{HeaderMap, HeaderValue};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        consent::Identity,
+        providers::testing::{BROWSER_UA, event},
+    };
+
+    fn settings(v: Value) -> PlausibleSettings {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn build(s: &PlausibleSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        Plausible::build(s, &Outgoing { event: e, identity, client_ip: Some(ip) }).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_cloud_and_custom_events_on() {
+        let s = settings(json!({"site_id": "Example.com"}));
+        assert_eq!(s.instance_url.join("/api/event"), "https://plausible.io/api/event");
+        assert!(s.enable_custom_events && !s.enable_revenue_tracking);
+        assert_eq!(s.site_id.0, "example.com");
+        assert!(serde_json::from_value::<PlausibleSettings>(json!({"site_id": "https://x"})).is_err());
+        assert!(serde_json::from_value::<PlausibleSettings>(json!({"site_id": "x.org", "nope": 1})).is_err());
+    }
+
+    #[test]
+    fn a_pageview_carries_the_visitor_and_the_page() {
+        let s = settings(json!({"site_id": "example.com", "instance_url": "http://127.0.0.1:9/plausible"}));
+        let req = build(&s, &event("pageview"), Identity::Full);
+        assert_eq!(req.url, "http://127.0.0.1:9/plausible/api/event");
+        assert_eq!(req.header("user-agent"), Some(BROWSER_UA));
+        assert_eq!(req.header("x-forwarded-for"), Some("203.0.113.7"));
+        assert_eq!(req.header("x-plausible-ip"), Some("203.0.113.7"));
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        assert_eq!(
+            req.body,
+            json!({"domain": "example.com", "name": "pageview",
+                   "url": "https://www.example.com/pricing?utm_source=news",
+                   "referrer": "https://search.example.org/"})
+        );
+        assert!(req.adjustments.is_empty());
+    }
+
+    #[test]
+    fn props_are_fitted_to_plausibles_limits() {
+        let s = settings(json!({"site_id": "example.com"}));
+        let mut e = event("signup");
+        let mut props = serde_json::Map::new();
+        for i in 0..35 {
+            props.insert(format!("p{i:02}"), json!(i));
+        }
+        props.insert("long".into(), json!("é".repeat(1500)));
+        props.insert("k".repeat(301), json!("v"));
+        props.insert("nested".into(), json!({"a": 1}));
+        props.insert("blank".into(), json!("  "));
+        props.insert("none".into(), Value::Null);
+        e.event_properties = Value::Object(props);
+        let req = build(&s, &e, Identity::Full);
+        let sent = req.body["props"].as_object().unwrap();
+        assert_eq!(sent.len(), MAX_PROPS);
+        assert!(sent.keys().all(|k| k.len() <= MAX_PROP_KEY_BYTES));
+        assert!(sent.values().all(|v| v.as_str().is_none_or(|s| s.len() <= MAX_PROP_VALUE_BYTES)));
+        assert_eq!(sent["long"].as_str().unwrap().len(), 2000);
+        assert!(!sent.contains_key("nested") && !sent.contains_key("blank") && !sent.contains_key("none"));
+        assert_eq!(req.adjustments.len(), 3, "{:?}", req.adjustments);
+    }
+
+    #[test]
+    fn anonymous_events_carry_no_identifiers() {
+        let s = settings(json!({"site_id": "example.com"}));
+        let mut e = event("signup");
+        e.user_id = Some("u-1".into());
+        e.anonymous_id = Some("v-1".into());
+        e.event_properties = json!({"plan": "pro", "user_id": "u-1", "contact": "ann@example.com", "customerId": 7});
+        let req = build(&s, &e, Identity::Anonymous);
+        assert_eq!(req.body["props"], json!({"plan": "pro"}));
+        let text = req.body.to_string();
+        assert!(!text.contains("u-1") && !text.contains("v-1") && !text.contains("ann@"), "{text}");
+        // With full identity the site's own properties go as they are.
+        let req = build(&s, &e, Identity::Full);
+        assert_eq!(req.body["props"]["customerId"], json!(7));
+    }
+
+    #[test]
+    fn outbound_clicks_use_plausibles_goal_name_and_revenue_needs_the_switch() {
+        let s = settings(json!({"site_id": "example.com"}));
+        let mut e = event(OUTBOUND_LINK_CLICK);
+        e.event_properties = json!({"url": "https://other.org/"});
+        e.revenue = Some(json!({"amount": 12.5, "currency": "EUR"}));
+        let req = build(&s, &e, Identity::Full);
+        assert_eq!(req.body["name"], OUTBOUND_GOAL);
+        assert_eq!(req.body["props"]["url"], "https://other.org/");
+        assert!(req.body.get("revenue").is_none());
+        let s = settings(json!({"site_id": "example.com", "enable_revenue_tracking": true}));
+        let req = build(&s, &e, Identity::Full);
+        assert_eq!(req.body["revenue"], json!({"currency": "EUR", "amount": 12.5}));
+    }
+
+    #[test]
+    fn which_events_a_config_accepts() {
+        let e = event("signup");
+        let s = settings(json!({"site_id": "example.com"}));
+        assert_eq!(Plausible::accepts(&s, &e), Ok(()), "www. is a subdomain of the site");
+        let s = settings(json!({"site_id": "example.com", "enable_custom_events": false}));
+        assert_eq!(Plausible::accepts(&s, &e).unwrap_err(), "denied:custom_events_disabled");
+        assert_eq!(Plausible::accepts(&s, &event("pageview")), Ok(()));
+        let s = settings(json!({"site_id": "example.com", "allowed_domains": ["shop.example.com"]}));
+        assert_eq!(Plausible::accepts(&s, &e).unwrap_err(), "denied:domain_not_allowed");
+        let s = settings(json!({"site_id": "other.org"}));
+        assert_eq!(Plausible::accepts(&s, &e).unwrap_err(), "denied:domain_not_allowed");
+    }
+
+    #[test]
+    fn answers() {
+        let none = HeaderMap::new();
+        let mut dropped = HeaderMap::new();
+        dropped.insert("x-plausible-dropped", HeaderValue::from_static("1"));
+        let r = |status, headers| Plausible::classify(&ProviderResponse { status, headers, body: b"ok" });
+        assert_eq!(r(202, &none), Outcome::Delivered);
+        assert!(matches!(r(202, &dropped), Outcome::DeliveredButDropped { .. }));
+        assert!(matches!(r(400, &none), Outcome::Dead { .. }));
+        assert!(matches!(r(503, &none), Outcome::Retry { .. }));
+        assert!(matches!(r(401, &none), Outcome::AuthFailure { .. }));
+    }
+}

@@ -1,0 +1,78 @@
+//! The test side of the fake providers: spawns the `fake-providers` binary (a separate process,
+//! so the gateway talks real HTTP to something outside itself), and reads and steers it through
+//! its control API.
+
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// The Umami website id the fake knows (registered at start).
+pub const WEBSITE_ID: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
+/// The Plausible site the fake knows (registered at start).
+pub const SITE: &str = "example.com";
+
+pub struct FakeProviders {
+    _child: Child,
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl FakeProviders {
+    /// Starts a fresh fake process with the test site and website registered. It is killed when
+    /// this value is dropped.
+    pub async fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-providers"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the fake-providers binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).await.expect("the fake prints its port");
+        let port = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["port"].as_u64()).unwrap_or_else(|| {
+            panic!("the fake's first line is not {{\"port\": N}}: {first:?}");
+        });
+        let fakes = FakeProviders {
+            _child: child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        fakes.behaviour(json!({"plausible": {"domains": [SITE]}, "umami": {"websites": [WEBSITE_ID]}})).await;
+        fakes
+    }
+
+    /// The `instance_url` of a Plausible config pointing at the fake.
+    pub fn plausible_url(&self) -> String {
+        format!("{}/plausible", self.base)
+    }
+
+    pub fn umami_url(&self) -> String {
+        format!("{}/umami", self.base)
+    }
+
+    pub async fn behaviour(&self, body: Value) -> Value {
+        let res = self.http.post(format!("{}/_fake/behaviour", self.base)).json(&body).send().await.unwrap();
+        assert!(res.status().is_success());
+        res.json().await.unwrap()
+    }
+
+    /// Every request the fake received, in order.
+    pub async fn received(&self) -> Vec<Value> {
+        self.http.get(format!("{}/_fake/received", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The requests one provider received.
+    pub async fn received_by(&self, provider: &str) -> Vec<Value> {
+        self.received().await.into_iter().filter(|r| r["provider"] == provider).collect()
+    }
+
+    /// The events one provider stored (accepted and kept).
+    pub async fn stored(&self, provider: &str) -> Vec<Value> {
+        self.received_by(provider).await.into_iter().filter(|r| r["outcome"] == "stored").collect()
+    }
+}

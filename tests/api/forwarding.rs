@@ -1,0 +1,545 @@
+//! Post once, forward safely: what the fake providers (a separate process) received, and what the
+//! delivery log says, for each way an event can go.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    fakes::{FakeProviders, SITE, WEBSITE_ID},
+    helpers::{TestApp, eventually, send, spawn_app_with},
+    site::{
+        self, CHROME, PAGE, Site, VISITOR_IP, consent_config, consent_record, delivery_in, settled, track, visitor,
+    },
+};
+
+/// The gateway behind a proxy that passes the visitor's address in `X-Forwarded-For`, the fakes,
+/// and a site with keys.
+async fn setup() -> (TestApp, FakeProviders, Site) {
+    let app = spawn_app_with(|s| s.server.client_ip_header = "X-Forwarded-For".into()).await;
+    let fakes = FakeProviders::start().await;
+    let keys = site::site(&app).await;
+    (app, fakes, keys)
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string()
+}
+
+fn decision_for<'a>(accepted: &'a Value, config_id: &str) -> &'a Value {
+    accepted["decisions"].as_array().unwrap().iter().find(|d| d["config_id"] == config_id).unwrap()
+}
+
+/// Waits until `n` requests reached the fake for `provider`, then a bit longer, and returns them
+/// all — so that "exactly n" is not just "not yet more".
+async fn exactly(fakes: &FakeProviders, provider: &str, n: usize) -> Vec<Value> {
+    eventually(10, || async { (fakes.received_by(provider).await.len() >= n).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = fakes.received_by(provider).await;
+    assert_eq!(got.len(), n, "{provider} received {got:#?}");
+    got
+}
+
+#[tokio::test]
+async fn a_pageview_reaches_plausible_and_umami_as_the_visitor() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    let v = visitor();
+
+    let (s, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    // No consent configuration: cookie-free providers get the event, without identifiers.
+    for c in [&p, &u] {
+        let d = decision_for(&accepted, &id(c));
+        assert_eq!((d["decision"].as_str(), d["identity"].as_str()), (Some("allow"), Some("anonymous")), "{d}");
+        assert!(d["reason"].as_str().unwrap().starts_with("anonymous:"), "{d}");
+    }
+    let deliveries = settled(&app, &id(&accepted), 10).await;
+    assert_eq!(deliveries.len(), 2);
+    assert!(deliveries.iter().all(|d| d["status"] == "delivered" && d["attempts"] == 1), "{deliveries:#?}");
+
+    let plausible = exactly(&fakes, "plausible", 1).await.remove(0);
+    assert_eq!(plausible["outcome"], "stored", "{plausible}");
+    let h = &plausible["headers"];
+    assert_eq!(h["user-agent"], CHROME, "the visitor's own agent");
+    assert_eq!(h["x-forwarded-for"], VISITOR_IP);
+    assert_eq!(h["x-plausible-ip"], VISITOR_IP);
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(plausible["resolved_ip"], VISITOR_IP);
+    assert_eq!(
+        plausible["body"],
+        json!({"domain": SITE, "name": "pageview", "url": PAGE, "referrer": "https://search.example.net/?q=x"})
+    );
+
+    let umami = exactly(&fakes, "umami", 1).await.remove(0);
+    assert_eq!(umami["outcome"], "stored", "{umami}");
+    assert_eq!(umami["headers"]["user-agent"], CHROME);
+    assert!(umami["headers"].get("x-umami-cache").is_none(), "the cache token is never sent back");
+    let payload = &umami["body"]["payload"];
+    assert_eq!(umami["body"]["type"], "event");
+    assert_eq!(payload["website"], WEBSITE_ID);
+    assert_eq!(payload["hostname"], "www.example.com");
+    assert_eq!(payload["url"], PAGE);
+    assert_eq!(payload["title"], "Pricing");
+    assert_eq!(payload["language"], "sv-SE");
+    assert_eq!(payload["screen"], "1920x1080");
+    assert_eq!(payload["userAgent"], CHROME);
+    assert_eq!(payload["ip"], VISITOR_IP);
+    assert!(payload["timestamp"].is_i64());
+    assert!(payload.get("name").is_none(), "a page view has no name");
+    assert!(payload.get("id").is_none(), "anonymous: no distinct id");
+    assert!(!umami["body"].to_string().contains(&v), "the visitor id is not sent");
+
+    // The stored event keeps only the network, and says where each copy went.
+    let (s, event) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&accepted)), &app.auditor).await;
+    assert_eq!(s, StatusCode::OK, "{event}");
+    assert_eq!(event["ip_truncated"], "203.0.113.0");
+    assert_eq!(event["context"]["utm"], json!({"source": "newsletter", "campaign": "bf"}));
+    assert_eq!(event["context"]["agent"]["browser"], "Chrome");
+    assert!(!event.to_string().contains(VISITOR_IP), "the full IP is not kept: {event}");
+    for d in event["decisions"].as_array().unwrap() {
+        assert_eq!(d["delivery"]["status"], "delivered", "{d}");
+    }
+    for (provider, c) in [("plausible", &p), ("umami", &u)] {
+        let usage = &site::config(&app, provider, &id(c)).await["usage"];
+        assert_eq!(usage["events_sent"], 1, "{usage}");
+        assert!(usage["last_sent_at"].is_string());
+    }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"consentgate_deliveries_total{provider="plausible",outcome="delivered"}"#,
+        r#"consentgate_delivery_duration_seconds"#,
+        r#"consentgate_delivery_lag_seconds"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn do_not_track_makes_a_consenting_visitor_anonymous() {
+    let (app, fakes, keys) = setup().await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    consent_config(&app).await;
+    let v = visitor();
+    consent_record(&app, &v, "accept_all").await;
+    let mut body = site::pageview(&v);
+    body["user_id"] = json!("user-7");
+    let (s, accepted) = send(
+        app.http
+            .post(app.tenant_url("/events"))
+            .header("x-ingest-key", &keys.public_key)
+            .header("origin", site::ORIGIN)
+            .header("user-agent", CHROME)
+            .header("dnt", "1")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let d = decision_for(&accepted, &id(&u));
+    assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("anonymous"), Some("anonymous:dnt")), "{d}");
+    delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    let got = exactly(&fakes, "umami", 1).await.remove(0);
+    assert!(got["body"]["payload"].get("id").is_none());
+    assert!(!got["body"].to_string().contains("user-7"));
+}
+
+#[tokio::test]
+async fn identifiers_go_only_with_analytics_consent() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    consent_config(&app).await;
+    let (yes, no) = (visitor(), visitor());
+    consent_record(&app, &yes, "accept_all").await;
+    consent_record(&app, &no, "reject_all").await;
+    let signup = |v: &str| {
+        json!({"event_name": "signup", "page_url": PAGE, "anonymous_id": v, "user_id": format!("user-{v}"),
+               "event_properties": {"plan": "pro", "email": "ann@example.com", "customer_id": "c-9"}})
+    };
+
+    let (s, full) = track(&app, &keys, signup(&yes)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{full}");
+    let d = decision_for(&full, &id(&u));
+    assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("full"), Some("consent_granted:analytics")));
+    settled(&app, &id(&full), 10).await;
+    let (s, anon) = track(&app, &keys, signup(&no)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{anon}");
+    let d = decision_for(&anon, &id(&p));
+    assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("anonymous"), Some("anonymous:rejected")));
+    settled(&app, &id(&anon), 10).await;
+
+    let umami = exactly(&fakes, "umami", 2).await;
+    let (first, second) = (&umami[0]["body"]["payload"], &umami[1]["body"]["payload"]);
+    assert_eq!(first["id"], format!("user-{yes}"), "full identity: the user id");
+    assert_eq!(first["data"], json!({"plan": "pro", "email": "ann@example.com", "customer_id": "c-9"}));
+    assert!(second.get("id").is_none());
+    assert_eq!(second["data"], json!({"plan": "pro"}), "no identifier-like properties");
+    assert!(!umami[1]["body"].to_string().contains(&no));
+
+    let plausible = exactly(&fakes, "plausible", 2).await;
+    assert_eq!(plausible[1]["body"]["props"], json!({"plan": "pro"}));
+    for r in &plausible {
+        assert_eq!(r["body"]["name"], "signup");
+        assert!(!r["body"].to_string().contains("user-"), "Plausible never gets user ids: {r}");
+    }
+}
+
+#[tokio::test]
+async fn a_denied_provider_receives_nothing_at_all() {
+    let (app, fakes, keys) = setup().await;
+    // An admin makes Umami wait for analytics consent.
+    let u = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
+    consent_config(&app).await;
+    let (refused, granted) = (visitor(), visitor());
+    consent_record(&app, &refused, "reject_all").await;
+    consent_record(&app, &granted, "accept_all").await;
+
+    let (s, denied) = track(&app, &keys, site::pageview(&refused)).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let d = decision_for(&denied, &id(&u));
+    assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some("denied:rejected")), "{d}");
+    assert!(d["identity"].is_null());
+
+    // The positive control, posted after: once it is delivered, the denied one would have been too.
+    let (_, control) = track(&app, &keys, site::pageview(&granted)).await;
+    delivery_in(&app, &id(&control), &id(&u), "delivered", 10).await;
+    let got = exactly(&fakes, "umami", 1).await;
+    assert_eq!(got[0]["body"]["payload"]["id"], granted, "only the consenting visitor's event");
+
+    let (_, none) = app.get(&format!("/v1/tenants/{}/deliveries?event={}", app.tenant, id(&denied)), &app.admin).await;
+    assert_eq!(none["items"], json!([]), "no delivery exists for a denied decision");
+    let usage = &site::config(&app, "umami", &id(&u)).await["usage"];
+    assert_eq!((usage["events_denied_by_consent"].as_i64(), usage["events_sent"].as_i64()), (Some(1), Some(1)));
+}
+
+#[tokio::test]
+async fn bots_are_stored_but_never_forwarded() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let (s, bot) = send(
+        app.http
+            .post(app.tenant_url("/events"))
+            .header("x-ingest-key", &keys.public_key)
+            .header("origin", site::ORIGIN)
+            .header("user-agent", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
+            .json(&site::pageview(&visitor())),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{bot}");
+    assert_eq!(decision_for(&bot, &id(&p))["reason"], "denied:bot");
+    // A server passing a bare library agent as its visitor's is a bot too.
+    let (s, curl) =
+        send(app.http.post(app.tenant_url("/events")).bearer_auth(&keys.secret_key).json(
+            &json!({"event_name": "pageview", "page_url": PAGE, "user_agent": "curl/8.5.0", "ip": "198.51.100.4"}),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{curl}");
+    assert_eq!(decision_for(&curl, &id(&p))["reason"], "denied:bot");
+
+    let (_, control) = track(&app, &keys, site::pageview(&visitor())).await;
+    settled(&app, &id(&control), 10).await;
+    exactly(&fakes, "plausible", 1).await;
+    let (_, stored) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&bot)), &app.auditor).await;
+    assert_eq!(stored["context"]["agent"]["bot"], true, "{stored}");
+    assert_eq!(stored["decisions"][0]["delivery"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_server_speaks_for_its_visitor() {
+    let (app, fakes, keys) = setup().await;
+    site::plausible(&app, &fakes, json!({})).await;
+    let (s, accepted) = send(app.http.post(app.tenant_url("/events")).bearer_auth(&keys.secret_key).json(&json!({
+        "event_name": "purchase", "page_url": "https://shop.example.com/thanks", "user_agent": CHROME,
+        "ip": "2001:db8:1:2::9", "revenue": {"amount": "49.90", "currency": "sek"}
+    })))
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    settled(&app, &id(&accepted), 10).await;
+    let got = exactly(&fakes, "plausible", 1).await.remove(0);
+    assert_eq!(got["headers"]["user-agent"], CHROME);
+    assert_eq!(got["headers"]["x-plausible-ip"], "2001:db8:1:2::9");
+    assert_eq!(got["resolved_ip"], "2001:db8:1:2::9");
+    assert!(got["body"].get("revenue").is_none(), "revenue only when the config enables it");
+    let (_, event) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&accepted)), &app.admin).await;
+    assert_eq!(event["ip_truncated"], "2001:db8:1::");
+    assert_eq!(event["revenue"], json!({"amount": 49.9, "currency": "SEK"}));
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_is_retried_until_it_is_back() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    fakes.behaviour(json!({"plausible": {"fail_next": 3, "status": 503}})).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "delivered", 15).await;
+    assert_eq!(d["attempts"], 4, "{d}");
+    assert_eq!(d["last_status"], 202);
+    let got = exactly(&fakes, "plausible", 4).await;
+    let outcomes: Vec<&str> = got.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["failed", "failed", "failed", "stored"]);
+    // Every retry is the same request.
+    assert!(
+        got.windows(2)
+            .all(|w| w[0]["body"] == w[1]["body"] && w[0]["headers"]["user-agent"] == w[1]["headers"]["user-agent"])
+    );
+    let usage = &site::config(&app, "plausible", &id(&p)).await["usage"];
+    assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(1), Some(0)));
+    assert!(usage["last_error"].as_str().unwrap().contains("503"), "{usage}");
+}
+
+#[tokio::test]
+async fn retries_end_in_the_dead_letters_after_max_attempts() {
+    let app = spawn_app_with(|s| {
+        s.server.client_ip_header = "X-Forwarded-For".into();
+        s.delivery.max_attempts = 3;
+    })
+    .await;
+    let fakes = FakeProviders::start().await;
+    let keys = site::site(&app).await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    fakes.behaviour(json!({"plausible": {"status": 500}})).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "dead", 15).await;
+    assert_eq!(d["attempts"], 3);
+    assert!(d["last_error"].as_str().unwrap().contains("gave up after 3 attempts"), "{d}");
+    let (_, dead) = app.get(&format!("/v1/tenants/{}/deliveries?status=dead", app.tenant), &app.auditor).await;
+    assert_eq!(dead["items"].as_array().unwrap().len(), 1);
+    assert_eq!(dead["items"][0]["decision"]["decision"], "allow", "the log shows the decision behind it");
+}
+
+#[tokio::test]
+async fn a_400_is_a_dead_letter_with_the_providers_message_and_can_be_replayed() {
+    let (app, fakes, keys) = setup().await;
+    // A website the Umami instance does not know.
+    let unknown = "0b8e9c3a-51f0-4d5c-8a52-8f1f6f5b7c11";
+    let u = site::umami(&app, &fakes, json!({"website_id": unknown})).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    let d = delivery_in(&app, &id(&accepted), &id(&u), "dead", 10).await;
+    assert_eq!((d["attempts"].as_i64(), d["last_status"].as_i64()), (Some(1), Some(400)), "dead at once: {d}");
+    assert!(d["last_error"].as_str().unwrap().contains("Website not found."), "{d}");
+    let usage = &site::config(&app, "umami", &id(&u)).await["usage"];
+    assert_eq!(usage["events_failed"], 1);
+    assert!(usage["last_error"].as_str().unwrap().contains("Website not found."));
+
+    // The admin registers the website and replays the dead letters.
+    fakes.behaviour(json!({"umami": {"websites": [WEBSITE_ID, unknown]}})).await;
+    let path = format!("{}/{}/replay-dead-letters", site::configs_path(&app, "umami"), id(&u));
+    assert_eq!(app.post(&path, &app.auditor, json!({})).await.0, StatusCode::FORBIDDEN);
+    let (s, replayed) = app.post(&path, &app.admin, json!({})).await;
+    assert_eq!((s, replayed["replayed"].as_u64()), (StatusCode::OK, Some(1)), "{replayed}");
+    let d = delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    assert_eq!(d["attempts"], 1, "attempts start again");
+    let stored = fakes.stored("umami").await;
+    assert_eq!(stored.len(), 1);
+    // The full IP was erased when the delivery first ended; the replay carries the network.
+    assert_eq!(stored[0]["body"]["payload"]["ip"], "203.0.113.0");
+    // A delivered delivery cannot be replayed.
+    let got =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
+    crate::helpers::assert_error(&got, StatusCode::CONFLICT, "conflict", None);
+}
+
+#[tokio::test]
+async fn repeated_401s_put_the_config_in_error_until_an_admin_reactivates_it() {
+    let (app, fakes, keys) = setup().await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    fakes.behaviour(json!({"umami": {"status": 401}})).await;
+    let (_, first) = track(&app, &keys, site::pageview(&visitor())).await;
+    let config = eventually(15, || async {
+        let c = site::config(&app, "umami", &id(&u)).await;
+        (c["status"] == "error").then_some(c)
+    })
+    .await;
+    assert!(config["status_reason"].as_str().unwrap().contains("401"), "{config}");
+    let tries = fakes.received_by("umami").await.len();
+    assert_eq!(tries, 3, "auth_failures_before_error = 3");
+
+    // Events keep being accepted and decided; their deliveries wait.
+    let (s, second) = track(&app, &keys, site::pageview(&visitor())).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(decision_for(&second, &id(&u))["decision"], "allow");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fakes.received_by("umami").await.len(), tries, "nothing is sent for a config in error");
+    let d = delivery_in(&app, &id(&first), &id(&u), "pending", 5).await;
+    assert!(d["last_error"].as_str().unwrap().contains("401"));
+
+    // Fixed: the admin sets it active again, and both go out.
+    fakes.behaviour(json!({"umami": {"status": null}})).await;
+    let (s, c) = site::patch_config(&app, "umami", &id(&u), json!({"status": "active"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert!(c["status_reason"].is_null());
+    delivery_in(&app, &id(&first), &id(&u), "delivered", 10).await;
+    delivery_in(&app, &id(&second), &id(&u), "delivered", 10).await;
+    assert_eq!(fakes.stored("umami").await.len(), 2);
+}
+
+#[tokio::test]
+async fn silently_dropped_events_show_as_dropped_not_delivered() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    // A monitoring agent the gateway takes for a browser, but both providers for a bot.
+    let agent = format!("{CHROME} SiteMonitor/2.1");
+    let (s, accepted) = send(
+        app.http
+            .post(app.tenant_url("/events"))
+            .header("x-ingest-key", &keys.public_key)
+            .header("origin", site::ORIGIN)
+            .header("user-agent", &agent)
+            .json(&site::pageview(&visitor())),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let dp = delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
+    assert!(dp["warning"].as_str().unwrap().contains("x-plausible-dropped"), "{dp}");
+    assert!(dp["delivered_at"].is_null());
+    let du = delivery_in(&app, &id(&accepted), &id(&u), "dropped", 10).await;
+    assert!(du["warning"].as_str().unwrap().contains("beep"), "{du}");
+    for (provider, c) in [("plausible", &p), ("umami", &u)] {
+        let usage = &site::config(&app, provider, &id(c)).await["usage"];
+        assert_eq!(
+            (usage["events_dropped"].as_i64(), usage["events_sent"].as_i64()),
+            (Some(1), Some(0)),
+            "{provider}: {usage}"
+        );
+    }
+    let (_, dropped) = app.get(&format!("/v1/tenants/{}/deliveries?status=dropped", app.tenant), &app.auditor).await;
+    assert_eq!(dropped["items"].as_array().unwrap().len(), 2);
+    // A dropped delivery can be replayed (e.g. after registering the site).
+    let (s, r) =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&dp)), &app.admin, json!({})).await;
+    assert_eq!((s, r["status"].as_str(), r["attempts"].as_i64()), (StatusCode::OK, Some("pending"), Some(0)), "{r}");
+    delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
+}
+
+#[tokio::test]
+async fn an_unregistered_plausible_site_is_a_drop_with_a_warning() {
+    let (app, fakes, keys) = setup().await;
+    let p =
+        site::plausible(&app, &fakes, json!({"site_id": "example.org", "allowed_domains": ["*.example.com"]})).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
+    assert_eq!(d["last_status"], 202);
+    assert_eq!(fakes.received_by("plausible").await[0]["reason"], "unknown domain");
+}
+
+#[tokio::test]
+async fn a_repeated_post_creates_one_event_and_one_delivery_per_config() {
+    let (app, fakes, keys) = setup().await;
+    site::plausible(&app, &fakes, json!({})).await;
+    site::umami(&app, &fakes, json!({})).await;
+    let mut body = site::pageview(&visitor());
+    body["idempotency_key"] = json!("order-1001");
+    let (s1, first) = track(&app, &keys, body.clone()).await;
+    let (s2, again) = track(&app, &keys, body).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::OK));
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["decisions"], first["decisions"], "the first event's decisions");
+
+    // Without a key, the same session's event at the same client time is the same event.
+    let at = chrono::Utc::now().to_rfc3339();
+    let beacon = json!({"event_name": "scroll", "page_url": PAGE, "session_id": "sess-1", "occurred_at": at});
+    let (s1, b1) = track(&app, &keys, beacon.clone()).await;
+    let (s2, b2) = track(&app, &keys, beacon).await;
+    assert_eq!((s1, s2, b1["id"].clone()), (StatusCode::ACCEPTED, StatusCode::OK, b2["id"].clone()));
+
+    for e in [&first, &b1] {
+        assert_eq!(settled(&app, &id(e), 10).await.len(), 2, "one delivery per config");
+    }
+    exactly(&fakes, "plausible", 2).await;
+    exactly(&fakes, "umami", 2).await;
+}
+
+#[tokio::test]
+async fn the_per_provider_endpoint_sends_to_that_provider_only() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    let (s, accepted) =
+        site::post_from_browser(&app, "/analytics/umami/events", &keys.public_key, site::pageview(&visitor())).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let decisions = accepted["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0]["config_id"], u["id"]);
+    delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    // The control for Plausible: a normal event after it.
+    let (_, control) = track(&app, &keys, site::pageview(&visitor())).await;
+    delivery_in(&app, &id(&control), &id(&p), "delivered", 10).await;
+    exactly(&fakes, "plausible", 1).await;
+    let (s, _) =
+        site::post_from_browser(&app, "/analytics/ga5/events", &keys.public_key, site::pageview(&visitor())).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn values_are_fitted_to_each_providers_limits_and_the_changes_are_logged() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    let mut props = serde_json::Map::new();
+    for i in 0..34 {
+        props.insert(format!("p{i:02}"), json!(i));
+    }
+    props.insert("essay".into(), json!("ä".repeat(1200)));
+    let body = json!({
+        "event_name": "read", "page_url": format!("{PAGE}&utm_content={}", "c".repeat(300)),
+        "user_id": "u".repeat(80), "anonymous_id": visitor(), "event_properties": props
+    });
+    let (s, accepted) = track(&app, &keys, body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let dp = delivery_in(&app, &id(&accepted), &id(&p), "delivered", 10).await;
+    let du = delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    assert!(dp["warning"].as_str().unwrap().contains("beyond Plausible's 30"), "{dp}");
+    assert!(dp["warning"].as_str().unwrap().contains("2000 bytes"), "{dp}");
+    assert!(du["warning"].as_str().unwrap().contains("500 characters"), "{du}");
+    assert!(du["warning"].as_str().unwrap().contains("utm_content"), "{du}");
+    let plausible = fakes.received_by("plausible").await;
+    assert_eq!(plausible[0]["outcome"], "stored", "never a 400: {}", plausible[0]["reason"]);
+    assert_eq!(plausible[0]["body"]["props"].as_object().unwrap().len(), 30);
+    let umami = fakes.received_by("umami").await;
+    assert_eq!(umami[0]["outcome"], "stored", "never a 500 after storing: {}", umami[0]["reason"]);
+}
+
+#[tokio::test]
+async fn decommissioning_a_config_ends_its_waiting_deliveries() {
+    let (app, fakes, keys) = setup().await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    let (s, c) = site::patch_config(&app, "umami", &id(&u), json!({"status": "paused"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    assert_eq!(decision_for(&accepted, &id(&u))["reason"], "denied:config_paused");
+    let (s, c) = app.delete(&format!("{}/{}", site::configs_path(&app, "umami"), id(&u)), &app.admin).await;
+    assert_eq!((s, c["status"].as_str()), (StatusCode::OK, Some("decommissioned")));
+    let (_, after) = track(&app, &keys, site::pageview(&visitor())).await;
+    assert_eq!(after["decisions"], json!([]), "a decommissioned config is not considered");
+    assert!(fakes.received().await.is_empty());
+}
+
+#[tokio::test]
+async fn deliveries_are_listed_by_status_config_and_event_with_cursor_pages() {
+    let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    site::umami(&app, &fakes, json!({})).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, a) = track(&app, &keys, site::pageview(&visitor())).await;
+        ids.push(id(&a));
+    }
+    for e in &ids {
+        settled(&app, e, 10).await;
+    }
+    let base = format!("/v1/tenants/{}/deliveries", app.tenant);
+    let (_, page1) = app.get(&format!("{base}?config={}&limit=2", id(&p)), &app.auditor).await;
+    assert_eq!(page1["items"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = app.get(&format!("{base}?config={}&limit=2&cursor={cursor}", id(&p)), &app.auditor).await;
+    assert_eq!(page2["items"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null());
+    let (_, delivered) = app.get(&format!("{base}?status=delivered"), &app.auditor).await;
+    assert_eq!(delivered["items"].as_array().unwrap().len(), 6);
+    let bad = app.get(&format!("{base}?status=lost"), &app.auditor).await;
+    crate::helpers::assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", None);
+}

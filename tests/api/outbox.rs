@@ -1,0 +1,94 @@
+//! The outbox across instances: two gateways on one database send every delivery exactly once,
+//! and a crashed worker's claim is taken over when its lease has passed — not before.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use consentgate::app::App;
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use serde_json::json;
+
+use crate::{
+    fakes::FakeProviders,
+    helpers::{TestApp, eventually, spawn_app_with},
+    site::{self, track, visitor},
+};
+
+/// A second gateway instance on the test app's database.
+async fn second_instance(app: &TestApp, deliveries: bool) -> App {
+    let mut settings = (*app.app.state.settings).clone();
+    settings.delivery.enabled = deliveries;
+    App::start(settings).await.expect("a second instance starts")
+}
+
+#[tokio::test]
+async fn two_instances_send_each_delivery_exactly_once() {
+    let app = spawn_app_with(|s| s.delivery.concurrency_per_provider = 2).await;
+    let other = second_instance(&app, true).await;
+    let fakes = FakeProviders::start().await;
+    let keys = site::site(&app).await;
+    site::plausible(&app, &fakes, json!({})).await;
+    site::umami(&app, &fakes, json!({})).await;
+    let batch: Vec<_> = (0..40)
+        .map(|i| {
+            let mut e = site::pageview(&visitor());
+            e["page_url"] = json!(format!("https://www.example.com/page/{i}"));
+            e
+        })
+        .collect();
+    let (s, res) = track(&app, &keys, json!({"batch": batch})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+    for r in res["results"].as_array().unwrap() {
+        assert_eq!(r["status"], 202, "{r}");
+    }
+    eventually(20, || async {
+        let (_, page) =
+            app.get(&format!("/v1/tenants/{}/deliveries?status=delivered&limit=500", app.tenant), &app.admin).await;
+        (page["items"].as_array().unwrap().len() == 80).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for provider in ["plausible", "umami"] {
+        let got = fakes.received_by(provider).await;
+        let mut pages: Vec<String> = got.iter().map(|r| r["body"].to_string()).collect();
+        pages.sort();
+        pages.dedup();
+        assert_eq!((got.len(), pages.len()), (40, 40), "{provider}: every event once");
+    }
+    other.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crashed_workers_claim_is_taken_over_after_its_lease() {
+    // This instance only accepts events; its worker is off.
+    let app = spawn_app_with(|s| {
+        s.delivery.enabled = false;
+        s.server.client_ip_header = "X-Forwarded-For".into();
+    })
+    .await;
+    let fakes = FakeProviders::start().await;
+    let keys = site::site(&app).await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    let event_id = accepted["id"].as_str().unwrap().to_string();
+    // A worker claimed it and died.
+    let lease_end = Utc::now() + chrono::Duration::milliseconds(1500);
+    entity::delivery::Entity::update_many()
+        .col_expr(entity::delivery::Column::LeaseOwner, Expr::value("worker-that-crashed"))
+        .col_expr(entity::delivery::Column::LeaseUntil, Expr::value(lease_end))
+        .filter(entity::delivery::Column::EventId.eq(uuid::Uuid::parse_str(&event_id).unwrap()))
+        .exec(&app.db)
+        .await
+        .unwrap();
+
+    let worker = second_instance(&app, true).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(fakes.received().await.is_empty(), "a live lease is respected");
+    let d = site::delivery_in(&app, &event_id, p["id"].as_str().unwrap(), "delivered", 10).await;
+    assert!(Utc::now() >= lease_end);
+    assert_eq!(d["attempts"], 1);
+    assert_eq!(fakes.received_by("plausible").await.len(), 1);
+    assert_eq!(fakes.received_by("plausible").await[0]["headers"]["x-plausible-ip"], site::VISITOR_IP);
+    worker.stop().await.unwrap();
+}
