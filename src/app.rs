@@ -20,7 +20,7 @@ pub struct AppState {
     /// Wakes this process's delivery workers when new deliveries are due.
     pub outbox: crate::outbox::Outbox,
     /// Per-key ingest rate limits (in memory, per instance).
-    pub ingest_limits: Arc<crate::ingest::rate_limit::RateLimiter>,
+    pub ingest_limits: Arc<crate::rate_limit::RateLimiter<uuid::Uuid>>,
 }
 
 pub struct App {

@@ -1,6 +1,6 @@
 //! `serve --demo`: a `demo` tenant a newcomer can look at straight away — a published consent
-//! config (the banner's sample config) whose allowed origin is the gateway itself, and the demo
-//! page at `/demo`. Idempotent: running it again reuses the tenant and its config, and issues a
+//! config (the banner's sample config) and a public ingest key, both allowing the gateway's own
+//! origin, and the demo page at `/demo`, whose banner records consent and posts page views. Idempotent: running it again reuses the tenant and its config, and issues a
 //! fresh admin token (the old demo token is revoked: tokens are stored as hashes and cannot be
 //! shown twice).
 
@@ -13,6 +13,8 @@ use crate::{
     app::AppState,
     consent::config::store,
     error::{Error, Result},
+    ingest::keys::{self, KeyKind, KeyView, NewKey},
+    origins::OriginPattern,
     tenants::{self, TenantSlug},
     tokens::{self, Role},
 };
@@ -44,6 +46,7 @@ pub async fn seed(db: &DatabaseConnection, origin: &str) -> Result<Demo> {
     }
     let (_, admin_token) = tokens::create(db, tenant.id, Role::Admin, DEMO_TOKEN_NAME).await?;
     ensure_consent_config(db, tenant.id, origin).await?;
+    ensure_public_key(db, tenant.id, origin).await?;
     Ok(Demo { tenant, admin_token })
 }
 
@@ -70,6 +73,25 @@ async fn ensure_consent_config(db: &DatabaseConnection, tenant_id: uuid::Uuid, o
                 store::publish(db, tenant_id, current.config.id, ACTOR, false).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A live public ingest key allowing `origin`, for the demo page's tracker.
+async fn ensure_public_key(db: &DatabaseConnection, tenant_id: uuid::Uuid, origin: &str) -> Result<()> {
+    let keys = keys::list(db, tenant_id).await?;
+    let allows = |k: &KeyView| {
+        k.revoked_at.is_none() && k.kind == KeyKind::Public && k.allowed_origins.iter().any(|o| o == origin)
+    };
+    if !keys.iter().any(allows) {
+        let origin = OriginPattern::parse(origin).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+        let new = NewKey {
+            kind: KeyKind::Public,
+            name: "demo page".into(),
+            allowed_origins: vec![origin],
+            rate_limit_per_minute: None,
+        };
+        keys::create(db, tenant_id, new).await?;
     }
     Ok(())
 }

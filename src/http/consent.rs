@@ -10,7 +10,7 @@
 //! - Strict input: visitor ids are UUIDs or short safe tokens; a revision that is not the active
 //!   one is refused (409), so a record always names what the visitor was shown.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     Extension, Json,
@@ -26,17 +26,17 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiJson, ApiPath, Visitor},
-    rate_limit::RateLimiter,
 };
 use crate::{
     app::AppState,
     consent::{
         Action, Choices, Signals,
         config::store,
-        origins,
         records::VisitorId,
         visitors::{self, Context, Recorded, Submission, VisitorState},
     },
+    origins,
+    rate_limit::RateLimiter,
     tenants,
 };
 
@@ -44,7 +44,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(record_consent, consent_preflight))
         .routes(routes!(visitor_state, withdraw_consent, visitor_preflight))
-        .layer(Extension(Arc::new(RateLimiter::default())))
+        .layer(Extension(Arc::new(ConsentWriteLimiter::default())))
 }
 
 #[derive(Deserialize)]
@@ -122,10 +122,13 @@ fn cors_headers(h: &mut HeaderMap, origin: Option<&str>) {
     }
 }
 
+/// Consent writes per tenant and client (an IPv6 client is its /64).
+type ConsentWriteLimiter = RateLimiter<(uuid::Uuid, IpAddr)>;
+
 /// `Some(429 response with Retry-After)` when the client has used up its write budget.
-fn rate_limited(state: &AppState, limiter: &RateLimiter, gate: &Gate) -> Option<Response> {
-    let ip = gate.visitor.ip?;
-    let wait = limiter.check(gate.tenant.id, ip, state.settings.consent.writes_per_minute_per_ip).err()?;
+fn rate_limited(state: &AppState, limiter: &ConsentWriteLimiter, gate: &Gate) -> Option<Response> {
+    let client = crate::ip::client_key(gate.visitor.ip?);
+    let wait = limiter.check((gate.tenant.id, client), state.settings.consent.writes_per_minute_per_ip).err()?;
     let mut res = ApiError::RateLimited.into_response();
     let secs = wait.as_secs() + 1;
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -183,7 +186,7 @@ fn created(r: Recorded) -> Response {
 )]
 async fn record_consent(
     State(state): State<AppState>,
-    Extension(limiter): Extension<Arc<RateLimiter>>,
+    Extension(limiter): Extension<Arc<ConsentWriteLimiter>>,
     gate: Gate,
     headers: HeaderMap,
     body: Result<ApiJson<NewConsent>, ApiError>,
@@ -248,7 +251,7 @@ async fn visitor_state(
 )]
 async fn withdraw_consent(
     State(state): State<AppState>,
-    Extension(limiter): Extension<Arc<RateLimiter>>,
+    Extension(limiter): Extension<Arc<ConsentWriteLimiter>>,
     gate: Gate,
     ApiPath(VisitorPath { visitor_id, .. }): ApiPath<VisitorPath>,
 ) -> Response {

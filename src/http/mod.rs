@@ -15,7 +15,6 @@ pub mod extract;
 mod health;
 mod ingest_keys;
 mod provider_configs;
-mod rate_limit;
 mod tokens;
 
 use std::sync::OnceLock;

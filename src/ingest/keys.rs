@@ -6,21 +6,20 @@
 //! - A *secret* key (`sk_…`) is for servers, sent as `Authorization: Bearer`, shown once and
 //!   stored only as a SHA-256 hash. Servers may pass the visitor's agent, IP, DNT/GPC and country.
 
-use std::fmt;
-
 use chrono::{DateTime, Duration, Utc};
 use entity::ingest_key;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
     sea_query::Expr,
 };
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     crypto,
     error::{Error, Result},
+    origins::OriginPattern,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -45,92 +44,6 @@ impl KeyKind {
             KeyKind::Public => "pk_",
             KeyKind::Secret => "sk_",
         }
-    }
-}
-
-/// An allowed browser origin: `https://example.com`, `http://localhost:3000`, or every subdomain
-/// of a host: `https://*.example.com` (not the host itself).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OriginPattern {
-    scheme: String,
-    /// The host, or for a wildcard the parent domain.
-    host: String,
-    wildcard: bool,
-    port: Option<u16>,
-}
-
-impl OriginPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{s:?} is not an origin (https://example.com, https://*.example.com, http://localhost:3000)");
-        let (scheme, rest) = s.trim().split_once("://").ok_or_else(bad)?;
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme != "http" && scheme != "https" {
-            return Err(bad());
-        }
-        let (wildcard, rest) = match rest.strip_prefix("*.") {
-            Some(r) => (true, r),
-            None => (false, rest),
-        };
-        let u = url::Url::parse(&format!("{scheme}://{rest}")).map_err(|_| bad())?;
-        let bare = u.path() == "/" && !rest.ends_with('/') && u.query().is_none() && u.fragment().is_none();
-        if !bare || !u.username().is_empty() || u.password().is_some() {
-            return Err(bad());
-        }
-        let host = u.host_str().ok_or_else(bad)?.to_ascii_lowercase();
-        if wildcard && !host.contains('.') {
-            return Err(bad());
-        }
-        Ok(OriginPattern { scheme, host, wildcard, port: u.port() })
-    }
-
-    /// Whether a browser's `Origin` header value matches.
-    pub fn matches(&self, origin: &str) -> bool {
-        let Ok(u) = url::Url::parse(origin) else { return false };
-        let Some(host) = u.host_str().map(str::to_ascii_lowercase) else { return false };
-        if u.scheme() != self.scheme || u.port() != self.port {
-            return false;
-        }
-        if self.wildcard {
-            host.len() > self.host.len() + 1
-                && host.ends_with(&self.host)
-                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
-        } else {
-            host == self.host
-        }
-    }
-}
-
-impl fmt::Display for OriginPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, if self.wildcard { "*." } else { "" }, self.host)?;
-        match self.port {
-            Some(p) => write!(f, ":{p}"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl utoipa::PartialSchema for OriginPattern {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .examples(["https://*.example.com"])
-            .into()
-    }
-}
-
-impl ToSchema for OriginPattern {}
-
-impl Serialize for OriginPattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for OriginPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        OriginPattern::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -309,36 +222,4 @@ pub async fn any_public_key_allows(db: &impl ConnectionTrait, tenant_id: Uuid, o
         .all(db)
         .await?;
     Ok(keys.iter().any(|k| origin_allowed(k, origin)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_patterns() {
-        let p = OriginPattern::parse("https://Example.com").unwrap();
-        assert_eq!(p.to_string(), "https://example.com");
-        assert!(p.matches("https://example.com"));
-        assert!(!p.matches("http://example.com") && !p.matches("https://www.example.com"));
-        assert!(!p.matches("https://example.com:8443"));
-        let w = OriginPattern::parse("https://*.example.com").unwrap();
-        assert!(w.matches("https://www.example.com") && w.matches("https://a.b.example.com"));
-        assert!(!w.matches("https://example.com") && !w.matches("https://evilexample.com"));
-        assert!(!w.matches("https://www.example.com.evil.org"));
-        let l = OriginPattern::parse("http://localhost:3000").unwrap();
-        assert!(l.matches("http://localhost:3000") && !l.matches("http://localhost:3001"));
-        assert!(!l.matches("null"));
-        for bad in [
-            "example.com",
-            "https://example.com/",
-            "https://example.com/path",
-            "ftp://x.org",
-            "https://*.com",
-            "https://u@x.org",
-            "*",
-        ] {
-            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
-        }
-    }
 }

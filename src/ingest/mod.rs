@@ -10,7 +10,6 @@ pub mod decisions;
 pub mod enrich;
 pub mod event;
 pub mod keys;
-pub mod rate_limit;
 
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, tenant};

@@ -82,6 +82,9 @@ async fn the_demo_seed_is_idempotent_and_serves_a_page() {
     let page = res.text().await.unwrap();
     assert!(page.contains("/v1/tenants/demo/banner.js"));
     assert!(page.contains("data-consent-category=\"analytics\""));
+    assert!(page.contains("data-key=\"pk_"), "the tracker gets the demo's public key");
+    let (_, keys) = app.get("/v1/tenants/demo/ingest-keys", new).await;
+    assert_eq!(keys.as_array().map(Vec::len).unwrap_or_else(|| keys["items"].as_array().unwrap().len()), 1, "{keys}");
     let banner = app.http.get(app.url("/v1/tenants/demo/banner.js")).send().await.unwrap();
     assert_eq!(banner.status(), StatusCode::OK, "the demo tenant has an active config");
 }

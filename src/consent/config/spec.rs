@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 use validator::Validate;
 
 use crate::{
-    consent::{origins::OriginPattern, regions::RegionCode},
+    consent::regions::RegionCode,
     error::{Error, Result, validation_problems},
+    origins::OriginPattern,
 };
 
 /// Lifecycle of a config. `draft → active` only by publishing; `active ⇄ paused`;

@@ -1,9 +1,10 @@
-//! Allowed origins of a consent config: the sites whose browsers may call the public consent
-//! routes. An entry is an exact origin (`https://example.com`, `http://localhost:3000`) or a
-//! wildcard over subdomains (`https://*.example.com`, which matches `https://shop.example.com`
-//! and `https://a.b.example.com` but not `https://example.com` itself — list that separately).
+//! Allowed browser origins — of a consent config (the sites whose browsers may call the public
+//! consent routes) and of a public ingest key (the pages that may post events with it). An entry
+//! is an exact origin (`https://example.com`, `http://localhost:3000`) or a wildcard over
+//! subdomains (`https://*.example.com`, which matches `https://shop.example.com` and
+//! `https://a.b.example.com` but not `https://example.com` itself — list that separately).
 //! Scheme and port must match exactly; a bare `*` is refused, because it would let any site
-//! write consent records in the tenant's name.
+//! write consent records or post events in the tenant's name.
 
 use std::fmt;
 
@@ -72,6 +73,18 @@ impl OriginPattern {
         }
     }
 }
+
+impl utoipa::PartialSchema for OriginPattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("An exact origin or a subdomain wildcard"))
+            .examples(["https://*.example.com"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OriginPattern {}
 
 /// Whether any entry allows `origin`.
 pub fn allowed(patterns: &[OriginPattern], origin: &str) -> bool {
