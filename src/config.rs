@@ -141,6 +141,10 @@ pub struct DeliverySettings {
     pub backoff_max_ms: u64,
     /// Consecutive 401/403 answers that put a provider config in `error`.
     pub auth_failures_before_error: u32,
+    /// Let deliveries reach private, loopback and link-local addresses (a self-hosted provider
+    /// on the internal network). Off: a tenant's `instance_url` cannot reach the operator's
+    /// internal network (server-side request forgery).
+    pub allow_private_destinations: bool,
 }
 
 impl Default for DeliverySettings {
@@ -156,6 +160,7 @@ impl Default for DeliverySettings {
             backoff_base_ms: 1_000,
             backoff_max_ms: 3_600_000,
             auth_failures_before_error: 3,
+            allow_private_destinations: false,
         }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod claim;
+pub mod destination;
 pub mod log;
 pub mod worker;
 

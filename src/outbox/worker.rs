@@ -21,7 +21,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Outbox, backoff, claim, status};
+use super::{Outbox, backoff, claim, destination, status};
 use crate::{
     config::DeliverySettings,
     consent::Identity,
@@ -41,12 +41,14 @@ struct Worker {
 
 /// Runs until `shutdown`, then waits for the requests in flight.
 pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Outbox, shutdown: CancellationToken) {
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         // Provider URLs come from config; a redirect would turn the POST into a GET elsewhere.
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_millis(settings.request_timeout_ms))
-        .build()
-    {
+        .timeout(std::time::Duration::from_millis(settings.request_timeout_ms));
+    if !settings.allow_private_destinations {
+        builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
+    }
+    let http = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the delivery HTTP client; deliveries stay pending");
@@ -149,6 +151,11 @@ impl Worker {
         provider: &dyn AnyProvider,
         req: &ProviderRequest,
     ) -> (Outcome, Option<(u16, Option<std::time::Duration>)>) {
+        if !self.settings.allow_private_destinations
+            && let Err(refused) = destination::check_literal(&req.url)
+        {
+            return (Outcome::Dead { reason: refused.to_string() }, None);
+        }
         let mut builder = self.http.post(&req.url);
         for (name, value) in &req.headers {
             builder = builder.header(*name, value);
@@ -161,6 +168,10 @@ impl Worker {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
                 return (Outcome::Dead { reason: format!("cannot build the request: {e}") }, None);
+            }
+            Err(e) if destination::refused(&e).is_some() => {
+                let reason = destination::refused(&e).map(ToString::to_string).unwrap_or_default();
+                return (Outcome::Dead { reason }, None);
             }
             Err(e) if e.is_timeout() => {
                 let ms = self.settings.request_timeout_ms;

@@ -46,6 +46,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.delivery.backoff_base_ms = 50;
     settings.delivery.backoff_max_ms = 400;
     settings.delivery.request_timeout_ms = 2_000;
+    // The fake providers listen on 127.0.0.1.
+    settings.delivery.allow_private_destinations = true;
     configure(&mut settings);
     let app = App::start(settings).await.expect("app starts");
     let db = app.state.db.clone();

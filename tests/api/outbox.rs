@@ -92,3 +92,24 @@ async fn a_crashed_workers_claim_is_taken_over_after_its_lease() {
     assert_eq!(fakes.received_by("plausible").await[0]["headers"]["x-plausible-ip"], site::VISITOR_IP);
     worker.stop().await.unwrap();
 }
+
+/// A tenant's `instance_url` cannot reach the operator's internal network unless the operator
+/// allows it: the delivery is dead-lettered with the reason, and nothing reaches the address.
+#[tokio::test]
+async fn private_destinations_are_refused_by_default() {
+    let app = spawn_app_with(|s| s.delivery.allow_private_destinations = false).await;
+    let fakes = FakeProviders::start().await;
+    let keys = site::site(&app).await;
+    // By IP literal, and by a name that resolves to loopback.
+    let by_ip = site::plausible(&app, &fakes, json!({})).await;
+    let by_name =
+        site::umami(&app, &fakes, json!({"instance_url": fakes.umami_url().replace("127.0.0.1", "localhost")})).await;
+    let (_, accepted) = site::track(&app, &keys, site::pageview(&site::visitor())).await;
+    let event = accepted["id"].as_str().unwrap();
+    for config in [&by_ip, &by_name] {
+        let d = site::delivery_in(&app, event, config["id"].as_str().unwrap(), "dead", 10).await;
+        assert_eq!(d["attempts"], 1, "dead at once: {d}");
+        assert!(d["last_error"].as_str().unwrap().contains("allow_private_destinations"), "{d}");
+    }
+    assert!(fakes.received().await.is_empty(), "nothing reached the private address");
+}
