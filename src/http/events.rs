@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     error::{ApiError, ApiResult, ErrorBody, ErrorDetail},
-    extract::{ApiPath, ApiQuery, Reader, Visitor, bearer, parse_json},
+    extract::{ApiPath, ApiQuery, Reader, Visitor, bearer, check_json_content_type, parse_json},
     provider_configs::provider,
 };
 use crate::{
@@ -384,14 +384,7 @@ async fn ingest_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    if let Some(ct) = header_text(headers, header::CONTENT_TYPE.as_str()) {
-        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if mime != "application/json" && mime != "text/plain" && !mime.ends_with("+json") {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "expected Content-Type application/json or text/plain, found {mime}"
-            )));
-        }
-    }
+    check_json_content_type(headers)?;
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge

@@ -102,16 +102,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-            let mime = ct.split(';').next().unwrap_or_default().trim();
-            let json_like = mime == "application/json" || mime == "text/plain" || mime.ends_with("+json");
-            if !json_like {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "expected Content-Type application/json, found {mime}"
-                )));
-            }
-        }
+        check_json_content_type(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge
@@ -123,7 +114,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON body may come as `application/json`, `*+json` or `text/plain` (or without a type).
+pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or_default().trim();
+    if mime == "application/json" || mime == "text/plain" || mime.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json or text/plain, found {mime}"
+        )))
+    }
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // U+0000 is valid JSON but no database text type stores it (PostgreSQL refuses it), and no
+    // legitimate field needs it: refuse it here, once, for every JSON body, naming the field.
+    if contains_nul_escape(bytes) {
+        let field = serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| nul_path(&v, String::new()));
+        return Err(ApiError::Unprocessable {
+            field,
+            message: "text must not contain the NUL character (U+0000)".into(),
+        });
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -136,6 +150,39 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => ApiError::BadRequest { field: None, message: format!("invalid JSON: {message}") },
         }
     })
+}
+
+/// A `\u0000` escape outside an escaped backslash (raw NUL bytes are not valid JSON anyway).
+fn contains_nul_escape(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i] == b'\\' {
+            i += 1;
+        }
+        if (i - start) % 2 == 1 && b[i..].starts_with(b"u0000") {
+            return true;
+        }
+    }
+    false
+}
+
+/// The dotted path of the first string (or key) holding U+0000.
+fn nul_path(v: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    match v {
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() { ".".into() } else { path }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| nul_path(x, format!("{path}[{i}]"))),
+        Value::Object(m) => {
+            m.iter().find_map(|(k, x)| if k.contains('\0') { Some(join(k)) } else { nul_path(x, join(k)) })
+        }
+        _ => None,
+    }
 }
 
 /// serde_json appends " at line 1 column 42"; the field path says more to an API client.

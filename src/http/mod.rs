@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -107,6 +108,17 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// `%00` decodes to U+0000, which no database text type stores: refuse it in paths and query
+/// strings before any handler sees it (JSON bodies are checked in `extract::parse_json`).
+async fn refuse_nul_in_uri(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let has_nul = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    if has_nul(req.uri().path()) || req.uri().query().is_some_and(has_nul) {
+        return ApiError::BadRequest { field: None, message: "the URL must not contain %00 (NUL)".into() }
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

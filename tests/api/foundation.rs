@@ -240,3 +240,38 @@ async fn graceful_shutdown_stops_accepting() {
     app.app.stop().await.unwrap();
     assert!(reqwest::Client::new().get(&url).send().await.is_err(), "no longer accepting");
 }
+
+/// U+0000 is valid JSON but no database stores it; it is refused with the field named, never a 500
+/// (PostgreSQL would fail the insert).
+#[tokio::test]
+async fn nul_characters_are_refused_naming_the_field() {
+    let app = spawn_app().await;
+    let path = format!("/v1/tenants/{}/tokens", app.tenant);
+    let got = send(
+        app.request(Method::POST, &path, &app.admin)
+            .header("content-type", "application/json")
+            .body(r#"{"name": "a\u0000b", "role": "admin"}"#),
+    )
+    .await;
+    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("name"));
+    // An escaped backslash followed by "u0000" is an ordinary string.
+    let got = send(
+        app.request(Method::POST, &path, &app.admin)
+            .header("content-type", "application/json")
+            .body(r#"{"name": "a\\u0000b", "role": "admin"}"#),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    assert_eq!(got.1["name"], "a\\u0000b");
+    let got =
+        send(app.request(Method::GET, &format!("/v1/tenants/{}/audit-log?cursor=%00", app.tenant), &app.admin)).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", None);
+    let keys = crate::site::site(&app).await;
+    let events = format!("/v1/tenants/{}/events", app.tenant);
+    let got =
+        send(app.http.post(app.url(&events)).bearer_auth(&keys.secret_key).header("content-type", "text/plain").body(
+            r#"{"event_name": "x", "page_url": "https://e.com/", "event_properties": {"deep": [1, {"a": "\u0000"}]}}"#,
+        ))
+        .await;
+    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("event_properties.deep[1].a"));
+}
