@@ -179,6 +179,9 @@ pub struct RecordView {
     pub revision: i32,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Made under another config than the tenant's active one: other texts and purposes, so it
+    /// is asked again like a re-consent revision.
+    pub other_config: bool,
 }
 
 /// Why the visitor counts as not having decided.
@@ -294,7 +297,7 @@ pub fn effective(
         Some(r) if r.expires_at <= now || r.created_at + Duration::days(i64::from(policy.expiry_days)) <= now => {
             Some(Undecided::Expired)
         }
-        Some(r) if r.revision < policy.reconsent_revision => Some(Undecided::Reconsent),
+        Some(r) if r.other_config || r.revision < policy.reconsent_revision => Some(Undecided::Reconsent),
         Some(_) => None,
     };
 
@@ -322,11 +325,23 @@ pub fn effective(
         }
         _ => {
             // Outside consent-required regions the configured defaults apply until the visitor
-            // decides (opt-out regimes).
+            // decides (opt-out regimes) — but never over a refusal: an opt-out stands until the
+            // visitor changes it (CCPA, Cal. Civ. Code § 1798.135(c)(4)), even when their choice
+            // has expired or a new revision asks them again.
+            let stale = record.filter(|r| r.action != Action::AcceptAll);
+            let kept = stale.map_or(Choices::all(), |r| r.choices);
+            let refusal = if stale.is_some_and(|r| r.action == Action::Withdraw) { "withdrawn" } else { "rejected" };
             for c in OPTIONAL {
-                why.set(c, if policy.default_accepted.get(c) { "default" } else { "no_consent" });
+                why.set(
+                    c,
+                    match (policy.default_accepted.get(c), kept.get(c)) {
+                        (false, _) => "no_consent",
+                        (true, false) => refusal,
+                        (true, true) => "default",
+                    },
+                );
             }
-            policy.default_accepted
+            policy.default_accepted.and(kept)
         }
     };
 
@@ -540,6 +555,7 @@ mod tests {
             revision: 3,
             created_at: now() - Duration::days(1),
             expires_at: now() + Duration::days(179),
+            other_config: false,
         }
     }
 
@@ -572,6 +588,10 @@ mod tests {
         let expired = RecordView { expires_at: now() - Duration::seconds(1), ..accepted.clone() };
         let stale_revision = RecordView { revision: 1, ..accepted.clone() };
         let current_after_reconsent = RecordView { revision: 2, ..accepted.clone() };
+        let other_config = RecordView { other_config: true, ..accepted.clone() };
+        let stale_reject = RecordView { revision: 1, ..rejected.clone() };
+        let expired_withdrawal = RecordView { expires_at: now() - Duration::seconds(1), ..withdrawn.clone() };
+        let rejected_elsewhere = RecordView { other_config: true, ..rejected.clone() };
         let no_geo = ConsentPolicy { geo_targeting_enabled: false, ..p.clone() };
         let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
         let marketing_off = ConsentPolicy { enabled: ANALYTICS_ONLY, ..p.clone() };
@@ -606,6 +626,11 @@ mod tests {
             ("older than a since shortened expiry", Some(&shortened), Some(&accepted), from("SE"), ga4, deny("denied:expired")),
             ("a lengthened expiry does not stretch a record", Some(&lengthened), Some(&expired), from("SE"), ga4, deny("denied:expired")),
             ("record before a re-consent revision", Some(&p), Some(&stale_revision), from("SE"), ga4, deny("denied:reconsent")),
+            ("a record under another config is asked again", Some(&p), Some(&other_config), from("SE"), ga4, deny("denied:reconsent")),
+            ("a refusal outlives a re-consent revision (opt-out region)", Some(&p), Some(&stale_reject), from("US"), ga4, deny("denied:rejected")),
+            ("a withdrawal outlives its expiry (opt-out region)", Some(&p), Some(&expired_withdrawal), from("US"), ga4, deny("denied:withdrawn")),
+            ("a refusal outlives a config switch (opt-out region)", Some(&p), Some(&rejected_elsewhere), from("US"), ga4, deny("denied:rejected")),
+            ("a stale acceptance falls back to the defaults", Some(&p), Some(&stale_revision), from("US"), ga4, allow(Full, "consent_default:analytics")),
             ("record at the re-consent revision", Some(&p), Some(&current_after_reconsent), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
             ("dnt respected", Some(&p), Some(&accepted), dnt.clone(), ga4, deny("denied:dnt")),
             ("dnt respected: plausible anonymous", Some(&p), Some(&accepted), dnt.clone(), plausible, allow(Anonymous, "anonymous:dnt")),

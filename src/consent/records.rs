@@ -156,27 +156,36 @@ pub fn record_view(m: &consent_record::Model) -> Result<RecordView> {
         .map_err(|e| Error::Internal(anyhow::anyhow!("consent record {} has unreadable choices: {e}", m.id)))?;
     let action = Action::parse(&m.action)
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("consent record {} has unknown action {:?}", m.id, m.action)))?;
-    Ok(RecordView { choices, action, revision: m.revision, created_at: m.created_at, expires_at: m.expires_at })
+    Ok(RecordView {
+        choices,
+        action,
+        revision: m.revision,
+        created_at: m.created_at,
+        expires_at: m.expires_at,
+        other_config: false,
+    })
 }
 
 /// The visitor's latest record, or `None`.
 ///
-/// Records the visitor made under *another* config than the tenant's active one do not count:
-/// a different config shows different texts and purposes, so the choice was not informed about
-/// this one (the banner asks again in the same case). Erased records (visitor id removed on
-/// request) do not count either: the visitor asked to be forgotten, so they are asked afresh.
+/// A record the visitor made under *another* config than the tenant's active one is marked
+/// `other_config`: a different config shows different texts and purposes, so the choice was not
+/// informed about this one and the visitor is asked again (the banner does the same) — while a
+/// refusal in it still stands. Erased records (visitor id removed on request) do not count: the
+/// visitor asked to be forgotten, so they are asked afresh.
 pub async fn latest_for_visitor(
     db: &impl ConnectionTrait,
     tenant: &tenant::Model,
     visitor_id: &str,
 ) -> Result<Option<RecordView>> {
-    Ok(match latest_model(db, tenant, visitor_id).await? {
-        Some(m) => Some(record_view(&m)?),
-        None => None,
-    })
+    let Some(m) = latest_model(db, tenant, visitor_id).await? else { return Ok(None) };
+    let active = super::config::store::active_id(db, tenant.id).await?;
+    let mut view = record_view(&m)?;
+    view.other_config = active.is_some_and(|a| a != m.config_id);
+    Ok(Some(view))
 }
 
-/// [`latest_for_visitor`], as the stored row.
+/// The visitor's latest (not erased) record as the stored row, under whichever config.
 pub async fn latest_model(
     db: &impl ConnectionTrait,
     tenant: &tenant::Model,
@@ -193,11 +202,6 @@ pub async fn latest_model(
     else {
         return Ok(None);
     };
-    if let Some(active) = super::config::store::active_id(db, tenant.id).await?
-        && active != m.config_id
-    {
-        return Ok(None);
-    }
     Ok(Some(m))
 }
 

@@ -151,14 +151,23 @@ fn offered(choices: Choices, policy: &ConsentPolicy, dnt: bool, gpc: bool) -> Ch
 }
 
 /// The revision (and its texts hash) the visitor decided under.
+///
+/// A refusal (withdraw, reject all, or custom granting nothing) is recorded whatever revision the
+/// banner showed: banners are cached for a while after a publish, and refusing must never fail —
+/// a visitor's "no" that the gateway did not store would let defaults apply later.
 async fn shown_revision(db: &DatabaseConnection, p: &Published, s: &Submission) -> Result<(i32, String)> {
     let active = p.config.revision;
-    match (s.action, s.revision) {
-        (Action::Withdraw, Some(r)) if r != active => match store::texts_hash_of(db, p.config.id, r).await? {
+    let refusal = match s.action {
+        Action::Withdraw | Action::RejectAll => true,
+        Action::Custom => s.choices.is_some_and(|c| c == Choices::none()),
+        Action::AcceptAll => false,
+    };
+    match (refusal, s.revision) {
+        (true, Some(r)) if r != active => match store::texts_hash_of(db, p.config.id, r).await? {
             Some(hash) => Ok((r, hash)),
             None => Ok((active, p.texts_hash.clone())),
         },
-        (Action::Withdraw, _) => Ok((active, p.texts_hash.clone())),
+        (true, _) => Ok((active, p.texts_hash.clone())),
         (_, None) => Err(Error::validation("revision", "required: the config revision the visitor was shown")),
         (_, Some(r)) if r != active => Err(Error::Conflict(format!(
             "revision {r} is not the active revision {active} of the cookie consent config; reload the banner and ask again"
@@ -220,8 +229,7 @@ pub async fn state(
     now: DateTime<Utc>,
 ) -> Result<VisitorState> {
     let policy = store::policy_for(db, tenant.id).await?;
-    let record = records::latest_model(db, tenant, visitor.as_str()).await?;
-    let view = record.as_ref().map(records::record_view).transpose()?;
+    let view = records::latest_for_visitor(db, tenant, visitor.as_str()).await?;
     let e = effective(policy.as_ref(), view.as_ref(), signals, now);
     let decided = e.undecided.is_none();
     let reason = match (e.undecided, &view) {

@@ -157,7 +157,7 @@ async fn bad_input_is_refused_clearly() {
 }
 
 #[tokio::test]
-async fn a_stale_revision_is_refused_but_withdrawal_never_is() {
+async fn a_stale_revision_is_refused_but_a_refusal_never_is() {
     let app = spawn_app().await;
     let id = app.publish_consent_config(json!({})).await;
     app.publish(&id, false).await;
@@ -174,6 +174,17 @@ async fn a_stale_revision_is_refused_but_withdrawal_never_is() {
         app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v1", app.tenant), &app.auditor).await;
     let (_, revs) = app.get(&format!("{}/{id}/revisions", app.consent_configs_path()), &app.auditor).await;
     assert_eq!(records["items"][0]["texts_hash"], revs[1]["texts_hash"], "the texts of revision 1");
+
+    // So is "Reject all", and a custom choice granting nothing, from a cached banner.
+    let (s, body) = app.record_consent(json!({"visitor_id": "v2", "action": "reject_all", "revision": 1})).await;
+    assert_eq!((s, body["revision"].as_i64()), (StatusCode::CREATED, Some(1)), "{body}");
+    let none = json!({"functional": false, "analytics": false, "marketing": false});
+    let (s, _) =
+        app.record_consent(json!({"visitor_id": "v3", "action": "custom", "choices": none, "revision": 1})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let some = json!({"functional": false, "analytics": true, "marketing": false});
+    let got = app.record_consent(json!({"visitor_id": "v3", "action": "custom", "choices": some, "revision": 1})).await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None);
 }
 
 #[tokio::test]
@@ -334,7 +345,26 @@ async fn a_choice_made_under_another_config_does_not_count() {
     app.consent("v", "accept_all", 1).await;
     app.publish_consent_config(json!({"display_name": "New"})).await;
     let st = state(&app, "v").await;
-    assert_eq!((st["decision_needed"].as_bool(), st["reason"].as_str()), (Some(true), Some("no_record")));
+    // Asked again, as after a re-consent revision.
+    assert_eq!((st["decision_needed"].as_bool(), st["reason"].as_str()), (Some(true), Some("reconsent")));
+    assert_eq!(st["granted"]["analytics"], false);
+}
+
+/// An opt-out stands: where defaults would apply (outside consent-required regions), a refusal
+/// made before a re-consent revision or under another config still refuses.
+#[tokio::test]
+async fn a_refusal_outlives_a_reconsent_revision_outside_consent_regions() {
+    let app = spawn_app_with(|s| s.geo.country_header = "CF-IPCountry".into()).await;
+    let id = app.publish_consent_config(json!({"categories": {"analytics": {"default_accepted": true}}})).await;
+    app.consent("v-no", "reject_all", 1).await;
+    app.consent("v-yes", "accept_all", 1).await;
+    app.publish(&id, true).await;
+    let us = [("cf-ipcountry", "US")];
+    let refused = state_with(&app, "v-no", &us).await;
+    assert_eq!((refused["decision_needed"].as_bool(), refused["reason"].as_str()), (Some(true), Some("reconsent")));
+    assert_eq!(refused["granted"]["analytics"], false, "the refusal stands: {refused}");
+    let accepted = state_with(&app, "v-yes", &us).await;
+    assert_eq!(accepted["granted"]["analytics"], true, "the defaults apply to a stale acceptance");
 }
 
 #[tokio::test]
