@@ -377,22 +377,47 @@ pub fn looks_like_email(v: &str) -> bool {
     }
 }
 
-/// The event's properties, without identifier-like ones when the identity is anonymous. Returns
-/// the kept properties and the names left out.
+/// The event's properties, without identifier-like ones when the identity is anonymous — at any
+/// depth, since a provider may flatten nested objects (`customer.email`) into its own fields.
+/// Returns the kept properties and the (dotted) names left out.
 pub fn properties_for(event: &analytics_event::Model, identity: Identity) -> (Map<String, Value>, Vec<String>) {
-    let mut kept = Map::new();
     let mut removed = Vec::new();
-    if let Value::Object(props) = &event.event_properties {
-        for (k, v) in props {
-            let identifying = is_identifier_key(k) || v.as_str().is_some_and(looks_like_email);
-            if identity == Identity::Anonymous && identifying {
-                removed.push(k.clone());
-            } else {
-                kept.insert(k.clone(), v.clone());
-            }
+    let kept = match &event.event_properties {
+        Value::Object(props) if identity == Identity::Anonymous => strip_identifiers(props, "", &mut removed),
+        Value::Object(props) => props.clone(),
+        _ => Map::new(),
+    };
+    (kept, removed)
+}
+
+fn strip_identifiers(props: &Map<String, Value>, prefix: &str, removed: &mut Vec<String>) -> Map<String, Value> {
+    let mut kept = Map::new();
+    for (k, v) in props {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        if is_identifier_key(k) || v.as_str().is_some_and(looks_like_email) {
+            removed.push(path);
+            continue;
+        }
+        if let Some(v) = strip_value(v, &path, removed) {
+            kept.insert(k.clone(), v);
         }
     }
-    (kept, removed)
+    kept
+}
+
+/// `None` when the value itself identifies (an email address).
+fn strip_value(v: &Value, path: &str, removed: &mut Vec<String>) -> Option<Value> {
+    match v {
+        Value::String(s) if looks_like_email(s) => {
+            removed.push(path.to_string());
+            None
+        }
+        Value::Object(m) => Some(Value::Object(strip_identifiers(m, path, removed))),
+        Value::Array(items) => Some(Value::Array(
+            items.iter().enumerate().filter_map(|(i, x)| strip_value(x, &format!("{path}[{i}]"), removed)).collect(),
+        )),
+        other => Some(other.clone()),
+    }
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.

@@ -208,6 +208,16 @@ impl Provider for Umami {
                         .into(),
                 };
             }
+            // Umami's collect API answers `{"cache", "sessionId", "visitId"}`. Any other success
+            // (a proxy's or a landing page's 200 at a wrong instance_url) stored nothing we know of.
+            if body.get("sessionId").is_none() && body.get("cache").is_none() {
+                return Outcome::DeliveredButDropped {
+                    warning: format!(
+                        "the answer is not Umami's collect API answer (no sessionId); check the config's instance_url: {}",
+                        body_excerpt(r.body)
+                    ),
+                };
+            }
             return Outcome::Delivered;
         }
         if r.status == 403 {
@@ -374,6 +384,22 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_events_lose_nested_identifiers_too() {
+        let mut e = event("signup");
+        e.event_properties = json!({"plan": "pro", "customer": {"email": "alice@example.com", "id": "c-42",
+                                    "tier": "gold", "contacts": ["bob@example.com", "phone"]}});
+        let anon = build(&base(), &e, Identity::Anonymous);
+        let body = anon.body.to_string();
+        for secret in ["alice@example.com", "c-42", "bob@example.com"] {
+            assert!(!body.contains(secret), "{secret} reached Umami: {body}");
+        }
+        let data = &anon.body["payload"]["data"];
+        assert_eq!((data["plan"].as_str(), data["customer.tier"].as_str()), (Some("pro"), Some("gold")));
+        let full = build(&base(), &e, Identity::Full);
+        assert_eq!(full.body["payload"]["data"]["customer.email"], "alice@example.com");
+    }
+
+    #[test]
     fn values_are_kept_inside_umamis_database_limits() {
         let mut e = event("signup");
         e.user_id = Some("u".repeat(80));
@@ -416,6 +442,8 @@ mod tests {
         let r = |status, body: &[u8]| Umami::classify(&ProviderResponse { status, headers: &h, body });
         assert_eq!(r(200, br#"{"cache":"x","sessionId":"s","visitId":"v"}"#), Outcome::Delivered);
         assert!(matches!(r(200, br#"{"beep":"boop"}"#), Outcome::DeliveredButDropped { .. }));
+        // A 200 that is not Umami's answer (a wrong instance_url behind a proxy) is no delivery.
+        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::DeliveredButDropped { .. }));
         assert!(matches!(r(400, br#"{"error":{"message":"Website not found."}}"#), Outcome::Dead { .. }));
         assert!(matches!(r(403, b""), Outcome::DeliveredButDropped { .. }));
         assert!(matches!(r(401, b""), Outcome::AuthFailure { .. }));
