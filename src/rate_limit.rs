@@ -16,14 +16,25 @@ use std::{
 
 /// Buckets kept before idle ones are dropped.
 const PRUNE_ABOVE: usize = 10_000;
+/// At most one pruning pass this often, so a flood of fresh keys cannot make every request scan
+/// the whole map under the lock.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
+/// Past this many live buckets the map is reset (everyone starts with a full bucket again): a
+/// brake that forgets is better than unbounded memory.
+const HARD_CAP: usize = 200_000;
 
 pub struct RateLimiter<K> {
-    buckets: Mutex<HashMap<K, Bucket>>,
+    state: Mutex<Buckets<K>>,
+}
+
+struct Buckets<K> {
+    map: HashMap<K, Bucket>,
+    pruned: Option<Instant>,
 }
 
 impl<K> Default for RateLimiter<K> {
     fn default() -> Self {
-        RateLimiter { buckets: Mutex::new(HashMap::new()) }
+        RateLimiter { state: Mutex::new(Buckets { map: HashMap::new(), pruned: None }) }
     }
 }
 
@@ -45,12 +56,17 @@ impl<K: Hash + Eq> RateLimiter<K> {
         }
         let capacity = f64::from(per_minute);
         let per_sec = capacity / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > PRUNE_ABOVE {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let due = state.pruned.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY);
+        if state.map.len() > PRUNE_ABOVE && due {
             // A bucket idle for a minute is full again: forgetting it changes nothing.
-            buckets.retain(|_, b| now.saturating_duration_since(b.updated) < Duration::from_secs(60));
+            state.map.retain(|_, b| now.saturating_duration_since(b.updated) < Duration::from_secs(60));
+            state.pruned = Some(now);
         }
-        let b = buckets.entry(key).or_insert(Bucket { tokens: capacity, updated: now });
+        if state.map.len() > HARD_CAP {
+            state.map.clear();
+        }
+        let b = state.map.entry(key).or_insert(Bucket { tokens: capacity, updated: now });
         b.tokens = (b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_sec).min(capacity);
         b.updated = now;
         if b.tokens >= 1.0 {
@@ -97,6 +113,14 @@ mod tests {
             let _ = l.check_at(k, 1, start);
         }
         let _ = l.check_at(usize::MAX, 1, start + Duration::from_secs(61));
-        assert_eq!(l.buckets.lock().unwrap().len(), 1);
+        assert_eq!(l.state.lock().unwrap().map.len(), 1);
+        // The next pass waits for PRUNE_EVERY, however many keys arrive meanwhile.
+        let first_pass = start + Duration::from_secs(61);
+        for k in 0..=PRUNE_ABOVE {
+            let _ = l.check_at(k, 1, first_pass + PRUNE_EVERY / 2);
+        }
+        assert_eq!(l.state.lock().unwrap().pruned, Some(first_pass), "no pass before PRUNE_EVERY");
+        let _ = l.check_at(0, 1, first_pass + PRUNE_EVERY);
+        assert_eq!(l.state.lock().unwrap().pruned, Some(first_pass + PRUNE_EVERY));
     }
 }

@@ -46,9 +46,11 @@ async fn create_key(
     Admin(caller): Admin,
     ApiJson(body): ApiJson<NewKey>,
 ) -> ApiResult<(StatusCode, Json<KeyView>)> {
-    let view = keys::create(&state.db, caller.tenant.id, body).await?;
+    // The key and its audit row commit together: a key nobody can account for must not exist.
+    let txn = crate::db::begin_write(&state.db).await?;
+    let view = keys::create(&txn, caller.tenant.id, body).await?;
     audit::record(
-        &state.db,
+        &txn,
         audit::Change {
             tenant_id: caller.tenant.id,
             actor: &caller.actor(),
@@ -60,6 +62,7 @@ async fn create_key(
         },
     )
     .await?;
+    txn.commit().await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -86,9 +89,10 @@ async fn revoke_key(
     Admin(caller): Admin,
     ApiPath(KeyPath { id, .. }): ApiPath<KeyPath>,
 ) -> ApiResult<Json<KeyView>> {
-    let view = keys::revoke(&state.db, caller.tenant.id, id).await?;
+    let txn = crate::db::begin_write(&state.db).await?;
+    let view = keys::revoke(&txn, caller.tenant.id, id).await?;
     audit::record(
-        &state.db,
+        &txn,
         audit::Change {
             tenant_id: caller.tenant.id,
             actor: &caller.actor(),
@@ -100,5 +104,6 @@ async fn revoke_key(
         },
     )
     .await?;
+    txn.commit().await?;
     Ok(Json(view))
 }

@@ -58,10 +58,12 @@ async fn create_token(
     ApiJson(body): ApiJson<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     body.validate()?;
-    let (model, secret) = tokens::create(&state.db, caller.tenant.id, body.role, &body.name).await?;
+    // The token and its audit row commit together: a token nobody can account for must not exist.
+    let txn = crate::db::begin_write(&state.db).await?;
+    let (model, secret) = tokens::create(&txn, caller.tenant.id, body.role, &body.name).await?;
     let view = TokenView::from(model);
     audit::record(
-        &state.db,
+        &txn,
         audit::Change {
             tenant_id: caller.tenant.id,
             actor: &caller.actor(),
@@ -73,6 +75,7 @@ async fn create_token(
         },
     )
     .await?;
+    txn.commit().await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token: view, secret: secret.expose_secret().to_string() })))
 }
 
@@ -100,9 +103,10 @@ async fn revoke_token(
     Admin(caller): Admin,
     ApiPath(TokenPath { id, .. }): ApiPath<TokenPath>,
 ) -> ApiResult<Json<TokenView>> {
-    let view = TokenView::from(tokens::revoke(&state.db, caller.tenant.id, id).await?);
+    let txn = crate::db::begin_write(&state.db).await?;
+    let view = TokenView::from(tokens::revoke(&txn, caller.tenant.id, id).await?);
     audit::record(
-        &state.db,
+        &txn,
         audit::Change {
             tenant_id: caller.tenant.id,
             actor: &caller.actor(),
@@ -114,5 +118,6 @@ async fn revoke_token(
         },
     )
     .await?;
+    txn.commit().await?;
     Ok(Json(view))
 }
