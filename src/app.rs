@@ -21,6 +21,8 @@ pub struct AppState {
     pub outbox: crate::outbox::Outbox,
     /// Per-key ingest rate limits (in memory, per instance).
     pub ingest_limits: Arc<crate::rate_limit::RateLimiter<uuid::Uuid>>,
+    /// Rendered banner scripts by published revision.
+    pub banners: Arc<crate::banner::Cache>,
 }
 
 pub struct App {
@@ -53,6 +55,7 @@ impl App {
             geo,
             outbox: Default::default(),
             ingest_limits: Default::default(),
+            banners: Default::default(),
             settings: Arc::new(settings),
         };
         let shutdown = CancellationToken::new();

@@ -14,6 +14,35 @@ const TEMPLATE: &str = include_str!("../../templates/banner.js.tera");
 const SCRIPT: &str = include_str!("../../banner/dist/banner.min.js");
 const CSS: &str = include_str!("../../banner/banner.css");
 
+/// Rendered banners by (config id, revision). A published revision never changes, so an entry
+/// never goes stale; the map is bounded by clearing it when full.
+#[derive(Default)]
+pub struct Cache {
+    entries: std::sync::Mutex<std::collections::HashMap<(uuid::Uuid, i64), std::sync::Arc<Rendered>>>,
+}
+
+const CACHE_ENTRIES: usize = 1_000;
+
+impl Cache {
+    pub fn get(&self, config_id: uuid::Uuid, revision: i64) -> Option<std::sync::Arc<Rendered>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&(config_id, revision)).cloned()
+    }
+
+    /// Stores what was rendered for `config` under the config id and revision it names.
+    pub fn put(&self, config: &serde_json::Value, rendered: Rendered) -> std::sync::Arc<Rendered> {
+        let rendered = std::sync::Arc::new(rendered);
+        let key = config["config_id"].as_str().and_then(|id| id.parse().ok()).zip(config["revision"].as_i64());
+        if let Some(key) = key {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(key, rendered.clone());
+        }
+        rendered
+    }
+}
+
 /// The rendered script and its strong validator.
 #[derive(Clone, Debug)]
 pub struct Rendered {

@@ -13,7 +13,7 @@ use super::{
     error::{ApiError, ApiResult},
     extract::ApiPath,
 };
-use crate::{app::AppState, banner, consent, demo, tenants};
+use crate::{app::AppState, banner, consent::config::store, demo, tenants};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(banner_js)).routes(routes!(demo_page))
@@ -45,8 +45,15 @@ async fn banner_js(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let tenant = tenants::find(&state.db, &tenant).await?.ok_or(ApiError::NotFound)?;
-    let config = consent::config::active_banner_config(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
-    let rendered = banner::render(&config).map_err(|e| ApiError::Internal(e.into()))?;
+    let (config_id, revision) = store::active_revision(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
+    let rendered = match state.banners.get(config_id, i64::from(revision)) {
+        Some(hit) => hit,
+        None => {
+            let config = store::active_banner_config(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
+            let rendered = banner::render(&config).map_err(|e| ApiError::Internal(e.into()))?;
+            state.banners.put(&config, rendered)
+        }
+    };
     let etag = HeaderValue::from_str(&rendered.etag).map_err(|e| ApiError::Internal(e.into()))?;
     let cache = [(header::ETAG, etag), (header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL))];
     if etag_matches(&headers, &rendered.etag) {
@@ -58,7 +65,7 @@ async fn banner_js(
             (header::CONTENT_TYPE, HeaderValue::from_static("application/javascript; charset=utf-8")),
             (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         ],
-        rendered.body,
+        rendered.body.clone(),
     )
         .into_response())
 }

@@ -540,6 +540,19 @@ pub async fn active(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option
     published_of(db, m).await
 }
 
+/// The id and published revision of the tenant's active config (one cheap indexed lookup).
+pub async fn active_revision(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<(Uuid, i32)>> {
+    Ok(config::Entity::find()
+        .select_only()
+        .column(config::Column::Id)
+        .column(config::Column::Revision)
+        .filter(config::Column::TenantId.eq(tenant_id))
+        .filter(config::Column::Status.eq(Status::Active.as_str()))
+        .into_tuple::<(Uuid, i32)>()
+        .one(db)
+        .await?)
+}
+
 /// The id of the tenant's active config (one cheap indexed lookup).
 pub async fn active_id(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<Uuid>> {
     Ok(config::Entity::find()
