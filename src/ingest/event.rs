@@ -111,7 +111,15 @@ pub struct ValidEvent {
 }
 
 /// Parses and checks one event; `prefix` names its place in a batch (`batch[2]`).
-pub fn validate(raw: Value, caller: &Caller, prefix: &str, now: DateTime<Utc>) -> Result<ValidEvent> {
+/// `target`: the provider of a per-provider endpoint (`None`: every provider). It is part of a
+/// derived idempotency key, so the same event posted to two providers' endpoints is two events.
+pub fn validate(
+    raw: Value,
+    caller: &Caller,
+    prefix: &str,
+    target: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<ValidEvent> {
     let input: EventInput = json::from_value(raw, prefix)?;
     let field = |name: &str| json::join(prefix, name).unwrap_or_default();
     let invalid = |name: &str, message: String| Error::Validation { field: Some(field(name)), message };
@@ -234,7 +242,8 @@ pub fn validate(raw: Value, caller: &Caller, prefix: &str, now: DateTime<Utc>) -
                 .map(|s| format!("s:{s}"))
                 .or(anonymous_id.as_deref().map(|v| format!("v:{v}")))?;
             let stamp = t.to_rfc3339_opts(SecondsFormat::Micros, true);
-            Some(format!("{DERIVED_PREFIX}{}", crypto::sha256_hex(format!("{who}\n{event_name}\n{stamp}"))))
+            let target = target.unwrap_or("*");
+            Some(format!("{DERIVED_PREFIX}{}", crypto::sha256_hex(format!("{who}\n{event_name}\n{stamp}\n{target}"))))
         }),
     };
 
@@ -364,7 +373,7 @@ mod tests {
     }
 
     fn field_of(v: Value, caller: &Caller) -> String {
-        match validate(v, caller, "", now()) {
+        match validate(v, caller, "", None, now()) {
             Err(Error::Validation { field, .. }) => field.unwrap_or_default(),
             other => panic!("{other:?}"),
         }
@@ -413,7 +422,7 @@ mod tests {
 
     #[test]
     fn batch_items_are_named_by_index() {
-        match validate(json!({"page_url": "https://e.com/"}), &browser(), "batch[3]", now()) {
+        match validate(json!({"page_url": "https://e.com/"}), &browser(), "batch[3]", None, now()) {
             Err(Error::Validation { field, .. }) => assert_eq!(field.as_deref(), Some("batch[3].event_name")),
             other => panic!("{other:?}"),
         }
@@ -427,24 +436,25 @@ mod tests {
             ok(json!({"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 X", "dnt": true, "country": "se"})),
             &server,
             "",
+            None,
             now(),
         )
         .unwrap();
         assert_eq!(e.ip.unwrap().to_string(), "203.0.113.9");
         assert_eq!((e.user_agent.as_deref(), e.dnt, e.country.as_deref()), (Some("Mozilla/5.0 X"), true, Some("SE")));
         // Without a body ip, the server's own address is not taken for the visitor's.
-        let e = validate(ok(json!({})), &server, "", now()).unwrap();
+        let e = validate(ok(json!({})), &server, "", None, now()).unwrap();
         assert!(e.ip.is_none());
     }
 
     #[test]
     fn idempotency_keys_are_given_or_derived() {
         let b = browser();
-        let e = validate(ok(json!({"idempotency_key": "k1"})), &b, "", now()).unwrap();
+        let e = validate(ok(json!({"idempotency_key": "k1"})), &b, "", None, now()).unwrap();
         assert_eq!(e.idempotency_key.as_deref(), Some("k1"));
-        let e = validate(ok(json!({})), &b, "", now()).unwrap();
+        let e = validate(ok(json!({})), &b, "", None, now()).unwrap();
         assert!(e.idempotency_key.is_none(), "no client time: nothing to derive from");
-        let with = |extra| validate(ok(extra), &b, "", now()).unwrap().idempotency_key;
+        let with = |extra| validate(ok(extra), &b, "", None, now()).unwrap().idempotency_key;
         let k1 = with(json!({"session_id": "s1", "occurred_at": "2026-11-26T11:00:00Z"}));
         let k2 = with(json!({"session_id": "s1", "occurred_at": "2026-11-26T11:00:00+00:00"}));
         let k3 = with(json!({"session_id": "s2", "occurred_at": "2026-11-26T11:00:00Z"}));
@@ -455,8 +465,8 @@ mod tests {
 
     #[test]
     fn revenue_amounts() {
-        let e =
-            validate(ok(json!({"revenue": {"amount": "12.50", "currency": "eur"}})), &browser(), "", now()).unwrap();
+        let e = validate(ok(json!({"revenue": {"amount": "12.50", "currency": "eur"}})), &browser(), "", None, now())
+            .unwrap();
         assert_eq!(e.revenue.unwrap(), json!({"amount": 12.5, "currency": "EUR"}));
     }
 }

@@ -56,7 +56,7 @@ pub async fn accept(
     prefix: &str,
 ) -> Result<Accepted> {
     let now = Utc::now();
-    let mut ev = event::validate(raw, caller, prefix, now)?;
+    let mut ev = event::validate(raw, caller, prefix, provider, now)?;
     // A server's visitor: located by the IP the server passed, unless it said the country.
     if caller.kind == Some(keys::KeyKind::Secret)
         && ev.country.is_none()
@@ -69,7 +69,7 @@ pub async fn accept(
     if let Some(key) = &ev.idempotency_key
         && let Some(first) = find_by_key(db, tenant.id, key).await?
     {
-        return duplicate(db, first).await;
+        return duplicate(db, first, provider).await;
     }
 
     let agent = enrich::parse_agent(ev.user_agent.as_deref());
@@ -116,7 +116,7 @@ pub async fn accept(
             && let Some(key) = &ev.idempotency_key
             && let Some(first) = find_by_key(db, tenant.id, key).await?
         {
-            return duplicate(db, first).await;
+            return duplicate(db, first, provider).await;
         }
         return Err(e.into());
     }
@@ -157,7 +157,16 @@ async fn find_by_key(db: &impl ConnectionTrait, tenant_id: Uuid, key: &str) -> R
         .await?)
 }
 
-async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model) -> Result<Accepted> {
+/// A repeat of an accepted event. Reusing a key for an event sent elsewhere (another provider's
+/// endpoint, or all providers) is refused rather than answered as a repeat: silently answering
+/// "already have it" would mean that event never reaches the providers it was posted for.
+async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model, target: Option<&str>) -> Result<Accepted> {
+    if first.provider.as_deref() != target {
+        let sent_to = first.provider.as_deref().unwrap_or("every provider (/events)");
+        return Err(Error::Conflict(format!(
+            "idempotency_key was already used for an event sent to {sent_to}; use a new key for this one"
+        )));
+    }
     Ok(Accepted { id: first.id, duplicate: true, decisions: decisions::for_event(db, first.id).await? })
 }
 

@@ -317,3 +317,30 @@ async fn the_stored_event_is_readable_by_its_tenant_only() {
     let missing = format!("/v1/tenants/{}/events/00000000-0000-0000-0000-000000000000", app.tenant);
     assert_error(&app.get(&missing, &app.admin).await, StatusCode::NOT_FOUND, "not_found", None);
 }
+
+/// The same event posted to two providers' own endpoints is two events (the seed's per-provider
+/// API), and an explicit key reused for another target is refused, never silently swallowed.
+#[tokio::test]
+async fn idempotency_is_scoped_to_the_endpoints_target() {
+    let app = spawn_app().await;
+    let keys = site::site(&app).await;
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let event = json!({"event_name": "pageview", "page_url": PAGE, "session_id": "s-1", "occurred_at": at});
+    let post = |path: &'static str, body: Value| {
+        let req = app.http.post(app.tenant_url(path)).bearer_auth(&keys.secret_key).json(&body);
+        send(req)
+    };
+    let (s1, umami) = post("/analytics/umami/events", event.clone()).await;
+    let (s2, plausible) = post("/analytics/plausible/events", event.clone()).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED), "{umami} {plausible}");
+    assert_ne!(umami["id"], plausible["id"]);
+    // A real repeat to the same endpoint is still one event.
+    let (s3, again) = post("/analytics/plausible/events", event.clone()).await;
+    assert_eq!((s3, &again["id"]), (StatusCode::OK, &plausible["id"]));
+
+    let mut keyed = event.clone();
+    keyed["idempotency_key"] = json!("order-1001");
+    assert_eq!(post("/analytics/umami/events", keyed.clone()).await.0, StatusCode::ACCEPTED);
+    let got = post("/events", keyed).await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None);
+}
