@@ -148,9 +148,10 @@ function decide(action, c) {
     body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner' }) })
     .then(r => r.ok && r.json()).catch(() => 0).then(r => {
       const s = { vid, cfg: C.config_id, rev: r?.revision ?? C.revision, choices: r?.choices || choices, act: action, exp: Date.parse(r?.expires_at) || now() + C.expiry_days * 864e5 };
-      // Without a record on the gateway there is no proof of consent: keep only a refusal.
+      // Without a record on the gateway there is no proof of consent (GDPR Art. 7(1)): keep and
+      // apply only the refusals; nothing is granted until a decision is stored.
       if (r || !O.some(k => choices[k])) save(s);
-      apply(s);
+      apply(r ? s : { ...s, choices: {} });
     });
 }
 

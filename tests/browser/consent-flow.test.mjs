@@ -127,6 +127,22 @@ describe('decisions', () => {
     await context.close();
   });
 
+  test('Accept all that the gateway could not store grants nothing: no record, no proof, no scripts', async () => {
+    const { page, context } = await firstVisit();
+    let attempted = 0;
+    await page.route((u) => u.pathname.endsWith('/consent'), (route) => {
+      attempted += 1;
+      return route.abort('connectionrefused');
+    });
+    await ui(page).accept.click();
+    await page.waitForFunction(() => window.__gtag?.some((c) => c[0] === 'consent' && c[1] === 'update'));
+    assert.equal(attempted, 1, 'the decision was posted');
+    assert.deepEqual(await ran(page), { functional: false, analytics: false, marketing: false });
+    assert.equal(await page.locator('iframe').getAttribute('src'), null);
+    assert.equal(await storedChoice(page), null, 'an unrecorded acceptance is not kept on the site');
+    await context.close();
+  });
+
   test('custom preferences: only analytics granted', async () => {
     const { page, context } = await firstVisit();
     const u = ui(page);
