@@ -225,6 +225,35 @@ pub async fn consent_inputs(
     Ok((policy, record))
 }
 
+/// At send time: a decision the visitor made *after* the event arrived overrides the one taken at
+/// ingest, for a delivery still waiting (a retry, a config in error, a replay). Withdrawal takes
+/// effect for everything after it (GDPR Art. 7(3)), and sending is processing. `Ok(None)`:
+/// nothing newer, the ingest decision stands.
+pub async fn redecide(
+    db: &impl ConnectionTrait,
+    event: &analytics_event::Model,
+    config: &entity::provider_config::Model,
+    provider: &dyn providers::AnyProvider,
+) -> Result<Option<Decision>> {
+    let Some(visitor) = event.anonymous_id.as_deref() else { return Ok(None) };
+    let tenant = crate::tenants::get(db, event.tenant_id).await?;
+    let (policy, record) = consent_inputs(db, &tenant, Some(visitor)).await?;
+    let Some(record) = record.filter(|r| r.created_at > event.received_at) else { return Ok(None) };
+    let signals = Signals {
+        dnt: event.dnt,
+        gpc: event.gpc,
+        country: event.country.clone(),
+        region: event.context["region"].as_str().map(String::from),
+        bot: false,
+    };
+    let provider_policy = ProviderPolicy {
+        status: ProviderStatus::Active,
+        required_category: serde_json::from_value(json!(config.required_category)).unwrap_or(RequiredCategory::None),
+        cookieless_fallback: provider.cookieless_fallback(&config.settings),
+    };
+    Ok(Some(consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, Utc::now())))
+}
+
 /// A stored event with the reason each config did or did not receive it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct EventView {

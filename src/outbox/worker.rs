@@ -121,7 +121,18 @@ impl Worker {
                 .record(&d, &config, None, Outcome::Dead { reason: "the event no longer exists".into() }, &[])
                 .await;
         };
-        let identity = if d.identity == "full" { Identity::Full } else { Identity::Anonymous };
+        let mut identity = if d.identity == "full" { Identity::Full } else { Identity::Anonymous };
+        // A newer decision of the visitor can only take away: never more than ingest allowed.
+        if let Some(now) = crate::ingest::redecide(&self.db, &event, &config, provider).await? {
+            match now.identity() {
+                None => {
+                    let reason = format!("consent changed before delivery ({}); not sent", now.reason());
+                    return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await;
+                }
+                Some(Identity::Anonymous) => identity = Identity::Anonymous,
+                Some(Identity::Full) => {}
+            }
+        }
         // The full IP while pending; after a replay (it was erased when the delivery first
         // ended) the stored truncated one, which still locates the visitor's network.
         let client_ip: Option<IpAddr> =

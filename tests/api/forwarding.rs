@@ -543,3 +543,45 @@ async fn deliveries_are_listed_by_status_config_and_event_with_cursor_pages() {
     let bad = app.get(&format!("{base}?status=lost"), &app.auditor).await;
     crate::helpers::assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", None);
 }
+
+/// Withdrawal takes effect for everything after it (GDPR Art. 7(3)), including deliveries still
+/// waiting for a provider: they go without identifiers, or not at all where the config needs the
+/// withdrawn category.
+#[tokio::test]
+async fn a_withdrawal_reaches_deliveries_still_waiting() {
+    let (app, fakes, keys) = setup().await;
+    site::consent_config(&app).await;
+    let cookie_free = site::plausible(&app, &fakes, json!({})).await;
+    let needs_analytics = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
+    let v = visitor();
+    site::consent_record(&app, &v, "accept_all").await;
+    fakes.behaviour(json!({"plausible": {"status": 503}, "umami": {"status": 503}})).await;
+    let mut event = site::pageview(&v);
+    // With full identity Plausible would get `customer_id` among its props.
+    event["event_properties"] = json!({"customer_id": "u-secret-1", "plan": "pro"});
+    let (_, accepted) = track(&app, &keys, event).await;
+    for config in [&cookie_free, &needs_analytics] {
+        assert_eq!(decision_for(&accepted, &id(config))["identity"], "full", "{accepted}");
+    }
+    // The provider is down; the visitor withdraws; the provider comes back.
+    let event_id = id(&accepted);
+    eventually(10, || async {
+        let path = format!("/v1/tenants/{}/deliveries?event={event_id}", app.tenant);
+        let (_, page) = app.get(&path, &app.auditor).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 2 && items.iter().all(|d| d["attempts"].as_i64() >= Some(1) && d["status"] == "pending"))
+            .then_some(())
+    })
+    .await;
+    site::consent_record(&app, &v, "withdraw").await;
+    fakes.behaviour(json!({"plausible": {"status": null}, "umami": {"status": null}})).await;
+
+    let sent = delivery_in(&app, &id(&accepted), &id(&cookie_free), "delivered", 10).await;
+    let stored = fakes.stored("plausible").await;
+    assert_eq!(stored.len(), 1, "{sent}");
+    assert!(!stored[0].to_string().contains("u-secret-1"), "sent without identifiers: {}", stored[0]);
+    assert_eq!(stored[0]["body"]["props"]["plan"], "pro", "{}", stored[0]);
+    let cancelled = delivery_in(&app, &id(&accepted), &id(&needs_analytics), "dead", 10).await;
+    assert!(cancelled["last_error"].as_str().unwrap().contains("consent changed before delivery"), "{cancelled}");
+    assert!(fakes.stored("umami").await.is_empty(), "nothing reached the provider needing analytics");
+}
