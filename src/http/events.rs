@@ -140,6 +140,7 @@ pub struct BatchResult {
     responses(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "idempotency_key used for another target"),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
     )
 )]
@@ -163,6 +164,7 @@ async fn post_events(
     responses(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "idempotency_key used for another target"),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
     )
 )]
