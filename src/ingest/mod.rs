@@ -87,12 +87,7 @@ pub async fn accept(
     let mut planned = Vec::new();
     for config in providers::config::forwarding_targets(db, tenant.id, provider).await? {
         let Some(p) = providers::get(&config.provider) else { continue };
-        let policy_for_config = ProviderPolicy {
-            status: ProviderStatus::parse(&config.status).unwrap_or(ProviderStatus::Paused),
-            required_category: serde_json::from_value(json!(config.required_category))
-                .unwrap_or(RequiredCategory::None),
-            cookieless_fallback: p.cookieless_fallback(&config.settings),
-        };
+        let policy_for_config = provider_policy(&config, p);
         let mut decision = consent::decide(policy.as_ref(), record.as_ref(), &signals, &policy_for_config, now);
         let denied_by_consent = !decision.is_allowed() && is_consent_reason(decision.reason());
         if decision.is_allowed()
@@ -246,12 +241,17 @@ pub async fn redecide(
         region: event.context["region"].as_str().map(String::from),
         bot: false,
     };
-    let provider_policy = ProviderPolicy {
-        status: ProviderStatus::Active,
+    let provider_policy = provider_policy(config, provider);
+    Ok(Some(consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, Utc::now())))
+}
+
+/// What the decision engine needs of a provider config.
+fn provider_policy(config: &entity::provider_config::Model, provider: &dyn providers::AnyProvider) -> ProviderPolicy {
+    ProviderPolicy {
+        status: ProviderStatus::parse(&config.status).unwrap_or(ProviderStatus::Paused),
         required_category: serde_json::from_value(json!(config.required_category)).unwrap_or(RequiredCategory::None),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
-    };
-    Ok(Some(consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, Utc::now())))
+    }
 }
 
 /// A stored event with the reason each config did or did not receive it.
