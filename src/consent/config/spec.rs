@@ -2,7 +2,7 @@
 //! policy links, expiry, regions, signals and allowed origins. Every value is a typed value whose
 //! constructor checks it (colours, URLs, language tags, region codes, origins, cookie names);
 //! lengths and ranges are checked with `validator`; the rules that span fields live in
-//! [`ConfigSpec::problems`]. A `ConfigSpec` that passed [`ConfigSpec::parse`] is valid.
+//! `ConfigSpec::problems`. A `ConfigSpec` that passed [`ConfigSpec::parse`] is valid.
 
 use std::{collections::BTreeMap, fmt};
 
