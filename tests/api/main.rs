@@ -15,3 +15,4 @@ mod ingest;
 mod outbox;
 mod provider_configs;
 mod site;
+mod upgrade;
