@@ -8,6 +8,7 @@ mod cli;
 mod consent_configs;
 mod consent_public;
 mod consent_records;
+mod fail_closed;
 mod fakes;
 mod forwarding;
 mod foundation;
