@@ -151,6 +151,38 @@ pub struct RecordedChoice {
     /// Made under another config than the tenant's active one: other texts and purposes, so it
     /// is asked again like a re-consent revision.
     pub other_config: bool,
+    /// The request that made the record sent `DNT: 1` / `Sec-GPC: 1`.
+    pub dnt: bool,
+    pub gpc: bool,
+}
+
+impl RecordedChoice {
+    /// Why the record does not grant `category`. A category the visitor's signal locked off in
+    /// the banner (`offered` in `visitors`) was never theirs to grant: after "Accept all" (or a
+    /// custom choice) under that signal, the signal is the reason, not a refusal.
+    fn refusal(&self, category: Category, policy: &ConsentPolicy) -> Refused {
+        match self.action {
+            Action::Withdraw => Refused::Withdrawn,
+            Action::RejectAll => Refused::Rejected,
+            Action::AcceptAll | Action::Custom => {
+                locked_by(policy, self.dnt, self.gpc, category).unwrap_or(Refused::Rejected)
+            }
+        }
+    }
+}
+
+/// The signal that stops all tracking under `policy`: DNT or GPC when the tenant honours them.
+/// DNT has no legal force by itself; the tenant opts in with `respect_do_not_track`, and
+/// "honours Do Not Track" then means *not tracked* — by no provider, cookie-free ones included.
+fn respected_signal(policy: &ConsentPolicy, dnt: bool, gpc: bool) -> Option<Refused> {
+    (policy.respect_do_not_track && (dnt || gpc)).then_some(if gpc { Refused::Gpc } else { Refused::Dnt })
+}
+
+/// The signal that locks `category` off: a respected DNT/GPC every optional category; GPC alone
+/// marketing, as a valid opt-out of sale/sharing under CCPA/CPRA (Cal. Code Regs. tit. 11
+/// § 7025), whatever the setting.
+fn locked_by(policy: &ConsentPolicy, dnt: bool, gpc: bool, category: Category) -> Option<Refused> {
+    respected_signal(policy, dnt, gpc).or((gpc && category == Category::Marketing).then_some(Refused::Gpc))
 }
 
 /// Why the visitor counts as not having decided.
@@ -287,10 +319,9 @@ pub fn effective(
     let mut why = Why::all(Standing::Granted);
     let mut choices = match (record, undecided) {
         (Some(r), None) => {
-            let reason = if r.action == Action::Withdraw { Refused::Withdrawn } else { Refused::Rejected };
             for c in OPTIONAL {
                 if !r.choices.get(c) {
-                    why.set(c, Standing::Refused(reason));
+                    why.set(c, Standing::Refused(r.refusal(c, policy)));
                 }
             }
             r.choices
@@ -313,17 +344,12 @@ pub fn effective(
             // has expired or a new revision asks them again.
             let stale = record.filter(|r| r.action != Action::AcceptAll);
             let kept = stale.map_or(Choices::all(), |r| r.choices);
-            let refusal = if stale.is_some_and(|r| r.action == Action::Withdraw) {
-                Refused::Withdrawn
-            } else {
-                Refused::Rejected
-            };
             for c in OPTIONAL {
                 why.set(
                     c,
                     match (policy.default_accepted.get(c), kept.get(c)) {
                         (false, _) => Standing::Refused(Refused::NoConsent),
-                        (true, false) => Standing::Refused(refusal),
+                        (true, false) => Standing::Refused(stale.map_or(Refused::Rejected, |r| r.refusal(c, policy))),
                         (true, true) => Standing::Default,
                     },
                 );
@@ -339,10 +365,8 @@ pub fn effective(
     }
     choices = choices.and(policy.enabled);
 
-    // DNT has no legal force by itself; the tenant opts in to honouring it, and then it refuses
-    // every optional category, as does GPC under that setting.
-    if policy.respect_do_not_track && (signals.dnt || signals.gpc) {
-        let reason = if signals.gpc { Refused::Gpc } else { Refused::Dnt };
+    // A respected DNT/GPC refuses every optional category (see `respected_signal`).
+    if let Some(reason) = respected_signal(policy, signals.dnt, signals.gpc) {
         for c in OPTIONAL {
             if choices.get(c) {
                 why.set(c, Standing::Refused(reason));
@@ -465,6 +489,10 @@ pub fn decide(
         ProviderStatus::Draft => return blocked(Blocked::ConfigDraft),
         ProviderStatus::Decommissioned => return blocked(Blocked::ConfigDecommissioned),
     }
+    // Not tracked means no provider gets the event: not even anonymously, not cookie-free ones.
+    if let Some(signal) = policy.and_then(|p| respected_signal(p, signals.dnt, signals.gpc)) {
+        return Decision::Deny { reason: Reason::Denied(signal) };
+    }
     let eff = effective(policy, record, signals, now);
     // Only called for a category that is not granted, so `Granted`/`Default` cannot occur; were
     // it otherwise, refusing is the safe answer.
@@ -522,6 +550,8 @@ mod tests {
             created_at: now() - Duration::days(1),
             expires_at: now() + Duration::days(179),
             other_config: false,
+            dnt: false,
+            gpc: false,
         }
     }
 
@@ -562,6 +592,11 @@ mod tests {
         let stale_reject = RecordedChoice { revision: 1, ..rejected.clone() };
         let expired_withdrawal = RecordedChoice { expires_at: now() - Duration::seconds(1), ..withdrawn.clone() };
         let rejected_elsewhere = RecordedChoice { other_config: true, ..rejected.clone() };
+        // What `visitors::submit` stores for "Accept all" under a signal: what the banner offered.
+        let accepted_under_dnt = RecordedChoice { dnt: true, ..record(Choices::none(), Action::AcceptAll) };
+        let accepted_under_gpc =
+            RecordedChoice { gpc: true, ..record(Choices { marketing: false, ..Choices::all() }, Action::AcceptAll) };
+        let rejected_under_dnt = RecordedChoice { dnt: true, ..rejected.clone() };
         let no_geo = ConsentPolicy { geo_targeting_enabled: false, ..p.clone() };
         let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
         let marketing_off = ConsentPolicy { enabled: ANALYTICS_ONLY, ..p.clone() };
@@ -605,7 +640,16 @@ mod tests {
             ("a stale acceptance falls back to the defaults", Some(&p), Some(&stale_revision), from("US"), ga4, allow(Full, "consent_default:analytics")),
             ("record at the re-consent revision", Some(&p), Some(&current_after_reconsent), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
             ("dnt respected", Some(&p), Some(&accepted), dnt.clone(), ga4, deny("denied:dnt")),
-            ("dnt respected: plausible anonymous", Some(&p), Some(&accepted), dnt.clone(), plausible, allow(Anonymous, "anonymous:dnt")),
+            ("dnt respected: not even cookie-free providers", Some(&p), Some(&accepted), dnt.clone(), plausible, deny("denied:dnt")),
+            ("gpc respected: not even cookie-free providers", Some(&p), None, gpc.clone(), plausible, deny("denied:gpc")),
+            ("dnt respected: no cookieless fallback either", Some(&p), Some(&rejected), dnt.clone(), posthog, deny("denied:dnt")),
+            ("dnt not respected: no effect", Some(&ignore_dnt), Some(&accepted), dnt.clone(), plausible, allow(Full, "consent_granted:analytics")),
+            ("gpc not respected: cookie-free providers still count", Some(&ignore_dnt), Some(&accepted), gpc.clone(), plausible, allow(Full, "consent_granted:analytics")),
+            ("accept all under dnt: the signal locked it off", Some(&p), Some(&accepted_under_dnt), from("SE"), ga4, deny("denied:dnt")),
+            ("accept all under dnt: cookie-free anonymous, for the signal", Some(&p), Some(&accepted_under_dnt), from("SE"), plausible, allow(Anonymous, "anonymous:dnt")),
+            ("accept all under gpc (not respected): marketing locked by gpc", Some(&ignore_dnt), Some(&accepted_under_gpc), from("SE"), ads, deny("denied:gpc")),
+            ("accept all under gpc (not respected): analytics granted", Some(&ignore_dnt), Some(&accepted_under_gpc), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
+            ("reject all under dnt is a refusal", Some(&p), Some(&rejected_under_dnt), from("SE"), ga4, deny("denied:rejected")),
             ("dnt ignored", Some(&ignore_dnt), Some(&accepted), dnt.clone(), ga4, allow(Full, "consent_granted:analytics")),
             ("gpc respected denies analytics", Some(&p), Some(&accepted), gpc.clone(), ga4, deny("denied:gpc")),
             ("gpc always denies marketing", Some(&ignore_dnt), Some(&accepted), gpc.clone(), ads, deny("denied:gpc")),

@@ -174,6 +174,8 @@ pub fn recorded_choice(m: &consent_record::Model) -> Result<RecordedChoice> {
         created_at: m.created_at,
         expires_at: m.expires_at,
         other_config: false,
+        dnt: m.dnt,
+        gpc: m.gpc,
     })
 }
 

@@ -95,6 +95,8 @@ fn bench_decide() {
         created_at: now,
         expires_at: now + chrono::Duration::days(180),
         other_config: false,
+        dnt: false,
+        gpc: false,
     };
     let signals = Signals { country: Some("SE".into()), ..Default::default() };
     let provider = ProviderPolicy {
