@@ -672,6 +672,49 @@ mod tests {
         }
     }
 
+    /// The strings stored in the database for each value: fixed, like the reasons — rows
+    /// written by every earlier release must keep reading back.
+    #[test]
+    fn stored_strings_are_fixed() {
+        fn check<T: Copy + std::fmt::Debug + PartialEq>(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+            expected: &[&str],
+        ) {
+            let strings: Vec<&str> = all.iter().map(|v| as_str(*v)).collect();
+            assert_eq!(strings, expected);
+            for v in all {
+                assert_eq!(parse(as_str(*v)), Some(*v));
+            }
+            assert_eq!(parse(""), None);
+            assert_eq!(parse(&expected[0].to_uppercase()), None, "exact strings only");
+        }
+        check(Category::ALL, Category::as_str, Category::parse, &["necessary", "functional", "analytics", "marketing"]);
+        check(Action::ALL, Action::as_str, Action::parse, &["accept_all", "reject_all", "custom", "withdraw"]);
+        check(
+            RequiredCategory::ALL,
+            RequiredCategory::as_str,
+            RequiredCategory::parse,
+            &["none", "functional", "analytics", "marketing"],
+        );
+        check(
+            ProviderStatus::ALL,
+            ProviderStatus::as_str,
+            ProviderStatus::parse,
+            &["draft", "active", "paused", "error", "decommissioned"],
+        );
+        check(Identity::ALL, Identity::as_str, Identity::parse, &["full", "anonymous"]);
+        for r in RequiredCategory::ALL {
+            assert_eq!(r.category().map_or("none", Category::as_str), r.as_str());
+        }
+        let e = ProviderStatus::read("status", "actve").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"stored status "actve" is not one of draft, active, paused, error or decommissioned"#
+        );
+    }
+
     #[test]
     fn effective_state_for_the_banner() {
         let p = policy();

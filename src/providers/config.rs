@@ -433,21 +433,34 @@ pub async fn patch(
         _ => {}
     }
     let view = ConfigView::from(model);
+    audit_update(&txn, tenant_id, provider, actor, &before, &view).await?;
+    txn.commit().await?;
+    Ok(view)
+}
+
+/// The audit entry of an admin's change to a config.
+async fn audit_update(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    actor: &str,
+    before: &ConfigView,
+    after: &ConfigView,
+) -> Result<()> {
     audit::record(
-        &txn,
+        db,
         audit::Change {
             tenant_id,
             actor,
             action: &format!("{}_config.update", provider.name()),
             entity_type: "provider_config",
-            entity_id: Some(id.to_string()),
-            before: view_json(&before),
-            after: view_json(&view),
+            entity_id: Some(after.id.to_string()),
+            before: view_json(before),
+            after: view_json(after),
         },
     )
     .await?;
-    txn.commit().await?;
-    Ok(view)
+    Ok(())
 }
 
 /// `DELETE`: decommissions the config. The row stays, so the delivery log and the forwarding
@@ -476,19 +489,7 @@ pub async fn decommission(
             active.updated_at = Set(Utc::now());
             let view = ConfigView::from(active.update(&txn).await?);
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
-            audit::record(
-                &txn,
-                audit::Change {
-                    tenant_id,
-                    actor,
-                    action: &format!("{}_config.update", provider.name()),
-                    entity_type: "provider_config",
-                    entity_id: Some(id.to_string()),
-                    before: view_json(&before),
-                    after: view_json(&view),
-                },
-            )
-            .await?;
+            audit_update(&txn, tenant_id, provider, actor, &before, &view).await?;
             txn.commit().await?;
             Ok(view)
         }
