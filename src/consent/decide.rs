@@ -11,10 +11,7 @@ use crate::string_enum::string_enum;
 
 string_enum! {
     pub enum Category {
-        Necessary = "necessary",
-        Functional = "functional",
-        Analytics = "analytics",
-        Marketing = "marketing",
+        Necessary = "necessary", Functional = "functional", Analytics = "analytics", Marketing = "marketing",
     }
 }
 
@@ -98,12 +95,7 @@ impl<'de> Deserialize<'de> for Choices {
 
 string_enum! {
     /// What the visitor did (`consent_record.action`).
-    pub enum Action {
-        AcceptAll = "accept_all",
-        RejectAll = "reject_all",
-        Custom = "custom",
-        Withdraw = "withdraw",
-    }
+    pub enum Action { AcceptAll = "accept_all", RejectAll = "reject_all", Custom = "custom", Withdraw = "withdraw" }
 }
 
 /// What the request tells about the visitor, besides their recorded choice.
@@ -410,11 +402,7 @@ impl RequiredCategory {
 string_enum! {
     /// A provider config's lifecycle state (`provider_config.status`); see `providers::config`.
     pub enum ProviderStatus {
-        Draft = "draft",
-        Active = "active",
-        Paused = "paused",
-        Error = "error",
-        Decommissioned = "decommissioned",
+        Draft = "draft", Active = "active", Paused = "paused", Error = "error", Decommissioned = "decommissioned",
     }
 }
 
@@ -705,6 +693,8 @@ mod tests {
             &["draft", "active", "paused", "error", "decommissioned"],
         );
         check(Identity::ALL, Identity::as_str, Identity::parse, &["full", "anonymous"]);
+        use crate::outbox::DeliveryStatus as D;
+        check(D::ALL, D::as_str, D::parse, &["pending", "delivered", "dropped", "dead"]);
         for r in RequiredCategory::ALL {
             assert_eq!(r.category().map_or("none", Category::as_str), r.as_str());
         }

@@ -12,24 +12,13 @@ use super::decide::Category;
 use crate::string_enum::string_enum;
 
 string_enum! {
-    /// Why an optional category is not granted to the visitor right now.
+    /// Why an optional category is not granted to the visitor right now: nothing asked yet, the
+    /// record expired or must be asked again, refused, withdrawn, a DNT/GPC signal, or not
+    /// offered. The rule behind each is in `consent::effective`; docs/decision-reasons.md
+    /// lists them.
     pub enum Refused {
-        /// No record, or no active consent configuration: nothing was asked yet.
-        NoConsent = "no_consent",
-        /// The record is older than its expiry or the config's current lifetime.
-        Expired = "expired",
-        /// The record predates a re-consent revision, or was made under another config.
-        Reconsent = "reconsent",
-        /// The visitor refused the category.
-        Rejected = "rejected",
-        /// The visitor withdrew consent.
-        Withdrawn = "withdrawn",
-        /// `DNT: 1` under `respect_do_not_track`.
-        Dnt = "dnt",
-        /// `Sec-GPC: 1`: under `respect_do_not_track` everything, otherwise marketing.
-        Gpc = "gpc",
-        /// The consent configuration does not offer the category.
-        CategoryDisabled = "category_disabled",
+        NoConsent = "no_consent", Expired = "expired", Reconsent = "reconsent", Rejected = "rejected",
+        Withdrawn = "withdrawn", Dnt = "dnt", Gpc = "gpc", CategoryDisabled = "category_disabled",
     }
 }
 

@@ -15,10 +15,7 @@ use crate::{consent::Decision, error::Result, string_enum::string_enum};
 
 string_enum! {
     /// `forwarding_decision.decision`.
-    pub enum Verdict {
-        Allow = "allow",
-        Deny = "deny",
-    }
+    pub enum Verdict { Allow = "allow", Deny = "deny" }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]

@@ -275,19 +275,7 @@ pub async fn create(
     .insert(&txn)
     .await?;
     let view = ConfigView::from(model);
-    audit::record(
-        &txn,
-        audit::Change {
-            tenant_id,
-            actor,
-            action: &format!("{}_config.create", provider.name()),
-            entity_type: "provider_config",
-            entity_id: Some(view.id.to_string()),
-            before: None,
-            after: view_json(&view),
-        },
-    )
-    .await?;
+    audit_change(&txn, tenant_id, provider, actor, "create", None, &view).await?;
     txn.commit().await?;
     Ok(view)
 }
@@ -433,18 +421,19 @@ pub async fn patch(
         _ => {}
     }
     let view = ConfigView::from(model);
-    audit_update(&txn, tenant_id, provider, actor, &before, &view).await?;
+    audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
     txn.commit().await?;
     Ok(view)
 }
 
-/// The audit entry of an admin's change to a config.
-async fn audit_update(
+/// The audit entry of an admin's change to a config: `<provider>_config.<verb>`.
+async fn audit_change(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
     provider: &dyn AnyProvider,
     actor: &str,
-    before: &ConfigView,
+    verb: &str,
+    before: Option<&ConfigView>,
     after: &ConfigView,
 ) -> Result<()> {
     audit::record(
@@ -452,10 +441,10 @@ async fn audit_update(
         audit::Change {
             tenant_id,
             actor,
-            action: &format!("{}_config.update", provider.name()),
+            action: &format!("{}_config.{verb}", provider.name()),
             entity_type: "provider_config",
             entity_id: Some(after.id.to_string()),
-            before: view_json(before),
+            before: before.and_then(view_json),
             after: view_json(after),
         },
     )
@@ -489,7 +478,7 @@ pub async fn decommission(
             active.updated_at = Set(Utc::now());
             let view = ConfigView::from(active.update(&txn).await?);
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
-            audit_update(&txn, tenant_id, provider, actor, &before, &view).await?;
+            audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
             txn.commit().await?;
             Ok(view)
         }

@@ -21,12 +21,7 @@ string_enum! {
     /// Lifecycle of a config. `draft → active` only by publishing; `active ⇄ paused`;
     /// `active | paused → decommissioned`, which is terminal (records keep pointing at it).
     #[derive(ToSchema)]
-    pub enum Status {
-        Draft = "draft",
-        Active = "active",
-        Paused = "paused",
-        Decommissioned = "decommissioned",
-    }
+    pub enum Status { Draft = "draft", Active = "active", Paused = "paused", Decommissioned = "decommissioned" }
 }
 
 impl Status {
