@@ -90,6 +90,8 @@ macro_rules! parsed_string {
     };
 }
 
+pub mod string_enum;
+
 pub mod app;
 pub mod audit;
 pub mod banner;

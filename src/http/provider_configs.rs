@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     app::AppState,
+    consent::ProviderStatus,
     outbox,
     providers::{
         self, AnyProvider, ProviderConfigInput,
@@ -119,7 +120,7 @@ async fn patch_config(
 ) -> ApiResult<Json<ConfigView>> {
     let p = provider(&path.provider)?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, body, &caller.actor()).await?;
-    if view.status == "active" {
+    if view.status == ProviderStatus::Active.as_str() {
         state.outbox.wake();
     }
     Ok(Json(view))
@@ -162,7 +163,7 @@ async fn replay_dead_letters(
 ) -> ApiResult<Json<Replayed>> {
     let p = provider(&path.provider)?;
     let config = config::find(&state.db, caller.tenant.id, p.name(), path.id).await?;
-    if config.status == "decommissioned" {
+    if config.status == ProviderStatus::Decommissioned.as_str() {
         return Err(ApiError::Conflict("the config is decommissioned".into()));
     }
     let replayed = outbox::log::replay_dead_letters(&state.db, caller.tenant.id, config.id, &caller.actor()).await?;
