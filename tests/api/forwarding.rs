@@ -8,22 +8,9 @@ use serde_json::{Value, json};
 
 use crate::{
     fakes::{FakeProviders, SITE, WEBSITE_ID},
-    helpers::{TestApp, manual_delivery, send, spawn_app_with},
-    site::{self, CHROME, PAGE, Site, VISITOR_IP, delivery_in, settled, track, visitor},
+    helpers::send,
+    site::{self, CHROME, PAGE, VISITOR_IP, delivery_in, settled, setup, setup_with, track, visitor},
 };
-
-/// The gateway behind a proxy that passes the visitor's address in `X-Forwarded-For`, without a
-/// delivery worker (the tests drain the outbox), the fakes, and a site with keys.
-async fn setup() -> (TestApp, FakeProviders, Site) {
-    let app = spawn_app_with(|s| {
-        manual_delivery(s);
-        s.server.client_ip_header = "X-Forwarded-For".into();
-    })
-    .await;
-    let fakes = FakeProviders::start().await;
-    let keys = site::site(&app).await;
-    (app, fakes, keys)
-}
 
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string()
@@ -304,14 +291,7 @@ async fn a_provider_that_is_down_is_retried_until_it_is_back() {
 
 #[tokio::test]
 async fn retries_end_in_the_dead_letters_after_max_attempts() {
-    let app = spawn_app_with(|s| {
-        manual_delivery(s);
-        s.server.client_ip_header = "X-Forwarded-For".into();
-        s.delivery.max_attempts = 3;
-    })
-    .await;
-    let fakes = FakeProviders::start().await;
-    let keys = site::site(&app).await;
+    let (app, fakes, keys) = setup_with(|s| s.delivery.max_attempts = 3).await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     fakes.behaviour(json!({"plausible": {"status": 500}})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;

@@ -63,13 +63,7 @@ async fn two_instances_send_each_delivery_exactly_once() {
 #[tokio::test]
 async fn a_crashed_workers_claim_is_taken_over_after_its_lease() {
     // This instance only accepts events; the test runs the worker that takes over.
-    let app = spawn_app_with(|s| {
-        manual_delivery(s);
-        s.server.client_ip_header = "X-Forwarded-For".into();
-    })
-    .await;
-    let fakes = FakeProviders::start().await;
-    let keys = site::site(&app).await;
+    let (app, fakes, keys) = site::setup().await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
     let event_id = accepted["id"].as_str().unwrap().to_string();

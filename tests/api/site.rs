@@ -7,9 +7,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use consentgate::config::Settings;
+
 use crate::{
     fakes::{FakeProviders, SITE, WEBSITE_ID},
-    helpers::{TestApp, merged, send},
+    helpers::{TestApp, manual_delivery, merged, send, spawn_app_with},
 };
 
 /// The page origin the test site's public key allows.
@@ -23,6 +25,25 @@ pub const VISITOR_IP: &str = "203.0.113.7";
 pub struct Site {
     pub public_key: String,
     pub secret_key: String,
+}
+
+/// The gateway behind a proxy that passes the visitor's address in `X-Forwarded-For`, without a
+/// delivery worker (the test drains the outbox), the fakes, and a site with keys.
+pub async fn setup() -> (TestApp, FakeProviders, Site) {
+    setup_with(|_| {}).await
+}
+
+/// [`setup`] with settings adjusted by `configure`.
+pub async fn setup_with(configure: impl FnOnce(&mut Settings)) -> (TestApp, FakeProviders, Site) {
+    let app = spawn_app_with(|s| {
+        manual_delivery(s);
+        s.server.client_ip_header = "X-Forwarded-For".into();
+        configure(s);
+    })
+    .await;
+    let fakes = FakeProviders::start().await;
+    let keys = site(&app).await;
+    (app, fakes, keys)
 }
 
 /// An ingest key; returns the created key's JSON.
