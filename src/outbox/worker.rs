@@ -169,7 +169,7 @@ impl Worker {
         if !settings.allow_private_destinations {
             builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
         }
-        let http = builder.build().map_err(|e| anyhow::anyhow!("cannot build the delivery HTTP client: {e}"))?;
+        let http = builder.build().map_err(anyhow::Error::from)?;
         let slots = providers::all()
             .iter()
             .map(|p| (p.name(), Arc::new(Semaphore::new(settings.concurrency_per_provider))))

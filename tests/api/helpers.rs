@@ -25,6 +25,8 @@ pub struct TestApp {
     pub tenant: String,
     pub admin: String,
     pub auditor: String,
+    /// The worker the drain helpers run, built on first use (one HTTP client for the test).
+    outbox: std::sync::OnceLock<Worker>,
     _database: TestDatabase,
 }
 
@@ -62,6 +64,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         tenant: String::new(),
         admin: String::new(),
         auditor: String::new(),
+        outbox: Default::default(),
         _database: database,
     };
     let (tenant, admin, auditor) = test.create_tenant("acme").await;
@@ -87,7 +90,9 @@ impl TestApp {
     pub async fn run_outbox_at(&self, now: DateTime<Utc>) -> Pass {
         let settings = &self.app.state.settings.delivery;
         assert!(!settings.enabled, "start the app with `manual_delivery`: its worker would race the test's passes");
-        let worker = Worker::new(self.db.clone(), settings.clone()).expect("the delivery worker builds");
+        let worker = self
+            .outbox
+            .get_or_init(|| Worker::new(self.db.clone(), settings.clone()).expect("the delivery worker builds"));
         let pass = worker.run_once(now).await;
         assert_eq!(pass.errors, 0, "a claim or attempt failed on the database (see the log with TEST_LOG=1): {pass:?}");
         pass
@@ -105,7 +110,8 @@ impl TestApp {
 
     /// Like [`drain_outbox`](Self::drain_outbox), but every backoff is waited out at once: each
     /// pass takes for the present the real clock plus `backoff_max_ms` (no retry waits longer, even
-    /// with a `Retry-After`), so a retried delivery is due again at the next pass. Returns when
+    /// with a `Retry-After`), so a retried delivery is due again at the next pass (and a lease
+    /// ending within that time counts as passed, as it would after the wait). Returns when
     /// each delivery of an active config has ended (or its config left `active`, e.g. after
     /// repeated 401s).
     pub async fn drain_outbox_with_retries(&self) -> Pass {
