@@ -33,19 +33,20 @@ fn due(now: DateTime<Utc>) -> Condition {
         .add(Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now)))
 }
 
-/// Leases up to `n` due deliveries of `provider` to `owner` for `lease`; returns them.
+/// Leases up to `n` deliveries of `provider` due at `now` to `owner` until `now + lease`;
+/// returns them.
 pub async fn claim(
     db: &DatabaseConnection,
     provider: &str,
     owner: &str,
     n: u64,
     lease: Duration,
+    now: DateTime<Utc>,
 ) -> Result<Vec<delivery::Model>> {
     if n == 0 {
         return Ok(Vec::new());
     }
     let txn = crate::db::begin_write(db).await?;
-    let now = Utc::now();
     let active: Vec<Uuid> = provider_config::Entity::find()
         .select_only()
         .column(provider_config::Column::Id)

@@ -7,7 +7,9 @@
 //!   SKIP LOCKED`, so many instances share the table; SQLite: one worker per process inside an
 //!   `IMMEDIATE` transaction, since SQLite ignores row locks). A crashed worker's claims are taken
 //!   over once their lease has passed.
-//! - [`worker`]: the loop, per-provider concurrency limits, sending, and recording the outcome.
+//! - [`worker`]: the loop, per-provider concurrency limits, sending, and recording the outcome;
+//!   [`Worker::run_once`] runs one claim + send + record pass and says what it did (tests drive
+//!   the outbox with it instead of waiting for the loop).
 //! - [`backoff`]: exponential backoff with full jitter, capped; `Retry-After` honoured.
 //! - [`log`]: the delivery log for admins and auditors, and replays.
 //!
@@ -19,6 +21,8 @@ pub mod claim;
 pub mod destination;
 pub mod log;
 pub mod worker;
+
+pub use worker::{Pass, Worker};
 
 use std::{net::IpAddr, sync::Arc};
 

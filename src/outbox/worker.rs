@@ -32,35 +32,105 @@ use crate::{
 /// Bytes of a provider's answer read at most (enough for any error message).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-struct Worker {
+/// Sends claimed deliveries and records their outcomes. The background loop ([`run`]) and
+/// [`Worker::run_once`] (tests, tools) share everything but the scheduling: the same claim into
+/// free concurrency slots and the same attempt per delivery.
+pub struct Worker {
     db: DatabaseConnection,
     settings: DeliverySettings,
     http: reqwest::Client,
+    /// The lease owner name of this worker (unique per worker).
     owner: String,
+    /// Free concurrency slots per provider: a delivery is only claimed into a free slot, so a
+    /// lease only ever covers a request about to be sent or in flight.
+    slots: HashMap<&'static str, Arc<Semaphore>>,
+}
+
+/// What one pass of [`Worker::run_once`] did, one count per claimed delivery by what became of it
+/// (plus the claims or attempts that failed on the database).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Deliveries this pass leased.
+    pub claimed: usize,
+    /// Accepted by the provider.
+    pub delivered: usize,
+    /// Answered with success but discarded by the provider (`dropped`).
+    pub dropped: usize,
+    /// Failed (a transient error or a 401/403) and due again after a backoff.
+    pub retried: usize,
+    /// Ended in the dead letters: a final error, attempts used up, consent withdrawn since
+    /// ingest, or the event gone.
+    pub dead: usize,
+    /// Given back without an attempt: the config is no longer `active`.
+    pub released: usize,
+    /// Attempted, but the lease had passed to another worker before the outcome was recorded.
+    pub lease_lost: usize,
+    /// A claim or an attempt failed on the database (logged); what was leased is due again once
+    /// its lease has passed.
+    pub errors: usize,
+}
+
+impl Pass {
+    fn count(&mut self, done: Attempted) {
+        let n = match done {
+            Attempted::Delivered => &mut self.delivered,
+            Attempted::Dropped => &mut self.dropped,
+            Attempted::Retried => &mut self.retried,
+            Attempted::Dead => &mut self.dead,
+            Attempted::Released => &mut self.released,
+            Attempted::LeaseLost => &mut self.lease_lost,
+            Attempted::Failed => &mut self.errors,
+        };
+        *n += 1;
+    }
+}
+
+impl std::ops::AddAssign for Pass {
+    fn add_assign(&mut self, o: Pass) {
+        self.claimed += o.claimed;
+        self.delivered += o.delivered;
+        self.dropped += o.dropped;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.released += o.released;
+        self.lease_lost += o.lease_lost;
+        self.errors += o.errors;
+    }
+}
+
+/// What became of one claimed delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempted {
+    Delivered,
+    Dropped,
+    Retried,
+    Dead,
+    Released,
+    LeaseLost,
+    Failed,
+}
+
+/// A delivery leased by this worker, holding its provider's concurrency slot until its outcome
+/// is recorded.
+struct Claimed {
+    provider: &'static dyn AnyProvider,
+    delivery: delivery::Model,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Runs until `shutdown`, then waits for the requests in flight.
+///
+/// Each round is [`Worker::run_once`]'s claim, but the attempts are spawned instead of awaited
+/// together: the next round claims into the slots that free up while slow requests are still in
+/// flight, so one slow provider (up to `request_timeout_ms`) never holds up another's deliveries.
 pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Outbox, shutdown: CancellationToken) {
-    let mut builder = reqwest::Client::builder()
-        // Provider URLs come from config; a redirect would turn the POST into a GET elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_millis(settings.request_timeout_ms));
-    if !settings.allow_private_destinations {
-        builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
-    }
-    let http = match builder.build() {
-        Ok(c) => c,
+    let worker = match Worker::new(db, settings) {
+        Ok(w) => Arc::new(w),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the delivery HTTP client; deliveries stay pending");
             return;
         }
     };
-    let worker = Arc::new(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http });
-    let slots: HashMap<&'static str, Arc<Semaphore>> = providers::all()
-        .iter()
-        .map(|p| (p.name(), Arc::new(Semaphore::new(worker.settings.concurrency_per_provider))))
-        .collect();
-    let lease = chrono::Duration::seconds(worker.settings.lease_secs.max(1) as i64);
     let poll = std::time::Duration::from_millis(worker.settings.poll_interval_ms.max(10));
     let mut in_flight = JoinSet::new();
     tracing::info!(owner = %worker.owner, "delivery worker started");
@@ -68,25 +138,11 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
         if shutdown.is_cancelled() {
             break;
         }
-        let mut claimed_any = false;
-        for provider in providers::all() {
-            let slot = &slots[provider.name()];
-            let free = slot.available_permits() as u64;
-            if free == 0 {
-                continue;
-            }
-            let n = free.min(worker.settings.batch_size.max(1));
-            match claim::claim(&worker.db, provider.name(), &worker.owner, n, lease).await {
-                Ok(claimed) => {
-                    for d in claimed {
-                        let Ok(permit) = slot.clone().try_acquire_owned() else { break };
-                        claimed_any = true;
-                        let w = worker.clone();
-                        in_flight.spawn(async move { w.process(*provider, d, permit).await });
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, provider = provider.name(), "claiming deliveries failed"),
-            }
+        let (claimed, _) = worker.claim_due(Utc::now()).await;
+        let claimed_any = !claimed.is_empty();
+        for c in claimed {
+            let w = worker.clone();
+            in_flight.spawn(async move { w.attempt(c).await });
         }
         while in_flight.try_join_next().is_some() {}
         if claimed_any {
@@ -104,17 +160,87 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
 }
 
 impl Worker {
-    async fn process(&self, provider: &'static dyn AnyProvider, d: delivery::Model, _permit: OwnedSemaphorePermit) {
-        let id = d.id;
-        if let Err(e) = self.try_process(provider, d).await {
-            tracing::warn!(delivery = %id, error = %e, "delivery could not be processed; it is retried after its lease");
+    /// A worker with its own lease owner name, HTTP client and concurrency slots.
+    pub fn new(db: DatabaseConnection, settings: DeliverySettings) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            // Provider URLs come from config; a redirect would turn the POST into a GET elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_millis(settings.request_timeout_ms));
+        if !settings.allow_private_destinations {
+            builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
         }
+        let http = builder.build().map_err(anyhow::Error::from)?;
+        let slots = providers::all()
+            .iter()
+            .map(|p| (p.name(), Arc::new(Semaphore::new(settings.concurrency_per_provider))))
+            .collect();
+        Ok(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, slots })
     }
 
-    async fn try_process(&self, provider: &'static dyn AnyProvider, d: delivery::Model) -> Result<()> {
+    /// One pass: claims what is due at `now` (every provider, into its free concurrency slots, at
+    /// most `batch_size`), sends each, records the outcomes, and returns what it did.
+    ///
+    /// `now` is the instant the pass takes for the present when it chooses what is due: a
+    /// delivery whose `next_attempt_at` is not after it, whose lease (if any) ended before it. The
+    /// background loop passes the clock; a test passes a later instant to reach a backoff or a
+    /// lease's end without waiting for it. What the pass records is stamped with the real clock.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Pass {
+        let (claimed, errors) = self.claim_due(now).await;
+        let mut pass = Pass { claimed: claimed.len(), errors, ..Pass::default() };
+        for done in futures_util::future::join_all(claimed.into_iter().map(|c| self.attempt(c))).await {
+            pass.count(done);
+        }
+        pass
+    }
+
+    /// Leases the deliveries due at `now`, provider by provider, one per free concurrency slot
+    /// (taken before the claim, so concurrent rounds never lease more than they can send).
+    /// Returns them with the number of providers whose claim failed.
+    async fn claim_due(&self, now: DateTime<Utc>) -> (Vec<Claimed>, usize) {
+        let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
+        let mut claimed = Vec::new();
+        let mut errors = 0;
+        for provider in providers::all() {
+            let slot = &self.slots[provider.name()];
+            let mut free = Vec::new();
+            while (free.len() as u64) < self.settings.batch_size.max(1) {
+                let Ok(permit) = slot.clone().try_acquire_owned() else { break };
+                free.push(permit);
+            }
+            if free.is_empty() {
+                continue;
+            }
+            match claim::claim(&self.db, provider.name(), &self.owner, free.len() as u64, lease, now).await {
+                Ok(due) => claimed.extend(due.into_iter().zip(free).map(|(delivery, _slot)| Claimed {
+                    provider: *provider,
+                    delivery,
+                    _slot,
+                })),
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(error = %e, provider = provider.name(), "claiming deliveries failed");
+                }
+            }
+        }
+        (claimed, errors)
+    }
+
+    /// Sends one claimed delivery and records the outcome; its concurrency slot is free again
+    /// when this returns.
+    async fn attempt(&self, c: Claimed) -> Attempted {
+        let id = c.delivery.id;
+        match self.try_process(c.provider, c.delivery).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(delivery = %id, error = %e, "delivery could not be processed; it is retried after its lease");
+                Attempted::Failed
+            }
+        }
+    }
+    async fn try_process(&self, provider: &'static dyn AnyProvider, d: delivery::Model) -> Result<Attempted> {
         let config = provider_config::Entity::find_by_id(d.config_id).one(&self.db).await?;
         let Some(config) = config.filter(crate::providers::config::sends) else {
-            return claim::release(&self.db, d.id, &self.owner).await;
+            return claim::release(&self.db, d.id, &self.owner).await.map(|()| Attempted::Released);
         };
         let Some(event) = analytics_event::Entity::find_by_id(d.event_id).one(&self.db).await? else {
             return self
@@ -206,7 +332,7 @@ impl Worker {
     }
 
     /// Records an attempt's outcome on the delivery (only while this worker holds its lease) and
-    /// the config's usage, in one transaction.
+    /// the config's usage, in one transaction; returns what became of the delivery.
     async fn record(
         &self,
         d: &delivery::Model,
@@ -214,7 +340,7 @@ impl Worker {
         answer: Option<(u16, Option<std::time::Duration>)>,
         outcome: Outcome,
         adjustments: &[String],
-    ) -> Result<()> {
+    ) -> Result<Attempted> {
         let now = Utc::now();
         let txn = crate::db::begin_write(&self.db).await?;
         let Some(current) = delivery::Entity::find_by_id(d.id)
@@ -224,7 +350,7 @@ impl Worker {
             .await?
         else {
             tracing::warn!(delivery = %d.id, "lease lost before the outcome was recorded");
-            return Ok(());
+            return Ok(Attempted::LeaseLost);
         };
         let attempts = current.attempts + 1;
         let mut row = current.into_active_model();
@@ -250,7 +376,7 @@ impl Worker {
             now + chrono::Duration::from_std(wait).unwrap_or_default()
         };
         let retry_after = answer.and_then(|(_, ra)| ra);
-        match &outcome {
+        let done = match &outcome {
             Outcome::Delivered => {
                 end(&mut row, DeliveryStatus::Delivered);
                 row.delivered_at = Set(Some(now));
@@ -258,6 +384,7 @@ impl Worker {
                 row.warning = Set(adjusted);
                 row.update(&txn).await?;
                 usage::sent(&txn, config.id, now).await?;
+                Attempted::Delivered
             }
             Outcome::DeliveredButDropped { warning } => {
                 end(&mut row, DeliveryStatus::Dropped);
@@ -268,12 +395,14 @@ impl Worker {
                 }));
                 row.update(&txn).await?;
                 usage::dropped(&txn, config.id, warning, now).await?;
+                Attempted::Dropped
             }
             Outcome::Dead { reason } => {
                 end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, reason, true, now).await?;
+                Attempted::Dead
             }
             Outcome::Retry { reason } if attempts >= self.settings.max_attempts => {
                 let reason = format!("gave up after {attempts} attempts; last: {reason}");
@@ -281,12 +410,14 @@ impl Worker {
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, &reason, true, now).await?;
+                Attempted::Dead
             }
             Outcome::Retry { reason } => {
                 row.next_attempt_at = Set(retry_at(retry_after));
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, reason, false, now).await?;
+                Attempted::Retried
             }
             Outcome::AuthFailure { reason } => {
                 row.next_attempt_at = Set(retry_at(retry_after));
@@ -297,10 +428,11 @@ impl Worker {
                     tracing::warn!(config = %config.id, provider = %config.provider, %reason,
                         "provider config put into status error after repeated authentication failures");
                 }
+                Attempted::Retried
             }
-        }
+        };
         txn.commit().await?;
-        Ok(())
+        Ok(done)
     }
 }
 

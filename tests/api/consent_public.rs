@@ -7,18 +7,14 @@ use serde_json::{Value, json};
 
 use crate::helpers::{SITE, TestApp, assert_error, send, spawn_app, spawn_app_with};
 
-fn consent_path(app: &TestApp) -> String {
-    format!("/v1/tenants/{}/consent", app.tenant)
-}
-
 async fn state(app: &TestApp, visitor: &str) -> Value {
-    let (s, body) = send(app.public(Method::GET, &format!("{}/{visitor}", consent_path(app)))).await;
+    let (s, body) = send(app.public(Method::GET, &format!("{}/{visitor}", app.consent_path()))).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     body
 }
 
 async fn state_with(app: &TestApp, visitor: &str, headers: &[(&str, &str)]) -> Value {
-    let mut req = app.public(Method::GET, &format!("{}/{visitor}", consent_path(app)));
+    let mut req = app.public(Method::GET, &format!("{}/{visitor}", app.consent_path()));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -35,7 +31,7 @@ async fn a_visitor_accepts_all_from_the_banner() {
 
     // The banner posts text/plain JSON from the site's origin.
     let res = app
-        .public(Method::POST, &consent_path(&app))
+        .public(Method::POST, &app.consent_path())
         .header("origin", SITE)
         .header("content-type", "text/plain;charset=UTF-8")
         .header("user-agent", "Mozilla/5.0 (test)")
@@ -79,7 +75,7 @@ async fn the_server_issues_a_visitor_id_when_none_is_given() {
     let app = spawn_app().await;
     app.publish_consent_config(json!({})).await;
     let res = app
-        .public(Method::POST, &consent_path(&app))
+        .public(Method::POST, &app.consent_path())
         .json(&json!({"action": "reject_all", "revision": 1}))
         .send()
         .await
@@ -97,7 +93,7 @@ async fn the_server_issues_a_visitor_id_when_none_is_given() {
 
     // A server-side caller that holds the cookie is recognised by it.
     let (s, again) = send(
-        app.public(Method::POST, &consent_path(&app))
+        app.public(Method::POST, &app.consent_path())
             .header("cookie", format!("other=1; cg_vid={id}"))
             .json(&json!({"action": "accept_all", "revision": 1})),
     )
@@ -147,10 +143,10 @@ async fn bad_input_is_refused_clearly() {
             Some(field),
         );
     }
-    let got = send(app.public(Method::GET, &format!("{}/a%20b", consent_path(&app)))).await;
+    let got = send(app.public(Method::GET, &format!("{}/a%20b", app.consent_path()))).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", Some("visitor_id"));
     let got =
-        send(app.public(Method::POST, &consent_path(&app)).header("content-type", "text/plain").body("{oops")).await;
+        send(app.public(Method::POST, &app.consent_path()).header("content-type", "text/plain").body("{oops")).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", None);
     let got = send(app.public(Method::GET, "/v1/tenants/no-such-tenant/consent/v1")).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
@@ -203,7 +199,7 @@ async fn without_an_active_config_nothing_is_recorded() {
     let got = app.record_consent(json!({"visitor_id": "v", "action": "accept_all", "revision": 1})).await;
     assert_error(&got, StatusCode::CONFLICT, "conflict", None);
     assert!(got.1["error"]["message"].as_str().unwrap().contains("paused"));
-    let (s, body) = send(app.public(Method::DELETE, &format!("{}/v", consent_path(&app)))).await;
+    let (s, body) = send(app.public(Method::DELETE, &format!("{}/v", app.consent_path()))).await;
     assert_eq!((s, body["action"].as_str()), (StatusCode::CREATED, Some("withdraw")));
 }
 
@@ -212,7 +208,7 @@ async fn cors_answers_only_the_allowed_origins() {
     let app = spawn_app().await;
     app.publish_consent_config(json!({})).await;
     let post = |origin: &'static str| {
-        app.public(Method::POST, &consent_path(&app))
+        app.public(Method::POST, &app.consent_path())
             .header("origin", origin)
             .json(&json!({"visitor_id": "v", "action": "reject_all", "revision": 1}))
     };
@@ -235,7 +231,7 @@ async fn cors_answers_only_the_allowed_origins() {
         assert_eq!(body["error"]["code"], "forbidden");
     }
     let got =
-        send(app.public(Method::GET, &format!("{}/v", consent_path(&app))).header("origin", "https://evil.example"))
+        send(app.public(Method::GET, &format!("{}/v", app.consent_path())).header("origin", "https://evil.example"))
             .await;
     assert_error(&got, StatusCode::FORBIDDEN, "forbidden", None);
     // Refused writes stored nothing: only the three allowed ones are there.
@@ -244,7 +240,7 @@ async fn cors_answers_only_the_allowed_origins() {
 
     // Errors carry the CORS headers too, so the banner can read them.
     let res = app
-        .public(Method::POST, &consent_path(&app))
+        .public(Method::POST, &app.consent_path())
         .header("origin", SITE)
         .json(&json!({"visitor_id": "v", "action": "accept_all", "revision": 9}))
         .send()
@@ -265,7 +261,7 @@ async fn preflights_are_answered_for_allowed_origins() {
             .header("access-control-request-headers", "content-type")
             .send()
     };
-    let res = preflight(consent_path(&app), SITE, "POST").await.unwrap();
+    let res = preflight(app.consent_path(), SITE, "POST").await.unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let h = res.headers();
     assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], SITE);
@@ -273,11 +269,11 @@ async fn preflights_are_answered_for_allowed_origins() {
     assert!(h[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().to_ascii_lowercase().contains("content-type"));
     assert!(h.get_all(header::VARY).iter().any(|v| v.to_str().unwrap().contains("Origin")));
 
-    let res = preflight(format!("{}/v1", consent_path(&app)), "https://www.shop.example", "DELETE").await.unwrap();
+    let res = preflight(format!("{}/v1", app.consent_path()), "https://www.shop.example", "DELETE").await.unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert!(res.headers()[header::ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap().contains("DELETE"));
 
-    let res = preflight(consent_path(&app), "https://evil.example", "POST").await.unwrap();
+    let res = preflight(app.consent_path(), "https://evil.example", "POST").await.unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert!(res.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
 }
@@ -289,7 +285,7 @@ async fn allowed_origins_change_when_the_config_is_published() {
     let path = format!("{}/{id}", app.consent_configs_path());
     app.patch(&path, &app.admin, json!({"allowed_origins": ["https://new.example"]})).await;
     let state_from = |origin: &'static str| {
-        send(app.public(Method::GET, &format!("{}/v", consent_path(&app))).header("origin", origin))
+        send(app.public(Method::GET, &format!("{}/v", app.consent_path())).header("origin", origin))
     };
     assert_eq!(state_from(SITE).await.0, StatusCode::OK, "the published origins still apply");
     assert_eq!(state_from("https://new.example").await.0, StatusCode::FORBIDDEN);
@@ -322,7 +318,7 @@ async fn the_state_says_why_a_decision_is_needed() {
     assert_eq!((st["decision_needed"].as_bool(), st["choices"]["analytics"].as_bool()), (Some(false), Some(true)));
 
     // Withdrawal: decided, nothing granted.
-    let (s, w) = send(app.public(Method::DELETE, &format!("{}/v1", consent_path(&app)))).await;
+    let (s, w) = send(app.public(Method::DELETE, &format!("{}/v1", app.consent_path()))).await;
     assert_eq!((s, w["action"].as_str(), w["revision"].as_i64()), (StatusCode::CREATED, Some("withdraw"), Some(2)));
     let st = state(&app, "v1").await;
     assert_eq!((st["decision_needed"].as_bool(), st["reason"].as_str()), (Some(false), Some("withdrawn")));
@@ -372,7 +368,7 @@ async fn dnt_and_gpc_limit_what_is_granted_and_are_recorded() {
     let app = spawn_app().await;
     app.publish_consent_config(json!({})).await;
     let (s, _) = send(
-        app.public(Method::POST, &consent_path(&app))
+        app.public(Method::POST, &app.consent_path())
             .header("dnt", "1")
             .json(&json!({"visitor_id": "v-dnt", "action": "accept_all", "revision": 1})),
     )
@@ -402,7 +398,7 @@ async fn dnt_and_gpc_limit_what_is_granted_and_are_recorded() {
 
     // "Accept all" under GPC: marketing was shown refused and locked, and is recorded refused.
     let (s, recorded) = send(
-        app.public(Method::POST, &consent_path(&app))
+        app.public(Method::POST, &app.consent_path())
             .header("sec-gpc", "1")
             .json(&json!({"visitor_id": "v-gpc3", "action": "accept_all", "revision": 1})),
     )
@@ -445,7 +441,7 @@ async fn geo_decides_whether_consent_is_required() {
         assert_eq!((st["consent_required"].as_bool(), st["country"].clone()), (Some(true), Value::Null), "{unknown}");
     }
     let (s, _) = send(
-        app.public(Method::POST, &consent_path(&app))
+        app.public(Method::POST, &app.consent_path())
             .header("cf-ipcountry", "se")
             .json(&json!({"visitor_id": "v", "action": "reject_all", "revision": 1})),
     )
@@ -464,7 +460,7 @@ async fn consent_writes_are_rate_limited_per_client() {
         app.consent(&format!("v{i}"), "reject_all", 1).await;
     }
     let res = app
-        .public(Method::POST, &consent_path(&app))
+        .public(Method::POST, &app.consent_path())
         .json(&json!({"visitor_id": "v9", "action": "reject_all", "revision": 1}))
         .send()
         .await
@@ -474,7 +470,7 @@ async fn consent_writes_are_rate_limited_per_client() {
     assert!((1..=21).contains(&wait), "{wait}");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    let (s, _) = send(app.public(Method::DELETE, &format!("{}/v1", consent_path(&app)))).await;
+    let (s, _) = send(app.public(Method::DELETE, &format!("{}/v1", app.consent_path()))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     // Reads are not limited.
     state(&app, "v1").await;

@@ -37,7 +37,7 @@ async fn an_auditor_sees_every_proof_field() {
     // DNT not honoured: GPC then refuses marketing only, and analytics is the visitor's to give.
     let config_id = app.publish_consent_config(json!({"respect_do_not_track": false})).await;
     let (s, _) = send(
-        app.public(Method::POST, &format!("/v1/tenants/{}/consent", app.tenant))
+        app.public(Method::POST, &app.consent_path())
             .header("user-agent", "Mozilla/5.0 (X11)")
             .header("sec-gpc", "1")
             .json(&json!({"visitor_id": "visitor-1", "action": "custom", "revision": 1, "language": "SV",
@@ -97,8 +97,6 @@ async fn records_are_filtered_and_paged_in_chain_order() {
     app.consent("alice", "accept_all", 1).await; // 1
     app.consent("bob", "reject_all", 1).await; // 2
     app.consent("carol", "custom", 1).await; // 3 (analytics only)
-    let middle = chrono::Utc::now();
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     app.publish(&id, true).await;
     app.consent("alice", "reject_all", 2).await; // 4
     app.consent("dave", "accept_all", 2).await; // 5
@@ -112,9 +110,13 @@ async fn records_are_filtered_and_paged_in_chain_order() {
     assert_eq!(seqs(&list(&app, "?analytics=true").await), [1, 3, 5]);
     assert_eq!(seqs(&list(&app, "?marketing=false&revision=1").await), [2, 3]);
     assert_eq!(seqs(&list(&app, "?revision=2&visitor_id=dave").await), [5]);
-    let ts = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    assert_eq!(seqs(&list(&app, &format!("?to={}", ts(middle))).await), [1, 2, 3]);
-    assert_eq!(seqs(&list(&app, &format!("?from={}", ts(middle))).await), [4, 5, 6]);
+    // `from` and `to` make a half-open range: the instant of record 4 splits the list there.
+    let fourth = &list(&app, "?visitor_id=alice").await["items"][1];
+    assert_eq!(fourth["seq"], 4);
+    let middle = chrono::DateTime::parse_from_rfc3339(fourth["created_at"].as_str().unwrap()).unwrap();
+    let middle = middle.to_utc().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    assert_eq!(seqs(&list(&app, &format!("?to={middle}")).await), [1, 2, 3]);
+    assert_eq!(seqs(&list(&app, &format!("?from={middle}")).await), [4, 5, 6]);
     assert_eq!(seqs(&list(&app, &format!("?config_id={id}&functional=true")).await), [1, 5]);
     let hash = list(&app, "?visitor_id=bob").await["items"][0]["visitor_hash"].clone();
     assert_eq!(seqs(&list(&app, &format!("?visitor_hash={}", hash.as_str().unwrap())).await), [2, 6]);
@@ -224,7 +226,7 @@ async fn an_auditor_can_recompute_every_hash_from_the_export_alone() {
     app.publish_consent_config(json!({})).await;
     app.consent("a", "accept_all", 1).await;
     let (s, _) = send(
-        app.public(Method::POST, &format!("/v1/tenants/{}/consent", app.tenant))
+        app.public(Method::POST, &app.consent_path())
             .header("user-agent", r#"Mozilla/5.0 "quoted" back\slash"#)
             .header("dnt", "1")
             .json(&json!({"visitor_id": "b", "action": "custom", "revision": 1, "choices": {"marketing": true}})),
@@ -343,7 +345,7 @@ async fn concurrent_consent_writes_never_fork_the_chain() {
     app.publish_consent_config(json!({})).await;
     let writes = (0..20).map(|i| {
         let req = app
-            .public(Method::POST, &format!("/v1/tenants/{}/consent", app.tenant))
+            .public(Method::POST, &app.consent_path())
             .json(&json!({"visitor_id": format!("concurrent-{i}"), "action": "accept_all", "revision": 1}));
         async move { send(req).await }
     });

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     fakes::FakeProviders,
-    helpers::{TestApp, spawn_app_with},
+    helpers::TestApp,
     site::{self, Site, settled, track, visitor},
 };
 
@@ -26,14 +26,18 @@ async fn corrupt(app: &TestApp, table: &str, column: &str, id: &str, value: &str
     assert_eq!(done.rows_affected(), 1, "{table}.{column} of {id}");
 }
 
+/// Runs the outbox until nothing is due, then the event's deliveries, each ended.
+async fn drained(app: &TestApp, event_id: &str) -> Vec<Value> {
+    app.drain_outbox().await;
+    settled(app, event_id).await
+}
+
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string()
 }
 
 async fn setup() -> (TestApp, FakeProviders, Site, Value, Value) {
-    let app = spawn_app_with(|s| s.server.client_ip_header = "X-Forwarded-For".into()).await;
-    let fakes = FakeProviders::start().await;
-    let keys = site::site(&app).await;
+    let (app, fakes, keys) = site::setup().await;
     let plausible = site::plausible(&app, &fakes, json!({})).await;
     let umami = site::umami(&app, &fakes, json!({})).await;
     (app, fakes, keys, plausible, umami)
@@ -54,7 +58,7 @@ async fn a_corrupted_config_is_denied_alone(column: &str, stored: &str) -> (Test
     let broken = decision(&plausible);
     assert_eq!((broken["decision"].as_str(), broken["reason"].as_str()), (Some("deny"), Some("denied:config_invalid")));
     assert_eq!(decision(&umami)["decision"], "allow");
-    let deliveries = settled(&app, &id(&accepted), 10).await;
+    let deliveries = drained(&app, &id(&accepted)).await;
     assert_eq!(deliveries.len(), 1, "only the readable config gets a delivery: {deliveries:#?}");
     assert_eq!(
         (deliveries[0]["config_id"].as_str(), deliveries[0]["status"].as_str()),
@@ -125,7 +129,7 @@ async fn unreadable_delivery_status_and_consent_action_are_listed_not_500() {
     let v = visitor();
     let recorded = app.consent(&v, "accept_all", 1).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&v)).await;
-    let delivery = settled(&app, &id(&accepted), 10).await.remove(0);
+    let delivery = drained(&app, &id(&accepted)).await.remove(0);
     assert_eq!(delivery["config_id"], umami["id"]);
 
     corrupt(&app, "delivery", "status", &id(&delivery), "sent").await;

@@ -1,27 +1,16 @@
 //! Post once, forward safely: what the fake providers (a separate process) received, and what the
-//! delivery log says, for each way an event can go.
+//! delivery log says, for each way an event can go. Each test drives the outbox itself
+//! ([`TestApp::drain_outbox`]), so what it asserts was not sent had every chance to be.
 
-use std::time::Duration;
-
+use consentgate::outbox::Pass;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
     fakes::{FakeProviders, SITE, WEBSITE_ID},
-    helpers::{TestApp, eventually, send, spawn_app_with},
-    site::{
-        self, CHROME, PAGE, Site, VISITOR_IP, consent_config, consent_record, delivery_in, settled, track, visitor,
-    },
+    helpers::send,
+    site::{self, CHROME, PAGE, VISITOR_IP, delivery_in, settled, setup, setup_with, track, visitor},
 };
-
-/// The gateway behind a proxy that passes the visitor's address in `X-Forwarded-For`, the fakes,
-/// and a site with keys.
-async fn setup() -> (TestApp, FakeProviders, Site) {
-    let app = spawn_app_with(|s| s.server.client_ip_header = "X-Forwarded-For".into()).await;
-    let fakes = FakeProviders::start().await;
-    let keys = site::site(&app).await;
-    (app, fakes, keys)
-}
 
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string()
@@ -31,11 +20,9 @@ fn decision_for<'a>(accepted: &'a Value, config_id: &str) -> &'a Value {
     accepted["decisions"].as_array().unwrap().iter().find(|d| d["config_id"] == config_id).unwrap()
 }
 
-/// Waits until `n` requests reached the fake for `provider`, then a bit longer, and returns them
-/// all — so that "exactly n" is not just "not yet more".
+/// The requests `provider`'s fake received, asserted to be `n`. Call it after draining the
+/// outbox: nothing is in flight then, so "exactly n" is not just "not yet more".
 async fn exactly(fakes: &FakeProviders, provider: &str, n: usize) -> Vec<Value> {
-    eventually(10, || async { (fakes.received_by(provider).await.len() >= n).then_some(()) }).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let got = fakes.received_by(provider).await;
     assert_eq!(got.len(), n, "{provider} received {got:#?}");
     got
@@ -56,7 +43,8 @@ async fn a_pageview_reaches_plausible_and_umami_as_the_visitor() {
         assert_eq!((d["decision"].as_str(), d["identity"].as_str()), (Some("allow"), Some("anonymous")), "{d}");
         assert!(d["reason"].as_str().unwrap().starts_with("anonymous:"), "{d}");
     }
-    let deliveries = settled(&app, &id(&accepted), 10).await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 2, delivered: 2, ..Pass::default() });
+    let deliveries = settled(&app, &id(&accepted)).await;
     assert_eq!(deliveries.len(), 2);
     assert!(deliveries.iter().all(|d| d["status"] == "delivered" && d["attempts"] == 1), "{deliveries:#?}");
 
@@ -124,9 +112,9 @@ async fn a_respected_do_not_track_or_gpc_sends_nothing_even_to_cookie_free_provi
     let (app, fakes, keys) = setup().await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let u = site::umami(&app, &fakes, json!({})).await;
-    consent_config(&app).await;
+    app.publish_consent_config(json!({})).await;
     let v = visitor();
-    consent_record(&app, &v, "accept_all").await;
+    app.consent(&v, "accept_all", 1).await;
     for (header, reason) in [("dnt", "denied:dnt"), ("sec-gpc", "denied:gpc")] {
         let (s, accepted) = send(
             app.http
@@ -158,10 +146,10 @@ async fn identifiers_go_only_with_analytics_consent() {
     let (app, fakes, keys) = setup().await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let u = site::umami(&app, &fakes, json!({})).await;
-    consent_config(&app).await;
+    app.publish_consent_config(json!({})).await;
     let (yes, no) = (visitor(), visitor());
-    consent_record(&app, &yes, "accept_all").await;
-    consent_record(&app, &no, "reject_all").await;
+    app.consent(&yes, "accept_all", 1).await;
+    app.consent(&no, "reject_all", 1).await;
     let signup = |v: &str| {
         json!({"event_name": "signup", "page_url": PAGE, "anonymous_id": v, "user_id": format!("user-{v}"),
                "event_properties": {"plan": "pro", "email": "ann@example.com", "customer_id": "c-9"}})
@@ -171,12 +159,14 @@ async fn identifiers_go_only_with_analytics_consent() {
     assert_eq!(s, StatusCode::ACCEPTED, "{full}");
     let d = decision_for(&full, &id(&u));
     assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("full"), Some("consent_granted:analytics")));
-    settled(&app, &id(&full), 10).await;
+    app.drain_outbox().await;
+    settled(&app, &id(&full)).await;
     let (s, anon) = track(&app, &keys, signup(&no)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{anon}");
     let d = decision_for(&anon, &id(&p));
     assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("anonymous"), Some("anonymous:rejected")));
-    settled(&app, &id(&anon), 10).await;
+    app.drain_outbox().await;
+    settled(&app, &id(&anon)).await;
 
     let umami = exactly(&fakes, "umami", 2).await;
     let (first, second) = (&umami[0]["body"]["payload"], &umami[1]["body"]["payload"]);
@@ -199,10 +189,10 @@ async fn a_denied_provider_receives_nothing_at_all() {
     let (app, fakes, keys) = setup().await;
     // An admin makes Umami wait for analytics consent.
     let u = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
-    consent_config(&app).await;
+    app.publish_consent_config(json!({})).await;
     let (refused, granted) = (visitor(), visitor());
-    consent_record(&app, &refused, "reject_all").await;
-    consent_record(&app, &granted, "accept_all").await;
+    app.consent(&refused, "reject_all", 1).await;
+    app.consent(&granted, "accept_all", 1).await;
 
     let (s, denied) = track(&app, &keys, site::pageview(&refused)).await;
     assert_eq!(s, StatusCode::ACCEPTED);
@@ -210,9 +200,10 @@ async fn a_denied_provider_receives_nothing_at_all() {
     assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some("denied:rejected")), "{d}");
     assert!(d["identity"].is_null());
 
-    // The positive control, posted after: once it is delivered, the denied one would have been too.
+    // The positive control: the same drain sends the consenting visitor's event.
     let (_, control) = track(&app, &keys, site::pageview(&granted)).await;
-    delivery_in(&app, &id(&control), &id(&u), "delivered", 10).await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, delivered: 1, ..Pass::default() });
+    delivery_in(&app, &id(&control), &id(&u), "delivered").await;
     let got = exactly(&fakes, "umami", 1).await;
     assert_eq!(got[0]["body"]["payload"]["id"], granted, "only the consenting visitor's event");
 
@@ -247,7 +238,8 @@ async fn bots_are_stored_but_never_forwarded() {
     assert_eq!(decision_for(&curl, &id(&p))["reason"], "denied:bot");
 
     let (_, control) = track(&app, &keys, site::pageview(&visitor())).await;
-    settled(&app, &id(&control), 10).await;
+    assert_eq!(app.drain_outbox().await.claimed, 1, "only the control has a delivery");
+    settled(&app, &id(&control)).await;
     exactly(&fakes, "plausible", 1).await;
     let (_, stored) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&bot)), &app.auditor).await;
     assert_eq!(stored["context"]["agent"]["bot"], true, "{stored}");
@@ -264,7 +256,8 @@ async fn a_server_speaks_for_its_visitor() {
     })))
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
-    settled(&app, &id(&accepted), 10).await;
+    app.drain_outbox().await;
+    settled(&app, &id(&accepted)).await;
     let got = exactly(&fakes, "plausible", 1).await.remove(0);
     assert_eq!(got["headers"]["user-agent"], CHROME);
     assert_eq!(got["headers"]["x-plausible-ip"], "2001:db8:1:2::9");
@@ -281,7 +274,13 @@ async fn a_provider_that_is_down_is_retried_until_it_is_back() {
     let p = site::plausible(&app, &fakes, json!({})).await;
     fakes.behaviour(json!({"plausible": {"fail_next": 3, "status": 503}})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
-    let d = delivery_in(&app, &id(&accepted), &id(&p), "delivered", 15).await;
+    // The first attempt fails, and the delivery waits for its backoff.
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, retried: 1, ..Pass::default() });
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "pending").await;
+    assert_eq!((d["attempts"].as_i64(), d["last_status"].as_i64()), (Some(1), Some(503)), "{d}");
+    let retries = app.drain_outbox_with_retries().await;
+    assert_eq!(retries, Pass { claimed: 3, retried: 2, delivered: 1, ..Pass::default() });
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "delivered").await;
     assert_eq!(d["attempts"], 4, "{d}");
     assert_eq!(d["last_status"], 202);
     let got = exactly(&fakes, "plausible", 4).await;
@@ -299,17 +298,12 @@ async fn a_provider_that_is_down_is_retried_until_it_is_back() {
 
 #[tokio::test]
 async fn retries_end_in_the_dead_letters_after_max_attempts() {
-    let app = spawn_app_with(|s| {
-        s.server.client_ip_header = "X-Forwarded-For".into();
-        s.delivery.max_attempts = 3;
-    })
-    .await;
-    let fakes = FakeProviders::start().await;
-    let keys = site::site(&app).await;
+    let (app, fakes, keys) = setup_with(|s| s.delivery.max_attempts = 3).await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     fakes.behaviour(json!({"plausible": {"status": 500}})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
-    let d = delivery_in(&app, &id(&accepted), &id(&p), "dead", 15).await;
+    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 3, retried: 2, dead: 1, ..Pass::default() });
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "dead").await;
     assert_eq!(d["attempts"], 3);
     assert!(d["last_error"].as_str().unwrap().contains("gave up after 3 attempts"), "{d}");
     let (_, dead) = app.get(&format!("/v1/tenants/{}/deliveries?status=dead", app.tenant), &app.auditor).await;
@@ -324,7 +318,8 @@ async fn a_400_is_a_dead_letter_with_the_providers_message_and_can_be_replayed()
     let unknown = "0b8e9c3a-51f0-4d5c-8a52-8f1f6f5b7c11";
     let u = site::umami(&app, &fakes, json!({"website_id": unknown})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
-    let d = delivery_in(&app, &id(&accepted), &id(&u), "dead", 10).await;
+    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 1, dead: 1, ..Pass::default() });
+    let d = delivery_in(&app, &id(&accepted), &id(&u), "dead").await;
     assert_eq!((d["attempts"].as_i64(), d["last_status"].as_i64()), (Some(1), Some(400)), "dead at once: {d}");
     assert!(d["last_error"].as_str().unwrap().contains("Website not found."), "{d}");
     let usage = &site::config(&app, "umami", &id(&u)).await["usage"];
@@ -337,7 +332,8 @@ async fn a_400_is_a_dead_letter_with_the_providers_message_and_can_be_replayed()
     assert_eq!(app.post(&path, &app.auditor, json!({})).await.0, StatusCode::FORBIDDEN);
     let (s, replayed) = app.post(&path, &app.admin, json!({})).await;
     assert_eq!((s, replayed["replayed"].as_u64()), (StatusCode::OK, Some(1)), "{replayed}");
-    let d = delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    app.drain_outbox().await;
+    let d = delivery_in(&app, &id(&accepted), &id(&u), "delivered").await;
     assert_eq!(d["attempts"], 1, "attempts start again");
     let stored = fakes.stored("umami").await;
     assert_eq!(stored.len(), 1);
@@ -355,31 +351,32 @@ async fn repeated_401s_put_the_config_in_error_until_an_admin_reactivates_it() {
     let u = site::umami(&app, &fakes, json!({})).await;
     fakes.behaviour(json!({"umami": {"status": 401}})).await;
     let (_, first) = track(&app, &keys, site::pageview(&visitor())).await;
-    let config = eventually(15, || async {
-        let c = site::config(&app, "umami", &id(&u)).await;
-        (c["status"] == "error").then_some(c)
-    })
-    .await;
+    // Retried like any failure, until the third 401 puts the config in error.
+    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 3, retried: 3, ..Pass::default() });
+    let config = site::config(&app, "umami", &id(&u)).await;
+    assert_eq!(config["status"], "error", "{config}");
     assert!(config["status_reason"].as_str().unwrap().contains("401"), "{config}");
     let tries = fakes.received_by("umami").await.len();
     assert_eq!(tries, 3, "auth_failures_before_error = 3");
 
-    // Events keep being accepted and decided; their deliveries wait.
+    // Events keep being accepted and decided; their deliveries wait, however long.
     let (s, second) = track(&app, &keys, site::pageview(&visitor())).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(decision_for(&second, &id(&u))["decision"], "allow");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.drain_outbox_with_retries().await, Pass::default(), "nothing is claimed for a config in error");
     assert_eq!(fakes.received_by("umami").await.len(), tries, "nothing is sent for a config in error");
-    let d = delivery_in(&app, &id(&first), &id(&u), "pending", 5).await;
+    let d = delivery_in(&app, &id(&first), &id(&u), "pending").await;
     assert!(d["last_error"].as_str().unwrap().contains("401"));
+    delivery_in(&app, &id(&second), &id(&u), "pending").await;
 
-    // Fixed: the admin sets it active again, and both go out.
+    // Fixed: the admin sets it active again, and both go out at once (no backoff left to wait).
     fakes.behaviour(json!({"umami": {"status": null}})).await;
     let (s, c) = site::patch_config(&app, "umami", &id(&u), json!({"status": "active"})).await;
     assert_eq!(s, StatusCode::OK, "{c}");
     assert!(c["status_reason"].is_null());
-    delivery_in(&app, &id(&first), &id(&u), "delivered", 10).await;
-    delivery_in(&app, &id(&second), &id(&u), "delivered", 10).await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 2, delivered: 2, ..Pass::default() });
+    delivery_in(&app, &id(&first), &id(&u), "delivered").await;
+    delivery_in(&app, &id(&second), &id(&u), "delivered").await;
     assert_eq!(fakes.stored("umami").await.len(), 2);
 }
 
@@ -400,10 +397,11 @@ async fn silently_dropped_events_show_as_dropped_not_delivered() {
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
-    let dp = delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 2, dropped: 2, ..Pass::default() });
+    let dp = delivery_in(&app, &id(&accepted), &id(&p), "dropped").await;
     assert!(dp["warning"].as_str().unwrap().contains("x-plausible-dropped"), "{dp}");
     assert!(dp["delivered_at"].is_null());
-    let du = delivery_in(&app, &id(&accepted), &id(&u), "dropped", 10).await;
+    let du = delivery_in(&app, &id(&accepted), &id(&u), "dropped").await;
     assert!(du["warning"].as_str().unwrap().contains("beep"), "{du}");
     for (provider, c) in [("plausible", &p), ("umami", &u)] {
         let usage = &site::config(&app, provider, &id(c)).await["usage"];
@@ -419,7 +417,8 @@ async fn silently_dropped_events_show_as_dropped_not_delivered() {
     let (s, r) =
         app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&dp)), &app.admin, json!({})).await;
     assert_eq!((s, r["status"].as_str(), r["attempts"].as_i64()), (StatusCode::OK, Some("pending"), Some(0)), "{r}");
-    delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, dropped: 1, ..Pass::default() });
+    delivery_in(&app, &id(&accepted), &id(&p), "dropped").await;
 }
 
 #[tokio::test]
@@ -428,7 +427,8 @@ async fn an_unregistered_plausible_site_is_a_drop_with_a_warning() {
     let p =
         site::plausible(&app, &fakes, json!({"site_id": "example.org", "allowed_domains": ["*.example.com"]})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
-    let d = delivery_in(&app, &id(&accepted), &id(&p), "dropped", 10).await;
+    app.drain_outbox().await;
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "dropped").await;
     assert_eq!(d["last_status"], 202);
     assert_eq!(fakes.received_by("plausible").await[0]["reason"], "unknown domain");
 }
@@ -454,8 +454,9 @@ async fn a_repeated_post_creates_one_event_and_one_delivery_per_config() {
     let (s2, b2) = track(&app, &keys, beacon).await;
     assert_eq!((s1, s2, b1["id"].clone()), (StatusCode::ACCEPTED, StatusCode::OK, b2["id"].clone()));
 
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 4, delivered: 4, ..Pass::default() });
     for e in [&first, &b1] {
-        assert_eq!(settled(&app, &id(e), 10).await.len(), 2, "one delivery per config");
+        assert_eq!(settled(&app, &id(e)).await.len(), 2, "one delivery per config");
     }
     exactly(&fakes, "plausible", 2).await;
     exactly(&fakes, "umami", 2).await;
@@ -472,10 +473,11 @@ async fn the_per_provider_endpoint_sends_to_that_provider_only() {
     let decisions = accepted["decisions"].as_array().unwrap();
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0]["config_id"], u["id"]);
-    delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
     // The control for Plausible: a normal event after it.
     let (_, control) = track(&app, &keys, site::pageview(&visitor())).await;
-    delivery_in(&app, &id(&control), &id(&p), "delivered", 10).await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 3, delivered: 3, ..Pass::default() });
+    delivery_in(&app, &id(&accepted), &id(&u), "delivered").await;
+    delivery_in(&app, &id(&control), &id(&p), "delivered").await;
     exactly(&fakes, "plausible", 1).await;
     let (s, _) =
         site::post_from_browser(&app, "/analytics/ga5/events", &keys.public_key, site::pageview(&visitor())).await;
@@ -498,8 +500,9 @@ async fn values_are_fitted_to_each_providers_limits_and_the_changes_are_logged()
     });
     let (s, accepted) = track(&app, &keys, body).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
-    let dp = delivery_in(&app, &id(&accepted), &id(&p), "delivered", 10).await;
-    let du = delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
+    app.drain_outbox().await;
+    let dp = delivery_in(&app, &id(&accepted), &id(&p), "delivered").await;
+    let du = delivery_in(&app, &id(&accepted), &id(&u), "delivered").await;
     assert!(dp["warning"].as_str().unwrap().contains("beyond Plausible's 30"), "{dp}");
     assert!(dp["warning"].as_str().unwrap().contains("2000 bytes"), "{dp}");
     assert!(du["warning"].as_str().unwrap().contains("500 characters"), "{du}");
@@ -523,6 +526,7 @@ async fn decommissioning_a_config_ends_its_waiting_deliveries() {
     assert_eq!((s, c["status"].as_str()), (StatusCode::OK, Some("decommissioned")));
     let (_, after) = track(&app, &keys, site::pageview(&visitor())).await;
     assert_eq!(after["decisions"], json!([]), "a decommissioned config is not considered");
+    assert_eq!(app.drain_outbox().await, Pass::default(), "nothing to send");
     assert!(fakes.received().await.is_empty());
 }
 
@@ -536,8 +540,9 @@ async fn deliveries_are_listed_by_status_config_and_event_with_cursor_pages() {
         let (_, a) = track(&app, &keys, site::pageview(&visitor())).await;
         ids.push(id(&a));
     }
+    assert_eq!(app.drain_outbox().await.delivered, 6);
     for e in &ids {
-        settled(&app, e, 10).await;
+        settled(&app, e).await;
     }
     let base = format!("/v1/tenants/{}/deliveries", app.tenant);
     let (_, page1) = app.get(&format!("{base}?config={}&limit=2", id(&p)), &app.auditor).await;
@@ -558,11 +563,11 @@ async fn deliveries_are_listed_by_status_config_and_event_with_cursor_pages() {
 #[tokio::test]
 async fn a_withdrawal_reaches_deliveries_still_waiting() {
     let (app, fakes, keys) = setup().await;
-    site::consent_config(&app).await;
+    app.publish_consent_config(json!({})).await;
     let cookie_free = site::plausible(&app, &fakes, json!({})).await;
     let needs_analytics = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
     let v = visitor();
-    site::consent_record(&app, &v, "accept_all").await;
+    app.consent(&v, "accept_all", 1).await;
     fakes.behaviour(json!({"plausible": {"status": 503}, "umami": {"status": 503}})).await;
     let mut event = site::pageview(&v);
     // With full identity Plausible would get `customer_id` among its props.
@@ -572,24 +577,20 @@ async fn a_withdrawal_reaches_deliveries_still_waiting() {
         assert_eq!(decision_for(&accepted, &id(config))["identity"], "full", "{accepted}");
     }
     // The provider is down; the visitor withdraws; the provider comes back.
-    let event_id = id(&accepted);
-    eventually(10, || async {
-        let path = format!("/v1/tenants/{}/deliveries?event={event_id}", app.tenant);
-        let (_, page) = app.get(&path, &app.auditor).await;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        (items.len() == 2 && items.iter().all(|d| d["attempts"].as_i64() >= Some(1) && d["status"] == "pending"))
-            .then_some(())
-    })
-    .await;
-    site::consent_record(&app, &v, "withdraw").await;
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 2, retried: 2, ..Pass::default() });
+    for d in site::deliveries_of(&app, &id(&accepted)).await {
+        assert_eq!((d["status"].as_str(), d["attempts"].as_i64()), (Some("pending"), Some(1)), "{d}");
+    }
+    app.consent(&v, "withdraw", 1).await;
     fakes.behaviour(json!({"plausible": {"status": null}, "umami": {"status": null}})).await;
+    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 2, delivered: 1, dead: 1, ..Pass::default() });
 
-    let sent = delivery_in(&app, &id(&accepted), &id(&cookie_free), "delivered", 10).await;
+    let sent = delivery_in(&app, &id(&accepted), &id(&cookie_free), "delivered").await;
     let stored = fakes.stored("plausible").await;
     assert_eq!(stored.len(), 1, "{sent}");
     assert!(!stored[0].to_string().contains("u-secret-1"), "sent without identifiers: {}", stored[0]);
     assert_eq!(stored[0]["body"]["props"]["plan"], "pro", "{}", stored[0]);
-    let cancelled = delivery_in(&app, &id(&accepted), &id(&needs_analytics), "dead", 10).await;
+    let cancelled = delivery_in(&app, &id(&accepted), &id(&needs_analytics), "dead").await;
     assert!(cancelled["last_error"].as_str().unwrap().contains("consent changed before delivery"), "{cancelled}");
     assert!(fakes.stored("umami").await.is_empty(), "nothing reached the provider needing analytics");
 }

@@ -3,9 +3,11 @@
 //! file in a temp dir by default, or a fresh PostgreSQL database on the server named by
 //! `TEST_DATABASE_URL` (dropped again when the test ends).
 
+use chrono::{DateTime, Utc};
 use consentgate::{
     app::App,
     config::Settings,
+    outbox::{Pass, Worker},
     tenants::{self, TenantSlug},
     tokens::{self, Role},
 };
@@ -23,6 +25,8 @@ pub struct TestApp {
     pub tenant: String,
     pub admin: String,
     pub auditor: String,
+    /// The worker the drain helpers run, built on first use (one HTTP client for the test).
+    outbox: std::sync::OnceLock<Worker>,
     _database: TestDatabase,
 }
 
@@ -71,11 +75,68 @@ pub async fn start_app(database: TestDatabase, configure: impl FnOnce(&mut Setti
         tenant: String::new(),
         admin: String::new(),
         auditor: String::new(),
+        outbox: Default::default(),
         _database: database,
     }
 }
 
+/// For a test that drives the outbox itself ([`TestApp::drain_outbox`]): the app starts without
+/// its delivery worker, which would otherwise race the test's passes for the same deliveries.
+pub fn manual_delivery(settings: &mut Settings) {
+    settings.delivery.enabled = false;
+}
+
+/// Passes one drain may run before it is taken for a loop (retries end after `max_attempts`).
+const MAX_PASSES: usize = 200;
+
 impl TestApp {
+    /// One pass of the outbox — claim, send, record, exactly as the delivery worker does — taking
+    /// `now` for the present: a delivery is due if its `next_attempt_at` is not after `now` and
+    /// its lease, if any, ended before. Requires [`manual_delivery`].
+    pub async fn run_outbox_at(&self, now: DateTime<Utc>) -> Pass {
+        let settings = &self.app.state.settings.delivery;
+        assert!(!settings.enabled, "start the app with `manual_delivery`: its worker would race the test's passes");
+        let worker = self
+            .outbox
+            .get_or_init(|| Worker::new(self.db.clone(), settings.clone()).expect("the delivery worker builds"));
+        let pass = worker.run_once(now).await;
+        assert_eq!(pass.errors, 0, "a claim or attempt failed on the database (see the log with TEST_LOG=1): {pass:?}");
+        pass
+    }
+
+    /// Runs the outbox until nothing is due: pass after pass at the instant of the call, until a
+    /// pass claims nothing; returns what the passes did together. Everything that was due is
+    /// sent and recorded when this returns — nothing is in flight — so a test can assert what
+    /// did *not* happen right after. A delivery that fails waits for its backoff: it is due after
+    /// the call's instant, so it is attempted once here however short the backoff.
+    pub async fn drain_outbox(&self) -> Pass {
+        let now = Utc::now();
+        self.drain(|| now).await
+    }
+
+    /// Like [`drain_outbox`](Self::drain_outbox), but every backoff is waited out at once: each
+    /// pass takes for the present the real clock plus `backoff_max_ms` (no retry waits longer, even
+    /// with a `Retry-After`), so a retried delivery is due again at the next pass (and a lease
+    /// ending within that time counts as passed, as it would after the wait). Returns when
+    /// each delivery of an active config has ended (or its config left `active`, e.g. after
+    /// repeated 401s).
+    pub async fn drain_outbox_with_retries(&self) -> Pass {
+        let longest = chrono::Duration::milliseconds(self.app.state.settings.delivery.backoff_max_ms as i64 + 1);
+        self.drain(|| Utc::now() + longest).await
+    }
+
+    async fn drain(&self, now: impl Fn() -> DateTime<Utc>) -> Pass {
+        let mut total = Pass::default();
+        for _ in 0..MAX_PASSES {
+            let pass = self.run_outbox_at(now()).await;
+            if pass.claimed == 0 {
+                return total;
+            }
+            total += pass;
+        }
+        panic!("the outbox still had due deliveries after {MAX_PASSES} passes: {total:?}");
+    }
+
     /// Creates a tenant with an admin and an auditor token, as the CLI does.
     pub async fn create_tenant(&self, slug: &str) -> (String, String, String) {
         let tenant = tenants::create(&self.db, &TenantSlug::parse(slug).unwrap(), slug).await.unwrap();
@@ -133,12 +194,16 @@ impl TestApp {
         format!("/v1/tenants/{}/analytics/cookie-consent/configs", self.tenant)
     }
 
+    /// `/v1/tenants/{tenant}/consent` of the test's tenant: the public consent routes.
+    pub fn consent_path(&self) -> String {
+        format!("/v1/tenants/{}/consent", self.tenant)
+    }
+
     /// Creates a cookie consent config — [`consent_config`] with `changes` merged in (JSON merge
     /// patch) — and publishes it, so it is the tenant's active config. Returns its id.
     pub async fn publish_consent_config(&self, changes: Value) -> String {
-        let mut body = consent_config();
-        consentgate::consent::config::store::merge_patch(&mut body, &changes);
-        let (s, created) = self.post(&self.consent_configs_path(), &self.admin, body).await;
+        let (s, created) =
+            self.post(&self.consent_configs_path(), &self.admin, merged(consent_config(), changes)).await;
         assert_eq!(s, StatusCode::CREATED, "{created}");
         let id = created["id"].as_str().unwrap().to_string();
         self.publish(&id, false).await;
@@ -156,7 +221,7 @@ impl TestApp {
     /// Records a visitor's decision through the public route, as a server-side caller (no
     /// `Origin`). `body` is the contract's body, e.g. `{"visitor_id", "action", "revision"}`.
     pub async fn record_consent(&self, body: Value) -> (StatusCode, Value) {
-        send(self.public(Method::POST, &format!("/v1/tenants/{}/consent", self.tenant)).json(&body)).await
+        send(self.public(Method::POST, &self.consent_path()).json(&body)).await
     }
 
     /// Records `action` for `visitor` under the active revision; panics unless it is stored.
@@ -211,6 +276,12 @@ pub fn consent_config() -> Value {
     })
 }
 
+/// `base` with `changes` merged in (JSON merge patch, RFC 7396: `null` removes a field).
+pub fn merged(mut base: Value, changes: Value) -> Value {
+    consentgate::consent::config::store::merge_patch(&mut base, &changes);
+    base
+}
+
 pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
     let res = req.send().await.expect("request reaches the app");
     let status = res.status();
@@ -234,7 +305,10 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, f
     assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", got.1);
 }
 
-/// Polls `check` until it returns `Some`, for at most `secs` seconds.
+/// Polls `check` until it returns `Some`, for at most `secs` seconds. Only for what another
+/// process or a background task does (a child process coming up, the delivery workers of running
+/// instances) and only to wait for something to happen — never to show that something did not:
+/// drive the outbox with [`TestApp::drain_outbox`] instead.
 pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
 where
     F: FnMut() -> Fut,

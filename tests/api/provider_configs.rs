@@ -5,11 +5,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
+    fakes::WEBSITE_ID,
     helpers::{assert_error, spawn_app},
     site::{configs_path, create_config, patch_config},
 };
-
-const WEBSITE: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
 
 #[tokio::test]
 async fn a_plausible_config_with_the_defaults() {
@@ -48,7 +47,7 @@ async fn an_umami_config_with_every_field() {
     let c = create_config(
         &app,
         "umami",
-        json!({"display_name": "Umami", "website_id": WEBSITE, "instance_url": "https://umami.example.com/",
+        json!({"display_name": "Umami", "website_id": WEBSITE_ID, "instance_url": "https://umami.example.com/",
                "share_url": "https://umami.example.com/share/abc", "enable_custom_events": false,
                "track_outbound_links": true, "required_category": "analytics", "status": "active",
                "credentials": {"api_key_ref": "keyvault://acme-vault.vault.azure.net/secrets/umami-key",
@@ -74,12 +73,12 @@ async fn raw_secrets_and_bad_fields_are_refused_by_name() {
         ),
         (
             &u,
-            json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"password_ref": "hunter2"}}),
+            json!({"display_name": "x", "website_id": WEBSITE_ID, "credentials": {"password_ref": "hunter2"}}),
             "credentials.password_ref",
         ),
         (
             &u,
-            json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"token_ref": "env:X"}}),
+            json!({"display_name": "x", "website_id": WEBSITE_ID, "credentials": {"token_ref": "env:X"}}),
             "credentials.token_ref",
         ),
         (&p, json!({"display_name": "x"}), "site_id"),
@@ -88,10 +87,10 @@ async fn raw_secrets_and_bad_fields_are_refused_by_name() {
         (&p, json!({"display_name": "x", "site_id": "a.org", "allowed_domains": ["a b"]}), "allowed_domains[0]"),
         (&p, json!({"display_name": "x", "site_id": "a.org", "enable_custom_events": "yes"}), "enable_custom_events"),
         (&p, json!({"display_name": "x", "site_id": "a.org", "required_category": "everything"}), "required_category"),
-        (&p, json!({"display_name": "x", "site_id": "a.org", "website_id": WEBSITE}), "website_id"),
+        (&p, json!({"display_name": "x", "site_id": "a.org", "website_id": WEBSITE_ID}), "website_id"),
         (&u, json!({"display_name": "x", "website_id": "not-a-uuid"}), "website_id"),
-        (&u, json!({"website_id": WEBSITE}), "display_name"),
-        (&u, json!({"display_name": "x", "website_id": WEBSITE, "usage": {}}), "usage"),
+        (&u, json!({"website_id": WEBSITE_ID}), "display_name"),
+        (&u, json!({"display_name": "x", "website_id": WEBSITE_ID, "usage": {}}), "usage"),
     ] {
         let got = app.post(path, &app.admin, body.clone()).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
@@ -146,7 +145,7 @@ async fn a_patch_merges_and_is_validated_like_a_creation() {
     let c = create_config(
         &app,
         "umami",
-        json!({"display_name": "x", "website_id": WEBSITE, "credentials": {"api_key_ref": "env:A", "password_ref": "env:B"}}),
+        json!({"display_name": "x", "website_id": WEBSITE_ID, "credentials": {"api_key_ref": "env:A", "password_ref": "env:B"}}),
     )
     .await;
     let id = c["id"].as_str().unwrap();
@@ -159,7 +158,7 @@ async fn a_patch_merges_and_is_validated_like_a_creation() {
     .await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["track_outbound_links"], false);
-    assert_eq!(p["website_id"], WEBSITE, "untouched fields stay");
+    assert_eq!(p["website_id"], WEBSITE_ID, "untouched fields stay");
     assert_eq!(p["credentials"], json!({"api_key_ref": "env:A", "username_ref": "env:U"}));
     let got = patch_config(&app, "umami", id, json!({"credentials": {"api_key_ref": "plain-secret-value"}})).await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("credentials.api_key_ref"));

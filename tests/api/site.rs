@@ -1,14 +1,17 @@
 #![allow(dead_code)] // each test module uses a different subset
 //! Fixtures for forwarding tests: a site with ingest keys, provider configs pointing at the fakes,
-//! a consent configuration and visitors' consent records (through the consent API).
+//! events as a browser posts them, and the delivery log. (The consent configuration and
+//! visitors' records come from [`TestApp::publish_consent_config`] and [`TestApp::consent`].)
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use consentgate::config::Settings;
+
 use crate::{
     fakes::{FakeProviders, SITE, WEBSITE_ID},
-    helpers::{TestApp, eventually, send},
+    helpers::{TestApp, manual_delivery, merged, send, spawn_app_with},
 };
 
 /// The page origin the test site's public key allows.
@@ -22,6 +25,25 @@ pub const VISITOR_IP: &str = "203.0.113.7";
 pub struct Site {
     pub public_key: String,
     pub secret_key: String,
+}
+
+/// The gateway behind a proxy that passes the visitor's address in `X-Forwarded-For`, without a
+/// delivery worker (the test drains the outbox), the fakes, and a site with keys.
+pub async fn setup() -> (TestApp, FakeProviders, Site) {
+    setup_with(|_| {}).await
+}
+
+/// [`setup`] with settings adjusted by `configure`.
+pub async fn setup_with(configure: impl FnOnce(&mut Settings)) -> (TestApp, FakeProviders, Site) {
+    let app = spawn_app_with(|s| {
+        manual_delivery(s);
+        s.server.client_ip_header = "X-Forwarded-For".into();
+        configure(s);
+    })
+    .await;
+    let fakes = FakeProviders::start().await;
+    let keys = site(&app).await;
+    (app, fakes, keys)
 }
 
 /// An ingest key; returns the created key's JSON.
@@ -47,16 +69,14 @@ pub async fn site(app: &TestApp) -> Site {
 
 /// An active Plausible config on the fake; `extra` overrides fields.
 pub async fn plausible(app: &TestApp, fakes: &FakeProviders, extra: Value) -> Value {
-    let mut body = json!({"display_name": "Plausible", "site_id": SITE, "instance_url": fakes.plausible_url(), "status": "active"});
-    merge(&mut body, extra);
-    create_config(app, "plausible", body).await
+    let body = json!({"display_name": "Plausible", "site_id": SITE, "instance_url": fakes.plausible_url(), "status": "active"});
+    create_config(app, "plausible", merged(body, extra)).await
 }
 
 /// An active Umami config on the fake; `extra` overrides fields.
 pub async fn umami(app: &TestApp, fakes: &FakeProviders, extra: Value) -> Value {
-    let mut body = json!({"display_name": "Umami", "website_id": WEBSITE_ID, "instance_url": fakes.umami_url(), "status": "active"});
-    merge(&mut body, extra);
-    create_config(app, "umami", body).await
+    let body = json!({"display_name": "Umami", "website_id": WEBSITE_ID, "instance_url": fakes.umami_url(), "status": "active"});
+    create_config(app, "umami", merged(body, extra)).await
 }
 
 pub async fn create_config(app: &TestApp, provider: &str, body: Value) -> Value {
@@ -67,12 +87,6 @@ pub async fn create_config(app: &TestApp, provider: &str, body: Value) -> Value 
 
 pub fn configs_path(app: &TestApp, provider: &str) -> String {
     format!("/v1/tenants/{}/analytics/{provider}/configs", app.tenant)
-}
-
-fn merge(base: &mut Value, extra: Value) {
-    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
-        b.extend(e);
-    }
 }
 
 /// A page view by a visitor, as the browser sends it.
@@ -101,26 +115,29 @@ pub async fn track(app: &TestApp, site: &Site, body: Value) -> (StatusCode, Valu
     post_from_browser(app, "/events", &site.public_key, body).await
 }
 
-/// The deliveries of an event, once none is pending any more (`secs` at most).
-pub async fn settled(app: &TestApp, event_id: &str, secs: u64) -> Vec<Value> {
-    eventually(secs, || async {
-        let (s, page) = app.get(&format!("/v1/tenants/{}/deliveries?event={event_id}", app.tenant), &app.auditor).await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        (!items.is_empty() && items.iter().all(|d| d["status"] != "pending")).then_some(items)
-    })
-    .await
+/// The deliveries of an event, as the delivery log lists them.
+pub async fn deliveries_of(app: &TestApp, event_id: &str) -> Vec<Value> {
+    let (s, page) = app.get(&format!("/v1/tenants/{}/deliveries?event={event_id}", app.tenant), &app.auditor).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    page["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// The one delivery of an event to `config_id`, once it is in `status`.
-pub async fn delivery_in(app: &TestApp, event_id: &str, config_id: &str, status: &str, secs: u64) -> Value {
-    eventually(secs, || async {
-        let (_, page) = app
-            .get(&format!("/v1/tenants/{}/deliveries?event={event_id}&config={config_id}", app.tenant), &app.admin)
-            .await;
-        page["items"].as_array().and_then(|i| i.first()).filter(|d| d["status"] == status).cloned()
-    })
-    .await
+/// The deliveries of an event, each asserted to have ended (none `pending`).
+pub async fn settled(app: &TestApp, event_id: &str) -> Vec<Value> {
+    let items = deliveries_of(app, event_id).await;
+    assert!(!items.is_empty() && items.iter().all(|d| d["status"] != "pending"), "{items:#?}");
+    items
+}
+
+/// The one delivery of an event to `config_id`, asserted to be in `status`.
+pub async fn delivery_in(app: &TestApp, event_id: &str, config_id: &str, status: &str) -> Value {
+    let (s, page) = app
+        .get(&format!("/v1/tenants/{}/deliveries?event={event_id}&config={config_id}", app.tenant), &app.admin)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let d = page["items"].as_array().and_then(|i| i.first()).cloned().unwrap_or_else(|| panic!("no delivery: {page}"));
+    assert_eq!(d["status"], status, "{d}");
+    d
 }
 
 pub async fn config(app: &TestApp, provider: &str, id: &str) -> Value {
@@ -131,19 +148,6 @@ pub async fn config(app: &TestApp, provider: &str, id: &str) -> Value {
 
 pub async fn patch_config(app: &TestApp, provider: &str, id: &str, body: Value) -> (StatusCode, Value) {
     app.call(Method::PATCH, &format!("{}/{id}", configs_path(app, provider)), &app.admin, Some(body)).await
-}
-
-/// The tenant's consent configuration, published through the consent API: every category
-/// offered, consent required (no geo header is configured, so every visitor's country is
-/// unknown), DNT honoured.
-pub async fn consent_config(app: &TestApp) -> String {
-    app.publish_consent_config(json!({"respect_do_not_track": true})).await
-}
-
-/// A visitor's decision (`accept_all`, `reject_all`, `withdraw`) under the published revision,
-/// recorded through the public consent API.
-pub async fn consent_record(app: &TestApp, visitor: &str, action: &str) {
-    app.consent(visitor, action, 1).await;
 }
 
 /// A new visitor id (what the banner stores in `cg_vid`).

@@ -55,7 +55,10 @@ test('texts holding HTML and script are shown as text and never run', async () =
     return { img: r.querySelectorAll('img').length, b: r.querySelectorAll('b').length, scripts: r.querySelectorAll('script').length, links: r.querySelectorAll('a[href^="javascript"]').length };
   });
   assert.deepEqual(counts, { img: 0, b: 0, scripts: 0, links: 0 });
-  await page.waitForTimeout(300);
+  // The positive control: an image with the same failing source, made after the banner rendered;
+  // once its onerror has run, an image the texts had created (even a detached one) failed before it.
+  await page.evaluate(() => { const i = new Image(); i.onerror = () => { window.__control = 1; }; i.src = 'x'; });
+  await page.waitForFunction(() => window.__control === 1);
   assert.equal(await page.evaluate(() => window.__xss), undefined, 'nothing from the texts ran');
   await shot(page, 'hostile-texts-as-text');
   await context.close();
