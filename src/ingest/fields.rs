@@ -22,9 +22,10 @@ const MAX_AGENT_CHARS: usize = 1_000;
 /// Idempotency keys the gateway derives itself start with this; clients may not use it.
 pub const DERIVED_PREFIX: &str = "auto:";
 
-/// A string newtype deserialised through `parse`, documented as a string.
+/// A string newtype whose only constructor, `parse`, runs `$check` (which returns the value to
+/// keep, or the rule broken); deserialised through it and documented as a string.
 macro_rules! text_field {
-    ($(#[$doc:meta])* $t:ident, $example:literal) => {
+    ($(#[$doc:meta])* $t:ident, $example:literal, $check:expr) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
         #[serde(try_from = "String", into = "String")]
@@ -32,40 +33,36 @@ macro_rules! text_field {
         pub struct $t(String);
 
         parsed_string!($t, newtype);
+
+        impl $t {
+            pub fn parse(s: &str) -> Result<Self, String> {
+                let check: fn(&str) -> Result<String, String> = $check;
+                check(s).map($t)
+            }
+        }
     };
 }
 
 text_field!(
     /// What happened (`pageview`, `signup`): trimmed, 1–120 characters, no control characters.
-    EventName, "pageview"
+    EventName, "pageview",
+    |s| checked(s.trim(), 1, MAX_NAME_CHARS)
 );
-
-impl EventName {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        check_text(s, 1, MAX_NAME_CHARS)?;
-        Ok(EventName(s.to_string()))
-    }
-}
 
 text_field!(
     /// An absolute `http(s)` URL of at most 2,000 bytes: the page an event happened on, or the
     /// page that linked to it.
-    PageUrl, "https://example.com/pricing"
-);
-
-impl PageUrl {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    PageUrl, "https://example.com/pricing",
+    |s| {
         if s.len() > MAX_URL_BYTES {
             return Err(format!("must be at most {MAX_URL_BYTES} bytes long"));
         }
-        let u = url::Url::parse(s).map_err(|_| "must be an absolute http(s) URL".to_string())?;
-        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-            return Err("must be an absolute http(s) URL".into());
+        match url::Url::parse(s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(s.to_string()),
+            _ => Err("must be an absolute http(s) URL".into()),
         }
-        Ok(PageUrl(s.to_string()))
     }
-}
+);
 
 /// A `referrer` may be empty (a direct visit): that is no referrer, not an invalid one.
 pub fn referrer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PageUrl>, D::Error> {
@@ -79,31 +76,21 @@ pub fn referrer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PageUrl>, D::E
 text_field!(
     /// An identifier a client chose (user, session, consent-lookup id): 1–200 characters, no
     /// control characters.
-    ClientId, "3f2c9a"
+    ClientId, "3f2c9a",
+    |s| checked(s, 1, MAX_ID_CHARS)
 );
-
-impl ClientId {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        check_text(s, 1, MAX_ID_CHARS)?;
-        Ok(ClientId(s.to_string()))
-    }
-}
 
 text_field!(
     /// A client's idempotency key: like a [`ClientId`], but not in the gateway's own `auto:`
     /// namespace.
-    IdempotencyKey, "order-1042"
+    IdempotencyKey, "order-1042",
+    |s| match s.starts_with(DERIVED_PREFIX) {
+        true => Err(format!("keys starting with {DERIVED_PREFIX} are reserved")),
+        false => checked(s, 1, MAX_ID_CHARS),
+    }
 );
 
 impl IdempotencyKey {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        check_text(s, 1, MAX_ID_CHARS)?;
-        if s.starts_with(DERIVED_PREFIX) {
-            return Err(format!("keys starting with {DERIVED_PREFIX} are reserved"));
-        }
-        Ok(IdempotencyKey(s.to_string()))
-    }
-
     /// The gateway's own key for an event that came without one.
     pub fn derived(hash: &str) -> Self {
         IdempotencyKey(format!("{DERIVED_PREFIX}{hash}"))
@@ -112,57 +99,38 @@ impl IdempotencyKey {
 
 text_field!(
     /// The page title: at most 1,000 characters, no control characters.
-    Title, "Pricing"
+    Title, "Pricing",
+    |s| checked(s, 0, MAX_TITLE_CHARS)
 );
-
-impl Title {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        check_text(s, 0, MAX_TITLE_CHARS)?;
-        Ok(Title(s.to_string()))
-    }
-}
 
 text_field!(
     /// A user agent a server reports for its visitor: at most 1,000 characters.
-    UserAgent, "Mozilla/5.0 (X11; Linux x86_64)"
+    UserAgent, "Mozilla/5.0 (X11; Linux x86_64)",
+    |s| checked(s, 0, MAX_AGENT_CHARS)
 );
-
-impl UserAgent {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        check_text(s, 0, MAX_AGENT_CHARS)?;
-        Ok(UserAgent(s.to_string()))
-    }
-}
 
 text_field!(
     /// The screen size, `WIDTHxHEIGHT` (`1920x1080`).
-    Screen, "1920x1080"
-);
-
-impl Screen {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    Screen, "1920x1080",
+    |s| {
         let ok = s.split_once('x').is_some_and(|(w, h)| {
             [w, h].iter().all(|d| (1..=5).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
         });
-        if ok { Ok(Screen(s.to_string())) } else { Err("must be WIDTHxHEIGHT, e.g. 1920x1080".into()) }
+        if ok { Ok(s.to_string()) } else { Err("must be WIDTHxHEIGHT, e.g. 1920x1080".into()) }
     }
-}
+);
 
 text_field!(
     /// An ISO 4217 currency code, stored upper-case (`EUR`).
-    Currency, "EUR"
-);
-
-impl Currency {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    Currency, "EUR",
+    |s| {
         let c = s.trim().to_ascii_uppercase();
-        if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
-            Ok(Currency(c))
-        } else {
-            Err("must be an ISO 4217 code such as EUR".into())
+        match c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+            true => Ok(c),
+            false => Err("must be an ISO 4217 code such as EUR".into()),
         }
     }
-}
+);
 
 /// A client's `occurred_at`: an RFC 3339 timestamp. How old it may be is checked against the
 /// time of receipt, in `validate`.
@@ -244,8 +212,8 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
-/// `min`–`max` characters and no control characters.
-fn check_text(s: &str, min: usize, max: usize) -> Result<(), String> {
+/// `s`, when it has `min`–`max` characters and no control characters.
+fn checked(s: &str, min: usize, max: usize) -> Result<String, String> {
     let n = s.chars().count();
     if n < min || n > max {
         return Err(if min == 0 {
@@ -257,7 +225,7 @@ fn check_text(s: &str, min: usize, max: usize) -> Result<(), String> {
     if s.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
-    Ok(())
+    Ok(s.to_string())
 }
 
 fn decimal(s: &str) -> Option<Number> {
