@@ -3,10 +3,11 @@
 //! their CORS preflights, and `GET /v1/tenants/{tenant}/events/{id}` (the event and why each
 //! provider did or did not receive it).
 //!
-//! Authentication is an ingest key, not an admin token: a public key (`?key=` or `X-Ingest-Key`)
-//! from a page of one of its allowed origins, or a secret key (`Authorization: Bearer sk_…`)
-//! from a server. Bodies are JSON sent as `application/json` or `text/plain` (so
-//! `navigator.sendBeacon` and preflight-free `fetch` work).
+//! Authentication is an ingest key ([`IngestKey`]), not an admin token: a public key (`?key=` or
+//! `X-Ingest-Key`) from a page of one of its allowed origins, or a secret key
+//! (`Authorization: Bearer sk_…`) from a server. Bodies are JSON sent as `application/json` or
+//! `text/plain` (so `navigator.sendBeacon` and preflight-free `fetch` work), parsed here into
+//! typed [`EventInput`]s.
 
 use axum::{
     Json,
@@ -321,4 +322,18 @@ async fn ingest_body(
     }
     state.outbox.wake();
     Ok((StatusCode::ACCEPTED, Json(BatchResult { results })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_event_keeps_its_public_field_names() {
+        let (_, doc) = crate::http::api().split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let event = &doc["components"]["schemas"]["EventInput"]["properties"];
+        for name in ["event_name", "anonymous_id", "page_url", "referrer", "language", "country", "revenue", "ip"] {
+            assert!(event.get(name).is_some(), "{name} in {event}");
+        }
+        assert!(event.get("consent_lookup_id").is_none(), "the code's name is not the wire's");
+    }
 }

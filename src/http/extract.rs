@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::{
     app::AppState,
+    consent::Signals,
     ingest::event::VisitorFacts,
     tokens::{self, Role, TokenHolder},
 };
@@ -252,10 +253,13 @@ impl FromRequestParts<AppState> for Visitor {
             facts: VisitorFacts {
                 ip,
                 user_agent: text("user-agent"),
-                dnt: text("dnt").as_deref() == Some("1"),
-                gpc: text("sec-gpc").as_deref() == Some("1"),
-                country,
-                region,
+                signals: Signals {
+                    dnt: text("dnt").as_deref() == Some("1"),
+                    gpc: text("sec-gpc").as_deref() == Some("1"),
+                    country,
+                    region,
+                    bot: false,
+                },
             },
             origin: text("origin"),
         })

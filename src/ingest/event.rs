@@ -12,7 +12,7 @@ use super::fields::{
     ClientId, ClientTime, EventName, IdempotencyKey, PageUrl, Properties, Revenue, Screen, Title, UserAgent, VisitorIp,
 };
 use crate::{
-    consent::{config::spec::LanguageTag, regions::CountryCode},
+    consent::{Signals, config::spec::LanguageTag, regions::CountryCode},
     crypto,
     error::{Error, Result},
 };
@@ -70,14 +70,9 @@ pub struct EventInput {
 pub struct VisitorFacts {
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
-    /// `DNT: 1`.
-    pub dnt: bool,
-    /// `Sec-GPC: 1`.
-    pub gpc: bool,
-    /// ISO 3166-1 alpha-2, upper case.
-    pub country: Option<String>,
-    /// ISO 3166-2 subdivision (`US-CA`).
-    pub region: Option<String>,
+    /// DNT, GPC, country and subdivision. `bot` is left false here: it is read from the user
+    /// agent when the event is enriched.
+    pub signals: Signals,
 }
 
 /// Who sent an event, as its ingest key says: a page (public key), whose own request headers
@@ -155,12 +150,15 @@ pub fn validate(
         Sender::Server => VisitorFacts {
             ip: input.ip.take().map(|ip| ip.0),
             user_agent: input.user_agent.take().map(String::from).filter(|u| !u.is_empty()),
-            dnt: input.dnt.take().unwrap_or(false),
-            gpc: input.gpc.take().unwrap_or(false),
-            country: input.country.take().map(String::from),
-            // A server's visitor is located by its IP later, in `accept`, unless it said the
-            // country.
-            region: None,
+            signals: Signals {
+                dnt: input.dnt.take().unwrap_or(false),
+                gpc: input.gpc.take().unwrap_or(false),
+                country: input.country.take().map(String::from),
+                // A server's visitor is located by its IP later, in `accept`, unless it said the
+                // country.
+                region: None,
+                bot: false,
+            },
         },
     };
     Ok(ValidEvent { posted: input, page_url, occurred_at: client_time.unwrap_or(now), idempotency_key, visitor })
@@ -260,7 +258,7 @@ mod tests {
         .unwrap();
         assert_eq!(e.visitor.ip.unwrap().to_string(), "203.0.113.9");
         assert_eq!(
-            (e.visitor.user_agent.as_deref(), e.visitor.dnt, e.visitor.country.as_deref()),
+            (e.visitor.user_agent.as_deref(), e.visitor.signals.dnt, e.visitor.signals.country.as_deref()),
             (Some("Mozilla/5.0 X"), true, Some("SE"))
         );
         // Without a body ip, nothing stands in for the visitor's address.
@@ -270,7 +268,8 @@ mod tests {
 
     #[test]
     fn a_browser_is_described_by_its_headers() {
-        let facts = VisitorFacts { dnt: true, country: Some("SE".into()), ..Default::default() };
+        let signals = Signals { dnt: true, country: Some("SE".into()), ..Default::default() };
+        let facts = VisitorFacts { signals, ..Default::default() };
         let e = check(ok(json!({})), &Sender::Browser(facts.clone())).unwrap();
         assert_eq!(e.visitor, facts);
     }

@@ -60,12 +60,12 @@ pub async fn accept(
     let mut ev = event::validate(input, sender, provider, now)?;
     // A server's visitor: located by the IP the server passed, unless it said the country.
     if matches!(sender, Sender::Server)
-        && ev.visitor.country.is_none()
+        && ev.visitor.signals.country.is_none()
         && let Some(ip) = ev.visitor.ip
     {
         let loc = geo.lookup(ip);
-        ev.visitor.country = loc.country;
-        ev.visitor.region = loc.region;
+        ev.visitor.signals.country = loc.country;
+        ev.visitor.signals.region = loc.region;
     }
     if let Some(key) = &ev.idempotency_key
         && let Some(first) = find_by_key(db, tenant.id, key.as_str()).await?
@@ -74,13 +74,7 @@ pub async fn accept(
     }
 
     let agent = enrich::parse_agent(ev.visitor.user_agent.as_deref());
-    let signals = Signals {
-        dnt: ev.visitor.dnt,
-        gpc: ev.visitor.gpc,
-        country: ev.visitor.country.clone(),
-        region: ev.visitor.region.clone(),
-        bot: agent.bot,
-    };
+    let signals = Signals { bot: agent.bot, ..ev.visitor.signals.clone() };
     let client_ip = ev.visitor.ip;
     let idempotency_key = ev.idempotency_key.clone();
     let model = stored_event(tenant.id, provider, ev, &agent, now);
@@ -184,7 +178,7 @@ fn stored_event(
     let context = json!({
         "utm": enrich::utm(page_url.as_str()),
         "agent": agent,
-        "region": visitor.region,
+        "region": visitor.signals.region,
     });
     analytics_event::Model {
         id: Uuid::now_v7(),
@@ -207,9 +201,9 @@ fn stored_event(
         received_at: now,
         // Stored: the network only. The full address travels on the pending delivery rows.
         ip_truncated: visitor.ip.map(crate::ip::truncate),
-        country: visitor.country,
-        dnt: visitor.dnt,
-        gpc: visitor.gpc,
+        country: visitor.signals.country,
+        dnt: visitor.signals.dnt,
+        gpc: visitor.signals.gpc,
         idempotency_key: idempotency_key.map(String::from),
     }
 }
