@@ -560,6 +560,22 @@ mod tests {
     use crate::providers::{plausible::Plausible, umami::Umami};
 
     #[test]
+    fn a_patch_naming_a_server_set_field_is_refused_naming_it() {
+        let parse = |v: Value| crate::json::from_value::<ProviderConfigPatch>(v, "");
+        for field in READ_ONLY {
+            match parse(serde_json::json!({"display_name": "x", *field: null})) {
+                Err(Error::Validation { field: f, message }) => {
+                    assert_eq!((f.as_deref(), message.as_str()), (Some(*field), "is read-only"));
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse(serde_json::json!("active")), Err(Error::Validation { field: None, .. })));
+        let ok = parse(serde_json::json!({"status": "paused", "credentials": {"api_key_ref": null}})).unwrap();
+        assert_eq!(ok.0.len(), 2);
+    }
+
+    #[test]
     fn the_lifecycle() {
         use ProviderStatus::*;
         let all = [Draft, Active, Paused, Error, Decommissioned];
