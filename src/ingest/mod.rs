@@ -269,12 +269,15 @@ pub struct EventView {
     #[schema(value_type = Object)]
     pub event_properties: Value,
     pub user_id: Option<String>,
+    /// The consent-lookup id the visitor's consent was looked up under (docs/glossary.md).
     pub anonymous_id: Option<String>,
     pub session_id: Option<String>,
     pub page_url: Option<String>,
     pub referrer: Option<String>,
     pub title: Option<String>,
+    /// The browser's own header, or what a server said about its visitor.
     pub user_agent: Option<String>,
+    /// A BCP 47 language tag (`sv-SE`).
     pub language: Option<String>,
     pub screen: Option<String>,
     #[schema(value_type = Option<Object>)]
