@@ -68,7 +68,9 @@ async fn ensure_consent_config(db: &DatabaseConnection, tenant_id: uuid::Uuid, o
             if !listed {
                 let mut list = origins.as_array().cloned().unwrap_or_default();
                 list.push(origin.into());
-                let patch = serde_json::json!({ "allowed_origins": list });
+                let mut changes = serde_json::Map::new();
+                changes.insert("allowed_origins".into(), list.into());
+                let patch = crate::consent::config::ConsentConfigPatch::changes(changes);
                 store::patch(db, tenant_id, current.config.id, ACTOR, patch).await?;
                 store::publish(db, tenant_id, current.config.id, ACTOR, false).await?;
             }

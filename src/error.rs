@@ -27,6 +27,17 @@ impl Error {
         Error::Validation { field: Some(field.into()), message: message.into() }
     }
 
+    /// The error with its field named below `prefix` (`batch[2]` and `page_url`:
+    /// `batch[2].page_url`).
+    pub fn at(self, prefix: &str) -> Self {
+        match self {
+            Error::Validation { field, message } => {
+                Error::Validation { field: crate::json::join(prefix, field.as_deref().unwrap_or_default()), message }
+            }
+            other => other,
+        }
+    }
+
     /// One error for several rejected fields: `field` names the first (by path), the message
     /// names every one (`banner.primary_color: …; consent_expiry_days: …`), so a client fixes
     /// all of them in one round trip.

@@ -1,8 +1,9 @@
 //! Deserialising JSON values into domain types with the failing field named, for bodies that are
-//! taken apart before they are typed (provider configs, event batches).
+//! taken apart before they are typed (provider configs, event batches); and the one JSON merge
+//! patch both config stores apply.
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -36,6 +37,27 @@ pub fn join(prefix: &str, field: &str) -> Option<String> {
         (false, true) => Some(prefix.to_string()),
         (false, false) if field.starts_with('[') => Some(format!("{prefix}{field}")),
         (false, false) => Some(format!("{prefix}.{field}")),
+    }
+}
+
+/// JSON merge patch (RFC 7396): objects merge recursively, `null` removes a key, anything else
+/// replaces. Both config stores patch their writable representation with it and then parse the
+/// result like a creation, so a PATCH can never leave a config that a POST would refuse.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    if patch.is_object() && !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
     }
 }
 
@@ -75,5 +97,28 @@ mod tests {
         assert_eq!(field(json!({"a": 1, "zz": 1}), ""), Some("zz".into()));
         assert_eq!(field(json!({"a": 1, "inner": {"c": 1}}), "p"), Some("p.inner.c".into()));
         assert_eq!(field(json!({"a": 1, "inner": {}}), "batch[3]"), Some("batch[3].inner.b".into()));
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The examples of RFC 7396, appendix A.
+        let table = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
+            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
+            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
+        ];
+        for (mut target, patch, want) in table {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
+        }
     }
 }

@@ -68,15 +68,16 @@ impl From<api_token::Model> for TokenView {
     }
 }
 
-/// Who is calling: the authenticated token and its tenant.
+/// The holder of an admin or auditor API token: the token and its tenant. (The other kind of
+/// caller, a site posting events with an ingest key, is an `ingest::event::Sender`.)
 #[derive(Clone, Debug)]
-pub struct Caller {
+pub struct TokenHolder {
     pub tenant: tenant::Model,
     pub token_id: Uuid,
     pub role: Role,
 }
 
-impl Caller {
+impl TokenHolder {
     /// How this caller is named in the audit log.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token_id)
@@ -129,7 +130,7 @@ pub async fn revoke(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Res
 }
 
 /// Finds the live token behind a bearer value. `None` for an unknown, malformed or revoked token.
-pub async fn authenticate(db: &impl ConnectionTrait, bearer: &SecretString) -> Result<Option<Caller>> {
+pub async fn authenticate(db: &impl ConnectionTrait, bearer: &SecretString) -> Result<Option<TokenHolder>> {
     let value = bearer.expose_secret();
     if !value.starts_with(PREFIX) || value.len() > 128 {
         return Ok(None);
@@ -153,5 +154,5 @@ pub async fn authenticate(db: &impl ConnectionTrait, bearer: &SecretString) -> R
             .exec(db)
             .await?;
     }
-    Ok(Some(Caller { tenant, token_id: token.id, role }))
+    Ok(Some(TokenHolder { tenant, token_id: token.id, role }))
 }

@@ -39,6 +39,27 @@ pub fn is_country(code: &str) -> bool {
     COUNTRIES.binary_search(&code).is_ok()
 }
 
+/// An assigned ISO 3166-1 alpha-2 country code, upper case (`SE`); input in any case. Shared by
+/// everything that takes a country from a client, so a placeholder such as `XX` is refused the
+/// same way everywhere (as a country it would read as "outside every consent region").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "SE")]
+pub struct CountryCode(String);
+
+parsed_string!(CountryCode, newtype);
+
+impl CountryCode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let code = s.trim().to_ascii_uppercase();
+        if is_country(&code) {
+            Ok(CountryCode(code))
+        } else {
+            Err("must be an ISO 3166-1 alpha-2 code such as SE".into())
+        }
+    }
+}
+
 /// An ISO 3166-1 alpha-2 country (`SE`) or an ISO 3166-2 subdivision of one (`US-CA`),
 /// upper case. Input is accepted in any case.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -90,6 +111,14 @@ mod tests {
         }
         for bad in ["", "S", "SWE", "XX", "EU", "T1", "US-", "US-CALI", "US_CA", "ZZ-CA", "US-C@"] {
             assert!(RegionCode::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn country_codes() {
+        assert_eq!(CountryCode::parse(" se").unwrap().as_str(), "SE");
+        for bad in ["Sweden", "XX", "T1", "", "S"] {
+            assert!(CountryCode::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -30,7 +30,7 @@ use super::{
 use crate::{
     app::AppState,
     consent::{
-        Action, Choices, Signals,
+        Action, Choices,
         config::store,
         records::VisitorId,
         visitors::{self, Context, Recorded, Submission, VisitorState},
@@ -137,9 +137,9 @@ fn rate_limited(state: &AppState, limiter: &ConsentWriteLimiter, gate: &Gate) ->
 
 fn context(visitor: &Visitor) -> Context {
     Context {
-        dnt: visitor.dnt,
-        gpc: visitor.gpc,
-        country: visitor.country.clone(),
+        dnt: visitor.signals.dnt,
+        gpc: visitor.signals.gpc,
+        country: visitor.signals.country.clone(),
         ip: visitor.ip,
         user_agent: visitor.user_agent.clone(),
         from_browser: visitor.origin.is_some(),
@@ -226,14 +226,7 @@ async fn visitor_state(
     let visitor = &gate.visitor;
     let result = async {
         let id = VisitorId::parse(&visitor_id).map_err(|m| ApiError::bad_request("visitor_id", m))?;
-        let signals = Signals {
-            dnt: visitor.dnt,
-            gpc: visitor.gpc,
-            country: visitor.country.clone(),
-            region: visitor.region.clone(),
-            bot: false,
-        };
-        let s = visitors::state(&state.db, &gate.tenant, &id, &signals, Utc::now()).await?;
+        let s = visitors::state(&state.db, &gate.tenant, &id, &visitor.signals, Utc::now()).await?;
         let mut res = Json(s).into_response();
         res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(res)

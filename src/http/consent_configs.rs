@@ -21,7 +21,7 @@ use super::{
 use crate::{
     app::AppState,
     consent::config::{
-        ConfigSpec, ConfigView, RevisionView,
+        ConfigSpec, ConfigView, ConsentConfigPatch, RevisionView,
         store::{self, Deleted},
     },
 };
@@ -118,9 +118,9 @@ async fn patch_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(patch): ApiJson<ConsentConfigPatch>,
 ) -> ApiResult<Json<ConfigView>> {
-    Ok(Json(store::patch(&state.db, caller.tenant.id, id, &caller.actor(), body).await?))
+    Ok(Json(store::patch(&state.db, caller.tenant.id, id, &caller.actor(), patch).await?))
 }
 
 /// Delete a draft (204). A published config is never erased — consent records point at it —

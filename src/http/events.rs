@@ -3,16 +3,17 @@
 //! their CORS preflights, and `GET /v1/tenants/{tenant}/events/{id}` (the event and why each
 //! provider did or did not receive it).
 //!
-//! Authentication is an ingest key, not an admin token: a public key (`?key=` or `X-Ingest-Key`)
-//! from a page of one of its allowed origins, or a secret key (`Authorization: Bearer sk_…`)
-//! from a server. Bodies are JSON sent as `application/json` or `text/plain` (so
-//! `navigator.sendBeacon` and preflight-free `fetch` work).
+//! Authentication is an ingest key ([`IngestKey`]), not an admin token: a public key (`?key=` or
+//! `X-Ingest-Key`) from a page of one of its allowed origins, or a secret key
+//! (`Authorization: Bearer sk_…`) from a server. Bodies are JSON sent as `application/json` or
+//! `text/plain` (so `navigator.sendBeacon` and preflight-free `fetch` work), parsed here into
+//! typed [`EventInput`]s.
 
 use axum::{
     Json,
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{FromRequestParts, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,8 @@ use uuid::Uuid;
 
 use super::{
     error::{ApiError, ApiResult, ErrorBody, ErrorDetail},
-    extract::{ApiPath, ApiQuery, Reader, Visitor, bearer, check_json_content_type, parse_json},
+    extract::{ApiPath, ApiQuery, Reader, check_json_content_type, parse_json},
+    ingest_key::{IngestKey, KeyQuery, header_text, set_cors},
     provider_configs::provider,
 };
 use crate::{
@@ -31,10 +33,10 @@ use crate::{
     error::Error,
     ingest::{
         self, Accepted, EventView,
-        event::Caller,
+        event::EventInput,
         keys::{self, KeyKind},
     },
-    tenants,
+    json, tenants,
 };
 
 /// Events in one batch at most.
@@ -67,48 +69,28 @@ pub struct EventPath {
     id: Uuid,
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-pub struct KeyQuery {
-    /// A public ingest key (`pk_…`), for browsers that cannot set headers (`sendBeacon`).
-    key: Option<String>,
+/// The provider of a per-provider endpoint; an unknown one is a 404 before anything else.
+pub struct Target(&'static str);
+
+impl FromRequestParts<AppState> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiPath(path) = ApiPath::<ProviderEventsPath>::from_request_parts(parts, state).await?;
+        Ok(Target(provider(&path.provider)?.name()))
+    }
 }
 
 /// Documentation of the body: one event, or `{"batch": [...]}` of at most 100.
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
-struct EventBody {
-    event_name: String,
-    #[schema(value_type = Option<Object>)]
-    event_properties: Option<Value>,
-    user_id: Option<String>,
-    /// The visitor id.
-    anonymous_id: Option<String>,
-    session_id: Option<String>,
-    page_url: String,
-    referrer: Option<String>,
-    title: Option<String>,
-    language: Option<String>,
-    /// `1920x1080`.
-    screen: Option<String>,
-    /// `{"amount": 12.5, "currency": "EUR"}`.
-    #[schema(value_type = Option<Object>)]
-    revenue: Option<Value>,
-    /// RFC 3339, at most 72 h old and 5 min ahead; default now.
-    occurred_at: Option<String>,
-    idempotency_key: Option<String>,
-    /// Secret keys only: the visitor's user agent.
-    user_agent: Option<String>,
-    /// Secret keys only: the visitor's IP.
-    ip: Option<String>,
-    /// Secret keys only.
-    dnt: Option<bool>,
-    /// Secret keys only.
-    gpc: Option<bool>,
-    /// Secret keys only: ISO 3166-1 alpha-2.
-    country: Option<String>,
-    /// Instead of one event: up to 100 events.
-    #[schema(value_type = Option<Vec<Object>>)]
-    batch: Option<Vec<Value>>,
+enum EventsBody {
+    Event(Box<EventInput>),
+    Batch {
+        /// Up to 100 events.
+        batch: Vec<EventInput>,
+    },
 }
 
 /// One item of a batch answer.
@@ -136,7 +118,7 @@ pub struct BatchResult {
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/events", tag = "events",
     params(("tenant" = String, Path), KeyQuery),
-    request_body(content = EventBody, content_type = "application/json"),
+    request_body(content = EventsBody, content_type = "application/json"),
     responses(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
@@ -146,13 +128,12 @@ pub struct BatchResult {
 )]
 async fn post_events(
     State(state): State<AppState>,
-    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
-    ApiQuery(q): ApiQuery<KeyQuery>,
-    visitor: Visitor,
+    key: IngestKey,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    ingest_request(state, &tenant, None, q.key, visitor, headers, body).await
+    let res = ingest_body(&state, &key, None, &headers, body).await;
+    key.answer(res.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// Post events for one provider only (the per-provider API): forwarded to that provider's
@@ -160,7 +141,7 @@ async fn post_events(
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/events", tag = "events",
     params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami"), KeyQuery),
-    request_body(content = EventBody, content_type = "application/json"),
+    request_body(content = EventsBody, content_type = "application/json"),
     responses(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -170,17 +151,13 @@ async fn post_events(
 )]
 async fn post_provider_events(
     State(state): State<AppState>,
-    ApiPath(path): ApiPath<ProviderEventsPath>,
-    ApiQuery(q): ApiQuery<KeyQuery>,
-    visitor: Visitor,
+    Target(target): Target,
+    key: IngestKey,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let p = match provider(&path.provider) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    ingest_request(state, &path.tenant, Some(p.name()), q.key, visitor, headers, body).await
+    let res = ingest_body(&state, &key, Some(target), &headers, body).await;
+    key.answer(res.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// CORS preflight for `/events`: allowed when the `Origin` is allowed by the key in `?key=`, or
@@ -207,13 +184,11 @@ async fn preflight_events(
 )]
 async fn preflight_provider_events(
     State(state): State<AppState>,
+    _: Target,
     ApiPath(path): ApiPath<ProviderEventsPath>,
     ApiQuery(q): ApiQuery<KeyQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = provider(&path.provider) {
-        return e.into_response();
-    }
     preflight(&state, &path.tenant, q.key.as_deref(), &headers).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -254,134 +229,11 @@ async fn preflight(state: &AppState, tenant: &str, key: Option<&str>, headers: &
     Ok(res)
 }
 
-fn set_cors(h: &mut HeaderMap, origin: &str) {
-    if let Ok(v) = HeaderValue::from_str(origin) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-    }
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-}
-
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(String::from)
-}
-
-/// Authenticates the key, then — once the origin is known to be allowed, so that even errors are
-/// readable by the page — answers with CORS headers.
-async fn ingest_request(
-    state: AppState,
-    tenant: &str,
-    provider: Option<&'static str>,
-    query_key: Option<String>,
-    visitor: Visitor,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (origin, result) = match authorize(&state, tenant, query_key, &visitor, &headers).await {
-        Err(res) => return res,
-        Ok((tenant, caller, origin)) => (origin, ingest_body(&state, &tenant, &caller, provider, &headers, body).await),
-    };
-    let mut res = match result {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    if let Some(o) = origin {
-        set_cors(res.headers_mut(), &o);
-    }
-    res
-}
-
-/// The tenant, who is calling (with what the request says about the visitor) and, for a browser,
-/// its allowed origin; or the refusal.
-async fn authorize(
-    state: &AppState,
-    tenant: &str,
-    query_key: Option<String>,
-    visitor: &Visitor,
-    headers: &HeaderMap,
-) -> Result<(entity::tenant::Model, Caller, Option<String>), Response> {
-    let (tenant, key, origin) =
-        authenticate(state, tenant, query_key, visitor, headers).await.map_err(IntoResponse::into_response)?;
-    if let Some(limit) = key.rate_limit_per_minute
-        && let Err(wait) = state.ingest_limits.check(key.id, limit.max(1) as u32)
-    {
-        let mut res = ApiError::RateLimited.into_response();
-        if let Some(o) = &origin {
-            set_cors(res.headers_mut(), o);
-        }
-        let secs = wait.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&secs) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Err(res);
-    }
-    let kind = keys::kind_of(&key);
-    let caller = match kind {
-        KeyKind::Public => Caller {
-            kind: Some(kind),
-            ip: visitor.ip,
-            user_agent: visitor.user_agent.clone(),
-            dnt: visitor.dnt,
-            gpc: visitor.gpc,
-            country: visitor.country.clone(),
-            region: visitor.region.clone(),
-        },
-        KeyKind::Secret => Caller { kind: Some(kind), ..Default::default() },
-    };
-    Ok((tenant, caller, origin))
-}
-
-/// The tenant, the live key presented for it, and (public keys) the allowed origin.
-async fn authenticate(
-    state: &AppState,
-    tenant: &str,
-    query_key: Option<String>,
-    visitor: &Visitor,
-    headers: &HeaderMap,
-) -> ApiResult<(entity::tenant::Model, entity::ingest_key::Model, Option<String>)> {
-    use secrecy::ExposeSecret;
-    let tenant = tenants::find(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;
-    let from_bearer = bearer(headers).map(|s| s.expose_secret().to_string());
-    let from_header = header_text(headers, "x-ingest-key");
-    if query_key.as_deref().is_some_and(|k| k.starts_with("sk_"))
-        || from_header.as_deref().is_some_and(|k| k.starts_with("sk_"))
-    {
-        // URLs end up in access logs and browser history.
-        return Err(ApiError::Unauthorized(
-            "a secret key goes in the Authorization header (never in the URL, where logs keep it)".into(),
-        ));
-    }
-    let presented = from_bearer.or(from_header).or(query_key).ok_or_else(|| {
-        ApiError::Unauthorized("missing ingest key (?key=, X-Ingest-Key or Authorization: Bearer)".into())
-    })?;
-    let key = keys::authenticate(&state.db, tenant.id, &presented)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("invalid or revoked ingest key".into()))?;
-    let kind = keys::kind_of(&key);
-    let origin = match kind {
-        KeyKind::Public => {
-            let origin = visitor.origin.clone().ok_or_else(|| {
-                ApiError::Forbidden(
-                    "a public key is accepted only from pages of its allowed origins (Origin header)".into(),
-                )
-            })?;
-            if !keys::origin_allowed(&key, &origin) {
-                return Err(ApiError::Forbidden(format!("origin {origin} is not allowed for this key")));
-            }
-            Some(origin)
-        }
-        KeyKind::Secret if visitor.origin.is_some() => {
-            // A secret key seen from a browser page is a leaked key.
-            return Err(ApiError::Forbidden("secret keys are for servers; pages use a public key".into()));
-        }
-        KeyKind::Secret => None,
-    };
-    Ok((tenant, key, origin))
-}
-
+/// The body, parsed into typed events (each batch item on its own: one bad item does not refuse
+/// the others), and what became of each.
 async fn ingest_body(
     state: &AppState,
-    tenant: &entity::tenant::Model,
-    caller: &Caller,
+    key: &IngestKey,
     provider: Option<&'static str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -431,16 +283,20 @@ async fn ingest_body(
         }
         _ => None,
     };
+    let accept = async |item: Value, at: &str| -> Result<Accepted, Error> {
+        let input: EventInput = json::from_value(item, at)?;
+        let accepted = ingest::accept(&state.db, &state.geo, &key.tenant, &key.sender, provider, input).await;
+        accepted.map_err(|e| e.at(at))
+    };
     let Some(items) = batch else {
-        let accepted = ingest::accept(&state.db, &state.geo, tenant, caller, provider, value, "").await?;
+        let accepted = accept(value, "").await?;
         state.outbox.wake();
         let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
         return Ok((status, Json(accepted)).into_response());
     };
     let mut results = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let prefix = format!("batch[{index}]");
-        let result = ingest::accept(&state.db, &state.geo, tenant, caller, provider, item, &prefix).await;
+        let result = accept(item, &format!("batch[{index}]")).await;
         results.push(match result {
             Ok(a) => BatchItem {
                 index,
@@ -466,4 +322,18 @@ async fn ingest_body(
     }
     state.outbox.wake();
     Ok((StatusCode::ACCEPTED, Json(BatchResult { results })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_event_keeps_its_public_field_names() {
+        let (_, doc) = crate::http::api().split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let event = &doc["components"]["schemas"]["EventInput"]["properties"];
+        for name in ["event_name", "anonymous_id", "page_url", "referrer", "language", "country", "revenue", "ip"] {
+            assert!(event.get(name).is_some(), "{name} in {event}");
+        }
+        assert!(event.get("consent_lookup_id").is_none(), "the code's name is not the wire's");
+    }
 }

@@ -3,7 +3,7 @@
 //! `ApiPath`, `ApiQuery` (whose rejections are JSON errors naming the field), and `Visitor`
 //! (the request's client IP, user agent, DNT/GPC signals and country).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::{
     body::Bytes,
@@ -19,14 +19,16 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::{
     app::AppState,
-    tokens::{self, Caller, Role},
+    consent::Signals,
+    ingest::event::VisitorFacts,
+    tokens::{self, Role, TokenHolder},
 };
 
 /// A caller holding an admin token of the tenant named in the path.
-pub struct Admin(pub Caller);
+pub struct Admin(pub TokenHolder);
 
 /// A caller holding an admin or auditor token of the tenant named in the path.
-pub struct Reader(pub Caller);
+pub struct Reader(pub TokenHolder);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -57,7 +59,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<SecretString> {
 /// Authenticates the bearer token and checks that it belongs to the tenant in the path. A token
 /// of another tenant gets 404, exactly like a tenant that does not exist, so tokens cannot be
 /// used to learn which tenants exist.
-async fn caller_for_path(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+async fn caller_for_path(parts: &mut Parts, state: &AppState) -> Result<TokenHolder, ApiError> {
     let token = bearer(&parts.headers).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
     let caller = tokens::authenticate(&state.db, &token)
         .await?
@@ -193,22 +195,23 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// What the request says about the visitor behind it.
+/// What the request says about the visitor behind it: the client IP (the configured proxy
+/// header's first entry, else the socket peer), user agent, `DNT`/`Sec-GPC`, the country (the
+/// configured trusted header, else the GeoIP file; placeholders are unknown) and subdivision —
+/// and the page it came from.
 #[derive(Clone, Debug)]
 pub struct Visitor {
-    /// The client IP: the configured proxy header's first entry, else the socket peer.
-    pub ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
-    /// `DNT: 1`.
-    pub dnt: bool,
-    /// `Sec-GPC: 1`.
-    pub gpc: bool,
-    /// ISO 3166-1 alpha-2 country, upper-case: the configured trusted header, else the GeoIP file.
-    pub country: Option<String>,
-    /// ISO 3166-2 subdivision from the configured trusted header (e.g. `US-CA`).
-    pub region: Option<String>,
+    pub facts: VisitorFacts,
     /// The `Origin` header.
     pub origin: Option<String>,
+}
+
+impl std::ops::Deref for Visitor {
+    type Target = VisitorFacts;
+
+    fn deref(&self) -> &VisitorFacts {
+        &self.facts
+    }
 }
 
 impl FromRequestParts<AppState> for Visitor {
@@ -247,12 +250,17 @@ impl FromRequestParts<AppState> for Visitor {
         // A subdivision from the database only counts with the country it belongs to.
         let region = region.or(looked_up.region.filter(|r| country.as_deref().is_some_and(|c| r.starts_with(c))));
         Ok(Visitor {
-            ip,
-            user_agent: text("user-agent"),
-            dnt: text("dnt").as_deref() == Some("1"),
-            gpc: text("sec-gpc").as_deref() == Some("1"),
-            country,
-            region,
+            facts: VisitorFacts {
+                ip,
+                user_agent: text("user-agent"),
+                signals: Signals {
+                    dnt: text("dnt").as_deref() == Some("1"),
+                    gpc: text("sec-gpc").as_deref() == Some("1"),
+                    country,
+                    region,
+                    bot: false,
+                },
+            },
             origin: text("origin"),
         })
     }

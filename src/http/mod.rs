@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 pub mod extract;
 mod health;
+mod ingest_key;
 mod ingest_keys;
 mod provider_configs;
 mod tokens;

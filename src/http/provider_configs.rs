@@ -19,7 +19,7 @@ use crate::{
     outbox,
     providers::{
         self, AnyProvider, ProviderConfigInput,
-        config::{self, ConfigView},
+        config::{self, ConfigView, ProviderConfigPatch},
     },
 };
 
@@ -116,10 +116,10 @@ async fn patch_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ConfigPath>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(patch): ApiJson<ProviderConfigPatch>,
 ) -> ApiResult<Json<ConfigView>> {
     let p = provider(&path.provider)?;
-    let view = config::patch(&state.db, caller.tenant.id, p, path.id, body, &caller.actor()).await?;
+    let view = config::patch(&state.db, caller.tenant.id, p, path.id, patch, &caller.actor()).await?;
     if view.status == ProviderStatus::Active.as_str() {
         state.outbox.wake();
     }

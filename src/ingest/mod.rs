@@ -9,6 +9,7 @@
 pub mod decisions;
 pub mod enrich;
 pub mod event;
+pub mod fields;
 pub mod keys;
 
 use chrono::{DateTime, Utc};
@@ -24,7 +25,7 @@ use uuid::Uuid;
 
 use self::{
     decisions::DecisionView,
-    event::{Caller, ValidEvent},
+    event::{EventInput, Sender, ValidEvent},
 };
 use crate::{
     consent::{
@@ -47,39 +48,40 @@ pub struct Accepted {
     pub decisions: Vec<DecisionView>,
 }
 
-/// Validates, decides and stores one event. `provider` restricts forwarding to that provider's
-/// configs (the per-provider endpoint); `prefix` names the event's place in a batch.
+/// Validates, decides and stores one event (parsed at the HTTP edge). `provider` restricts
+/// forwarding to that provider's configs (the per-provider endpoint). Field names in errors are
+/// relative to the event.
 pub async fn accept(
     db: &DatabaseConnection,
     geo: &Geo,
     tenant: &tenant::Model,
-    caller: &Caller,
+    sender: &Sender,
     provider: Option<&str>,
-    raw: Value,
-    prefix: &str,
+    input: EventInput,
 ) -> Result<Accepted> {
     let now = Utc::now();
-    let mut ev = event::validate(raw, caller, prefix, provider, now)?;
+    let mut ev = event::validate(input, sender, provider, now)?;
     // A server's visitor: located by the IP the server passed, unless it said the country.
-    if caller.kind == Some(keys::KeyKind::Secret)
-        && ev.country.is_none()
-        && let Some(ip) = ev.ip
+    if matches!(sender, Sender::Server)
+        && ev.visitor.signals.country.is_none()
+        && let Some(ip) = ev.visitor.ip
     {
         let loc = geo.lookup(ip);
-        ev.country = loc.country;
-        ev.region = loc.region;
+        ev.visitor.signals.country = loc.country;
+        ev.visitor.signals.region = loc.region;
     }
     if let Some(key) = &ev.idempotency_key
-        && let Some(first) = find_by_key(db, tenant.id, key).await?
+        && let Some(first) = find_by_key(db, tenant.id, key.as_str()).await?
     {
         return duplicate(db, first, provider).await;
     }
 
-    let agent = enrich::parse_agent(ev.user_agent.as_deref());
-    let model = stored_event(tenant.id, provider, &ev, &agent, now);
-    let signals =
-        Signals { dnt: ev.dnt, gpc: ev.gpc, country: ev.country.clone(), region: ev.region.clone(), bot: agent.bot };
-    let (policy, record) = consent_inputs(db, tenant, ev.anonymous_id.as_deref()).await?;
+    let agent = enrich::parse_agent(ev.visitor.user_agent.as_deref());
+    let signals = Signals { bot: agent.bot, ..ev.visitor.signals.clone() };
+    let client_ip = ev.visitor.ip;
+    let idempotency_key = ev.idempotency_key.clone();
+    let model = stored_event(tenant.id, provider, ev, &agent, now);
+    let (policy, record) = consent_inputs(db, tenant, model.anonymous_id.as_deref()).await?;
 
     struct Planned {
         view: DecisionView,
@@ -111,8 +113,8 @@ pub async fn accept(
         drop(txn);
         // A concurrent request with the same key won the race: answer like a repeat.
         if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-            && let Some(key) = &ev.idempotency_key
-            && let Some(first) = find_by_key(db, tenant.id, key).await?
+            && let Some(key) = &idempotency_key
+            && let Some(first) = find_by_key(db, tenant.id, key.as_str()).await?
         {
             return duplicate(db, first, provider).await;
         }
@@ -128,7 +130,7 @@ pub async fn accept(
                     config_id: p.config_id,
                     provider: &p.view.provider,
                     identity,
-                    client_ip: ev.ip,
+                    client_ip,
                 };
                 crate::outbox::enqueue(&txn, new, now).await?;
             }
@@ -164,52 +166,54 @@ async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model, tar
 fn stored_event(
     tenant_id: Uuid,
     provider: Option<&str>,
-    ev: &ValidEvent,
+    ev: ValidEvent,
     agent: &enrich::Agent,
     now: DateTime<Utc>,
 ) -> analytics_event::Model {
+    let ValidEvent { posted, page_url, occurred_at, idempotency_key, visitor } = ev;
     let context = json!({
-        "utm": enrich::utm(&ev.page_url),
+        "utm": enrich::utm(page_url.as_str()),
         "agent": agent,
-        "region": ev.region,
+        "region": visitor.signals.region,
     });
     analytics_event::Model {
         id: Uuid::now_v7(),
         tenant_id,
         provider: provider.map(str::to_string),
-        event_name: ev.event_name.clone(),
-        event_properties: Value::Object(ev.properties.clone()),
-        user_id: ev.user_id.clone(),
-        anonymous_id: ev.anonymous_id.clone(),
-        session_id: ev.session_id.clone(),
-        page_url: Some(ev.page_url.clone()),
-        referrer: ev.referrer.clone(),
-        title: ev.title.clone(),
-        user_agent: ev.user_agent.clone(),
-        language: ev.language.clone(),
-        screen: ev.screen.clone(),
-        revenue: ev.revenue.clone(),
+        event_name: posted.event_name.into(),
+        event_properties: Value::Object(posted.event_properties.unwrap_or_default().into()),
+        user_id: posted.user_id.map(String::from),
+        anonymous_id: posted.consent_lookup_id.map(String::from),
+        session_id: posted.session_id.map(String::from),
+        page_url: Some(page_url.into()),
+        referrer: posted.referrer.map(String::from),
+        title: posted.title.map(String::from),
+        user_agent: visitor.user_agent,
+        language: posted.language.map(String::from),
+        screen: posted.screen.map(String::from),
+        revenue: posted.revenue.map(|r| json!(r)),
         context,
-        occurred_at: ev.occurred_at,
+        occurred_at,
         received_at: now,
         // Stored: the network only. The full address travels on the pending delivery rows.
-        ip_truncated: ev.ip.map(crate::ip::truncate),
-        country: ev.country.clone(),
-        dnt: ev.dnt,
-        gpc: ev.gpc,
-        idempotency_key: ev.idempotency_key.clone(),
+        ip_truncated: visitor.ip.map(crate::ip::truncate),
+        country: visitor.signals.country,
+        dnt: visitor.signals.dnt,
+        gpc: visitor.signals.gpc,
+        idempotency_key: idempotency_key.map(String::from),
     }
 }
 
 /// The tenant's consent policy (its active cookie consent config) and the visitor's latest
-/// consent record under it — the consent module's answers, in the shape `consent::decide` takes.
+/// consent record under it, found by the consent-lookup id (see docs/glossary.md) — the consent
+/// module's answers, in the shape `consent::decide` takes.
 pub async fn consent_inputs(
     db: &impl ConnectionTrait,
     tenant: &tenant::Model,
-    visitor_id: Option<&str>,
+    consent_lookup_id: Option<&str>,
 ) -> Result<(Option<ConsentPolicy>, Option<RecordedChoice>)> {
     let policy = consent::policy_for(db, tenant.id).await?;
-    let record = match visitor_id {
+    let record = match consent_lookup_id {
         Some(v) => consent::records::latest_for_visitor(db, tenant, v).await?,
         None => None,
     };
@@ -226,9 +230,10 @@ pub async fn redecide(
     config: &entity::provider_config::Model,
     provider: &dyn providers::AnyProvider,
 ) -> Result<Option<Decision>> {
-    let Some(visitor) = event.anonymous_id.as_deref() else { return Ok(None) };
+    // The stored column `anonymous_id` holds the consent-lookup id.
+    let Some(consent_lookup_id) = event.anonymous_id.as_deref() else { return Ok(None) };
     let tenant = crate::tenants::get(db, event.tenant_id).await?;
-    let (policy, record) = consent_inputs(db, &tenant, Some(visitor)).await?;
+    let (policy, record) = consent_inputs(db, &tenant, Some(consent_lookup_id)).await?;
     let Some(record) = record.filter(|r| r.created_at > event.received_at) else { return Ok(None) };
     let signals = Signals {
         dnt: event.dnt,
@@ -262,12 +267,15 @@ pub struct EventView {
     #[schema(value_type = Object)]
     pub event_properties: Value,
     pub user_id: Option<String>,
+    /// The consent-lookup id the visitor's consent was looked up under (docs/glossary.md).
     pub anonymous_id: Option<String>,
     pub session_id: Option<String>,
     pub page_url: Option<String>,
     pub referrer: Option<String>,
     pub title: Option<String>,
+    /// The browser's own header, or what a server said about its visitor.
     pub user_agent: Option<String>,
+    /// A BCP 47 language tag (`sv-SE`).
     pub language: Option<String>,
     pub screen: Option<String>,
     #[schema(value_type = Option<Object>)]

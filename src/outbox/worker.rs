@@ -275,7 +275,7 @@ impl Worker {
             .record(elapsed.as_secs_f64());
         metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome.label())
             .increment(1);
-        if matches!(outcome, Outcome::Delivered | Outcome::DeliveredButDropped { .. }) {
+        if matches!(outcome, Outcome::Delivered | Outcome::Dropped { .. }) {
             let lag = (Utc::now() - event.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()).record(lag);
         }
@@ -327,7 +327,7 @@ impl Worker {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| backoff::parse_retry_after(v, Utc::now()));
         let body = read_limited(response).await;
-        let outcome = provider.classify(&ProviderResponse { status, headers: &headers, body: &body });
+        let outcome = provider.classify(&ProviderResponse { status, headers: &headers.iter().collect(), body: &body });
         (outcome, Some((status, retry_after)))
     }
 
@@ -386,7 +386,7 @@ impl Worker {
                 usage::sent(&txn, config.id, now).await?;
                 Attempted::Delivered
             }
-            Outcome::DeliveredButDropped { warning } => {
+            Outcome::Dropped { warning } => {
                 end(&mut row, DeliveryStatus::Dropped);
                 row.last_error = Set(None);
                 row.warning = Set(Some(match adjusted {

@@ -21,7 +21,10 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, IntoActiveModel,
     QueryFilter, QueryOrder, Set, sea_query::Expr,
 };
-use serde::Serialize;
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{MapAccess, Visitor},
+};
 use serde_json::{Map, Value};
 use utoipa::{
     PartialSchema, ToSchema,
@@ -32,7 +35,7 @@ use utoipa::{
 };
 use uuid::Uuid;
 
-use super::{AnyProvider, all};
+use super::AnyProvider;
 use crate::{
     audit,
     consent::{ProviderStatus, RequiredCategory},
@@ -114,8 +117,8 @@ struct ConfigMeta {
 impl PartialSchema for ConfigView {
     fn schema() -> RefOr<Schema> {
         let mut settings = OneOfBuilder::new();
-        for p in all() {
-            settings = settings.item(p.input_schema());
+        for schema in super::input_schemas() {
+            settings = settings.item(schema);
         }
         AllOfBuilder::new().item(ConfigMeta::schema()).item(settings).into()
     }
@@ -199,7 +202,53 @@ struct ConfigInput {
     settings: Value,
 }
 
+/// Fields of the representation that only the gateway sets; a body naming one is refused.
 const READ_ONLY: &[&str] = &["id", "provider", "status_reason", "usage", "created_at", "updated_at"];
+
+/// A PATCH of a provider config, parsed at the HTTP edge: a JSON merge patch (RFC 7396) of the
+/// writable fields (`display_name`, `status`, `required_category`, `credentials`, the provider's
+/// settings). A server-set field is refused here, naming it; the rest is checked after merging,
+/// like a creation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProviderConfigPatch(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for ProviderConfigPatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct PatchVisitor;
+
+        impl<'de> Visitor<'de> for PatchVisitor {
+            type Value = ProviderConfigPatch;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<ProviderConfigPatch, A::Error> {
+                let mut fields = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if READ_ONLY.contains(&key.as_str()) {
+                        // Failing inside the value, so that the error's path names the field.
+                        map.next_value::<ReadOnly>()?;
+                    }
+                    let v = map.next_value()?;
+                    fields.insert(key, v);
+                }
+                Ok(ProviderConfigPatch(fields))
+            }
+        }
+
+        d.deserialize_map(PatchVisitor)
+    }
+}
+
+/// The value of a field only the gateway sets: never accepted.
+struct ReadOnly;
+
+impl<'de> Deserialize<'de> for ReadOnly {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Err(serde::de::Error::custom("is read-only"))
+    }
+}
 
 fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: ProviderStatus) -> Result<ConfigInput> {
     let Value::Object(mut map) = body else {
@@ -331,18 +380,15 @@ fn writable(m: &provider_config::Model) -> Map<String, Value> {
 
 /// JSON merge patch (RFC 7396) of `patch` onto the stored config, then the same validation as a
 /// creation: a PATCH can never leave a config that a POST would have refused. `credentials`
-/// merges per reference (`null` removes one).
+/// merges per reference (`null` removes one), as RFC 7396 merges any object.
 pub async fn patch(
     db: &DatabaseConnection,
     tenant_id: Uuid,
     provider: &dyn AnyProvider,
     id: Uuid,
-    patch: Value,
+    patch: ProviderConfigPatch,
     actor: &str,
 ) -> Result<ConfigView> {
-    let Value::Object(patch) = patch else {
-        return Err(Error::Validation { field: None, message: "expected a JSON object".into() });
-    };
     let txn = crate::db::begin_write(db).await?;
     let current = find(&txn, tenant_id, provider.name(), id).await?;
     // `None`: the stored row cannot be read (invalid); see the module docs.
@@ -351,7 +397,7 @@ pub async fn patch(
         return Err(Error::Conflict("the config is decommissioned; that is final".into()));
     }
     if let Err(problem) = state(&current) {
-        let to = patch.get("status").and_then(Value::as_str).and_then(ProviderStatus::parse);
+        let to = patch.0.get("status").and_then(Value::as_str).and_then(ProviderStatus::parse);
         if !matches!(to, Some(ProviderStatus::Paused | ProviderStatus::Decommissioned)) {
             return Err(Error::Conflict(format!(
                 "the config is invalid ({problem}); it can only be paused (with every field valid) or \
@@ -359,33 +405,10 @@ pub async fn patch(
             )));
         }
     }
-    let mut doc = writable(&current);
-    for (k, v) in patch {
-        match (k.as_str(), v) {
-            ("credentials", Value::Object(refs)) => {
-                let creds = doc.entry("credentials").or_insert_with(|| Value::Object(Map::new()));
-                if !creds.is_object() {
-                    *creds = Value::Object(Map::new());
-                }
-                let creds = creds.as_object_mut().expect("an object");
-                for (rk, rv) in refs {
-                    if matches!(rv, Value::Null) {
-                        creds.remove(&rk);
-                    } else {
-                        creds.insert(rk, rv);
-                    }
-                }
-            }
-            (_, Value::Null) => {
-                doc.remove(&k);
-            }
-            (_, v) => {
-                doc.insert(k, v);
-            }
-        }
-    }
+    let mut doc = Value::Object(writable(&current));
+    crate::json::merge_patch(&mut doc, &Value::Object(patch.0));
     // The status is in `doc` (carried over, or required above for an invalid config).
-    let input = parse_input(provider, Value::Object(doc), from.unwrap_or(ProviderStatus::Paused))?;
+    let input = parse_input(provider, doc, from.unwrap_or(ProviderStatus::Paused))?;
     let to = input.status;
     if let Some(from) = from {
         if to == ProviderStatus::Error && from != ProviderStatus::Error {
@@ -465,8 +488,9 @@ pub async fn decommission(
     match state(&current) {
         Ok((ProviderStatus::Decommissioned, _)) => Ok(current.into()),
         Ok(_) => {
-            let to = ProviderStatus::Decommissioned.as_str();
-            patch(db, tenant_id, provider, id, serde_json::json!({ "status": to }), actor).await
+            let mut fields = Map::new();
+            fields.insert("status".into(), ProviderStatus::Decommissioned.as_str().into());
+            patch(db, tenant_id, provider, id, ProviderConfigPatch(fields), actor).await
         }
         // An invalid row cannot pass a PATCH's validation (its category may be what is
         // unreadable), and retiring it must not need a repair first: only the status changes.
@@ -606,6 +630,22 @@ pub mod usage {
 mod tests {
     use super::*;
     use crate::providers::{plausible::Plausible, umami::Umami};
+
+    #[test]
+    fn a_patch_naming_a_server_set_field_is_refused_naming_it() {
+        let parse = |v: Value| crate::json::from_value::<ProviderConfigPatch>(v, "");
+        for field in READ_ONLY {
+            match parse(serde_json::json!({"display_name": "x", *field: null})) {
+                Err(Error::Validation { field: f, message }) => {
+                    assert_eq!((f.as_deref(), message.as_str()), (Some(*field), "is read-only"));
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse(serde_json::json!("active")), Err(Error::Validation { field: None, .. })));
+        let ok = parse(serde_json::json!({"status": "paused", "credentials": {"api_key_ref": null}})).unwrap();
+        assert_eq!(ok.0.len(), 2);
+    }
 
     #[test]
     fn the_lifecycle() {

@@ -17,7 +17,6 @@ pub mod umami;
 
 use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
 
-use axum::http::HeaderMap;
 use entity::analytics_event;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
@@ -39,9 +38,9 @@ pub trait Provider: Send + Sync + 'static {
     /// The provider's fields of a config (`site_id`, `website_id`, `instance_url`, toggles),
     /// stored in `provider_config.settings`. Deserialising must validate (parse, don't validate)
     /// and fill defaults, and must refuse unknown fields.
-    type Settings: Serialize + DeserializeOwned + ToSchema + Send + Sync;
+    type Settings: Serialize + DeserializeOwned + Send + Sync;
     /// Secret *references* the config may hold (`credentials`), refusing unknown fields.
-    type Credentials: Serialize + DeserializeOwned + ToSchema + Default + Send + Sync;
+    type Credentials: Serialize + DeserializeOwned + Default + Send + Sync;
 
     /// The name in URLs and in `provider_config.provider`: `plausible`, `umami`.
     const NAME: &'static str;
@@ -102,8 +101,32 @@ impl ProviderRequest {
 /// The provider's answer, as the outbox received it.
 pub struct ProviderResponse<'a> {
     pub status: u16,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a Headers,
     pub body: &'a [u8],
+}
+
+/// An answer's headers, as providers read them: the text ones, looked up case-insensitively.
+/// (Plain strings, so that provider modules and their tests need no HTTP library types.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// From any name/value pairs, e.g. an HTTP client's header map; values that are not text are
+/// left out.
+impl<K: AsRef<str>, V: AsRef<[u8]>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        Headers(
+            pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.as_ref().to_string(), std::str::from_utf8(v.as_ref()).ok()?.to_string())))
+                .collect(),
+        )
+    }
 }
 
 /// What an answer means for the delivery.
@@ -112,8 +135,9 @@ pub enum Outcome {
     /// Accepted and stored.
     Delivered,
     /// Answered with success but discarded (Plausible's `x-plausible-dropped`, Umami's
-    /// `{"beep":"boop"}`): the delivery ends as `dropped`, never as success.
-    DeliveredButDropped { warning: String },
+    /// `{"beep":"boop"}`): the delivery ends as `dropped`, never as success. (Formerly
+    /// `DeliveredButDropped`; it was never delivered. The stored state was always `dropped`.)
+    Dropped { warning: String },
     /// Try again later (timeout, 408, 429, 5xx).
     Retry { reason: String },
     /// Will never succeed as it is (other 4xx): dead-letter at once, with the provider's answer.
@@ -128,7 +152,7 @@ impl Outcome {
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Delivered => "delivered",
-            Outcome::DeliveredButDropped { .. } => "dropped",
+            Outcome::Dropped { .. } => "dropped",
             Outcome::Retry { .. } => "retry",
             Outcome::Dead { .. } => "dead",
             Outcome::AuthFailure { .. } => "auth_failure",
@@ -150,8 +174,6 @@ pub trait AnyProvider: Send + Sync {
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
     fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
     fn classify(&self, response: &ProviderResponse<'_>) -> Outcome;
-    /// The OpenAPI schema of a config body for this provider.
-    fn input_schema(&self) -> RefOr<Schema>;
 }
 
 impl<P: Provider> AnyProvider for P {
@@ -191,14 +213,6 @@ impl<P: Provider> AnyProvider for P {
     fn classify(&self, response: &ProviderResponse<'_>) -> Outcome {
         P::classify(response)
     }
-
-    fn input_schema(&self) -> RefOr<Schema> {
-        AllOfBuilder::new()
-            .item(config::CommonConfigFields::schema())
-            .item(P::Settings::schema())
-            .title(Some(format!("{} config", P::NAME)))
-            .into()
-    }
 }
 
 fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String> {
@@ -220,11 +234,29 @@ pub struct ProviderConfigInput;
 impl PartialSchema for ProviderConfigInput {
     fn schema() -> RefOr<Schema> {
         let mut one_of = OneOfBuilder::new();
-        for p in all() {
-            one_of = one_of.item(p.input_schema());
+        for schema in input_schemas() {
+            one_of = one_of.item(schema);
         }
         one_of.into()
     }
+}
+
+/// The OpenAPI schema of each registered provider's config body (the shared fields and the
+/// provider's settings). Kept beside [`all`] but outside the [`Provider`] trait, which stays free of
+/// documentation types; a test checks that every provider in [`all`] is documented here.
+pub(crate) fn input_schemas() -> Vec<RefOr<Schema>> {
+    vec![input_schema::<plausible::Plausible>(), input_schema::<umami::Umami>()]
+}
+
+fn input_schema<P: Provider>() -> RefOr<Schema>
+where
+    P::Settings: ToSchema,
+{
+    AllOfBuilder::new()
+        .item(config::CommonConfigFields::schema())
+        .item(P::Settings::schema())
+        .title(Some(format!("{} config", P::NAME)))
+        .into()
 }
 
 impl ToSchema for ProviderConfigInput {}
@@ -529,6 +561,23 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_provider_has_a_documented_config_body() {
+        let titles: Vec<String> = input_schemas()
+            .into_iter()
+            .map(|s| serde_json::to_value(s).unwrap()["title"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let names: Vec<String> = all().iter().map(|p| format!("{} config", p.name())).collect();
+        assert_eq!(titles, names);
+    }
+
+    #[test]
+    fn response_headers_are_read_case_insensitively() {
+        let h = Headers::from_iter([("X-Plausible-Dropped", "1".as_bytes()), ("x-bin", b"\xff".as_slice())]);
+        assert_eq!(h.get("x-plausible-dropped"), Some("1"));
+        assert_eq!(h.get("x-bin"), None, "not text: left out");
+    }
 
     #[test]
     fn identifier_keys() {

@@ -158,12 +158,11 @@ impl Provider for Plausible {
     fn classify(r: &ProviderResponse<'_>) -> Outcome {
         if (200..300).contains(&r.status) {
             return match r.headers.get("x-plausible-dropped") {
-                Some(v) => Outcome::DeliveredButDropped {
+                Some(v) => Outcome::Dropped {
                     warning: format!(
                         "Plausible answered {} but dropped the event (x-plausible-dropped: {}): unknown domain, \
                          bot or datacenter IP, site rate limit, or a shield rule",
-                        r.status,
-                        v.to_str().unwrap_or("?")
+                        r.status, v
                     ),
                 },
                 None => Outcome::Delivered,
@@ -222,10 +221,10 @@ fn fit_props(props: Map<String, Value>, adjustments: &mut Vec<String>) -> Map<St
 mod tests {
     use std::net::IpAddr;
 
-    use axum::http::{HeaderMap, HeaderValue};
     use serde_json::json;
 
     use super::*;
+    use crate::providers::Headers;
     use crate::{
         consent::Identity,
         providers::testing::{BROWSER_UA, event},
@@ -339,12 +338,11 @@ mod tests {
 
     #[test]
     fn answers() {
-        let none = HeaderMap::new();
-        let mut dropped = HeaderMap::new();
-        dropped.insert("x-plausible-dropped", HeaderValue::from_static("1"));
+        let none = Headers::default();
+        let dropped = Headers::from_iter([("X-Plausible-Dropped", "1")]);
         let r = |status, headers| Plausible::classify(&ProviderResponse { status, headers, body: b"ok" });
         assert_eq!(r(202, &none), Outcome::Delivered);
-        assert!(matches!(r(202, &dropped), Outcome::DeliveredButDropped { .. }));
+        assert!(matches!(r(202, &dropped), Outcome::Dropped { .. }));
         assert!(matches!(r(400, &none), Outcome::Dead { .. }));
         assert!(matches!(r(503, &none), Outcome::Retry { .. }));
         assert!(matches!(r(401, &none), Outcome::AuthFailure { .. }));

@@ -206,7 +206,7 @@ impl Provider for Umami {
         if (200..300).contains(&r.status) {
             let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
             if body.get("beep").is_some() {
-                return Outcome::DeliveredButDropped {
+                return Outcome::Dropped {
                     warning: "Umami answered {\"beep\":\"boop\"}: it took the request for a bot and stored nothing"
                         .into(),
                 };
@@ -214,7 +214,7 @@ impl Provider for Umami {
             // Umami's collect API answers `{"cache", "sessionId", "visitId"}`. Any other success
             // (a proxy's or a landing page's 200 at a wrong instance_url) stored nothing we know of.
             if body.get("sessionId").is_none() && body.get("cache").is_none() {
-                return Outcome::DeliveredButDropped {
+                return Outcome::Dropped {
                     warning: format!(
                         "the answer is not Umami's collect API answer (no sessionId); check the config's instance_url: {}",
                         body_excerpt(r.body)
@@ -227,7 +227,7 @@ impl Provider for Umami {
             // Umami's collect endpoint has no authentication; its 403 means the visitor's IP is
             // in the instance's IGNORE_IP list — a deliberate discard of this visitor, not a
             // broken config, so it must not stop the config's other deliveries.
-            return Outcome::DeliveredButDropped {
+            return Outcome::Dropped {
                 warning: format!("Umami refused the visitor's IP (403, IGNORE_IP): {}", body_excerpt(r.body)),
             };
         }
@@ -316,11 +316,13 @@ fn put_data(key: String, value: Value, out: &mut Map<String, Value>, adjustments
 mod tests {
     use std::net::IpAddr;
 
-    use axum::http::HeaderMap;
     use serde_json::json;
 
     use super::*;
-    use crate::providers::testing::{BROWSER_UA, event};
+    use crate::providers::{
+        Headers,
+        testing::{BROWSER_UA, event},
+    };
 
     const WEBSITE: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
 
@@ -441,14 +443,14 @@ mod tests {
 
     #[test]
     fn answers() {
-        let h = HeaderMap::new();
+        let h = Headers::default();
         let r = |status, body: &[u8]| Umami::classify(&ProviderResponse { status, headers: &h, body });
         assert_eq!(r(200, br#"{"cache":"x","sessionId":"s","visitId":"v"}"#), Outcome::Delivered);
-        assert!(matches!(r(200, br#"{"beep":"boop"}"#), Outcome::DeliveredButDropped { .. }));
+        assert!(matches!(r(200, br#"{"beep":"boop"}"#), Outcome::Dropped { .. }));
         // A 200 that is not Umami's answer (a wrong instance_url behind a proxy) is no delivery.
-        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::DeliveredButDropped { .. }));
+        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::Dropped { .. }));
         assert!(matches!(r(400, br#"{"error":{"message":"Website not found."}}"#), Outcome::Dead { .. }));
-        assert!(matches!(r(403, b""), Outcome::DeliveredButDropped { .. }));
+        assert!(matches!(r(403, b""), Outcome::Dropped { .. }));
         assert!(matches!(r(401, b""), Outcome::AuthFailure { .. }));
         assert!(matches!(r(500, b""), Outcome::Retry { .. }));
     }

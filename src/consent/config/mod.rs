@@ -2,8 +2,10 @@
 //! guidance ([`guidance`]) and the stored lifecycle with published revisions ([`store`]).
 
 pub mod guidance;
+pub mod patch;
 pub mod spec;
 pub mod store;
 
+pub use patch::ConsentConfigPatch;
 pub use spec::{ConfigSpec, Status};
 pub use store::{ConfigView, Published, RevisionView, active_banner_config};

@@ -23,8 +23,11 @@ use uuid::Uuid;
 
 use super::{
     guidance,
+    patch::ConsentConfigPatch,
     spec::{ConfigSpec, Status},
 };
+/// Kept here for callers of the store; the one implementation is [`crate::json::merge_patch`].
+pub use crate::json::merge_patch;
 use crate::{
     audit,
     consent::{Choices, ConsentPolicy},
@@ -265,12 +268,6 @@ pub async fn get(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result
     view(db, find(db, tenant_id, id).await?).await
 }
 
-/// Fields of the representation that only the server sets. A PATCH may echo them back
-/// unchanged (a client that GETs, edits and PATCHes the whole object); a different value is
-/// refused rather than silently ignored.
-const READ_ONLY: [&str; 7] =
-    ["id", "revision", "reconsent_revision", "published_at", "created_at", "updated_at", "unpublished_changes"];
-
 /// `warnings` appear in responses only; a client echoing a response back is not an error.
 fn strip_output_only(mut body: Value) -> Value {
     if let Some(o) = body.as_object_mut() {
@@ -279,34 +276,15 @@ fn strip_output_only(mut body: Value) -> Value {
     body
 }
 
-/// JSON merge patch (RFC 7396): objects merge recursively, `null` removes a key, anything else
-/// replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    if patch.is_object() && !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
 /// Applies a merge patch to the working copy, and/or a status change (`{"status": "paused"}`).
-pub async fn patch(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &str, body: Value) -> Result<ConfigView> {
-    let Value::Object(mut patch) = strip_output_only(body) else {
-        return Err(Error::Validation {
-            field: None,
-            message: "the body must be a JSON object (a JSON merge patch)".into(),
-        });
-    };
+pub async fn patch(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+    actor: &str,
+    patch: ConsentConfigPatch,
+) -> Result<ConfigView> {
+    let ConsentConfigPatch { status: new_status, echoed, changes } = patch;
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = find(&txn, tenant_id, id).await?;
     let before = view(&txn, m.clone()).await?;
@@ -314,28 +292,16 @@ pub async fn patch(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &s
         return Err(Error::Conflict("this config is decommissioned and can no longer change".into()));
     }
     let before_json = serde_json::to_value(&before).unwrap_or_default();
-    for key in READ_ONLY {
-        if let Some(v) = patch.remove(key)
-            && Some(&v) != before_json.get(key)
-        {
+    for (key, v) in echoed {
+        if Some(&v) != before_json.get(&key) {
             return Err(Error::validation(key, "is read-only"));
         }
     }
-    let new_status = match patch.remove("status") {
-        None => None,
-        Some(Value::String(s)) => Some(Status::parse(&s).ok_or_else(|| {
-            Error::validation(
-                "status",
-                format!("unknown status {s:?}: expected draft, active, paused or decommissioned"),
-            )
-        })?),
-        Some(_) => return Err(Error::validation("status", "must be a string")),
-    };
     let mut a = m.clone().into_active_model();
     let mut content_changed = false;
-    if !patch.is_empty() {
+    if !changes.is_empty() {
         let mut merged = serde_json::to_value(&before.spec).unwrap_or_default();
-        merge_patch(&mut merged, &Value::Object(patch));
+        merge_patch(&mut merged, &Value::Object(changes));
         let spec = ConfigSpec::parse(merged)?;
         content_changed = spec != before.spec;
         set_spec(&mut a, &spec);
@@ -656,34 +622,4 @@ pub async fn active_banner_config(db: &impl ConnectionTrait, tenant_id: Uuid) ->
         "privacy_policy_url": spec.privacy_policy_url,
         "cookie_policy_url": spec.cookie_policy_url,
     })))
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::merge_patch;
-
-    #[test]
-    fn merge_patch_follows_rfc_7396() {
-        // The examples of RFC 7396, appendix A.
-        let table = [
-            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
-            (json!({"a": "b"}), json!({"a": null}), json!({})),
-            (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
-            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
-            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
-            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
-            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
-            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
-            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
-            (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
-            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
-        ];
-        for (mut target, patch, want) in table {
-            merge_patch(&mut target, &patch);
-            assert_eq!(target, want, "patch {patch}");
-        }
-    }
 }
