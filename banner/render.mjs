@@ -10,14 +10,33 @@ const read = (p) => readFileSync(new URL(p, here), 'utf8');
 export const scriptJson = (value) =>
   JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
 
-/** The banner config the gateway builds from a tenant's active cookie-consent config. */
-export function bannerConfig(config, { tenant = 'demo', id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0e', revision = 1, reconsentRevision = 1, textsHash = '0'.repeat(64) } = {}) {
-  const categories = Object.fromEntries(Object.entries(config.categories).filter(([, c]) => c.enabled));
+/** Writing direction of a language tag, as `direction` in src/banner/mod.rs. */
+export const direction = (lang) => {
+  const [primary, ...rest] = lang.toLowerCase().split('-');
+  const script = rest.find((p) => /^[a-z]{4}$/.test(p));
+  if (script) return ['arab', 'hebr', 'thaa', 'syrc', 'nkoo'].includes(script) ? 'rtl' : 'ltr';
+  return ['ar', 'dv', 'fa', 'he', 'ps', 'sd', 'ug', 'ur', 'yi', 'ckb', 'iw'].includes(primary) ? 'rtl' : 'ltr';
+};
+
+/** The banner config the gateway builds from a tenant's active cookie-consent config
+ * (`browser_config` in src/banner/mod.rs): only what the browser reads. */
+export function bannerConfig(config, { id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0e', revision = 1, reconsentRevision = 1 } = {}) {
+  const langs = Object.values(config.texts);
+  const categories = {};
+  for (const [k, c] of Object.entries(config.categories)) {
+    if (c.enabled === false) continue;
+    const v = k === 'necessary' ? {} : { default_accepted: c.default_accepted, cookie_names: c.cookie_names || [] };
+    if (!langs.every((t) => t.categories?.[k]?.label !== undefined && t.categories[k].description !== undefined)) {
+      Object.assign(v, { display_name: c.display_name, description: c.description || '' });
+    }
+    categories[k] = v;
+  }
+  const texts = Object.fromEntries(Object.entries(config.texts).map(([l, t]) => [l, { ...t, dir: direction(l) }]));
   return {
-    tenant, config_id: id, revision, reconsent_revision: reconsentRevision, texts_hash: textsHash,
+    config_id: id, revision, reconsent_revision: reconsentRevision,
     expiry_days: config.consent_expiry_days, respect_do_not_track: config.respect_do_not_track,
     geo_targeting_enabled: config.geo_targeting_enabled, consent_required_regions: config.consent_required_regions,
-    banner: config.banner, categories, texts: config.texts, default_language: config.default_language,
+    banner: config.banner, categories, texts, default_language: config.default_language,
     privacy_policy_url: config.privacy_policy_url, cookie_policy_url: config.cookie_policy_url,
   };
 }

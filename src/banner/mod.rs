@@ -8,11 +8,86 @@
 use std::sync::OnceLock;
 
 use serde::Serialize;
+use serde_json::{Map, Value, json};
 use tera::{Context, Tera};
+
+use crate::consent::config::spec::ConfigSpec;
 
 const TEMPLATE: &str = include_str!("../../templates/banner.js.tera");
 const SCRIPT: &str = include_str!("../../banner/dist/banner.min.js");
 const CSS: &str = include_str!("../../banner/banner.css");
+
+/// The banner config (`CG_CONFIG`, banner/README.md) of a published config: only what the browser
+/// reads, since every byte counts against the banner's 6 KB gzip budget. Enabled categories only,
+/// without `enabled` and `required` (only `necessary` is required, and it is always on), and
+/// without a category's own name and description when every language has its own. Each language
+/// gets its writing direction (`texts.{lang}.dir`).
+pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, reconsent_revision: i64) -> Value {
+    let mut categories = Map::new();
+    for (name, c) in spec.categories.iter() {
+        if !c.enabled {
+            continue;
+        }
+        let mut v = json!({"default_accepted": c.default_accepted, "cookie_names": c.cookie_names});
+        if name == "necessary" {
+            // Always granted: its default and cookies are never consulted.
+            v = json!({});
+        }
+        let translated = spec.texts.values().all(|t| {
+            let ct = &t.categories;
+            let text = match name {
+                "necessary" => &ct.necessary,
+                "functional" => &ct.functional,
+                "analytics" => &ct.analytics,
+                _ => &ct.marketing,
+            };
+            text.as_ref().is_some_and(|t| t.label.is_some() && t.description.is_some())
+        });
+        if !translated {
+            v["display_name"] = c.display_name.clone().into();
+            v["description"] = c.description.clone().into();
+        }
+        categories.insert(name.into(), v);
+    }
+    let mut texts = Map::new();
+    for (lang, t) in &spec.texts {
+        let mut v = serde_json::to_value(t).unwrap_or_default();
+        v["dir"] = direction(lang.as_str()).into();
+        texts.insert(lang.to_string(), v);
+    }
+    json!({
+        "config_id": config_id,
+        "revision": revision,
+        "reconsent_revision": reconsent_revision,
+        "expiry_days": spec.consent_expiry_days,
+        "respect_do_not_track": spec.respect_do_not_track,
+        "geo_targeting_enabled": spec.geo_targeting_enabled,
+        "consent_required_regions": spec.consent_required_regions,
+        "banner": spec.banner,
+        "categories": categories,
+        "texts": texts,
+        "default_language": spec.default_language,
+        "privacy_policy_url": spec.privacy_policy_url,
+        "cookie_policy_url": spec.cookie_policy_url,
+    })
+}
+
+/// `rtl` for languages written right to left — by primary subtag (Arabic, Dhivehi, Persian,
+/// Hebrew, Pashto, Sindhi, Uyghur, Urdu, Yiddish, Central Kurdish, and the old code `iw`) or by an
+/// explicit script subtag (Arab, Hebr, Thaa, Syrc, Nkoo) — `ltr` otherwise.
+pub fn direction(lang: &str) -> &'static str {
+    const RTL_LANGUAGES: [&str; 11] = ["ar", "dv", "fa", "he", "ps", "sd", "ug", "ur", "yi", "ckb", "iw"];
+    const RTL_SCRIPTS: [&str; 5] = ["arab", "hebr", "thaa", "syrc", "nkoo"];
+    let lower = lang.to_ascii_lowercase();
+    let mut parts = lower.split('-');
+    let primary = parts.next().unwrap_or_default();
+    let script = parts.find(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_alphabetic()));
+    match script {
+        Some(s) => if RTL_SCRIPTS.contains(&s) { "rtl" } else { "ltr" },
+        None if RTL_LANGUAGES.contains(&primary) => "rtl",
+        None => "ltr",
+    }
+}
 
 /// Rendered banners by (config id, revision). A published revision never changes, so an entry
 /// never goes stale; the map is bounded by clearing it when full.
@@ -98,6 +173,55 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn writing_direction_by_language_and_script() {
+        let table = [
+            ("en", "ltr"),
+            ("ar", "rtl"),
+            ("AR-eg", "rtl"),
+            ("he", "rtl"),
+            ("fa-IR", "rtl"),
+            ("ckb", "rtl"),
+            ("pt-BR", "ltr"),
+            ("pa-Arab", "rtl"),
+            ("az-Arab-IR", "rtl"),
+            ("uz-Latn", "ltr"),
+            ("ar-Latn", "ltr"),
+            ("arn", "ltr"),
+        ];
+        for (lang, want) in table {
+            assert_eq!(direction(lang), want, "{lang}");
+        }
+    }
+
+    #[test]
+    fn the_browser_config_holds_what_the_banner_reads() {
+        let mut sample: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
+        sample.as_object_mut().unwrap().remove("id");
+        sample["texts"]["ar"] = json!({"title": "ملفات تعريف الارتباط"});
+        sample["categories"]["marketing"]["enabled"] = json!(false);
+        let spec = ConfigSpec::parse(sample).unwrap();
+        let c = browser_config(&spec, uuid::Uuid::nil(), 3, 2);
+        assert_eq!(c["revision"], 3);
+        assert_eq!(c["reconsent_revision"], 2);
+        assert_eq!(c["texts"]["ar"]["dir"], "rtl");
+        assert_eq!(c["texts"]["sv"]["dir"], "ltr");
+        assert_eq!(c["texts"]["sv"]["accept_all"], "Godkänn alla");
+        let cats = c["categories"].as_object().unwrap();
+        assert_eq!(cats.keys().collect::<Vec<_>>(), ["analytics", "functional", "necessary"], "enabled ones only");
+        assert_eq!(cats["necessary"], json!({}));
+        // Arabic has no category texts, so the categories' own names are the fallback.
+        assert_eq!(cats["analytics"]["display_name"], "Analytics");
+        assert_eq!(cats["analytics"]["default_accepted"], true);
+        assert_eq!(cats["analytics"]["cookie_names"], json!(["_ga", "_ga_*", "ph_*"]));
+        assert!(cats["analytics"].get("enabled").is_none() && cats["analytics"].get("required").is_none());
+        // Without it every language names every category itself.
+        let mut sample: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
+        sample.as_object_mut().unwrap().remove("id");
+        let c = browser_config(&ConfigSpec::parse(sample).unwrap(), uuid::Uuid::nil(), 1, 0);
+        assert!(c["categories"]["analytics"].get("display_name").is_none(), "{}", c["categories"]);
+    }
 
     #[test]
     fn script_json_cannot_break_out_of_the_script() {
