@@ -83,7 +83,13 @@ pub fn direction(lang: &str) -> &'static str {
     let primary = parts.next().unwrap_or_default();
     let script = parts.find(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_alphabetic()));
     match script {
-        Some(s) => if RTL_SCRIPTS.contains(&s) { "rtl" } else { "ltr" },
+        Some(s) => {
+            if RTL_SCRIPTS.contains(&s) {
+                "rtl"
+            } else {
+                "ltr"
+            }
+        }
         None if RTL_LANGUAGES.contains(&primary) => "rtl",
         None => "ltr",
     }
@@ -118,13 +124,91 @@ impl Cache {
     }
 }
 
-/// The rendered script and its strong validator.
+/// The rendered script, compressed once (gzip at level 9, brotli at quality 11: it is served
+/// many times per render), with a strong validator per encoding.
 #[derive(Clone, Debug)]
 pub struct Rendered {
     pub body: String,
     /// A strong ETag (quoted) over the exact bytes served: source, CSS and the config revision
     /// all change it.
     pub etag: String,
+    pub gzip: Vec<u8>,
+    pub br: Vec<u8>,
+}
+
+/// A content coding banner.js is served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Br,
+}
+
+impl Encoding {
+    /// The best coding `Accept-Encoding` allows (RFC 9110 §12.5.3): br, then gzip, then none.
+    /// `q=0` refuses a coding; `*` stands for any coding not listed.
+    pub fn negotiate<'a>(accept_encoding: impl IntoIterator<Item = &'a str>) -> Encoding {
+        let (mut br, mut gzip, mut any) = (None, None, None);
+        for item in accept_encoding.into_iter().flat_map(|v| v.split(',')) {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let weight = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .map(|w| w.trim().parse::<f32>().unwrap_or(0.0))
+                .next()
+                .unwrap_or(1.0);
+            match coding.as_str() {
+                "br" => br = Some(weight),
+                "gzip" | "x-gzip" => gzip = Some(weight),
+                "*" => any = Some(weight),
+                _ => {}
+            }
+        }
+        let accepted = |w: Option<f32>| w.or(any).is_some_and(|w| w > 0.0);
+        if accepted(br) {
+            Encoding::Br
+        } else if accepted(gzip) {
+            Encoding::Gzip
+        } else {
+            Encoding::Identity
+        }
+    }
+
+    pub fn header_value(self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some("gzip"),
+            Encoding::Br => Some("br"),
+        }
+    }
+}
+
+impl Rendered {
+    /// The bytes and the ETag of the representation in `encoding`. Each encoding has its own
+    /// strong ETag: the bytes differ, so a cache must not answer one with the other's 304.
+    pub fn representation(&self, encoding: Encoding) -> (&[u8], String) {
+        let tag = self.etag.trim_end_matches('"');
+        match encoding {
+            Encoding::Identity => (self.body.as_bytes(), self.etag.clone()),
+            Encoding::Gzip => (&self.gzip, format!("{tag}-gzip\"")),
+            Encoding::Br => (&self.br, format!("{tag}-br\"")),
+        }
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let params =
+        brotli::enc::BrotliEncoderParams { quality: 11, lgwin: 22, size_hint: data.len(), ..Default::default() };
+    brotli::BrotliCompress(&mut &data[..], &mut out, &params).expect("compressing into a Vec cannot fail");
+    out
 }
 
 fn tera() -> &'static Tera {
@@ -165,7 +249,8 @@ pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
     ctx.insert("script", SCRIPT);
     let body = tera().render("banner.js", &ctx)?;
     let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
-    Ok(Rendered { body, etag })
+    let (gzip, br) = (gzip(body.as_bytes()), brotli(body.as_bytes()));
+    Ok(Rendered { body, etag, gzip, br })
 }
 
 #[cfg(test)]
@@ -173,6 +258,53 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn accept_encoding_negotiation() {
+        let table = [
+            (vec![], Encoding::Identity),
+            (vec!["gzip, deflate, br, zstd"], Encoding::Br),
+            (vec!["gzip"], Encoding::Gzip),
+            (vec!["GZIP;q=0.5", "identity"], Encoding::Gzip),
+            (vec!["br;q=0, gzip"], Encoding::Gzip),
+            (vec!["br;q=0, gzip;q=0"], Encoding::Identity),
+            (vec!["*"], Encoding::Br),
+            (vec!["*;q=0, identity"], Encoding::Identity),
+            (vec!["x-gzip"], Encoding::Gzip),
+            (vec!["deflate"], Encoding::Identity),
+            (vec!["br;q=bad"], Encoding::Identity),
+        ];
+        for (header, want) in table {
+            assert_eq!(Encoding::negotiate(header.iter().copied()), want, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn brotli_is_smaller_than_gzip_and_each_encoding_has_its_own_etag() {
+        let config = browser_config(
+            &ConfigSpec::parse({
+                let mut v: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
+                v.as_object_mut().unwrap().remove("id");
+                v
+            })
+            .unwrap(),
+            uuid::Uuid::nil(),
+            1,
+            0,
+        );
+        let r = render(&config).unwrap();
+        assert!(r.br.len() < r.gzip.len(), "br {} B, gzip {} B", r.br.len(), r.gzip.len());
+        let mut decoded = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.gzip[..]), &mut decoded).unwrap();
+        assert_eq!(decoded, r.body);
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &r.br[..], &mut decoded).unwrap();
+        assert_eq!(decoded, r.body.as_bytes());
+        let tags: std::collections::HashSet<String> =
+            [Encoding::Identity, Encoding::Gzip, Encoding::Br].map(|e| r.representation(e).1).into();
+        assert_eq!(tags.len(), 3, "{tags:?}");
+        assert!(tags.iter().all(|t| t.starts_with('"') && t.ends_with('"') && t.len() > 30));
+    }
 
     #[test]
     fn writing_direction_by_language_and_script() {
@@ -210,7 +342,7 @@ mod tests {
         assert_eq!(c["texts"]["sv"]["accept_all"], "Godkänn alla");
         let cats = c["categories"].as_object().unwrap();
         assert_eq!(cats.keys().collect::<Vec<_>>(), ["analytics", "functional", "necessary"], "enabled ones only");
-        assert_eq!(cats["necessary"], json!({}));
+        assert!(cats["necessary"].get("default_accepted").is_none() && cats["necessary"].get("cookie_names").is_none());
         // Arabic has no category texts, so the categories' own names are the fallback.
         assert_eq!(cats["analytics"]["display_name"], "Analytics");
         assert_eq!(cats["analytics"]["default_accepted"], true);
