@@ -19,16 +19,17 @@ const G = x => x ? 'granted' : 'denied';
 // the config's own key, so `lang` and the record name exactly the texts shown.
 const LK = Object.keys(T);
 const L = [...n.languages, C.default_language].flatMap(l => [l, l.split('-')[0]]).map(l => LK.find(k => k.toLowerCase() == l.toLowerCase())).find(l => l);
-const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', always_on: 'Always on', signal_denied: 'Off: your browser asks not to be tracked' };
+const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', always_on: 'Always on', signal_denied: "Off: your browser's privacy signal" };
 const tx = k => T[L][k] || T[C.default_language][k] || DEF[k] || '';
-// The gateway leaves out a category's own name and description when every language has its own.
-const ctx = (k, f, g) => T[L].categories?.[k]?.[f] || K[k][g] || '';
+// A category's label and description: the language's own, else the category's (the gateway sends
+// those as `label` and `description`, and only when some language lacks its own).
+const ctx = (k, f) => T[L].categories?.[k]?.[f] || K[k][f] || '';
 
 // Signals. GPC always denies marketing (CCPA regs § 7025); with respect_do_not_track, DNT or GPC
 // deny every non-necessary category. The browser's own view is enough: it sends the same
 // signals as DNT / Sec-GPC headers, and the gateway enforces them on every event anyway.
-const sig = { gpc: n.globalPrivacyControl, dnt: n.doNotTrack == 1 };
-const blocked = k => k != 'necessary' && (C.respect_do_not_track && (sig.dnt || sig.gpc) || sig.gpc && k == 'marketing');
+const gpc = n.globalPrivacyControl, dnt = n.doNotTrack == 1;
+const blocked = k => k != 'necessary' && (C.respect_do_not_track && (dnt || gpc) || gpc && k == 'marketing');
 const eff = c => { const o = { necessary: true }; for (const k of O) o[k] = !!c?.[k] && CATS.includes(k) && !blocked(k); return o };
 
 // Google Consent Mode v2: region-aware defaults now, before any tag fires; an update per decision.
@@ -38,17 +39,14 @@ function gtag() { w.gtag ? w.gtag(...arguments) : dl.push(arguments) }
 const cm = (c, x, m = G(c.marketing), f = G(c.functional)) => ({ wait_for_update: 500, ...x, ad_storage: m, ad_user_data: m, ad_personalization: m,
   analytics_storage: G(c.analytics), functionality_storage: f, personalization_storage: f });
 const pre = {}; CATS.forEach(k => pre[k] = K[k].default_accepted);
-if (C.geo_targeting_enabled && C.consent_required_regions?.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions }));
+if (C.geo_targeting_enabled && C.consent_required_regions.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions }));
 gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}));
 
-// The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie (so the
-// site's server can read it too) and localStorage. A valid one decides without any request.
-let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2] || '') || ls('cg_consent')) } catch (e) {}
+// The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie, so the
+// site's server can read it too. A valid one decides without any request.
+let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2])) } catch (e) {}
 const valid = s => s?.choices && s.rev >= C.reconsent_revision && s.exp > now() && s.cfg == C.config_id;
-const save = s => {
-  d.cookie = `cg_consent=${encodeURIComponent(s = JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
-  ls('cg_consent', s);
-};
+const save = s => d.cookie = `cg_consent=${encodeURIComponent(JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
 const vid = ls('cg_vid') || st?.vid || uuid();
 ls('cg_vid', vid);
 
@@ -95,10 +93,9 @@ function mount() {
   // The gateway gives each language its writing direction (texts.{lang}.dir: ltr or rtl).
   d.body.append(host = h('div', { id: 'consentgate', lang: L, dir: T[L].dir }));
   root = host.attachShadow({ mode: 'open' });
-  // A <style> element carrying the nonce the site gave us works under a strict style-src CSP;
-  // colours go in through CSSOM custom properties, which CSP does not restrict.
+  // A <style> element carrying the nonce the site gave us works under a strict style-src CSP.
+  // The gateway put the config's colours at its top (--cg-p, --cg-b, --cg-t).
   root.append(h('style', { nonce: ds.nonce || S.nonce }, CG_CSS));
-  for (const k of ['primary', 'background', 'text']) B[k + '_color'] && host.style.setProperty('--cg-' + k[0], B[k + '_color']);
 }
 
 // WCAG 2.2 2.4.11 Focus Not Obscured: while the banner or the settings button sits over the page,
@@ -152,14 +149,15 @@ function prefs(c) {
       const lock = k == 'necessary', off = blocked(k), why = lock ? tx('always_on') : off ? tx('signal_denied') : '';
       return h('div', { className: 'ct' },
         h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
-          h('span', {}, ctx(k, 'label', 'display_name'))),
-        h('p', { id: k }, why && h('strong', {}, why + ' '), ctx(k, 'description', 'description')));
+          h('span', {}, ctx(k, 'label'))),
+        h('p', { id: k }, h('em', {}, why), ctx(k, 'description')));
     }),
     h('div', { className: 'bt' }, btn('reject_all', act('reject_all')), btn('accept_all', act('accept_all')),
       btn('save', () => decide('custom', Object.fromEntries(O.map(k => [k, box[k]?.checked]))), 'sc')));
+  // Tab from the last control goes to the first, Shift+Tab from the first to the last.
   D.onkeydown = e => {
-    const f = [...D.querySelectorAll('button,input:enabled')], a = root.activeElement;
-    if (e.key == 'Tab' && (!f.includes(a) || a == (e.shiftKey ? f[0] : f.at(-1)))) e.preventDefault(), (e.shiftKey ? f.at(-1) : f[0]).focus();
+    const f = D.querySelectorAll('button,input:enabled'), l = f.length - 1, s = e.shiftKey;
+    e.key == 'Tab' && root.activeElement == f[s ? 0 : l] && (e.preventDefault(), f[s ? l : 0].focus());
   };
   D.onclose = () => { D.remove(); dlg.open || back?.isConnected && back.focus() };
   root.append(D); D.showModal();

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tera::{Context, Tera};
 
-use crate::consent::config::spec::ConfigSpec;
+use crate::consent::config::spec::{ConfigSpec, HexColor};
 
 const TEMPLATE: &str = include_str!("../../templates/banner.js.tera");
 const SCRIPT: &str = include_str!("../../banner/dist/banner.min.js");
@@ -20,18 +20,23 @@ const CSS: &str = include_str!("../../banner/banner.css");
 /// The banner config (`CG_CONFIG`, banner/README.md) of a published config: only what the browser
 /// reads, since every byte counts against the banner's 6 KB gzip budget. Enabled categories only,
 /// without `enabled` and `required` (only `necessary` is required, and it is always on), and
-/// without a category's own name and description when every language has its own. Each language
-/// gets its writing direction (`texts.{lang}.dir`).
+/// without a category's own name (as `label`) and description when every language has its own; settings at
+/// their default (`show_*: true`, `default_accepted: false`, no cookie names) are left out. Each
+/// language gets its writing direction (`texts.{lang}.dir`).
 pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, reconsent_revision: i64) -> Value {
     let mut categories = Map::new();
     for (name, c) in spec.categories.iter() {
         if !c.enabled {
             continue;
         }
-        let mut v = json!({"default_accepted": c.default_accepted, "cookie_names": c.cookie_names});
-        if name == "necessary" {
-            // Always granted: its default and cookies are never consulted.
-            v = json!({});
+        // Defaults are left out (false, none); `necessary` is always granted, so its default and
+        // cookies are never consulted.
+        let mut v = json!({});
+        if name != "necessary" && c.default_accepted {
+            v["default_accepted"] = true.into();
+        }
+        if name != "necessary" && !c.cookie_names.is_empty() {
+            v["cookie_names"] = json!(c.cookie_names);
         }
         let translated = spec.texts.values().all(|t| {
             let ct = &t.categories;
@@ -44,7 +49,7 @@ pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, r
             text.as_ref().is_some_and(|t| t.label.is_some() && t.description.is_some())
         });
         if !translated {
-            v["display_name"] = c.display_name.clone().into();
+            v["label"] = c.display_name.clone().into();
             v["description"] = c.description.clone().into();
         }
         categories.insert(name.into(), v);
@@ -55,6 +60,13 @@ pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, r
         v["dir"] = direction(lang.as_str()).into();
         texts.insert(lang.to_string(), v);
     }
+    // The first layer's buttons are shown unless switched off.
+    let mut banner = json!(spec.banner);
+    for key in ["show_reject_all", "show_preferences"] {
+        if banner[key] == true {
+            banner.as_object_mut().map(|b| b.remove(key));
+        }
+    }
     json!({
         "config_id": config_id,
         "revision": revision,
@@ -63,7 +75,7 @@ pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, r
         "respect_do_not_track": spec.respect_do_not_track,
         "geo_targeting_enabled": spec.geo_targeting_enabled,
         "consent_required_regions": spec.consent_required_regions,
-        "banner": spec.banner,
+        "banner": banner,
         "categories": categories,
         "texts": texts,
         "default_language": spec.default_language,
@@ -241,11 +253,25 @@ pub fn script_json(value: &impl Serialize) -> String {
     out
 }
 
-/// Renders the banner for one banner config (the JSON object of the API contract).
+/// Renders the banner for one banner config ([`browser_config`]). The banner's colours become
+/// custom properties at the top of its stylesheet (`--cg-p`, `--cg-b`, `--cg-t`), so they leave
+/// the config: one place, no script to apply them.
 pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
+    let mut config = config.clone();
+    // `all: initial` keeps the site's styles out; custom properties are not reset by it.
+    let mut css = String::from(":host{all:initial;");
+    for (key, var) in [("primary_color", "p"), ("background_color", "b"), ("text_color", "t")] {
+        let colour = config["banner"].as_object_mut().and_then(|b| b.remove(key));
+        // Only #rrggbb reaches the stylesheet, whatever the config holds.
+        if let Some(c) = colour.as_ref().and_then(Value::as_str).and_then(|c| HexColor::parse(c).ok()) {
+            css.push_str(&format!("--cg-{var}:{};", String::from(c)));
+        }
+    }
+    css.push('}');
+    css.push_str(CSS);
     let mut ctx = Context::new();
-    ctx.insert("config_json", &script_json(config));
-    ctx.insert("css", &script_json(&CSS));
+    ctx.insert("config_json", &script_json(&config));
+    ctx.insert("css", &script_json(&css));
     ctx.insert("script", SCRIPT);
     let body = tera().render("banner.js", &ctx)?;
     let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
@@ -307,6 +333,23 @@ mod tests {
     }
 
     #[test]
+    fn colours_go_into_the_stylesheet_and_only_as_colours() {
+        let r = render(&json!({"revision": 1, "banner": {"style": "bar", "primary_color": "#1a56db", "background_color": "#ffffff", "text_color": "red;}*{x:y"}}))
+            .unwrap();
+        assert!(
+            r.body.contains("var CG_CSS = \":host{all:initial;--cg-p:#1a56db;--cg-b:#ffffff;}"),
+            "{}",
+            &r.body[..300]
+        );
+        assert!(
+            r.body.contains("var CG_CONFIG = {\"banner\":{\"style\":\"bar\"},\"revision\":1};"),
+            "{}",
+            &r.body[..300]
+        );
+        assert!(!r.body.contains("x:y"));
+    }
+
+    #[test]
     fn writing_direction_by_language_and_script() {
         let table = [
             ("en", "ltr"),
@@ -344,15 +387,17 @@ mod tests {
         assert_eq!(cats.keys().collect::<Vec<_>>(), ["analytics", "functional", "necessary"], "enabled ones only");
         assert!(cats["necessary"].get("default_accepted").is_none() && cats["necessary"].get("cookie_names").is_none());
         // Arabic has no category texts, so the categories' own names are the fallback.
-        assert_eq!(cats["analytics"]["display_name"], "Analytics");
+        assert_eq!(cats["analytics"]["label"], "Analytics");
         assert_eq!(cats["analytics"]["default_accepted"], true);
+        assert!(cats["functional"].get("default_accepted").is_none(), "false is the default");
+        assert!(c["banner"].get("show_reject_all").is_none() && c["banner"]["style"] == "box");
         assert_eq!(cats["analytics"]["cookie_names"], json!(["_ga", "_ga_*", "ph_*"]));
         assert!(cats["analytics"].get("enabled").is_none() && cats["analytics"].get("required").is_none());
         // Without it every language names every category itself.
         let mut sample: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
         sample.as_object_mut().unwrap().remove("id");
         let c = browser_config(&ConfigSpec::parse(sample).unwrap(), uuid::Uuid::nil(), 1, 0);
-        assert!(c["categories"]["analytics"].get("display_name").is_none(), "{}", c["categories"]);
+        assert!(c["categories"]["analytics"].get("label").is_none(), "{}", c["categories"]);
     }
 
     #[test]
@@ -371,6 +416,7 @@ mod tests {
         let a = render(&json!({"revision": 1, "tenant": "demo"})).unwrap();
         let b = render(&json!({"revision": 2, "tenant": "demo"})).unwrap();
         assert!(a.body.contains("var CG_CONFIG = {\"revision\":1,\"tenant\":\"demo\"};"), "{}", &a.body[..200]);
+        assert!(a.body.contains("var CG_CSS = \":host{all:initial;}"), "no colours, no custom properties");
         assert!(a.body.contains(SCRIPT.trim()));
         assert_ne!(a.etag, b.etag);
         assert_eq!(a.etag, render(&json!({"revision": 1, "tenant": "demo"})).unwrap().etag);

@@ -53,10 +53,14 @@ function run(args, env) {
   });
 }
 
+/** JSON merge patch (RFC 7396): objects merge, `null` removes a key, anything else replaces. */
 const deepMerge = (a, b) => {
   if (!b || typeof b !== 'object' || Array.isArray(b)) return b === undefined ? a : b;
   const o = { ...a };
-  for (const [k, v] of Object.entries(b)) o[k] = a && typeof a[k] === 'object' && !Array.isArray(a[k]) ? deepMerge(a[k], v) : v;
+  for (const [k, v] of Object.entries(b)) {
+    if (v === null) delete o[k];
+    else o[k] = a && typeof a[k] === 'object' && !Array.isArray(a[k]) ? deepMerge(a[k], v) : v;
+  }
   return o;
 };
 
@@ -106,6 +110,7 @@ export async function startGateway() {
       const body = deepMerge(sampleConfig(), { allowed_origins: site ? [site.origin] : [], ...config });
       const created = await t.api('POST', '/analytics/cookie-consent/configs', body, [200, 201]);
       t.configId = created.id;
+      t.warnings = created.warnings;
       if (publish) await t.publish(false);
       if (site) {
         const key = await t.api('POST', '/ingest-keys', { kind: 'public', name: 'site', allowed_origins: [site.origin] }, [200, 201]);
@@ -270,6 +275,8 @@ export async function visitor(browser, { locale = 'en-US', headers, viewport = {
 
 /** The banner's elements live in an open shadow root under #consentgate; playwright locators pierce it. */
 export const ui = (page) => ({
+  /** The shadow host: it carries the banner's `lang` and `dir`. */
+  host: page.locator('#consentgate'),
   banner: page.locator('#consentgate .bn'),
   dialog: page.locator('#consentgate dialog'),
   accept: page.locator('#consentgate .bn').getByRole('button', { name: /accept all|godkänn alla/i }),
@@ -281,7 +288,11 @@ export const ui = (page) => ({
 });
 
 export const visitorId = (page) => page.evaluate(() => localStorage.getItem('cg_vid'));
-export const storedChoice = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('cg_consent')));
+/** The choice the banner kept on the site: its first-party `cg_consent` cookie, or null. */
+export const storedChoice = (page) => page.evaluate(() => {
+  const c = document.cookie.match(/(^|; )cg_consent=([^;]*)/);
+  return c ? JSON.parse(decodeURIComponent(c[2])) : null;
+});
 export const ran = (page) => page.evaluate(() => ({
   functional: !!window.__functionalRan, analytics: !!window.__analyticsRan, marketing: !!window.__marketingRan,
 }));
@@ -294,11 +305,16 @@ export async function shot(page, name) {
 
 const axeSource = readFileSync(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8');
 
+/** Runs axe-core in the page; resolves with every violation (id, impact, targets). */
+export async function axeViolations(page) {
+  await page.addScriptTag({ content: axeSource });
+  return page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] })).violations
+    .map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')) })));
+}
+
 /** Runs axe-core in the page and throws with every violation (id, impact, targets). */
 export async function expectNoAxeViolations(page, label) {
-  await page.addScriptTag({ content: axeSource });
-  const violations = await page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] })).violations
-    .map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')) })));
+  const violations = await axeViolations(page);
   if (violations.length) throw new Error(`axe-core found ${violations.length} violation(s) (${label}):\n${JSON.stringify(violations, null, 2)}`);
 }
 

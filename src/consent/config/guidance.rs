@@ -134,7 +134,7 @@ fn builtin_english(key: &str) -> &'static str {
         "cookie_policy" => "Cookie policy",
         "close" => "Close",
         "always_on" => "Always on",
-        _ => "Off: your browser asks not to be tracked",
+        _ => "Off: your browser's privacy signal",
     }
 }
 
