@@ -190,12 +190,25 @@ export class Tenant {
  * The site: a separate origin (another 127.0.0.1 port) serving the pages under test, as a
  * customer's website would. Pages are registered per test with `site.page(path, html)`.
  */
-export async function startSite() {
+export async function startSite({ proxy } = {}) {
   const pages = new Map();
+  const requests = [];
   const port = await freePort();
   const origin = `http://127.0.0.1:${port}`;
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, origin);
+    requests.push({ method: req.method, path: url.pathname, cookie: req.headers.cookie || '' });
+    // The gateway under the site's own origin: /cg/… is passed to it, as a reverse proxy would
+    // (banner/README.md, "Deploying under the site's domain").
+    if (proxy && url.pathname.startsWith('/cg/')) {
+      const target = new URL(req.url.slice(3), proxy);
+      const up = http.request(target, { method: req.method, headers: { ...req.headers, host: target.host, 'x-forwarded-host': req.headers.host } }, (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => { res.writeHead(502); res.end(); });
+      return req.pipe(up);
+    }
     const page = pages.get(url.pathname);
     if (!page) { res.writeHead(url.pathname === '/favicon.ico' ? 204 : 404); return res.end(); }
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...page.headers });
@@ -203,7 +216,7 @@ export async function startSite() {
   });
   await new Promise((r) => server.listen(port, '127.0.0.1', r));
   return {
-    origin, port,
+    origin, port, requests,
     page(p, html, headers = {}) { pages.set(p, { html, headers }); return origin + p; },
     stop: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
   };
@@ -216,7 +229,7 @@ const attr = (v) => String(v).replace(/&/g, '&amp;').replace(/"/g, '&quot;').rep
  * window.__<category>Ran), an iframe waiting for marketing consent, an outbound link, and a
  * gtag stub that records Consent Mode calls in window.__gtag.
  */
-export function sitePage(tenant, { tag = {}, nonce, head = '', body = '', gtag = true } = {}) {
+export function sitePage(tenant, { tag = {}, nonce, head = '', body = '', gtag = true, src = tenant.bannerSrc() } = {}) {
   const n = nonce ? ` nonce="${nonce}"` : '';
   const attrs = Object.entries({ 'data-key': tenant.publicKey, ...tag })
     .filter(([, v]) => v !== false && v !== undefined)
@@ -225,7 +238,7 @@ export function sitePage(tenant, { tag = {}, nonce, head = '', body = '', gtag =
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Test site</title>
 ${gtag ? `<script${n}>window.__gtag = []; window.dataLayer = window.dataLayer || []; function gtag() { window.__gtag.push([].slice.call(arguments)); dataLayer.push(arguments); }</script>` : ''}
-<script src="${attr(tenant.bannerSrc())}"${attrs} async></script>
+<script src="${attr(src)}"${attrs} async></script>
 ${head}
 </head><body>
 <main>
