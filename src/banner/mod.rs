@@ -20,9 +20,9 @@ const CSS: &str = include_str!("../../banner/banner.css");
 /// The banner config (`CG_CONFIG`, banner/README.md) of a published config: only what the browser
 /// reads, since every byte counts against the banner's 6 KB gzip budget. Enabled categories only,
 /// without `enabled` and `required` (only `necessary` is required, and it is always on), and
-/// without a category's own name (as `label`) and description when every language has its own; settings at
-/// their default (`show_*: true`, `default_accepted: false`, no cookie names) are left out. Each
-/// language gets its writing direction (`texts.{lang}.dir`).
+/// without a category's own name (as `label`) and description when every language has its own;
+/// settings at their default (`show_*: true`, `default_accepted: false`, no cookie names) are
+/// left out. Each language gets its writing direction (`texts.{lang}.dir`).
 pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, reconsent_revision: i64) -> Value {
     let mut categories = Map::new();
     for (name, c) in spec.categories.iter() {
@@ -95,13 +95,8 @@ pub fn direction(lang: &str) -> &'static str {
     let primary = parts.next().unwrap_or_default();
     let script = parts.find(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_alphabetic()));
     match script {
-        Some(s) => {
-            if RTL_SCRIPTS.contains(&s) {
-                "rtl"
-            } else {
-                "ltr"
-            }
-        }
+        Some(s) if RTL_SCRIPTS.contains(&s) => "rtl",
+        Some(_) => "ltr",
         None if RTL_LANGUAGES.contains(&primary) => "rtl",
         None => "ltr",
     }
