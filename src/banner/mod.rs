@@ -256,7 +256,7 @@ pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
     // `all: initial` keeps the site's styles out; custom properties are not reset by it.
     let mut css = String::from(":host{all:initial;");
     for (key, var) in [("primary_color", "p"), ("background_color", "b"), ("text_color", "t")] {
-        let colour = config["banner"].as_object_mut().and_then(|b| b.remove(key));
+        let colour = config.get_mut("banner").and_then(Value::as_object_mut).and_then(|b| b.remove(key));
         // Only #rrggbb reaches the stylesheet, whatever the config holds.
         if let Some(c) = colour.as_ref().and_then(Value::as_str).and_then(|c| HexColor::parse(c).ok()) {
             css.push_str(&format!("--cg-{var}:{};", String::from(c)));
