@@ -7,24 +7,29 @@ const C = CG_CONFIG, K = C.categories, B = C.banner, T = C.texts, w = window, d 
 const S = d.currentScript, ds = S.dataset;
 // https://gw/v1/tenants/{t}: the API lives where the script came from.
 const API = S.src.replace(/\/banner\.js.*/, '');
-const O = ['functional', 'analytics', 'marketing'], CATS = ['necessary', ...O].filter(k => K[k] && K[k].enabled != 0);
+// The gateway sends enabled categories only.
+const O = ['functional', 'analytics', 'marketing'], CATS = ['necessary', ...O].filter(k => K[k]);
 const ls = (k, v) => { try { return v ? localStorage.setItem(k, v) : localStorage[k] } catch (e) {} };
 const uuid = () => crypto.randomUUID?.() || URL.createObjectURL(new Blob).slice(-36);
 const ready = f => d.readyState == 'loading' ? d.addEventListener('DOMContentLoaded', f) : f();
 const G = x => x ? 'granted' : 'denied';
 
-// Texts: the first of navigator.languages we have texts for (exact tag, then primary subtag).
-// Language keys in the config are lowercase (the gateway normalises them).
-const L = [...n.languages, C.default_language].flatMap(l => [l = l.toLowerCase(), l.split('-')[0]]).find(l => T[l]);
-const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close' };
-const tx = k => T[L]?.[k] || T[C.default_language]?.[k] || DEF[k] || '';
-const ctx = (k, f, g) => T[L]?.categories?.[k]?.[f] || K[k][g] || '';
+// Texts: the first of navigator.languages we have texts for, by BCP 47 lookup (RFC 4647 3.4:
+// pt-BR, then pt), then the config's default language. Tags compare case-insensitively and L is
+// the config's own key, so `lang` and the record name exactly the texts shown.
+const LK = Object.keys(T);
+const L = [...n.languages, C.default_language].flatMap(l => [l, l.split('-')[0]]).map(l => LK.find(k => k.toLowerCase() == l.toLowerCase())).find(l => l);
+const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', always_on: 'Always on', signal_denied: "Off: your browser's privacy signal" };
+const tx = k => T[L][k] || T[C.default_language][k] || DEF[k] || '';
+// A category's label and description: the language's own, else the category's (the gateway sends
+// those as `label` and `description`, and only when some language lacks its own).
+const ctx = (k, f) => T[L].categories?.[k]?.[f] || K[k][f] || '';
 
 // Signals. GPC always denies marketing (CCPA regs § 7025); with respect_do_not_track, DNT or GPC
 // deny every non-necessary category. The browser's own view is enough: it sends the same
 // signals as DNT / Sec-GPC headers, and the gateway enforces them on every event anyway.
-const sig = { gpc: n.globalPrivacyControl, dnt: n.doNotTrack == 1 };
-const blocked = k => k != 'necessary' && (C.respect_do_not_track && (sig.dnt || sig.gpc) || sig.gpc && k == 'marketing');
+const gpc = n.globalPrivacyControl, dnt = n.doNotTrack == 1;
+const blocked = k => k != 'necessary' && (C.respect_do_not_track && (dnt || gpc) || gpc && k == 'marketing');
 const eff = c => { const o = { necessary: true }; for (const k of O) o[k] = !!c?.[k] && CATS.includes(k) && !blocked(k); return o };
 
 // Google Consent Mode v2: region-aware defaults now, before any tag fires; an update per decision.
@@ -34,17 +39,14 @@ function gtag() { w.gtag ? w.gtag(...arguments) : dl.push(arguments) }
 const cm = (c, x, m = G(c.marketing), f = G(c.functional)) => ({ wait_for_update: 500, ...x, ad_storage: m, ad_user_data: m, ad_personalization: m,
   analytics_storage: G(c.analytics), functionality_storage: f, personalization_storage: f });
 const pre = {}; CATS.forEach(k => pre[k] = K[k].default_accepted);
-if (C.geo_targeting_enabled && C.consent_required_regions?.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions }));
+if (C.geo_targeting_enabled && C.consent_required_regions.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions }));
 gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}));
 
-// The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie (so the
-// site's server can read it too) and localStorage. A valid one decides without any request.
-let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2] || '') || ls('cg_consent')) } catch (e) {}
-const valid = s => s?.choices && s.rev >= (C.reconsent_revision || 0) && s.exp > now() && s.cfg == C.config_id;
-const save = s => {
-  d.cookie = `cg_consent=${encodeURIComponent(s = JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
-  ls('cg_consent', s);
-};
+// The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie, so the
+// site's server can read it too. A valid one decides without any request.
+let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2])) } catch (e) {}
+const valid = s => s?.choices && s.rev >= C.reconsent_revision && s.exp > now() && s.cfg == C.config_id;
+const save = s => d.cookie = `cg_consent=${encodeURIComponent(JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
 const vid = ls('cg_vid') || st?.vid || uuid();
 ls('cg_vid', vid);
 
@@ -55,7 +57,7 @@ const del = name => {
     for (const x of ['', ...p.map((_, i) => '; Domain=' + p.slice(i).join('.'))]) d.cookie = c.split('=')[0] + '=; Path=/; Max-Age=0' + x;
 };
 
-let cur, init, ran = {}, host, root, bn, dlg, fab;
+let cur, init, ran = {}, host, root, bn, dlg, fab, inert = [];
 function apply(s) {
   const ch = eff(s.choices);
   cur = s;
@@ -88,13 +90,24 @@ const act = a => () => decide(a);
 
 function mount() {
   if (host) return;
-  d.body.append(host = h('div', { id: 'consentgate' }));
+  // The gateway gives each language its writing direction (texts.{lang}.dir: ltr or rtl).
+  d.body.append(host = h('div', { id: 'consentgate', lang: L, dir: T[L].dir }));
   root = host.attachShadow({ mode: 'open' });
-  // A <style> element carrying the nonce the site gave us works under a strict style-src CSP;
-  // colours go in through CSSOM custom properties, which CSP does not restrict.
+  // A <style> element carrying the nonce the site gave us works under a strict style-src CSP.
+  // The gateway put the config's colours at its top (--cg-p, --cg-b, --cg-t).
   root.append(h('style', { nonce: ds.nonce || S.nonce }, CG_CSS));
-  for (const k of ['primary', 'background', 'text']) B[k + '_color'] && host.style.setProperty('--cg-' + k[0], B[k + '_color']);
 }
+
+// WCAG 2.2 2.4.11 Focus Not Obscured: while the banner or the settings button sits over the page,
+// the root gets padding and scroll-padding on that side, so the page can scroll every element
+// clear of it and the browser scrolls a focused element clear of it. A modal first layer needs
+// none (the page is inert). Runs whenever either appears or goes, and on resize.
+const R = d.documentElement.style;
+function pad() {
+  const e = bn?.isConnected ? bn : fab, r = e?.getBoundingClientRect(), t = r?.top < innerHeight / 2;
+  R.scrollPadding = R.padding = r && !e.ariaModal ? t ? r.bottom + 8 + 'px 0 0' : `0 0 ${innerHeight - r.top + 8}px` : '';
+}
+addEventListener('resize', pad);
 
 // First layer. Reject all looks exactly like Accept all (EDPB cookie banner taskforce 2023).
 function show(required) {
@@ -102,37 +115,49 @@ function show(required) {
   init = eff(!required && pre);
   ready(() => {
     mount();
-    root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1, lang: L },
+    root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1 },
       h('div', { className: 'tx' }, h('h2', { id: 't' }, tx('title')), h('p', { id: 'd' }, tx('body')),
-        ...['privacy', 'cookie'].filter(k => /^https?:/.test(C[k + '_policy_url'])).map(k => h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')))),
-      h('div', { className: 'bt' }, B.show_reject_all != 0 ? btn('reject_all', act('reject_all')) : '', btn('accept_all', act('accept_all')),
+        ...['privacy', 'cookie'].filter(k => C[k + '_policy_url']).map(k => h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')))),
+      // Where consent is required, refusing is always one click away, whatever the setting.
+      h('div', { className: 'bt' }, B.show_reject_all != 0 || required ? btn('reject_all', act('reject_all')) : '', btn('accept_all', act('accept_all')),
         B.show_preferences != 0 ? btn('preferences', () => prefs(init), 'sc') : '')));
+    // Where the first layer covers the middle or most of the screen, the page could only scroll
+    // focused elements behind it: it is modal there, and the page inert until the visitor decides.
+    if (B.position == 'center' || bn.offsetHeight > innerHeight / 2) {
+      bn.ariaModal = 'true';
+      inert = [...d.body.children].filter(e => e != host && !e.inert && (e.inert = true));
+    }
+    pad();
     d.activeElement == d.body && bn.focus();
   });
 }
 
 function hide() {
   mount(); bn?.remove();
+  inert = inert.filter(e => e.inert = false);
   'noSettingsButton' in ds || fab || root.append(fab = btn('settings', () => api.showPreferences(), 'fab'));
+  pad();
 }
 
 // Preferences: a modal <dialog> (Esc closes it) with one switch per category and a focus trap.
 function prefs(c) {
   mount(); dlg?.open && dlg.close();
-  const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt', lang: L },
+  const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt' },
     h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { type: 'button', className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
     ...CATS.map(k => {
-      const lock = k == 'necessary' || K[k].required, off = blocked(k);
+      // A locked switch says why: always on (necessary), or off by the browser's privacy signal.
+      const lock = k == 'necessary', off = blocked(k), why = lock ? tx('always_on') : off ? tx('signal_denied') : '';
       return h('div', { className: 'ct' },
         h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
-          h('span', {}, ctx(k, 'label', 'display_name'))),
-        h('p', { id: k }, ctx(k, 'description', 'description')));
+          h('span', {}, ctx(k, 'label'))),
+        h('p', { id: k }, h('em', {}, why), ctx(k, 'description')));
     }),
     h('div', { className: 'bt' }, btn('reject_all', act('reject_all')), btn('accept_all', act('accept_all')),
-      btn('save', () => decide('custom', { functional: box.functional?.checked, analytics: box.analytics?.checked, marketing: box.marketing?.checked }), 'sc')));
+      btn('save', () => decide('custom', Object.fromEntries(O.map(k => [k, box[k]?.checked]))), 'sc')));
+  // Tab from the last control goes to the first, Shift+Tab from the first to the last.
   D.onkeydown = e => {
-    const f = [...D.querySelectorAll('button,input:enabled')], a = root.activeElement;
-    if (e.key == 'Tab' && (!f.includes(a) || a == (e.shiftKey ? f[0] : f.at(-1)))) e.preventDefault(), (e.shiftKey ? f.at(-1) : f[0]).focus();
+    const f = D.querySelectorAll('button,input:enabled'), l = f.length - 1, s = e.shiftKey;
+    e.key == 'Tab' && root.activeElement == f[s ? 0 : l] && (e.preventDefault(), f[s ? l : 0].focus());
   };
   D.onclose = () => { D.remove(); dlg.open || back?.isConnected && back.focus() };
   root.append(D); D.showModal();
@@ -205,7 +230,10 @@ if (!('noPageview' in ds)) {
   addEventListener('popstate', pv);
   pv();
 }
+// Clicks: any element with data-consentgate-settings opens the preferences (the site's own
+// "Cookie settings" link); outbound links are tracked.
 d.addEventListener('click', e => {
-  const a = e.target.closest?.('a[href]');
-  if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
+  const c = s => e.target.closest?.(s), a = c('a[href]');
+  if (c('[data-consentgate-settings]')) e.preventDefault(), api.showPreferences();
+  else if (a && /^http/.test(a.protocol) && a.host != location.host) track('outbound-link-click', { url: red(a.href) });
 }, true);

@@ -10,23 +10,50 @@ const read = (p) => readFileSync(new URL(p, here), 'utf8');
 export const scriptJson = (value) =>
   JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
 
-/** The banner config the gateway builds from a tenant's active cookie-consent config. */
-export function bannerConfig(config, { tenant = 'demo', id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0e', revision = 1, reconsentRevision = 1, textsHash = '0'.repeat(64) } = {}) {
-  const categories = Object.fromEntries(Object.entries(config.categories).filter(([, c]) => c.enabled));
+/** Writing direction of a language tag, as `direction` in src/banner/mod.rs. */
+export const direction = (lang) => {
+  const [primary, ...rest] = lang.toLowerCase().split('-');
+  const script = rest.find((p) => /^[a-z]{4}$/.test(p));
+  if (script) return ['arab', 'hebr', 'thaa', 'syrc', 'nkoo'].includes(script) ? 'rtl' : 'ltr';
+  return ['ar', 'dv', 'fa', 'he', 'ps', 'sd', 'ug', 'ur', 'yi', 'ckb', 'iw'].includes(primary) ? 'rtl' : 'ltr';
+};
+
+/** The banner config the gateway builds from a tenant's active cookie-consent config
+ * (`browser_config` in src/banner/mod.rs): only what the browser reads. */
+export function bannerConfig(config, { id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0e', revision = 1, reconsentRevision = 1 } = {}) {
+  const langs = Object.values(config.texts);
+  const categories = {};
+  for (const [k, c] of Object.entries(config.categories)) {
+    if (c.enabled === false) continue;
+    const v = {};
+    if (k !== 'necessary' && c.default_accepted) v.default_accepted = true;
+    if (k !== 'necessary' && c.cookie_names?.length) v.cookie_names = c.cookie_names;
+    if (!langs.every((t) => t.categories?.[k]?.label !== undefined && t.categories[k].description !== undefined)) {
+      Object.assign(v, { label: c.display_name, description: c.description || '' });
+    }
+    categories[k] = v;
+  }
+  const banner = { ...config.banner };
+  for (const k of ['show_reject_all', 'show_preferences']) if (banner[k] !== false) delete banner[k];
+  const texts = Object.fromEntries(Object.entries(config.texts).map(([l, t]) => [l, { ...t, dir: direction(l) }]));
   return {
-    tenant, config_id: id, revision, reconsent_revision: reconsentRevision, texts_hash: textsHash,
+    config_id: id, revision, reconsent_revision: reconsentRevision,
     expiry_days: config.consent_expiry_days, respect_do_not_track: config.respect_do_not_track,
     geo_targeting_enabled: config.geo_targeting_enabled, consent_required_regions: config.consent_required_regions,
-    banner: config.banner, categories, texts: config.texts, default_language: config.default_language,
+    banner, categories, texts, default_language: config.default_language,
     privacy_policy_url: config.privacy_policy_url, cookie_policy_url: config.cookie_policy_url,
   };
 }
 
 /** Render templates/banner.js.tera the way the gateway does (autoescape off, three variables). */
 export function renderBanner(bannerCfg) {
+  // The colours become custom properties at the top of the stylesheet and leave the config.
+  const { primary_color: p, background_color: b, text_color: t, ...banner } = bannerCfg.banner || {};
+  const colours = Object.entries({ p, b, t }).filter(([, c]) => /^#[0-9a-f]{6}$/.test(c)).map(([k, c]) => `--cg-${k}:${c};`).join('');
+  const cfg = bannerCfg.banner ? { ...bannerCfg, banner } : bannerCfg;
   const vars = {
-    config_json: scriptJson(bannerCfg),
-    css: scriptJson(read('banner.css')),
+    config_json: scriptJson(cfg),
+    css: scriptJson(`:host{all:initial;${colours}}` + read('banner.css')),
     script: read('dist/banner.min.js'),
   };
   return read('../templates/banner.js.tera').replace(/\{\{\s*(\w+)\s*\|\s*safe\s*\}\}/g, (_, k) => vars[k]);

@@ -8,11 +8,99 @@
 use std::sync::OnceLock;
 
 use serde::Serialize;
+use serde_json::{Map, Value, json};
 use tera::{Context, Tera};
+
+use crate::consent::config::spec::{ConfigSpec, HexColor};
 
 const TEMPLATE: &str = include_str!("../../templates/banner.js.tera");
 const SCRIPT: &str = include_str!("../../banner/dist/banner.min.js");
 const CSS: &str = include_str!("../../banner/banner.css");
+
+/// The banner config (`CG_CONFIG`, banner/README.md) of a published config: only what the browser
+/// reads, since every byte counts against the banner's 6 KB gzip budget. Enabled categories only,
+/// without `enabled` and `required` (only `necessary` is required, and it is always on), and
+/// without a category's own name (as `label`) and description when every language has its own;
+/// settings at their default (`show_*: true`, `default_accepted: false`, no cookie names) are
+/// left out. Each language gets its writing direction (`texts.{lang}.dir`).
+pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, reconsent_revision: i64) -> Value {
+    let mut categories = Map::new();
+    for (name, c) in spec.categories.iter() {
+        if !c.enabled {
+            continue;
+        }
+        // Defaults are left out (false, none); `necessary` is always granted, so its default and
+        // cookies are never consulted.
+        let mut v = json!({});
+        if name != "necessary" && c.default_accepted {
+            v["default_accepted"] = true.into();
+        }
+        if name != "necessary" && !c.cookie_names.is_empty() {
+            v["cookie_names"] = json!(c.cookie_names);
+        }
+        let translated = spec.texts.values().all(|t| {
+            let ct = &t.categories;
+            let text = match name {
+                "necessary" => &ct.necessary,
+                "functional" => &ct.functional,
+                "analytics" => &ct.analytics,
+                _ => &ct.marketing,
+            };
+            text.as_ref().is_some_and(|t| t.label.is_some() && t.description.is_some())
+        });
+        if !translated {
+            v["label"] = c.display_name.clone().into();
+            v["description"] = c.description.clone().into();
+        }
+        categories.insert(name.into(), v);
+    }
+    let mut texts = Map::new();
+    for (lang, t) in &spec.texts {
+        let mut v = serde_json::to_value(t).unwrap_or_default();
+        v["dir"] = direction(lang.as_str()).into();
+        texts.insert(lang.to_string(), v);
+    }
+    // The first layer's buttons are shown unless switched off.
+    let mut banner = json!(spec.banner);
+    for key in ["show_reject_all", "show_preferences"] {
+        if banner[key] == true {
+            banner.as_object_mut().map(|b| b.remove(key));
+        }
+    }
+    json!({
+        "config_id": config_id,
+        "revision": revision,
+        "reconsent_revision": reconsent_revision,
+        "expiry_days": spec.consent_expiry_days,
+        "respect_do_not_track": spec.respect_do_not_track,
+        "geo_targeting_enabled": spec.geo_targeting_enabled,
+        "consent_required_regions": spec.consent_required_regions,
+        "banner": banner,
+        "categories": categories,
+        "texts": texts,
+        "default_language": spec.default_language,
+        "privacy_policy_url": spec.privacy_policy_url,
+        "cookie_policy_url": spec.cookie_policy_url,
+    })
+}
+
+/// `rtl` for languages written right to left — by primary subtag (Arabic, Dhivehi, Persian,
+/// Hebrew, Pashto, Sindhi, Uyghur, Urdu, Yiddish, Central Kurdish, and the old code `iw`) or by an
+/// explicit script subtag (Arab, Hebr, Thaa, Syrc, Nkoo) — `ltr` otherwise.
+pub fn direction(lang: &str) -> &'static str {
+    const RTL_LANGUAGES: [&str; 11] = ["ar", "dv", "fa", "he", "ps", "sd", "ug", "ur", "yi", "ckb", "iw"];
+    const RTL_SCRIPTS: [&str; 5] = ["arab", "hebr", "thaa", "syrc", "nkoo"];
+    let lower = lang.to_ascii_lowercase();
+    let mut parts = lower.split('-');
+    let primary = parts.next().unwrap_or_default();
+    let script = parts.find(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_alphabetic()));
+    match script {
+        Some(s) if RTL_SCRIPTS.contains(&s) => "rtl",
+        Some(_) => "ltr",
+        None if RTL_LANGUAGES.contains(&primary) => "rtl",
+        None => "ltr",
+    }
+}
 
 /// Rendered banners by (config id, revision). A published revision never changes, so an entry
 /// never goes stale; the map is bounded by clearing it when full.
@@ -43,13 +131,91 @@ impl Cache {
     }
 }
 
-/// The rendered script and its strong validator.
+/// The rendered script, compressed once (gzip at level 9, brotli at quality 11: it is served
+/// many times per render), with a strong validator per encoding.
 #[derive(Clone, Debug)]
 pub struct Rendered {
     pub body: String,
     /// A strong ETag (quoted) over the exact bytes served: source, CSS and the config revision
     /// all change it.
     pub etag: String,
+    pub gzip: Vec<u8>,
+    pub br: Vec<u8>,
+}
+
+/// A content coding banner.js is served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Br,
+}
+
+impl Encoding {
+    /// The best coding `Accept-Encoding` allows (RFC 9110 §12.5.3): br, then gzip, then none.
+    /// `q=0` refuses a coding; `*` stands for any coding not listed.
+    pub fn negotiate<'a>(accept_encoding: impl IntoIterator<Item = &'a str>) -> Encoding {
+        let (mut br, mut gzip, mut any) = (None, None, None);
+        for item in accept_encoding.into_iter().flat_map(|v| v.split(',')) {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let weight = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .map(|w| w.trim().parse::<f32>().unwrap_or(0.0))
+                .next()
+                .unwrap_or(1.0);
+            match coding.as_str() {
+                "br" => br = Some(weight),
+                "gzip" | "x-gzip" => gzip = Some(weight),
+                "*" => any = Some(weight),
+                _ => {}
+            }
+        }
+        let accepted = |w: Option<f32>| w.or(any).is_some_and(|w| w > 0.0);
+        if accepted(br) {
+            Encoding::Br
+        } else if accepted(gzip) {
+            Encoding::Gzip
+        } else {
+            Encoding::Identity
+        }
+    }
+
+    pub fn header_value(self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some("gzip"),
+            Encoding::Br => Some("br"),
+        }
+    }
+}
+
+impl Rendered {
+    /// The bytes and the ETag of the representation in `encoding`. Each encoding has its own
+    /// strong ETag: the bytes differ, so a cache must not answer one with the other's 304.
+    pub fn representation(&self, encoding: Encoding) -> (&[u8], String) {
+        let tag = self.etag.trim_end_matches('"');
+        match encoding {
+            Encoding::Identity => (self.body.as_bytes(), self.etag.clone()),
+            Encoding::Gzip => (&self.gzip, format!("{tag}-gzip\"")),
+            Encoding::Br => (&self.br, format!("{tag}-br\"")),
+        }
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let params =
+        brotli::enc::BrotliEncoderParams { quality: 11, lgwin: 22, size_hint: data.len(), ..Default::default() };
+    brotli::BrotliCompress(&mut &data[..], &mut out, &params).expect("compressing into a Vec cannot fail");
+    out
 }
 
 fn tera() -> &'static Tera {
@@ -82,15 +248,30 @@ pub fn script_json(value: &impl Serialize) -> String {
     out
 }
 
-/// Renders the banner for one banner config (the JSON object of the API contract).
+/// Renders the banner for one banner config ([`browser_config`]). The banner's colours become
+/// custom properties at the top of its stylesheet (`--cg-p`, `--cg-b`, `--cg-t`), so they leave
+/// the config: one place, no script to apply them.
 pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
+    let mut config = config.clone();
+    // `all: initial` keeps the site's styles out; custom properties are not reset by it.
+    let mut css = String::from(":host{all:initial;");
+    for (key, var) in [("primary_color", "p"), ("background_color", "b"), ("text_color", "t")] {
+        let colour = config.get_mut("banner").and_then(Value::as_object_mut).and_then(|b| b.remove(key));
+        // Only #rrggbb reaches the stylesheet, whatever the config holds.
+        if let Some(c) = colour.as_ref().and_then(Value::as_str).and_then(|c| HexColor::parse(c).ok()) {
+            css.push_str(&format!("--cg-{var}:{};", String::from(c)));
+        }
+    }
+    css.push('}');
+    css.push_str(CSS);
     let mut ctx = Context::new();
-    ctx.insert("config_json", &script_json(config));
-    ctx.insert("css", &script_json(&CSS));
+    ctx.insert("config_json", &script_json(&config));
+    ctx.insert("css", &script_json(&css));
     ctx.insert("script", SCRIPT);
     let body = tera().render("banner.js", &ctx)?;
     let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
-    Ok(Rendered { body, etag })
+    let (gzip, br) = (gzip(body.as_bytes()), brotli(body.as_bytes()));
+    Ok(Rendered { body, etag, gzip, br })
 }
 
 #[cfg(test)]
@@ -98,6 +279,121 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn accept_encoding_negotiation() {
+        let table = [
+            (vec![], Encoding::Identity),
+            (vec!["gzip, deflate, br, zstd"], Encoding::Br),
+            (vec!["gzip"], Encoding::Gzip),
+            (vec!["GZIP;q=0.5", "identity"], Encoding::Gzip),
+            (vec!["br;q=0, gzip"], Encoding::Gzip),
+            (vec!["br;q=0, gzip;q=0"], Encoding::Identity),
+            (vec!["*"], Encoding::Br),
+            (vec!["*;q=0, identity"], Encoding::Identity),
+            (vec!["x-gzip"], Encoding::Gzip),
+            (vec!["deflate"], Encoding::Identity),
+            (vec!["br;q=bad"], Encoding::Identity),
+        ];
+        for (header, want) in table {
+            assert_eq!(Encoding::negotiate(header.iter().copied()), want, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn brotli_is_smaller_than_gzip_and_each_encoding_has_its_own_etag() {
+        let config = browser_config(
+            &ConfigSpec::parse({
+                let mut v: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
+                v.as_object_mut().unwrap().remove("id");
+                v
+            })
+            .unwrap(),
+            uuid::Uuid::nil(),
+            1,
+            0,
+        );
+        let r = render(&config).unwrap();
+        assert!(r.br.len() < r.gzip.len(), "br {} B, gzip {} B", r.br.len(), r.gzip.len());
+        let mut decoded = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.gzip[..]), &mut decoded).unwrap();
+        assert_eq!(decoded, r.body);
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &r.br[..], &mut decoded).unwrap();
+        assert_eq!(decoded, r.body.as_bytes());
+        let tags: std::collections::HashSet<String> =
+            [Encoding::Identity, Encoding::Gzip, Encoding::Br].map(|e| r.representation(e).1).into();
+        assert_eq!(tags.len(), 3, "{tags:?}");
+        assert!(tags.iter().all(|t| t.starts_with('"') && t.ends_with('"') && t.len() > 30));
+    }
+
+    #[test]
+    fn colours_go_into_the_stylesheet_and_only_as_colours() {
+        let r = render(&json!({"revision": 1, "banner": {"style": "bar", "primary_color": "#1a56db", "background_color": "#ffffff", "text_color": "red;}*{x:y"}}))
+            .unwrap();
+        assert!(
+            r.body.contains("var CG_CSS = \":host{all:initial;--cg-p:#1a56db;--cg-b:#ffffff;}"),
+            "{}",
+            &r.body[..300]
+        );
+        assert!(
+            r.body.contains("var CG_CONFIG = {\"banner\":{\"style\":\"bar\"},\"revision\":1};"),
+            "{}",
+            &r.body[..300]
+        );
+        assert!(!r.body.contains("x:y"));
+    }
+
+    #[test]
+    fn writing_direction_by_language_and_script() {
+        let table = [
+            ("en", "ltr"),
+            ("ar", "rtl"),
+            ("AR-eg", "rtl"),
+            ("he", "rtl"),
+            ("fa-IR", "rtl"),
+            ("ckb", "rtl"),
+            ("pt-BR", "ltr"),
+            ("pa-Arab", "rtl"),
+            ("az-Arab-IR", "rtl"),
+            ("uz-Latn", "ltr"),
+            ("ar-Latn", "ltr"),
+            ("arn", "ltr"),
+        ];
+        for (lang, want) in table {
+            assert_eq!(direction(lang), want, "{lang}");
+        }
+    }
+
+    #[test]
+    fn the_browser_config_holds_what_the_banner_reads() {
+        let mut sample: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
+        sample.as_object_mut().unwrap().remove("id");
+        sample["texts"]["ar"] = json!({"title": "ملفات تعريف الارتباط"});
+        sample["categories"]["marketing"]["enabled"] = json!(false);
+        let spec = ConfigSpec::parse(sample).unwrap();
+        let c = browser_config(&spec, uuid::Uuid::nil(), 3, 2);
+        assert_eq!(c["revision"], 3);
+        assert_eq!(c["reconsent_revision"], 2);
+        assert_eq!(c["texts"]["ar"]["dir"], "rtl");
+        assert_eq!(c["texts"]["sv"]["dir"], "ltr");
+        assert_eq!(c["texts"]["sv"]["accept_all"], "Godkänn alla");
+        let cats = c["categories"].as_object().unwrap();
+        assert_eq!(cats.keys().collect::<Vec<_>>(), ["analytics", "functional", "necessary"], "enabled ones only");
+        assert!(cats["necessary"].get("default_accepted").is_none() && cats["necessary"].get("cookie_names").is_none());
+        // Arabic has no category texts, so the categories' own names are the fallback.
+        assert_eq!(cats["analytics"]["label"], "Analytics");
+        assert_eq!(cats["analytics"]["default_accepted"], true);
+        assert!(cats["functional"].get("default_accepted").is_none(), "false is the default");
+        assert!(c["banner"].get("show_reject_all").is_none() && c["banner"]["style"] == "box");
+        assert_eq!(cats["analytics"]["cookie_names"], json!(["_ga", "_ga_*", "ph_*"]));
+        assert!(cats["analytics"].get("enabled").is_none() && cats["analytics"].get("required").is_none());
+        // Without it every language names every category itself.
+        let mut sample: Value = serde_json::from_str(include_str!("../../banner/sample-config.json")).unwrap();
+        sample.as_object_mut().unwrap().remove("id");
+        let c = browser_config(&ConfigSpec::parse(sample).unwrap(), uuid::Uuid::nil(), 1, 0);
+        assert!(c["categories"]["analytics"].get("label").is_none(), "{}", c["categories"]);
+    }
 
     #[test]
     fn script_json_cannot_break_out_of_the_script() {
@@ -115,6 +411,7 @@ mod tests {
         let a = render(&json!({"revision": 1, "tenant": "demo"})).unwrap();
         let b = render(&json!({"revision": 2, "tenant": "demo"})).unwrap();
         assert!(a.body.contains("var CG_CONFIG = {\"revision\":1,\"tenant\":\"demo\"};"), "{}", &a.body[..200]);
+        assert!(a.body.contains("var CG_CSS = \":host{all:initial;}"), "no colours, no custom properties");
         assert!(a.body.contains(SCRIPT.trim()));
         assert_ne!(a.etag, b.etag);
         assert_eq!(a.etag, render(&json!({"revision": 1, "tenant": "demo"})).unwrap().etag);

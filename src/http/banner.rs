@@ -50,24 +50,41 @@ async fn banner_js(
         Some(hit) => hit,
         None => {
             let config = store::active_banner_config(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
-            let rendered = banner::render(&config).map_err(|e| ApiError::Internal(e.into()))?;
+            // Brotli at quality 11 takes a moment: off the async workers, once per revision.
+            let (config, rendered) = tokio::task::spawn_blocking(move || {
+                let rendered = banner::render(&config);
+                (config, rendered)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+            let rendered = rendered.map_err(|e| ApiError::Internal(e.into()))?;
             state.banners.put(&config, rendered)
         }
     };
-    let etag = HeaderValue::from_str(&rendered.etag).map_err(|e| ApiError::Internal(e.into()))?;
-    let cache = [(header::ETAG, etag), (header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL))];
-    if etag_matches(&headers, &rendered.etag) {
-        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
-    }
-    Ok((
-        cache,
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/javascript; charset=utf-8")),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-        ],
-        rendered.body.clone(),
-    )
-        .into_response())
+    // Compressed here, not by the compression layer (which leaves a response with a
+    // Content-Encoding alone): the bytes are the same every time, and each encoding has its own
+    // ETag, so a 304 always answers for the representation this request would get.
+    let encoding =
+        banner::Encoding::negotiate(headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()));
+    let (bytes, etag) = rendered.representation(encoding);
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut response = if etag_matches(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = bytes.to_vec().into_response();
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/javascript; charset=utf-8"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if let Some(coding) = encoding.header_value() {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+        }
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, etag_value);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    Ok(response)
 }
 
 /// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are ignored, a list

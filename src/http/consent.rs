@@ -157,8 +157,10 @@ fn cookie_visitor(headers: &HeaderMap) -> Option<VisitorId> {
         .find_map(|v| VisitorId::parse(v).ok())
 }
 
-/// 201 with the record and the first-party visitor cookie (`HttpOnly`: scripts have the id in
-/// the banner's own storage; the cookie is for the site's server).
+/// 201 with the record and the visitor cookie (`HttpOnly`: scripts have the id in the banner's
+/// own storage). It is first-party, and reaches the site's server, only when the gateway is
+/// served under the site's origin; cross-origin the browser does not keep it, and the site's
+/// server reads the id from the banner's `cg_consent` cookie instead (banner/README.md).
 fn created(r: Recorded) -> Response {
     let cookie = format!(
         "cg_vid={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",

@@ -3,7 +3,7 @@
 // banner position and style the config allows.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { expectNoAxeViolations, launchBrowser, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
+import { axeViolations, expectNoAxeViolations, launchBrowser, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
 
 let gw, site, browser, tenant, url;
 
@@ -95,7 +95,7 @@ test('the banner is a labelled dialog and focus moves into it on load', async ()
   await page.goto(url);
   const b = ui(page).banner;
   await b.waitFor();
-  const a = await b.evaluate((e) => ({ role: e.getAttribute('role'), label: e.getRootNode().getElementById(e.getAttribute('aria-labelledby'))?.textContent, lang: e.lang }));
+  const a = await b.evaluate((e) => ({ role: e.getAttribute('role'), label: e.getRootNode().getElementById(e.getAttribute('aria-labelledby'))?.textContent, lang: e.getRootNode().host.lang }));
   assert.deepEqual(a, { role: 'dialog', label: 'We value your privacy', lang: 'en' });
   assert.equal(await page.evaluate(() => document.activeElement.shadowRoot?.activeElement?.classList.contains('bn')), true);
   await context.close();
@@ -140,3 +140,19 @@ for (const [style, position] of [['bar', 'bottom'], ['bar', 'top'], ['box', 'bot
     await context.close();
   });
 }
+
+test('colour warnings match what the banner renders: white labels on #4a90e2 are warned about, and axe finds them too', async () => {
+  // 3.29:1: enough for a button's shape (3:1), too little for its label (4.5:1).
+  const t = await gw.createTenant('contrast', { site, config: { banner: { primary_color: '#4a90e2', background_color: '#ffffff' } } });
+  const warning = t.warnings.find((w) => w.startsWith('banner.primary_color:'));
+  assert.ok(warning, `the API warns: ${JSON.stringify(t.warnings)}`);
+  assert.match(warning, /3\.29:1/);
+  const { page, context } = await visitor(browser, { country: 'SE' });
+  await page.goto(site.page('/contrast', sitePage(t)));
+  await ui(page).banner.waitFor();
+  const contrast = (await axeViolations(page)).filter((v) => v.id === 'color-contrast');
+  assert.ok(contrast.length && contrast[0].targets.some((x) => /\.pr/.test(x)), `axe flags the labels: ${JSON.stringify(contrast)}`);
+  // The colours the tests use elsewhere draw no colour warning, and axe finds nothing there.
+  assert.deepEqual(tenant.warnings.filter((w) => /color/.test(w)), []);
+  await context.close();
+});

@@ -53,10 +53,14 @@ function run(args, env) {
   });
 }
 
+/** JSON merge patch (RFC 7396): objects merge, `null` removes a key, anything else replaces. */
 const deepMerge = (a, b) => {
   if (!b || typeof b !== 'object' || Array.isArray(b)) return b === undefined ? a : b;
   const o = { ...a };
-  for (const [k, v] of Object.entries(b)) o[k] = a && typeof a[k] === 'object' && !Array.isArray(a[k]) ? deepMerge(a[k], v) : v;
+  for (const [k, v] of Object.entries(b)) {
+    if (v === null) delete o[k];
+    else o[k] = a && typeof a[k] === 'object' && !Array.isArray(a[k]) ? deepMerge(a[k], v) : v;
+  }
   return o;
 };
 
@@ -106,6 +110,7 @@ export async function startGateway() {
       const body = deepMerge(sampleConfig(), { allowed_origins: site ? [site.origin] : [], ...config });
       const created = await t.api('POST', '/analytics/cookie-consent/configs', body, [200, 201]);
       t.configId = created.id;
+      t.warnings = created.warnings;
       if (publish) await t.publish(false);
       if (site) {
         const key = await t.api('POST', '/ingest-keys', { kind: 'public', name: 'site', allowed_origins: [site.origin] }, [200, 201]);
@@ -185,12 +190,25 @@ export class Tenant {
  * The site: a separate origin (another 127.0.0.1 port) serving the pages under test, as a
  * customer's website would. Pages are registered per test with `site.page(path, html)`.
  */
-export async function startSite() {
+export async function startSite({ proxy } = {}) {
   const pages = new Map();
+  const requests = [];
   const port = await freePort();
   const origin = `http://127.0.0.1:${port}`;
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, origin);
+    requests.push({ method: req.method, path: url.pathname, cookie: req.headers.cookie || '' });
+    // The gateway under the site's own origin: /cg/… is passed to it, as a reverse proxy would
+    // (banner/README.md, "Deploying under the site's domain").
+    if (proxy && url.pathname.startsWith('/cg/')) {
+      const target = new URL(req.url.slice(3), proxy);
+      const up = http.request(target, { method: req.method, headers: { ...req.headers, host: target.host, 'x-forwarded-host': req.headers.host } }, (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => { res.writeHead(502); res.end(); });
+      return req.pipe(up);
+    }
     const page = pages.get(url.pathname);
     if (!page) { res.writeHead(url.pathname === '/favicon.ico' ? 204 : 404); return res.end(); }
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...page.headers });
@@ -198,7 +216,7 @@ export async function startSite() {
   });
   await new Promise((r) => server.listen(port, '127.0.0.1', r));
   return {
-    origin, port,
+    origin, port, requests,
     page(p, html, headers = {}) { pages.set(p, { html, headers }); return origin + p; },
     stop: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
   };
@@ -211,7 +229,7 @@ const attr = (v) => String(v).replace(/&/g, '&amp;').replace(/"/g, '&quot;').rep
  * window.__<category>Ran), an iframe waiting for marketing consent, an outbound link, and a
  * gtag stub that records Consent Mode calls in window.__gtag.
  */
-export function sitePage(tenant, { tag = {}, nonce, head = '', body = '', gtag = true } = {}) {
+export function sitePage(tenant, { tag = {}, nonce, head = '', body = '', gtag = true, src = tenant.bannerSrc() } = {}) {
   const n = nonce ? ` nonce="${nonce}"` : '';
   const attrs = Object.entries({ 'data-key': tenant.publicKey, ...tag })
     .filter(([, v]) => v !== false && v !== undefined)
@@ -220,7 +238,7 @@ export function sitePage(tenant, { tag = {}, nonce, head = '', body = '', gtag =
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Test site</title>
 ${gtag ? `<script${n}>window.__gtag = []; window.dataLayer = window.dataLayer || []; function gtag() { window.__gtag.push([].slice.call(arguments)); dataLayer.push(arguments); }</script>` : ''}
-<script src="${attr(tenant.bannerSrc())}"${attrs} async></script>
+<script src="${attr(src)}"${attrs} async></script>
 ${head}
 </head><body>
 <main>
@@ -270,6 +288,8 @@ export async function visitor(browser, { locale = 'en-US', headers, viewport = {
 
 /** The banner's elements live in an open shadow root under #consentgate; playwright locators pierce it. */
 export const ui = (page) => ({
+  /** The shadow host: it carries the banner's `lang` and `dir`. */
+  host: page.locator('#consentgate'),
   banner: page.locator('#consentgate .bn'),
   dialog: page.locator('#consentgate dialog'),
   accept: page.locator('#consentgate .bn').getByRole('button', { name: /accept all|godkänn alla/i }),
@@ -281,7 +301,11 @@ export const ui = (page) => ({
 });
 
 export const visitorId = (page) => page.evaluate(() => localStorage.getItem('cg_vid'));
-export const storedChoice = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('cg_consent')));
+/** The choice the banner kept on the site: its first-party `cg_consent` cookie, or null. */
+export const storedChoice = (page) => page.evaluate(() => {
+  const c = document.cookie.match(/(^|; )cg_consent=([^;]*)/);
+  return c ? JSON.parse(decodeURIComponent(c[2])) : null;
+});
 export const ran = (page) => page.evaluate(() => ({
   functional: !!window.__functionalRan, analytics: !!window.__analyticsRan, marketing: !!window.__marketingRan,
 }));
@@ -294,11 +318,16 @@ export async function shot(page, name) {
 
 const axeSource = readFileSync(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8');
 
+/** Runs axe-core in the page; resolves with every violation (id, impact, targets). */
+export async function axeViolations(page) {
+  await page.addScriptTag({ content: axeSource });
+  return page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] })).violations
+    .map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')) })));
+}
+
 /** Runs axe-core in the page and throws with every violation (id, impact, targets). */
 export async function expectNoAxeViolations(page, label) {
-  await page.addScriptTag({ content: axeSource });
-  const violations = await page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] })).violations
-    .map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')) })));
+  const violations = await axeViolations(page);
   if (violations.length) throw new Error(`axe-core found ${violations.length} violation(s) (${label}):\n${JSON.stringify(violations, null, 2)}`);
 }
 

@@ -2,7 +2,7 @@
 // a strict Content-Security-Policy with a nonce, and the demo page.
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { gunzipSync } from 'node:zlib';
+import { brotliDecompressSync, gunzipSync } from 'node:zlib';
 import { after, before, test } from 'node:test';
 import { BANNER_BUDGET, launchBrowser, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
 
@@ -111,5 +111,39 @@ test('the demo page at /demo shows the banner and two marked scripts that run on
   assert.match(await page.locator('#analytics-status').textContent(), /^ran/);
   assert.match(await page.locator('#marketing-status').textContent(), /^not run/);
   await shot(page, 'demo-analytics-only');
+  // The page's own "Cookie settings" button (data-consentgate-settings) opens the preferences.
+  await page.locator('main button[data-consentgate-settings]').click();
+  await u.dialog.waitFor();
+  assert.equal(await u.toggle(/Analytics/).isChecked(), true);
+  await page.keyboard.press('Escape');
+  await u.dialog.waitFor({ state: 'detached' });
+  assert.equal(await page.evaluate(() => document.activeElement.hasAttribute('data-consentgate-settings')), true, 'focus returns to the button');
   await context.close();
+});
+
+test('brotli is smaller than gzip; each encoding has its own ETag and answers 304 for its own only', async () => {
+  const variants = {};
+  for (const [name, accept] of [['br', 'gzip, deflate, br'], ['gzip', 'gzip'], ['identity', 'identity']]) {
+    const res = await rawGet(tenant.bannerSrc(), { 'accept-encoding': accept });
+    assert.equal(res.status, 200, name);
+    assert.equal(res.headers['content-encoding'], name === 'identity' ? undefined : name, name);
+    assert.match(res.headers.vary || '', /accept-encoding/i, `${name}: Vary`);
+    const text = name === 'br' ? brotliDecompressSync(res.body).toString() : name === 'gzip' ? gunzipSync(res.body).toString() : res.body.toString();
+    variants[name] = { accept, etag: res.headers.etag, size: res.body.length, text };
+  }
+  assert.equal(variants.br.text, variants.identity.text, 'brotli decodes to the script');
+  assert.equal(variants.gzip.text, variants.identity.text, 'gzip decodes to the script');
+  assert.ok(variants.br.size < variants.gzip.size, `brotli ${variants.br.size} B < gzip ${variants.gzip.size} B`);
+  assert.equal(new Set(Object.values(variants).map((v) => v.etag)).size, 3, JSON.stringify(variants, ['etag']));
+  for (const [name, v] of Object.entries(variants)) {
+    const same = await rawGet(tenant.bannerSrc(), { 'accept-encoding': v.accept, 'if-none-match': v.etag });
+    assert.equal(same.status, 304, `${name}: its own ETag`);
+    assert.equal(same.headers.etag, v.etag);
+    assert.equal(same.body.length, 0);
+    for (const [other, o] of Object.entries(variants)) {
+      if (other === name) continue;
+      const res = await rawGet(tenant.bannerSrc(), { 'accept-encoding': o.accept, 'if-none-match': v.etag });
+      assert.equal(res.status, 200, `${name}'s ETag must not validate the ${other} representation`);
+    }
+  }
 });

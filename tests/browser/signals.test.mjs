@@ -112,3 +112,50 @@ test('Consent Mode defaults are region-aware and set before any tag fires', asyn
   assert.equal(firstUpdate, -1, 'no update before a decision');
   await context.close();
 });
+
+/** The accessible description of a switch: the paragraph its aria-describedby names. */
+const description = (toggle) => toggle.evaluate((e) => e.getRootNode().getElementById(e.getAttribute('aria-describedby')).textContent);
+
+test('a locked switch says why: necessary is always on, a privacy signal turned the others off', async () => {
+  const { page, context } = await open(dnt);
+  const u = ui(page);
+  await u.preferences.click();
+  assert.match(await description(u.toggle(/Strictly necessary/)), /^Always on/);
+  for (const name of [/Functional/, /Analytics/, /Marketing/]) {
+    assert.match(await description(u.toggle(name)), /^Off: your browser's privacy signal/, `${name}`);
+  }
+  await shot(page, 'dnt-preferences-reasons');
+  await context.close();
+});
+
+test('the config\'s always_on and signal_denied texts are the ones shown, and only on locked switches', async () => {
+  const texts = { en: { always_on: 'Required for the site', signal_denied: 'Blocked: your browser sent Global Privacy Control' } };
+  const t = await gw.createTenant('reasons', { site, config: { respect_do_not_track: false, texts } });
+  const { page, context } = await visitor(browser, { country: 'SE', ...gpc });
+  await page.goto(site.page('/reasons', sitePage(t)));
+  const u = ui(page);
+  await u.preferences.click();
+  assert.match(await description(u.toggle(/Strictly necessary/)), /^Required for the site/);
+  assert.match(await description(u.toggle(/Marketing/)), /^Blocked: your browser sent Global Privacy Control/);
+  const free = await description(u.toggle(/Analytics/));
+  assert.doesNotMatch(free, /Blocked|Required|Always on/, 'an unlocked switch has no reason');
+  await context.close();
+});
+
+test('show_reject_all: false hides Reject all only outside consent-required regions, as the API warns', async () => {
+  const t = await gw.createTenant('no-reject', { site, config: { banner: { show_reject_all: false } } });
+  const warning = t.warnings.find((w) => w.startsWith('banner.show_reject_all:'));
+  assert.match(warning, /consent-required region.*always offers "Reject all"/);
+  const url2 = site.page('/no-reject', sitePage(t));
+  for (const [country, shown] of [['SE', true], ['US', false]]) {
+    const { page, context } = await visitor(browser, { country });
+    await page.goto(url2);
+    await ui(page).banner.waitFor();
+    assert.equal(await ui(page).reject.count(), shown ? 1 : 0, `${country}: Reject all ${shown ? 'shown' : 'hidden'}`);
+    if (shown) {
+      const [r, a] = [await ui(page).reject.boundingBox(), await ui(page).accept.boundingBox()];
+      assert.deepEqual([Math.round(r.width), Math.round(r.height)], [Math.round(a.width), Math.round(a.height)], 'as prominent as Accept all');
+    }
+    await context.close();
+  }
+});

@@ -2,7 +2,7 @@
 //! returned with every write (`warnings`), so a webmaster sees them while editing, and never
 //! stop a save — some sites have reasons (a banner shown only outside the EU, say).
 
-use super::spec::{ConfigSpec, HexColor};
+use super::spec::{ConfigSpec, HexColor, Texts};
 
 /// WCAG 2.x contrast ratio of two colours (1.0–21.0).
 pub fn contrast_ratio(a: &HexColor, b: &HexColor) -> f64 {
@@ -24,7 +24,7 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
     let mut w = Vec::new();
     let b = &spec.banner;
     if !b.show_reject_all {
-        w.push("banner.show_reject_all: refusing must be as easy as accepting; regulators expect \"Reject all\" on the first layer next to \"Accept all\" (EDPB cookie banner taskforce 2023, CNIL 2020)".to_string());
+        w.push("banner.show_reject_all: applies only outside consent_required_regions; for visitors in a consent-required region (or of unknown region) the first layer always offers \"Reject all\" next to \"Accept all\", since refusing must be as easy as accepting (EDPB cookie banner taskforce 2023, CNIL 2020)".to_string());
     }
     if !b.show_preferences {
         w.push("banner.show_preferences: without preferences visitors cannot choose per purpose; consent must be specific (GDPR Art. 4(11))".to_string());
@@ -35,10 +35,12 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
             "banner.text_color: contrast with background_color is {text:.2}:1, below the 4.5:1 WCAG 2.1 minimum (1.4.3); the banner must be readable to be informed consent"
         ));
     }
+    // The banner renders "Reject all" and "Accept all" as background_color text on a
+    // primary_color button (and the other buttons' borders in primary_color): the labels are text.
     let button = contrast_ratio(&b.primary_color, &b.background_color);
-    if button < 3.0 {
+    if button < 4.5 {
         w.push(format!(
-            "banner.primary_color: contrast with background_color is {button:.2}:1, below 3:1 (WCAG 2.1 1.4.11); buttons must be clearly visible"
+            "banner.primary_color: the \"Reject all\" and \"Accept all\" labels are background_color text on primary_color, a contrast of {button:.2}:1, below the 4.5:1 WCAG 2.1 minimum for text (1.4.3)"
         ));
     }
     for (name, c) in spec.categories.iter().into_iter().skip(1) {
@@ -48,6 +50,7 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
             ));
         }
     }
+    let default_texts = spec.texts.get(&spec.default_language);
     for (lang, t) in &spec.texts {
         let missing: Vec<&str> = [("accept_all", &t.accept_all), ("reject_all", &t.reject_all)]
             .into_iter()
@@ -64,6 +67,25 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
                 "texts.{lang}: no {} text; visitors reading {lang} see the {} text instead",
                 missing.join(" and "),
                 spec.default_language
+            ));
+        }
+        // The banner's built-in fallbacks are English: a visitor reading another language would
+        // get an English link label, close button or switch note in the middle of their texts.
+        if is_english(lang.as_str()) {
+            continue;
+        }
+        let english: Vec<&str> = builtin_texts_used(spec)
+            .into_iter()
+            .filter(|&k| {
+                !has_text(t, k)
+                    && !default_texts.is_some_and(|d| has_text(d, k) && !is_english(spec.default_language.as_str()))
+            })
+            .collect();
+        if !english.is_empty() {
+            w.push(format!(
+                "texts.{lang}: no {} text; visitors reading {lang} see English there (the banner's built-in {})",
+                english.join(", "),
+                english.iter().map(|k| format!("\"{}\"", builtin_english(k))).collect::<Vec<_>>().join(", ")
             ));
         }
     }
@@ -86,6 +108,49 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
         );
     }
     w
+}
+
+/// The texts the banner has built-in English for (banner.js `DEF`), as far as this config shows
+/// them: the policy link labels only with their URL, the signal note only when a signal can lock
+/// a switch (GPC always locks marketing).
+fn builtin_texts_used(spec: &ConfigSpec) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if spec.privacy_policy_url.is_some() {
+        keys.push("privacy_policy");
+    }
+    if spec.cookie_policy_url.is_some() {
+        keys.push("cookie_policy");
+    }
+    keys.extend(["close", "always_on"]);
+    if spec.respect_do_not_track || spec.categories.marketing.enabled {
+        keys.push("signal_denied");
+    }
+    keys
+}
+
+fn builtin_english(key: &str) -> &'static str {
+    match key {
+        "privacy_policy" => "Privacy policy",
+        "cookie_policy" => "Cookie policy",
+        "close" => "Close",
+        "always_on" => "Always on",
+        _ => "Off: your browser's privacy signal",
+    }
+}
+
+fn has_text(t: &Texts, key: &str) -> bool {
+    let v = match key {
+        "privacy_policy" => &t.privacy_policy,
+        "cookie_policy" => &t.cookie_policy,
+        "close" => &t.close,
+        "always_on" => &t.always_on,
+        _ => &t.signal_denied,
+    };
+    v.as_deref().is_some_and(|s| !s.trim().is_empty())
+}
+
+fn is_english(lang: &str) -> bool {
+    lang.split('-').next().is_some_and(|p| p.eq_ignore_ascii_case("en"))
 }
 
 #[cfg(test)]
@@ -133,9 +198,14 @@ mod tests {
             (json!({"categories": {"analytics": {"default_accepted": true}}}), "categories.analytics.default_accepted"),
             (json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "Accept all"}}}), "texts.en"),
             (
-                json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"}, "sv": {"title": "t"}}}),
+                json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"}, "sv": {"title": "t", "privacy_policy": "Integritetspolicy", "close": "Stäng", "always_on": "Alltid på", "signal_denied": "Av: din webbläsare ber om att inte spåras"}}}),
                 "texts.sv",
             ),
+            (
+                json!({"texts": {"en": {"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"}, "sv": {"title": "t", "accept_all": "Godkänn", "reject_all": "Avvisa"}}}),
+                "texts.sv",
+            ),
+            (json!({"banner": {"primary_color": "#4a90e2"}}), "banner.primary_color"),
             (json!({"privacy_policy_url": null}), "privacy_policy_url"),
             (json!({"consent_expiry_days": 400}), "consent_expiry_days"),
             (json!({"consent_required_regions": []}), "consent_required_regions"),
@@ -146,6 +216,47 @@ mod tests {
             assert!(warned(&s, field), "{field}: {patch} gave {:?}", warnings(&s));
             assert_eq!(warnings(&s).len(), 1, "{patch}: {:?}", warnings(&s));
         }
+    }
+
+    #[test]
+    fn button_labels_need_text_contrast() {
+        // #4a90e2 on white is 3.29:1: visible as a shape, too faint for the white label on it.
+        let s = spec(json!({"banner": {"primary_color": "#4a90e2", "background_color": "#ffffff"}}));
+        let w = warnings(&s);
+        assert!(w[0].contains("3.29:1") && w[0].contains("4.5:1"), "{w:?}");
+        assert!(!warned(&spec(json!({"banner": {"primary_color": "#1a56db"}})), "banner.primary_color"));
+    }
+
+    #[test]
+    fn hiding_reject_all_says_where_it_still_shows() {
+        let w = warnings(&spec(json!({"banner": {"show_reject_all": false}})));
+        assert!(w[0].contains("consent-required region") && w[0].contains("always offers \"Reject all\""), "{w:?}");
+    }
+
+    #[test]
+    fn missing_built_in_strings_are_named_per_language() {
+        let sv = json!({"title": "t", "accept_all": "Godkänn", "reject_all": "Avvisa"});
+        let en = json!({"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"});
+        let w = warnings(&spec(json!({"texts": {"en": en, "sv": sv}, "cookie_policy_url": "https://example.com/c"})));
+        assert_eq!(w.len(), 1, "{w:?}");
+        for k in ["privacy_policy", "cookie_policy", "close", "always_on", "signal_denied", "\"Close\""] {
+            assert!(w[0].contains(k), "{k}: {w:?}");
+        }
+        // English variants need none; a language that has them all draws none.
+        let en_gb = json!({"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"});
+        assert_eq!(
+            warnings(&spec(json!({"texts": {"en-GB": en_gb}, "default_language": "en-GB"}))),
+            Vec::<String>::new()
+        );
+        let ar = json!({"title": "t", "body": "b", "accept_all": "A", "reject_all": "R", "privacy_policy": "p", "close": "c", "always_on": "a", "signal_denied": "s"});
+        assert_eq!(warnings(&spec(json!({"texts": {"ar": ar}, "default_language": "ar"}))), Vec::<String>::new());
+        // A text given in a non-English default language covers the other languages.
+        let de = json!({"title": "t", "body": "b", "accept_all": "A", "reject_all": "R", "privacy_policy": "p", "close": "c", "always_on": "a", "signal_denied": "s"});
+        let fr = json!({"title": "t", "accept_all": "A", "reject_all": "R"});
+        assert_eq!(
+            warnings(&spec(json!({"texts": {"de": de, "fr": fr}, "default_language": "de"}))),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

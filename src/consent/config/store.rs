@@ -597,29 +597,10 @@ pub async fn texts_hash_of(db: &impl ConnectionTrait, config_id: Uuid, number: i
 /// tenant has none (banner.js answers 404 then). Only enabled categories are included.
 pub async fn active_banner_config(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<Value>> {
     let Some(p) = active(db, tenant_id).await? else { return Ok(None) };
-    let tenant = crate::tenants::get(db, tenant_id).await?;
-    let spec = &p.spec;
-    let mut categories = Map::new();
-    for (name, c) in spec.categories.iter() {
-        if c.enabled {
-            categories.insert(name.into(), serde_json::to_value(c).unwrap_or_default());
-        }
-    }
-    Ok(Some(serde_json::json!({
-        "tenant": tenant.slug,
-        "config_id": p.config.id,
-        "revision": p.config.revision,
-        "reconsent_revision": p.config.reconsent_revision,
-        "texts_hash": p.texts_hash,
-        "expiry_days": spec.consent_expiry_days,
-        "respect_do_not_track": spec.respect_do_not_track,
-        "geo_targeting_enabled": spec.geo_targeting_enabled,
-        "consent_required_regions": spec.consent_required_regions,
-        "banner": spec.banner,
-        "categories": categories,
-        "texts": spec.texts,
-        "default_language": spec.default_language,
-        "privacy_policy_url": spec.privacy_policy_url,
-        "cookie_policy_url": spec.cookie_policy_url,
-    })))
+    Ok(Some(crate::banner::browser_config(
+        &p.spec,
+        p.config.id,
+        i64::from(p.config.revision),
+        i64::from(p.config.reconsent_revision),
+    )))
 }
