@@ -37,6 +37,7 @@ struct Worker {
     settings: DeliverySettings,
     http: reqwest::Client,
     owner: String,
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// Runs until `shutdown`, then waits for the requests in flight.
@@ -55,7 +56,8 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
             return;
         }
     };
-    let worker = Arc::new(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http });
+    let secrets = outbox.secrets();
+    let worker = Arc::new(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, secrets });
     let slots: HashMap<&'static str, Arc<Semaphore>> = providers::all()
         .iter()
         .map(|p| (p.name(), Arc::new(Semaphore::new(worker.settings.concurrency_per_provider))))
@@ -137,12 +139,41 @@ impl Worker {
         // ended) the stored truncated one, which still locates the visitor's network.
         let client_ip: Option<IpAddr> =
             d.client_ip.as_deref().or(event.ip_truncated.as_deref()).and_then(|ip| ip.parse().ok());
-        let request = match provider.build(&config.settings, &Outgoing { event: &event, identity, client_ip }) {
+        // A reference that does not resolve counts like a refused credential: the delivery
+        // waits (backoff) and, persisting, the config goes to `error` naming the reference.
+        let credentials = match self.secrets.resolve_config(&config.credentials).await {
+            Ok(c) => c,
+            Err(unresolved) => {
+                let outcome = if unresolved.failure.transient {
+                    Outcome::Retry { reason: unresolved.to_string() }
+                } else {
+                    Outcome::AuthFailure { reason: unresolved.to_string() }
+                };
+                return self.record(&d, &config, None, outcome, &[]).await;
+            }
+        };
+        let build = |credentials| {
+            provider.build(&config.settings, &Outgoing { event: &event, identity, client_ip, credentials })
+        };
+        let request = match build(&credentials) {
             Ok(r) => r,
             Err(reason) => return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await,
         };
         let started = Instant::now();
-        let (outcome, http_status) = self.send(provider, &request).await;
+        let (mut outcome, mut http_status) = self.send(provider, &request).await;
+        // Refused: the secret may have been rotated since it was cached. Look it up once more
+        // and, if it changed, send again before counting an authentication failure.
+        if matches!(outcome, Outcome::AuthFailure { .. }) && !credentials.is_empty() {
+            match self.secrets.refresh_config(&config.credentials, &credentials).await {
+                Ok(Some(fresh)) => {
+                    if let Ok(again) = build(&fresh) {
+                        (outcome, http_status) = self.send(provider, &again).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(unresolved) => outcome = Outcome::AuthFailure { reason: unresolved.to_string() },
+            }
+        }
         let elapsed = started.elapsed();
         metrics::histogram!("consentgate_delivery_duration_seconds", "provider" => provider.name())
             .record(elapsed.as_secs_f64());
@@ -178,7 +209,7 @@ impl Worker {
         let response = match builder.body(body).send().await {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
-                return (Outcome::Dead { reason: format!("cannot build the request: {e}") }, None);
+                return (Outcome::Dead { reason: format!("cannot build the request: {}", describe(e)) }, None);
             }
             Err(e) if destination::refused(&e).is_some() => {
                 let reason = destination::refused(&e).map(ToString::to_string).unwrap_or_default();
@@ -190,7 +221,7 @@ impl Worker {
             }
             Err(e) => {
                 let kind = if e.is_connect() { "connection failed" } else { "request failed" };
-                return (Outcome::Retry { reason: format!("{}: {kind}: {}", provider.name(), error_chain(&e)) }, None);
+                return (Outcome::Retry { reason: format!("{}: {kind}: {}", provider.name(), describe(e)) }, None);
             }
         };
         let status = response.status().as_u16();
@@ -313,6 +344,12 @@ async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
         }
     }
     body
+}
+
+/// A request error for `last_error` and logs, without the URL: reqwest's text includes it, and a
+/// credential may travel in the query string (GA4's `api_secret`).
+pub(crate) fn describe(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
