@@ -14,4 +14,5 @@ mod foundation;
 mod ingest;
 mod outbox;
 mod provider_configs;
+mod secrets;
 mod site;
