@@ -125,6 +125,8 @@ async fn patch_config(
     state.secrets.refuse_disabled(body.get("credentials"))?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, body, &caller.actor()).await?;
     if view.status == "active" {
+        // Fixed references must not meet their cached failure.
+        state.secrets.forget(&view.credentials);
         state.outbox.wake();
     }
     Ok(Json(with_warnings(&state, view)))

@@ -362,3 +362,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_errors_are_described_without_the_url_and_its_query() {
+        // A closed port: the connection fails, and reqwest's own error text carries the URL —
+        // with GA4's api_secret in the query string.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/mp/collect?measurement_id=G-1&api_secret=s3cr3t-in-query");
+        let e = reqwest::Client::new().post(&url).send().await.unwrap_err();
+        assert!(error_chain(&e).contains("s3cr3t-in-query"), "reqwest's text holds the URL: {}", error_chain(&e));
+        let described = describe(e);
+        assert!(!described.contains("s3cr3t-in-query") && !described.contains("/mp/collect"), "{described}");
+        assert!(!described.is_empty());
+    }
+}

@@ -48,6 +48,11 @@ impl Cache {
         Cache { ttl, failure_ttl, slots: Default::default() }
     }
 
+    /// Forgets `key` (a lookup in flight finishes, but its result is not reused).
+    pub fn forget(&self, key: &str) {
+        self.slots.lock().expect("the secrets cache lock is never poisoned").remove(key);
+    }
+
     /// The value for `key`, from the cache or from `lookup` (run at most once at a time per key).
     pub async fn get<F, Fut>(&self, key: &str, refresh: Refresh, lookup: F) -> Result<Cached, Failure>
     where

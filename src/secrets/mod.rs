@@ -178,6 +178,16 @@ impl Secrets {
             .collect()
     }
 
+    /// Forgets the cached values and failures of these references: an admin set the config
+    /// `active` again after fixing one, and its waiting deliveries must not meet the old failure.
+    pub fn forget(&self, credentials: &Value) {
+        for (_, r) in references(Some(credentials)) {
+            if let Ok(r) = r {
+                self.cache.forget(&r.to_string());
+            }
+        }
+    }
+
     /// One reference's value, from the cache when it is fresh.
     pub async fn resolve(&self, r: &SecretRef) -> Result<SecretString, Failure> {
         self.lookup(r, Refresh::No).await.map(|c| c.value)

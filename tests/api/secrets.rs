@@ -289,11 +289,11 @@ async fn a_rotated_file_secret_is_used_after_a_401_without_restart() {
 #[tokio::test]
 async fn an_unresolvable_reference_keeps_deliveries_pending_and_puts_the_config_in_error() {
     let fakes = FakeProviders::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-yet-mounted").to_string_lossy().into_owned();
     let app = app_with(|_| {}).await;
     let keys = site::site(&app).await;
-    let config =
-        site::plausible(&app, &fakes, json!({"credentials": {"api_key_ref": "env:CONSENTGATE_TEST_NEVER_SET_7731"}}))
-            .await;
+    let config = site::plausible(&app, &fakes, json!({"credentials": {"api_key_ref": format!("file:{file}")}})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
     let c = eventually(15, || async {
         let c = site::config(&app, "plausible", &id(&config)).await;
@@ -301,13 +301,8 @@ async fn an_unresolvable_reference_keeps_deliveries_pending_and_puts_the_config_
     })
     .await;
     let reason = c["status_reason"].as_str().unwrap();
-    assert!(
-        reason.contains(
-            "credentials.api_key_ref (env:CONSENTGATE_TEST_NEVER_SET_7731) could not be resolved: \
-             the environment variable CONSENTGATE_TEST_NEVER_SET_7731 is not set"
-        ),
-        "{reason}"
-    );
+    let expected = format!("credentials.api_key_ref (file:{file}) could not be resolved: cannot read the file: ");
+    assert!(reason.contains(&expected) && reason.contains("No such file"), "{reason}");
     let (_, page) = app
         .get(
             &format!("/v1/tenants/{}/deliveries?event={}&config={}", app.tenant, id(&accepted), id(&config)),
@@ -316,6 +311,12 @@ async fn an_unresolvable_reference_keeps_deliveries_pending_and_puts_the_config_
         .await;
     assert_eq!(page["items"][0]["status"], "pending", "{page}");
     assert!(fakes.received_by("plausible").await.is_empty(), "nothing is sent without the credentials");
+
+    // Fixed, and set active again: the waiting delivery goes out (the cached failure is forgotten).
+    secret_file(&dir, "not-yet-mounted", "the-key");
+    let (s, body) = site::patch_config(&app, "plausible", &id(&config), json!({"status": "active"})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    site::delivery_in(&app, &id(&accepted), &id(&config), "delivered", 10).await;
 }
 
 #[tokio::test]
@@ -505,4 +506,33 @@ async fn a_secret_value_appears_in_no_response_log_line_error_or_database_column
         assert!(text.lines().count() > 10, "{format}: the capture saw the app's logs:\n{text}");
         assert!(!text.contains(SECRET), "a {format} log line shows the secret");
     }
+}
+
+#[tokio::test]
+async fn a_failed_request_is_stored_without_its_url() {
+    let app = app_with(|_| {}).await;
+    let keys = site::site(&app).await;
+    // Nothing listens there: the connection fails, and reqwest's error text would name the URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let instance = format!("http://127.0.0.1:{port}/private-path-segment");
+    let config = site::create_config(
+        &app,
+        "plausible",
+        json!({"display_name": "P", "site_id": SITE, "instance_url": instance, "status": "active"}),
+    )
+    .await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
+    let d = eventually(10, || async {
+        let (_, page) = app
+            .get(
+                &format!("/v1/tenants/{}/deliveries?event={}&config={}", app.tenant, id(&accepted), id(&config)),
+                &app.admin,
+            )
+            .await;
+        page["items"].as_array().and_then(|i| i.first()).filter(|d| !d["last_error"].is_null()).cloned()
+    })
+    .await;
+    let error = d["last_error"].as_str().unwrap();
+    assert!(error.contains("connection failed"), "{error}");
+    assert!(!error.contains("private-path-segment") && !error.contains("/api/event"), "{error}");
 }
