@@ -99,7 +99,6 @@ impl KeyVaultResolver {
                     client_id: some(&s.client_id),
                     tenant_id: some(&s.tenant_id),
                     token_file_path: some(&s.token_file).map(Into::into),
-                    ..Default::default()
                 }))
                 .map(|c| c as Arc<dyn TokenCredential>)
             }
