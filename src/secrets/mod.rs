@@ -405,6 +405,25 @@ mod tests {
         assert_eq!(s.resolve_config(&creds).await.unwrap().get("api_key_ref").unwrap().expose_secret(), "rotated");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_rotated_file_is_read_again_once_its_ttl_is_over() {
+        let settings = SecretsSettings { cache_ttl_secs: 300, ..Default::default() };
+        let (env, file): (Arc<dyn Resolver>, Arc<dyn Resolver>) =
+            (Arc::new(env::EnvResolver), Arc::new(file::FileResolver));
+        let s = Secrets::with_resolvers(&settings, env, file.clone(), file);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "first\n").unwrap();
+        let creds = json!({"api_key_ref": format!("file:{}", path.display())});
+        let value = |c: Credentials| c.get("api_key_ref").unwrap().expose_secret().to_string();
+        assert_eq!(value(s.resolve_config(&creds).await.unwrap()), "first");
+        std::fs::write(&path, "second\n").unwrap();
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert_eq!(value(s.resolve_config(&creds).await.unwrap()), "first", "within the TTL");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(value(s.resolve_config(&creds).await.unwrap()), "second", "after the TTL");
+    }
+
     #[test]
     fn a_broken_stored_value_is_never_echoed() {
         let creds = json!({"api_key_ref": "hunter2-raw-secret"});
