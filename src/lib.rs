@@ -1,8 +1,59 @@
 //! consentgate: a tenant-scoped consent management and analytics forwarding gateway.
 //!
-//! One event's way: `http` (extract key, parse body) → `ingest` (validate, enrich, idempotency)
-//! → `consent::decide` per provider config → one transaction (event, decisions, deliveries)
-//! → `outbox` workers → `providers::<p>` maps and classifies → usage and metrics.
+//! Webmasters configure a cookie-consent banner and analytics providers per tenant; visitors'
+//! decisions become append-only, hash-chained consent records; sites post each analytics event
+//! once, and the gateway forwards it to every provider the visitor's consent allows, through a
+//! durable outbox. The user-facing documentation is `README.md` and `docs/` in the repository.
+//!
+//! # Module tour
+//!
+//! Each module owns one thing; the HTTP layer only parses, authenticates and maps errors.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`app`] | building the application: database, router, workers, listener, graceful shutdown |
+//! | [`config`] | typed settings: defaults < TOML file < `CONSENTGATE__…` environment |
+//! | [`http`] | the HTTP surface: one module per resource, auth extractors, the one HTTP error mapping, the OpenAPI document |
+//! | [`tenants`] | tenants, the unit of isolation |
+//! | [`tokens`] | admin and auditor API tokens, stored as hashes |
+//! | [`audit`] | the audit log of every change to tokens, keys and configurations |
+//! | [`consent`] | the pure decision engine, cookie consent configs and revisions, consent records and their hash chain, consent-required regions |
+//! | [`banner`] | rendering and serving the banner script per tenant (browser source in `banner/`) |
+//! | [`ingest`] | one posted event → a stored event, a forwarding decision per provider config and the deliveries, in one transaction; ingest keys |
+//! | [`outbox`] | the deliveries: enqueue, claim under a lease, send, retry with backoff, the delivery log and replays |
+//! | [`providers`] | one module per analytics provider that maps an event to a request and classifies the answer; provider configs |
+//! | [`workers`] | the background tasks started with the app (the delivery worker) |
+//! | [`secrets`] | secret *references* (`env:`, `file:`, `keyvault://`) held by configs instead of secrets |
+//! | [`geo`] | the visitor's country and subdivision from a header or a MaxMind-format file |
+//! | [`ip`] | client IPs, truncated before they are stored |
+//! | [`origins`] | allowed browser origins of consent configs and public ingest keys |
+//! | [`rate_limit`] | in-memory token buckets for public write routes and ingest keys |
+//! | [`json`] | deserialising JSON into domain types with the failing field named |
+//! | [`error`] | the domain layer's error type (mapped to HTTP once, in [`http::error`]) |
+//! | [`db`] | connecting (SQLite or PostgreSQL) and migrating |
+//! | [`crypto`] | random tokens and SHA-256 digests |
+//! | [`telemetry`] | logging and Prometheus metrics |
+//! | [`demo`] | the `demo` tenant and demo page of `serve --demo` |
+//!
+//! The tables are in the `entity` crate, their migrations in the `migration` crate.
+//!
+//! # One event's way
+//!
+//! 1. [`http`] (`http/events.rs`): the ingest key is authenticated ([`ingest::keys`]), its
+//!    origin and rate limit checked, the body parsed.
+//! 2. [`ingest`]: the event is validated ([`ingest::event`]), enriched ([`ingest::enrich`]:
+//!    UTM, user agent, truncated IP, country via [`geo`]) and checked against idempotency.
+//! 3. [`consent`]: the visitor's latest record and the active config's policy give
+//!    [`consent::effective`]; [`consent::decide`] then decides per provider config, and the
+//!    provider's own rules ([`providers::Provider::accepts`]) may still refuse.
+//! 4. One transaction stores the event, a forwarding decision per config and a delivery per
+//!    allowed config ([`outbox::enqueue`]); the site gets its `202` with the decisions.
+//! 5. [`outbox`]: a worker ([`workers`], [`outbox::worker`]) claims due deliveries
+//!    ([`outbox::claim`]), decides again if the visitor withdrew meanwhile, and has the
+//!    provider module build the request ([`providers::Provider::build`]).
+//! 6. The answer is classified ([`providers::Provider::classify`]): delivered, dropped, retried
+//!    ([`outbox::backoff`]) or dead; the config's usage and the metrics ([`telemetry`]) are
+//!    updated, and the delivery log ([`outbox::log`]) shows it.
 
 /// Serde glue for a string type whose only constructor is `parse(&str) -> Result<Self, String>`
 /// (parse, don't validate): `#[serde(try_from = "String", into = "String")]` then needs these.
@@ -38,6 +89,8 @@ macro_rules! parsed_string {
         }
     };
 }
+
+pub mod string_enum;
 
 pub mod app;
 pub mod audit;

@@ -160,6 +160,7 @@ pub async fn verify(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Verifi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consent::Action;
 
     fn record(seq: i64, prev: &str) -> consent_record::Model {
         let mut m = consent_record::Model {
@@ -173,7 +174,7 @@ mod tests {
             texts_hash: "cd".repeat(32),
             language: "en".into(),
             choices: json!({"necessary": true, "functional": false, "analytics": true, "marketing": false}),
-            action: "custom".into(),
+            action: Action::Custom.as_str().into(),
             source: "banner".into(),
             dnt: false,
             gpc: true,
@@ -236,7 +237,7 @@ mod tests {
             (
                 "a record re-hashed after editing",
                 |c| {
-                    c[1].action = "accept_all".into();
+                    c[1].action = Action::AcceptAll.as_str().into();
                     c[1].hash = link_hash(&c[1]);
                 },
                 3,

@@ -6,26 +6,12 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Category {
-    Necessary,
-    Functional,
-    Analytics,
-    Marketing,
-}
+use super::reason::{Blocked, Reason, Refused};
+use crate::string_enum::string_enum;
 
-impl Category {
-    pub const ALL: [Category; 4] =
-        [Category::Necessary, Category::Functional, Category::Analytics, Category::Marketing];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Necessary => "necessary",
-            Category::Functional => "functional",
-            Category::Analytics => "analytics",
-            Category::Marketing => "marketing",
-        }
+string_enum! {
+    pub enum Category {
+        Necessary = "necessary", Functional = "functional", Analytics = "analytics", Marketing = "marketing",
     }
 }
 
@@ -107,34 +93,9 @@ impl<'de> Deserialize<'de> for Choices {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    AcceptAll,
-    RejectAll,
-    Custom,
-    Withdraw,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::AcceptAll => "accept_all",
-            Action::RejectAll => "reject_all",
-            Action::Custom => "custom",
-            Action::Withdraw => "withdraw",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "accept_all" => Some(Action::AcceptAll),
-            "reject_all" => Some(Action::RejectAll),
-            "custom" => Some(Action::Custom),
-            "withdraw" => Some(Action::Withdraw),
-            _ => None,
-        }
-    }
+string_enum! {
+    /// What the visitor did (`consent_record.action`).
+    pub enum Action { AcceptAll = "accept_all", RejectAll = "reject_all", Custom = "custom", Withdraw = "withdraw" }
 }
 
 /// What the request tells about the visitor, besides their recorded choice.
@@ -171,9 +132,9 @@ pub struct ConsentPolicy {
     pub reconsent_revision: i32,
 }
 
-/// The visitor's latest consent record, as far as the decision is concerned.
+/// The visitor's latest recorded choice: the decision's input from their consent record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordView {
+pub struct RecordedChoice {
     pub choices: Choices,
     pub action: Action,
     pub revision: i32,
@@ -182,6 +143,38 @@ pub struct RecordView {
     /// Made under another config than the tenant's active one: other texts and purposes, so it
     /// is asked again like a re-consent revision.
     pub other_config: bool,
+    /// The request that made the record sent `DNT: 1` / `Sec-GPC: 1`.
+    pub dnt: bool,
+    pub gpc: bool,
+}
+
+impl RecordedChoice {
+    /// Why the record does not grant `category`. A category the visitor's signal locked off in
+    /// the banner (`offered` in `visitors`) was never theirs to grant: after "Accept all" (or a
+    /// custom choice) under that signal, the signal is the reason, not a refusal.
+    fn refusal(&self, category: Category, policy: &ConsentPolicy) -> Refused {
+        match self.action {
+            Action::Withdraw => Refused::Withdrawn,
+            Action::RejectAll => Refused::Rejected,
+            Action::AcceptAll | Action::Custom => {
+                locked_by(policy, self.dnt, self.gpc, category).unwrap_or(Refused::Rejected)
+            }
+        }
+    }
+}
+
+/// The signal that stops all tracking under `policy`: DNT or GPC when the tenant honours them.
+/// DNT has no legal force by itself; the tenant opts in with `respect_do_not_track`, and
+/// "honours Do Not Track" then means *not tracked* — by no provider, cookie-free ones included.
+fn respected_signal(policy: &ConsentPolicy, dnt: bool, gpc: bool) -> Option<Refused> {
+    (policy.respect_do_not_track && (dnt || gpc)).then_some(if gpc { Refused::Gpc } else { Refused::Dnt })
+}
+
+/// The signal that locks `category` off: a respected DNT/GPC every optional category; GPC alone
+/// marketing, as a valid opt-out of sale/sharing under CCPA/CPRA (Cal. Code Regs. tit. 11
+/// § 7025), whatever the setting.
+fn locked_by(policy: &ConsentPolicy, dnt: bool, gpc: bool, category: Category) -> Option<Refused> {
+    respected_signal(policy, dnt, gpc).or((gpc && category == Category::Marketing).then_some(Refused::Gpc))
 }
 
 /// Why the visitor counts as not having decided.
@@ -216,24 +209,39 @@ pub struct Effective {
     why: Why,
 }
 
+/// Where a category stands for the visitor, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Granted by the visitor's valid record.
+    Granted,
+    /// Granted by the config's default (no valid decision, outside consent-required regions).
+    Default,
+    /// Not granted, for this reason.
+    Refused(Refused),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Why {
-    functional: &'static str,
-    analytics: &'static str,
-    marketing: &'static str,
+    functional: Standing,
+    analytics: Standing,
+    marketing: Standing,
 }
 
 impl Why {
-    fn get(&self, category: Category) -> &'static str {
+    const fn all(s: Standing) -> Why {
+        Why { functional: s, analytics: s, marketing: s }
+    }
+
+    fn get(&self, category: Category) -> Standing {
         match category {
-            Category::Necessary => "granted",
+            Category::Necessary => Standing::Granted,
             Category::Functional => self.functional,
             Category::Analytics => self.analytics,
             Category::Marketing => self.marketing,
         }
     }
 
-    fn set(&mut self, category: Category, why: &'static str) {
+    fn set(&mut self, category: Category, why: Standing) {
         match category {
             Category::Necessary => {}
             Category::Functional => self.functional = why,
@@ -244,9 +252,8 @@ impl Why {
 }
 
 impl Effective {
-    /// Why `category` is granted or refused: `granted`, `default`, `no_consent`, `expired`,
-    /// `reconsent`, `rejected`, `withdrawn`, `dnt`, `gpc`, `category_disabled`.
-    pub fn why(&self, category: Category) -> &'static str {
+    /// Why `category` is granted or refused.
+    pub fn why(&self, category: Category) -> Standing {
         self.why.get(category)
     }
 }
@@ -271,7 +278,7 @@ pub fn consent_required(policy: &ConsentPolicy, signals: &Signals) -> bool {
 /// consent configuration) nothing optional is granted and the visitor counts as undecided.
 pub fn effective(
     policy: Option<&ConsentPolicy>,
-    record: Option<&RecordView>,
+    record: Option<&RecordedChoice>,
     signals: &Signals,
     now: DateTime<Utc>,
 ) -> Effective {
@@ -280,7 +287,7 @@ pub fn effective(
             choices: Choices::none(),
             undecided: Some(Undecided::NoRecord),
             consent_required: true,
-            why: Why { functional: "no_consent", analytics: "no_consent", marketing: "no_consent" },
+            why: Why::all(Standing::Refused(Refused::NoConsent)),
         };
     };
     let required = consent_required(policy, signals);
@@ -301,13 +308,12 @@ pub fn effective(
         Some(_) => None,
     };
 
-    let mut why = Why { functional: "granted", analytics: "granted", marketing: "granted" };
+    let mut why = Why::all(Standing::Granted);
     let mut choices = match (record, undecided) {
         (Some(r), None) => {
-            let reason = if r.action == Action::Withdraw { "withdrawn" } else { "rejected" };
             for c in OPTIONAL {
                 if !r.choices.get(c) {
-                    why.set(c, reason);
+                    why.set(c, Standing::Refused(r.refusal(c, policy)));
                 }
             }
             r.choices
@@ -316,11 +322,11 @@ pub fn effective(
             // No pre-ticked boxes where consent is required (CJEU C-673/17 Planet49): nothing
             // optional is granted until the visitor acts.
             let reason = match u {
-                Undecided::NoRecord => "no_consent",
-                Undecided::Expired => "expired",
-                Undecided::Reconsent => "reconsent",
+                Undecided::NoRecord => Refused::NoConsent,
+                Undecided::Expired => Refused::Expired,
+                Undecided::Reconsent => Refused::Reconsent,
             };
-            why = Why { functional: reason, analytics: reason, marketing: reason };
+            why = Why::all(Standing::Refused(reason));
             Choices::none()
         }
         _ => {
@@ -330,14 +336,13 @@ pub fn effective(
             // has expired or a new revision asks them again.
             let stale = record.filter(|r| r.action != Action::AcceptAll);
             let kept = stale.map_or(Choices::all(), |r| r.choices);
-            let refusal = if stale.is_some_and(|r| r.action == Action::Withdraw) { "withdrawn" } else { "rejected" };
             for c in OPTIONAL {
                 why.set(
                     c,
                     match (policy.default_accepted.get(c), kept.get(c)) {
-                        (false, _) => "no_consent",
-                        (true, false) => refusal,
-                        (true, true) => "default",
+                        (false, _) => Standing::Refused(Refused::NoConsent),
+                        (true, false) => Standing::Refused(stale.map_or(Refused::Rejected, |r| r.refusal(c, policy))),
+                        (true, true) => Standing::Default,
                     },
                 );
             }
@@ -347,18 +352,16 @@ pub fn effective(
 
     for c in OPTIONAL {
         if !policy.enabled.get(c) {
-            why.set(c, "category_disabled");
+            why.set(c, Standing::Refused(Refused::CategoryDisabled));
         }
     }
     choices = choices.and(policy.enabled);
 
-    // DNT has no legal force by itself; the tenant opts in to honouring it, and then it refuses
-    // every optional category, as does GPC under that setting.
-    if policy.respect_do_not_track && (signals.dnt || signals.gpc) {
-        let reason = if signals.gpc { "gpc" } else { "dnt" };
+    // A respected DNT/GPC refuses every optional category (see `respected_signal`).
+    if let Some(reason) = respected_signal(policy, signals.dnt, signals.gpc) {
         for c in OPTIONAL {
             if choices.get(c) {
-                why.set(c, reason);
+                why.set(c, Standing::Refused(reason));
             }
         }
         choices = Choices::none();
@@ -366,23 +369,23 @@ pub fn effective(
     // GPC is a valid opt-out of sale/sharing under CCPA/CPRA (Cal. Code Regs. tit. 11 § 7025):
     // it always refuses marketing.
     if signals.gpc && choices.marketing {
-        why.set(Category::Marketing, "gpc");
+        why.set(Category::Marketing, Standing::Refused(Refused::Gpc));
         choices.marketing = false;
     }
 
     Effective { choices, undecided, consent_required: required, why }
 }
 
-/// The category a provider config needs before it may receive identified events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequiredCategory {
-    /// Cookie-free providers (Plausible, Umami): always allowed, identified only with analytics.
-    #[default]
-    None,
-    Functional,
-    Analytics,
-    Marketing,
+string_enum! {
+    /// The category a provider config needs before it may receive identified events
+    /// (`provider_config.required_category`).
+    pub enum RequiredCategory {
+        /// Cookie-free providers (Plausible, Umami): always allowed, identified only with analytics.
+        None = "none",
+        Functional = "functional",
+        Analytics = "analytics",
+        Marketing = "marketing",
+    }
 }
 
 impl RequiredCategory {
@@ -394,82 +397,47 @@ impl RequiredCategory {
             RequiredCategory::Marketing => Some(Category::Marketing),
         }
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        self.category().map_or("none", Category::as_str)
+string_enum! {
+    /// A provider config's lifecycle state (`provider_config.status`); see `providers::config`.
+    pub enum ProviderStatus {
+        Draft = "draft", Active = "active", Paused = "paused", Error = "error", Decommissioned = "decommissioned",
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderStatus {
-    Draft,
-    Active,
-    Paused,
-    Error,
-    Decommissioned,
-}
-
-impl ProviderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderStatus::Draft => "draft",
-            ProviderStatus::Active => "active",
-            ProviderStatus::Paused => "paused",
-            ProviderStatus::Error => "error",
-            ProviderStatus::Decommissioned => "decommissioned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "draft" => Some(ProviderStatus::Draft),
-            "active" => Some(ProviderStatus::Active),
-            "paused" => Some(ProviderStatus::Paused),
-            "error" => Some(ProviderStatus::Error),
-            "decommissioned" => Some(ProviderStatus::Decommissioned),
-            _ => None,
-        }
-    }
-}
-
+/// What the decision needs of a provider config. `status` and `required_category` are `None`
+/// when the stored value cannot be read: such a config is denied (`denied:config_invalid`),
+/// never guessed — an unreadable category read as `none` would forward without consent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProviderPolicy {
-    pub status: ProviderStatus,
-    pub required_category: RequiredCategory,
+    pub status: Option<ProviderStatus>,
+    pub required_category: Option<RequiredCategory>,
     /// Send an anonymous event instead of nothing when the category is not granted (PostHog's
     /// cookieless mode: no person profile, a daily-rotating distinct id).
     pub cookieless_fallback: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Identity {
-    /// Identifiers (user id, visitor id, session id) may be sent.
-    Full,
-    /// No identifiers: they are stripped before sending.
-    Anonymous,
-}
-
-impl Identity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Identity::Full => "full",
-            Identity::Anonymous => "anonymous",
-        }
+string_enum! {
+    /// What a decision lets through (`delivery.identity`, `forwarding_decision.identity`).
+    pub enum Identity {
+        /// Identifiers (user id, visitor id, session id) may be sent.
+        Full = "full",
+        /// No identifiers: they are stripped before sending.
+        Anonymous = "anonymous",
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Allow { identity: Identity, reason: String },
-    Deny { reason: String },
+    Allow { identity: Identity, reason: Reason },
+    Deny { reason: Reason },
 }
 
 impl Decision {
-    pub fn reason(&self) -> &str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Decision::Allow { reason, .. } | Decision::Deny { reason } => reason,
+            Decision::Allow { reason, .. } | Decision::Deny { reason } => *reason,
         }
     }
 
@@ -487,40 +455,54 @@ impl Decision {
 
 /// May an event of this visitor go to this provider config, and with which identity?
 ///
-/// Reasons are machine-readable: `consent_granted:<category>`, `consent_default:<category>`,
-/// `anonymous:<why>`, `denied:<why>`.
+/// The reason says why, machine-readably (see [`Reason`] and docs/decision-reasons.md).
 pub fn decide(
     policy: Option<&ConsentPolicy>,
-    record: Option<&RecordView>,
+    record: Option<&RecordedChoice>,
     signals: &Signals,
     provider: &ProviderPolicy,
     now: DateTime<Utc>,
 ) -> Decision {
-    let deny = |why: &str| Decision::Deny { reason: format!("denied:{why}") };
+    let blocked = |why: Blocked| Decision::Deny { reason: Reason::Blocked(why) };
     if signals.bot {
-        return deny("bot");
+        return blocked(Blocked::Bot);
     }
-    match provider.status {
+    // Fail closed, per config: a row whose status or category cannot be read forwards nothing.
+    let (Some(status), Some(required)) = (provider.status, provider.required_category) else {
+        return blocked(Blocked::ConfigInvalid);
+    };
+    match status {
         ProviderStatus::Active | ProviderStatus::Error => {}
-        ProviderStatus::Paused => return deny("config_paused"),
-        ProviderStatus::Draft => return deny("config_draft"),
-        ProviderStatus::Decommissioned => return deny("config_decommissioned"),
+        ProviderStatus::Paused => return blocked(Blocked::ConfigPaused),
+        ProviderStatus::Draft => return blocked(Blocked::ConfigDraft),
+        ProviderStatus::Decommissioned => return blocked(Blocked::ConfigDecommissioned),
+    }
+    // Not tracked means no provider gets the event: not even anonymously, not cookie-free ones.
+    if let Some(signal) = policy.and_then(|p| respected_signal(p, signals.dnt, signals.gpc)) {
+        return Decision::Deny { reason: Reason::Denied(signal) };
     }
     let eff = effective(policy, record, signals, now);
-    let granted = |c: Category| {
-        let how = if eff.why(c) == "default" { "consent_default" } else { "consent_granted" };
-        Decision::Allow { identity: Identity::Full, reason: format!("{how}:{}", c.as_str()) }
+    // Only called for a category that is not granted, so `Granted`/`Default` cannot occur; were
+    // it otherwise, refusing is the safe answer.
+    let refused = |c: Category| match eff.why(c) {
+        Standing::Refused(why) => why,
+        Standing::Granted | Standing::Default => Refused::NoConsent,
     };
-    let anonymous = |why: &str| Decision::Allow { identity: Identity::Anonymous, reason: format!("anonymous:{why}") };
+    let granted = |c: Category| {
+        let reason = if eff.why(c) == Standing::Default { Reason::Default(c) } else { Reason::Granted(c) };
+        Decision::Allow { identity: Identity::Full, reason }
+    };
+    let anonymous =
+        |c: Category| Decision::Allow { identity: Identity::Anonymous, reason: Reason::Anonymous(refused(c)) };
 
-    match provider.required_category.category() {
+    match required.category() {
         // Cookie-free providers store nothing on the device, so no consent is needed to count a
         // visit; identifiers are personal data, though, and go only with analytics consent.
         None if eff.choices.analytics => granted(Category::Analytics),
-        None => anonymous(eff.why(Category::Analytics)),
+        None => anonymous(Category::Analytics),
         Some(c) if eff.choices.get(c) => granted(c),
-        Some(c) if provider.cookieless_fallback => anonymous(eff.why(c)),
-        Some(c) => deny(eff.why(c)),
+        Some(c) if provider.cookieless_fallback => anonymous(c),
+        Some(c) => Decision::Deny { reason: Reason::Denied(refused(c)) },
     }
 }
 
@@ -548,14 +530,16 @@ mod tests {
         }
     }
 
-    fn record(choices: Choices, action: Action) -> RecordView {
-        RecordView {
+    fn record(choices: Choices, action: Action) -> RecordedChoice {
+        RecordedChoice {
             choices,
             action,
             revision: 3,
             created_at: now() - Duration::days(1),
             expires_at: now() + Duration::days(179),
             other_config: false,
+            dnt: false,
+            gpc: false,
         }
     }
 
@@ -564,13 +548,17 @@ mod tests {
     }
 
     fn provider(required: RequiredCategory) -> ProviderPolicy {
-        ProviderPolicy { status: ProviderStatus::Active, required_category: required, cookieless_fallback: false }
+        ProviderPolicy {
+            status: Some(ProviderStatus::Active),
+            required_category: Some(required),
+            cookieless_fallback: false,
+        }
     }
 
     const ANALYTICS_ONLY: Choices = Choices { functional: false, analytics: true, marketing: false };
 
     /// (scenario, policy, record, signals, provider, expected decision)
-    type Case<'a> = (&'a str, Option<&'a ConsentPolicy>, Option<&'a RecordView>, Signals, ProviderPolicy, Decision);
+    type Case<'a> = (&'a str, Option<&'a ConsentPolicy>, Option<&'a RecordedChoice>, Signals, ProviderPolicy, Decision);
 
     #[test]
     fn decisions() {
@@ -585,13 +573,18 @@ mod tests {
         let rejected = record(Choices::none(), Action::RejectAll);
         let withdrawn = record(Choices::none(), Action::Withdraw);
         let analytics_only = record(ANALYTICS_ONLY, Action::Custom);
-        let expired = RecordView { expires_at: now() - Duration::seconds(1), ..accepted.clone() };
-        let stale_revision = RecordView { revision: 1, ..accepted.clone() };
-        let current_after_reconsent = RecordView { revision: 2, ..accepted.clone() };
-        let other_config = RecordView { other_config: true, ..accepted.clone() };
-        let stale_reject = RecordView { revision: 1, ..rejected.clone() };
-        let expired_withdrawal = RecordView { expires_at: now() - Duration::seconds(1), ..withdrawn.clone() };
-        let rejected_elsewhere = RecordView { other_config: true, ..rejected.clone() };
+        let expired = RecordedChoice { expires_at: now() - Duration::seconds(1), ..accepted.clone() };
+        let stale_revision = RecordedChoice { revision: 1, ..accepted.clone() };
+        let current_after_reconsent = RecordedChoice { revision: 2, ..accepted.clone() };
+        let other_config = RecordedChoice { other_config: true, ..accepted.clone() };
+        let stale_reject = RecordedChoice { revision: 1, ..rejected.clone() };
+        let expired_withdrawal = RecordedChoice { expires_at: now() - Duration::seconds(1), ..withdrawn.clone() };
+        let rejected_elsewhere = RecordedChoice { other_config: true, ..rejected.clone() };
+        // What `visitors::submit` stores for "Accept all" under a signal: what the banner offered.
+        let accepted_under_dnt = RecordedChoice { dnt: true, ..record(Choices::none(), Action::AcceptAll) };
+        let accepted_under_gpc =
+            RecordedChoice { gpc: true, ..record(Choices { marketing: false, ..Choices::all() }, Action::AcceptAll) };
+        let rejected_under_dnt = RecordedChoice { dnt: true, ..rejected.clone() };
         let no_geo = ConsentPolicy { geo_targeting_enabled: false, ..p.clone() };
         let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
         let marketing_off = ConsentPolicy { enabled: ANALYTICS_ONLY, ..p.clone() };
@@ -603,8 +596,10 @@ mod tests {
         let gpc_us = Signals { gpc: true, ..from("US") };
         let californian = Signals { region: Some("US-CA".into()), ..from("US") };
         let bot = Signals { bot: true, ..from("SE") };
-        let allow = |identity, reason: &str| Decision::Allow { identity, reason: reason.into() };
-        let deny = |reason: &str| Decision::Deny { reason: reason.into() };
+        // Reasons are written as their stored strings, which the reason table test pins.
+        let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
+        let allow = |identity, r: &str| Decision::Allow { identity, reason: reason(r) };
+        let deny = |r: &str| Decision::Deny { reason: reason(r) };
 
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
@@ -633,17 +628,28 @@ mod tests {
             ("a stale acceptance falls back to the defaults", Some(&p), Some(&stale_revision), from("US"), ga4, allow(Full, "consent_default:analytics")),
             ("record at the re-consent revision", Some(&p), Some(&current_after_reconsent), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
             ("dnt respected", Some(&p), Some(&accepted), dnt.clone(), ga4, deny("denied:dnt")),
-            ("dnt respected: plausible anonymous", Some(&p), Some(&accepted), dnt.clone(), plausible, allow(Anonymous, "anonymous:dnt")),
+            ("dnt respected: not even cookie-free providers", Some(&p), Some(&accepted), dnt.clone(), plausible, deny("denied:dnt")),
+            ("gpc respected: not even cookie-free providers", Some(&p), None, gpc.clone(), plausible, deny("denied:gpc")),
+            ("dnt respected: no cookieless fallback either", Some(&p), Some(&rejected), dnt.clone(), posthog, deny("denied:dnt")),
+            ("dnt not respected: no effect", Some(&ignore_dnt), Some(&accepted), dnt.clone(), plausible, allow(Full, "consent_granted:analytics")),
+            ("gpc not respected: cookie-free providers still count", Some(&ignore_dnt), Some(&accepted), gpc.clone(), plausible, allow(Full, "consent_granted:analytics")),
+            ("accept all under dnt: the signal locked it off", Some(&p), Some(&accepted_under_dnt), from("SE"), ga4, deny("denied:dnt")),
+            ("accept all under dnt: cookie-free anonymous, for the signal", Some(&p), Some(&accepted_under_dnt), from("SE"), plausible, allow(Anonymous, "anonymous:dnt")),
+            ("accept all under gpc (not respected): marketing locked by gpc", Some(&ignore_dnt), Some(&accepted_under_gpc), from("SE"), ads, deny("denied:gpc")),
+            ("accept all under gpc (not respected): analytics granted", Some(&ignore_dnt), Some(&accepted_under_gpc), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
+            ("reject all under dnt is a refusal", Some(&p), Some(&rejected_under_dnt), from("SE"), ga4, deny("denied:rejected")),
             ("dnt ignored", Some(&ignore_dnt), Some(&accepted), dnt.clone(), ga4, allow(Full, "consent_granted:analytics")),
             ("gpc respected denies analytics", Some(&p), Some(&accepted), gpc.clone(), ga4, deny("denied:gpc")),
             ("gpc always denies marketing", Some(&ignore_dnt), Some(&accepted), gpc.clone(), ads, deny("denied:gpc")),
             ("gpc without dnt setting keeps analytics", Some(&ignore_dnt), Some(&accepted), gpc_us, ga4, allow(Full, "consent_granted:analytics")),
             ("disabled category", Some(&marketing_off), Some(&accepted), from("SE"), ads, deny("denied:category_disabled")),
             ("bot", Some(&p), Some(&accepted), bot, plausible, deny("denied:bot")),
-            ("paused config", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: ProviderStatus::Paused, ..ga4 }, deny("denied:config_paused")),
-            ("draft config", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: ProviderStatus::Draft, ..ga4 }, deny("denied:config_draft")),
-            ("decommissioned config", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: ProviderStatus::Decommissioned, ..ga4 }, deny("denied:config_decommissioned")),
-            ("config in error still decides (deliveries wait)", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: ProviderStatus::Error, ..ga4 }, allow(Full, "consent_granted:analytics")),
+            ("paused config", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4 }, deny("denied:config_paused")),
+            ("draft config", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Draft), ..ga4 }, deny("denied:config_draft")),
+            ("decommissioned config", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Decommissioned), ..ga4 }, deny("denied:config_decommissioned")),
+            ("config in error still decides (deliveries wait)", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Error), ..ga4 }, allow(Full, "consent_granted:analytics")),
+            ("unreadable status", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { status: None, ..plausible }, deny("denied:config_invalid")),
+            ("unreadable category", Some(&p), Some(&accepted), from("SE"), ProviderPolicy { required_category: None, ..plausible }, deny("denied:config_invalid")),
             ("posthog cookieless fallback", Some(&p), Some(&rejected), from("SE"), posthog, allow(Anonymous, "anonymous:rejected")),
             ("posthog with consent", Some(&p), Some(&accepted), from("SE"), posthog, allow(Full, "consent_granted:analytics")),
             ("no consent config at all", None, Some(&accepted), from("SE"), ga4, deny("denied:no_consent")),
@@ -652,6 +658,51 @@ mod tests {
         for (scenario, policy, record, signals, provider, expected) in cases {
             assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
         }
+    }
+
+    /// The strings stored in the database for each value: fixed, like the reasons — rows
+    /// written by every earlier release must keep reading back.
+    #[test]
+    fn stored_strings_are_fixed() {
+        fn check<T: Copy + std::fmt::Debug + PartialEq>(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+            expected: &[&str],
+        ) {
+            let strings: Vec<&str> = all.iter().map(|v| as_str(*v)).collect();
+            assert_eq!(strings, expected);
+            for v in all {
+                assert_eq!(parse(as_str(*v)), Some(*v));
+            }
+            assert_eq!(parse(""), None);
+            assert_eq!(parse(&expected[0].to_uppercase()), None, "exact strings only");
+        }
+        check(Category::ALL, Category::as_str, Category::parse, &["necessary", "functional", "analytics", "marketing"]);
+        check(Action::ALL, Action::as_str, Action::parse, &["accept_all", "reject_all", "custom", "withdraw"]);
+        check(
+            RequiredCategory::ALL,
+            RequiredCategory::as_str,
+            RequiredCategory::parse,
+            &["none", "functional", "analytics", "marketing"],
+        );
+        check(
+            ProviderStatus::ALL,
+            ProviderStatus::as_str,
+            ProviderStatus::parse,
+            &["draft", "active", "paused", "error", "decommissioned"],
+        );
+        check(Identity::ALL, Identity::as_str, Identity::parse, &["full", "anonymous"]);
+        use crate::outbox::DeliveryStatus as D;
+        check(D::ALL, D::as_str, D::parse, &["pending", "delivered", "dropped", "dead"]);
+        for r in RequiredCategory::ALL {
+            assert_eq!(r.category().map_or("none", Category::as_str), r.as_str());
+        }
+        let e = ProviderStatus::read("status", "actve").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"stored status "actve" is not one of draft, active, paused, error or decommissioned"#
+        );
     }
 
     #[test]
@@ -665,7 +716,7 @@ mod tests {
         let e = effective(Some(&p), Some(&record(ANALYTICS_ONLY, Action::Custom)), &from("SE"), now());
         assert_eq!((e.undecided, e.choices), (None, ANALYTICS_ONLY));
         let e = effective(Some(&p), Some(&record(Choices::none(), Action::Withdraw)), &from("SE"), now());
-        assert_eq!((e.undecided, e.why(Category::Analytics)), (None, "withdrawn"));
+        assert_eq!((e.undecided, e.why(Category::Analytics)), (None, Standing::Refused(Refused::Withdrawn)));
     }
 
     #[test]
@@ -712,7 +763,7 @@ mod tests {
             let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
             let r = record(choices, Action::Custom);
             let signals = Signals { dnt, gpc, country, ..Default::default() };
-            let provider = ProviderPolicy { status: ProviderStatus::Active, required_category: required, cookieless_fallback: fallback };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback };
             let d = decide(Some(&p), Some(&r), &signals, &provider, now());
             let category = required.category().unwrap();
             if !choices.get(category) {
@@ -731,7 +782,7 @@ mod tests {
             required in prop_oneof![Just(RequiredCategory::None), arb_required()],
         ) {
             let p = ConsentPolicy { default_accepted: defaults, ..policy() };
-            let provider = ProviderPolicy { status: ProviderStatus::Active, required_category: required, cookieless_fallback: false };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false };
             let d = decide(Some(&p), None, &from("SE"), &provider, now());
             prop_assert_ne!(d.identity(), Some(Identity::Full));
         }

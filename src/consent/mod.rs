@@ -7,6 +7,7 @@ pub mod chain;
 pub mod config;
 mod decide;
 pub mod export;
+mod reason;
 pub mod records;
 pub mod regions;
 pub mod visitors;
@@ -14,5 +15,6 @@ pub mod visitors;
 pub use config::store::policy_for;
 pub use decide::{
     Action, Category, Choices, ConsentPolicy, Decision, Effective, Identity, ProviderPolicy, ProviderStatus,
-    RecordView, RequiredCategory, Signals, Undecided, consent_required, decide, effective,
+    RecordedChoice, RequiredCategory, Signals, Standing, Undecided, consent_required, decide, effective,
 };
+pub use reason::{Blocked, Reason, Refused};

@@ -16,7 +16,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{Action, Category, Choices, RecordView, chain};
+use super::{Action, Category, Choices, RecordedChoice, chain};
 use crate::{
     crypto::sha256_hex,
     db,
@@ -151,18 +151,31 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// What the decision engine needs of a stored record.
-pub fn record_view(m: &consent_record::Model) -> Result<RecordView> {
-    let choices: Choices = serde_json::from_value(m.choices.clone())
-        .map_err(|e| Error::Internal(anyhow::anyhow!("consent record {} has unreadable choices: {e}", m.id)))?;
-    let action = Action::parse(&m.action)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("consent record {} has unknown action {:?}", m.id, m.action)))?;
-    Ok(RecordView {
+///
+/// A record whose choices or action cannot be read counts as a refusal of everything: the
+/// decision fails closed (a refusal also stands where defaults would apply), and one damaged
+/// row does not turn the visitor's every event into a 500. The record itself stays readable
+/// as stored through the auditor's API.
+pub fn recorded_choice(m: &consent_record::Model) -> Result<RecordedChoice> {
+    let choices = serde_json::from_value::<Choices>(m.choices.clone());
+    let action = Action::read("action", &m.action);
+    let (choices, action) = match (choices, action) {
+        (Ok(c), Ok(a)) => (c, a),
+        (c, a) => {
+            tracing::warn!(record = %m.id, choices_ok = c.is_ok(), action = ?a.err().map(|e| e.to_string()),
+                "consent record cannot be read; it counts as a refusal");
+            (Choices::none(), Action::RejectAll)
+        }
+    };
+    Ok(RecordedChoice {
         choices,
         action,
         revision: m.revision,
         created_at: m.created_at,
         expires_at: m.expires_at,
         other_config: false,
+        dnt: m.dnt,
+        gpc: m.gpc,
     })
 }
 
@@ -177,10 +190,10 @@ pub async fn latest_for_visitor(
     db: &impl ConnectionTrait,
     tenant: &tenant::Model,
     visitor_id: &str,
-) -> Result<Option<RecordView>> {
+) -> Result<Option<RecordedChoice>> {
     let Some(m) = latest_model(db, tenant, visitor_id).await? else { return Ok(None) };
     let active = super::config::store::active_id(db, tenant.id).await?;
-    let mut view = record_view(&m)?;
+    let mut view = recorded_choice(&m)?;
     view.other_config = active.is_some_and(|a| a != m.config_id);
     Ok(Some(view))
 }

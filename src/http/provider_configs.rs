@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     app::AppState,
+    consent::ProviderStatus,
     outbox,
     providers::{
         self, AnyProvider, ProviderConfigInput,
@@ -124,7 +125,7 @@ async fn patch_config(
     let p = provider(&path.provider)?;
     state.secrets.refuse_disabled(body.get("credentials"))?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, body, &caller.actor()).await?;
-    if view.status == "active" {
+    if view.status == ProviderStatus::Active.as_str() {
         // Fixed references must not meet their cached failure.
         state.secrets.forget(&view.credentials);
         state.outbox.wake();
@@ -169,7 +170,7 @@ async fn replay_dead_letters(
 ) -> ApiResult<Json<Replayed>> {
     let p = provider(&path.provider)?;
     let config = config::find(&state.db, caller.tenant.id, p.name(), path.id).await?;
-    if config.status == "decommissioned" {
+    if config.status == ProviderStatus::Decommissioned.as_str() {
         return Err(ApiError::Conflict("the config is decommissioned".into()));
     }
     let replayed = outbox::log::replay_dead_letters(&state.db, caller.tenant.id, config.id, &caller.actor()).await?;

@@ -11,7 +11,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{consent::Decision, error::Result};
+use crate::{consent::Decision, error::Result, string_enum::string_enum};
+
+string_enum! {
+    /// `forwarding_decision.decision`.
+    pub enum Verdict { Allow = "allow", Deny = "deny" }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct DecisionView {
@@ -22,7 +27,8 @@ pub struct DecisionView {
     /// `full` or `anonymous` when allowed.
     pub identity: Option<String>,
     /// `consent_granted:analytics`, `anonymous:no_consent`, `denied:bot`,
-    /// `denied:custom_events_disabled`, …
+    /// `denied:custom_events_disabled`, … (docs/decision-reasons.md). Shown as stored: a stored
+    /// reason is audit history and is never rewritten on reading.
     pub reason: String,
 }
 
@@ -31,7 +37,7 @@ impl DecisionView {
         DecisionView {
             config_id,
             provider: provider.to_string(),
-            decision: if d.is_allowed() { "allow" } else { "deny" }.into(),
+            decision: if d.is_allowed() { Verdict::Allow } else { Verdict::Deny }.as_str().into(),
             identity: d.identity().map(|i| i.as_str().to_string()),
             reason: d.reason().to_string(),
         }

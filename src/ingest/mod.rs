@@ -27,7 +27,10 @@ use self::{
     event::{Caller, ValidEvent},
 };
 use crate::{
-    consent::{self, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory, Signals},
+    consent::{
+        self, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, Reason, RecordedChoice, RequiredCategory,
+        Signals,
+    },
     error::{Error, Result},
     geo::Geo,
     providers::{self, config::usage},
@@ -89,11 +92,11 @@ pub async fn accept(
         let Some(p) = providers::get(&config.provider) else { continue };
         let policy_for_config = provider_policy(&config, p);
         let mut decision = consent::decide(policy.as_ref(), record.as_ref(), &signals, &policy_for_config, now);
-        let denied_by_consent = !decision.is_allowed() && is_consent_reason(decision.reason());
+        let denied_by_consent = decision.reason().is_consent_denial();
         if decision.is_allowed()
-            && let Err(reason) = p.accepts(&config.settings, &model)
+            && let Err(why) = p.accepts(&config.settings, &model)
         {
-            decision = Decision::Deny { reason };
+            decision = Decision::Deny { reason: Reason::Blocked(why) };
         }
         planned.push(Planned {
             view: DecisionView::new(config.id, p.name(), &decision),
@@ -135,13 +138,6 @@ pub async fn accept(
     }
     txn.commit().await?;
     Ok(Accepted { id: model.id, duplicate: false, decisions: planned.into_iter().map(|p| p.view).collect() })
-}
-
-/// Denials that are the visitor's consent (or its absence) speaking — counted in the config's
-/// `events_denied_by_consent` — as opposed to bots, a config's status or the provider's own rules.
-fn is_consent_reason(reason: &str) -> bool {
-    let why = reason.strip_prefix("denied:").unwrap_or(reason);
-    !(why == "bot" || why.starts_with("config_"))
 }
 
 async fn find_by_key(db: &impl ConnectionTrait, tenant_id: Uuid, key: &str) -> Result<Option<analytics_event::Model>> {
@@ -211,7 +207,7 @@ pub async fn consent_inputs(
     db: &impl ConnectionTrait,
     tenant: &tenant::Model,
     visitor_id: Option<&str>,
-) -> Result<(Option<ConsentPolicy>, Option<RecordView>)> {
+) -> Result<(Option<ConsentPolicy>, Option<RecordedChoice>)> {
     let policy = consent::policy_for(db, tenant.id).await?;
     let record = match visitor_id {
         Some(v) => consent::records::latest_for_visitor(db, tenant, v).await?,
@@ -245,11 +241,13 @@ pub async fn redecide(
     Ok(Some(consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, Utc::now())))
 }
 
-/// What the decision engine needs of a provider config.
+/// What the decision engine needs of a provider config. A status or category that cannot be
+/// read stays unread (`None`): the decision denies that config (`denied:config_invalid`) rather
+/// than guess — a guessed `none` would forward without consent.
 fn provider_policy(config: &entity::provider_config::Model, provider: &dyn providers::AnyProvider) -> ProviderPolicy {
     ProviderPolicy {
-        status: ProviderStatus::parse(&config.status).unwrap_or(ProviderStatus::Paused),
-        required_category: serde_json::from_value(json!(config.required_category)).unwrap_or(RequiredCategory::None),
+        status: ProviderStatus::parse(&config.status),
+        required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
     }
 }
@@ -340,19 +338,4 @@ pub async fn event_view(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) ->
         idempotency_key: e.idempotency_key,
         decisions,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn which_denials_are_consent() {
-        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired"] {
-            assert!(is_consent_reason(r), "{r}");
-        }
-        for r in ["denied:bot", "denied:config_paused", "denied:config_draft"] {
-            assert!(!is_consent_reason(r), "{r}");
-        }
-    }
 }

@@ -20,12 +20,15 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::status;
-use crate::error::Result;
+use super::DeliveryStatus;
+use crate::{
+    consent::{ProviderStatus, RequiredCategory},
+    error::Result,
+};
 
 fn due(now: DateTime<Utc>) -> Condition {
     Condition::all()
-        .add(delivery::Column::Status.eq(status::PENDING))
+        .add(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
         .add(delivery::Column::NextAttemptAt.lte(now))
         .add(Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now)))
 }
@@ -47,7 +50,9 @@ pub async fn claim(
         .select_only()
         .column(provider_config::Column::Id)
         .filter(provider_config::Column::Provider.eq(provider))
-        .filter(provider_config::Column::Status.eq("active"))
+        .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
+        // An invalid config (unreadable category) sends nothing: its deliveries are not claimed.
+        .filter(provider_config::Column::RequiredCategory.is_in(RequiredCategory::ALL.iter().map(|c| c.as_str())))
         .into_tuple()
         .all(&txn)
         .await?;

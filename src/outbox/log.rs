@@ -7,13 +7,14 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::Expr,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::status;
+pub use super::DeliveryStatus;
 use crate::{
     audit,
+    consent::ProviderStatus,
     error::{Error, Result},
     ingest::decisions::{self, DecisionView},
 };
@@ -48,7 +49,7 @@ pub struct DeliveryView {
 impl DeliveryView {
     fn new(d: delivery::Model, decision: Option<DecisionView>) -> Self {
         DeliveryView {
-            next_attempt_at: (d.status == status::PENDING).then_some(d.next_attempt_at),
+            next_attempt_at: (d.status == DeliveryStatus::Pending.as_str()).then_some(d.next_attempt_at),
             id: d.id,
             event_id: d.event_id,
             config_id: d.config_id,
@@ -63,26 +64,6 @@ impl DeliveryView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             decision,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Dropped,
-    Dead,
-}
-
-impl DeliveryStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => status::PENDING,
-            DeliveryStatus::Delivered => status::DELIVERED,
-            DeliveryStatus::Dropped => status::DROPPED,
-            DeliveryStatus::Dead => status::DEAD,
         }
     }
 }
@@ -147,14 +128,14 @@ pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
         .one(&txn)
         .await?
         .ok_or(Error::NotFound)?;
-    if d.status != status::DEAD && d.status != status::DROPPED {
+    if d.status != DeliveryStatus::Dead.as_str() && d.status != DeliveryStatus::Dropped.as_str() {
         return Err(Error::Conflict(format!(
             "only dead or dropped deliveries can be replayed; this one is {}",
             d.status
         )));
     }
     let config = provider_config::Entity::find_by_id(d.config_id).one(&txn).await?.ok_or(Error::NotFound)?;
-    if config.status == "decommissioned" {
+    if config.status == ProviderStatus::Decommissioned.as_str() {
         return Err(Error::Conflict("the delivery's config is decommissioned".into()));
     }
     let before = DeliveryView::new(d.clone(), None);
@@ -191,7 +172,7 @@ pub async fn replay_dead_letters(
         delivery::Column::TenantId
             .eq(tenant_id)
             .and(delivery::Column::ConfigId.eq(config_id))
-            .and(delivery::Column::Status.eq(status::DEAD)),
+            .and(delivery::Column::Status.eq(DeliveryStatus::Dead.as_str())),
     )
     .await?;
     audit::record(
@@ -214,7 +195,7 @@ pub async fn replay_dead_letters(
 async fn reset(db: &impl ConnectionTrait, which: sea_orm::sea_query::SimpleExpr) -> Result<u64> {
     let now = Utc::now();
     let res = delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value(status::PENDING))
+        .col_expr(delivery::Column::Status, Expr::value(DeliveryStatus::Pending.as_str()))
         .col_expr(delivery::Column::Attempts, Expr::value(0))
         .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))

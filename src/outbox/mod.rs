@@ -28,7 +28,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::{consent::Identity, error::Result};
+use crate::{consent::Identity, error::Result, string_enum::string_enum};
 
 /// A handle to wake the workers of this process when new deliveries are due, so that an event
 /// goes out at once instead of at the next poll. It also carries the secrets service the workers
@@ -57,13 +57,18 @@ impl Outbox {
     }
 }
 
-/// Delivery status as stored.
-pub mod status {
-    pub const PENDING: &str = "pending";
-    pub const DELIVERED: &str = "delivered";
-    /// The provider answered with success but discarded the event.
-    pub const DROPPED: &str = "dropped";
-    pub const DEAD: &str = "dead";
+string_enum! {
+    /// Where a delivery is (`delivery.status`). Read back as stored: the delivery log shows the
+    /// stored string, so an unknown one is listed, never a 500; only `pending` is ever claimed.
+    #[derive(utoipa::ToSchema)]
+    pub enum DeliveryStatus {
+        Pending = "pending",
+        Delivered = "delivered",
+        /// The provider answered with success but discarded the event.
+        Dropped = "dropped",
+        /// Dead-lettered: refused, or out of attempts.
+        Dead = "dead",
+    }
 }
 
 /// A delivery to create: one event to one config.
@@ -88,7 +93,7 @@ pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateT
         config_id: Set(new.config_id),
         provider: Set(new.provider.to_string()),
         identity: Set(new.identity.as_str().into()),
-        status: Set(status::PENDING.into()),
+        status: Set(DeliveryStatus::Pending.as_str().into()),
         attempts: Set(0),
         next_attempt_at: Set(now),
         lease_owner: Set(None),
@@ -114,7 +119,7 @@ pub async fn resume_config(db: &impl ConnectionTrait, config_id: Uuid) -> Result
         .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .filter(delivery::Column::ConfigId.eq(config_id))
-        .filter(delivery::Column::Status.eq(status::PENDING))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
         .exec(db)
         .await?;
     Ok(())
@@ -125,14 +130,14 @@ pub async fn resume_config(db: &impl ConnectionTrait, config_id: Uuid) -> Result
 pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: &str) -> Result<()> {
     let now = Utc::now();
     delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value(status::DEAD))
+        .col_expr(delivery::Column::Status, Expr::value(DeliveryStatus::Dead.as_str()))
         .col_expr(delivery::Column::LastError, Expr::value(reason))
         .col_expr(delivery::Column::ClientIp, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .filter(delivery::Column::ConfigId.eq(config_id))
-        .filter(delivery::Column::Status.eq(status::PENDING))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
         .exec(db)
         .await?;
     Ok(())

@@ -21,7 +21,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Outbox, backoff, claim, destination, status};
+use super::{DeliveryStatus, Outbox, backoff, claim, destination};
 use crate::{
     config::DeliverySettings,
     consent::Identity,
@@ -115,7 +115,7 @@ impl Worker {
 
     async fn try_process(&self, provider: &'static dyn AnyProvider, d: delivery::Model) -> Result<()> {
         let config = provider_config::Entity::find_by_id(d.config_id).one(&self.db).await?;
-        let Some(config) = config.filter(|c| c.status == "active") else {
+        let Some(config) = config.filter(crate::providers::config::sends) else {
             return claim::release(&self.db, d.id, &self.owner).await;
         };
         let Some(event) = analytics_event::Entity::find_by_id(d.event_id).one(&self.db).await? else {
@@ -123,7 +123,8 @@ impl Worker {
                 .record(&d, &config, None, Outcome::Dead { reason: "the event no longer exists".into() }, &[])
                 .await;
         };
-        let mut identity = if d.identity == "full" { Identity::Full } else { Identity::Anonymous };
+        // An identity that cannot be read sends nothing identifying.
+        let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
         // A newer decision of the visitor can only take away: never more than ingest allowed.
         if let Some(now) = crate::ingest::redecide(&self.db, &event, &config, provider).await? {
             match now.identity() {
@@ -249,7 +250,7 @@ impl Worker {
         let txn = crate::db::begin_write(&self.db).await?;
         let Some(current) = delivery::Entity::find_by_id(d.id)
             .filter(delivery::Column::LeaseOwner.eq(self.owner.as_str()))
-            .filter(delivery::Column::Status.eq(status::PENDING))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
             .one(&txn)
             .await?
         else {
@@ -264,8 +265,8 @@ impl Worker {
         row.lease_until = Set(None);
         row.updated_at = Set(now);
         let adjusted = (!adjustments.is_empty()).then(|| adjustments.join("; "));
-        let end = |row: &mut delivery::ActiveModel, st: &str| {
-            row.status = Set(st.into());
+        let end = |row: &mut delivery::ActiveModel, st: DeliveryStatus| {
+            row.status = Set(st.as_str().into());
             // The visitor's full IP was only needed to send; it goes when the delivery ends.
             row.client_ip = Set(None);
         };
@@ -282,7 +283,7 @@ impl Worker {
         let retry_after = answer.and_then(|(_, ra)| ra);
         match &outcome {
             Outcome::Delivered => {
-                end(&mut row, status::DELIVERED);
+                end(&mut row, DeliveryStatus::Delivered);
                 row.delivered_at = Set(Some(now));
                 row.last_error = Set(None);
                 row.warning = Set(adjusted);
@@ -290,7 +291,7 @@ impl Worker {
                 usage::sent(&txn, config.id, now).await?;
             }
             Outcome::DeliveredButDropped { warning } => {
-                end(&mut row, status::DROPPED);
+                end(&mut row, DeliveryStatus::Dropped);
                 row.last_error = Set(None);
                 row.warning = Set(Some(match adjusted {
                     Some(a) => format!("{warning}; {a}"),
@@ -300,14 +301,14 @@ impl Worker {
                 usage::dropped(&txn, config.id, warning, now).await?;
             }
             Outcome::Dead { reason } => {
-                end(&mut row, status::DEAD);
+                end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, reason, true, now).await?;
             }
             Outcome::Retry { reason } if attempts >= self.settings.max_attempts => {
                 let reason = format!("gave up after {attempts} attempts; last: {reason}");
-                end(&mut row, status::DEAD);
+                end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, &reason, true, now).await?;

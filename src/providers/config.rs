@@ -6,6 +6,14 @@
 //! 401/403, never by an admin), `error → active | paused`, and `decommissioned` from anywhere,
 //! terminal. Only `active` configs have their deliveries sent; `paused` and `error` ones keep them
 //! waiting until the config is active again.
+//!
+//! Fail closed, per config: a row whose stored `status` or `required_category` is not one of its
+//! values (a hand edit, a downgrade, damage) is *invalid*. It is read like any other row — never
+//! with a guessed value, and without failing the query for the tenant's other configs — and:
+//! its events are denied `denied:config_invalid` and its deliveries wait; the API shows it with
+//! `"status": "invalid"` and a `problem` naming the column and the stored value; it cannot be
+//! activated: an admin may only pause it (with every field valid again) or decommission it, and
+//! activates it after that, as a deliberate second step.
 
 use chrono::{DateTime, Utc};
 use entity::provider_config;
@@ -71,6 +79,9 @@ pub struct ConfigView {
     pub status: String,
     /// Why the config is in `error` (the provider's answer).
     pub status_reason: Option<String>,
+    /// For an `invalid` config: what cannot be read (see the module docs). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     pub required_category: String,
     pub credentials: Value,
     #[serde(flatten)]
@@ -87,8 +98,11 @@ struct ConfigMeta {
     id: Uuid,
     provider: String,
     display_name: String,
+    /// `draft`, `active`, `paused`, `error`, `decommissioned`, or `invalid` when the stored
+    /// status or required category cannot be read (then `problem` says which).
     status: String,
     status_reason: Option<String>,
+    problem: Option<String>,
     required_category: String,
     #[schema(value_type = Object)]
     credentials: Value,
@@ -109,14 +123,34 @@ impl PartialSchema for ConfigView {
 
 impl ToSchema for ConfigView {}
 
+/// The status shown for a config whose row cannot be read; never stored.
+pub const INVALID: &str = "invalid";
+
+/// A config's status and required category, or what about them cannot be read.
+pub fn state(m: &provider_config::Model) -> std::result::Result<(ProviderStatus, RequiredCategory), String> {
+    let status = ProviderStatus::read("status", &m.status);
+    let required = RequiredCategory::read("required_category", &m.required_category);
+    match (status, required) {
+        (Ok(s), Ok(r)) => Ok((s, r)),
+        (s, r) => Err([s.err(), r.err()].into_iter().flatten().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
+    }
+}
+
+/// Whether the config's deliveries may be sent now: `active`, and readable.
+pub fn sends(m: &provider_config::Model) -> bool {
+    matches!(state(m), Ok((ProviderStatus::Active, _)))
+}
+
 impl From<provider_config::Model> for ConfigView {
     fn from(m: provider_config::Model) -> Self {
+        let problem = state(&m).err();
         ConfigView {
             id: m.id,
             provider: m.provider,
             display_name: m.display_name,
-            status: m.status,
+            status: if problem.is_some() { INVALID.to_string() } else { m.status },
             status_reason: m.status_reason,
+            problem,
             required_category: m.required_category,
             credentials: m.credentials,
             settings: match m.settings {
@@ -241,19 +275,7 @@ pub async fn create(
     .insert(&txn)
     .await?;
     let view = ConfigView::from(model);
-    audit::record(
-        &txn,
-        audit::Change {
-            tenant_id,
-            actor,
-            action: &format!("{}_config.create", provider.name()),
-            entity_type: "provider_config",
-            entity_id: Some(view.id.to_string()),
-            before: None,
-            after: view_json(&view),
-        },
-    )
-    .await?;
+    audit_change(&txn, tenant_id, provider, actor, "create", None, &view).await?;
     txn.commit().await?;
     Ok(view)
 }
@@ -298,7 +320,10 @@ fn writable(m: &provider_config::Model) -> Map<String, Value> {
         _ => Map::new(),
     };
     doc.insert("display_name".into(), Value::String(m.display_name.clone()));
-    doc.insert("status".into(), Value::String(m.status.clone()));
+    // An unreadable status is not carried over: the patch must say where the config goes.
+    if ProviderStatus::parse(&m.status).is_some() {
+        doc.insert("status".into(), Value::String(m.status.clone()));
+    }
     doc.insert("required_category".into(), Value::String(m.required_category.clone()));
     doc.insert("credentials".into(), m.credentials.clone());
     doc
@@ -320,9 +345,19 @@ pub async fn patch(
     };
     let txn = crate::db::begin_write(db).await?;
     let current = find(&txn, tenant_id, provider.name(), id).await?;
-    let from = ProviderStatus::parse(&current.status).unwrap_or(ProviderStatus::Draft);
-    if from == ProviderStatus::Decommissioned {
+    // `None`: the stored row cannot be read (invalid); see the module docs.
+    let from = state(&current).ok().map(|(s, _)| s);
+    if from == Some(ProviderStatus::Decommissioned) {
         return Err(Error::Conflict("the config is decommissioned; that is final".into()));
+    }
+    if let Err(problem) = state(&current) {
+        let to = patch.get("status").and_then(Value::as_str).and_then(ProviderStatus::parse);
+        if !matches!(to, Some(ProviderStatus::Paused | ProviderStatus::Decommissioned)) {
+            return Err(Error::Conflict(format!(
+                "the config is invalid ({problem}); it can only be paused (with every field valid) or \
+                 decommissioned, and activated after that"
+            )));
+        }
     }
     let mut doc = writable(&current);
     for (k, v) in patch {
@@ -349,16 +384,20 @@ pub async fn patch(
             }
         }
     }
-    let input = parse_input(provider, Value::Object(doc), from)?;
+    // The status is in `doc` (carried over, or required above for an invalid config).
+    let input = parse_input(provider, Value::Object(doc), from.unwrap_or(ProviderStatus::Paused))?;
     let to = input.status;
-    if to == ProviderStatus::Error && from != ProviderStatus::Error {
-        return Err(Error::Conflict(
-            "status error is set by the gateway when the provider refuses the credentials".into(),
-        ));
+    if let Some(from) = from {
+        if to == ProviderStatus::Error && from != ProviderStatus::Error {
+            return Err(Error::Conflict(
+                "status error is set by the gateway when the provider refuses the credentials".into(),
+            ));
+        }
+        if !admin_may_move(from, to) {
+            return Err(Error::Conflict(format!("a {} config cannot become {}", from.as_str(), to.as_str())));
+        }
     }
-    if !admin_may_move(from, to) {
-        return Err(Error::Conflict(format!("a {} config cannot become {}", from.as_str(), to.as_str())));
-    }
+    let moved = from != Some(to);
     let before = ConfigView::from(current.clone());
     let mut active = current.into_active_model();
     active.display_name = Set(input.display_name);
@@ -367,13 +406,13 @@ pub async fn patch(
     active.settings = Set(input.settings);
     active.credentials = Set(input.credentials);
     active.updated_at = Set(Utc::now());
-    if to != from {
+    if moved {
         active.status_reason = Set(None);
         active.consecutive_auth_failures = Set(0);
     }
     let model = active.update(&txn).await?;
     match to {
-        _ if to == from => {}
+        _ if !moved => {}
         // Waiting deliveries go out now rather than at the end of their backoff.
         ProviderStatus::Active => crate::outbox::resume_config(&txn, id).await?,
         ProviderStatus::Decommissioned => {
@@ -382,21 +421,35 @@ pub async fn patch(
         _ => {}
     }
     let view = ConfigView::from(model);
+    audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
+    txn.commit().await?;
+    Ok(view)
+}
+
+/// The audit entry of an admin's change to a config: `<provider>_config.<verb>`.
+async fn audit_change(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+    actor: &str,
+    verb: &str,
+    before: Option<&ConfigView>,
+    after: &ConfigView,
+) -> Result<()> {
     audit::record(
-        &txn,
+        db,
         audit::Change {
             tenant_id,
             actor,
-            action: &format!("{}_config.update", provider.name()),
+            action: &format!("{}_config.{verb}", provider.name()),
             entity_type: "provider_config",
-            entity_id: Some(id.to_string()),
-            before: view_json(&before),
-            after: view_json(&view),
+            entity_id: Some(after.id.to_string()),
+            before: before.and_then(view_json),
+            after: view_json(after),
         },
     )
     .await?;
-    txn.commit().await?;
-    Ok(view)
+    Ok(())
 }
 
 /// `DELETE`: decommissions the config. The row stays, so the delivery log and the forwarding
@@ -409,23 +462,43 @@ pub async fn decommission(
     actor: &str,
 ) -> Result<ConfigView> {
     let current = find(db, tenant_id, provider.name(), id).await?;
-    if current.status == ProviderStatus::Decommissioned.as_str() {
-        return Ok(current.into());
+    match state(&current) {
+        Ok((ProviderStatus::Decommissioned, _)) => Ok(current.into()),
+        Ok(_) => {
+            let to = ProviderStatus::Decommissioned.as_str();
+            patch(db, tenant_id, provider, id, serde_json::json!({ "status": to }), actor).await
+        }
+        // An invalid row cannot pass a PATCH's validation (its category may be what is
+        // unreadable), and retiring it must not need a repair first: only the status changes.
+        Err(_) => {
+            let txn = crate::db::begin_write(db).await?;
+            let before = ConfigView::from(current.clone());
+            let mut active = current.into_active_model();
+            active.status = Set(ProviderStatus::Decommissioned.as_str().into());
+            active.updated_at = Set(Utc::now());
+            let view = ConfigView::from(active.update(&txn).await?);
+            crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
+            audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
+            txn.commit().await?;
+            Ok(view)
+        }
     }
-    patch(db, tenant_id, provider, id, serde_json::json!({"status": "decommissioned"}), actor).await
 }
 
 /// The configs an event may be forwarded to, and so gets a decision for: `active` and `error`
-/// ones (an `error` config is decided like an active one; its deliveries wait) and `paused` ones
-/// (decided `denied:config_paused`, for the record). Optionally only one provider's.
+/// ones (an `error` config is decided like an active one; its deliveries wait), `paused` ones
+/// (decided `denied:config_paused`, for the record) and rows whose status cannot be read
+/// (`denied:config_invalid`: an unreadable row is recorded as refused, not silently skipped) —
+/// everything but `draft` and `decommissioned`. Optionally only one provider's.
 pub async fn forwarding_targets(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
     provider: Option<&str>,
 ) -> Result<Vec<provider_config::Model>> {
-    let mut q = provider_config::Entity::find()
-        .filter(provider_config::Column::TenantId.eq(tenant_id))
-        .filter(provider_config::Column::Status.is_in(["active", "error", "paused"]));
+    let mut q = provider_config::Entity::find().filter(provider_config::Column::TenantId.eq(tenant_id)).filter(
+        provider_config::Column::Status
+            .is_not_in([ProviderStatus::Draft.as_str(), ProviderStatus::Decommissioned.as_str()]),
+    );
     if let Some(p) = provider {
         q = q.filter(provider_config::Column::Provider.eq(p));
     }
@@ -514,14 +587,14 @@ pub mod usage {
             .exec(db)
             .await?;
         let moved = provider_config::Entity::update_many()
-            .col_expr(provider_config::Column::Status, Expr::value("error"))
+            .col_expr(provider_config::Column::Status, Expr::value(ProviderStatus::Error.as_str()))
             .col_expr(
                 provider_config::Column::StatusReason,
                 Expr::value(format!("{threshold} authentication failures in a row; last: {error}")),
             )
             .col_expr(provider_config::Column::UpdatedAt, Expr::value(at))
             .filter(provider_config::Column::Id.eq(config_id))
-            .filter(provider_config::Column::Status.eq("active"))
+            .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
             .filter(provider_config::Column::ConsecutiveAuthFailures.gte(threshold as i32))
             .exec(db)
             .await?;

@@ -30,7 +30,7 @@ use utoipa::{
 };
 
 use crate::{
-    consent::{Identity, RequiredCategory},
+    consent::{Blocked, Identity, Reason, RequiredCategory},
     error::Result,
     secrets::{Credentials, check::AuthCheck},
 };
@@ -62,7 +62,7 @@ pub trait Provider: Send + Sync + 'static {
     /// `Err(reason)` when this config must not receive the event whatever the consent, e.g.
     /// `denied:custom_events_disabled`. Checked at ingest (the reason goes into the forwarding
     /// decision) and again by [`Provider::build`] at send time, since settings may have changed.
-    fn accepts(settings: &Self::Settings, event: &analytics_event::Model) -> Result<(), String>;
+    fn accepts(settings: &Self::Settings, event: &analytics_event::Model) -> Result<(), Blocked>;
 
     /// The provider request for one event. `Err` is a permanent refusal (the delivery is
     /// dead-lettered with that reason).
@@ -155,7 +155,8 @@ pub trait AnyProvider: Send + Sync {
     /// Parses credentials (secret references only); the error names the field under `credentials`.
     fn parse_credentials(&self, raw: Value) -> Result<Value>;
     fn cookieless_fallback(&self, settings: &Value) -> bool;
-    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), String>;
+    /// `Err(ConfigInvalid)` when the stored settings cannot be read.
+    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
     fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
     fn classify(&self, response: &ProviderResponse<'_>) -> Outcome;
     fn auth_checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck>;
@@ -186,13 +187,14 @@ impl<P: Provider> AnyProvider for P {
         stored_settings::<P>(settings).map(|s| P::cookieless_fallback(&s)).unwrap_or(false)
     }
 
-    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), String> {
-        P::accepts(&stored_settings::<P>(settings)?, event)
+    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked> {
+        let settings = stored_settings::<P>(settings).map_err(|_| Blocked::ConfigInvalid)?;
+        P::accepts(&settings, event)
     }
 
     fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String> {
         let settings = stored_settings::<P>(settings)?;
-        P::accepts(&settings, out.event)?;
+        P::accepts(&settings, out.event).map_err(|why| Reason::Blocked(why).to_string())?;
         P::build(&settings, out)
     }
 

@@ -21,7 +21,10 @@ use super::{
     DomainPattern, InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
     ProviderResponse, classify_failure, is_hostname, page_host, properties_for, revenue_of, truncate_bytes,
 };
-use crate::secrets::{Credentials, SecretRef, check::AuthCheck};
+use crate::{
+    consent::Blocked,
+    secrets::{Credentials, SecretRef, check::AuthCheck},
+};
 use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,13 +107,13 @@ impl Provider for Plausible {
     type Credentials = PlausibleCredentials;
     const NAME: &'static str = "plausible";
 
-    fn accepts(s: &PlausibleSettings, event: &entity::analytics_event::Model) -> Result<(), String> {
+    fn accepts(s: &PlausibleSettings, event: &entity::analytics_event::Model) -> Result<(), Blocked> {
         if event.event_name != PAGEVIEW && !s.enable_custom_events {
-            return Err("denied:custom_events_disabled".into());
+            return Err(Blocked::CustomEventsDisabled);
         }
         match page_host(event) {
             Some(host) if s.allows_host(&host) => Ok(()),
-            _ => Err("denied:domain_not_allowed".into()),
+            _ => Err(Blocked::DomainNotAllowed),
         }
     }
 
@@ -346,12 +349,12 @@ mod tests {
         let s = settings(json!({"site_id": "example.com"}));
         assert_eq!(Plausible::accepts(&s, &e), Ok(()), "www. is a subdomain of the site");
         let s = settings(json!({"site_id": "example.com", "enable_custom_events": false}));
-        assert_eq!(Plausible::accepts(&s, &e).unwrap_err(), "denied:custom_events_disabled");
+        assert_eq!(Plausible::accepts(&s, &e), Err(Blocked::CustomEventsDisabled));
         assert_eq!(Plausible::accepts(&s, &event("pageview")), Ok(()));
         let s = settings(json!({"site_id": "example.com", "allowed_domains": ["shop.example.com"]}));
-        assert_eq!(Plausible::accepts(&s, &e).unwrap_err(), "denied:domain_not_allowed");
+        assert_eq!(Plausible::accepts(&s, &e), Err(Blocked::DomainNotAllowed));
         let s = settings(json!({"site_id": "other.org"}));
-        assert_eq!(Plausible::accepts(&s, &e).unwrap_err(), "denied:domain_not_allowed");
+        assert_eq!(Plausible::accepts(&s, &e), Err(Blocked::DomainNotAllowed));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::{
     body_excerpt, classify_failure, page_host, properties_for, revenue_of, truncate_chars,
 };
 use crate::{
-    consent::Identity,
+    consent::{Blocked, Identity, Reason},
     secrets::{Credentials, SecretRef, check::AuthCheck},
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -108,12 +108,12 @@ fn yes() -> bool {
 /// zod (400, not truncated). Names starting with `=`, `+`, `-`, `@`, tab or CR are refused by the
 /// spreadsheet-formula guard providers.md describes for recent versions (not in v3.1.0's source,
 /// but such a name is also a CSV-injection hazard in Umami's exports, so it is never sent).
-pub fn name_problem(name: &str) -> Option<&'static str> {
+pub fn name_problem(name: &str) -> Option<Blocked> {
     if name.chars().count() > MAX_NAME_CHARS {
-        return Some("denied:event_name_too_long");
+        return Some(Blocked::EventNameTooLong);
     }
     if name.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        return Some("denied:event_name_unsafe_prefix");
+        return Some(Blocked::EventNameUnsafePrefix);
     }
     None
 }
@@ -123,13 +123,13 @@ impl Provider for Umami {
     type Credentials = UmamiCredentials;
     const NAME: &'static str = "umami";
 
-    fn accepts(s: &UmamiSettings, event: &entity::analytics_event::Model) -> Result<(), String> {
+    fn accepts(s: &UmamiSettings, event: &entity::analytics_event::Model) -> Result<(), Blocked> {
         match event.event_name.as_str() {
             PAGEVIEW => Ok(()),
-            OUTBOUND_LINK_CLICK if !s.track_outbound_links => Err("denied:outbound_links_disabled".into()),
+            OUTBOUND_LINK_CLICK if !s.track_outbound_links => Err(Blocked::OutboundLinksDisabled),
             OUTBOUND_LINK_CLICK => Ok(()),
-            _ if !s.enable_custom_events => Err("denied:custom_events_disabled".into()),
-            name => name_problem(name).map_or(Ok(()), |p| Err(p.to_string())),
+            _ if !s.enable_custom_events => Err(Blocked::CustomEventsDisabled),
+            name => name_problem(name).map_or(Ok(()), Err),
         }
     }
 
@@ -162,7 +162,7 @@ impl Provider for Umami {
         }
         if event.event_name != PAGEVIEW {
             if let Some(p) = name_problem(&event.event_name) {
-                return Err(format!("Umami would refuse the event name ({p})"));
+                return Err(format!("Umami would refuse the event name ({})", Reason::Blocked(p)));
             }
             payload.insert("name".into(), json!(event.event_name));
             // Umami: "event data cannot be sent without an event name" — page views carry none.
@@ -464,15 +464,15 @@ mod tests {
     fn which_events_a_config_accepts() {
         let s = base();
         assert_eq!(Umami::accepts(&s, &event("signup")), Ok(()));
-        assert_eq!(Umami::accepts(&s, &event(&"n".repeat(51))).unwrap_err(), "denied:event_name_too_long");
+        assert_eq!(Umami::accepts(&s, &event(&"n".repeat(51))), Err(Blocked::EventNameTooLong));
         assert_eq!(Umami::accepts(&s, &event(&"n".repeat(50))), Ok(()));
         for bad in ["=cmd", "+1", "-x", "@a", "\tx", "\rx"] {
-            assert_eq!(Umami::accepts(&s, &event(bad)).unwrap_err(), "denied:event_name_unsafe_prefix", "{bad:?}");
+            assert_eq!(Umami::accepts(&s, &event(bad)), Err(Blocked::EventNameUnsafePrefix), "{bad:?}");
         }
         let off =
             settings(json!({"website_id": WEBSITE, "enable_custom_events": false, "track_outbound_links": false}));
-        assert_eq!(Umami::accepts(&off, &event("signup")).unwrap_err(), "denied:custom_events_disabled");
-        assert_eq!(Umami::accepts(&off, &event(OUTBOUND_LINK_CLICK)).unwrap_err(), "denied:outbound_links_disabled");
+        assert_eq!(Umami::accepts(&off, &event("signup")), Err(Blocked::CustomEventsDisabled));
+        assert_eq!(Umami::accepts(&off, &event(OUTBOUND_LINK_CLICK)), Err(Blocked::OutboundLinksDisabled));
         assert_eq!(Umami::accepts(&off, &event("pageview")), Ok(()));
     }
 

@@ -117,32 +117,40 @@ async fn a_pageview_reaches_plausible_and_umami_as_the_visitor() {
     }
 }
 
+/// "Honours Do Not Track" means not tracked: with `respect_do_not_track`, DNT or GPC stops the
+/// event for every provider, the cookie-free ones included — even after "Accept all".
 #[tokio::test]
-async fn do_not_track_makes_a_consenting_visitor_anonymous() {
+async fn a_respected_do_not_track_or_gpc_sends_nothing_even_to_cookie_free_providers() {
     let (app, fakes, keys) = setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
     let u = site::umami(&app, &fakes, json!({})).await;
     consent_config(&app).await;
     let v = visitor();
     consent_record(&app, &v, "accept_all").await;
-    let mut body = site::pageview(&v);
-    body["user_id"] = json!("user-7");
-    let (s, accepted) = send(
-        app.http
-            .post(app.tenant_url("/events"))
-            .header("x-ingest-key", &keys.public_key)
-            .header("origin", site::ORIGIN)
-            .header("user-agent", CHROME)
-            .header("dnt", "1")
-            .json(&body),
-    )
-    .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
-    let d = decision_for(&accepted, &id(&u));
-    assert_eq!((d["identity"].as_str(), d["reason"].as_str()), (Some("anonymous"), Some("anonymous:dnt")), "{d}");
-    delivery_in(&app, &id(&accepted), &id(&u), "delivered", 10).await;
-    let got = exactly(&fakes, "umami", 1).await.remove(0);
-    assert!(got["body"]["payload"].get("id").is_none());
-    assert!(!got["body"].to_string().contains("user-7"));
+    for (header, reason) in [("dnt", "denied:dnt"), ("sec-gpc", "denied:gpc")] {
+        let (s, accepted) = send(
+            app.http
+                .post(app.tenant_url("/events"))
+                .header("x-ingest-key", &keys.public_key)
+                .header("origin", site::ORIGIN)
+                .header("user-agent", CHROME)
+                .header(header, "1")
+                .json(&site::pageview(&v)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+        for c in [&p, &u] {
+            let d = decision_for(&accepted, &id(c));
+            assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some(reason)), "{d}");
+        }
+        // Deliveries are created with the event, in one transaction: none means none is coming.
+        let (_, page) =
+            app.get(&format!("/v1/tenants/{}/deliveries?event={}", app.tenant, id(&accepted)), &app.auditor).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page}");
+    }
+    for (provider, c) in [("plausible", &p), ("umami", &u)] {
+        assert_eq!(site::config(&app, provider, &id(c)).await["usage"]["events_denied_by_consent"], 2);
+    }
 }
 
 #[tokio::test]

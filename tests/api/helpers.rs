@@ -37,6 +37,17 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         consentgate::telemetry::init_logging(&Default::default());
     }
     let database = TestDatabase::create().await;
+    let mut test = start_app(database, configure).await;
+    let (tenant, admin, auditor) = test.create_tenant("acme").await;
+    test.tenant = tenant;
+    test.admin = admin;
+    test.auditor = auditor;
+    test
+}
+
+/// Starts the app on `database` as it is (e.g. a loaded fixture), with no tenant created: set
+/// `tenant`, `admin` and `auditor` on the result.
+pub async fn start_app(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.server.shutdown_grace_secs = 2;
@@ -52,7 +63,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let app = App::start(settings).await.expect("app starts");
     let db = app.state.db.clone();
     let base = app.base_url();
-    let mut test = TestApp {
+    TestApp {
         app,
         base,
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -61,12 +72,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         admin: String::new(),
         auditor: String::new(),
         _database: database,
-    };
-    let (tenant, admin, auditor) = test.create_tenant("acme").await;
-    test.tenant = tenant;
-    test.admin = admin;
-    test.auditor = auditor;
-    test
+    }
 }
 
 impl TestApp {

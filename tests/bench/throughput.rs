@@ -20,7 +20,8 @@ use consentgate::{
     app::App,
     config::Settings,
     consent::{
-        Action, Choices, ConsentPolicy, ProviderPolicy, ProviderStatus, RecordView, RequiredCategory, Signals, decide,
+        Action, Choices, ConsentPolicy, ProviderPolicy, ProviderStatus, RecordedChoice, RequiredCategory, Signals,
+        decide,
     },
     tenants::{self, TenantSlug},
     tokens::{self, Role},
@@ -87,18 +88,20 @@ fn bench_decide() {
         revision: 2,
         reconsent_revision: 1,
     };
-    let record = RecordView {
+    let record = RecordedChoice {
         choices: Choices { functional: false, analytics: true, marketing: false },
         action: Action::Custom,
         revision: 2,
         created_at: now,
         expires_at: now + chrono::Duration::days(180),
         other_config: false,
+        dnt: false,
+        gpc: false,
     };
     let signals = Signals { country: Some("SE".into()), ..Default::default() };
     let provider = ProviderPolicy {
-        status: ProviderStatus::Active,
-        required_category: RequiredCategory::Analytics,
+        status: Some(ProviderStatus::Active),
+        required_category: Some(RequiredCategory::Analytics),
         cookieless_fallback: false,
     };
     let n = 1_000_000u32;

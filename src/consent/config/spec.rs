@@ -2,9 +2,9 @@
 //! policy links, expiry, regions, signals and allowed origins. Every value is a typed value whose
 //! constructor checks it (colours, URLs, language tags, region codes, origins, cookie names);
 //! lengths and ranges are checked with `validator`; the rules that span fields live in
-//! [`ConfigSpec::problems`]. A `ConfigSpec` that passed [`ConfigSpec::parse`] is valid.
+//! `ConfigSpec::problems`. A `ConfigSpec` that passed [`ConfigSpec::parse`] is valid.
 
-use std::{collections::BTreeMap, fmt};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,39 +14,17 @@ use crate::{
     consent::regions::RegionCode,
     error::{Error, Result, validation_problems},
     origins::OriginPattern,
+    string_enum::string_enum,
 };
 
-/// Lifecycle of a config. `draft → active` only by publishing; `active ⇄ paused`;
-/// `active | paused → decommissioned`, which is terminal (records keep pointing at it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Draft,
-    Active,
-    Paused,
-    Decommissioned,
+string_enum! {
+    /// Lifecycle of a config. `draft → active` only by publishing; `active ⇄ paused`;
+    /// `active | paused → decommissioned`, which is terminal (records keep pointing at it).
+    #[derive(ToSchema)]
+    pub enum Status { Draft = "draft", Active = "active", Paused = "paused", Decommissioned = "decommissioned" }
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Draft => "draft",
-            Status::Active => "active",
-            Status::Paused => "paused",
-            Status::Decommissioned => "decommissioned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "draft" => Some(Status::Draft),
-            "active" => Some(Status::Active),
-            "paused" => Some(Status::Paused),
-            "decommissioned" => Some(Status::Decommissioned),
-            _ => None,
-        }
-    }
-
     /// Why `self → to` is not allowed through a status change, or `None` when it is.
     /// (Publishing is the other way to `active`; it is checked in the store.)
     pub fn refuse_change_to(self, to: Status) -> Option<&'static str> {
@@ -60,12 +38,6 @@ impl Status {
             (_, Draft) => Some("a published config cannot go back to draft"),
             _ => Some("illegal status transition"),
         }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
