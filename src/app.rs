@@ -19,6 +19,8 @@ pub struct AppState {
     pub geo: Arc<Geo>,
     /// Wakes this process's delivery workers when new deliveries are due.
     pub outbox: crate::outbox::Outbox,
+    /// Resolves credential references (cached); shared with the delivery workers.
+    pub secrets: Arc<crate::secrets::Secrets>,
     /// Per-key ingest rate limits (in memory, per instance).
     pub ingest_limits: Arc<crate::rate_limit::RateLimiter<uuid::Uuid>>,
     /// Rendered banner scripts by published revision.
@@ -49,11 +51,13 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let addr = listener.local_addr()?;
+        let secrets = Arc::new(crate::secrets::Secrets::new(&settings.secrets).map_err(anyhow::Error::msg)?);
         let state = AppState {
             db,
             public_url: settings.public_url(addr).into(),
             geo,
-            outbox: Default::default(),
+            outbox: crate::outbox::Outbox::new(secrets.clone()),
+            secrets,
             ingest_limits: Default::default(),
             banners: Default::default(),
             settings: Arc::new(settings),

@@ -19,6 +19,7 @@ pub struct Settings {
     pub geo: GeoSettings,
     pub consent: ConsentSettings,
     pub delivery: DeliverySettings,
+    pub secrets: crate::secrets::SecretsSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -213,6 +214,7 @@ impl Settings {
         if self.delivery.concurrency_per_provider == 0 {
             return Err(ConfigError("key `delivery.concurrency_per_provider`: must be at least 1".into()));
         }
+        self.secrets.check().map_err(ConfigError)?;
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError("key `server.max_body_bytes`: must be at least 1024".into()));
         }

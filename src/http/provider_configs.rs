@@ -21,6 +21,7 @@ use crate::{
         self, AnyProvider, ProviderConfigInput,
         config::{self, ConfigView, ProviderConfigPatch},
     },
+    secrets::check::CheckReport,
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -28,6 +29,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_configs, create_config))
         .routes(routes!(get_config, patch_config, delete_config))
         .routes(routes!(replay_dead_letters))
+        .routes(routes!(check_config))
 }
 
 #[derive(Deserialize)]
@@ -66,13 +68,14 @@ async fn list_configs(
     Ok(Json(config::list(&state.db, caller.tenant.id, p).await?))
 }
 
-/// Create a provider config. Credentials are secret *references* only; a raw secret is refused
-/// with 422 naming the field.
+/// Create a provider config. Credentials are secret *references* only; a raw secret, or a
+/// reference to a scheme the operator switched off (`[secrets]`), is refused with 422 naming the
+/// field. `warnings` lists references that work but should be fixed (a file others can read).
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
     request_body = ProviderConfigInput,
-    responses((status = 201, body = ConfigView), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = ConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn create_config(
@@ -80,10 +83,11 @@ async fn create_config(
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ProviderPath>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<(StatusCode, Json<ConfigView>)> {
+) -> ApiResult<(StatusCode, Json<Saved>)> {
     let p = provider(&path.provider)?;
+    state.secrets.refuse_disabled(body.get("credentials"))?;
     let view = config::create(&state.db, caller.tenant.id, p, body, &caller.actor()).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(with_warnings(&state, view))))
 }
 
 /// One provider config, with its usage.
@@ -109,7 +113,7 @@ async fn get_config(
     patch, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
     request_body = ProviderConfigInput,
-    responses((status = 200, body = ConfigView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = ConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn patch_config(
@@ -117,13 +121,16 @@ async fn patch_config(
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ConfigPath>,
     ApiJson(patch): ApiJson<ProviderConfigPatch>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<Saved>> {
     let p = provider(&path.provider)?;
+    state.secrets.refuse_disabled(patch.credentials())?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, patch, &caller.actor()).await?;
     if view.status == ProviderStatus::Active.as_str() {
+        // Fixed references must not meet their cached failure.
+        state.secrets.forget(&view.credentials);
         state.outbox.wake();
     }
-    Ok(Json(view))
+    Ok(Json(with_warnings(&state, view)))
 }
 
 /// Decommission a provider config (final). The config stays readable, so its delivery log and the
@@ -169,4 +176,39 @@ async fn replay_dead_letters(
     let replayed = outbox::log::replay_dead_letters(&state.db, caller.tenant.id, config.id, &caller.actor()).await?;
     state.outbox.wake();
     Ok(Json(Replayed { replayed }))
+}
+
+/// A saved config and, when there are any, warnings about its references. Documented as
+/// `ConfigView` (plus `warnings`) in OpenAPI.
+#[derive(Serialize)]
+pub struct Saved {
+    #[serde(flatten)]
+    config: ConfigView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+fn with_warnings(state: &AppState, config: ConfigView) -> Saved {
+    let warnings = state.secrets.warnings(Some(&config.credentials));
+    Saved { config, warnings }
+}
+
+/// Check a config's credentials: each secret reference is resolved now (not from the cache, so a
+/// rotated value shows at once) and, where the provider offers one, used in one harmless
+/// authenticated call (Plausible's Stats API, Umami's login or `/me`). Per reference: `ok`, or
+/// `failed` with the reason. Values are never shown. Admins only.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}/check", tag = "providers",
+    params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
+    responses((status = 200, body = CheckReport), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn check_config(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(path): ApiPath<ConfigPath>,
+) -> ApiResult<Json<CheckReport>> {
+    let p = provider(&path.provider)?;
+    let config = config::find(&state.db, caller.tenant.id, p.name(), path.id).await?;
+    Ok(Json(crate::secrets::check::check(&state.secrets, p, &config, &state.settings.delivery).await))
 }

@@ -35,13 +35,23 @@ use uuid::Uuid;
 use crate::{consent::Identity, error::Result, string_enum::string_enum};
 
 /// A handle to wake the workers of this process when new deliveries are due, so that an event
-/// goes out at once instead of at the next poll.
+/// goes out at once instead of at the next poll. It also carries the secrets service the workers
+/// resolve credentials with (`Default`: the default `[secrets]` settings).
 #[derive(Clone, Default)]
 pub struct Outbox {
     wake: Arc<Notify>,
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl Outbox {
+    pub fn new(secrets: Arc<crate::secrets::Secrets>) -> Self {
+        Outbox { wake: Default::default(), secrets }
+    }
+
+    pub fn secrets(&self) -> Arc<crate::secrets::Secrets> {
+        self.secrets.clone()
+    }
+
     pub fn wake(&self) {
         self.wake.notify_waiters();
     }

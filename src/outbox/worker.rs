@@ -44,6 +44,8 @@ pub struct Worker {
     /// Free concurrency slots per provider: a delivery is only claimed into a free slot, so a
     /// lease only ever covers a request about to be sent or in flight.
     slots: HashMap<&'static str, Arc<Semaphore>>,
+    /// Resolves the config's credential references before its requests are built.
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// What one pass of [`Worker::run_once`] did, one count per claimed delivery by what became of it
@@ -124,7 +126,7 @@ struct Claimed {
 /// together: the next round claims into the slots that free up while slow requests are still in
 /// flight, so one slow provider (up to `request_timeout_ms`) never holds up another's deliveries.
 pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Outbox, shutdown: CancellationToken) {
-    let worker = match Worker::new(db, settings) {
+    let worker = match Worker::new(db, settings, outbox.secrets()) {
         Ok(w) => Arc::new(w),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the delivery HTTP client; deliveries stay pending");
@@ -161,7 +163,11 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
 
 impl Worker {
     /// A worker with its own lease owner name, HTTP client and concurrency slots.
-    pub fn new(db: DatabaseConnection, settings: DeliverySettings) -> Result<Self> {
+    pub fn new(
+        db: DatabaseConnection,
+        settings: DeliverySettings,
+        secrets: Arc<crate::secrets::Secrets>,
+    ) -> Result<Self> {
         let mut builder = reqwest::Client::builder()
             // Provider URLs come from config; a redirect would turn the POST into a GET elsewhere.
             .redirect(reqwest::redirect::Policy::none())
@@ -174,7 +180,7 @@ impl Worker {
             .iter()
             .map(|p| (p.name(), Arc::new(Semaphore::new(settings.concurrency_per_provider))))
             .collect();
-        Ok(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, slots })
+        Ok(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, slots, secrets })
     }
 
     /// One pass: claims what is due at `now` (every provider, into its free concurrency slots, at
@@ -264,12 +270,41 @@ impl Worker {
         // ended) the stored truncated one, which still locates the visitor's network.
         let client_ip: Option<IpAddr> =
             d.client_ip.as_deref().or(event.ip_truncated.as_deref()).and_then(|ip| ip.parse().ok());
-        let request = match provider.build(&config.settings, &Outgoing { event: &event, identity, client_ip }) {
+        // A reference that does not resolve counts like a refused credential: the delivery
+        // waits (backoff) and, persisting, the config goes to `error` naming the reference.
+        let credentials = match self.secrets.resolve_config(&config.credentials).await {
+            Ok(c) => c,
+            Err(unresolved) => {
+                let outcome = if unresolved.failure.transient {
+                    Outcome::Retry { reason: unresolved.to_string() }
+                } else {
+                    Outcome::AuthFailure { reason: unresolved.to_string() }
+                };
+                return self.record(&d, &config, None, outcome, &[]).await;
+            }
+        };
+        let build = |credentials| {
+            provider.build(&config.settings, &Outgoing { event: &event, identity, client_ip, credentials })
+        };
+        let request = match build(&credentials) {
             Ok(r) => r,
             Err(reason) => return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await,
         };
         let started = Instant::now();
-        let (outcome, http_status) = self.send(provider, &request).await;
+        let (mut outcome, mut http_status) = self.send(provider, &request).await;
+        // Refused: the secret may have been rotated since it was cached. Look it up once more
+        // and, if it changed, send again before counting an authentication failure.
+        if matches!(outcome, Outcome::AuthFailure { .. }) && !credentials.is_empty() {
+            match self.secrets.refresh_config(&config.credentials, &credentials).await {
+                Ok(Some(fresh)) => {
+                    if let Ok(again) = build(&fresh) {
+                        (outcome, http_status) = self.send(provider, &again).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(unresolved) => outcome = Outcome::AuthFailure { reason: unresolved.to_string() },
+            }
+        }
         let elapsed = started.elapsed();
         metrics::histogram!("consentgate_delivery_duration_seconds", "provider" => provider.name())
             .record(elapsed.as_secs_f64());
@@ -305,7 +340,7 @@ impl Worker {
         let response = match builder.body(body).send().await {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
-                return (Outcome::Dead { reason: format!("cannot build the request: {e}") }, None);
+                return (Outcome::Dead { reason: format!("cannot build the request: {}", describe(e)) }, None);
             }
             Err(e) if destination::refused(&e).is_some() => {
                 let reason = destination::refused(&e).map(ToString::to_string).unwrap_or_default();
@@ -317,7 +352,7 @@ impl Worker {
             }
             Err(e) => {
                 let kind = if e.is_connect() { "connection failed" } else { "request failed" };
-                return (Outcome::Retry { reason: format!("{}: {kind}: {}", provider.name(), error_chain(&e)) }, None);
+                return (Outcome::Retry { reason: format!("{}: {kind}: {}", provider.name(), describe(e)) }, None);
             }
         };
         let status = response.status().as_u16();
@@ -448,6 +483,12 @@ async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
     body
 }
 
+/// A request error for `last_error` and logs, without the URL: reqwest's text includes it, and a
+/// credential may travel in the query string (GA4's `api_secret`).
+pub(crate) fn describe(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -457,4 +498,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_errors_are_described_without_the_url_and_its_query() {
+        // A closed port: the connection fails, and reqwest's own error text carries the URL —
+        // with GA4's api_secret in the query string.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/mp/collect?measurement_id=G-1&api_secret=s3cr3t-in-query");
+        let e = reqwest::Client::new().post(&url).send().await.unwrap_err();
+        assert!(error_chain(&e).contains("s3cr3t-in-query"), "reqwest's text holds the URL: {}", error_chain(&e));
+        let described = describe(e);
+        assert!(!described.contains("s3cr3t-in-query") && !described.contains("/mp/collect"), "{described}");
+        assert!(!described.is_empty());
+    }
 }

@@ -212,6 +212,14 @@ const READ_ONLY: &[&str] = &["id", "provider", "status_reason", "usage", "create
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProviderConfigPatch(Map<String, Value>);
 
+impl ProviderConfigPatch {
+    /// The `credentials` object the patch sets, if any (references, checked against the
+    /// operator's enabled schemes before anything is stored).
+    pub fn credentials(&self) -> Option<&Value> {
+        self.0.get("credentials")
+    }
+}
+
 impl<'de> Deserialize<'de> for ProviderConfigPatch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct PatchVisitor;

@@ -31,6 +31,7 @@ use utoipa::{
 use crate::{
     consent::{Blocked, Identity, Reason, RequiredCategory},
     error::Result,
+    secrets::{Credentials, check::AuthCheck},
 };
 
 /// One provider's wire contract. Implementations are unit structs; all state is in `Settings`.
@@ -68,6 +69,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// What the provider's answer means.
     fn classify(response: &ProviderResponse<'_>) -> Outcome;
+
+    /// Harmless authenticated calls proving the config's credentials work (for `check`), for
+    /// the resolved credentials present. None by default.
+    fn auth_checks(_settings: &Self::Settings, _credentials: &Credentials) -> Vec<AuthCheck> {
+        Vec::new()
+    }
 }
 
 /// One event on its way to one config.
@@ -79,6 +86,8 @@ pub struct Outgoing<'a> {
     /// `delivery.client_ip`); for a replay after the full address was erased, the stored
     /// truncated one.
     pub client_ip: Option<IpAddr>,
+    /// The config's credential references, resolved.
+    pub credentials: &'a Credentials,
 }
 
 /// A provider request, ready for the outbox to send.
@@ -174,6 +183,7 @@ pub trait AnyProvider: Send + Sync {
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
     fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
     fn classify(&self, response: &ProviderResponse<'_>) -> Outcome;
+    fn auth_checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck>;
 }
 
 impl<P: Provider> AnyProvider for P {
@@ -212,6 +222,10 @@ impl<P: Provider> AnyProvider for P {
 
     fn classify(&self, response: &ProviderResponse<'_>) -> Outcome {
         P::classify(response)
+    }
+
+    fn auth_checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck> {
+        stored_settings::<P>(settings).map(|s| P::auth_checks(&s, credentials)).unwrap_or_default()
     }
 }
 

@@ -21,7 +21,11 @@ use super::{
     DomainPattern, InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
     ProviderResponse, classify_failure, is_hostname, page_host, properties_for, revenue_of, truncate_bytes,
 };
-use crate::{consent::Blocked, secrets::SecretRef};
+use crate::{
+    consent::Blocked,
+    secrets::{Credentials, SecretRef, check::AuthCheck},
+};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Plausible;
@@ -155,6 +159,21 @@ impl Provider for Plausible {
         Ok(ProviderRequest { url: s.instance_url.join("/api/event"), headers, body: Value::Object(body), adjustments })
     }
 
+    /// The Stats API v2 with the API key: one day's visitor count of the config's site, read-only.
+    /// A wrong key, or a key without access to the site, is a 401.
+    fn auth_checks(s: &PlausibleSettings, credentials: &Credentials) -> Vec<AuthCheck> {
+        let Some(key) = credentials.get("api_key_ref") else { return Vec::new() };
+        let body = json!({"site_id": s.site_id.0, "metrics": ["visitors"], "date_range": "day"});
+        vec![AuthCheck {
+            what: "Plausible Stats API",
+            proves: vec!["api_key_ref"],
+            method: reqwest::Method::POST,
+            url: s.instance_url.join("/api/v2/query"),
+            headers: vec![("authorization", SecretString::from(format!("Bearer {}", key.expose_secret())))],
+            json_body: Some(SecretString::from(body.to_string())),
+        }]
+    }
+
     fn classify(r: &ProviderResponse<'_>) -> Outcome {
         if (200..300).contains(&r.status) {
             return match r.headers.get("x-plausible-dropped") {
@@ -236,7 +255,8 @@ mod tests {
 
     fn build(s: &PlausibleSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        Plausible::build(s, &Outgoing { event: e, identity, client_ip: Some(ip) }).unwrap()
+        Plausible::build(s, &Outgoing { event: e, identity, client_ip: Some(ip), credentials: &Default::default() })
+            .unwrap()
     }
 
     #[test]

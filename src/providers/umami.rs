@@ -26,13 +26,16 @@ use super::{
 };
 use crate::{
     consent::{Blocked, Identity, Reason},
-    secrets::SecretRef,
+    secrets::{Credentials, SecretRef, check::AuthCheck},
 };
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Umami;
 
 pub const CLOUD_URL: &str = "https://cloud.umami.is";
+/// Umami Cloud's API (API keys), apart from the collect endpoint.
+pub const CLOUD_API_URL: &str = "https://api.umami.is/v1";
 /// zod: `name: z.string().max(50)`.
 pub const MAX_NAME_CHARS: usize = 50;
 /// `session.distinct_id VarChar(50)`.
@@ -202,6 +205,39 @@ impl Provider for Umami {
         })
     }
 
+    /// Umami Cloud's API key: `GET /v1/me` on api.umami.is (a self-hosted instance: `/api/me`).
+    /// A self-hosted login: `POST /api/auth/login`, which only proves the pair and changes nothing.
+    fn auth_checks(s: &UmamiSettings, credentials: &Credentials) -> Vec<AuthCheck> {
+        let mut checks = Vec::new();
+        if let Some(key) = credentials.get("api_key_ref") {
+            let url = if s.instance_url == cloud_url() {
+                format!("{CLOUD_API_URL}/me")
+            } else {
+                s.instance_url.join("/api/me")
+            };
+            checks.push(AuthCheck {
+                what: "Umami API",
+                proves: vec!["api_key_ref"],
+                method: reqwest::Method::GET,
+                url,
+                headers: vec![("x-umami-api-key", key.clone())],
+                json_body: None,
+            });
+        }
+        if let (Some(user), Some(password)) = (credentials.get("username_ref"), credentials.get("password_ref")) {
+            let body = json!({"username": user.expose_secret(), "password": password.expose_secret()});
+            checks.push(AuthCheck {
+                what: "Umami login",
+                proves: vec!["username_ref", "password_ref"],
+                method: reqwest::Method::POST,
+                url: s.instance_url.join("/api/auth/login"),
+                headers: Vec::new(),
+                json_body: Some(SecretString::from(body.to_string())),
+            });
+        }
+        checks
+    }
+
     fn classify(r: &ProviderResponse<'_>) -> Outcome {
         if (200..300).contains(&r.status) {
             let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
@@ -336,7 +372,8 @@ mod tests {
 
     fn build(s: &UmamiSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
         let ip: IpAddr = "2001:db8::7".parse().unwrap();
-        Umami::build(s, &Outgoing { event: e, identity, client_ip: Some(ip) }).unwrap()
+        Umami::build(s, &Outgoing { event: e, identity, client_ip: Some(ip), credentials: &Default::default() })
+            .unwrap()
     }
 
     #[test]

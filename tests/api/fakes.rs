@@ -18,6 +18,8 @@ pub const SITE: &str = "example.com";
 pub struct FakeProviders {
     _child: Child,
     pub base: String,
+    /// The fake Key Vault and Entra token endpoint (HTTPS, the test certificate).
+    pub keyvault_port: u16,
     http: reqwest::Client,
 }
 
@@ -37,8 +39,10 @@ impl FakeProviders {
         let port = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["port"].as_u64()).unwrap_or_else(|| {
             panic!("the fake's first line is not {{\"port\": N}}: {first:?}");
         });
+        let keyvault_port = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["keyvault_port"].as_u64());
         let fakes = FakeProviders {
             _child: child,
+            keyvault_port: keyvault_port.expect("the fake prints its Key Vault port") as u16,
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
@@ -74,5 +78,19 @@ impl FakeProviders {
     /// The events one provider stored (accepted and kept).
     pub async fn stored(&self, provider: &str) -> Vec<Value> {
         self.received_by(provider).await.into_iter().filter(|r| r["outcome"] == "stored").collect()
+    }
+}
+
+impl FakeProviders {
+    /// Steers the fake Key Vault (`secrets`, `clients`, `federated`, `forbidden`, failures).
+    pub async fn keyvault(&self, body: Value) -> Value {
+        let res = self.http.post(format!("{}/_fake/keyvault", self.base)).json(&body).send().await.unwrap();
+        assert!(res.status().is_success());
+        res.json().await.unwrap()
+    }
+
+    /// Every request the fake Key Vault and token endpoint received, in order.
+    pub async fn keyvault_requests(&self) -> Vec<Value> {
+        self.http.get(format!("{}/_fake/keyvault/requests", self.base)).send().await.unwrap().json().await.unwrap()
     }
 }

@@ -96,9 +96,10 @@ impl TestApp {
     pub async fn run_outbox_at(&self, now: DateTime<Utc>) -> Pass {
         let settings = &self.app.state.settings.delivery;
         assert!(!settings.enabled, "start the app with `manual_delivery`: its worker would race the test's passes");
-        let worker = self
-            .outbox
-            .get_or_init(|| Worker::new(self.db.clone(), settings.clone()).expect("the delivery worker builds"));
+        let worker = self.outbox.get_or_init(|| {
+            Worker::new(self.db.clone(), settings.clone(), self.app.state.outbox.secrets())
+                .expect("the delivery worker builds")
+        });
         let pass = worker.run_once(now).await;
         assert_eq!(pass.errors, 0, "a claim or attempt failed on the database (see the log with TEST_LOG=1): {pass:?}");
         pass

@@ -1,7 +1,8 @@
 //! Fake Plausible and Umami servers, run as a separate process by the integration tests so that
 //! the gateway talks real HTTP to something outside itself.
 //!
-//! Listens on 127.0.0.1:0 and prints `{"port": N}` as its first stdout line. Routes:
+//! Listens on 127.0.0.1:0 and prints `{"port": N, "keyvault_port": M}` as its first stdout line
+//! (M: the fake Key Vault and Entra token endpoint over HTTPS, see `keyvault.rs`). Routes:
 //! - `POST /plausible/api/event` — Plausible's Events API (see `plausible.rs`)
 //! - `POST /umami/api/send` — Umami's Collect API (see `umami.rs`)
 //! - `GET /_fake/received` — every request received, with headers, body, answer and outcome
@@ -9,18 +10,23 @@
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
 //!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` (Umami)
+//! - `POST /plausible/api/v2/query` — Plausible's Stats API (a bearer key from `api_keys`)
+//! - `POST /umami/api/auth/login`, `GET /umami/api/me` — Umami's login (`users`) and `/me`
+//!   (`api_keys` as `x-umami-api-key`)
 //! - `POST /_fake/reset` — forget everything received and all behaviour
+//! - `POST /_fake/keyvault`, `GET /_fake/keyvault/requests` — steer and read the fake Key Vault
 //!
 //! Each fake validates requests as the real service does (shared/docs/providers-sources.md):
 //! what the real one refuses, the fake refuses with the same status and body shape; what the
 //! real one silently drops, the fake answers with the same success-looking answer and records as
 //! `dropped`.
 
+mod keyvault;
 mod plausible;
 mod state;
 mod umami;
 
-use std::{io::Write, net::SocketAddr};
+use std::{io::Write, net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -34,21 +40,92 @@ use crate::state::Fakes;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let fakes = Fakes::default();
+    let vault = keyvault::Vault::default();
+    let control = Router::new()
+        .route("/_fake/keyvault", post(configure_vault))
+        .route("/_fake/keyvault/requests", get(vault_requests))
+        .with_state(vault.clone());
     let app = Router::new()
         .route("/plausible/api/event", post(plausible::event))
+        .route("/plausible/api/v2/query", post(plausible::query))
         .route("/umami/api/send", post(umami::send))
+        .route("/umami/api/auth/login", post(umami::login))
+        .route("/umami/api/me", get(umami::me))
         .route("/_fake/received", get(received))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
-        .with_state(fakes);
+        .with_state(fakes)
+        .merge(control);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
+    let tls = TlsListener::bind().await?;
+    let keyvault_port = tls.tcp.local_addr()?.port();
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", json!({"port": port}))?;
+        writeln!(out, "{}", json!({"port": port, "keyvault_port": keyvault_port}))?;
         out.flush()?;
     }
+    let vault_app = Router::new().fallback(keyvault::serve).with_state(vault);
+    tokio::spawn(async move { axum::serve(tls, vault_app).await });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+async fn configure_vault(State(vault): State<keyvault::Vault>, Json(body): Json<Value>) -> Json<Value> {
+    Json(vault.configure(&body))
+}
+
+async fn vault_requests(State(vault): State<keyvault::Vault>) -> Json<Value> {
+    Json(vault.requests())
+}
+
+/// HTTPS on 127.0.0.1 with the test certificate (tests/fixtures/keyvault-test-*.pem).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    async fn bind() -> std::io::Result<Self> {
+        use tokio_rustls::rustls::{
+            ServerConfig,
+            crypto::aws_lc_rs,
+            pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        };
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let certs = CertificateDer::pem_slice_iter(include_bytes!("../fixtures/keyvault-test-cert.pem"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(include_bytes!("../fixtures/keyvault-test-key.pem"))
+            .map_err(|e| invalid(&e))?;
+        let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Ok(TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else { continue };
+            // A failed handshake (a client that does not trust the test CA) ends that connection only.
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 async fn received(State(fakes): State<Fakes>) -> Json<Value> {

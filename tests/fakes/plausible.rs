@@ -12,6 +12,11 @@
 //!   bots and Headless Chrome — *not* HTTP libraries such as curl, which device-detector lists as
 //!   libraries), an IP marked as datacenter;
 //! - otherwise `202` with body `ok`.
+//!
+//! And the Stats API v2 (`POST /api/v2/query`, `controllers/api/external_query_api_controller.ex`
+//! behind the `AuthorizePublicAPI` plug): `Authorization: Bearer <key>`; no header → 401 "Missing
+//! API key…"; a key that is not valid or has no access to `site_id` → 401 "Invalid API key or
+//! site ID…"; otherwise 200 with `results` (the fake answers zero visitors).
 
 use std::net::SocketAddr;
 
@@ -168,4 +173,45 @@ fn is_bot(ua: &str) -> bool {
     ["bot", "crawl", "spider", "slurp", "fetcher", "monitor", "scanner", "headlesschrome", "lighthouse"]
         .iter()
         .any(|m| l.contains(m))
+}
+
+/// `POST /api/v2/query`.
+pub async fn query(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -> Response {
+    let behaviour = fakes.behaviour("plausible");
+    let key = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let site = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["site_id"].as_str().map(str::to_string));
+    let (status, answer, outcome) = match key {
+        None => (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "Missing API key. Please use a valid Plausible API key as a Bearer Token."}),
+            "rejected",
+        ),
+        Some(k)
+            if behaviour.api_keys.iter().any(|a| a == k)
+                && site.as_ref().is_some_and(|s| behaviour.domains.contains(s)) =>
+        {
+            (
+                StatusCode::OK,
+                json!({"results": [{"metrics": [0], "dimensions": []}], "meta": {}, "query": {}}),
+                "authenticated",
+            )
+        }
+        Some(_) => (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "Invalid API key or site ID. Please make sure you're using a valid API key with access to the site you've requested."}),
+            "rejected",
+        ),
+    };
+    fakes.record(Received {
+        provider: "plausible",
+        path: "/api/v2/query".into(),
+        headers: header_map(&headers),
+        body: body_value(&body),
+        status: status.as_u16(),
+        outcome,
+        reason: None,
+        resolved_ip: None,
+        at: now(),
+    });
+    (status, axum::Json(answer)).into_response()
 }

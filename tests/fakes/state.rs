@@ -40,6 +40,10 @@ pub struct Behaviour {
     /// Umami: refuse names and tags starting with `=`, `+`, `-`, `@`, tab or CR (the CSV guard
     /// providers.md ascribes to recent versions; not in v3.1.0's source, so off by default).
     pub formula_guard: bool,
+    /// API keys the authenticated APIs accept (Plausible's Stats API, Umami's `/api/me`).
+    pub api_keys: Vec<String>,
+    /// Umami: `(username, password)` pairs its login accepts.
+    pub users: Vec<(String, String)>,
 }
 
 /// One request as received, with what the fake answered.
@@ -115,6 +119,15 @@ impl Fakes {
                     "websites" => b.websites = strings(v),
                     "datacenter_ips" => b.datacenter_ips = strings(v),
                     "formula_guard" => b.formula_guard = v.as_bool().unwrap_or(false),
+                    "api_keys" => b.api_keys = strings(v),
+                    "users" => {
+                        b.users = v
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|u| Some((u["username"].as_str()?.into(), u["password"].as_str()?.into())))
+                            .collect()
+                    }
                     _ => {}
                 }
             }

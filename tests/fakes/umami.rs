@@ -282,3 +282,55 @@ fn isbot(ua: &str) -> bool {
     });
     name_ok && version_ok
 }
+
+/// `POST /api/auth/login` (`src/app/api/auth/login/route.ts`): `{username, password}`; a wrong
+/// pair → 401 `{"error": {"message": "Incorrect username and/or password.", …}}`; else 200 with a
+/// token and the user.
+pub async fn login(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -> Response {
+    let behaviour = fakes.behaviour("umami");
+    let req = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    let (user, pass) = (req["username"].as_str().unwrap_or(""), req["password"].as_str().unwrap_or(""));
+    let ok = behaviour.users.iter().any(|(u, p)| u == user && p == pass);
+    let (status, answer) = if ok {
+        (
+            StatusCode::OK,
+            json!({"token": "fake-umami-jwt", "user": {"id": "fake-user", "username": user, "role": "admin"}}),
+        )
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"message": "Incorrect username and/or password.", "code": "incorrect-username-password", "status": 401}}),
+        )
+    };
+    record_auth(&fakes, "/api/auth/login", &headers, &body, status, ok);
+    (status, axum::Json(answer)).into_response()
+}
+
+/// `GET /api/me` with `x-umami-api-key` (Umami Cloud's API keys) or the login's bearer token.
+pub async fn me(State(fakes): State<Fakes>, headers: HeaderMap) -> Response {
+    let behaviour = fakes.behaviour("umami");
+    let key = headers.get("x-umami-api-key").and_then(|v| v.to_str().ok());
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer fake-umami-jwt");
+    let ok = bearer || key.is_some_and(|k| behaviour.api_keys.iter().any(|a| a == k));
+    let (status, answer) = if ok {
+        (StatusCode::OK, json!({"user": {"id": "fake-user", "username": "api", "role": "admin"}}))
+    } else {
+        (StatusCode::UNAUTHORIZED, json!({"error": {"message": "Unauthorized", "code": "unauthorized", "status": 401}}))
+    };
+    record_auth(&fakes, "/api/me", &headers, b"", status, ok);
+    (status, axum::Json(answer)).into_response()
+}
+
+fn record_auth(fakes: &Fakes, path: &str, headers: &HeaderMap, body: &[u8], status: StatusCode, ok: bool) {
+    fakes.record(Received {
+        provider: "umami",
+        path: path.into(),
+        headers: crate::state::header_map(headers),
+        body: crate::state::body_value(body),
+        status: status.as_u16(),
+        outcome: if ok { "authenticated" } else { "rejected" },
+        reason: None,
+        resolved_ip: None,
+        at: crate::state::now(),
+    });
+}

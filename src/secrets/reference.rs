@@ -4,7 +4,7 @@
 //! that API responses, the audit log and database backups cannot leak it. A value that is not a
 //! reference is refused at the edge, naming the field (most likely someone pasted the key itself).
 //!
-//! Resolving references (reading the variable, the file, or Key Vault) is a later issue.
+//! Resolving a reference is [`super::Secrets`]' job.
 
 use std::fmt;
 
@@ -20,6 +20,37 @@ pub enum SecretRef {
     File(String),
     /// A secret in Azure Key Vault, optionally pinned to one version.
     KeyVault { vault: String, name: String, version: Option<String> },
+}
+
+/// The three kinds of reference, each with its own resolver and operator switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scheme {
+    Env,
+    File,
+    KeyVault,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 3] = [Scheme::Env, Scheme::File, Scheme::KeyVault];
+
+    /// The name in `[secrets]` and in messages: `env`, `file`, `keyvault`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Env => "env",
+            Scheme::File => "file",
+            Scheme::KeyVault => "keyvault",
+        }
+    }
+}
+
+impl SecretRef {
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            SecretRef::Env(_) => Scheme::Env,
+            SecretRef::File(_) => Scheme::File,
+            SecretRef::KeyVault { .. } => Scheme::KeyVault,
+        }
+    }
 }
 
 /// Why a value is not a secret reference.
