@@ -15,5 +15,6 @@ mod foundation;
 mod ingest;
 mod outbox;
 mod provider_configs;
+mod provider_contracts;
 mod site;
 mod upgrade;

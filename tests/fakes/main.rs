@@ -10,12 +10,15 @@
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
 //!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` (Umami)
 //! - `POST /_fake/reset` — forget everything received and all behaviour
+//! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
+//!   `instance_url` answers (see `catch_all.rs`)
 //!
 //! Each fake validates requests as the real service does (shared/docs/providers-sources.md):
 //! what the real one refuses, the fake refuses with the same status and body shape; what the
 //! real one silently drops, the fake answers with the same success-looking answer and records as
 //! `dropped`.
 
+mod catch_all;
 mod plausible;
 mod state;
 mod umami;
@@ -40,6 +43,7 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/received", get(received))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
+        .fallback(catch_all::page)
         .with_state(fakes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();

@@ -40,6 +40,8 @@ pub struct Behaviour {
     /// Umami: refuse names and tags starting with `=`, `+`, `-`, `@`, tab or CR (the CSV guard
     /// providers.md ascribes to recent versions; not in v3.1.0's source, so off by default).
     pub formula_guard: bool,
+    /// Umami: the instance's `IGNORE_IP` list (exact addresses): such visitors get Umami's 403.
+    pub ignore_ips: Vec<String>,
 }
 
 /// One request as received, with what the fake answered.
@@ -53,7 +55,8 @@ pub struct Received {
     pub body: Value,
     pub status: u16,
     /// `stored`, `dropped` (answered success, discarded), `rejected` (4xx), `failed` (told to fail),
-    /// `stored_then_failed` (Umami's 500 after the row was written).
+    /// `stored_then_failed` (Umami's 500 after the event row was written), `ignored` (the
+    /// catch-all page answered: no such service).
     pub outcome: &'static str,
     pub reason: Option<String>,
     /// The client IP as the real service would resolve it.
@@ -115,6 +118,7 @@ impl Fakes {
                     "websites" => b.websites = strings(v),
                     "datacenter_ips" => b.datacenter_ips = strings(v),
                     "formula_guard" => b.formula_guard = v.as_bool().unwrap_or(false),
+                    "ignore_ips" => b.ignore_ips = strings(v),
                     _ => {}
                 }
             }
