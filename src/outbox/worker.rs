@@ -128,7 +128,7 @@ impl Worker {
             match now.identity() {
                 None => {
                     let reason = format!("consent changed before delivery ({}); not sent", now.reason());
-                    return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await;
+                    return self.record(&d, &config, None, Outcome::ConsentDenied { reason }, &[]).await;
                 }
                 Some(Identity::Anonymous) => identity = Identity::Anonymous,
                 Some(Identity::Full) => {}
@@ -274,6 +274,15 @@ impl Worker {
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, reason, true, now).await?;
+            }
+            Outcome::ConsentDenied { reason } => {
+                // Ends like a dead letter (with its reason on the delivery), but counts as a
+                // consent denial and leaves the config's `last_error` alone: nothing is wrong
+                // with the config.
+                end(&mut row, status::DEAD);
+                row.last_error = Set(Some(reason.clone()));
+                row.update(&txn).await?;
+                usage::denied_by_consent(&txn, config.id).await?;
             }
             Outcome::Retry { reason } if attempts >= self.settings.max_attempts => {
                 let reason = format!("gave up after {attempts} attempts; last: {reason}");
