@@ -239,17 +239,20 @@ impl Provider for Umami {
                         .into(),
                 };
             }
-            // Umami's collect API answers `{"cache", "sessionId", "visitId"}`. Any other success
-            // (a proxy's or a landing page's 200 at a wrong instance_url) stored nothing we know of.
-            if body.get("sessionId").is_none() && body.get("cache").is_none() {
-                return Outcome::DeliveredButDropped {
-                    warning: format!(
-                        "the answer is not Umami's collect API answer (no sessionId); check the config's instance_url: {}",
-                        body_excerpt(r.body)
-                    ),
-                };
+            // Umami's collect API answers `{"cache", "sessionId", "visitId"}` (v2.17+), `{"cache"}`
+            // (v2.16) or the bare cache token as text (up to v2.15). Any other success (a
+            // catch-all page or a proxy's 200 at a wrong instance_url) reached something else: it
+            // is retried, as for Plausible, never counted as delivered.
+            if body.get("sessionId").is_some() || body.get("cache").is_some() || is_bare_token(r.body) {
+                return Outcome::Delivered;
             }
-            return Outcome::Delivered;
+            return Outcome::Retry {
+                reason: format!(
+                    "the answer ({}) is not Umami's collect answer; check the config's instance_url: {}",
+                    r.status,
+                    body_excerpt(r.body)
+                ),
+            };
         }
         if r.status == 403 && is_umamis_forbidden(r.body) {
             // Umami's collect endpoint has no authentication; its own 403 means the visitor's IP
@@ -273,6 +276,16 @@ impl Provider for Umami {
         }
         classify_failure("Umami", r.status, r.body)
     }
+}
+
+/// A JWT (`header.payload.signature`, base64url), which Umami up to v2.15 answered as text.
+fn is_bare_token(body: &[u8]) -> bool {
+    let text = body.trim_ascii();
+    let parts: Vec<&[u8]> = text.split(|b| *b == b'.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')))
 }
 
 /// Umami's own 403 body: `{"error": {"message": "Forbidden", "code": "forbidden", …}}` (v3,
@@ -640,7 +653,10 @@ mod tests {
         assert_eq!(r(200, br#"{"cache":"x","sessionId":"s","visitId":"v"}"#), Outcome::Delivered);
         assert!(matches!(r(200, br#"{"beep":"boop"}"#), Outcome::DeliveredButDropped { .. }));
         // A 200 that is not Umami's answer (a wrong instance_url behind a proxy) is no delivery.
-        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::DeliveredButDropped { .. }));
+        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::Retry { .. }));
+        assert!(matches!(r(200, b"{}"), Outcome::Retry { .. }));
+        assert_eq!(r(200, br#"{"cache":"eyJhbGciOiJIUzI1NiJ9.eyJ3IjoxfQ.c2ln"}"#), Outcome::Delivered, "v2.16");
+        assert_eq!(r(200, b"eyJhbGciOiJIUzI1NiJ9.eyJ3IjoxfQ.c2ln"), Outcome::Delivered, "v2.15 and older");
         assert!(matches!(r(400, br#"{"error":{"message":"Website not found."}}"#), Outcome::Dead { .. }));
         // Umami's own 403 (IGNORE_IP), v3 and v2.20 shapes; anyone else's 403 is an auth failure.
         assert!(matches!(

@@ -31,24 +31,33 @@ fn outcomes(received: &[Value]) -> Vec<&str> {
     received.iter().map(|r| r["outcome"].as_str().unwrap()).collect()
 }
 
-/// A Plausible `instance_url` that reaches an HTML catch-all (`200` for every path) is not
-/// Plausible: the event is retried and ends in the dead letters, visibly, never `delivered`.
+/// An `instance_url` that reaches an HTML catch-all (`200` for every path) is neither Plausible
+/// nor Umami: the event is retried and ends in the dead letters, visibly, never `delivered`.
 #[tokio::test]
-async fn a_catch_all_page_at_plausibles_url_is_never_a_delivery() {
+async fn a_catch_all_page_at_a_providers_url_is_never_a_delivery() {
     let (app, fakes, keys) = setup().await;
-    let wrong = format!("{}/www", fakes.base);
-    let p = site::plausible(&app, &fakes, json!({"instance_url": wrong})).await;
+    let wrong = json!({"instance_url": format!("{}/www", fakes.base)});
+    let p = site::plausible(&app, &fakes, wrong.clone()).await;
+    let u = site::umami(&app, &fakes, wrong).await;
     let (s, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
-    let d = delivery_in(&app, &id(&accepted), &id(&p), "dead", 15).await;
-    assert_eq!((d["attempts"].as_i64(), d["last_status"].as_i64()), (Some(3), Some(200)), "{d}");
-    assert!(d["last_error"].as_str().unwrap().contains("not Plausible's `ok`"), "{d}");
+    for (provider, config, answer) in
+        [("plausible", &p, "not Plausible's `ok`"), ("umami", &u, "not Umami's collect answer")]
+    {
+        let d = delivery_in(&app, &id(&accepted), &id(config), "dead", 15).await;
+        assert_eq!((d["attempts"].as_i64(), d["last_status"].as_i64()), (Some(3), Some(200)), "{d}");
+        assert!(d["last_error"].as_str().unwrap().contains(answer), "{d}");
+        let usage = &site::config(&app, provider, &id(config)).await["usage"];
+        assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(0), Some(1)), "{usage}");
+        assert!(usage["last_error"].as_str().unwrap().contains("instance_url"), "{usage}");
+    }
     let got = fakes.received().await;
-    assert_eq!(outcomes(&got), ["ignored"; 3], "only the catch-all answered: {got:#?}");
-    assert_eq!(got[0]["path"], "/www/api/event");
-    let usage = &site::config(&app, "plausible", &id(&p)).await["usage"];
-    assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(0), Some(1)), "{usage}");
-    assert!(usage["last_error"].as_str().unwrap().contains("instance_url"), "{usage}");
+    assert_eq!(outcomes(&got), ["ignored"; 6], "only the catch-all answered: {got:#?}");
+    let mut paths: Vec<&str> = got.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    paths.dedup();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths, ["/www/api/event", "/www/api/send"]);
 }
 
 /// Umami 3 counts a name's length in UTF-16 code units (zod 4): 30 emoji are 60, over its 50.
