@@ -279,7 +279,7 @@ impl Worker {
                 // Ends like a dead letter (with its reason on the delivery), but counts as a
                 // consent denial and leaves the config's `last_error` alone: nothing is wrong
                 // with the config.
-                end(&mut row, status::DEAD);
+                end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::denied_by_consent(&txn, config.id).await?;
