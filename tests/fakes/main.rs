@@ -8,7 +8,8 @@
 //! - `POST /_fake/behaviour` — `{"plausible": {...}, "umami": {...}}`: `fail_next` + `status`
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
-//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` (Umami)
+//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` and
+//!   `ignore_ips` (Umami)
 //! - `POST /_fake/reset` — forget everything received and all behaviour
 //! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
 //!   `instance_url` answers (see `catch_all.rs`)
