@@ -310,6 +310,49 @@ fn failed_after_the_event_row(body: &[u8]) -> Option<&'static str> {
         .map(|(_, what)| what)
 }
 
+/// A text Umami takes for a date (`DATETIME_REGEX`: `YYYY-MM-DDTHH:MM:SS[.mmm[Z|+HH:MM]]`) but
+/// that is none (`2026-13-01T00:00:00`): Umami stores the event row, then `new Date(v)
+/// .toISOString()` throws while writing the event data — a 500 after storing.
+fn is_impossible_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let shape = b.len() >= 19
+        && digits(0..4)
+        && at(4, b'-')
+        && digits(5..7)
+        && at(7, b'-')
+        && digits(8..10)
+        && at(10, b'T')
+        && digits(11..13)
+        && at(13, b':')
+        && digits(14..16)
+        && at(16, b':')
+        && digits(17..19)
+        && match &b[19..] {
+            [] => true,
+            [b'.', rest @ ..] => {
+                rest.len() >= 3
+                    && rest[..3].iter().all(u8::is_ascii_digit)
+                    && match &rest[3..] {
+                        [] | [b'Z'] => true,
+                        [b'+', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        };
+    if !shape {
+        return false;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
+    let offset_ok = s.len() < 29 || (n(24..26) <= 23 && n(27..29) <= 59);
+    let valid = chrono::NaiveDate::from_ymd_opt(n(0..4) as i32, n(5..7), n(8..10)).is_some()
+        && chrono::NaiveTime::from_hms_opt(n(11..13), n(14..16), n(17..19)).is_some()
+        && offset_ok;
+    !valid
+}
+
 /// Whether a number fits `numeric(19,4)`: at most 15 digits before the point (more decimals are
 /// rounded by PostgreSQL, not refused).
 fn fits_numeric(n: &serde_json::Number) -> bool {
@@ -441,6 +484,9 @@ fn put_data(key: String, value: Value, out: &mut Map<String, Value>, adjustments
     };
     match value {
         Value::Null => {}
+        Value::String(s) if is_impossible_date(&s) => {
+            adjustments.push(format!("property {key:?} left out: shaped like a date but no valid date"));
+        }
         Value::String(s) => text(s, out, adjustments),
         Value::Array(_) => text(value.to_string(), out, adjustments),
         Value::Number(n) if !fits_numeric(&n) => {
@@ -619,6 +665,31 @@ mod tests {
         let all = req.adjustments.join("\n");
         assert!(all.contains("\"a.b\" given twice"), "{all}");
         assert!(all.contains("replaced by the event's revenue"), "{all}");
+    }
+
+    #[test]
+    fn impossible_dates_are_left_out_valid_ones_and_other_text_kept() {
+        for bad in
+            ["2026-13-01T00:00:00", "2026-02-30T10:00:00.000Z", "2026-01-01T25:00:00", "2026-01-01T00:00:00.000+24:00"]
+        {
+            assert!(is_impossible_date(bad), "{bad}");
+        }
+        for fine in [
+            "2026-11-26T12:00:00",
+            "2026-11-26T12:00:00.123Z",
+            "2026-11-26T12:00:00.123+01:00",
+            "2026-13-01",
+            "2026-13-01T00:00:00Z",
+            "not a date",
+            "2026-13-01T00:00:00.1Z",
+        ] {
+            assert!(!is_impossible_date(fine), "{fine} is a valid date or not date-shaped for Umami");
+        }
+        let mut e = event("signup");
+        e.event_properties = json!({"when": "2026-13-01T00:00:00", "ok": "2026-11-26T12:00:00"});
+        let req = build(&base(), &e, Identity::Full);
+        assert_eq!(req.body["payload"]["data"], json!({"ok": "2026-11-26T12:00:00"}));
+        assert!(req.adjustments[0].contains("\"when\" left out"), "{:?}", req.adjustments);
     }
 
     #[test]

@@ -123,20 +123,14 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
         );
     }
     if let Some(overflow) = over_db_limits(&payload) {
-        // What `serializeError` makes of Prisma's error, under route.ts's `serverError`.
-        let error_object = json!({
-            "name": "PrismaClientKnownRequestError",
-            "code": overflow.prisma_code,
-            "message": format!("\nInvalid `prisma.{}()` invocation:\n\n{}", overflow.call, overflow.message),
-        });
         let body = json!({"error": {"message": "Server error", "code": "server-error", "status": 500,
-                                    "errorObject": error_object}});
+                                    "errorObject": overflow.error_object}});
         let outcome = if overflow.after_event_row { "stored_then_failed" } else { "failed" };
         return (
             (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response(),
             outcome,
             500,
-            Some(format!("{} ({})", overflow.column, overflow.message)),
+            Some(format!("{} ({})", overflow.column, overflow.error_object["message"].as_str().unwrap_or("").trim())),
         );
     }
     let ok = json!({"cache": format!("fake.{}", uuid::Uuid::new_v4().simple()), "sessionId": uuid::Uuid::new_v4(), "visitId": uuid::Uuid::new_v4()});
@@ -216,11 +210,8 @@ fn validate(req: &Map<String, Value>, formula_guard: bool) -> Vec<Value> {
 /// A column Umami's PostgreSQL schema would overflow, and where in `saveEvent` that happens.
 struct Overflow {
     column: String,
-    /// The Prisma call that fails: `session.create`, `websiteEvent.create` (before the event row),
-    /// `eventData.createMany`, `revenue.create` (after it).
-    call: &'static str,
-    prisma_code: &'static str,
-    message: &'static str,
+    /// What `serializeError` makes of the exception, under route.ts's `serverError`.
+    error_object: Value,
     after_event_row: bool,
 }
 
@@ -230,12 +221,17 @@ const OUT_OF_RANGE: &str = "Value out of range for the type. numeric field overf
 /// Prisma/PostgreSQL column sizes the schema does not check, in the order Umami writes them.
 fn over_db_limits(p: &Map<String, Value>) -> Option<Overflow> {
     let chars = |v: &Value| v.as_str().map(|s| s.chars().count()).unwrap_or(0);
-    let overflow = |column: String, call, too_long: bool| {
+    // `call`: the Prisma call that fails — `session.create`, `websiteEvent.create` (before the
+    // event row), `eventData.createMany`, `revenue.create` (after it).
+    let overflow = |column: String, call: &str, too_long: bool| {
+        let message = if too_long { TOO_LONG } else { OUT_OF_RANGE };
         Some(Overflow {
             column,
-            call,
-            prisma_code: if too_long { "P2000" } else { "P2020" },
-            message: if too_long { TOO_LONG } else { OUT_OF_RANGE },
+            error_object: json!({
+                "name": "PrismaClientKnownRequestError",
+                "code": if too_long { "P2000" } else { "P2020" },
+                "message": format!("\nInvalid `prisma.{call}()` invocation:\n\n{message}"),
+            }),
             after_event_row: matches!(call, "eventData.createMany" | "revenue.create"),
         })
     };
@@ -280,6 +276,15 @@ fn over_db_limits(p: &Map<String, Value>) -> Option<Overflow> {
                     true,
                 );
             }
+            // `getStringValue`: `new Date(value).toISOString()` for a DATETIME_REGEX match.
+            if v.as_str().is_some_and(is_impossible_date) {
+                return Some(Overflow {
+                    column: format!("event_data.date_value ({k}: not a date)"),
+                    error_object: json!({"name": "RangeError", "message": "Invalid time value",
+                                         "stack": "RangeError: Invalid time value\n    at Date.toISOString (<anonymous>)"}),
+                    after_event_row: true,
+                });
+            }
             if v.as_f64().is_some_and(|n| n.abs() >= 1e15) {
                 return overflow(format!("event_data.number_value numeric(19,4) ({k})"), "eventData.createMany", false);
             }
@@ -301,6 +306,42 @@ fn over_db_limits(p: &Map<String, Value>) -> Option<Overflow> {
         }
     }
     None
+}
+
+/// Matches Umami's `DATETIME_REGEX` (`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}(Z|\+\d{2}:\d{2})?)?$`)
+/// but is no valid date, so JavaScript's `new Date(v)` is `Invalid Date`.
+fn is_impossible_date(s: &str) -> bool {
+    let digits = |r: std::ops::Range<usize>| s.get(r).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()));
+    let sep = |i: usize, c: char| s[i..].starts_with(c);
+    let tail = &s.get(19..).unwrap_or("x");
+    let tail_ok = tail.is_empty()
+        || (tail.len() >= 4 && sep(19, '.') && digits(20..23) && {
+            let zone = &tail[4..];
+            zone.is_empty()
+                || zone == "Z"
+                || (zone.len() == 6 && zone.starts_with('+') && digits(24..26) && sep(26, ':') && digits(27..29))
+        });
+    let shaped = s.len() >= 19
+        && digits(0..4)
+        && sep(4, '-')
+        && digits(5..7)
+        && sep(7, '-')
+        && digits(8..10)
+        && sep(10, 'T')
+        && digits(11..13)
+        && sep(13, ':')
+        && digits(14..16)
+        && sep(16, ':')
+        && digits(17..19)
+        && tail_ok;
+    if !shaped {
+        return false;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
+    let date = chrono::NaiveDate::from_ymd_opt(n(0..4) as i32, n(5..7), n(8..10));
+    let time = chrono::NaiveTime::from_hms_opt(n(11..13), n(14..16), n(17..19));
+    let zone = s.len() < 29 || (n(24..26) <= 23 && n(27..29) <= 59);
+    date.is_none() || time.is_none() || !zone
 }
 
 /// `flattenJSON`: nested objects as dotted keys; arrays as JSON text; other values as they are.
