@@ -78,6 +78,8 @@ fn is_automation(ua: &str) -> bool {
         "bot;",
         "crawler",
         "spider",
+        // WebPageTest appends `PTST/<version>` to a real browser's agent (isbot: `ptst[ /]\d`).
+        "ptst/",
     ];
     let lower = ua.to_ascii_lowercase();
     MARKERS.iter().any(|m| lower.contains(m))
@@ -124,6 +126,7 @@ mod tests {
             "Go-http-client/1.1",
             "node",
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 PTST/241121.163127",
         ] {
             assert!(parse_agent(Some(bot)).bot, "{bot}");
         }

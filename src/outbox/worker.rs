@@ -260,7 +260,7 @@ impl Worker {
             match now.identity() {
                 None => {
                     let reason = format!("consent changed before delivery ({}); not sent", now.reason());
-                    return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await;
+                    return self.record(&d, &config, None, Outcome::ConsentDenied { reason }, &[]).await;
                 }
                 Some(Identity::Anonymous) => identity = Identity::Anonymous,
                 Some(Identity::Full) => {}
@@ -437,6 +437,16 @@ impl Worker {
                 row.last_error = Set(Some(reason.clone()));
                 row.update(&txn).await?;
                 usage::failed(&txn, config.id, reason, true, now).await?;
+                Attempted::Dead
+            }
+            Outcome::ConsentDenied { reason } => {
+                // Ends like a dead letter (with its reason on the delivery), but counts as a
+                // consent denial and leaves the config's `last_error` alone: nothing is wrong
+                // with the config.
+                end(&mut row, DeliveryStatus::Dead);
+                row.last_error = Set(Some(reason.clone()));
+                row.update(&txn).await?;
+                usage::denied_by_consent(&txn, config.id).await?;
                 Attempted::Dead
             }
             Outcome::Retry { reason } if attempts >= self.settings.max_attempts => {

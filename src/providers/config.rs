@@ -554,10 +554,14 @@ pub mod usage {
         Ok(())
     }
 
+    /// A delivery: also clears `last_error` (and its time), which describe the config's current
+    /// trouble — past failures stay in `events_failed` and the dead letters.
     pub async fn sent(db: &impl ConnectionTrait, config_id: Uuid, at: DateTime<Utc>) -> Result<()> {
         provider_config::Entity::update_many()
             .col_expr(provider_config::Column::EventsSent, Expr::col(provider_config::Column::EventsSent).add(1))
             .col_expr(provider_config::Column::LastSentAt, Expr::value(at))
+            .col_expr(provider_config::Column::LastError, Expr::value(Option::<String>::None))
+            .col_expr(provider_config::Column::LastErrorAt, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0))
             .filter(provider_config::Column::Id.eq(config_id))
             .exec(db)

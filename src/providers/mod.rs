@@ -154,6 +154,9 @@ pub enum Outcome {
     /// 401/403: the config's credentials (or an auth proxy in front of the provider) refuse us.
     /// Repeated, this puts the config into `error`.
     AuthFailure { reason: String },
+    /// Not sent: the visitor's consent, decided again at send time, no longer allows it (a
+    /// withdrawal after ingest). A consent denial like one at ingest, not a failure of the config.
+    ConsentDenied { reason: String },
 }
 
 impl Outcome {
@@ -165,6 +168,7 @@ impl Outcome {
             Outcome::Retry { .. } => "retry",
             Outcome::Dead { .. } => "dead",
             Outcome::AuthFailure { .. } => "auth_failure",
+            Outcome::ConsentDenied { .. } => "denied_by_consent",
         }
     }
 }

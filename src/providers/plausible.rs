@@ -8,8 +8,9 @@
 //! - `name` ≤ 120 and `url` ≤ 2,000 bytes are required; a prop key over 300 bytes or value over
 //!   2,000 bytes rejects the whole event (400); props past 30 and non-scalar props are dropped
 //!   silently — so the mapping enforces all of it first and records what it changed.
-//! - `202` = taken; `202` with `x-plausible-dropped` = discarded (unknown domain, bot, datacenter
-//!   IP, rate limit, shield rule) — never counted as delivered.
+//! - `202` with body `ok` = taken; `202` with `x-plausible-dropped` = discarded (unknown domain,
+//!   bot, datacenter IP, rate limit, shield rule) — never counted as delivered; any other 2xx is
+//!   not Plausible's answer (a catch-all at a wrong `instance_url`) and is retried.
 //! - There is no client timestamp and no idempotency key: a late delivery is recorded late, a
 //!   retried request that was accepted counts twice (see `outbox` for the retry choice).
 
@@ -19,7 +20,8 @@ use utoipa::ToSchema;
 
 use super::{
     DomainPattern, InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
-    ProviderResponse, classify_failure, is_hostname, page_host, properties_for, revenue_of, truncate_bytes,
+    ProviderResponse, body_excerpt, classify_failure, is_hostname, page_host, properties_for, revenue_of,
+    truncate_bytes,
 };
 use crate::{
     consent::Blocked,
@@ -184,7 +186,17 @@ impl Provider for Plausible {
                         r.status, v
                     ),
                 },
-                None => Outcome::Delivered,
+                // Plausible's only success is `ok` (`external_controller.ex`). Any other 2xx — an
+                // HTML catch-all, a maintenance page, a proxy's landing page at a wrong
+                // `instance_url` — reached something else: retried, never counted as delivered.
+                None if r.body.trim_ascii() == b"ok" => Outcome::Delivered,
+                None => Outcome::Retry {
+                    reason: format!(
+                        "the answer ({}) is not Plausible's `ok`; check the config's instance_url: {}",
+                        r.status,
+                        body_excerpt(r.body)
+                    ),
+                },
             };
         }
         classify_failure("Plausible", r.status, r.body)
@@ -362,6 +374,19 @@ mod tests {
         let dropped = Headers::from_iter([("X-Plausible-Dropped", "1")]);
         let r = |status, headers| Plausible::classify(&ProviderResponse { status, headers, body: b"ok" });
         assert_eq!(r(202, &none), Outcome::Delivered);
+        // A 2xx that is not Plausible's `ok` (an HTML catch-all at a wrong instance_url) is
+        // retried and says why; it is never a delivery.
+        let html = |status| Plausible::classify(&ProviderResponse { status, headers: &none, body: b"<html>Hi</html>" });
+        for status in [200, 202, 204] {
+            match html(status) {
+                Outcome::Retry { reason } => assert!(reason.contains("instance_url"), "{reason}"),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        let empty = Plausible::classify(&ProviderResponse { status: 202, headers: &none, body: b"" });
+        assert!(matches!(empty, Outcome::Retry { .. }), "{empty:?}");
+        let ok_newline = Plausible::classify(&ProviderResponse { status: 202, headers: &none, body: b"ok\n" });
+        assert_eq!(ok_newline, Outcome::Delivered);
         assert!(matches!(r(202, &dropped), Outcome::Dropped { .. }));
         assert!(matches!(r(400, &none), Outcome::Dead { .. }));
         assert!(matches!(r(503, &none), Outcome::Retry { .. }));

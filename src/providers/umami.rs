@@ -6,10 +6,15 @@
 //!   for bots, storing nothing; any bare `name/version` agent (our HTTP client's) is a bot. So
 //!   the visitor's agent goes both in the header and in `payload.userAgent`, and the visitor's IP
 //!   in `payload.ip` (which beats every proxy header, including a CDN's).
-//! - zod refuses `name` over 50 characters, `website` that is not a UUID, `hostname` over 100,
-//!   `language` over 35, `screen` over 11. Past validation, PostgreSQL column sizes fail with a
-//!   500 *after* the event may be stored (a retry duplicates it): distinct `id` 50, UTM values
-//!   255, event-data keys and values 500. The mapping stays inside all of them.
+//! - zod (4.3, in v3.1.0) refuses `name` over 50, `hostname` over 100, `language` over 35 and
+//!   `screen` over 11 — counted in UTF-16 code units, as JavaScript strings are (an emoji is 2) —
+//!   and a `website` that is not a UUID.
+//! - Past validation, PostgreSQL column sizes fail with a 500. Before the event row (session
+//!   `distinct_id` 50; `website_event.hostname` 100, which falls back to the URL's host when
+//!   `hostname` is absent; UTM and click-id values 255) every retry fails alike; *after* it
+//!   (`event_data` keys and text values 500, `number_value numeric(19,4)`, the revenue row) the
+//!   event is already stored and a retry stores it again. The mapping stays inside all of them,
+//!   and a 500 that names a write made after the event row is not retried.
 //! - A success carries a `cache` token; it is never sent back (it is not bound to a visitor).
 //! - `timestamp` (Unix seconds) records the event at the time it happened, so a retried
 //!   delivery is not misdated.
@@ -36,17 +41,22 @@ pub struct Umami;
 pub const CLOUD_URL: &str = "https://cloud.umami.is";
 /// Umami Cloud's API (API keys), apart from the collect endpoint.
 pub const CLOUD_API_URL: &str = "https://api.umami.is/v1";
-/// zod: `name: z.string().max(50)`.
-pub const MAX_NAME_CHARS: usize = 50;
+/// zod: `name: z.string().max(50)` — UTF-16 code units (zod 4 counts `string.length`).
+pub const MAX_NAME_UNITS: usize = 50;
 /// `session.distinct_id VarChar(50)`.
 pub const MAX_ID_CHARS: usize = 50;
 /// `event_data.data_key` / `string_value VarChar(500)`.
 pub const MAX_DATA_CHARS: usize = 500;
 /// `website_event.utm_* VarChar(255)` and the click-id columns; parsed by Umami from `url`.
 pub const MAX_UTM_CHARS: usize = 255;
-/// Umami cuts titles and URLs to 500 itself; titles are cut here too so nothing is lost unseen.
-pub const MAX_TITLE_CHARS: usize = 500;
+/// Umami cuts titles and URL paths and queries to 500 UTF-16 units itself (`substring(0, 500)`)
+/// before its `varchar(500)` columns; they are cut here too so nothing is lost unseen.
+pub const MAX_TITLE_UNITS: usize = 500;
+pub const MAX_URL_PART_UNITS: usize = 500;
+/// `website_event.hostname VarChar(100)` and zod's `hostname` limit.
 const MAX_HOSTNAME_CHARS: usize = 100;
+/// `event_data.number_value` and `revenue.revenue` are `numeric(19,4)`: 15 digits before the point.
+const MAX_NUMBER_ABS: f64 = 1e15;
 const MAX_LANGUAGE_CHARS: usize = 35;
 const MAX_SCREEN_CHARS: usize = 11;
 /// Query parameters Umami stores in 255-character columns.
@@ -104,12 +114,12 @@ fn yes() -> bool {
     true
 }
 
-/// Why Umami would refuse this event name, if it would. Names over 50 characters are refused by
-/// zod (400, not truncated). Names starting with `=`, `+`, `-`, `@`, tab or CR are refused by the
-/// spreadsheet-formula guard providers.md describes for recent versions (not in v3.1.0's source,
+/// Why Umami would refuse this event name, if it would. Names over 50 UTF-16 code units are
+/// refused by zod (400, not truncated): 30 emoji are 60 units. Names starting with `=`, `+`,
+/// `-`, `@`, tab or CR are refused by the spreadsheet-formula guard providers.md describes for recent versions (not in v3.1.0's source,
 /// but such a name is also a CSV-injection hazard in Umami's exports, so it is never sent).
 pub fn name_problem(name: &str) -> Option<Blocked> {
-    if name.chars().count() > MAX_NAME_CHARS {
+    if name.encode_utf16().count() > MAX_NAME_UNITS {
         return Some(Blocked::EventNameTooLong);
     }
     if name.starts_with(['=', '+', '-', '@', '\t', '\r']) {
@@ -138,19 +148,26 @@ impl Provider for Umami {
         let mut adjustments = Vec::new();
         let mut payload = Map::new();
         payload.insert("website".into(), json!(s.website_id));
-        if let Some(host) = page_host(event).filter(|h| h.chars().count() <= MAX_HOSTNAME_CHARS) {
-            payload.insert("hostname".into(), json!(host));
+        // Always sent when known: without it Umami stores the URL's host, which has no limit
+        // before its 100-character column.
+        if let Some(host) = page_host(event) {
+            let cut = truncate_chars(&host, MAX_HOSTNAME_CHARS);
+            if cut.len() < host.len() {
+                adjustments.push(format!("hostname cut to {MAX_HOSTNAME_CHARS} characters"));
+            }
+            payload.insert("hostname".into(), json!(cut));
         }
         if let Some(url) = event.page_url.as_deref() {
-            payload.insert("url".into(), json!(fit_utm(url, &mut adjustments)));
+            let url = fit_utm(url, &mut adjustments);
+            payload.insert("url".into(), json!(fit_url_parts(&url, "URL", &mut adjustments)));
         }
         if let Some(r) = event.referrer.as_deref().filter(|r| !r.is_empty()) {
-            payload.insert("referrer".into(), json!(r));
+            payload.insert("referrer".into(), json!(fit_url_parts(r, "referrer", &mut adjustments)));
         }
         if let Some(t) = event.title.as_deref().filter(|t| !t.is_empty()) {
-            let cut = truncate_chars(t, MAX_TITLE_CHARS);
+            let cut = truncate_utf16(t, MAX_TITLE_UNITS);
             if cut.len() < t.len() {
-                adjustments.push(format!("title cut to {MAX_TITLE_CHARS} characters"));
+                adjustments.push(format!("title cut to {MAX_TITLE_UNITS} characters"));
             }
             payload.insert("title".into(), json!(cut));
         }
@@ -173,8 +190,19 @@ impl Provider for Umami {
             let mut data = Map::new();
             flatten_data("", Value::Object(props), &mut data, &mut adjustments);
             if let Some(rev) = revenue_of(event) {
-                data.insert("revenue".into(), Value::Number(rev.amount));
-                data.insert("currency".into(), json!(rev.currency));
+                if fits_numeric(&rev.amount) {
+                    let taken: Vec<&str> =
+                        ["revenue", "currency"].into_iter().filter(|k| data.contains_key(*k)).collect();
+                    if !taken.is_empty() {
+                        adjustments.push(format!("properties {taken:?} replaced by the event's revenue"));
+                    }
+                    data.insert("revenue".into(), Value::Number(rev.amount));
+                    data.insert("currency".into(), json!(rev.currency));
+                } else {
+                    // Umami writes revenue to a numeric(19,4) column after the event row; as text
+                    // it would still reach that column, so it is left out.
+                    adjustments.push("revenue left out: over Umami's 15-digit limit".into());
+                }
             }
             if !data.is_empty() {
                 payload.insert("data".into(), Value::Object(data));
@@ -247,28 +275,174 @@ impl Provider for Umami {
                         .into(),
                 };
             }
-            // Umami's collect API answers `{"cache", "sessionId", "visitId"}`. Any other success
-            // (a proxy's or a landing page's 200 at a wrong instance_url) stored nothing we know of.
-            if body.get("sessionId").is_none() && body.get("cache").is_none() {
-                return Outcome::Dropped {
-                    warning: format!(
-                        "the answer is not Umami's collect API answer (no sessionId); check the config's instance_url: {}",
-                        body_excerpt(r.body)
-                    ),
-                };
+            // Umami's collect API answers `{"cache", "sessionId", "visitId"}` (v2.17+), `{"cache"}`
+            // (v2.16) or the bare cache token as text (up to v2.15). Any other success (a
+            // catch-all page or a proxy's 200 at a wrong instance_url) reached something else: it
+            // is retried, as for Plausible, never counted as delivered.
+            if body.get("sessionId").is_some() || body.get("cache").is_some() || is_bare_token(r.body) {
+                return Outcome::Delivered;
             }
-            return Outcome::Delivered;
+            return Outcome::Retry {
+                reason: format!(
+                    "the answer ({}) is not Umami's collect answer; check the config's instance_url: {}",
+                    r.status,
+                    body_excerpt(r.body)
+                ),
+            };
         }
-        if r.status == 403 {
-            // Umami's collect endpoint has no authentication; its 403 means the visitor's IP is
-            // in the instance's IGNORE_IP list — a deliberate discard of this visitor, not a
-            // broken config, so it must not stop the config's other deliveries.
+        if r.status == 403 && is_umamis_forbidden(r.body) {
+            // Umami's collect endpoint has no authentication; its own 403 means the visitor's IP
+            // is in the instance's IGNORE_IP list — a deliberate discard of this visitor, not a
+            // broken config, so it must not stop the config's other deliveries. Any other 403
+            // comes from something in front of Umami (an auth proxy, a WAF): an auth failure.
             return Outcome::Dropped {
                 warning: format!("Umami refused the visitor's IP (403, IGNORE_IP): {}", body_excerpt(r.body)),
             };
         }
+        if r.status == 500
+            && let Some(write) = failed_after_the_event_row(r.body)
+        {
+            return Outcome::Dead {
+                reason: format!(
+                    "Umami stored the event, then failed writing {write} (500); not retried, since a retry would \
+                     store the event again: {}",
+                    body_excerpt(r.body)
+                ),
+            };
+        }
         classify_failure("Umami", r.status, r.body)
     }
+}
+
+/// A JWT (`header.payload.signature`, base64url), which Umami up to v2.15 answered as text.
+fn is_bare_token(body: &[u8]) -> bool {
+    let text = body.trim_ascii();
+    let parts: Vec<&[u8]> = text.split(|b| *b == b'.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')))
+}
+
+/// Umami's own 403 body: `{"error": {"message": "Forbidden", "code": "forbidden", …}}` (v3,
+/// `src/lib/response.ts`) or `{"error": "Forbidden"}` (v2.20).
+fn is_umamis_forbidden(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return false };
+    match &v["error"] {
+        Value::String(s) => s == "Forbidden",
+        e => e["code"] == "forbidden" || e["message"] == "Forbidden",
+    }
+}
+
+/// The write that failed, when a 500 names one Umami makes *after* the `website_event` row
+/// (`saveEvent`: event data, then revenue). Umami's 500 carries the serialised exception
+/// (`errorObject` in v3, the error itself in v2.20), whose Prisma message names the call, e.g.
+/// ``Invalid `prisma.eventData.createMany()` invocation``.
+fn failed_after_the_event_row(body: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(body);
+    [("eventData.createMany", "its event data"), ("revenue.create", "its revenue")]
+        .into_iter()
+        .find(|(call, _)| text.contains(call))
+        .map(|(_, what)| what)
+}
+
+/// A text Umami takes for a date (`DATETIME_REGEX`: `YYYY-MM-DDTHH:MM:SS[.mmm[Z|+HH:MM]]`) but
+/// that is none (`2026-13-01T00:00:00`): Umami stores the event row, then `new Date(v)
+/// .toISOString()` throws while writing the event data — a 500 after storing.
+fn is_impossible_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let shape = b.len() >= 19
+        && digits(0..4)
+        && at(4, b'-')
+        && digits(5..7)
+        && at(7, b'-')
+        && digits(8..10)
+        && at(10, b'T')
+        && digits(11..13)
+        && at(13, b':')
+        && digits(14..16)
+        && at(16, b':')
+        && digits(17..19)
+        && match &b[19..] {
+            [] => true,
+            [b'.', rest @ ..] => {
+                rest.len() >= 3
+                    && rest[..3].iter().all(u8::is_ascii_digit)
+                    && match &rest[3..] {
+                        [] | [b'Z'] => true,
+                        [b'+', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        };
+    if !shape {
+        return false;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
+    let offset_ok = s.len() < 29 || (n(24..26) <= 23 && n(27..29) <= 59);
+    let valid = chrono::NaiveDate::from_ymd_opt(n(0..4) as i32, n(5..7), n(8..10)).is_some()
+        && chrono::NaiveTime::from_hms_opt(n(11..13), n(14..16), n(17..19)).is_some()
+        && offset_ok;
+    !valid
+}
+
+/// Whether a number fits `numeric(19,4)`: at most 15 digits before the point (more decimals are
+/// rounded by PostgreSQL, not refused).
+fn fits_numeric(n: &serde_json::Number) -> bool {
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.unsigned_abs() < MAX_NUMBER_ABS as u64,
+        (_, Some(u), _) => u < MAX_NUMBER_ABS as u64,
+        (_, _, Some(f)) => f.abs() < MAX_NUMBER_ABS,
+        _ => false,
+    }
+}
+
+/// The path (with its fragment) and query of a URL cut to Umami's 500, as Umami itself would cut
+/// them, so that the change is recorded. A URL that does not parse goes as it is (Umami resolves
+/// it against its base; the ingest keeps page URLs absolute).
+fn fit_url_parts(raw: &str, what: &str, adjustments: &mut Vec<String>) -> String {
+    let Ok(mut u) = url::Url::parse(raw) else { return raw.to_string() };
+    let mut cut = Vec::new();
+    // Serialised URLs are ASCII (percent-encoded), so bytes, characters and UTF-16 units agree;
+    // Umami counts the *decoded* text, which is never longer.
+    let path_len = u.path().len() + u.fragment().map_or(0, |f| f.len() + 1);
+    if path_len > MAX_URL_PART_UNITS {
+        if u.path().len() >= MAX_URL_PART_UNITS {
+            let path = u.path()[..MAX_URL_PART_UNITS].to_string();
+            u.set_path(&path);
+            u.set_fragment(None);
+        } else {
+            let room = MAX_URL_PART_UNITS - u.path().len() - 1;
+            let fragment = u.fragment().map(|f| f[..room].to_string());
+            u.set_fragment(fragment.as_deref());
+        }
+        cut.push("path");
+    }
+    if let Some(q) = u.query().filter(|q| q.len() > MAX_URL_PART_UNITS) {
+        let q = q[..MAX_URL_PART_UNITS].to_string();
+        u.set_query(Some(&q));
+        cut.push("query");
+    }
+    if cut.is_empty() {
+        return raw.to_string();
+    }
+    adjustments.push(format!("{what} {} cut to {MAX_URL_PART_UNITS} characters", cut.join(" and ")));
+    u.to_string()
+}
+
+/// `s` cut to at most `max` UTF-16 code units, at a character boundary (JavaScript's length).
+fn truncate_utf16(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    let mut units = 0;
+    for (i, c) in s.char_indices() {
+        units += c.len_utf16();
+        if units > max {
+            return std::borrow::Cow::Owned(s[..i].to_string());
+        }
+    }
+    std::borrow::Cow::Borrowed(s)
 }
 
 /// A distinct id that fits Umami's 50-character column: short ids as they are, longer ones as a
@@ -308,7 +482,9 @@ fn fit_utm(url: &str, adjustments: &mut Vec<String>) -> String {
 }
 
 /// Event data as Umami stores it: nested objects as dotted keys, arrays as JSON text, keys and
-/// text values of at most 500 characters, nulls left out.
+/// text values of at most 500 characters, numbers beyond `numeric(19,4)` as text, nulls left out.
+/// A dotted name that a nested object also makes (`{"a.b": 1, "a": {"b": 2}}`) keeps the first
+/// value in key order and records the other as left out, rather than overwrite it unseen.
 fn flatten_data(prefix: &str, value: Value, out: &mut Map<String, Value>, adjustments: &mut Vec<String>) {
     let key = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
     match value {
@@ -331,6 +507,10 @@ fn flatten_data(prefix: &str, value: Value, out: &mut Map<String, Value>, adjust
 }
 
 fn put_data(key: String, value: Value, out: &mut Map<String, Value>, adjustments: &mut Vec<String>) {
+    if out.contains_key(&key) {
+        adjustments.push(format!("property {key:?} given twice (a dotted name and a nested one); the second left out"));
+        return;
+    }
     let text = |s: String, out: &mut Map<String, Value>, adjustments: &mut Vec<String>| {
         let cut = truncate_chars(&s, MAX_DATA_CHARS);
         if cut.len() < s.len() {
@@ -340,8 +520,15 @@ fn put_data(key: String, value: Value, out: &mut Map<String, Value>, adjustments
     };
     match value {
         Value::Null => {}
+        Value::String(s) if is_impossible_date(&s) => {
+            adjustments.push(format!("property {key:?} left out: shaped like a date but no valid date"));
+        }
         Value::String(s) => text(s, out, adjustments),
         Value::Array(_) => text(value.to_string(), out, adjustments),
+        Value::Number(n) if !fits_numeric(&n) => {
+            adjustments.push(format!("property {key:?} sent as text: over Umami's 15-digit number column"));
+            out.insert(key, Value::String(n.to_string()));
+        }
         v => {
             out.insert(key, v);
         }
@@ -445,7 +632,7 @@ mod tests {
     fn values_are_kept_inside_umamis_database_limits() {
         let mut e = event("signup");
         e.user_id = Some("u".repeat(80));
-        e.page_url = Some(format!("https://www.example.com/?utm_campaign={}&q={}", "c".repeat(300), "x".repeat(300)));
+        e.page_url = Some(format!("https://www.example.com/?utm_campaign={}&q={}", "c".repeat(300), "x".repeat(200)));
         e.event_properties = json!({"long": "é".repeat(600), "k".repeat(501): 1});
         e.title = Some("t".repeat(700));
         let req = build(&base(), &e, Identity::Full);
@@ -455,11 +642,102 @@ mod tests {
         let url = url::Url::parse(p["url"].as_str().unwrap()).unwrap();
         let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(q["utm_campaign"].len(), MAX_UTM_CHARS);
-        assert_eq!(q["q"].len(), 300, "non-UTM parameters are left alone");
+        assert_eq!(q["q"].len(), 200, "non-UTM parameters are left alone");
         assert_eq!(p["data"]["long"].as_str().unwrap().chars().count(), MAX_DATA_CHARS);
         assert_eq!(p["data"].as_object().unwrap().len(), 1);
-        assert_eq!(p["title"].as_str().unwrap().len(), MAX_TITLE_CHARS);
+        assert_eq!(p["title"].as_str().unwrap().len(), MAX_TITLE_UNITS);
         assert_eq!(req.adjustments.len(), 4, "{:?}", req.adjustments);
+    }
+
+    #[test]
+    fn numbers_and_page_fields_never_overflow_umamis_columns() {
+        let mut e = event("signup");
+        let host = format!("{}.{}.example.com", "a".repeat(60), "b".repeat(60));
+        e.page_url = Some(format!("https://{host}/{}?utm_source=x&q={}#top", "p".repeat(600), "q".repeat(600)));
+        e.referrer = Some(format!("https://search.example.org/?q={}", "r".repeat(600)));
+        e.title = Some("😀".repeat(300));
+        e.event_properties = json!({"ts_us": 1_795_694_400_000_000_i64, "big": 1e20, "id64": u64::MAX,
+                                    "small": 42, "price": 19.99, "neg": -999_999_999_999_999_i64});
+        e.revenue = Some(json!({"amount": 1e16, "currency": "EUR"}));
+        let req = build(&base(), &e, Identity::Full);
+        let p = &req.body["payload"];
+        assert_eq!(p["hostname"].as_str().unwrap(), &host[..100]);
+        let url = url::Url::parse(p["url"].as_str().unwrap()).unwrap();
+        assert!(url.path().len() <= MAX_URL_PART_UNITS && url.query().unwrap().len() <= MAX_URL_PART_UNITS);
+        assert_eq!(url.query_pairs().next().unwrap(), ("utm_source".into(), "x".into()));
+        let referrer = url::Url::parse(p["referrer"].as_str().unwrap()).unwrap();
+        assert_eq!(referrer.query().unwrap().len(), MAX_URL_PART_UNITS);
+        assert_eq!(p["title"].as_str().unwrap().encode_utf16().count(), MAX_TITLE_UNITS, "Umami counts UTF-16");
+        let data = &p["data"];
+        assert_eq!(data["ts_us"], "1795694400000000");
+        assert_eq!(data["big"], "1e+20");
+        assert_eq!(data["id64"], u64::MAX.to_string());
+        assert_eq!((data["small"].clone(), data["price"].clone()), (json!(42), json!(19.99)));
+        assert_eq!(data["neg"], json!(-999_999_999_999_999_i64), "15 digits fit");
+        assert!(data.get("revenue").is_none() && data.get("currency").is_none(), "{data}");
+        let all = req.adjustments.join("\n");
+        for change in [
+            "hostname cut",
+            "URL path and query cut",
+            "referrer query cut",
+            "title cut",
+            "\"ts_us\"",
+            "\"big\"",
+            "\"id64\"",
+            "revenue left out",
+        ] {
+            assert!(all.contains(change), "{change} not in {all}");
+        }
+        assert_eq!(req.adjustments.len(), 8, "{all}");
+    }
+
+    #[test]
+    fn a_dotted_name_and_a_nested_one_never_become_one_key_unseen() {
+        let mut e = event("signup");
+        e.event_properties = json!({"a.b": 1, "a": {"b": 2}, "c": 3});
+        e.revenue = Some(json!({"amount": 5, "currency": "EUR"}));
+        e.event_properties["revenue"] = json!("site's own");
+        let req = build(&base(), &e, Identity::Full);
+        let data = req.body["payload"]["data"].as_object().unwrap();
+        assert!(data["a.b"] == json!(1) || data["a.b"] == json!(2), "{data:?}");
+        assert_eq!((data["c"].clone(), data["revenue"].clone()), (json!(3), json!(5)));
+        let all = req.adjustments.join("\n");
+        assert!(all.contains("\"a.b\" given twice"), "{all}");
+        assert!(all.contains("replaced by the event's revenue"), "{all}");
+    }
+
+    #[test]
+    fn impossible_dates_are_left_out_valid_ones_and_other_text_kept() {
+        for bad in
+            ["2026-13-01T00:00:00", "2026-02-30T10:00:00.000Z", "2026-01-01T25:00:00", "2026-01-01T00:00:00.000+24:00"]
+        {
+            assert!(is_impossible_date(bad), "{bad}");
+        }
+        for fine in [
+            "2026-11-26T12:00:00",
+            "2026-11-26T12:00:00.123Z",
+            "2026-11-26T12:00:00.123+01:00",
+            "2026-13-01",
+            "2026-13-01T00:00:00Z",
+            "not a date",
+            "2026-13-01T00:00:00.1Z",
+        ] {
+            assert!(!is_impossible_date(fine), "{fine} is a valid date or not date-shaped for Umami");
+        }
+        let mut e = event("signup");
+        e.event_properties = json!({"when": "2026-13-01T00:00:00", "ok": "2026-11-26T12:00:00"});
+        let req = build(&base(), &e, Identity::Full);
+        assert_eq!(req.body["payload"]["data"], json!({"ok": "2026-11-26T12:00:00"}));
+        assert!(req.adjustments[0].contains("\"when\" left out"), "{:?}", req.adjustments);
+    }
+
+    #[test]
+    fn event_names_are_counted_in_utf16_as_umami_does() {
+        let s = base();
+        assert_eq!(Umami::accepts(&s, &event(&"😀".repeat(30))), Err(Blocked::EventNameTooLong));
+        assert_eq!(Umami::accepts(&s, &event(&"😀".repeat(26))), Err(Blocked::EventNameTooLong));
+        assert_eq!(Umami::accepts(&s, &event(&"😀".repeat(25))), Ok(()));
+        assert_eq!(Umami::accepts(&s, &event(&"é".repeat(50))), Ok(()), "one unit each");
     }
 
     #[test]
@@ -485,10 +763,33 @@ mod tests {
         assert_eq!(r(200, br#"{"cache":"x","sessionId":"s","visitId":"v"}"#), Outcome::Delivered);
         assert!(matches!(r(200, br#"{"beep":"boop"}"#), Outcome::Dropped { .. }));
         // A 200 that is not Umami's answer (a wrong instance_url behind a proxy) is no delivery.
-        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::Dropped { .. }));
+        assert!(matches!(r(200, b"<html>Welcome</html>"), Outcome::Retry { .. }));
+        assert!(matches!(r(200, b"{}"), Outcome::Retry { .. }));
+        assert_eq!(r(200, br#"{"cache":"eyJhbGciOiJIUzI1NiJ9.eyJ3IjoxfQ.c2ln"}"#), Outcome::Delivered, "v2.16");
+        assert_eq!(r(200, b"eyJhbGciOiJIUzI1NiJ9.eyJ3IjoxfQ.c2ln"), Outcome::Delivered, "v2.15 and older");
         assert!(matches!(r(400, br#"{"error":{"message":"Website not found."}}"#), Outcome::Dead { .. }));
-        assert!(matches!(r(403, b""), Outcome::Dropped { .. }));
+        // Umami's own 403 (IGNORE_IP), v3 and v2.20 shapes; anyone else's 403 is an auth failure.
+        assert!(matches!(
+            r(403, br#"{"error":{"message":"Forbidden","code":"forbidden","status":403}}"#),
+            Outcome::Dropped { .. }
+        ));
+        assert!(matches!(r(403, br#"{"error":"Forbidden"}"#), Outcome::Dropped { .. }));
+        for proxy in [&b""[..], b"<html><h1>403 Forbidden</h1></html>", br#"{"message":"Forbidden"}"#] {
+            assert!(matches!(r(403, proxy), Outcome::AuthFailure { .. }), "{}", String::from_utf8_lossy(proxy));
+        }
         assert!(matches!(r(401, b""), Outcome::AuthFailure { .. }));
         assert!(matches!(r(500, b""), Outcome::Retry { .. }));
+        // A 500 after the event row was written is not retried (a retry would store it again).
+        let after_row = br#"{"error":{"message":"Server error","code":"server-error","status":500,"errorObject":
+            {"name":"PrismaClientKnownRequestError","code":"P2020","message":"\nInvalid `prisma.eventData.createMany()`
+            invocation:\n\nValue out of range for the type. numeric field overflow"}}}"#;
+        match r(500, after_row) {
+            Outcome::Dead { reason } => assert!(reason.contains("stored the event"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let before_row = br#"{"error":{"message":"Server error","code":"server-error","status":500,"errorObject":
+            {"code":"P2000","message":"Invalid `prisma.websiteEvent.create()` invocation: The provided value for the
+            column is too long for the column's type. Column: hostname"}}}"#;
+        assert!(matches!(r(500, before_row), Outcome::Retry { .. }));
     }
 }

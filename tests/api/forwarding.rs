@@ -293,7 +293,8 @@ async fn a_provider_that_is_down_is_retried_until_it_is_back() {
     );
     let usage = &site::config(&app, "plausible", &id(&p)).await["usage"];
     assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(1), Some(0)));
-    assert!(usage["last_error"].as_str().unwrap().contains("503"), "{usage}");
+    // `last_error` is the config's current trouble: the delivery that went through cleared it.
+    assert!(usage["last_error"].is_null() && usage["last_error_at"].is_null(), "{usage}");
 }
 
 #[tokio::test]
@@ -593,4 +594,8 @@ async fn a_withdrawal_reaches_deliveries_still_waiting() {
     let cancelled = delivery_in(&app, &id(&accepted), &id(&needs_analytics), "dead").await;
     assert!(cancelled["last_error"].as_str().unwrap().contains("consent changed before delivery"), "{cancelled}");
     assert!(fakes.stored("umami").await.is_empty(), "nothing reached the provider needing analytics");
+    // A consent denial at send time counts as one, not as a failure of the config.
+    let usage = &site::config(&app, "umami", &id(&needs_analytics)).await["usage"];
+    assert_eq!((usage["events_failed"].as_i64(), usage["events_denied_by_consent"].as_i64()), (Some(0), Some(1)));
+    assert!(usage["last_error"].as_str().unwrap().contains("503"), "the provider's last error stays: {usage}");
 }

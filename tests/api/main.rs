@@ -15,6 +15,7 @@ mod foundation;
 mod ingest;
 mod outbox;
 mod provider_configs;
+mod provider_contracts;
 mod secrets;
 mod site;
 mod upgrade;

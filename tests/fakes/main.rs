@@ -9,18 +9,22 @@
 //! - `POST /_fake/behaviour` — `{"plausible": {...}, "umami": {...}}`: `fail_next` + `status`
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
-//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` (Umami)
+//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` and
+//!   `ignore_ips` (Umami)
 //! - `POST /plausible/api/v2/query` — Plausible's Stats API (a bearer key from `api_keys`)
 //! - `POST /umami/api/auth/login`, `GET /umami/api/me` — Umami's login (`users`) and `/me`
 //!   (`api_keys` as `x-umami-api-key`)
 //! - `POST /_fake/reset` — forget everything received and all behaviour
 //! - `POST /_fake/keyvault`, `GET /_fake/keyvault/requests` — steer and read the fake Key Vault
+//! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
+//!   `instance_url` answers (see `catch_all.rs`)
 //!
 //! Each fake validates requests as the real service does (shared/docs/providers-sources.md):
 //! what the real one refuses, the fake refuses with the same status and body shape; what the
 //! real one silently drops, the fake answers with the same success-looking answer and records as
 //! `dropped`.
 
+mod catch_all;
 mod keyvault;
 mod plausible;
 mod state;
@@ -54,6 +58,7 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/received", get(received))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
+        .fallback(catch_all::page)
         .with_state(fakes)
         .merge(control);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

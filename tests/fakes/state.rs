@@ -44,6 +44,8 @@ pub struct Behaviour {
     pub api_keys: Vec<String>,
     /// Umami: `(username, password)` pairs its login accepts.
     pub users: Vec<(String, String)>,
+    /// Umami: the instance's `IGNORE_IP` list (exact addresses): such visitors get Umami's 403.
+    pub ignore_ips: Vec<String>,
 }
 
 /// One request as received, with what the fake answered.
@@ -57,7 +59,8 @@ pub struct Received {
     pub body: Value,
     pub status: u16,
     /// `stored`, `dropped` (answered success, discarded), `rejected` (4xx), `failed` (told to fail),
-    /// `stored_then_failed` (Umami's 500 after the row was written).
+    /// `stored_then_failed` (Umami's 500 after the event row was written), `ignored` (the
+    /// catch-all page answered: no such service).
     pub outcome: &'static str,
     pub reason: Option<String>,
     /// The client IP as the real service would resolve it.
@@ -128,6 +131,7 @@ impl Fakes {
                             .filter_map(|u| Some((u["username"].as_str()?.into(), u["password"].as_str()?.into())))
                             .collect()
                     }
+                    "ignore_ips" => b.ignore_ips = strings(v),
                     _ => {}
                 }
             }

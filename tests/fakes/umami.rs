@@ -7,8 +7,13 @@
 //! - `isbot(payload.userAgent ?? User-Agent)` → 200 `{"beep": "boop"}`, nothing stored (a missing
 //!   agent is not a bot); any bare `name/version` agent is a bot;
 //! - unknown website → 400 `Website not found.`;
-//! - PostgreSQL column limits not checked by zod (distinct id 50, browser/os/device 20, UTM and
-//!   click ids 255, event-data keys and values 500) → 500 *after* the event was stored;
+//! - the visitor's IP (`payload.ip`, else the headers) in `IGNORE_IP` (`ignore_ips`) → Umami's own
+//!   403 `{"error": {"message": "Forbidden", "code": "forbidden", "status": 403}}`;
+//! - PostgreSQL column limits not checked by zod → 500 with the serialised Prisma error as
+//!   `errorObject`. Before the event row (session `distinct_id` 50, browser/os/device 20;
+//!   `website_event.hostname` 100 — `hostname`, else the URL's host —, UTM and click ids 255)
+//!   nothing of the event is stored (`failed`); after it (`event_data` keys and text values 500,
+//!   `number_value numeric(19,4)`, the revenue row) the event *is* stored (`stored_then_failed`);
 //! - success → 200 `{"cache", "sessionId", "visitId"}`.
 
 use axum::{
@@ -102,16 +107,30 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
             Some("website not found".into()),
         );
     }
-    if let Some(why) = over_db_limits(&payload) {
+    let ip = payload.get("ip").and_then(Value::as_str).map(String::from).or_else(|| {
+        headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().into())
+    });
+    if ip.is_some_and(|ip| behaviour.ignore_ips.contains(&ip)) {
+        let forbidden = json!({"error": {"message": "Forbidden", "code": "forbidden", "status": 403}});
         return (
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"error": {"message": "Server error", "code": "server-error", "status": 500}})),
-            )
-                .into_response(),
-            "stored_then_failed",
+            (StatusCode::FORBIDDEN, axum::Json(forbidden)).into_response(),
+            "rejected",
+            403,
+            Some("IGNORE_IP".into()),
+        );
+    }
+    if let Some(overflow) = over_db_limits(&payload) {
+        let body = json!({"error": {"message": "Server error", "code": "server-error", "status": 500,
+                                    "errorObject": overflow.error_object}});
+        let outcome = if overflow.after_event_row { "stored_then_failed" } else { "failed" };
+        return (
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response(),
+            outcome,
             500,
-            Some(why),
+            Some(format!("{} ({})", overflow.column, overflow.error_object["message"].as_str().unwrap_or("").trim())),
         );
     }
     let ok = json!({"cache": format!("fake.{}", uuid::Uuid::new_v4().simple()), "sessionId": uuid::Uuid::new_v4(), "visitId": uuid::Uuid::new_v4()});
@@ -188,47 +207,151 @@ fn validate(req: &Map<String, Value>, formula_guard: bool) -> Vec<Value> {
     errors
 }
 
-/// Prisma/PostgreSQL column sizes the schema does not check.
-fn over_db_limits(p: &Map<String, Value>) -> Option<String> {
+/// A column Umami's PostgreSQL schema would overflow, and where in `saveEvent` that happens.
+struct Overflow {
+    column: String,
+    /// What `serializeError` makes of the exception, under route.ts's `serverError`.
+    error_object: Value,
+    after_event_row: bool,
+}
+
+const TOO_LONG: &str = "The provided value for the column is too long for the column's type.";
+const OUT_OF_RANGE: &str = "Value out of range for the type. numeric field overflow";
+
+/// Prisma/PostgreSQL column sizes the schema does not check, in the order Umami writes them.
+fn over_db_limits(p: &Map<String, Value>) -> Option<Overflow> {
     let chars = |v: &Value| v.as_str().map(|s| s.chars().count()).unwrap_or(0);
+    // `call`: the Prisma call that fails — `session.create`, `websiteEvent.create` (before the
+    // event row), `eventData.createMany`, `revenue.create` (after it).
+    let overflow = |column: String, call: &str, too_long: bool| {
+        let message = if too_long { TOO_LONG } else { OUT_OF_RANGE };
+        Some(Overflow {
+            column,
+            error_object: json!({
+                "name": "PrismaClientKnownRequestError",
+                "code": if too_long { "P2000" } else { "P2020" },
+                "message": format!("\nInvalid `prisma.{call}()` invocation:\n\n{message}"),
+            }),
+            after_event_row: matches!(call, "eventData.createMany" | "revenue.create"),
+        })
+    };
     if p.get("id").is_some_and(|v| chars(v) > 50) {
-        return Some("session.distinct_id VarChar(50)".into());
+        return overflow("session.distinct_id VarChar(50)".into(), "session.create", true);
     }
     for k in ["browser", "os", "device"] {
         if p.get(k).is_some_and(|v| chars(v) > 20) {
-            return Some(format!("session.{k} VarChar(20)"));
+            return overflow(format!("session.{k} VarChar(20)"), "session.create", true);
         }
     }
-    if let Some(url) = p.get("url").and_then(Value::as_str)
-        && let Ok(u) = url::Url::parse("https://localhost").unwrap().join(url)
-    {
+    let base = match p.get("hostname").and_then(Value::as_str) {
+        Some(h) => format!("https://{h}"),
+        None => "https://localhost".into(),
+    };
+    let page = p.get("url").and_then(Value::as_str).and_then(|u| url::Url::parse(&base).ok()?.join(u).ok());
+    // `hostname || urlDomain`: without a hostname, the URL's host without `www.`.
+    let hostname = match p.get("hostname").and_then(Value::as_str) {
+        Some(h) => Some(h.to_string()),
+        None => page.as_ref().and_then(|u| u.host_str().map(|h| h.strip_prefix("www.").unwrap_or(h).to_string())),
+    };
+    if hostname.is_some_and(|h| h.chars().count() > 100) {
+        return overflow("website_event.hostname VarChar(100)".into(), "websiteEvent.create", true);
+    }
+    if let Some(u) = &page {
         for (k, v) in u.query_pairs() {
             let tracked = k.starts_with("utm_")
                 || ["gclid", "fbclid", "msclkid", "ttclid", "li_fat_id", "twclid"].contains(&k.as_ref());
             if tracked && v.chars().count() > 255 {
-                return Some(format!("website_event.{k} VarChar(255)"));
+                return overflow(format!("website_event.{k} VarChar(255)"), "websiteEvent.create", true);
             }
         }
     }
     if let Some(data) = p.get("data").and_then(Value::as_object) {
         let mut flat = Vec::new();
         flatten("", data, &mut flat);
-        for (k, v) in flat {
-            if k.chars().count() > 500 || v.chars().count() > 500 {
-                return Some("event_data.data_key / string_value VarChar(500)".into());
+        for (k, v) in &flat {
+            if k.chars().count() > 500 || v.as_str().is_some_and(|s| s.chars().count() > 500) {
+                return overflow(
+                    "event_data.data_key / string_value VarChar(500)".into(),
+                    "eventData.createMany",
+                    true,
+                );
+            }
+            // `getStringValue`: `new Date(value).toISOString()` for a DATETIME_REGEX match.
+            if v.as_str().is_some_and(is_impossible_date) {
+                return Some(Overflow {
+                    column: format!("event_data.date_value ({k}: not a date)"),
+                    error_object: json!({"name": "RangeError", "message": "Invalid time value",
+                                         "stack": "RangeError: Invalid time value\n    at Date.toISOString (<anonymous>)"}),
+                    after_event_row: true,
+                });
+            }
+            if v.as_f64().is_some_and(|n| n.abs() >= 1e15) {
+                return overflow(format!("event_data.number_value numeric(19,4) ({k})"), "eventData.createMany", false);
+            }
+        }
+        // `if (revenue > 0 && currency)`: JavaScript compares a numeric string as a number.
+        let revenue = match data.get("revenue") {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        let currency = data.get("currency").and_then(Value::as_str).filter(|c| !c.is_empty());
+        if let (Some(r), Some(c)) = (revenue.filter(|r| *r > 0.0), currency) {
+            if c.chars().count() > 10 {
+                return overflow("revenue.currency VarChar(10)".into(), "revenue.create", true);
+            }
+            if r >= 1e15 {
+                return overflow("revenue.revenue numeric(19,4)".into(), "revenue.create", false);
             }
         }
     }
     None
 }
 
-fn flatten(prefix: &str, map: &Map<String, Value>, out: &mut Vec<(String, String)>) {
+/// Matches Umami's `DATETIME_REGEX` (`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}(Z|\+\d{2}:\d{2})?)?$`)
+/// but is no valid date, so JavaScript's `new Date(v)` is `Invalid Date`.
+fn is_impossible_date(s: &str) -> bool {
+    let digits = |r: std::ops::Range<usize>| s.get(r).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()));
+    let sep = |i: usize, c: char| s[i..].starts_with(c);
+    let tail = &s.get(19..).unwrap_or("x");
+    let tail_ok = tail.is_empty()
+        || (tail.len() >= 4 && sep(19, '.') && digits(20..23) && {
+            let zone = &tail[4..];
+            zone.is_empty()
+                || zone == "Z"
+                || (zone.len() == 6 && zone.starts_with('+') && digits(24..26) && sep(26, ':') && digits(27..29))
+        });
+    let shaped = s.len() >= 19
+        && digits(0..4)
+        && sep(4, '-')
+        && digits(5..7)
+        && sep(7, '-')
+        && digits(8..10)
+        && sep(10, 'T')
+        && digits(11..13)
+        && sep(13, ':')
+        && digits(14..16)
+        && sep(16, ':')
+        && digits(17..19)
+        && tail_ok;
+    if !shaped {
+        return false;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
+    let date = chrono::NaiveDate::from_ymd_opt(n(0..4) as i32, n(5..7), n(8..10));
+    let time = chrono::NaiveTime::from_hms_opt(n(11..13), n(14..16), n(17..19));
+    let zone = s.len() < 29 || (n(24..26) <= 23 && n(27..29) <= 59);
+    date.is_none() || time.is_none() || !zone
+}
+
+/// `flattenJSON`: nested objects as dotted keys; arrays as JSON text; other values as they are.
+fn flatten(prefix: &str, map: &Map<String, Value>, out: &mut Vec<(String, Value)>) {
     for (k, v) in map {
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         match v {
             Value::Object(m) => flatten(&key, m, out),
-            Value::String(s) => out.push((key, s.clone())),
-            other => out.push((key, other.to_string())),
+            Value::Array(_) => out.push((key, Value::String(v.to_string()))),
+            other => out.push((key, other.clone())),
         }
     }
 }
@@ -265,7 +388,12 @@ fn isbot(ua: &str) -> bool {
         "lighthouse",
         "http-client",
     ];
-    if keywords.iter().any(|k| l.contains(k)) || l.contains("(compatible;") {
+    // isbot 5's `ptst[ /]\d`: the WebPageTest agent (`… PTST/240101.123456`).
+    let webpagetest = l.match_indices("ptst").any(|(i, _)| {
+        let rest = &l.as_bytes()[i + 4..];
+        rest.len() >= 2 && (rest[0] == b' ' || rest[0] == b'/') && rest[1].is_ascii_digit()
+    });
+    if webpagetest || keywords.iter().any(|k| l.contains(k)) || l.contains("(compatible;") {
         return true;
     }
     // ^[\w .\-()?:%]+(?:/v?\d+[\w.\-]*)?(?:,|$)
