@@ -68,6 +68,7 @@ pub struct EventPath {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeyQuery {
     /// A public ingest key (`pk_…`), for browsers that cannot set headers (`sendBeacon`).
     key: Option<String>,

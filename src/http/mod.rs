@@ -14,7 +14,10 @@ mod events;
 pub mod extract;
 mod health;
 mod ingest_keys;
+mod openapi;
+pub mod paging;
 mod provider_configs;
+pub mod serve;
 mod tokens;
 
 use std::sync::OnceLock;
@@ -46,7 +49,15 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[openapi(
     info(title = "consentgate", description = "Consent management and analytics forwarding gateway"),
     modifiers(&BearerAuth),
-    components(schemas(error::ErrorBody))
+    // Types the providers' hand-written input schemas refer to by name, so the `$ref`s resolve.
+    components(schemas(
+        error::ErrorBody,
+        crate::outbox::log::DeliveryStatus,
+        crate::providers::DomainPattern,
+        crate::providers::InstanceUrl,
+        crate::providers::plausible::SiteDomain,
+        crate::providers::config::Usage,
+    ))
 )]
 struct ApiDoc;
 
@@ -80,7 +91,8 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn openapi_document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let (_, doc) = api().split_for_parts();
+        let (_, mut doc) = api().split_for_parts();
+        openapi::finish(&mut doc);
         doc.to_pretty_json().expect("the OpenAPI document serialises")
     })
 }

@@ -18,7 +18,7 @@ use crate::{
     outbox,
     providers::{
         self, AnyProvider, ProviderConfigInput,
-        config::{self, ConfigView},
+        config::{self, ProviderConfigView},
     },
 };
 
@@ -53,14 +53,14 @@ pub(crate) fn provider(name: &str) -> ApiResult<&'static dyn AnyProvider> {
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
-    responses((status = 200, body = Vec<ConfigView>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Vec<ProviderConfigView>), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn list_configs(
     State(state): State<AppState>,
     Reader(caller): Reader,
     ApiPath(path): ApiPath<ProviderPath>,
-) -> ApiResult<Json<Vec<ConfigView>>> {
+) -> ApiResult<Json<Vec<ProviderConfigView>>> {
     let p = provider(&path.provider)?;
     Ok(Json(config::list(&state.db, caller.tenant.id, p).await?))
 }
@@ -71,7 +71,7 @@ async fn list_configs(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
     request_body = ProviderConfigInput,
-    responses((status = 201, body = ConfigView), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = ProviderConfigView), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn create_config(
@@ -79,7 +79,7 @@ async fn create_config(
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ProviderPath>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<(StatusCode, Json<ConfigView>)> {
+) -> ApiResult<(StatusCode, Json<ProviderConfigView>)> {
     let p = provider(&path.provider)?;
     let view = config::create(&state.db, caller.tenant.id, p, body, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(view)))
@@ -89,14 +89,14 @@ async fn create_config(
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ProviderConfigView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn get_config(
     State(state): State<AppState>,
     Reader(caller): Reader,
     ApiPath(path): ApiPath<ConfigPath>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ProviderConfigView>> {
     let p = provider(&path.provider)?;
     Ok(Json(config::get(&state.db, caller.tenant.id, p, path.id).await?))
 }
@@ -108,7 +108,7 @@ async fn get_config(
     patch, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
     request_body = ProviderConfigInput,
-    responses((status = 200, body = ConfigView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = ProviderConfigView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn patch_config(
@@ -116,7 +116,7 @@ async fn patch_config(
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ConfigPath>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ProviderConfigView>> {
     let p = provider(&path.provider)?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, body, &caller.actor()).await?;
     if view.status == "active" {
@@ -130,14 +130,14 @@ async fn patch_config(
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ProviderConfigView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn delete_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ConfigPath>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ProviderConfigView>> {
     let p = provider(&path.provider)?;
     Ok(Json(config::decommission(&state.db, caller.tenant.id, p, path.id, &caller.actor()).await?))
 }

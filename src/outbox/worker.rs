@@ -39,6 +39,12 @@ struct Worker {
     owner: String,
 }
 
+/// The longest wait between claim rounds while claiming fails.
+const CLAIM_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// One "claiming failed" line per minute at most, with the count of the ones folded into it.
+static CLAIM_LOG: crate::telemetry::LogThrottle =
+    crate::telemetry::LogThrottle::new(std::time::Duration::from_secs(60));
+
 /// Runs until `shutdown`, then waits for the requests in flight.
 pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Outbox, shutdown: CancellationToken) {
     let mut builder = reqwest::Client::builder()
@@ -63,12 +69,16 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
     let lease = chrono::Duration::seconds(worker.settings.lease_secs.max(1) as i64);
     let poll = std::time::Duration::from_millis(worker.settings.poll_interval_ms.max(10));
     let mut in_flight = JoinSet::new();
+    // While claiming fails (the database is unreachable), wait longer each round, up to
+    // `CLAIM_BACKOFF_MAX`, and log one line per period instead of one per provider and round.
+    let mut claim_wait = poll;
     tracing::info!(owner = %worker.owner, "delivery worker started");
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         let mut claimed_any = false;
+        let mut claim_failed = false;
         for provider in providers::all() {
             let slot = &slots[provider.name()];
             let free = slot.available_permits() as u64;
@@ -85,9 +95,15 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
                         in_flight.spawn(async move { w.process(*provider, d, permit).await });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, provider = provider.name(), "claiming deliveries failed"),
+                Err(e) => {
+                    claim_failed = true;
+                    if let Some(suppressed) = CLAIM_LOG.allow() {
+                        tracing::warn!(error = %e, suppressed, "claiming deliveries failed; retrying with backoff");
+                    }
+                }
             }
         }
+        claim_wait = if claim_failed { (claim_wait * 2).min(CLAIM_BACKOFF_MAX.max(poll)) } else { poll };
         while in_flight.try_join_next().is_some() {}
         if claimed_any {
             continue;
@@ -95,7 +111,7 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = outbox.woken().notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(claim_wait) => {}
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }

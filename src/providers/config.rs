@@ -64,7 +64,7 @@ pub struct Usage {
 /// A provider config as the API shows it: the shared fields, the provider's settings at the top
 /// level, credential *references* (never values) and usage.
 #[derive(Clone, Debug, Serialize)]
-pub struct ConfigView {
+pub struct ProviderConfigView {
     pub id: Uuid,
     pub provider: String,
     pub display_name: String,
@@ -80,7 +80,7 @@ pub struct ConfigView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Documentation of [`ConfigView`]: the shared read fields and one provider's settings.
+/// Documentation of [`ProviderConfigView`]: the shared read fields and one provider's settings.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct ConfigMeta {
@@ -97,7 +97,7 @@ struct ConfigMeta {
     updated_at: DateTime<Utc>,
 }
 
-impl PartialSchema for ConfigView {
+impl PartialSchema for ProviderConfigView {
     fn schema() -> RefOr<Schema> {
         let mut settings = OneOfBuilder::new();
         for p in all() {
@@ -107,11 +107,11 @@ impl PartialSchema for ConfigView {
     }
 }
 
-impl ToSchema for ConfigView {}
+impl ToSchema for ProviderConfigView {}
 
-impl From<provider_config::Model> for ConfigView {
+impl From<provider_config::Model> for ProviderConfigView {
     fn from(m: provider_config::Model) -> Self {
-        ConfigView {
+        ProviderConfigView {
             id: m.id,
             provider: m.provider,
             display_name: m.display_name,
@@ -200,7 +200,7 @@ fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: Provider
     Ok(ConfigInput { display_name, status, required_category, credentials, settings })
 }
 
-fn view_json(view: &ConfigView) -> Option<Value> {
+fn view_json(view: &ProviderConfigView) -> Option<Value> {
     serde_json::to_value(view).ok()
 }
 
@@ -210,7 +210,7 @@ pub async fn create(
     provider: &dyn AnyProvider,
     body: Value,
     actor: &str,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     let input = parse_input(provider, body, ProviderStatus::Draft)?;
     if !matches!(input.status, ProviderStatus::Draft | ProviderStatus::Active) {
         return Err(Error::Conflict(format!("a new config starts as draft or active, not {}", input.status.as_str())));
@@ -240,7 +240,7 @@ pub async fn create(
     }
     .insert(&txn)
     .await?;
-    let view = ConfigView::from(model);
+    let view = ProviderConfigView::from(model);
     audit::record(
         &txn,
         audit::Change {
@@ -258,14 +258,18 @@ pub async fn create(
     Ok(view)
 }
 
-pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid, provider: &dyn AnyProvider) -> Result<Vec<ConfigView>> {
+pub async fn list(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+) -> Result<Vec<ProviderConfigView>> {
     let rows = provider_config::Entity::find()
         .filter(provider_config::Column::TenantId.eq(tenant_id))
         .filter(provider_config::Column::Provider.eq(provider.name()))
         .order_by_asc(provider_config::Column::CreatedAt)
         .all(db)
         .await?;
-    Ok(rows.into_iter().map(ConfigView::from).collect())
+    Ok(rows.into_iter().map(ProviderConfigView::from).collect())
 }
 
 pub async fn find(
@@ -287,7 +291,7 @@ pub async fn get(
     tenant_id: Uuid,
     provider: &dyn AnyProvider,
     id: Uuid,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     Ok(find(db, tenant_id, provider.name(), id).await?.into())
 }
 
@@ -314,7 +318,7 @@ pub async fn patch(
     id: Uuid,
     patch: Value,
     actor: &str,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     let Value::Object(patch) = patch else {
         return Err(Error::Validation { field: None, message: "expected a JSON object".into() });
     };
@@ -359,7 +363,7 @@ pub async fn patch(
     if !admin_may_move(from, to) {
         return Err(Error::Conflict(format!("a {} config cannot become {}", from.as_str(), to.as_str())));
     }
-    let before = ConfigView::from(current.clone());
+    let before = ProviderConfigView::from(current.clone());
     let mut active = current.into_active_model();
     active.display_name = Set(input.display_name);
     active.status = Set(to.as_str().into());
@@ -381,7 +385,7 @@ pub async fn patch(
         }
         _ => {}
     }
-    let view = ConfigView::from(model);
+    let view = ProviderConfigView::from(model);
     audit::record(
         &txn,
         audit::Change {
@@ -407,7 +411,7 @@ pub async fn decommission(
     provider: &dyn AnyProvider,
     id: Uuid,
     actor: &str,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     let current = find(db, tenant_id, provider.name(), id).await?;
     if current.status == ProviderStatus::Decommissioned.as_str() {
         return Ok(current.into());

@@ -6,4 +6,4 @@ pub mod spec;
 pub mod store;
 
 pub use spec::{ConfigSpec, Status};
-pub use store::{ConfigView, Published, RevisionView, active_banner_config};
+pub use store::{ConsentConfigView, Published, RevisionView, active_banner_config};

@@ -1,0 +1,107 @@
+//! Finishing touches on the generated OpenAPI document that hold for every operation alike, so
+//! they are stated once here instead of in each handler's annotation (where they would drift):
+//! the error answers the shared layers can give, and the constraints of the shared path
+//! parameters.
+
+use utoipa::openapi::{
+    HttpMethod, OpenApi, Ref, RefOr, ResponseBuilder,
+    header::HeaderBuilder,
+    path::{Operation, ParameterIn},
+    schema::{ObjectBuilder, Schema, Type},
+};
+
+/// Routes that touch no database and no tenant: they cannot answer 404 or 503.
+const STATIC_ROUTES: [&str; 3] = ["/healthz", "/metrics", "/v1/openapi.json"];
+
+/// A tenant slug (`tenants::TenantSlug`): 3–63 lowercase letters, digits and `-`, not at the ends.
+const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$";
+
+pub fn finish(doc: &mut OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for method in [
+            HttpMethod::Get,
+            HttpMethod::Put,
+            HttpMethod::Post,
+            HttpMethod::Delete,
+            HttpMethod::Options,
+            HttpMethod::Head,
+            HttpMethod::Patch,
+        ] {
+            let op = match method {
+                HttpMethod::Get => item.get.as_mut(),
+                HttpMethod::Put => item.put.as_mut(),
+                HttpMethod::Post => item.post.as_mut(),
+                HttpMethod::Delete => item.delete.as_mut(),
+                HttpMethod::Options => item.options.as_mut(),
+                HttpMethod::Head => item.head.as_mut(),
+                HttpMethod::Patch => item.patch.as_mut(),
+                _ => None,
+            };
+            if let Some(op) = op {
+                document_errors(path, op);
+                constrain_parameters(op);
+            }
+        }
+    }
+}
+
+/// Adds each error answer an operation can get from the shared layers, unless its annotation
+/// already documents that status with a more specific description.
+fn document_errors(path: &str, op: &mut Operation) {
+    let is_static = STATIC_ROUTES.contains(&path);
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let has_body = op.request_body.is_some();
+    let mut add = |status: &str, description: &str| {
+        op.responses.responses.entry(status.to_string()).or_insert_with(|| error_response(status, description));
+    };
+    // Every route: a `%00` in the URL, a malformed query parameter.
+    add("400", "Malformed request: the URL, a query parameter or the JSON body (`field` names the culprit).");
+    if secured {
+        add("401", "Missing, invalid or revoked bearer token.");
+        add("403", "The token may not do this (an auditor token on an admin route).");
+    }
+    if !is_static && path.contains('{') {
+        add("404", "No such resource, or no such tenant for this token.");
+    }
+    if has_body {
+        add("413", "The body is larger than the limit (`server.max_body_bytes`).");
+        add("415", "Content-Type is neither `application/json`, `*+json` nor `text/plain`.");
+        add("422", "The JSON is well-formed but breaks a rule; `field` names the offending field.");
+    }
+    if !is_static {
+        add("503", "The database is unreachable; retry after `Retry-After` seconds.");
+    }
+}
+
+fn error_response(status: &str, description: &str) -> RefOr<utoipa::openapi::Response> {
+    let mut builder = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", utoipa::openapi::Content::new(Some(Ref::from_schema_name("ErrorBody"))));
+    if status == "503" {
+        builder = builder.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1))))
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
+        );
+    }
+    RefOr::T(builder.build())
+}
+
+/// `tenant` path parameters: the slug's length and pattern.
+fn constrain_parameters(op: &mut Operation) {
+    for param in op.parameters.iter_mut().flatten() {
+        let RefOr::T(param) = param else { continue };
+        if param.parameter_in == ParameterIn::Path && param.name == "tenant" {
+            param.schema = Some(RefOr::T(Schema::Object(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(3))
+                    .max_length(Some(63))
+                    .pattern(Some(SLUG_PATTERN))
+                    .build(),
+            )));
+        }
+    }
+}
