@@ -17,6 +17,14 @@ const STATIC_ROUTES: [&str; 3] = ["/healthz", "/metrics", "/v1/openapi.json"];
 const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$";
 
 pub fn finish(doc: &mut OpenApi) {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for item in doc.paths.paths.values() {
+        for op in [&item.get, &item.put, &item.post, &item.delete, &item.options, &item.head, &item.patch] {
+            if let Some(id) = op.as_ref().and_then(|op| op.operation_id.clone()) {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+    }
     for (path, item) in doc.paths.paths.iter_mut() {
         for method in [
             HttpMethod::Get,
@@ -40,6 +48,8 @@ pub fn finish(doc: &mut OpenApi) {
             if let Some(op) = op {
                 document_errors(path, op);
                 constrain_parameters(op);
+                describe_responses(op);
+                unique_operation_id(op, &seen);
             }
         }
     }
@@ -104,4 +114,30 @@ fn constrain_parameters(op: &mut Operation) {
             )));
         }
     }
+}
+
+/// OpenAPI requires a description on every response; where an annotation gives none, the
+/// status's reason phrase stands in.
+fn describe_responses(op: &mut Operation) {
+    for (status, response) in op.responses.responses.iter_mut() {
+        if let RefOr::T(response) = response
+            && response.description.is_empty()
+        {
+            let reason = status.parse::<u16>().ok().and_then(|s| axum::http::StatusCode::from_u16(s).ok());
+            response.description = reason.and_then(|r| r.canonical_reason()).unwrap_or("Response").to_string();
+        }
+    }
+}
+
+/// Operation ids are the handlers' names, and two modules may name a handler alike
+/// (`list_configs` for consent and for provider configs); OpenAPI wants them unique, so a shared
+/// name gets the operation's tag in front (`provider_configs_list_configs`).
+fn unique_operation_id(op: &mut Operation, seen: &std::collections::HashMap<String, usize>) {
+    let Some(id) = op.operation_id.as_ref() else { return };
+    if seen.get(id).copied().unwrap_or(0) < 2 {
+        return;
+    }
+    let tag = op.tags.as_ref().and_then(|t| t.first()).cloned().unwrap_or_default();
+    let prefix: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    op.operation_id = Some(format!("{prefix}_{id}"));
 }

@@ -74,7 +74,8 @@ fn write_routes(doc: &Value, tenant: &str) -> Vec<(Method, String)> {
                 .replace("{tenant}", tenant)
                 .replace("{provider}", "plausible")
                 .replace("{id}", "00000000-0000-0000-0000-000000000001")
-                .replace("{revision}", "1");
+                .replace("{revision}", "1")
+                .replace("{visitor_id}", "corpus-visitor");
             assert!(!path.contains('{'), "a path parameter the corpus does not fill: {path}");
             out.push((method.to_uppercase().parse().unwrap(), path));
         }
@@ -109,7 +110,9 @@ async fn malformed_input_on_every_write_route_is_a_4xx_in_the_error_shape() {
         .spawn()
         .unwrap();
     let mut server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A fresh connection per request: a route that takes no body answers without reading it, and
+    // hyper then closes the connection, which a pooled client would try to reuse.
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
     eventually(30, || async { http.get(format!("{}/healthz", server.base)).send().await.ok().map(|_| ()) }).await;
     let doc: Value = http.get(format!("{}/v1/openapi.json", server.base)).send().await.unwrap().json().await.unwrap();
     // A secret ingest key, so the events routes read their bodies instead of stopping at 401.
