@@ -8,7 +8,7 @@
 
 use axum::body::Bytes;
 use entity::tenant;
-use futures_util::{Stream, stream};
+use futures_util::{Stream, StreamExt, stream};
 use sea_orm::DatabaseConnection;
 
 use super::records::{self, RecordFilter, RecordItem};
@@ -170,6 +170,9 @@ pub fn stream(
             }
         }
     })
+    // The compression layer polls its inner body once more after the end; `unfold` panics on
+    // that, `fuse` answers "ended" again.
+    .fuse()
 }
 
 #[cfg(test)]

@@ -115,8 +115,8 @@ pub struct ExportFormat {
     get, path = "/v1/tenants/{tenant}/consent-records/export", tag = "consent records",
     params(("tenant" = String, Path), ExportFormat, RecordFilter),
     responses(
-        (status = 200, content_type = "text/csv", description = "format=csv"),
-        (status = 200, content_type = "application/x-ndjson", description = "format=ndjson"),
+        (status = 200, description = "CSV for format=csv, NDJSON for format=ndjson",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, body = ErrorBody)
     ),
     security(("bearer" = []))

@@ -93,7 +93,9 @@ pub fn openapi_document() -> &'static str {
     DOC.get_or_init(|| {
         let (_, mut doc) = api().split_for_parts();
         openapi::finish(&mut doc);
-        doc.to_pretty_json().expect("the OpenAPI document serialises")
+        let mut doc = serde_json::to_value(&doc).expect("the OpenAPI document serialises");
+        openapi::flatten_provider_input(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
     })
 }
 

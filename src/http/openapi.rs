@@ -47,7 +47,10 @@ pub fn finish(doc: &mut OpenApi) {
             };
             if let Some(op) = op {
                 document_errors(path, op);
-                constrain_parameters(op);
+                // A CORS preflight answers for any value of the path's parameters.
+                if method != HttpMethod::Options {
+                    constrain_parameters(op);
+                }
                 describe_responses(op);
                 unique_operation_id(op, &seen);
             }
@@ -99,19 +102,37 @@ fn error_response(status: &str, description: &str) -> RefOr<utoipa::openapi::Res
     RefOr::T(builder.build())
 }
 
-/// `tenant` path parameters: the slug's length and pattern.
+/// A visitor id (`consent::records::VisitorId`): a UUID or 1–64 URL-safe characters.
+pub const VISITOR_ID_PATTERN: &str = "^[A-Za-z0-9._~-]{1,64}$";
+
+/// Parameters shared by many routes, whose Rust types are parsed by hand (newtypes documented
+/// as plain strings): the tenant slug, visitor ids, a consent action, an export format.
 fn constrain_parameters(op: &mut Operation) {
+    let string = |min: usize, max: usize, pattern: &str| {
+        Some(RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(min))
+                .max_length(Some(max))
+                .pattern(Some(pattern))
+                .build(),
+        )))
+    };
+    let one_of = |values: &[&str]| {
+        Some(RefOr::T(Schema::Object(
+            ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied())).build(),
+        )))
+    };
     for param in op.parameters.iter_mut().flatten() {
         let RefOr::T(param) = param else { continue };
-        if param.parameter_in == ParameterIn::Path && param.name == "tenant" {
-            param.schema = Some(RefOr::T(Schema::Object(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .min_length(Some(3))
-                    .max_length(Some(63))
-                    .pattern(Some(SLUG_PATTERN))
-                    .build(),
-            )));
+        match (&param.parameter_in, param.name.as_str()) {
+            (ParameterIn::Path, "tenant") => param.schema = string(3, 63, SLUG_PATTERN),
+            (ParameterIn::Path | ParameterIn::Query, "visitor_id") => param.schema = string(1, 64, VISITOR_ID_PATTERN),
+            (ParameterIn::Query, "action") => {
+                param.schema = one_of(&["accept_all", "reject_all", "custom", "withdraw"])
+            }
+            (ParameterIn::Query, "format") => param.schema = one_of(&["csv", "ndjson"]),
+            _ => {}
         }
     }
 }
@@ -138,6 +159,43 @@ fn unique_operation_id(op: &mut Operation, seen: &std::collections::HashMap<Stri
         return;
     }
     let tag = op.tags.as_ref().and_then(|t| t.first()).cloned().unwrap_or_default();
-    let prefix: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let prefix: String =
+        tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     op.operation_id = Some(format!("{prefix}_{id}"));
+}
+
+/// A provider config body is one provider's shape, chosen by the `{provider}` in the path: the
+/// common fields and the provider's settings. Generated as `allOf` of two closed objects (the
+/// settings refuse unknown fields), no value satisfies both halves; stated as one object per
+/// provider, it says what the gateway accepts. `anyOf`, not `oneOf`: the path picks the branch.
+pub fn flatten_provider_input(doc: &mut serde_json::Value) {
+    use serde_json::{Map, Value};
+    let Some(input) = doc.pointer_mut("/components/schemas/ProviderConfigInput") else { return };
+    let Some(Value::Array(branches)) = input.as_object_mut().and_then(|o| o.remove("oneOf")) else { return };
+    let flattened: Vec<Value> = branches
+        .into_iter()
+        .map(|branch| {
+            let Some(Value::Array(parts)) = branch.get("allOf").cloned() else { return branch };
+            let mut properties = Map::new();
+            let mut required = Vec::new();
+            for part in parts {
+                if let Some(Value::Object(p)) = part.get("properties") {
+                    properties.extend(p.clone());
+                }
+                if let Some(Value::Array(r)) = part.get("required") {
+                    required.extend(r.iter().cloned());
+                }
+            }
+            let mut object = Map::new();
+            object.insert("type".into(), "object".into());
+            if let Some(title) = branch.get("title") {
+                object.insert("title".into(), title.clone());
+            }
+            object.insert("required".into(), Value::Array(required));
+            object.insert("properties".into(), Value::Object(properties));
+            object.insert("additionalProperties".into(), Value::Bool(false));
+            Value::Object(object)
+        })
+        .collect();
+    input.as_object_mut().map(|o| o.insert("anyOf".into(), Value::Array(flattened)));
 }
