@@ -309,3 +309,56 @@ async fn a_compressed_export_is_complete() {
         assert!(!body.is_empty());
     }
 }
+
+/// Log lines written while a test runs on the current thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// While the database is gone, fifty failing requests are a line or two in the log, not fifty
+/// ERRORs (nor a hundred, with the trace layer's own).
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_is_logged_once_not_per_request() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // current_thread: the app's tasks run on this thread and see this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app().await;
+    let tokens = format!("/v1/tenants/{}/tokens", app.tenant);
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(server) => {
+            use sea_orm::ConnectionTrait;
+            let name = url::Url::parse(&app.app.state.settings.database.url)
+                .unwrap()
+                .path()
+                .trim_start_matches('/')
+                .to_string();
+            let admin = sea_orm::Database::connect(&server).await.unwrap();
+            admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+            admin.close().await.ok();
+        }
+        Err(_) => app.app.state.db.clone().close().await.unwrap(),
+    }
+    for _ in 0..50 {
+        let (s, _) = app.get(&tokens, &app.admin).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let errors = log.lines().filter(|l| l.contains("ERROR")).count();
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    assert!(errors <= 1 && warnings <= 2, "{errors} ERROR and {warnings} WARN lines for 50 requests:\n{log}");
+}
