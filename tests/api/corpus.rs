@@ -170,6 +170,11 @@ async fn malformed_input_on_every_write_route_is_a_4xx_in_the_error_shape() {
     assert_eq!(s, StatusCode::OK, "still serving");
     // Memory flat: the later rounds do not grow the process beyond the first round's high-water mark
     // by more than a few MiB (allocator noise), whatever was thrown at it.
+    eprintln!(
+        "corpus: {} write routes × {} inputs × 3 rounds; server RSS after each round (KiB): {rss:?}",
+        routes.len(),
+        corpus.len() + 1
+    );
     let growth = rss[2].saturating_sub(rss[0]);
     assert!(growth < 16 * 1024, "resident memory grew by {growth} KiB over two rounds: {rss:?}");
 }
