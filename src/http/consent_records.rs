@@ -67,6 +67,7 @@ pub struct Paging {
     #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]
     limit: Option<PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{0,18}$")]
     cursor: Option<String>,
 }
 
