@@ -96,6 +96,8 @@ pub fn openapi_document() -> &'static str {
         openapi::finish(&mut doc);
         let mut doc = serde_json::to_value(&doc).expect("the OpenAPI document serialises");
         openapi::flatten_provider_input(&mut doc);
+        openapi::open_provider_view(&mut doc);
+        openapi::forbid_nul_in_url_parameters(&mut doc);
         serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
     })
 }

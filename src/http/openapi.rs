@@ -132,6 +132,10 @@ fn constrain_parameters(op: &mut Operation) {
                 param.schema = one_of(&["accept_all", "reject_all", "custom", "withdraw"])
             }
             (ParameterIn::Query, "format") => param.schema = one_of(&["csv", "ndjson"]),
+            (ParameterIn::Path, "provider") => {
+                let names: Vec<&str> = crate::providers::all().iter().map(|p| p.name()).collect();
+                param.schema = one_of(&names)
+            }
             _ => {}
         }
     }
@@ -198,4 +202,56 @@ pub fn flatten_provider_input(doc: &mut serde_json::Value) {
         })
         .collect();
     input.as_object_mut().map(|o| o.insert("anyOf".into(), Value::Array(flattened)));
+}
+
+/// `%00` anywhere in the URL is refused (400) before routing (`refuse_nul_in_uri`): every string
+/// path and query parameter says so with a pattern, unless it has a stricter one (or an enum or
+/// format) already.
+pub fn forbid_nul_in_url_parameters(doc: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else { return };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for op in item.values_mut() {
+            let Some(Value::Array(params)) = op.get_mut("parameters") else { continue };
+            for param in params {
+                let Some(schema) = param.get_mut("schema").and_then(Value::as_object_mut) else { continue };
+                let is_string = match schema.get("type") {
+                    Some(Value::String(t)) => t == "string",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+                    _ => false,
+                };
+                let constrained = ["pattern", "enum", "format"].iter().any(|k| schema.contains_key(*k));
+                if is_string && !constrained {
+                    schema.insert("pattern".into(), Value::String("^[^\\u0000]*$".into()));
+                }
+            }
+        }
+    }
+}
+
+/// A provider config as the API shows it is the shared fields plus one provider's settings, side
+/// by side in one object. Generated as `allOf` of the shared fields and a `oneOf` of the
+/// providers' (closed) settings objects, no response could match; the settings branches are
+/// opened (the shared fields sit beside them) and joined with `anyOf`.
+pub fn open_provider_view(doc: &mut serde_json::Value) {
+    use serde_json::Value;
+    fn open(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if o.get("additionalProperties") == Some(&Value::Bool(false)) {
+                    o.remove("additionalProperties");
+                }
+                if let Some(branches) = o.remove("oneOf") {
+                    o.insert("anyOf".into(), branches);
+                }
+                o.values_mut().for_each(open);
+            }
+            Value::Array(a) => a.iter_mut().for_each(open),
+            _ => {}
+        }
+    }
+    if let Some(view) = doc.pointer_mut("/components/schemas/ProviderConfigView") {
+        open(view);
+    }
 }
