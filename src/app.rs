@@ -31,7 +31,7 @@ pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
     shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -65,12 +65,8 @@ impl App {
         let shutdown = CancellationToken::new();
         let workers = crate::workers::spawn(&state, &shutdown);
         let router = http::router(state.clone());
-        let token = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-        });
+        let limits = http::serve::Limits::from_settings(&state.settings.server);
+        let server = tokio::spawn(http::serve::serve(listener, router, limits, shutdown.clone()));
         tracing::info!(%addr, "consentgate listening");
         Ok(App { addr, state, shutdown, server, workers })
     }
@@ -90,7 +86,7 @@ impl App {
         let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
         let mut server = self.server;
         tokio::select! {
-            result = &mut server => return Ok(result??),
+            result = &mut server => return Ok(result?),
             _ = self.shutdown.cancelled() => {}
         }
         let drain = async {

@@ -38,6 +38,15 @@ pub struct ServerSettings {
     pub client_ip_header: String,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Seconds a client has to send a complete request head (request line and headers), counted
+    /// from the moment the connection opens or its previous response was written: this is also
+    /// how long an idle keep-alive connection stays open.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may go without a byte read or written, even mid-request (a body
+    /// trickling in, a response nobody reads), before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; a connection beyond gets a 503 and is closed.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -48,6 +57,9 @@ impl Default for ServerSettings {
             max_body_bytes: 64 * 1024,
             client_ip_header: String::new(),
             shutdown_grace_secs: 20,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
 }
@@ -213,6 +225,15 @@ impl Settings {
         }
         if self.delivery.concurrency_per_provider == 0 {
             return Err(ConfigError("key `delivery.concurrency_per_provider`: must be at least 1".into()));
+        }
+        if self.server.header_read_timeout_secs == 0 {
+            return Err(ConfigError("key `server.header_read_timeout_secs`: must be at least 1".into()));
+        }
+        if self.server.idle_timeout_secs == 0 {
+            return Err(ConfigError("key `server.idle_timeout_secs`: must be at least 1".into()));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError("key `server.max_connections`: must be at least 1".into()));
         }
         self.secrets.check().map_err(ConfigError)?;
         if self.server.max_body_bytes < 1024 {

@@ -94,3 +94,87 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     })
     .await
 }
+
+/// True when `e` says the database cannot be reached or cannot serve right now (connection
+/// refused or lost, pool exhausted or closed, PostgreSQL shutting down or the database gone,
+/// SQLite's file unreadable, locked or full), as opposed to a fault in the statement or the
+/// data. Requests failing this way get 503 with `Retry-After`, not 500.
+pub fn is_unavailable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_unavailable(e),
+        _ => false,
+    }
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                code.parse().is_ok_and(sqlite_unavailable)
+            } else {
+                postgres_unavailable(&code)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// SQLite result codes that mean "not now": the primary code is the low byte of the extended
+/// one. BUSY, LOCKED, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+fn sqlite_unavailable(extended: u32) -> bool {
+    matches!(extended & 0xff, 5 | 6 | 8 | 10 | 11 | 13 | 14 | 26)
+}
+
+/// PostgreSQL SQLSTATEs that mean "not now": connection exceptions (08…), operator intervention
+/// (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), the database dropped
+/// (3D000), too many connections (53300), out of disk or memory (53100, 53200).
+fn postgres_unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "53300" | "53100" | "53200")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{postgres_unavailable, sqlite_unavailable};
+
+    #[test]
+    fn sqlite_unavailable_codes() {
+        for (code, unavailable) in [
+            (5, true),     // SQLITE_BUSY
+            (261, true),   // SQLITE_BUSY_RECOVERY
+            (10, true),    // SQLITE_IOERR
+            (3850, true),  // SQLITE_IOERR_LOCK
+            (14, true),    // SQLITE_CANTOPEN
+            (26, true),    // SQLITE_NOTADB
+            (2067, false), // SQLITE_CONSTRAINT_UNIQUE
+            (787, false),  // SQLITE_CONSTRAINT_FOREIGNKEY
+            (1, false),    // SQLITE_ERROR
+        ] {
+            assert_eq!(sqlite_unavailable(code), unavailable, "{code}");
+        }
+    }
+
+    #[test]
+    fn postgres_unavailable_codes() {
+        for (code, unavailable) in [
+            ("08006", true),  // connection_failure
+            ("08001", true),  // sqlclient_unable_to_establish_sqlconnection
+            ("57P01", true),  // admin_shutdown
+            ("3D000", true),  // invalid_catalog_name: the database was dropped
+            ("53300", true),  // too_many_connections
+            ("23505", false), // unique_violation
+            ("23503", false), // foreign_key_violation
+            ("40001", false), // serialization_failure
+            ("42P01", false), // undefined_table
+        ] {
+            assert_eq!(postgres_unavailable(code), unavailable, "{code}");
+        }
+    }
+}

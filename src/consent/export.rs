@@ -170,8 +170,8 @@ pub fn stream(
             }
         }
     })
-    // A compressing response body (`Accept-Encoding: gzip`) polls once more after the end, which
-    // an unfused `unfold` answers with a panic.
+    // The compression layer polls its inner body once more after the end; `unfold` panics on
+    // that, `fuse` answers "ended" again.
     .fuse()
 }
 

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{
     error::ApiResult,
     extract::{ApiQuery, Reader},
+    paging::PageLimit,
 };
 use crate::{
     app::AppState,
@@ -20,9 +21,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Page size, 1–500 (default 100).
-    limit: Option<u64>,
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]
+    limit: Option<PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
@@ -45,7 +48,7 @@ async fn list_audit_log(
     Reader(caller): Reader,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let limit = PageLimit::or_default(q.limit);
     let items = audit::list(&state.db, caller.tenant.id, q.cursor, limit).await?;
     let next_cursor = (items.len() as u64 == limit).then(|| items.last().map(|e| e.id)).flatten();
     Ok(Json(AuditPage { items, next_cursor }))

@@ -58,9 +58,9 @@ pub struct VisitorPath {
 #[derive(Deserialize, ToSchema)]
 pub struct NewConsent {
     /// The visitor's id; a new UUIDv4 is issued (and set as the `cg_vid` cookie) when absent.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._~-]{1,64}$")]
     visitor_id: Option<VisitorId>,
-    #[schema(value_type = String, example = "custom")]
+    #[schema(value_type = String, example = "custom", pattern = "^(accept_all|reject_all|custom|withdraw)$")]
     action: Action,
     /// Needed only for `custom`: `{"functional": bool, "analytics": bool, "marketing": bool}`.
     #[schema(value_type = Option<Object>)]
@@ -242,7 +242,11 @@ async fn visitor_state(
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/consent/{visitor_id}", tag = "consent",
     params(("tenant" = String, Path), ("visitor_id" = String, Path)),
-    responses((status = 201, body = Recorded), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody))
+    responses(
+        (status = 201, body = Recorded), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the tenant has no active cookie consent config"),
+        (status = 429, body = ErrorBody)
+    )
 )]
 async fn withdraw_consent(
     State(state): State<AppState>,

@@ -3,7 +3,6 @@
 
 use axum::{
     Json,
-    body::Bytes,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -16,12 +15,12 @@ use uuid::Uuid;
 
 use super::{
     error::{ApiResult, ErrorBody},
-    extract::{Admin, ApiJson, ApiPath, Reader, parse_json},
+    extract::{Admin, ApiJson, ApiJsonOrEmpty, ApiPath, Reader},
 };
 use crate::{
     app::AppState,
     consent::config::{
-        ConfigSpec, ConfigView, ConsentConfigPatch, RevisionView,
+        ConfigSpec, ConsentConfigPatch, ConsentConfigView, RevisionView,
         store::{self, Deleted},
     },
 };
@@ -64,14 +63,14 @@ pub struct PublishRequest {
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/cookie-consent/configs", tag = "cookie consent",
     params(("tenant" = String, Path)), request_body = ConfigSpec,
-    responses((status = 201, body = ConfigView), (status = 422, body = ErrorBody)),
+    responses((status = 201, body = ConsentConfigView), (status = 422, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn create_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<(StatusCode, Json<ConfigView>)> {
+) -> ApiResult<(StatusCode, Json<ConsentConfigView>)> {
     let view = store::create(&state.db, caller.tenant.id, &caller.actor(), body).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -80,10 +79,13 @@ async fn create_config(
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/cookie-consent/configs", tag = "cookie consent",
     params(("tenant" = String, Path)),
-    responses((status = 200, body = Vec<ConfigView>)),
+    responses((status = 200, body = Vec<ConsentConfigView>)),
     security(("bearer" = []))
 )]
-async fn list_configs(State(state): State<AppState>, Reader(caller): Reader) -> ApiResult<Json<Vec<ConfigView>>> {
+async fn list_configs(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+) -> ApiResult<Json<Vec<ConsentConfigView>>> {
     Ok(Json(store::list(&state.db, caller.tenant.id).await?))
 }
 
@@ -91,14 +93,14 @@ async fn list_configs(State(state): State<AppState>, Reader(caller): Reader) -> 
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/cookie-consent/configs/{id}", tag = "cookie consent",
     params(("tenant" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ConsentConfigView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn get_config(
     State(state): State<AppState>,
     Reader(caller): Reader,
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ConsentConfigView>> {
     Ok(Json(store::get(&state.db, caller.tenant.id, id).await?))
 }
 
@@ -109,7 +111,7 @@ async fn get_config(
     patch, path = "/v1/tenants/{tenant}/analytics/cookie-consent/configs/{id}", tag = "cookie consent",
     params(("tenant" = String, Path), ("id" = Uuid, Path)), request_body = Object,
     responses(
-        (status = 200, body = ConfigView), (status = 404, body = ErrorBody),
+        (status = 200, body = ConsentConfigView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
     ),
     security(("bearer" = []))
@@ -119,7 +121,7 @@ async fn patch_config(
     Admin(caller): Admin,
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
     ApiJson(patch): ApiJson<ConsentConfigPatch>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ConsentConfigView>> {
     Ok(Json(store::patch(&state.db, caller.tenant.id, id, &caller.actor(), patch).await?))
 }
 
@@ -128,7 +130,7 @@ async fn patch_config(
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/analytics/cookie-consent/configs/{id}", tag = "cookie consent",
     params(("tenant" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 204), (status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    responses((status = 204), (status = 200, body = ConsentConfigView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn delete_config(
@@ -147,21 +149,17 @@ async fn delete_config(
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/cookie-consent/configs/{id}/publish", tag = "cookie consent",
     params(("tenant" = String, Path), ("id" = Uuid, Path)), request_body = PublishRequest,
-    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = ConsentConfigView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn publish_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
-    body: Bytes,
-) -> ApiResult<Json<ConfigView>> {
-    let req: PublishRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PublishRequest { requires_reconsent: false }
-    } else {
-        parse_json(&body)?
-    };
-    Ok(Json(store::publish(&state.db, caller.tenant.id, id, &caller.actor(), req.requires_reconsent).await?))
+    ApiJsonOrEmpty(req): ApiJsonOrEmpty<PublishRequest>,
+) -> ApiResult<Json<ConsentConfigView>> {
+    let requires_reconsent = req.is_some_and(|r| r.requires_reconsent);
+    Ok(Json(store::publish(&state.db, caller.tenant.id, id, &caller.actor(), requires_reconsent).await?))
 }
 
 /// The config's published revisions, newest first: exactly what visitors were shown.

@@ -16,6 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Admin, ApiQuery, Reader},
+    paging::PageLimit,
 };
 use crate::{
     app::AppState,
@@ -63,8 +64,10 @@ fn check_keys(query: Option<&str>, extra: &[&str]) -> ApiResult<()> {
 #[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Page size, 1–500 (default 100).
-    limit: Option<u64>,
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]
+    limit: Option<PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{0,18}$")]
     cursor: Option<String>,
 }
 
@@ -90,7 +93,7 @@ async fn list_records(
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> ApiResult<Json<RecordPage>> {
     check_keys(raw.as_deref(), &["limit", "cursor"])?;
-    let limit = paging.limit.unwrap_or(100).clamp(1, 500);
+    let limit = PageLimit::or_default(paging.limit);
     let after = match paging.cursor.as_deref() {
         None | Some("") => 0,
         Some(c) => c.parse::<i64>().map_err(|_| ApiError::bad_request("cursor", "not a cursor from next_cursor"))?,
@@ -113,8 +116,8 @@ pub struct ExportFormat {
     get, path = "/v1/tenants/{tenant}/consent-records/export", tag = "consent records",
     params(("tenant" = String, Path), ExportFormat, RecordFilter),
     responses(
-        (status = 200, content_type = "text/csv", description = "format=csv"),
-        (status = 200, content_type = "application/x-ndjson", description = "format=ndjson"),
+        (status = 200, description = "CSV for format=csv, NDJSON for format=ndjson",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, body = ErrorBody)
     ),
     security(("bearer" = []))

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{
     error::{ApiResult, ErrorBody},
     extract::{Admin, ApiPath, ApiQuery, Reader},
+    paging::PageLimit,
 };
 use crate::{
     app::AppState,
@@ -21,6 +22,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// `pending`, `delivered`, `dropped` or `dead` (the dead letters).
     status: Option<DeliveryStatus>,
@@ -29,7 +31,8 @@ pub struct DeliveryQuery {
     /// An event id.
     event: Option<Uuid>,
     /// Page size, 1–500 (default 100).
-    limit: Option<u64>,
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]
+    limit: Option<PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
@@ -60,7 +63,7 @@ async fn list_deliveries(
     Reader(caller): Reader,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> ApiResult<Json<DeliveryPage>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let limit = PageLimit::or_default(q.limit);
     let filter = Filter { status: q.status, config: q.config, event: q.event, before: q.cursor, limit };
     let items = log::list(&state.db, caller.tenant.id, &filter).await?;
     let next_cursor = (items.len() as u64 == limit).then(|| items.last().map(|d| d.id)).flatten();

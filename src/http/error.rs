@@ -34,6 +34,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests")]
     RateLimited,
+    /// The gateway cannot serve now (the database is unreachable, migrations pending): 503 with
+    /// `Retry-After`.
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -105,12 +107,39 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait after a 503.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// One log line per this period while the database is unreachable, however many requests fail.
+static UNAVAILABLE_LOG: crate::telemetry::LogThrottle =
+    crate::telemetry::LogThrottle::new(std::time::Duration::from_secs(10));
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A 503 was logged (throttled) where its cause was recognised, in `from_db`.
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "request failed");
         }
-        (self.status(), Json(self.body())).into_response()
+        let retry = matches!(self, ApiError::Unavailable(_));
+        let mut res = (self.status(), Json(self.body())).into_response();
+        if retry {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        res
+    }
+}
+
+/// A database error becomes 503 when the database cannot be reached (the message names no
+/// internals; the cause goes to the throttled log line), else 500. This is the one place where
+/// connection failures are recognised for the HTTP layer.
+fn from_db(e: sea_orm::DbErr) -> ApiError {
+    if crate::db::is_unavailable(&e) {
+        if let Some(suppressed) = UNAVAILABLE_LOG.allow() {
+            tracing::error!(error = %e, suppressed, "the database is unreachable; answering 503");
+        }
+        ApiError::Unavailable("the database is unreachable; retry later".into())
+    } else {
+        ApiError::Internal(e.into())
     }
 }
 
@@ -121,15 +150,18 @@ impl From<Error> for ApiError {
             Error::NotFound => ApiError::NotFound,
             Error::Conflict(m) => ApiError::Conflict(m),
             Error::Forbidden(m) => ApiError::Forbidden(m),
-            Error::Db(e) => ApiError::Internal(e.into()),
-            Error::Internal(e) => ApiError::Internal(e),
+            Error::Db(e) => from_db(e),
+            Error::Internal(e) => match e.downcast::<sea_orm::DbErr>() {
+                Ok(db) => from_db(db),
+                Err(e) => ApiError::Internal(e),
+            },
         }
     }
 }
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
-        ApiError::Internal(e.into())
+        from_db(e)
     }
 }
 

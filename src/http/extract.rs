@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 
 use axum::{
     body::Bytes,
-    extract::{
-        ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request,
-        rejection::{PathRejection, QueryRejection},
-    },
+    extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request, rejection::PathRejection},
     http::{HeaderMap, header, request::Parts},
 };
 use secrecy::SecretString;
@@ -83,14 +80,20 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `Query`, with a JSON 400 naming the parameter on bad input.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// `Query`, with a JSON 400 naming the parameter on bad input (`field: "limit"`).
 pub struct ApiQuery<T>(pub T);
 
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::BadRequest { field: None, message: e.body_text() }
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let path = e.path().to_string();
+            let field = (path != ".").then_some(path);
+            ApiError::BadRequest { message: format!("invalid query string: {}", e.into_inner()), field }
+        })
     }
 }
 
@@ -105,15 +108,39 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         check_json_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest { field: None, message: e.body_text() }
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// An optional JSON body (`None` when the body is empty or only whitespace), with the same
+/// rules as `ApiJson` otherwise: Content-Type, size limit, one well-formed value.
+pub struct ApiJsonOrEmpty<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJsonOrEmpty<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ApiJsonOrEmpty(None));
+        }
+        check_json_content_type(&headers)?;
+        parse_json(&bytes).map(|v| ApiJsonOrEmpty(Some(v)))
+    }
+}
+
+/// The request body within `DefaultBodyLimit`; over it, 413 in the API's error shape (axum's
+/// own rejection is plain text).
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest { field: None, message: e.body_text() }
+        }
+    })
 }
 
 /// A JSON body may come as `application/json`, `*+json` or `text/plain` (or without a type).
@@ -141,7 +168,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());
@@ -151,7 +178,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
             _ => ApiError::BadRequest { field: None, message: format!("invalid JSON: {message}") },
         }
-    })
+    })?;
+    // One JSON value and nothing after it but whitespace: `{"a":1} xyz` is malformed, not `{"a":1}`.
+    de.end().map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: format!("invalid JSON: {}", strip_position(&e.to_string())),
+    })?;
+    Ok(value)
 }
 
 /// A `\u0000` escape outside an escaped backslash (raw NUL bytes are not valid JSON anyway).

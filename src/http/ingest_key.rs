@@ -25,6 +25,7 @@ use crate::{
 };
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeyQuery {
     /// A public ingest key (`pk_…`), for browsers that cannot set headers (`sendBeacon`).
     pub key: Option<String>,

@@ -15,7 +15,10 @@ pub mod extract;
 mod health;
 mod ingest_key;
 mod ingest_keys;
+mod openapi;
+pub mod paging;
 mod provider_configs;
+pub mod serve;
 mod tokens;
 
 use std::sync::OnceLock;
@@ -28,6 +31,7 @@ use axum::{
 };
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    classify::ServerErrorsFailureClass,
     compression::CompressionLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
@@ -47,7 +51,15 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[openapi(
     info(title = "consentgate", description = "Consent management and analytics forwarding gateway"),
     modifiers(&BearerAuth),
-    components(schemas(error::ErrorBody))
+    // Types the providers' hand-written input schemas refer to by name, so the `$ref`s resolve.
+    components(schemas(
+        error::ErrorBody,
+        crate::outbox::log::DeliveryStatus,
+        crate::providers::DomainPattern,
+        crate::providers::InstanceUrl,
+        crate::providers::plausible::SiteDomain,
+        crate::providers::config::Usage,
+    ))
 )]
 struct ApiDoc;
 
@@ -81,8 +93,13 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn openapi_document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let (_, doc) = api().split_for_parts();
-        doc.to_pretty_json().expect("the OpenAPI document serialises")
+        let (_, mut doc) = api().split_for_parts();
+        openapi::finish(&mut doc);
+        let mut doc = serde_json::to_value(&doc).expect("the OpenAPI document serialises");
+        openapi::flatten_provider_input(&mut doc);
+        openapi::open_provider_view(&mut doc);
+        openapi::forbid_nul_in_url_parameters(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
     })
 }
 
@@ -102,13 +119,26 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_failure(log_failure),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// A failed response, logged at ERROR — except 503s: while the database is down every request
+/// fails alike, and `error::from_db` already logs that once per period instead of per request.
+fn log_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _span: &tracing::Span) {
+    if matches!(class, ServerErrorsFailureClass::StatusCode(s) if s == axum::http::StatusCode::SERVICE_UNAVAILABLE) {
+        return;
+    }
+    tracing::error!(classification = %class, ?latency, "response failed");
 }
 
 /// `%00` decodes to U+0000, which no database text type stores: refuse it in paths and query

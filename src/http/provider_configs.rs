@@ -19,7 +19,7 @@ use crate::{
     outbox,
     providers::{
         self, AnyProvider, ProviderConfigInput,
-        config::{self, ConfigView, ProviderConfigPatch},
+        config::{self, ProviderConfigPatch, ProviderConfigView},
     },
     secrets::check::CheckReport,
 };
@@ -56,14 +56,14 @@ pub(crate) fn provider(name: &str) -> ApiResult<&'static dyn AnyProvider> {
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
-    responses((status = 200, body = Vec<ConfigView>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Vec<ProviderConfigView>), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn list_configs(
     State(state): State<AppState>,
     Reader(caller): Reader,
     ApiPath(path): ApiPath<ProviderPath>,
-) -> ApiResult<Json<Vec<ConfigView>>> {
+) -> ApiResult<Json<Vec<ProviderConfigView>>> {
     let p = provider(&path.provider)?;
     Ok(Json(config::list(&state.db, caller.tenant.id, p).await?))
 }
@@ -75,7 +75,7 @@ async fn list_configs(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami")),
     request_body = ProviderConfigInput,
-    responses((status = 201, body = ConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = ProviderConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn create_config(
@@ -94,14 +94,14 @@ async fn create_config(
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ProviderConfigView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn get_config(
     State(state): State<AppState>,
     Reader(caller): Reader,
     ApiPath(path): ApiPath<ConfigPath>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ProviderConfigView>> {
     let p = provider(&path.provider)?;
     Ok(Json(config::get(&state.db, caller.tenant.id, p, path.id).await?))
 }
@@ -113,7 +113,7 @@ async fn get_config(
     patch, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
     request_body = ProviderConfigInput,
-    responses((status = 200, body = ConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = ProviderConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn patch_config(
@@ -138,14 +138,14 @@ async fn patch_config(
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/analytics/{provider}/configs/{id}", tag = "providers",
     params(("tenant" = String, Path), ("provider" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = ConfigView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ProviderConfigView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn delete_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ConfigPath>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Json<ProviderConfigView>> {
     let p = provider(&path.provider)?;
     Ok(Json(config::decommission(&state.db, caller.tenant.id, p, path.id, &caller.actor()).await?))
 }
@@ -179,16 +179,16 @@ async fn replay_dead_letters(
 }
 
 /// A saved config and, when there are any, warnings about its references. Documented as
-/// `ConfigView` (plus `warnings`) in OpenAPI.
+/// `ProviderConfigView` (plus `warnings`) in OpenAPI.
 #[derive(Serialize)]
 pub struct Saved {
     #[serde(flatten)]
-    config: ConfigView,
+    config: ProviderConfigView,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
 }
 
-fn with_warnings(state: &AppState, config: ConfigView) -> Saved {
+fn with_warnings(state: &AppState, config: ProviderConfigView) -> Saved {
     let warnings = state.secrets.warnings(Some(&config.credentials));
     Saved { config, warnings }
 }

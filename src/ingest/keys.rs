@@ -53,11 +53,13 @@ impl KeyKind {
 pub struct NewKey {
     pub kind: KeyKind,
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Required (at least one) for public keys; not allowed for secret keys.
     #[serde(default)]
     pub allowed_origins: Vec<OriginPattern>,
     /// Requests per minute, 1–100,000. Absent: unlimited.
+    #[schema(minimum = 1, maximum = 100_000)]
     pub rate_limit_per_minute: Option<i32>,
 }
 

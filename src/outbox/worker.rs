@@ -120,6 +120,12 @@ struct Claimed {
     _slot: OwnedSemaphorePermit,
 }
 
+/// The longest wait between claim rounds while claiming fails.
+const CLAIM_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// One "claiming failed" line per minute at most, with the count of the ones folded into it.
+static CLAIM_LOG: crate::telemetry::LogThrottle =
+    crate::telemetry::LogThrottle::new(std::time::Duration::from_secs(60));
+
 /// Runs until `shutdown`, then waits for the requests in flight.
 ///
 /// Each round is [`Worker::run_once`]'s claim, but the attempts are spawned instead of awaited
@@ -135,17 +141,22 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
     };
     let poll = std::time::Duration::from_millis(worker.settings.poll_interval_ms.max(10));
     let mut in_flight = JoinSet::new();
+    // While claiming fails (the database is unreachable), wait longer each round, up to
+    // `CLAIM_BACKOFF_MAX`, and log one line per period instead of one per provider and round.
+    let mut claim_wait = poll;
     tracing::info!(owner = %worker.owner, "delivery worker started");
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        let (claimed, _) = worker.claim_due(Utc::now()).await;
+        let (claimed, failed_claims) = worker.claim_due(Utc::now()).await;
         let claimed_any = !claimed.is_empty();
+        let claim_failed = failed_claims > 0;
         for c in claimed {
             let w = worker.clone();
             in_flight.spawn(async move { w.attempt(c).await });
         }
+        claim_wait = if claim_failed { (claim_wait * 2).min(CLAIM_BACKOFF_MAX.max(poll)) } else { poll };
         while in_flight.try_join_next().is_some() {}
         if claimed_any {
             continue;
@@ -153,7 +164,7 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = outbox.woken().notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(claim_wait) => {}
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }
@@ -224,7 +235,9 @@ impl Worker {
                 })),
                 Err(e) => {
                     errors += 1;
-                    tracing::warn!(error = %e, provider = provider.name(), "claiming deliveries failed");
+                    if let Some(suppressed) = CLAIM_LOG.allow() {
+                        tracing::warn!(error = %e, suppressed, "claiming deliveries failed; retrying with backoff");
+                    }
                 }
             }
         }

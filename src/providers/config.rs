@@ -75,7 +75,7 @@ pub struct Usage {
 /// A provider config as the API shows it: the shared fields, the provider's settings at the top
 /// level, credential *references* (never values) and usage.
 #[derive(Clone, Debug, Serialize)]
-pub struct ConfigView {
+pub struct ProviderConfigView {
     pub id: Uuid,
     pub provider: String,
     pub display_name: String,
@@ -94,7 +94,7 @@ pub struct ConfigView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Documentation of [`ConfigView`]: the shared read fields and one provider's settings.
+/// Documentation of [`ProviderConfigView`]: the shared read fields and one provider's settings.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct ConfigMeta {
@@ -114,7 +114,7 @@ struct ConfigMeta {
     updated_at: DateTime<Utc>,
 }
 
-impl PartialSchema for ConfigView {
+impl PartialSchema for ProviderConfigView {
     fn schema() -> RefOr<Schema> {
         let mut settings = OneOfBuilder::new();
         for schema in super::input_schemas() {
@@ -124,7 +124,7 @@ impl PartialSchema for ConfigView {
     }
 }
 
-impl ToSchema for ConfigView {}
+impl ToSchema for ProviderConfigView {}
 
 /// The status shown for a config whose row cannot be read; never stored.
 pub const INVALID: &str = "invalid";
@@ -144,10 +144,10 @@ pub fn sends(m: &provider_config::Model) -> bool {
     matches!(state(m), Ok((ProviderStatus::Active, _)))
 }
 
-impl From<provider_config::Model> for ConfigView {
+impl From<provider_config::Model> for ProviderConfigView {
     fn from(m: provider_config::Model) -> Self {
         let problem = state(&m).err();
-        ConfigView {
+        ProviderConfigView {
             id: m.id,
             provider: m.provider,
             display_name: m.display_name,
@@ -291,7 +291,7 @@ fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: Provider
     Ok(ConfigInput { display_name, status, required_category, credentials, settings })
 }
 
-fn view_json(view: &ConfigView) -> Option<Value> {
+fn view_json(view: &ProviderConfigView) -> Option<Value> {
     serde_json::to_value(view).ok()
 }
 
@@ -301,7 +301,7 @@ pub async fn create(
     provider: &dyn AnyProvider,
     body: Value,
     actor: &str,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     let input = parse_input(provider, body, ProviderStatus::Draft)?;
     if !matches!(input.status, ProviderStatus::Draft | ProviderStatus::Active) {
         return Err(Error::Conflict(format!("a new config starts as draft or active, not {}", input.status.as_str())));
@@ -331,20 +331,24 @@ pub async fn create(
     }
     .insert(&txn)
     .await?;
-    let view = ConfigView::from(model);
+    let view = ProviderConfigView::from(model);
     audit_change(&txn, tenant_id, provider, actor, "create", None, &view).await?;
     txn.commit().await?;
     Ok(view)
 }
 
-pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid, provider: &dyn AnyProvider) -> Result<Vec<ConfigView>> {
+pub async fn list(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    provider: &dyn AnyProvider,
+) -> Result<Vec<ProviderConfigView>> {
     let rows = provider_config::Entity::find()
         .filter(provider_config::Column::TenantId.eq(tenant_id))
         .filter(provider_config::Column::Provider.eq(provider.name()))
         .order_by_asc(provider_config::Column::CreatedAt)
         .all(db)
         .await?;
-    Ok(rows.into_iter().map(ConfigView::from).collect())
+    Ok(rows.into_iter().map(ProviderConfigView::from).collect())
 }
 
 pub async fn find(
@@ -366,7 +370,7 @@ pub async fn get(
     tenant_id: Uuid,
     provider: &dyn AnyProvider,
     id: Uuid,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     Ok(find(db, tenant_id, provider.name(), id).await?.into())
 }
 
@@ -396,7 +400,7 @@ pub async fn patch(
     id: Uuid,
     patch: ProviderConfigPatch,
     actor: &str,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     let txn = crate::db::begin_write(db).await?;
     let current = find(&txn, tenant_id, provider.name(), id).await?;
     // `None`: the stored row cannot be read (invalid); see the module docs.
@@ -429,7 +433,7 @@ pub async fn patch(
         }
     }
     let moved = from != Some(to);
-    let before = ConfigView::from(current.clone());
+    let before = ProviderConfigView::from(current.clone());
     let mut active = current.into_active_model();
     active.display_name = Set(input.display_name);
     active.status = Set(to.as_str().into());
@@ -451,7 +455,7 @@ pub async fn patch(
         }
         _ => {}
     }
-    let view = ConfigView::from(model);
+    let view = ProviderConfigView::from(model);
     audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
     txn.commit().await?;
     Ok(view)
@@ -464,8 +468,8 @@ async fn audit_change(
     provider: &dyn AnyProvider,
     actor: &str,
     verb: &str,
-    before: Option<&ConfigView>,
-    after: &ConfigView,
+    before: Option<&ProviderConfigView>,
+    after: &ProviderConfigView,
 ) -> Result<()> {
     audit::record(
         db,
@@ -491,7 +495,7 @@ pub async fn decommission(
     provider: &dyn AnyProvider,
     id: Uuid,
     actor: &str,
-) -> Result<ConfigView> {
+) -> Result<ProviderConfigView> {
     let current = find(db, tenant_id, provider.name(), id).await?;
     match state(&current) {
         Ok((ProviderStatus::Decommissioned, _)) => Ok(current.into()),
@@ -504,11 +508,11 @@ pub async fn decommission(
         // unreadable), and retiring it must not need a repair first: only the status changes.
         Err(_) => {
             let txn = crate::db::begin_write(db).await?;
-            let before = ConfigView::from(current.clone());
+            let before = ProviderConfigView::from(current.clone());
             let mut active = current.into_active_model();
             active.status = Set(ProviderStatus::Decommissioned.as_str().into());
             active.updated_at = Set(Utc::now());
-            let view = ConfigView::from(active.update(&txn).await?);
+            let view = ProviderConfigView::from(active.update(&txn).await?);
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
             audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
             txn.commit().await?;

@@ -8,4 +8,4 @@ pub mod store;
 
 pub use patch::ConsentConfigPatch;
 pub use spec::{ConfigSpec, Status};
-pub use store::{ConfigView, Published, RevisionView, active_banner_config};
+pub use store::{ConsentConfigView, Published, RevisionView, active_banner_config};

@@ -216,11 +216,13 @@ pub struct CategorySettings {
     /// every non-necessary category starts off (CJEU Planet49, C-673/17).
     pub default_accepted: bool,
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub display_name: String,
     #[validate(length(max = 2000))]
+    #[schema(max_length = 2000)]
     pub description: String,
     #[validate(length(max = 100))]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 100)]
     pub cookie_names: Vec<CookieName>,
 }
 
@@ -308,9 +310,11 @@ impl Categories {
 pub struct CategoryText {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(max = 2000))]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
 
@@ -338,40 +342,52 @@ pub struct CategoryTexts {
 pub struct Texts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 5000))]
+    #[schema(min_length = 1, max_length = 5000)]
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub accept_all: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub reject_all: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub preferences: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub save: Option<String>,
     /// The label of the persistent "Cookie settings" link (withdrawing is as easy as giving).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub settings: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub privacy_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub cookie_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub close: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub always_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub signal_denied: Option<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     #[validate(nested)]
@@ -395,6 +411,7 @@ fn default_regions() -> Vec<RegionCode> {
 #[serde(deny_unknown_fields)]
 pub struct ConfigSpec {
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub display_name: String,
     #[serde(default)]
     pub banner: Banner,
@@ -416,6 +433,7 @@ pub struct ConfigSpec {
     /// months).
     #[serde(default = "default_expiry")]
     #[validate(range(min = 1, max = 730))]
+    #[schema(minimum = 1, maximum = 730)]
     pub consent_expiry_days: i64,
     #[serde(default = "yes")]
     pub geo_targeting_enabled: bool,
@@ -423,14 +441,14 @@ pub struct ConfigSpec {
     /// EU/EEA, GB, CH and US-CA.
     #[serde(default = "default_regions")]
     #[validate(length(max = 300))]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 300)]
     pub consent_required_regions: Vec<RegionCode>,
     #[serde(default = "yes")]
     pub respect_do_not_track: bool,
     /// Origins whose browsers may call the public consent routes.
     #[serde(default)]
     #[validate(length(max = 100))]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 100)]
     pub allowed_origins: Vec<OriginPattern>,
 }
 

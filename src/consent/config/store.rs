@@ -37,7 +37,7 @@ use crate::{
 
 /// A config as the API shows it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct ConfigView {
+pub struct ConsentConfigView {
     pub id: Uuid,
     pub status: Status,
     #[serde(flatten)]
@@ -56,7 +56,7 @@ pub struct ConfigView {
     pub warnings: Option<Vec<String>>,
 }
 
-impl ConfigView {
+impl ConsentConfigView {
     fn with_warnings(mut self) -> Self {
         self.warnings = Some(guidance::warnings(&self.spec));
         self
@@ -175,13 +175,13 @@ async fn latest_revision(db: &impl ConnectionTrait, m: &config::Model) -> Result
         .await?)
 }
 
-async fn view(db: &impl ConnectionTrait, m: config::Model) -> Result<ConfigView> {
+async fn view(db: &impl ConnectionTrait, m: config::Model) -> Result<ConsentConfigView> {
     let spec = spec_of(&m)?;
     let unpublished_changes = match latest_revision(db, &m).await? {
         Some(r) => snapshot_of(&r)? != spec,
         None => true,
     };
-    Ok(ConfigView {
+    Ok(ConsentConfigView {
         id: m.id,
         status: status_of(&m)?,
         spec,
@@ -217,7 +217,7 @@ async fn audit_change(
 }
 
 /// Creates a draft.
-pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body: Value) -> Result<ConfigView> {
+pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body: Value) -> Result<ConsentConfigView> {
     if let Some(o) = body.as_object() {
         for key in ["id", "status", "revision", "reconsent_revision", "published_at", "created_at", "updated_at"] {
             if o.contains_key(key) {
@@ -250,7 +250,7 @@ pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body:
     Ok(v.with_warnings())
 }
 
-pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<ConfigView>> {
+pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<ConsentConfigView>> {
     let rows = config::Entity::find()
         .filter(config::Column::TenantId.eq(tenant_id))
         .order_by_asc(config::Column::CreatedAt)
@@ -264,7 +264,7 @@ pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<Conf
     Ok(out)
 }
 
-pub async fn get(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<ConfigView> {
+pub async fn get(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<ConsentConfigView> {
     view(db, find(db, tenant_id, id).await?).await
 }
 
@@ -283,7 +283,7 @@ pub async fn patch(
     id: Uuid,
     actor: &str,
     patch: ConsentConfigPatch,
-) -> Result<ConfigView> {
+) -> Result<ConsentConfigView> {
     let ConsentConfigPatch { status: new_status, echoed, changes } = patch;
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = find(&txn, tenant_id, id).await?;
@@ -363,7 +363,7 @@ pub enum Deleted {
     /// A draft, never shown to anyone: gone.
     Erased,
     /// A published config: records point at it, so it is kept, decommissioned.
-    Decommissioned(Box<ConfigView>),
+    Decommissioned(Box<ConsentConfigView>),
 }
 
 pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &str) -> Result<Deleted> {
@@ -415,7 +415,7 @@ pub async fn publish(
     id: Uuid,
     actor: &str,
     requires_reconsent: bool,
-) -> Result<ConfigView> {
+) -> Result<ConsentConfigView> {
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = find(&txn, tenant_id, id).await?;
     let before = view(&txn, m.clone()).await?;
