@@ -203,8 +203,8 @@ const red = u => u.replace(/([?&#])([^=&#]*(token|secret|passw|pwd|auth|key|sig)
 let ref = d.referrer, last, timer, tries = 0;
 function track(event_name, event_properties = {}) {
   if (!ds.key) return;
-  Q.push({ event_name, event_properties, anonymous_id: vid, page_url: red(location.href), referrer: red(ref) || undefined, title: d.title,
-    occurred_at: new Date().toISOString(), idempotency_key: uuid() });
+  Q.push({ event_name, event_properties, visitor_id: vid, ...eff(cur?.choices).analytics && { anonymous_id: vid }, page_url: red(location.href), referrer: red(ref), title: d.title,
+    occurred_at: new Date, idempotency_key: uuid() });
   Q.splice(0, Q.length - 50);
   timer ||= setTimeout(flush, 200);
 }
