@@ -42,8 +42,9 @@ test('page view with the public key, consent-lookup id, UTM, referrer, redacted 
   assert.match(req.headers['content-type'], /^text\/plain/, 'no CORS preflight');
   const [pv] = events(requests);
   assert.equal(pv.event_name, 'pageview');
-  assert.equal(pv.visitor_id, await visitorId(page), 'the consent-lookup id');
+  assert.match(pv.visitor_id, UUID, 'the consent-lookup id');
   assert.equal(pv.anonymous_id, undefined, 'no analytics id before a choice');
+  assert.equal(await visitorId(page), null, 'nothing is stored in the browser before a choice (ePrivacy Art. 5(3))');
   assert.match(pv.idempotency_key, UUID);
   assert.deepEqual(pv.event_properties, { utm_source: 'news', utm_medium: 'email', utm_campaign: 'spring' });
   const pageUrl = new URL(pv.page_url);
