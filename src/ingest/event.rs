@@ -301,6 +301,28 @@ mod tests {
     }
 
     #[test]
+    fn consent_is_looked_up_under_visitor_id_else_an_older_sites_anonymous_id() {
+        let lookup = |extra| check(ok(extra), &browser()).unwrap().posted.lookup_id().map(|v| v.as_str().to_string());
+        let cases = [
+            (json!({"visitor_id": "v", "anonymous_id": "a"}), Some("v")),
+            (json!({"visitor_id": "v"}), Some("v")),
+            (json!({"anonymous_id": "a"}), Some("a")),
+            (json!({"user_id": "u", "session_id": "s"}), None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(lookup(body.clone()).as_deref(), want, "{body}");
+        }
+        // A key derived without a session is derived from the lookup id, whichever field held it.
+        let key = |extra: Value| {
+            let mut body = ok(extra);
+            body["occurred_at"] = json!("2026-11-26T11:00:00Z");
+            check(body, &browser()).unwrap().idempotency_key.map(String::from)
+        };
+        assert_eq!(key(json!({"visitor_id": "v"})), key(json!({"anonymous_id": "v"})));
+        assert_ne!(key(json!({"visitor_id": "v"})), key(json!({"visitor_id": "w"})));
+    }
+
+    #[test]
     fn revenue_amounts() {
         let e = check(ok(json!({"revenue": {"amount": "12.50", "currency": "eur"}})), &browser()).unwrap();
         assert_eq!(serde_json::to_value(e.posted.revenue).unwrap(), json!({"amount": 12.5, "currency": "EUR"}));
