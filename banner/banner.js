@@ -47,8 +47,10 @@ gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}));
 let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2])) } catch (e) {}
 const valid = s => s?.choices && s.rev >= C.reconsent_revision && s.exp > now() && s.cfg == C.config_id;
 const save = s => d.cookie = `cg_consent=${encodeURIComponent(JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
+// The consent-lookup id: written only when the visitor decides (ePrivacy Art. 5(3): storing it
+// is strictly necessary to remember a choice, and there is none before). Until then it lives in
+// this page only, so the events of an undecided visitor carry a new one on every page.
 const vid = ls('cg_vid') || st?.vid || uuid();
-ls('cg_vid', vid);
 
 // Delete a cookie (trailing * = prefix) for the host and each parent domain it may be set on.
 const del = name => {
@@ -168,7 +170,7 @@ function prefs(c) {
 function decide(action, c) {
   const focused = root?.activeElement, { necessary, ...choices } = eff(action == 'custom' ? c : action == 'accept_all' && K /* every category */);
   dlg?.open && dlg.close();
-  hide(); focused && fab?.focus();
+  hide(); focused && fab?.focus(); ls('cg_vid', vid);
   fetch(API + '/consent', { method: 'POST', keepalive: true,
     body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner' }) })
     .then(r => r.ok && r.json()).catch(() => 0).then(r => {
@@ -203,8 +205,8 @@ const red = u => u.replace(/([?&#])([^=&#]*(token|secret|passw|pwd|auth|key|sig)
 let ref = d.referrer, last, timer, tries = 0;
 function track(event_name, event_properties = {}) {
   if (!ds.key) return;
-  Q.push({ event_name, event_properties, anonymous_id: vid, page_url: red(location.href), referrer: red(ref) || undefined, title: d.title,
-    occurred_at: new Date().toISOString(), idempotency_key: uuid() });
+  Q.push({ event_name, event_properties, visitor_id: vid, ...eff(cur?.choices).analytics && { anonymous_id: vid }, page_url: red(location.href), referrer: red(ref), title: d.title,
+    occurred_at: new Date, idempotency_key: uuid() });
   Q.splice(0, Q.length - 50);
   timer ||= setTimeout(flush, 200);
 }

@@ -24,6 +24,10 @@ pub struct Model {
     pub delivered_at: Option<DateTimeUtc>,
     /// The visitor's full IP, kept only while the delivery is pending; cleared when it ends.
     pub client_ip: Option<String>,
+    /// The consent-lookup id, for deciding again at send time; kept only while pending.
+    pub consent_lookup_id: Option<String>,
+    /// The visitor's user agent, kept only while pending (an event stored unlinkable has none).
+    pub user_agent: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

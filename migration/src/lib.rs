@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_initial;
 mod m20261126_000001_one_active_consent_config;
 mod m20261126_000002_forwarding;
+mod m20261129_000001_unlinkable_events;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261126_000001_one_active_consent_config::Migration),
             Box::new(m20261126_000002_forwarding::Migration),
+            Box::new(m20261129_000001_unlinkable_events::Migration),
         ]
     }
 }

@@ -34,9 +34,13 @@ pub struct EventInput {
     pub event_properties: Option<Properties>,
     pub user_id: Option<ClientId>,
     /// The consent-lookup id (the banner's `cg_vid`): the visitor's consent is looked up under
-    /// it. Sent as `anonymous_id` (see docs/glossary.md).
-    #[serde(rename = "anonymous_id")]
+    /// it. Never stored on the event (see docs/glossary.md). Without it, `anonymous_id` is used.
+    #[serde(rename = "visitor_id")]
     pub consent_lookup_id: Option<ClientId>,
+    /// The analytics id: stored and sent to providers only when some provider config's decision
+    /// grants full identity. Send it only with the visitor's analytics consent. Without
+    /// `visitor_id` (older sites) it is also the consent-lookup id.
+    pub anonymous_id: Option<ClientId>,
     pub session_id: Option<ClientId>,
     /// Required.
     #[schema(required = true)]
@@ -83,6 +87,14 @@ pub enum Sender {
     Server,
 }
 
+impl EventInput {
+    /// The id the visitor's consent is looked up under: `visitor_id`, or for sites that post only
+    /// `anonymous_id` (before the two were separated), that one.
+    pub fn lookup_id(&self) -> Option<&ClientId> {
+        self.consent_lookup_id.as_ref().or(self.anonymous_id.as_ref())
+    }
+}
+
 /// A valid event, ready to be enriched and stored.
 #[derive(Debug)]
 pub struct ValidEvent {
@@ -123,8 +135,8 @@ pub fn validate(
     // same event (a beacon sent twice).
     let idempotency_key = input.idempotency_key.take().or_else(|| {
         let t = client_time?;
-        let who = (input.session_id.as_ref().map(|s| format!("s:{s}")))
-            .or(input.consent_lookup_id.as_ref().map(|v| format!("v:{v}")))?;
+        let who =
+            (input.session_id.as_ref().map(|s| format!("s:{s}"))).or(input.lookup_id().map(|v| format!("v:{v}")))?;
         let stamp = t.to_rfc3339_opts(SecondsFormat::Micros, true);
         let target = target.unwrap_or("*");
         Some(IdempotencyKey::derived(&crypto::sha256_hex(format!("{who}\n{}\n{stamp}\n{target}", input.event_name))))
@@ -286,6 +298,28 @@ mod tests {
         assert!(k1.as_deref().unwrap().starts_with("auto:"));
         assert_eq!(k1, k2, "the same instant");
         assert_ne!(k1, k3);
+    }
+
+    #[test]
+    fn consent_is_looked_up_under_visitor_id_else_an_older_sites_anonymous_id() {
+        let lookup = |extra| check(ok(extra), &browser()).unwrap().posted.lookup_id().map(|v| v.as_str().to_string());
+        let cases = [
+            (json!({"visitor_id": "v", "anonymous_id": "a"}), Some("v")),
+            (json!({"visitor_id": "v"}), Some("v")),
+            (json!({"anonymous_id": "a"}), Some("a")),
+            (json!({"user_id": "u", "session_id": "s"}), None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(lookup(body.clone()).as_deref(), want, "{body}");
+        }
+        // A key derived without a session is derived from the lookup id, whichever field held it.
+        let key = |extra: Value| {
+            let mut body = ok(extra);
+            body["occurred_at"] = json!("2026-11-26T11:00:00Z");
+            check(body, &browser()).unwrap().idempotency_key.map(String::from)
+        };
+        assert_eq!(key(json!({"visitor_id": "v"})), key(json!({"anonymous_id": "v"})));
+        assert_ne!(key(json!({"visitor_id": "v"})), key(json!({"visitor_id": "w"})));
     }
 
     #[test]

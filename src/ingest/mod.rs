@@ -5,6 +5,11 @@
 //! `consent::decide`, then the provider's own acceptance (custom events switched off, a page on
 //! another domain, a name the provider refuses) → one transaction (event, [`decisions`],
 //! `outbox::enqueue`, usage) → the decisions.
+//!
+//! What is stored depends on the decisions: unless some config's decision grants full identity,
+//! the event is stored *unlinkable* — no analytics id, user id, session id, user agent or
+//! identity-derived idempotency key. The consent-lookup id, the user agent and the full IP travel
+//! only on the pending deliveries that need them, and are erased when those end.
 
 pub mod decisions;
 pub mod enrich;
@@ -79,9 +84,10 @@ pub async fn accept(
     let agent = enrich::parse_agent(ev.visitor.user_agent.as_deref());
     let signals = Signals { bot: agent.bot, ..ev.visitor.signals.clone() };
     let client_ip = ev.visitor.ip;
-    let idempotency_key = ev.idempotency_key.clone();
-    let model = stored_event(tenant.id, provider, ev, &agent, now);
-    let (policy, record) = consent_inputs(db, tenant, model.anonymous_id.as_deref()).await?;
+    let user_agent = ev.visitor.user_agent.clone();
+    let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
+    let mut model = stored_event(tenant.id, provider, ev, &agent, now);
+    let (policy, record) = consent_inputs(db, tenant, consent_lookup_id.as_deref()).await?;
 
     struct Planned {
         view: DecisionView,
@@ -108,13 +114,17 @@ pub async fn accept(
         });
     }
 
+    if !planned.iter().any(|p| p.identity == Some(consent::Identity::Full)) {
+        make_unlinkable(&mut model);
+    }
+
     let txn = crate::db::begin_write(db).await?;
     if let Err(e) = model.clone().into_active_model().insert(&txn).await {
         drop(txn);
         // A concurrent request with the same key won the race: answer like a repeat.
         if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-            && let Some(key) = &idempotency_key
-            && let Some(first) = find_by_key(db, tenant.id, key.as_str()).await?
+            && let Some(key) = &model.idempotency_key
+            && let Some(first) = find_by_key(db, tenant.id, key).await?
         {
             return duplicate(db, first, provider).await;
         }
@@ -131,6 +141,8 @@ pub async fn accept(
                     provider: &p.view.provider,
                     identity,
                     client_ip,
+                    consent_lookup_id: consent_lookup_id.as_deref(),
+                    user_agent: user_agent.as_deref(),
                 };
                 crate::outbox::enqueue(&txn, new, now).await?;
             }
@@ -148,6 +160,22 @@ async fn find_by_key(db: &impl ConnectionTrait, tenant_id: Uuid, key: &str) -> R
         .filter(analytics_event::Column::IdempotencyKey.eq(key))
         .one(db)
         .await?)
+}
+
+/// No provider may receive identifiers, so the stored event keeps none: nothing on it can be
+/// joined to the visitor (issue 10). A client's own idempotency key is kept as given; a derived
+/// one goes too, since it hashes the session or visitor id and could be recomputed from it. The
+/// price: a repeat of such an event (a server's beacon sent twice without its own key) is stored
+/// and forwarded again — a rare double count, never a link. Clients that need exactly-once send
+/// their own `idempotency_key`, as the banner's tracker does.
+fn make_unlinkable(model: &mut analytics_event::Model) {
+    model.user_id = None;
+    model.anonymous_id = None;
+    model.session_id = None;
+    model.user_agent = None;
+    if model.idempotency_key.as_deref().is_some_and(|k| k.starts_with(fields::DERIVED_PREFIX)) {
+        model.idempotency_key = None;
+    }
 }
 
 /// A repeat of an accepted event. Reusing a key for an event sent elsewhere (another provider's
@@ -170,7 +198,7 @@ fn stored_event(
     agent: &enrich::Agent,
     now: DateTime<Utc>,
 ) -> analytics_event::Model {
-    let ValidEvent { posted, page_url, occurred_at, idempotency_key, visitor } = ev;
+    let ValidEvent { posted, page_url, occurred_at, idempotency_key, visitor, .. } = ev;
     let context = json!({
         "utm": enrich::utm(page_url.as_str()),
         "agent": agent,
@@ -183,7 +211,9 @@ fn stored_event(
         event_name: posted.event_name.into(),
         event_properties: Value::Object(posted.event_properties.unwrap_or_default().into()),
         user_id: posted.user_id.map(String::from),
-        anonymous_id: posted.consent_lookup_id.map(String::from),
+        // The analytics id (with the consent-lookup id as one for older sites that send only
+        // this field); erased by `make_unlinkable` unless some decision grants full identity.
+        anonymous_id: posted.anonymous_id.map(String::from),
         session_id: posted.session_id.map(String::from),
         page_url: Some(page_url.into()),
         referrer: posted.referrer.map(String::from),
@@ -224,14 +254,15 @@ pub async fn consent_inputs(
 /// ingest, for a delivery still waiting (a retry, a config in error, a replay). Withdrawal takes
 /// effect for everything after it (GDPR Art. 7(3)), and sending is processing. `Ok(None)`:
 /// nothing newer, the ingest decision stands.
+/// `consent_lookup_id`: the one on the waiting delivery (it is never stored on the event).
 pub async fn redecide(
     db: &impl ConnectionTrait,
     event: &analytics_event::Model,
+    consent_lookup_id: Option<&str>,
     config: &entity::provider_config::Model,
     provider: &dyn providers::AnyProvider,
 ) -> Result<Option<Decision>> {
-    // The stored column `anonymous_id` holds the consent-lookup id.
-    let Some(consent_lookup_id) = event.anonymous_id.as_deref() else { return Ok(None) };
+    let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
     let tenant = crate::tenants::get(db, event.tenant_id).await?;
     let (policy, record) = consent_inputs(db, &tenant, Some(consent_lookup_id)).await?;
     let Some(record) = record.filter(|r| r.created_at > event.received_at) else { return Ok(None) };
@@ -267,7 +298,7 @@ pub struct EventView {
     #[schema(value_type = Object)]
     pub event_properties: Value,
     pub user_id: Option<String>,
-    /// The consent-lookup id the visitor's consent was looked up under (docs/glossary.md).
+    /// The analytics id (docs/glossary.md); kept only when some decision granted full identity.
     pub anonymous_id: Option<String>,
     pub session_id: Option<String>,
     pub page_url: Option<String>,

@@ -85,6 +85,12 @@ pub struct NewDelivery<'a> {
     pub identity: Identity,
     /// The visitor's full IP, kept only until the delivery ends.
     pub client_ip: Option<IpAddr>,
+    /// The consent-lookup id, for deciding again at send time; kept only until the delivery ends
+    /// (the event itself never holds it).
+    pub consent_lookup_id: Option<&'a str>,
+    /// The visitor's user agent (cookie-free providers count visitors by it with the IP); kept
+    /// only until the delivery ends.
+    pub user_agent: Option<&'a str>,
 }
 
 /// A new pending delivery, due at once, inside the caller's (the ingest) transaction.
@@ -107,6 +113,8 @@ pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateT
         warning: Set(None),
         delivered_at: Set(None),
         client_ip: Set(new.client_ip.map(|ip| ip.to_string())),
+        consent_lookup_id: Set(new.consent_lookup_id.map(String::from)),
+        user_agent: Set(new.user_agent.map(String::from)),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -130,13 +138,16 @@ pub async fn resume_config(db: &impl ConnectionTrait, config_id: Uuid) -> Result
 }
 
 /// A config was decommissioned: its waiting deliveries end as dead (replayable only if the
-/// config were active again, which a decommissioned one never is), and their client IPs are erased.
+/// config were active again, which a decommissioned one never is), and what they held of the
+/// visitor (client IP, consent-lookup id, user agent) is erased.
 pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: &str) -> Result<()> {
     let now = Utc::now();
     delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(DeliveryStatus::Dead.as_str()))
         .col_expr(delivery::Column::LastError, Expr::value(reason))
         .col_expr(delivery::Column::ClientIp, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::ConsentLookupId, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::UserAgent, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))

@@ -269,7 +269,10 @@ impl Worker {
         // An identity that cannot be read sends nothing identifying.
         let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
         // A newer decision of the visitor can only take away: never more than ingest allowed.
-        if let Some(now) = crate::ingest::redecide(&self.db, &event, &config, provider).await? {
+        // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
+        // falls back to the event's analytics id, which older sites sent as the same value.
+        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
+        if let Some(now) = crate::ingest::redecide(&self.db, &event, lookup, &config, provider).await? {
             match now.identity() {
                 None => {
                     let reason = format!("consent changed before delivery ({}); not sent", now.reason());
@@ -296,8 +299,11 @@ impl Worker {
                 return self.record(&d, &config, None, outcome, &[]).await;
             }
         };
+        // Likewise the user agent: the delivery's while pending, else what the event kept.
+        let user_agent = d.user_agent.as_deref().or(event.user_agent.as_deref());
         let build = |credentials| {
-            provider.build(&config.settings, &Outgoing { event: &event, identity, client_ip, credentials })
+            let out = Outgoing { event: &event, identity, client_ip, user_agent, credentials };
+            provider.build(&config.settings, &out)
         };
         let request = match build(&credentials) {
             Ok(r) => r,
@@ -410,8 +416,11 @@ impl Worker {
         let adjusted = (!adjustments.is_empty()).then(|| adjustments.join("; "));
         let end = |row: &mut delivery::ActiveModel, st: DeliveryStatus| {
             row.status = Set(st.as_str().into());
-            // The visitor's full IP was only needed to send; it goes when the delivery ends.
+            // The visitor's full IP, lookup id and agent were only needed to send; they go when
+            // the delivery ends.
             row.client_ip = Set(None);
+            row.consent_lookup_id = Set(None);
+            row.user_agent = Set(None);
         };
         let retry_at = |ra: Option<std::time::Duration>| -> DateTime<Utc> {
             let wait = backoff::delay(

@@ -86,6 +86,9 @@ pub struct Outgoing<'a> {
     /// `delivery.client_ip`); for a replay after the full address was erased, the stored
     /// truncated one.
     pub client_ip: Option<IpAddr>,
+    /// The visitor's user agent: the transient `delivery.user_agent` while pending, else the
+    /// event's (kept only when some decision granted full identity).
+    pub user_agent: Option<&'a str>,
     /// The config's credential references, resolved.
     pub credentials: &'a Credentials,
 }

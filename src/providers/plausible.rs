@@ -151,7 +151,7 @@ impl Provider for Plausible {
             body.insert("revenue".into(), json!({"currency": rev.currency, "amount": rev.amount}));
         }
         let mut headers = vec![("content-type", "application/json".to_string())];
-        if let Some(ua) = event.user_agent.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(ua) = out.user_agent.filter(|u| !u.is_empty()) {
             headers.push(("user-agent", ua.to_string()));
         }
         if let Some(ip) = out.client_ip {
@@ -267,8 +267,17 @@ mod tests {
 
     fn build(s: &PlausibleSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        Plausible::build(s, &Outgoing { event: e, identity, client_ip: Some(ip), credentials: &Default::default() })
-            .unwrap()
+        Plausible::build(
+            s,
+            &Outgoing {
+                event: e,
+                identity,
+                client_ip: Some(ip),
+                user_agent: e.user_agent.as_deref(),
+                credentials: &Default::default(),
+            },
+        )
+        .unwrap()
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Provider for Umami {
         {
             payload.insert("id".into(), json!(distinct_id(id)));
         }
-        if let Some(ua) = event.user_agent.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(ua) = out.user_agent.filter(|u| !u.is_empty()) {
             payload.insert("userAgent".into(), json!(ua));
         }
         if let Some(ip) = out.client_ip {
@@ -222,7 +222,7 @@ impl Provider for Umami {
         payload.insert("timestamp".into(), json!(event.occurred_at.timestamp()));
 
         let mut headers = vec![("content-type", "application/json".to_string())];
-        if let Some(ua) = event.user_agent.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(ua) = out.user_agent.filter(|u| !u.is_empty()) {
             headers.push(("user-agent", ua.to_string()));
         }
         Ok(ProviderRequest {
@@ -559,8 +559,17 @@ mod tests {
 
     fn build(s: &UmamiSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
         let ip: IpAddr = "2001:db8::7".parse().unwrap();
-        Umami::build(s, &Outgoing { event: e, identity, client_ip: Some(ip), credentials: &Default::default() })
-            .unwrap()
+        Umami::build(
+            s,
+            &Outgoing {
+                event: e,
+                identity,
+                client_ip: Some(ip),
+                user_agent: e.user_agent.as_deref(),
+                credentials: &Default::default(),
+            },
+        )
+        .unwrap()
     }
 
     #[test]

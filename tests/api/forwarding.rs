@@ -418,8 +418,13 @@ async fn silently_dropped_events_show_as_dropped_not_delivered() {
     let (s, r) =
         app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&dp)), &app.admin, json!({})).await;
     assert_eq!((s, r["status"].as_str(), r["attempts"].as_i64()), (StatusCode::OK, Some("pending"), Some(0)), "{r}");
-    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, dropped: 1, ..Pass::default() });
-    delivery_in(&app, &id(&accepted), &id(&p), "dropped").await;
+    assert_eq!(app.drain_outbox().await.claimed, 1);
+    // It is sent again — but the event was stored unlinkable (no consent configuration, so no
+    // identifiers were allowed): the user agent went with the first delivery, and the replay
+    // goes without one (and with the truncated IP).
+    let resent = exactly(&fakes, "plausible", 2).await.remove(1);
+    assert!(resent["headers"].get("user-agent").is_none(), "{resent}");
+    assert_eq!(resent["body"]["name"], "pageview", "{resent}");
 }
 
 #[tokio::test]
@@ -448,9 +453,15 @@ async fn a_repeated_post_creates_one_event_and_one_delivery_per_config() {
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["decisions"], first["decisions"], "the first event's decisions");
 
-    // Without a key, the same session's event at the same client time is the same event.
+    // Without a key, the same session's event at the same client time is the same event — for
+    // an event stored with identifiers (a visitor who accepted; see
+    // `after_reject_all_no_stored_event_can_be_joined_to_the_visitor` for the others).
+    app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
     let at = chrono::Utc::now().to_rfc3339();
-    let beacon = json!({"event_name": "scroll", "page_url": PAGE, "session_id": "sess-1", "occurred_at": at});
+    let beacon =
+        json!({"event_name": "scroll", "page_url": PAGE, "session_id": "sess-1", "visitor_id": v, "occurred_at": at});
     let (s1, b1) = track(&app, &keys, beacon.clone()).await;
     let (s2, b2) = track(&app, &keys, beacon).await;
     assert_eq!((s1, s2, b1["id"].clone()), (StatusCode::ACCEPTED, StatusCode::OK, b2["id"].clone()));
@@ -598,4 +609,95 @@ async fn a_withdrawal_reaches_deliveries_still_waiting() {
     let usage = &site::config(&app, "umami", &id(&needs_analytics)).await["usage"];
     assert_eq!((usage["events_failed"].as_i64(), usage["events_denied_by_consent"].as_i64()), (Some(0), Some(1)));
     assert!(usage["last_error"].as_str().unwrap().contains("503"), "the provider's last error stays: {usage}");
+}
+
+/// Everything stored about events, as one text per row (every column of every event, decision,
+/// delivery and audit entry): what anyone with the database could join on.
+async fn stored_rows(app: &crate::helpers::TestApp) -> Vec<String> {
+    use sea_orm::EntityTrait;
+    let mut rows = Vec::new();
+    rows.extend(entity::analytics_event::Entity::find().all(&app.db).await.unwrap().iter().map(|r| format!("{r:?}")));
+    rows.extend(
+        entity::forwarding_decision::Entity::find().all(&app.db).await.unwrap().iter().map(|r| format!("{r:?}")),
+    );
+    rows.extend(entity::delivery::Entity::find().all(&app.db).await.unwrap().iter().map(|r| format!("{r:?}")));
+    rows.extend(entity::audit_log::Entity::find().all(&app.db).await.unwrap().iter().map(|r| format!("{r:?}")));
+    rows
+}
+
+/// After "Reject all", the visitor's events are stored unlinkable: no stored row (event,
+/// decision, delivery, audit entry) holds their consent-lookup id, analytics id, user id, session
+/// id or user agent once the deliveries ended — yet the cookie-free provider still got the user
+/// agent and IP it counts visitors by. With analytics consent the identifiers are kept as before.
+#[tokio::test]
+async fn after_reject_all_no_stored_event_can_be_joined_to_the_visitor() {
+    let (app, fakes, keys) = setup().await;
+    let cookie_free = site::plausible(&app, &fakes, json!({})).await;
+    let needs_analytics = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
+    app.publish_consent_config(json!({})).await;
+    let (refused, legacy, granted) = (visitor(), visitor(), visitor());
+    for v in [&refused, &legacy] {
+        app.consent(v, "reject_all", 1).await;
+    }
+    app.consent(&granted, "accept_all", 1).await;
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let event = |lookup: Value, analytics: Value, who: &str| {
+        json!({"event_name": "signup", "page_url": PAGE, "visitor_id": lookup, "anonymous_id": analytics,
+               "user_id": format!("user-{who}"), "session_id": format!("sess-{who}"), "occurred_at": at})
+    };
+    // The tracker after a refusal: the consent-lookup id only. An older site: `anonymous_id` only,
+    // which the gateway looks consent up under.
+    let (s1, a) = track(&app, &keys, event(json!(refused), Value::Null, &refused)).await;
+    let (s2, b) = track(&app, &keys, event(Value::Null, json!(legacy), &legacy)).await;
+    let (s3, c) = track(&app, &keys, event(json!(granted), json!(granted), &granted)).await;
+    assert_eq!((s1, s2, s3), (StatusCode::ACCEPTED, StatusCode::ACCEPTED, StatusCode::ACCEPTED), "{a} {b} {c}");
+    for (accepted, reason) in [(&a, "denied:rejected"), (&b, "denied:rejected"), (&c, "consent_granted:analytics")] {
+        assert_eq!(decision_for(accepted, &id(&needs_analytics))["reason"], reason, "{accepted}");
+    }
+    // Not even the key derived from the session id is kept (it could be recomputed from that
+    // id): a repeat without the client's own key is a new event — a double count, never a link.
+    let (s, again) = track(&app, &keys, event(Value::Null, json!(legacy), &legacy)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{again}");
+    assert_ne!(again["id"], b["id"]);
+
+    // While waiting, the deliveries hold what sending needs; the events already hold nothing.
+    let pending = stored_rows(&app).await.join("\n");
+    assert!(pending.contains(&refused), "the waiting delivery keeps the consent-lookup id");
+    app.drain_outbox().await;
+    for accepted in [&a, &b, &again] {
+        delivery_in(&app, &id(accepted), &id(&cookie_free), "delivered").await;
+    }
+    let plausible = exactly(&fakes, "plausible", 4).await;
+    for r in &plausible {
+        assert_eq!((r["headers"]["user-agent"].as_str(), r["resolved_ip"].as_str()), (Some(CHROME), Some(VISITOR_IP)));
+    }
+
+    let rows = stored_rows(&app).await;
+    for who in [&refused, &legacy] {
+        for row in &rows {
+            assert!(!row.contains(who.as_str()), "a stored row can be joined to {who}: {row}");
+        }
+    }
+    assert!(!rows.iter().any(|r| r.contains(VISITOR_IP)), "the full IP went with the deliveries");
+    for accepted in [&a, &b, &again] {
+        let (_, e) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(accepted)), &app.auditor).await;
+        for field in ["anonymous_id", "user_id", "session_id", "user_agent"] {
+            assert!(e[field].is_null(), "{field}: {e}");
+        }
+        assert_eq!((e["event_name"].as_str(), e["ip_truncated"].as_str()), (Some("signup"), Some("203.0.113.0")));
+    }
+    // With analytics consent: kept, as the providers that were allowed them received them.
+    let (_, e) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&c)), &app.auditor).await;
+    assert_eq!(
+        (e["anonymous_id"].as_str(), e["user_id"].as_str(), e["session_id"].as_str(), e["user_agent"].as_str()),
+        (
+            Some(granted.as_str()),
+            Some(format!("user-{granted}").as_str()),
+            Some(format!("sess-{granted}").as_str()),
+            Some(CHROME)
+        ),
+        "{e}"
+    );
+    let umami = exactly(&fakes, "umami", 1).await;
+    assert_eq!(umami[0]["body"]["payload"]["id"], format!("user-{granted}"));
 }

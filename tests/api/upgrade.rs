@@ -46,6 +46,10 @@ struct Stored {
     /// delivery id → status.
     deliveries: BTreeMap<Uuid, String>,
     audit_entries: usize,
+    /// event id → its `anonymous_id` as written (the visitor id the banner sent).
+    visitors: BTreeMap<Uuid, Option<String>>,
+    /// Events with a decision that granted full identity.
+    linkable: BTreeSet<Uuid>,
 }
 
 async fn read_stored(url: &str) -> Stored {
@@ -67,8 +71,18 @@ async fn read_stored(url: &str) -> Stored {
         .map(|r| (r.try_get("", "id").unwrap(), r.try_get("", "status").unwrap()))
         .collect();
     let audit_entries = rows("SELECT id FROM audit_log").await.len();
+    let visitors = rows("SELECT id, anonymous_id FROM analytics_event")
+        .await
+        .iter()
+        .map(|r| (r.try_get("", "id").unwrap(), r.try_get("", "anonymous_id").unwrap()))
+        .collect();
+    let linkable = rows("SELECT event_id FROM forwarding_decision WHERE decision = 'allow' AND identity = 'full'")
+        .await
+        .iter()
+        .map(|r| r.try_get("", "event_id").unwrap())
+        .collect();
     db.close().await.ok();
-    Stored { reasons, records, deliveries, audit_entries }
+    Stored { reasons, records, deliveries, audit_entries, visitors, linkable }
 }
 
 async fn ok(app: &TestApp, path: &str, token: &str) -> Value {
@@ -151,6 +165,33 @@ async fn a_database_from_an_earlier_release_upgrades_and_reads_back() {
         }
     }
     assert_eq!(read_back, stored.reasons);
+
+    // Events stored linkably under a refusal (or without any consent) lost their identifiers in
+    // the upgrade (issue 10); those sent with full identity kept them.
+    let refused: Vec<&Uuid> =
+        stored.visitors.iter().filter(|(_, v)| v.as_deref() == Some("v-reject")).map(|(e, _)| e).collect();
+    assert!(refused.len() >= 2, "the fixture has the refusing visitor's events: {:?}", stored.visitors);
+    for (event, visitor) in &stored.visitors {
+        let view = ok(&app, &format!("/events/{event}"), &auditor).await;
+        if stored.linkable.contains(event) {
+            assert_eq!(view["anonymous_id"].as_str(), visitor.as_deref(), "{view}");
+        } else {
+            for field in ["anonymous_id", "user_id", "session_id", "user_agent"] {
+                assert!(view[field].is_null(), "{field} kept on an event without full identity: {view}");
+            }
+        }
+    }
+    assert!(refused.iter().all(|e| !stored.linkable.contains(e)), "v-reject never granted identity");
+    assert!(stored.visitors.values().any(|v| v.as_deref() == Some("v-accept")), "the positive control");
+    assert!(!stored.linkable.is_empty(), "some events keep their identifiers");
+    // The deliveries still waiting carry the consent-lookup id they are decided again with.
+    let stmt = Statement::from_string(
+        app.db.get_database_backend(),
+        "SELECT consent_lookup_id FROM delivery WHERE status = 'pending'".to_string(),
+    );
+    let waiting: BTreeSet<Option<String>> =
+        app.db.query_all_raw(stmt).await.unwrap().iter().map(|r| r.try_get("", "consent_lookup_id").unwrap()).collect();
+    assert_eq!(waiting, BTreeSet::from([Some("v-accept".to_string()), Some("v-unknown".to_string())]));
 
     // Deliveries, with their stored status.
     let page = ok(&app, "/deliveries?limit=500", &auditor).await;

@@ -300,7 +300,11 @@ export const ui = (page) => ({
   dialogButton: (name) => page.locator('#consentgate dialog').getByRole('button', { name }),
 });
 
+/** The consent-lookup id the banner stored; null until the visitor decides (nothing is stored before). */
 export const visitorId = (page) => page.evaluate(() => localStorage.getItem('cg_vid'));
+/** The consent-lookup id the banner looked the visitor up under (`GET …/consent/{id}`), before any choice. */
+export const lookedUpId = (requests) =>
+  decodeURIComponent(new URL(requests.find((r) => r.method === 'GET' && /\/consent\/[^/]+$/.test(new URL(r.url).pathname)).url).pathname.split('/').pop());
 /** The choice the banner kept on the site: its first-party `cg_consent` cookie, or null. */
 export const storedChoice = (page) => page.evaluate(() => {
   const c = document.cookie.match(/(^|; )cg_consent=([^;]*)/);

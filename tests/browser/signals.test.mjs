@@ -2,7 +2,7 @@
 // the consent-required regions the defaults are pre-ticked but nothing runs before a decision.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { consentRequests, launchBrowser, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
+import { consentRequests, launchBrowser, lookedUpId, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
 
 let gw, site, browser, tenant, url;
 
@@ -71,8 +71,8 @@ test('DNT with respect_do_not_track: every optional category shown denied, nothi
 });
 
 test('GPC with respect_do_not_track: the gateway sees the signal and nothing is pre-granted', async () => {
-  const { page, context } = await open(gpc);
-  const vid = await visitorId(page);
+  const { page, context, requests } = await open(gpc);
+  const vid = lookedUpId(requests);
   const state = await tenant.consentState(vid, site.origin, { 'Sec-GPC': '1', 'X-Test-Country': 'SE' });
   assert.equal(state.signals.gpc, true);
   assert.equal(state.decision_needed, true);

@@ -24,7 +24,7 @@ const isEvents = (r) => r.method === 'POST' && new URL(r.url).pathname.endsWith(
 const events = (requests) => requests.filter(isEvents).flatMap((r) => { const b = JSON.parse(r.body); return b.batch || [b]; });
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
-test('page view with the public key, visitor id, UTM, referrer, redacted secrets and a fresh idempotency key', async () => {
+test('page view with the public key, consent-lookup id, UTM, referrer, redacted secrets and a fresh idempotency key', async () => {
   const url = site.page('/landing', sitePage(tenant));
   const { page, context, requests } = await visitor(browser, { country: 'SE' });
   // The gateway's answers, seen through a pass-through route (keepalive requests report no
@@ -42,7 +42,9 @@ test('page view with the public key, visitor id, UTM, referrer, redacted secrets
   assert.match(req.headers['content-type'], /^text\/plain/, 'no CORS preflight');
   const [pv] = events(requests);
   assert.equal(pv.event_name, 'pageview');
-  assert.equal(pv.anonymous_id, await visitorId(page));
+  assert.match(pv.visitor_id, UUID, 'the consent-lookup id');
+  assert.equal(pv.anonymous_id, undefined, 'no analytics id before a choice');
+  assert.equal(await visitorId(page), null, 'nothing is stored in the browser before a choice (ePrivacy Art. 5(3))');
   assert.match(pv.idempotency_key, UUID);
   assert.deepEqual(pv.event_properties, { utm_source: 'news', utm_medium: 'email', utm_campaign: 'spring' });
   const pageUrl = new URL(pv.page_url);
@@ -182,4 +184,41 @@ test('the queue holds at most 50 events', async () => {
   assert.equal(batch.length, 50);
   assert.equal(batch[0].event_properties.i, 30, 'the oldest were dropped');
   await context.close();
+});
+
+test('after Reject all no event carries an analytics id; after Accept all events do', async () => {
+  const url = site.page('/refuse', sitePage(tenant));
+  // Every event a visitor's page posts once it has decided: a page view, an SPA navigation, an
+  // outbound click, a custom event, and the page view of the next visit (decided from the cookie).
+  const after = async (choose) => {
+    const { page, context, requests } = await visitor(browser, { country: 'SE' });
+    await page.goto(url);
+    // The page view before the choice is posted first (it carries the lookup id only).
+    await waitForRequests(requests, (rs) => events(rs).length >= 1, 'the first page view');
+    await choose(ui(page)).click();
+    const vid = await visitorId(page);
+    await tenant.waitForRecord(vid, choose === refuse ? 'reject_all' : 'accept_all');
+    const from = requests.length;
+    await page.evaluate(() => history.pushState({}, '', '/refuse/step-2'));
+    await page.evaluate(() => window.consentgate.track('signup', { plan: 'pro' }));
+    await page.locator('#out').click();
+    await waitForRequests(requests, (rs) => events(rs.slice(from)).some((e) => e.event_name === 'outbound-link-click'), 'the outbound click');
+    await page.goto(url);
+    await waitForRequests(requests, (rs) => events(rs.slice(from)).filter((e) => e.event_name === 'pageview').length >= 2, 'the next visit');
+    const posted = events(requests.slice(from));
+    await context.close();
+    return { vid, posted };
+  };
+  const refuse = (u) => u.reject, accept = (u) => u.accept;
+
+  const refused = await after(refuse);
+  assert.deepEqual(refused.posted.map((e) => e.event_name).sort(), ['outbound-link-click', 'pageview', 'pageview', 'signup']);
+  for (const e of refused.posted) {
+    assert.equal(e.visitor_id, refused.vid, 'the consent-lookup id, to honour the refusal');
+    assert.ok(!('anonymous_id' in e), `no analytics id after Reject all: ${JSON.stringify(e)}`);
+  }
+  // The positive control: the same events after Accept all carry the analytics id.
+  const granted = await after(accept);
+  assert.equal(granted.posted.length, 4);
+  for (const e of granted.posted) assert.equal(e.anonymous_id, granted.vid, JSON.stringify(e));
 });
