@@ -9,7 +9,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -21,7 +20,7 @@ use super::{
 use crate::{
     app::AppState,
     consent::config::{
-        ConfigSpec, ConfigView, ConsentConfigPatch, RevisionView,
+        ConfigSpec, ConfigView, ConsentConfigPatch, NewConsentConfig, RevisionView,
         store::{self, Deleted},
     },
 };
@@ -70,9 +69,9 @@ pub struct PublishRequest {
 async fn create_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<NewConsentConfig>,
 ) -> ApiResult<(StatusCode, Json<ConfigView>)> {
-    let view = store::create(&state.db, caller.tenant.id, &caller.actor(), body).await?;
+    let view = store::create(&state.db, caller.tenant.id, &caller.actor(), body.spec()?).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

@@ -1,6 +1,8 @@
-//! A PATCH of a cookie consent config, parsed at the HTTP edge into its three parts: a status
-//! change, the server-set fields a client echoed back, and the JSON merge patch (RFC 7396) of the
-//! config's own fields, which the store merges onto the working copy and parses like a creation.
+//! The bodies that change a cookie consent config, parsed at the HTTP edge. A POST
+//! ([`NewConsentConfig`]) becomes a checked [`ConfigSpec`]; a server-set field is refused, naming
+//! it. A PATCH ([`ConsentConfigPatch`]) is taken apart into its three parts: a status change, the
+//! server-set fields a client echoed back, and the JSON merge patch (RFC 7396) of the config's
+//! own fields, which the store merges onto the working copy and parses like a creation.
 
 use std::fmt;
 
@@ -10,7 +12,8 @@ use serde::{
 };
 use serde_json::{Map, Value};
 
-use super::spec::Status;
+use super::spec::{ConfigSpec, Status};
+use crate::error::Result as DomainResult;
 
 /// Fields of the representation that only the server sets. A PATCH may echo them back
 /// unchanged (a client that GETs, edits and PATCHes the whole object); a different value is
@@ -20,6 +23,61 @@ pub const READ_ONLY: [&str; 7] =
 
 /// `warnings` appear in responses only; a client echoing a response back is not an error.
 const OUTPUT_ONLY: &str = "warnings";
+
+/// A config as POSTed: its own fields, not yet checked ([`NewConsentConfig::spec`] checks them).
+/// A server-set field, `status` included (a new config is a draft), is refused while parsing,
+/// naming the field; `warnings` echoed from a response are ignored.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewConsentConfig(Map<String, Value>);
+
+impl NewConsentConfig {
+    /// The config, checked: a type error (a bad colour, an unknown field) names its field;
+    /// range, length and cross-field rules are all reported together.
+    pub fn spec(self) -> DomainResult<ConfigSpec> {
+        ConfigSpec::parse(Value::Object(self.0))
+    }
+}
+
+/// The value of a field the server sets at creation: never accepted.
+struct ServerSet;
+
+impl<'de> Deserialize<'de> for ServerSet {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(de::Error::custom("is set by the server; a new config starts as a draft at revision 0"))
+    }
+}
+
+impl<'de> Deserialize<'de> for NewConsentConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NewVisitor;
+
+        impl<'de> Visitor<'de> for NewVisitor {
+            type Value = NewConsentConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object (a cookie consent config)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NewConsentConfig, A::Error> {
+                let mut fields = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "status" || READ_ONLY.contains(&key.as_str()) {
+                        // Failing inside the value, so that the error's path names the field.
+                        map.next_value::<ServerSet>()?;
+                    } else if key == OUTPUT_ONLY {
+                        map.next_value::<IgnoredAny>()?;
+                    } else {
+                        let v = map.next_value()?;
+                        fields.insert(key, v);
+                    }
+                }
+                Ok(NewConsentConfig(fields))
+            }
+        }
+
+        d.deserialize_map(NewVisitor)
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConsentConfigPatch {
@@ -103,6 +161,25 @@ mod tests {
         assert_eq!(p.status, Some(Status::Paused));
         assert_eq!(p.echoed, json!({"id": "x"}).as_object().unwrap().clone());
         assert_eq!(p.changes, json!({"banner": {"position": "top"}}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn a_new_config_naming_a_server_set_field_is_refused_naming_it() {
+        for field in READ_ONLY.iter().chain(&["status"]) {
+            match crate::json::from_value::<NewConsentConfig>(json!({"display_name": "x", *field: null}), "") {
+                Err(Error::Validation { field: f, message }) => {
+                    assert_eq!(f.as_deref(), Some(*field));
+                    assert!(message.starts_with("is set by the server"), "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let new: NewConsentConfig =
+            crate::json::from_value(json!({"display_name": " Shop ", "warnings": []}), "").unwrap();
+        assert_eq!(new, NewConsentConfig(json!({"display_name": " Shop "}).as_object().unwrap().clone()));
+        let bad: NewConsentConfig =
+            crate::json::from_value(json!({"display_name": "x", "banner": {"x": 1}}), "").unwrap();
+        assert!(matches!(bad.spec(), Err(Error::Validation { field: Some(f), .. }) if f == "banner.x"));
     }
 
     #[test]

@@ -258,19 +258,8 @@ async fn audit_change(
     .await
 }
 
-/// Creates a draft.
-pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body: Value) -> Result<ConfigView> {
-    if let Some(o) = body.as_object() {
-        for key in ["id", "status", "revision", "reconsent_revision", "published_at", "created_at", "updated_at"] {
-            if o.contains_key(key) {
-                return Err(Error::validation(
-                    key,
-                    "is set by the server; a new config starts as a draft at revision 0",
-                ));
-            }
-        }
-    }
-    let spec = ConfigSpec::parse(strip_output_only(body))?;
+/// Creates a draft of a checked config (see [`super::NewConsentConfig`]).
+pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, spec: ConfigSpec) -> Result<ConfigView> {
     let now = Utc::now();
     let mut a = config::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -308,14 +297,6 @@ pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<Conf
 
 pub async fn get(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<ConfigView> {
     view(db, find(db, tenant_id, id).await?).await
-}
-
-/// `warnings` appear in responses only; a client echoing a response back is not an error.
-fn strip_output_only(mut body: Value) -> Value {
-    if let Some(o) = body.as_object_mut() {
-        o.remove("warnings");
-    }
-    body
 }
 
 /// Applies a merge patch to the working copy, and/or a status change (`{"status": "paused"}`).
