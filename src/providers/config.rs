@@ -252,28 +252,21 @@ impl<'de> Deserialize<'de> for ProviderConfigPatch {
 /// A provider config as POSTed, parsed at the HTTP edge: its writable fields, a server-set field
 /// refused while parsing, naming it (as for a PATCH). [`ConfigInput::new`] checks the fields
 /// against the provider named in the path.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NewProviderConfig(Map<String, Value>);
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct NewProviderConfig(ProviderConfigPatch);
 
 impl NewProviderConfig {
-    /// The `credentials` object, if any (references, checked against the operator's enabled
-    /// schemes before anything is stored).
+    /// See [`ProviderConfigPatch::credentials`].
     pub fn credentials(&self) -> Option<&Value> {
-        self.0.get("credentials")
-    }
-}
-
-impl<'de> Deserialize<'de> for NewProviderConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        // The same writable fields and the same refusals as a PATCH.
-        ProviderConfigPatch::deserialize(d).map(|p| NewProviderConfig(p.0))
+        self.0.credentials()
     }
 }
 
 impl ConfigInput {
     /// A new config of `provider`, checked; `status` defaults to `draft`.
     pub fn new(provider: &dyn AnyProvider, body: NewProviderConfig) -> Result<Self> {
-        parse_input(provider, Value::Object(body.0), ProviderStatus::Draft)
+        parse_input(provider, Value::Object(body.0.0), ProviderStatus::Draft)
     }
 }
 
