@@ -47,35 +47,56 @@ impl<'de> Deserialize<'de> for ServerSet {
     }
 }
 
-impl<'de> Deserialize<'de> for NewConsentConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct NewVisitor;
+impl Body for NewConsentConfig {
+    const EXPECTING: &'static str = "a JSON object (a cookie consent config)";
 
-        impl<'de> Visitor<'de> for NewVisitor {
-            type Value = NewConsentConfig;
+    fn take<'de, A: MapAccess<'de>>(&mut self, key: String, map: &mut A) -> Result<(), A::Error> {
+        if key == "status" || READ_ONLY.contains(&key.as_str()) {
+            // Failing inside the value, so that the error's path names the field.
+            map.next_value::<ServerSet>()?;
+        } else {
+            self.0.insert(key, map.next_value()?);
+        }
+        Ok(())
+    }
+}
 
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object (a cookie consent config)")
-            }
+/// A body read field by field, in order; `warnings` (output only) are skipped.
+trait Body: Default {
+    const EXPECTING: &'static str;
+    /// Takes the value of `key` from `map`.
+    fn take<'de, A: MapAccess<'de>>(&mut self, key: String, map: &mut A) -> Result<(), A::Error>;
+}
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NewConsentConfig, A::Error> {
-                let mut fields = Map::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "status" || READ_ONLY.contains(&key.as_str()) {
-                        // Failing inside the value, so that the error's path names the field.
-                        map.next_value::<ServerSet>()?;
-                    } else if key == OUTPUT_ONLY {
-                        map.next_value::<IgnoredAny>()?;
-                    } else {
-                        let v = map.next_value()?;
-                        fields.insert(key, v);
-                    }
-                }
-                Ok(NewConsentConfig(fields))
+struct BodyVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Body> Visitor<'de> for BodyVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut body = T::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == OUTPUT_ONLY {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                body.take(key, &mut map)?;
             }
         }
+        Ok(body)
+    }
+}
 
-        d.deserialize_map(NewVisitor)
+fn read_body<'de, T: Body, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_map(BodyVisitor(std::marker::PhantomData))
+}
+
+impl<'de> Deserialize<'de> for NewConsentConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read_body(d)
     }
 }
 
@@ -110,37 +131,24 @@ impl<'de> Deserialize<'de> for StatusChange {
     }
 }
 
+impl Body for ConsentConfigPatch {
+    const EXPECTING: &'static str = "a JSON object (a JSON merge patch)";
+
+    fn take<'de, A: MapAccess<'de>>(&mut self, key: String, map: &mut A) -> Result<(), A::Error> {
+        if key == "status" {
+            self.status = Some(map.next_value::<StatusChange>()?.0);
+        } else if READ_ONLY.contains(&key.as_str()) {
+            self.echoed.insert(key, map.next_value()?);
+        } else {
+            self.changes.insert(key, map.next_value()?);
+        }
+        Ok(())
+    }
+}
+
 impl<'de> Deserialize<'de> for ConsentConfigPatch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct PatchVisitor;
-
-        impl<'de> Visitor<'de> for PatchVisitor {
-            type Value = ConsentConfigPatch;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object (a JSON merge patch)")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ConsentConfigPatch, A::Error> {
-                let mut patch = ConsentConfigPatch::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "status" {
-                        patch.status = Some(map.next_value::<StatusChange>()?.0);
-                    } else if key == OUTPUT_ONLY {
-                        map.next_value::<IgnoredAny>()?;
-                    } else if READ_ONLY.contains(&key.as_str()) {
-                        let v = map.next_value()?;
-                        patch.echoed.insert(key, v);
-                    } else {
-                        let v = map.next_value()?;
-                        patch.changes.insert(key, v);
-                    }
-                }
-                Ok(patch)
-            }
-        }
-
-        d.deserialize_map(PatchVisitor)
+        read_body(d)
     }
 }
 
