@@ -59,7 +59,7 @@ async fn ensure_consent_config(db: &DatabaseConnection, tenant_id: uuid::Uuid, o
             let mut body: Value = serde_json::from_str(SAMPLE_CONFIG).map_err(internal)?;
             body["display_name"] = "Demo site".into();
             body["allowed_origins"] = serde_json::json!([origin]);
-            let created = store::create(db, tenant_id, ACTOR, body).await?;
+            let created = store::create(db, tenant_id, ACTOR, crate::consent::config::ConfigSpec::parse(body)?).await?;
             store::publish(db, tenant_id, created.id, ACTOR, false).await?;
         }
         Some(current) => {

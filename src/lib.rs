@@ -7,7 +7,10 @@
 //!
 //! # Module tour
 //!
-//! Each module owns one thing; the HTTP layer only parses, authenticates and maps errors.
+//! Each module owns one thing; the HTTP layer only parses, authenticates and maps errors: every
+//! body is parsed there into a typed input (`EventInput`, `NewConsentConfig`,
+//! `ConsentConfigPatch`, `NewProviderConfig`, …) whose errors name the dotted field path, and
+//! domain functions take domain types. The words used here are defined in `docs/glossary.md`.
 //!
 //! | module | owns |
 //! |---|---|
@@ -28,21 +31,27 @@
 //! | [`ip`] | client IPs, truncated before they are stored |
 //! | [`origins`] | allowed browser origins of consent configs and public ingest keys |
 //! | [`rate_limit`] | in-memory token buckets for public write routes and ingest keys |
-//! | [`json`] | deserialising JSON into domain types with the failing field named |
+//! | [`json`] | deserialising JSON into domain types with the failing field named; the one JSON merge patch (RFC 7396) |
+//! | [`string_enum`] | closed sets of stored values (statuses, categories, reasons) read per row, failing closed |
 //! | [`error`] | the domain layer's error type (mapped to HTTP once, in [`http::error`]) |
 //! | [`db`] | connecting (SQLite or PostgreSQL) and migrating |
 //! | [`crypto`] | random tokens and SHA-256 digests |
 //! | [`telemetry`] | logging and Prometheus metrics |
 //! | [`demo`] | the `demo` tenant and demo page of `serve --demo` |
 //!
-//! The tables are in the `entity` crate, their migrations in the `migration` crate.
+//! The tables are in the `entity` crate, their migrations in the `migration` crate. Status and
+//! category columns are text read through [`string_enum`]: a row holding a value outside its enum
+//! is shown as `invalid` and denies (`denied:config_invalid`) or grants nothing — for that row
+//! only, never failing the query for the tenant's other rows.
 //!
 //! # One event's way
 //!
-//! 1. [`http`] (`http/events.rs`): the ingest key is authenticated ([`ingest::keys`]), its
-//!    origin and rate limit checked, the body parsed.
-//! 2. [`ingest`]: the event is validated ([`ingest::event`]), enriched ([`ingest::enrich`]:
-//!    UTM, user agent, truncated IP, country via [`geo`]) and checked against idempotency.
+//! 1. [`http`] (`http/events.rs`): the `IngestKey` extractor (`http/ingest_key.rs`)
+//!    authenticates the key ([`ingest::keys`]) and checks its origin and rate limit; the body is
+//!    parsed into an `EventInput` ([`ingest::event`]), every field a checked type
+//!    ([`ingest::fields`]), and the request's facts about the visitor into `VisitorFacts`.
+//! 2. [`ingest`]: the event is enriched ([`ingest::enrich`]: UTM, user agent, truncated IP,
+//!    country via [`geo`]) and checked against idempotency.
 //! 3. [`consent`]: the visitor's latest record and the active config's policy give
 //!    [`consent::effective`]; [`consent::decide`] then decides per provider config, and the
 //!    provider's own rules ([`providers::Provider::accepts`]) may still refuse.

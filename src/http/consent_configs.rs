@@ -8,7 +8,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -20,7 +19,7 @@ use super::{
 use crate::{
     app::AppState,
     consent::config::{
-        ConfigSpec, ConsentConfigPatch, ConsentConfigView, RevisionView,
+        ConfigSpec, ConsentConfigPatch, ConsentConfigView, NewConsentConfig, RevisionView,
         store::{self, Deleted},
     },
 };
@@ -69,9 +68,9 @@ pub struct PublishRequest {
 async fn create_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<NewConsentConfig>,
 ) -> ApiResult<(StatusCode, Json<ConsentConfigView>)> {
-    let view = store::create(&state.db, caller.tenant.id, &caller.actor(), body).await?;
+    let view = store::create(&state.db, caller.tenant.id, &caller.actor(), body.spec()?).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

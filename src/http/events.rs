@@ -336,4 +336,55 @@ mod tests {
         }
         assert!(event.get("consent_lookup_id").is_none(), "the code's name is not the wire's");
     }
+
+    /// The stored event the API shows (`EventView`): the row's fields but its tenant, and the
+    /// decisions, each documented under the name the response carries.
+    #[test]
+    fn the_documented_stored_event_has_the_response_fields() {
+        let (_, doc) = crate::http::api().split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let mut names: Vec<String> = Vec::new();
+        let mut collect = |schema: &serde_json::Value| {
+            if let Some(p) = schema["properties"].as_object() {
+                names.extend(p.keys().cloned());
+            }
+        };
+        let view = &schemas["EventView"];
+        collect(view);
+        for part in view["allOf"].as_array().into_iter().flatten() {
+            match part["$ref"].as_str() {
+                Some(r) => collect(&schemas[r.trim_start_matches("#/components/schemas/")]),
+                None => collect(part),
+            }
+        }
+        names.sort();
+        let mut want = [
+            "id",
+            "provider",
+            "event_name",
+            "event_properties",
+            "user_id",
+            "anonymous_id",
+            "session_id",
+            "page_url",
+            "referrer",
+            "title",
+            "user_agent",
+            "language",
+            "screen",
+            "revenue",
+            "context",
+            "occurred_at",
+            "received_at",
+            "ip_truncated",
+            "country",
+            "dnt",
+            "gpc",
+            "idempotency_key",
+            "decisions",
+        ];
+        want.sort();
+        assert_eq!(names, want, "{view}");
+    }
 }

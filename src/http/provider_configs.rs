@@ -4,7 +4,6 @@
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -19,7 +18,7 @@ use crate::{
     outbox,
     providers::{
         self, AnyProvider, ProviderConfigInput,
-        config::{self, ProviderConfigPatch, ProviderConfigView},
+        config::{self, NewProviderConfig, ProviderConfigPatch, ProviderConfigView},
     },
     secrets::check::CheckReport,
 };
@@ -82,11 +81,12 @@ async fn create_config(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(path): ApiPath<ProviderPath>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<NewProviderConfig>,
 ) -> ApiResult<(StatusCode, Json<Saved>)> {
     let p = provider(&path.provider)?;
-    state.secrets.refuse_disabled(body.get("credentials"))?;
-    let view = config::create(&state.db, caller.tenant.id, p, body, &caller.actor()).await?;
+    state.secrets.refuse_disabled(body.credentials())?;
+    let input = config::ConfigInput::new(p, body)?;
+    let view = config::create(&state.db, caller.tenant.id, p, input, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(with_warnings(&state, view))))
 }
 

@@ -288,40 +288,12 @@ fn provider_policy(config: &entity::provider_config::Model, provider: &dyn provi
     }
 }
 
-/// A stored event with the reason each config did or did not receive it.
+/// A stored event with the reason each config did or did not receive it. The event's fields
+/// are the stored row's, declared (and documented) once, in `entity::analytics_event`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct EventView {
-    pub id: Uuid,
-    /// Set when posted to a per-provider endpoint.
-    pub provider: Option<String>,
-    pub event_name: String,
-    #[schema(value_type = Object)]
-    pub event_properties: Value,
-    pub user_id: Option<String>,
-    /// The analytics id (docs/glossary.md); kept only when some decision granted full identity.
-    pub anonymous_id: Option<String>,
-    pub session_id: Option<String>,
-    pub page_url: Option<String>,
-    pub referrer: Option<String>,
-    pub title: Option<String>,
-    /// The browser's own header, or what a server said about its visitor.
-    pub user_agent: Option<String>,
-    /// A BCP 47 language tag (`sv-SE`).
-    pub language: Option<String>,
-    pub screen: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub revenue: Option<Value>,
-    /// Enrichment: `utm`, parsed `agent` (with the `bot` flag), `region`.
-    #[schema(value_type = Object)]
-    pub context: Value,
-    pub occurred_at: DateTime<Utc>,
-    pub received_at: DateTime<Utc>,
-    /// IPv4 /24 or IPv6 /48.
-    pub ip_truncated: Option<String>,
-    pub country: Option<String>,
-    pub dnt: bool,
-    pub gpc: bool,
-    pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub event: analytics_event::Model,
     pub decisions: Vec<EventDecision>,
 }
 
@@ -352,29 +324,5 @@ pub async fn event_view(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) ->
             EventDecision { decision: d, delivery }
         })
         .collect();
-    Ok(EventView {
-        id: e.id,
-        provider: e.provider,
-        event_name: e.event_name,
-        event_properties: e.event_properties,
-        user_id: e.user_id,
-        anonymous_id: e.anonymous_id,
-        session_id: e.session_id,
-        page_url: e.page_url,
-        referrer: e.referrer,
-        title: e.title,
-        user_agent: e.user_agent,
-        language: e.language,
-        screen: e.screen,
-        revenue: e.revenue,
-        context: e.context,
-        occurred_at: e.occurred_at,
-        received_at: e.received_at,
-        ip_truncated: e.ip_truncated,
-        country: e.country,
-        dnt: e.dnt,
-        gpc: e.gpc,
-        idempotency_key: e.idempotency_key,
-        decisions,
-    })
+    Ok(EventView { event: e, decisions })
 }

@@ -193,8 +193,8 @@ pub fn admin_may_move(from: ProviderStatus, to: ProviderStatus) -> bool {
         )
 }
 
-/// A parsed, valid config body.
-struct ConfigInput {
+/// A parsed, valid config body: what [`create`] stores.
+pub struct ConfigInput {
     display_name: String,
     status: ProviderStatus,
     required_category: RequiredCategory,
@@ -249,6 +249,27 @@ impl<'de> Deserialize<'de> for ProviderConfigPatch {
     }
 }
 
+/// A provider config as POSTed, parsed at the HTTP edge: its writable fields, a server-set field
+/// refused while parsing, naming it (as for a PATCH). [`ConfigInput::new`] checks the fields
+/// against the provider named in the path.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct NewProviderConfig(ProviderConfigPatch);
+
+impl NewProviderConfig {
+    /// See [`ProviderConfigPatch::credentials`].
+    pub fn credentials(&self) -> Option<&Value> {
+        self.0.credentials()
+    }
+}
+
+impl ConfigInput {
+    /// A new config of `provider`, checked; `status` defaults to `draft`.
+    pub fn new(provider: &dyn AnyProvider, body: NewProviderConfig) -> Result<Self> {
+        parse_input(provider, Value::Object(body.0.0), ProviderStatus::Draft)
+    }
+}
+
 /// The value of a field only the gateway sets: never accepted.
 struct ReadOnly;
 
@@ -299,10 +320,9 @@ pub async fn create(
     db: &DatabaseConnection,
     tenant_id: Uuid,
     provider: &dyn AnyProvider,
-    body: Value,
+    input: ConfigInput,
     actor: &str,
 ) -> Result<ProviderConfigView> {
-    let input = parse_input(provider, body, ProviderStatus::Draft)?;
     if !matches!(input.status, ProviderStatus::Draft | ProviderStatus::Active) {
         return Err(Error::Conflict(format!("a new config starts as draft or active, not {}", input.status.as_str())));
     }
@@ -661,6 +681,24 @@ mod tests {
         assert!(matches!(parse(serde_json::json!("active")), Err(Error::Validation { field: None, .. })));
         let ok = parse(serde_json::json!({"status": "paused", "credentials": {"api_key_ref": null}})).unwrap();
         assert_eq!(ok.0.len(), 2);
+    }
+
+    #[test]
+    fn a_new_config_is_parsed_at_the_edge_and_checked_for_its_provider() {
+        let new = |v: Value| crate::json::from_value::<NewProviderConfig>(v, "");
+        match new(serde_json::json!({"display_name": "x", "created_at": "2026-01-01T00:00:00Z"})) {
+            Err(Error::Validation { field, message }) => {
+                assert_eq!((field.as_deref(), message.as_str()), (Some("created_at"), "is read-only"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = new(serde_json::json!({"display_name": "Main", "site_id": "example.com"})).unwrap();
+        let input = ConfigInput::new(&Plausible, body.clone()).unwrap();
+        assert_eq!((input.status, input.display_name.as_str()), (ProviderStatus::Draft, "Main"));
+        match ConfigInput::new(&Umami, body) {
+            Err(Error::Validation { field, .. }) => assert_eq!(field.as_deref(), Some("site_id")),
+            other => panic!("{:?}", other.map(|i| i.settings)),
+        }
     }
 
     #[test]

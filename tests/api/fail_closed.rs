@@ -147,3 +147,87 @@ async fn unreadable_delivery_status_and_consent_action_are_listed_not_500() {
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["decisions"][0]["reason"], "anonymous:rejected", "{accepted}");
 }
+
+/// The decision for `config` in an ingest answer.
+fn decision_for(accepted: &Value, config: &Value) -> Value {
+    let decisions = accepted["decisions"].as_array().unwrap_or_else(|| panic!("no decisions: {accepted}"));
+    decisions.iter().find(|d| d["config_id"] == config["id"]).cloned().unwrap()
+}
+
+/// Shown, listed, never the active policy: a consent config whose stored status cannot be read.
+async fn shows_invalid(app: &TestApp, config_id: &str) {
+    let path = format!("{}/{config_id}", app.consent_configs_path());
+    let (s, shown) = app.get(&path, &app.admin).await;
+    assert_eq!((s, shown["status"].as_str()), (StatusCode::OK, Some("invalid")), "{shown}");
+    let problem = shown["problem"].as_str().unwrap_or_else(|| panic!("no problem shown: {shown}"));
+    assert!(problem.contains("status") && problem.contains("actve"), "{problem}");
+    let (s, list) = app.get(&app.consent_configs_path(), &app.auditor).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let listed = list.as_array().unwrap().iter().find(|c| c["id"] == config_id).cloned().unwrap();
+    assert_eq!(listed["status"], "invalid", "{list}");
+}
+
+#[tokio::test]
+async fn an_unreadable_consent_config_status_grants_nothing_and_is_shown_not_500() {
+    let (app, fakes, keys) = site::setup().await;
+    let plausible = site::plausible(&app, &fakes, json!({"required_category": "analytics"})).await;
+    let config_id = app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(decision_for(&accepted, &plausible)["decision"], "allow", "{accepted}");
+    let banner = |app: &TestApp| app.http.get(app.tenant_url("/banner.js")).send();
+    assert_eq!(banner(&app).await.unwrap().status(), StatusCode::OK);
+
+    corrupt(&app, "cookie_consent_config", "status", &config_id, "actve").await;
+    shows_invalid(&app, &config_id).await;
+    // The tenant has no active config now: no banner, and the consent given under it grants
+    // nothing (the same answers as for a tenant that never had a config).
+    assert_eq!(banner(&app).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let (s, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(decision_for(&accepted, &plausible)["decision"], "deny", "{accepted}");
+
+    // Neither published nor activated as it is, nor edited while invalid.
+    let path = format!("{}/{config_id}", app.consent_configs_path());
+    let (s, refused) = app.post(&format!("{path}/publish"), &app.admin, json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    for body in [json!({"status": "active"}), json!({"display_name": "Again"})] {
+        let (s, refused) = app.patch(&path, &app.admin, body).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().contains("invalid"), "{refused}");
+    }
+    shows_invalid(&app, &config_id).await;
+
+    // Paused, it reads again; publishing it is the deliberate second step.
+    let (s, paused) = app.patch(&path, &app.admin, json!({"status": "paused"})).await;
+    assert_eq!((s, paused["status"].as_str()), (StatusCode::OK, Some("paused")), "{paused}");
+    assert!(paused.get("problem").is_none(), "{paused}");
+    assert_eq!(app.publish(&config_id, false).await["status"], "active");
+    assert_eq!(banner(&app).await.unwrap().status(), StatusCode::OK);
+    let (_, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(decision_for(&accepted, &plausible)["decision"], "allow", "{accepted}");
+}
+
+#[tokio::test]
+async fn an_unreadable_draft_leaves_the_active_consent_config_alone() {
+    let app = crate::helpers::spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    let (s, draft) = app.post(&app.consent_configs_path(), &app.admin, crate::helpers::consent_config()).await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    corrupt(&app, "cookie_consent_config", "status", &id(&draft), "actve").await;
+    shows_invalid(&app, &id(&draft)).await;
+    let (_, list) = app.get(&app.consent_configs_path(), &app.admin).await;
+    assert_eq!(list[0]["status"], "active", "{list}");
+    assert!(list[0].get("problem").is_none(), "{list}");
+    assert_eq!(app.http.get(app.tenant_url("/banner.js")).send().await.unwrap().status(), StatusCode::OK);
+
+    // Never published, it was never shown to anyone: it can only be deleted.
+    let path = format!("{}/{}", app.consent_configs_path(), id(&draft));
+    let (s, refused) = app.patch(&path, &app.admin, json!({"status": "paused"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    let (s, _) = app.delete(&path, &app.admin).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.get(&path, &app.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -262,7 +262,6 @@ async fn the_openapi_document_is_consistent() {
     // Enums are documented with the strings the API reads and writes (a generated client sending
     // `status=Pending` would be refused).
     assert_eq!(schemas["DeliveryStatus"]["enum"], json!(["pending", "delivered", "dropped", "dead"]));
-    assert_eq!(schemas["Status"]["enum"], json!(["draft", "active", "paused", "decommissioned"]));
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             for p in op["parameters"].as_array().into_iter().flatten() {

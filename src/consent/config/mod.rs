@@ -6,6 +6,6 @@ pub mod patch;
 pub mod spec;
 pub mod store;
 
-pub use patch::ConsentConfigPatch;
+pub use patch::{ConsentConfigPatch, NewConsentConfig};
 pub use spec::{ConfigSpec, Status};
 pub use store::{ConsentConfigView, Published, RevisionView, active_banner_config};

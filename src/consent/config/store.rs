@@ -9,6 +9,14 @@
 //! One active config per tenant: publishing or re-activating a config *pauses* the one that was
 //! active, in the same transaction (so a site switches configs without a moment without a
 //! banner). A partial unique index makes two active configs impossible even under races.
+//!
+//! Fail closed, per config (as for provider configs, see `crate::string_enum`): a row whose
+//! stored `status` is not one of its values is *invalid*. It is listed and shown with
+//! `"status": "invalid"` and a `problem`, never read with a guessed status and never failing the
+//! list of the tenant's other configs. It is never the tenant's active config (only a row whose
+//! status reads `active` is), so visitors get what they get without a config: no banner, no
+//! optional category granted. It cannot be published or activated: an admin pauses it (a
+//! published one) or decommissions or deletes it, and publishes it after that, deliberately.
 
 use chrono::{DateTime, Utc};
 use entity::{consent_config_revision as revision, cookie_consent_config as config};
@@ -39,7 +47,14 @@ use crate::{
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ConsentConfigView {
     pub id: Uuid,
-    pub status: Status,
+    /// `draft`, `active`, `paused`, `decommissioned`, or `invalid` when the stored status cannot
+    /// be read (then `problem` says why). `None`: invalid.
+    #[serde(serialize_with = "shown_status")]
+    #[schema(value_type = String, example = "active")]
+    pub status: Option<Status>,
+    /// For an `invalid` config: what cannot be read. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     #[serde(flatten)]
     pub spec: ConfigSpec,
     /// The last published revision (0: never published).
@@ -56,7 +71,30 @@ pub struct ConsentConfigView {
     pub warnings: Option<Vec<String>>,
 }
 
+/// The status shown for a config whose stored status cannot be read; never stored.
+pub const INVALID: &str = "invalid";
+
+fn shown_status<S: serde::Serializer>(status: &Option<Status>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(status.map_or(INVALID, Status::as_str))
+}
+
 impl ConsentConfigView {
+    /// Refuses to change an invalid config except to a status that takes it out of use; see the
+    /// module docs. `to`: the status the change asks for.
+    fn refuse_if_invalid(&self, to: Option<Status>) -> Result<()> {
+        let Some(problem) = &self.problem else { return Ok(()) };
+        let never_published = self.revision == 0;
+        match to {
+            Some(Status::Paused | Status::Decommissioned) if !never_published => Ok(()),
+            _ if never_published => {
+                Err(Error::Conflict(format!("the config is invalid ({problem}) and was never published: delete it")))
+            }
+            _ => Err(Error::Conflict(format!(
+                "the config is invalid ({problem}); it can only be paused or decommissioned, and published after that"
+            ))),
+        }
+    }
+
     fn with_warnings(mut self) -> Self {
         self.warnings = Some(guidance::warnings(&self.spec));
         self
@@ -140,9 +178,8 @@ fn snapshot_of(r: &revision::Model) -> Result<ConfigSpec> {
     })
 }
 
-fn status_of(m: &config::Model) -> Result<Status> {
-    Status::parse(&m.status)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("consent config {} has unknown status {:?}", m.id, m.status)))
+fn status_of(m: &config::Model) -> std::result::Result<Status, crate::string_enum::Unreadable> {
+    Status::read("status", &m.status)
 }
 
 fn set_spec(a: &mut config::ActiveModel, spec: &ConfigSpec) {
@@ -181,9 +218,14 @@ async fn view(db: &impl ConnectionTrait, m: config::Model) -> Result<ConsentConf
         Some(r) => snapshot_of(&r)? != spec,
         None => true,
     };
+    let (status, problem) = match status_of(&m) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     Ok(ConsentConfigView {
         id: m.id,
-        status: status_of(&m)?,
+        status,
+        problem,
         spec,
         revision: m.revision,
         reconsent_revision: m.reconsent_revision,
@@ -216,19 +258,13 @@ async fn audit_change(
     .await
 }
 
-/// Creates a draft.
-pub async fn create(db: &DatabaseConnection, tenant_id: Uuid, actor: &str, body: Value) -> Result<ConsentConfigView> {
-    if let Some(o) = body.as_object() {
-        for key in ["id", "status", "revision", "reconsent_revision", "published_at", "created_at", "updated_at"] {
-            if o.contains_key(key) {
-                return Err(Error::validation(
-                    key,
-                    "is set by the server; a new config starts as a draft at revision 0",
-                ));
-            }
-        }
-    }
-    let spec = ConfigSpec::parse(strip_output_only(body))?;
+/// Creates a draft of a checked config (see [`super::NewConsentConfig`]).
+pub async fn create(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    actor: &str,
+    spec: ConfigSpec,
+) -> Result<ConsentConfigView> {
     let now = Utc::now();
     let mut a = config::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -268,14 +304,6 @@ pub async fn get(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result
     view(db, find(db, tenant_id, id).await?).await
 }
 
-/// `warnings` appear in responses only; a client echoing a response back is not an error.
-fn strip_output_only(mut body: Value) -> Value {
-    if let Some(o) = body.as_object_mut() {
-        o.remove("warnings");
-    }
-    body
-}
-
 /// Applies a merge patch to the working copy, and/or a status change (`{"status": "paused"}`).
 pub async fn patch(
     db: &DatabaseConnection,
@@ -288,9 +316,10 @@ pub async fn patch(
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = find(&txn, tenant_id, id).await?;
     let before = view(&txn, m.clone()).await?;
-    if before.status == Status::Decommissioned {
+    if before.status == Some(Status::Decommissioned) {
         return Err(Error::Conflict("this config is decommissioned and can no longer change".into()));
     }
+    before.refuse_if_invalid(new_status)?;
     let before_json = serde_json::to_value(&before).unwrap_or_default();
     for (key, v) in echoed {
         if Some(&v) != before_json.get(&key) {
@@ -307,9 +336,11 @@ pub async fn patch(
         set_spec(&mut a, &spec);
     }
     let mut action = "cookie_consent_config.update";
-    if let Some(to) = new_status.filter(|s| *s != before.status) {
-        if let Some(why) = before.status.refuse_change_to(to) {
-            return Err(Error::Conflict(format!("cannot change status from {} to {to}: {why}", before.status)));
+    if let Some(to) = new_status.filter(|s| Some(*s) != before.status) {
+        if let Some(from) = before.status
+            && let Some(why) = from.refuse_change_to(to)
+        {
+            return Err(Error::Conflict(format!("cannot change status from {from} to {to}: {why}")));
         }
         if to == Status::Active {
             pause_others(&txn, tenant_id, id, actor).await?;
@@ -371,7 +402,8 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
     let m = find(&txn, tenant_id, id).await?;
     let before = view(&txn, m.clone()).await?;
     match before.status {
-        Status::Draft => {
+        // An invalid row never published was never shown to anyone either.
+        Some(Status::Draft) | None if m.revision == 0 => {
             m.delete(&txn).await?;
             audit_change(
                 &txn,
@@ -385,8 +417,8 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
             txn.commit().await?;
             Ok(Deleted::Erased)
         }
-        Status::Decommissioned => Ok(Deleted::Decommissioned(Box::new(before))),
-        Status::Active | Status::Paused => {
+        Some(Status::Decommissioned) => Ok(Deleted::Decommissioned(Box::new(before))),
+        Some(Status::Draft | Status::Active | Status::Paused) | None => {
             let mut a = m.into_active_model();
             a.status = Set(Status::Decommissioned.as_str().into());
             a.updated_at = Set(Utc::now());
@@ -419,9 +451,10 @@ pub async fn publish(
     let txn = db::begin_tenant_write(db, tenant_id).await?;
     let m = find(&txn, tenant_id, id).await?;
     let before = view(&txn, m.clone()).await?;
-    if before.status == Status::Decommissioned {
+    if before.status == Some(Status::Decommissioned) {
         return Err(Error::Conflict("a decommissioned config cannot be published".into()));
     }
+    before.refuse_if_invalid(Some(Status::Active))?;
     let next = m.revision + 1;
     let now = Utc::now();
     revision::ActiveModel {
@@ -489,8 +522,11 @@ pub async fn revision(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid, numb
 }
 
 async fn published_of(db: &impl ConnectionTrait, m: config::Model) -> Result<Option<Published>> {
+    // The callers select rows by a readable status; should one not read, it is no config (fail
+    // closed: no banner, nothing optional granted) rather than an error for every visitor.
+    let Ok(status) = status_of(&m) else { return Ok(None) };
     let Some(r) = latest_revision(db, &m).await? else { return Ok(None) };
-    Ok(Some(Published { status: status_of(&m)?, spec: snapshot_of(&r)?, texts_hash: r.texts_hash, config: m }))
+    Ok(Some(Published { status, spec: snapshot_of(&r)?, texts_hash: r.texts_hash, config: m }))
 }
 
 /// The tenant's active config, as published.
