@@ -7,7 +7,8 @@ use sea_orm::Database;
 
 use crate::helpers::TestDatabase;
 
-fn consentgate(db_url: &str) -> Command {
+/// The gateway binary on `db_url`, with a clean environment, as an operator would start it.
+pub(crate) fn consentgate(db_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_consentgate"));
     cmd.env_remove("RUST_LOG").env("CONSENTGATE__DATABASE__URL", db_url).current_dir(std::env::temp_dir());
     cmd

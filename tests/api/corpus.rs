@@ -4,12 +4,15 @@
 //! documented error shape (or, where hyper refuses a request before any handler runs, a bare
 //! 4xx: see docs/http-edge.md); the process stays up and its memory stays flat.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestDatabase, eventually};
+use crate::{
+    cli::consentgate,
+    helpers::{TestDatabase, eventually},
+};
 
 struct Server {
     child: Child,
@@ -34,12 +37,6 @@ impl Server {
     fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
-}
-
-fn consentgate(db_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_consentgate"));
-    cmd.env_remove("RUST_LOG").env("CONSENTGATE__DATABASE__URL", db_url).current_dir(std::env::temp_dir());
-    cmd
 }
 
 /// One malformed request body: a name, its Content-Type and bytes.

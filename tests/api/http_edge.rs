@@ -11,7 +11,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{assert_error, eventually, send, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, assert_error, eventually, send, spawn_app, spawn_app_with};
 
 /// Reads until the server closes the connection (EOF or reset); what it sent before.
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
@@ -169,14 +169,11 @@ async fn an_out_of_range_limit_is_a_400_naming_limit_on_every_paged_route() {
     }
 }
 
-#[tokio::test]
-async fn requests_answer_503_with_retry_after_when_the_database_is_gone() {
-    let app = spawn_app().await;
-    let tokens = format!("/v1/tenants/{}/tokens", app.tenant);
-    let (s, _) = app.get(&tokens, &app.admin).await;
-    assert_eq!(s, StatusCode::OK);
+/// Makes the running app's database unreachable. PostgreSQL: the database is dropped under the
+/// app, its sessions terminated. SQLite: an embedded file does not go away under open handles;
+/// closing the pool is what the request path then sees (every connection attempt fails).
+async fn take_the_database_away(app: &TestApp) {
     match std::env::var("TEST_DATABASE_URL") {
-        // PostgreSQL: the database is dropped under the running app, its sessions terminated.
         Ok(server) => {
             use sea_orm::ConnectionTrait;
             let name = url::Url::parse(&app.app.state.settings.database.url)
@@ -188,10 +185,17 @@ async fn requests_answer_503_with_retry_after_when_the_database_is_gone() {
             admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
             admin.close().await.ok();
         }
-        // SQLite: an embedded file does not go away under open handles; closing the pool is what
-        // the request path then sees (every connection attempt fails).
         Err(_) => app.app.state.db.clone().close().await.unwrap(),
     }
+}
+
+#[tokio::test]
+async fn requests_answer_503_with_retry_after_when_the_database_is_gone() {
+    let app = spawn_app().await;
+    let tokens = format!("/v1/tenants/{}/tokens", app.tenant);
+    let (s, _) = app.get(&tokens, &app.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    take_the_database_away(&app).await;
     for (method, path, body) in [
         (Method::GET, tokens.clone(), None),
         (Method::POST, tokens.clone(), Some(json!({"name": "x", "role": "admin"}))),
@@ -350,20 +354,7 @@ async fn an_outage_is_logged_once_not_per_request() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let app = spawn_app().await;
     let tokens = format!("/v1/tenants/{}/tokens", app.tenant);
-    match std::env::var("TEST_DATABASE_URL") {
-        Ok(server) => {
-            use sea_orm::ConnectionTrait;
-            let name = url::Url::parse(&app.app.state.settings.database.url)
-                .unwrap()
-                .path()
-                .trim_start_matches('/')
-                .to_string();
-            let admin = sea_orm::Database::connect(&server).await.unwrap();
-            admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
-            admin.close().await.ok();
-        }
-        Err(_) => app.app.state.db.clone().close().await.unwrap(),
-    }
+    take_the_database_away(&app).await;
     for _ in 0..50 {
         let (s, _) = app.get(&tokens, &app.admin).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);

@@ -72,15 +72,20 @@ async fn app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 /// The delivery of `event_id` to `config_id`, once the app's own delivery worker (these tests run
-/// it, with its resolver cache and auth retries) has delivered it.
-async fn delivered(app: &TestApp, event_id: &str, config_id: &str) -> Value {
+/// it, with its resolver cache and auth retries) has brought it to a state `reached` accepts.
+async fn delivery_once(app: &TestApp, event_id: &str, config_id: &str, reached: impl Fn(&Value) -> bool) -> Value {
     eventually(10, || async {
         let (_, page) = app
             .get(&format!("/v1/tenants/{}/deliveries?event={event_id}&config={config_id}", app.tenant), &app.admin)
             .await;
-        page["items"].as_array().and_then(|i| i.first()).filter(|d| d["status"] == "delivered").cloned()
+        page["items"].as_array().and_then(|i| i.first()).filter(|d| reached(d)).cloned()
     })
     .await
+}
+
+/// The delivery of `event_id` to `config_id`, once delivered.
+async fn delivered(app: &TestApp, event_id: &str, config_id: &str) -> Value {
+    delivery_once(app, event_id, config_id, |d| d["status"] == "delivered").await
 }
 
 async fn check(app: &TestApp, provider: &str, config: &Value) -> (StatusCode, Value) {
@@ -270,16 +275,7 @@ async fn a_rotated_file_secret_is_used_after_a_401_without_restart() {
     // again with), and the failures count.
     fakes.behaviour(json!({"plausible": {"status": 401}})).await;
     let (_, refused) = track(&app, &keys, site::pageview(&visitor())).await;
-    let d = eventually(10, || async {
-        let (_, page) = app
-            .get(
-                &format!("/v1/tenants/{}/deliveries?event={}&config={}", app.tenant, id(&refused), id(&config)),
-                &app.admin,
-            )
-            .await;
-        page["items"].as_array().and_then(|i| i.first()).filter(|d| d["attempts"].as_i64() >= Some(2)).cloned()
-    })
-    .await;
+    let d = delivery_once(&app, &id(&refused), &id(&config), |d| d["attempts"].as_i64() >= Some(2)).await;
     assert!(d["last_error"].as_str().unwrap_or_default().contains("401"), "{d}");
     let attempts = d["attempts"].as_u64().unwrap() as usize;
     let sent = fakes.received_by("plausible").await.len() - 1;
@@ -538,16 +534,7 @@ async fn a_failed_request_is_stored_without_its_url() {
     )
     .await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
-    let d = eventually(10, || async {
-        let (_, page) = app
-            .get(
-                &format!("/v1/tenants/{}/deliveries?event={}&config={}", app.tenant, id(&accepted), id(&config)),
-                &app.admin,
-            )
-            .await;
-        page["items"].as_array().and_then(|i| i.first()).filter(|d| !d["last_error"].is_null()).cloned()
-    })
-    .await;
+    let d = delivery_once(&app, &id(&accepted), &id(&config), |d| !d["last_error"].is_null()).await;
     let error = d["last_error"].as_str().unwrap();
     assert!(error.contains("connection failed"), "{error}");
     assert!(!error.contains("private-path-segment") && !error.contains("/api/event"), "{error}");
