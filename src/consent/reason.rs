@@ -43,6 +43,8 @@ string_enum! {
         EventNameUnsafePrefix = "event_name_unsafe_prefix",
         /// Umami with outbound-link tracking switched off.
         OutboundLinksDisabled = "outbound_links_disabled",
+        /// PostHog: names starting with `$` are PostHog's own events (`$identify`, `$create_alias`).
+        EventNameReserved = "event_name_reserved",
     }
 }
 
@@ -145,6 +147,7 @@ mod tests {
             (R::Blocked(B::EventNameTooLong), "denied:event_name_too_long"),
             (R::Blocked(B::EventNameUnsafePrefix), "denied:event_name_unsafe_prefix"),
             (R::Blocked(B::OutboundLinksDisabled), "denied:outbound_links_disabled"),
+            (R::Blocked(B::EventNameReserved), "denied:event_name_reserved"),
         ];
         for (reason, text) in &table {
             assert_eq!(reason.to_string(), *text);

@@ -11,6 +11,7 @@
 //! identity-derived idempotency key. The consent-lookup id, the user agent and the full IP travel
 //! only on the pending deliveries that need them, and are erased when those end.
 
+pub mod daily_id;
 pub mod decisions;
 pub mod enrich;
 pub mod event;

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod plausible;
+pub mod posthog;
 pub mod umami;
 
 use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
