@@ -1,4 +1,4 @@
-//! Fake Plausible and Umami servers, run as a separate process by the integration tests so that
+//! Fake Plausible, Umami and PostHog servers, run as a separate process by the integration tests so that
 //! the gateway talks real HTTP to something outside itself.
 //!
 //! Listens on 127.0.0.1:0 and prints `{"port": N, "keyvault_port": M}` as its first stdout line
@@ -14,7 +14,10 @@
 //! - `POST /plausible/api/v2/query` — Plausible's Stats API (a bearer key from `api_keys`)
 //! - `POST /umami/api/auth/login`, `GET /umami/api/me` — Umami's login (`users`) and `/me`
 //!   (`api_keys` as `x-umami-api-key`)
-//! - `POST /_fake/reset` — forget everything received and all behaviour
+//! - `POST /posthog/batch/`, `/posthog/i/v0/e/`, `/posthog/capture/`, `/posthog/flags?v=2` —
+//!   PostHog's capture and flags services; `POST /_fake/posthog` steers them and
+//!   `GET /_fake/posthog/events` lists what PostHog stored (see `posthog.rs`)
+//! - `POST /_fake/reset` — forget everything received and all behaviour (not PostHog's)
 //! - `POST /_fake/keyvault`, `GET /_fake/keyvault/requests` — steer and read the fake Key Vault
 //! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
 //!   `instance_url` answers (see `catch_all.rs`)
@@ -27,6 +30,7 @@
 mod catch_all;
 mod keyvault;
 mod plausible;
+mod posthog;
 mod state;
 mod umami;
 
@@ -59,8 +63,9 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
         .fallback(catch_all::page)
-        .with_state(fakes)
-        .merge(control);
+        .with_state(fakes.clone())
+        .merge(control)
+        .merge(posthog::PostHog::new(fakes).router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let tls = TlsListener::bind().await?;
