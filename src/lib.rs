@@ -110,6 +110,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod flags;
 pub mod geo;
 pub mod http;
 pub mod ingest;

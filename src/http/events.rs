@@ -207,7 +207,12 @@ async fn get_event(
     Ok(Json(ingest::event_view(&state.db, caller.tenant.id, id).await?))
 }
 
-async fn preflight(state: &AppState, tenant: &str, key: Option<&str>, headers: &HeaderMap) -> ApiResult<Response> {
+pub(super) async fn preflight(
+    state: &AppState,
+    tenant: &str,
+    key: Option<&str>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let origin = header_text(headers, header::ORIGIN.as_str())
         .ok_or_else(|| ApiError::Forbidden("a preflight needs an Origin header".into()))?;
     let tenant = tenants::find(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;

@@ -49,6 +49,8 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PostHog;
 
+/// The provider's name in URLs and in `provider_config.provider`.
+pub const NAME: &str = "posthog";
 pub const US_CLOUD_URL: &str = "https://us.i.posthog.com";
 pub const EU_CLOUD_URL: &str = "https://eu.i.posthog.com";
 /// Events per `/batch/` request. PostHog sets no count limit (20 MB a request); 50 events of at
