@@ -416,6 +416,9 @@ pub struct ProviderPolicy {
     /// Send an anonymous event instead of nothing when the category is not granted (PostHog's
     /// cookieless mode: no person profile, a daily-rotating distinct id).
     pub cookieless_fallback: bool,
+    /// Only a consent record granting the required category allows the config, not the
+    /// config's defaults (GA4's `require_cookie_consent`). Not yet used by [`decide`].
+    pub requires_record: bool,
 }
 
 string_enum! {
@@ -552,6 +555,7 @@ mod tests {
             status: Some(ProviderStatus::Active),
             required_category: Some(required),
             cookieless_fallback: false,
+            requires_record: false,
         }
     }
 
@@ -763,7 +767,7 @@ mod tests {
             let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
             let r = record(choices, Action::Custom);
             let signals = Signals { dnt, gpc, country, ..Default::default() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback, requires_record: false };
             let d = decide(Some(&p), Some(&r), &signals, &provider, now());
             let category = required.category().unwrap();
             if !choices.get(category) {
@@ -782,7 +786,7 @@ mod tests {
             required in prop_oneof![Just(RequiredCategory::None), arb_required()],
         ) {
             let p = ConsentPolicy { default_accepted: defaults, ..policy() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false, requires_record: false };
             let d = decide(Some(&p), None, &from("SE"), &provider, now());
             prop_assert_ne!(d.identity(), Some(Identity::Full));
         }

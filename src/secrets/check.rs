@@ -97,7 +97,7 @@ pub async fn check(
         }
         rows.insert(field, row);
     }
-    let calls = provider.auth_checks(&config.settings, &resolved);
+    let calls = provider.checks(&config.settings, &resolved);
     if !calls.is_empty() {
         match client(delivery) {
             Ok(http) => {
