@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::{
     config::DeliverySettings,
-    consent::{self, Identity, ProviderPolicy, ProviderStatus, RequiredCategory, Signals},
+    consent::{self, Identity, ProviderStatus, Signals},
     error::{Error, Result},
     ingest::{self, daily_id, fields::ClientId},
     outbox::destination,
@@ -128,11 +128,7 @@ impl Flags {
         let now = Utc::now();
         let visitor = input.visitor_id.as_str();
         let (policy, record) = ingest::consent_inputs(db, tenant, Some(visitor)).await?;
-        let provider_policy = ProviderPolicy {
-            status: ProviderStatus::parse(&config.status),
-            required_category: RequiredCategory::parse(&config.required_category),
-            cookieless_fallback: settings.cookieless_fallback,
-        };
+        let provider_policy = ingest::provider_policy(&config, &posthog::PostHog);
         let decision = consent::decide(policy.as_ref(), record.as_ref(), signals, &provider_policy, now);
         let record_grants = record.as_ref().is_some_and(|r| r.choices.analytics);
         let analytics_id = input.anonymous_id.as_ref().map(|a| a.as_str().to_string());

@@ -97,6 +97,8 @@ pub async fn accept(
         config_id: Uuid,
         identity: Option<consent::Identity>,
         denied_by_consent: bool,
+        /// The delivery carries the cookieless daily id (see [`daily_id`]).
+        pseudonymous: bool,
     }
     let mut planned = Vec::new();
     for config in providers::config::forwarding_targets(db, tenant.id, provider).await? {
@@ -109,13 +111,30 @@ pub async fn accept(
         {
             decision = Decision::Deny { reason: Reason::Blocked(why) };
         }
+        // A provider with a cookieless fallback (PostHog) sends the daily id instead of the
+        // visitor's: when the decision allows no identifiers, or the event has no id of its own.
+        let has_own_id = model.user_id.is_some() || model.anonymous_id.is_some();
+        let pseudonymous = p.cookieless_fallback(&config.settings)
+            && match decision.identity() {
+                Some(consent::Identity::Anonymous) => true,
+                Some(consent::Identity::Full) => !has_own_id,
+                None => false,
+            };
         planned.push(Planned {
             view: DecisionView::new(config.id, p.name(), &decision),
             config_id: config.id,
             identity: decision.identity(),
             denied_by_consent,
+            pseudonymous,
         });
     }
+    // Computed now, kept on the delivery: a retry days later needs no salt (it is gone by then).
+    let pseudonymous_id = match consent_lookup_id.as_deref() {
+        Some(visitor) if planned.iter().any(|p| p.pseudonymous) => {
+            Some(daily_id::today(db, tenant.id, visitor, now).await?)
+        }
+        _ => None,
+    };
 
     if !planned.iter().any(|p| p.identity == Some(consent::Identity::Full)) {
         make_unlinkable(&mut model);
@@ -147,7 +166,7 @@ pub async fn accept(
                     consent_lookup_id: consent_lookup_id.as_deref(),
                     user_agent: user_agent.as_deref(),
                     granted,
-                    pseudonymous_id: None,
+                    pseudonymous_id: pseudonymous_id.as_deref().filter(|_| p.pseudonymous),
                 };
                 crate::outbox::enqueue(&txn, new, now).await?;
             }
@@ -296,7 +315,10 @@ pub struct Redecision {
 /// What the decision engine needs of a provider config. A status or category that cannot be
 /// read stays unread (`None`): the decision denies that config (`denied:config_invalid`) rather
 /// than guess — a guessed `none` would forward without consent.
-fn provider_policy(config: &entity::provider_config::Model, provider: &dyn providers::AnyProvider) -> ProviderPolicy {
+pub fn provider_policy(
+    config: &entity::provider_config::Model,
+    provider: &dyn providers::AnyProvider,
+) -> ProviderPolicy {
     ProviderPolicy {
         status: ProviderStatus::parse(&config.status),
         required_category: RequiredCategory::parse(&config.required_category),

@@ -338,7 +338,7 @@ fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String>
 
 /// Every provider the gateway can forward to. Adding one is a module and a line here.
 pub fn all() -> &'static [&'static dyn AnyProvider] {
-    &[&plausible::Plausible, &umami::Umami]
+    &[&plausible::Plausible, &umami::Umami, &posthog::PostHog]
 }
 
 pub fn get(name: &str) -> Option<&'static dyn AnyProvider> {
@@ -362,7 +362,7 @@ impl PartialSchema for ProviderConfigInput {
 /// provider's settings). Kept beside [`all`] but outside the [`Provider`] trait, which stays free of
 /// documentation types; a test checks that every provider in [`all`] is documented here.
 pub(crate) fn input_schemas() -> Vec<RefOr<Schema>> {
-    vec![input_schema::<plausible::Plausible>(), input_schema::<umami::Umami>()]
+    vec![input_schema::<plausible::Plausible>(), input_schema::<umami::Umami>(), input_schema::<posthog::PostHog>()]
 }
 
 fn input_schema<P: Provider>() -> RefOr<Schema>

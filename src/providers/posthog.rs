@@ -40,10 +40,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
-use super::{InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, PAGEVIEW, body_excerpt, classify_failure, properties_for};
+use super::{
+    Answer, InstanceUrl, Item, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
+    ProviderResponse, body_excerpt, classify_failure, properties_for,
+};
 use crate::{
     consent::{Blocked, Identity, RequiredCategory},
-    secrets::{SecretRef, check::AuthCheck},
+    secrets::{Credentials, SecretRef, check::AuthCheck},
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,13 +88,21 @@ pub struct PostHogSettings {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostHogCredentials {
-    /// The project API key (`phc_…`), sent as `api_key`. Required to send.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The project API key (`phc_…`), sent as `api_key`. Required.
+    #[serde(deserialize_with = "required_ref", skip_serializing_if = "Option::is_none")]
     pub project_api_key_ref: Option<SecretRef>,
     /// A personal API key (`phx_…`), for PostHog's management API; not needed to send or to
     /// evaluate flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personal_api_key_ref: Option<SecretRef>,
+}
+
+/// A reference that must be there (an `Option` only so that the type has a `Default`).
+fn required_ref<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretRef>, D::Error> {
+    match Option::<SecretRef>::deserialize(d)? {
+        Some(r) => Ok(Some(r)),
+        None => Err(serde::de::Error::custom("is required: the project API key PostHog events are sent with")),
+    }
 }
 
 fn us_cloud() -> InstanceUrl {
@@ -102,8 +113,66 @@ fn yes() -> bool {
     true
 }
 
-pub fn default_required_category() -> RequiredCategory {
-    RequiredCategory::Analytics
+impl Provider for PostHog {
+    type Settings = PostHogSettings;
+    type Credentials = PostHogCredentials;
+    const NAME: &'static str = NAME;
+
+    /// PostHog keeps a cookie-like visitor id and person profiles: analytics consent.
+    fn default_required_category() -> RequiredCategory {
+        RequiredCategory::Analytics
+    }
+
+    fn cookieless_fallback(s: &PostHogSettings) -> bool {
+        s.cookieless_fallback
+    }
+
+    fn accepts(_: &PostHogSettings, event: &analytics_event::Model) -> Result<(), Blocked> {
+        accepts(event)
+    }
+
+    fn batch_limit(_: &PostHogSettings) -> usize {
+        BATCH_LIMIT
+    }
+
+    fn item(_: &PostHogSettings, out: &Outgoing<'_>) -> Result<Item, String> {
+        let visit = Visit {
+            event: out.event,
+            identity: out.identity,
+            pseudonymous_id: out.pseudonymous_id,
+            client_ip: out.client_ip,
+        };
+        let (body, adjustments) = event_item(&visit)?;
+        Ok(Item { body, adjustments, ..Default::default() })
+    }
+
+    /// `POST {instance}/batch/` with the project key in the body: the visitor's IP and agent
+    /// travel per event, in `properties`, never as request headers.
+    fn request(s: &PostHogSettings, credentials: &Credentials, items: &[Item]) -> Result<ProviderRequest, String> {
+        let key = credentials
+            .get("project_api_key_ref")
+            .ok_or("the config has no credentials.project_api_key_ref: PostHog needs the project API key")?;
+        Ok(ProviderRequest {
+            url: batch_url(s),
+            headers: vec![("content-type", "application/json".to_string())],
+            body: batch_body(key, items.iter().map(|i| i.body.clone()).collect()),
+        })
+    }
+
+    /// PostHog judges the whole request: a 400 for one bad event refuses all of them (the outbox
+    /// splits the batch to find it).
+    fn classify(r: &ProviderResponse<'_>, _items: usize) -> Answer {
+        Answer::All(classify(r.status, r.body))
+    }
+
+    /// The flags endpoint: the only one that looks the project key up (capture answers 200 to a
+    /// wrong key). A personal key is not checked: nothing here uses it.
+    fn checks(s: &PostHogSettings, credentials: &Credentials) -> Vec<AuthCheck> {
+        match credentials.get("project_api_key_ref") {
+            Some(key) => vec![flags_request(s, key, CHECK_DISTINCT_ID)],
+            None => Vec::new(),
+        }
+    }
 }
 
 /// PostHog's own events (`$pageview`, `$identify`, `$create_alias`, `$merge_dangerously`…) start
