@@ -50,8 +50,10 @@ const CACHE_MAX: usize = 10_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlagsInput {
-    /// The consent-lookup id (the banner's `cg_vid`): whose consent decides.
-    pub visitor_id: ClientId,
+    /// The consent-lookup id (the banner's `cg_vid`): whose consent decides. Required.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub visitor_id: Option<ClientId>,
     /// The analytics id, used as PostHog's `distinct_id` when consent allows identifying.
     #[serde(default)]
     pub anonymous_id: Option<ClientId>,
@@ -126,7 +128,7 @@ impl Flags {
     ) -> std::result::Result<FlagsAnswer, FlagsError> {
         let (config, settings) = flags_config(db, tenant.id).await?;
         let now = Utc::now();
-        let visitor = input.visitor_id.as_str();
+        let visitor = input.visitor_id.as_ref().ok_or_else(|| Error::validation("visitor_id", "is required"))?.as_str();
         let (policy, record) = ingest::consent_inputs(db, tenant, Some(visitor)).await?;
         let provider_policy = ingest::provider_policy(&config, &posthog::PostHog);
         let decision = consent::decide(policy.as_ref(), record.as_ref(), signals, &provider_policy, now);

@@ -101,6 +101,19 @@ pub async fn forget_past_days(db: &impl ConnectionTrait, now: DateTime<Utc>) -> 
     Ok(daily_salt::Entity::delete_many().filter(daily_salt::Column::Day.lt(today)).exec(db).await?.rows_affected)
 }
 
+/// Every hour: the salts of past days are deleted even on a day no event needs one.
+pub async fn sweep(db: sea_orm::DatabaseConnection, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        if let Err(e) = forget_past_days(&db, Utc::now()).await {
+            tracing::warn!(error = %e, "deleting past days' cookieless salts failed; trying again in an hour");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
 /// The visitor's id for the tenant today (the salt made if needed).
 pub async fn today(db: &impl ConnectionTrait, tenant: Uuid, visitor: &str, now: DateTime<Utc>) -> Result<String> {
     let salt = salt_for(db, tenant, now).await?;
