@@ -80,11 +80,16 @@ pub enum FlagsError {
     Upstream(String),
 }
 
+/// (config, distinct id).
+type CacheKey = (Uuid, String);
+/// When PostHog answered, and the flags.
+type Cached = (Instant, Map<String, Value>);
+
 /// The cache and the HTTP client.
 pub struct Flags {
     http: reqwest::Client,
     allow_private: bool,
-    cache: Mutex<HashMap<(Uuid, String), (Instant, Map<String, Value>)>>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
 }
 
 impl Flags {
@@ -101,12 +106,12 @@ impl Flags {
         })
     }
 
-    fn cached(&self, key: &(Uuid, String)) -> Option<Map<String, Value>> {
+    fn cached(&self, key: &CacheKey) -> Option<Map<String, Value>> {
         let cache = self.cache.lock().unwrap();
         cache.get(key).filter(|(at, _)| at.elapsed() < CACHE_TTL).map(|(_, f)| f.clone())
     }
 
-    fn keep(&self, key: (Uuid, String), flags: Map<String, Value>) {
+    fn keep(&self, key: CacheKey, flags: Map<String, Value>) {
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);

@@ -299,7 +299,7 @@ fn answer(ph: &PostHog, body: &[u8], limit: usize) -> Answer {
             (None, Some(b)) => token = Some(b),
             _ => {}
         }
-        if !e.get("event").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        if e.get("event").and_then(Value::as_str).is_none_or(|n| n.is_empty()) {
             return reject(StatusCode::BAD_REQUEST, "missing event name");
         }
         if distinct_id(&e).is_none() {
