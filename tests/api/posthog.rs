@@ -409,3 +409,37 @@ async fn flags_with_a_wrong_key_or_a_slow_posthog_are_a_502_naming_the_cause() {
     assert!(got.1["error"]["message"].as_str().unwrap().contains("did not answer within"), "{}", got.1);
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout bounds the wait");
 }
+
+/// PostHog refuses a whole request for one event it cannot take: the outbox splits the batch
+/// until only that event is refused; its batch-mates are delivered once, and no request carries
+/// more than 50 events.
+#[tokio::test]
+async fn one_refused_event_never_dead_letters_its_batch_mates_and_batches_stay_within_50() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    fakes.posthog(json!({"poison_events": ["unparsable"]})).await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let mut e = json!({"event_name": "pageview", "page_url": format!("{ORIGIN}/p/{i}"), "visitor_id": visitor()});
+        if i == 17 {
+            e["event_name"] = json!("unparsable");
+        }
+        let (s, res) = track(&app, &keys, e).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+        ids.push(id(&res));
+    }
+    app.drain_outbox().await;
+    let sent = batches(&fakes).await;
+    assert!(sent.iter().all(|r| r["body"]["batch"].as_array().unwrap().len() <= 50), "a batch over 50");
+    assert!(sent.iter().any(|r| r["body"]["batch"].as_array().unwrap().len() > 1), "events were batched");
+    for (i, e) in ids.iter().enumerate() {
+        let d = site::delivery_in(&app, e, &id(&c), if i == 17 { "dead" } else { "delivered" }).await;
+        if i == 17 {
+            assert!(d["last_error"].as_str().unwrap().contains("invalid uuid"), "{d}");
+        }
+    }
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 59);
+    assert!(stored.iter().all(|s| s["copies"] == 1), "nothing was sent twice");
+}

@@ -23,7 +23,8 @@
 //!
 //! Steered by `POST /_fake/posthog` (`projects`, `flags`, `quota_exceeded`, `fail_next` +
 //! `status`, `status`, `delay_ms` — an answer delayed *after* the events are stored, as when the
-//! gateway's worker dies mid-request); the stored events are at `GET /_fake/posthog/events`.
+//! gateway's worker dies mid-request —, `poison_events`: names whose event fails its request
+//! with 400, as a bad uuid does); the stored events are at `GET /_fake/posthog/events`.
 
 use std::{
     collections::HashMap,
@@ -69,6 +70,9 @@ struct Behaviour {
     fail_next: u32,
     status: Option<u16>,
     delay_ms: u64,
+    /// Event names PostHog cannot take, standing in for an event it cannot parse (a bad uuid):
+    /// a request carrying one is refused whole with 400.
+    poison_events: Vec<String>,
 }
 
 /// One event as PostHog keeps it after collapsing duplicates.
@@ -170,6 +174,10 @@ async fn configure(State(ph): State<PostHog>, Json(body): Json<Value>) -> Json<V
             "fail_next" => b.fail_next = v.as_u64().unwrap_or(0) as u32,
             "status" => b.status = v.as_u64().map(|s| s as u16),
             "delay_ms" => b.delay_ms = v.as_u64().unwrap_or(0),
+            "poison_events" => {
+                b.poison_events =
+                    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+            }
             _ => {}
         }
     }
@@ -301,6 +309,9 @@ fn answer(ph: &PostHog, body: &[u8], limit: usize) -> Answer {
         }
         if e.get("event").and_then(Value::as_str).is_none_or(|n| n.is_empty()) {
             return reject(StatusCode::BAD_REQUEST, "missing event name");
+        }
+        if e["event"].as_str().is_some_and(|n| ph.behaviour().poison_events.iter().any(|p| p == n)) {
+            return reject(StatusCode::BAD_REQUEST, "failed to decode or validate event: invalid uuid");
         }
         if distinct_id(&e).is_none() {
             return reject(StatusCode::BAD_REQUEST, "missing distinct_id");
