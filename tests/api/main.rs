@@ -4,6 +4,7 @@
 mod helpers;
 
 mod banner;
+mod batches;
 mod cli;
 mod consent_configs;
 mod consent_public;

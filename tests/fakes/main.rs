@@ -4,13 +4,15 @@
 //! Listens on 127.0.0.1:0 and prints `{"port": N, "keyvault_port": M}` as its first stdout line
 //! (M: the fake Key Vault and Entra token endpoint over HTTPS, see `keyvault.rs`). Routes:
 //! - `POST /plausible/api/event` — Plausible's Events API (see `plausible.rs`)
-//! - `POST /umami/api/send` — Umami's Collect API (see `umami.rs`)
-//! - `GET /_fake/received` — every request received, with headers, body, answer and outcome
+//! - `POST /umami/api/send`, `POST /umami/api/batch` — Umami's Collect API (see `umami.rs`)
+//! - `GET /_fake/received` — every request received, with headers, body, answer and outcome (each
+//!   event of a batch on its own)
+//! - `GET /_fake/batches` — every batch request received: provider, path, size, status
 //! - `POST /_fake/behaviour` — `{"plausible": {...}, "umami": {...}}`: `fail_next` + `status`
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
-//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` and
-//!   `ignore_ips` (Umami)
+//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard`,
+//!   `ignore_ips` and `refuse_batches_containing` (Umami)
 //! - `POST /plausible/api/v2/query` — Plausible's Stats API (a bearer key from `api_keys`)
 //! - `POST /umami/api/auth/login`, `GET /umami/api/me` — Umami's login (`users`) and `/me`
 //!   (`api_keys` as `x-umami-api-key`)
@@ -57,9 +59,11 @@ async fn main() -> std::io::Result<()> {
         .route("/plausible/api/event", post(plausible::event))
         .route("/plausible/api/v2/query", post(plausible::query))
         .route("/umami/api/send", post(umami::send))
+        .route("/umami/api/batch", post(umami::batch))
         .route("/umami/api/auth/login", post(umami::login))
         .route("/umami/api/me", get(umami::me))
         .route("/_fake/received", get(received))
+        .route("/_fake/batches", get(batches))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
         .fallback(catch_all::page)
@@ -140,6 +144,10 @@ impl axum::serve::Listener for TlsListener {
 
 async fn received(State(fakes): State<Fakes>) -> Json<Value> {
     Json(json!(fakes.received()))
+}
+
+async fn batches(State(fakes): State<Fakes>) -> Json<Value> {
+    Json(json!(fakes.batches()))
 }
 
 async fn behaviour(State(fakes): State<Fakes>, Json(body): Json<Value>) -> Json<Value> {
