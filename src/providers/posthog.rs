@@ -29,7 +29,8 @@
 //! - `$identify` semantics: with full identity the `distinct_id` is the site's user id once it
 //!   sends one, else the analytics id. PostHog merges the two only on an `$identify` event that
 //!   carries `$anon_distinct_id`; the gateway's `identify` event (with both ids and full identity)
-//!   is sent as exactly that. The gateway never sends `$create_alias` or `$merge_dangerously`.
+//!   is sent as exactly that (without identity it stays a plain `identify` event under the daily
+//!   id: nothing to merge). The gateway never sends `$create_alias` or `$merge_dangerously`.
 
 use std::net::IpAddr;
 
@@ -218,7 +219,6 @@ pub fn event_item(v: &Visit<'_>) -> Result<(Value, Vec<String>), String> {
     let name = match event.event_name.as_str() {
         PAGEVIEW => "$pageview",
         IDENTIFY if full && event.user_id.is_some() && event.anonymous_id.is_some() => "$identify",
-        IDENTIFY if !full => return Err("an identify event is not sent without identity (no analytics consent)".into()),
         other if other.starts_with('$') => {
             return Err(format!("{other:?}: PostHog reserves event names starting with $"));
         }
@@ -516,13 +516,9 @@ mod tests {
         let (v, _) = visit(&plain, Identity::Full);
         assert_eq!((v["event"].as_str(), v["distinct_id"].as_str()), (Some("signup"), Some("user-42")));
         assert_eq!(v["properties"]["$anon_distinct_id"], Value::Null, "only $identify merges");
-        let refused = event_item(&Visit {
-            event: &e,
-            identity: Identity::Anonymous,
-            pseudonymous_id: Some(DAILY),
-            client_ip: None,
-        });
-        assert!(refused.is_err());
+        let (anon, _) = visit(&e, Identity::Anonymous);
+        assert_eq!((anon["event"].as_str(), anon["distinct_id"].as_str()), (Some("identify"), Some(DAILY)), "no merge");
+        assert_eq!(anon["properties"]["$anon_distinct_id"], Value::Null);
     }
 
     #[test]
