@@ -112,14 +112,10 @@ pub async fn accept(
             decision = Decision::Deny { reason: Reason::Blocked(why) };
         }
         // A provider with a cookieless fallback (PostHog) sends the daily id instead of the
-        // visitor's: when the decision allows no identifiers, or the event has no id of its own.
-        let has_own_id = model.user_id.is_some() || model.anonymous_id.is_some();
-        let pseudonymous = p.cookieless_fallback(&config.settings)
-            && match decision.identity() {
-                Some(consent::Identity::Anonymous) => true,
-                Some(consent::Identity::Full) => !has_own_id,
-                None => false,
-            };
+        // visitor's when the decision allows no identifiers, when the event has no id of its own,
+        // or when a withdrawal before sending takes full identity away — so every delivery it
+        // is allowed carries one.
+        let pseudonymous = decision.is_allowed() && p.cookieless_fallback(&config.settings);
         planned.push(Planned {
             view: DecisionView::new(config.id, p.name(), &decision),
             config_id: config.id,

@@ -212,7 +212,9 @@ pub fn event_item(v: &Visit<'_>) -> Result<(Value, Vec<String>), String> {
         (Some(id), _) => (id, true),
         (None, Some(daily)) => (daily, false),
         (None, None) => {
-            return Err("no distinct_id: the event has no visitor id to derive the daily id from".into());
+            return Err("no distinct_id: no visitor id to derive the cookieless daily id from (an event without \
+                        visitor_id, or a replay: the daily id is erased when a delivery ends)"
+                .into());
         }
     };
     let identify = event.event_name == IDENTIFY;

@@ -243,6 +243,30 @@ async fn without_consent_posthog_gets_the_daily_id_and_no_identifier_and_the_sal
     assert_ne!(left[0].day, salts[0].day, "yesterday's salt is gone");
 }
 
+/// A withdrawal after ingest takes full identity away: the waiting delivery goes anonymously,
+/// under the daily id stored with it at ingest.
+#[tokio::test]
+async fn a_withdrawal_before_sending_sends_the_event_anonymously_under_the_daily_id() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let analytics_id = visitor();
+    let (_, res) = track(&app, &keys, pageview(&v, &analytics_id)).await;
+    assert_eq!(res["decisions"][0]["identity"], "full", "{res}");
+    app.consent(&v, "withdraw", 1).await;
+    app.drain_outbox().await;
+    site::delivery_in(&app, &id(&res), &id(&c), "delivered").await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0]["distinct_id"].as_str().unwrap().starts_with("cgd_"), "{stored:?}");
+    assert_eq!(stored[0]["properties"]["$process_person_profile"], false);
+    assert!(stored[0]["properties"].get("$ip").is_none());
+    assert!(!serde_json::to_string(&batches(&fakes).await).unwrap().contains(&analytics_id));
+}
+
 /// The worker dies while PostHog is storing a batch (the request was sent, the answer never
 /// recorded); the next worker sends the same events again, with the same uuids, distinct ids and
 /// timestamps, so PostHog keeps each once.
