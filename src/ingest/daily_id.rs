@@ -4,7 +4,8 @@
 //! tenants, and nothing about the id leads back to the visitor.
 //!
 //! `id = "cgd_" + hex(HMAC-SHA256(salt, tenant ‖ day ‖ visitor))[..32]`, where
-//! - `visitor` is the consent-lookup id (`visitor_id`, see docs/glossary.md);
+//! - `visitor` is the consent-lookup id (`visitor_id`, see docs/glossary.md); an event without
+//!   one (a server's) counts as a visitor of its own (`event:<event id>`);
 //! - `day` is the UTC day the gateway *received* the event (a late event gets the id of the day
 //!   it arrived: the salt of the day it happened may be gone);
 //! - `salt` is 32 random bytes for (tenant, day), made on the tenant's first such event of the

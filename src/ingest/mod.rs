@@ -125,11 +125,12 @@ pub async fn accept(
         });
     }
     // Computed now, kept on the delivery: a retry days later needs no salt (it is gone by then).
-    let pseudonymous_id = match consent_lookup_id.as_deref() {
-        Some(visitor) if planned.iter().any(|p| p.pseudonymous) => {
-            Some(daily_id::today(db, tenant.id, visitor, now).await?)
-        }
-        _ => None,
+    // An event without any visitor id counts as a visitor of its own.
+    let pseudonymous_id = if planned.iter().any(|p| p.pseudonymous) {
+        let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", model.id));
+        Some(daily_id::today(db, tenant.id, &visitor, now).await?)
+    } else {
+        None
     };
 
     if !planned.iter().any(|p| p.identity == Some(consent::Identity::Full)) {

@@ -212,8 +212,8 @@ pub fn event_item(v: &Visit<'_>) -> Result<(Value, Vec<String>), String> {
         (Some(id), _) => (id, true),
         (None, Some(daily)) => (daily, false),
         (None, None) => {
-            return Err("no distinct_id: no visitor id to derive the cookieless daily id from (an event without \
-                        visitor_id, or a replay: the daily id is erased when a delivery ends)"
+            return Err("no distinct_id: the cookieless daily id is erased when a delivery ends, so a replay \
+                        without identity cannot be sent"
                 .into());
         }
     };

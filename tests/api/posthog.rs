@@ -243,6 +243,29 @@ async fn without_consent_posthog_gets_the_daily_id_and_no_identifier_and_the_sal
     assert_ne!(left[0].day, salts[0].day, "yesterday's salt is gone");
 }
 
+/// A server's events without any visitor id are still counted: each as a visitor of its own.
+#[tokio::test]
+async fn events_without_a_visitor_id_count_as_visitors_of_their_own() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    for _ in 0..2 {
+        let (s, res) = send(
+            app.http
+                .post(app.tenant_url("/events"))
+                .bearer_auth(&keys.secret_key)
+                .json(&json!({"event_name": "purchase", "page_url": PAGE, "user_agent": CHROME, "ip": VISITOR_IP})),
+        )
+        .await;
+        assert_eq!((s, res["decisions"][0]["identity"].as_str()), (StatusCode::ACCEPTED, Some("anonymous")), "{res}");
+    }
+    app.drain_outbox().await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    let ids: Vec<&str> = stored.iter().map(|s| s["distinct_id"].as_str().unwrap()).collect();
+    assert!(ids.iter().all(|d| d.starts_with("cgd_")) && ids[0] != ids[1], "{ids:?}");
+}
+
 /// A withdrawal after ingest takes full identity away: the waiting delivery goes anonymously,
 /// under the daily id stored with it at ingest.
 #[tokio::test]
