@@ -19,6 +19,7 @@ mod ingest;
 mod outbox;
 mod provider_configs;
 mod provider_contracts;
+mod registry;
 mod secrets;
 mod site;
 mod upgrade;
