@@ -317,6 +317,62 @@ impl Provider for Umami {
         }
         Answer::All(outcome(r))
     }
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{BROWSER_UA, MappingCase, event};
+        use crate::consent::Identity::{Anonymous, Full};
+        const WEBSITE: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
+        let s = json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami"});
+        let batch = json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami", "endpoint": "batch"});
+        let mut signup = event("signup");
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "user_id": "u-1"});
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/type", json!("event")),
+                    ("/payload/website", json!(WEBSITE)),
+                    ("/payload/name", Value::Null),
+                    ("/payload/url", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/payload/userAgent", json!(BROWSER_UA)),
+                    ("/payload/ip", json!("203.0.113.7")),
+                    ("/payload/timestamp", json!(1_795_694_400)),
+                ],
+                headers: vec![("user-agent", Some(BROWSER_UA))],
+                ..MappingCase::new("a page view (/api/send)", s.clone(), event("pageview"), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/payload/name", json!("signup")),
+                    ("/payload/id", json!("u-1")),
+                    ("/payload/data/plan", json!("pro")),
+                    ("/payload/data/user_id", json!("u-1")),
+                ],
+                ..MappingCase::new("a custom event with full identity", s.clone(), signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/payload/id", Value::Null),
+                    ("/payload/data/plan", json!("pro")),
+                    ("/payload/data/user_id", Value::Null),
+                ],
+                ..MappingCase::new("a custom event, anonymous: no id", s.clone(), signup.clone(), Anonymous)
+            },
+            MappingCase {
+                body: vec![
+                    ("/0/payload/name", json!("signup")),
+                    ("/0/payload/userAgent", json!(BROWSER_UA)),
+                    ("/1", Value::Null),
+                ],
+                headers: vec![("user-agent", None)],
+                ..MappingCase::new("a custom event through /api/batch", batch, signup, Full)
+            },
+            MappingCase {
+                refused: Some("event_name_too_long"),
+                ..MappingCase::new("a name over 50 UTF-16 units", s, event(&"😀".repeat(26)), Full)
+            },
+        ]
+    }
 }
 
 /// `/api/batch`'s answer (umami@c0ea3ae `src/app/api/batch/route.ts`): the events taken, and the

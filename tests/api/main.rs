@@ -20,6 +20,7 @@ mod outbox;
 mod posthog;
 mod provider_configs;
 mod provider_contracts;
+mod registry;
 mod secrets;
 mod site;
 mod upgrade;

@@ -5,6 +5,7 @@
 //! (M: the fake Key Vault and Entra token endpoint over HTTPS, see `keyvault.rs`). Routes:
 //! - `POST /plausible/api/event` — Plausible's Events API (see `plausible.rs`)
 //! - `POST /umami/api/send`, `POST /umami/api/batch` — Umami's Collect API (see `umami.rs`)
+//! - `GET /_fake/providers` — the providers faked here (see [`providers`])
 //! - `GET /_fake/received` — every request received, with headers, body, answer and outcome (each
 //!   event of a batch on its own)
 //! - `GET /_fake/batches` — every batch request received: provider, path, size, status
@@ -55,13 +56,14 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/keyvault", post(configure_vault))
         .route("/_fake/keyvault/requests", get(vault_requests))
         .with_state(vault.clone());
-    let app = Router::new()
-        .route("/plausible/api/event", post(plausible::event))
-        .route("/plausible/api/v2/query", post(plausible::query))
-        .route("/umami/api/send", post(umami::send))
-        .route("/umami/api/batch", post(umami::batch))
-        .route("/umami/api/auth/login", post(umami::login))
-        .route("/umami/api/me", get(umami::me))
+    let mut app = Router::new();
+    let mut names = Vec::new();
+    for (name, routes) in providers() {
+        app = app.nest(&format!("/{name}"), routes);
+        names.push(name);
+    }
+    let app = app
+        .route("/_fake/providers", get(move || async move { Json(json!(names)) }))
         .route("/_fake/received", get(received))
         .route("/_fake/batches", get(batches))
         .route("/_fake/behaviour", post(behaviour))
@@ -82,6 +84,14 @@ async fn main() -> std::io::Result<()> {
     let vault_app = Router::new().fallback(keyvault::serve).with_state(vault);
     tokio::spawn(async move { axum::serve(tls, vault_app).await });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+/// Every provider the fakes stand in for, by the name the gateway's `providers::all()` gives it
+/// (its path prefix here), with its routes. A provider's fake is one module and one line here;
+/// `GET /_fake/providers` lists them, and an API test fails for a provider of the gateway that
+/// has no fake.
+fn providers() -> Vec<(&'static str, Router<Fakes>)> {
+    vec![("plausible", plausible::routes()), ("umami", umami::routes())]
 }
 
 async fn configure_vault(State(vault): State<keyvault::Vault>, Json(body): Json<Value>) -> Json<Value> {

@@ -35,6 +35,16 @@ use serde_json::{Map, Value, json};
 
 use crate::state::{Fakes, Received, body_value, delay, failure_response, header_map, now};
 
+/// The fake's routes, mounted under `/umami`.
+pub fn routes() -> axum::Router<Fakes> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/send", post(send))
+        .route("/api/batch", post(batch))
+        .route("/api/auth/login", post(login))
+        .route("/api/me", get(me))
+}
+
 pub async fn send(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -> Response {
     let behaviour = fakes.behaviour("umami");
     delay(&behaviour).await;
