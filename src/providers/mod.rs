@@ -762,6 +762,9 @@ pub(crate) mod testing {
         pub headers: Vec<(&'static str, Option<&'static str>)>,
         /// `Some(part of the reason)`: the item must be refused, nothing sent.
         pub refused: Option<&'static str>,
+        /// The config's resolved credentials, `(field, value)` (PostHog's project key travels in
+        /// the body); none by default.
+        pub credentials: Vec<(&'static str, &'static str)>,
     }
 
     impl MappingCase {
@@ -779,6 +782,7 @@ pub(crate) mod testing {
                 body: Vec::new(),
                 headers: Vec::new(),
                 refused: None,
+                credentials: Vec::new(),
             }
         }
     }
@@ -809,9 +813,10 @@ pub(crate) mod testing {
                 client_ip: Some("203.0.113.7".parse().unwrap()),
                 user_agent: c.event.user_agent.as_deref(),
             };
+            let credentials = Credentials::for_tests(&c.credentials);
             let req = p
                 .item(&settings, &out)
-                .and_then(|item| p.request(&settings, &Credentials::default(), std::slice::from_ref(&item)));
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)));
             match (req, c.refused) {
                 (Err(reason), Some(want)) if reason.contains(want) => {}
                 (Err(reason), _) => failures.push(format!("{at}: refused: {reason}")),
@@ -853,13 +858,14 @@ pub(crate) mod testing {
                 delivery_id: Uuid::nil(),
                 identity: Identity::Anonymous,
                 granted: Choices::none(),
-                pseudonymous_id: None,
+                pseudonymous_id: c.pseudonymous_id,
                 client_ip: None,
                 user_agent: None,
             };
+            let credentials = Credentials::for_tests(&c.credentials);
             let Ok(req) = p
                 .item(&settings, &out)
-                .and_then(|item| p.request(&settings, &Credentials::default(), std::slice::from_ref(&item)))
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)))
             else {
                 continue;
             };

@@ -166,6 +166,86 @@ impl Provider for PostHog {
         Answer::All(classify(r.status, r.body))
     }
 
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{MappingCase, event};
+        use crate::consent::Identity::{Anonymous, Full};
+        let s = json!({"instance_url": "http://127.0.0.1:9/posthog"});
+        let key = vec![("project_api_key_ref", "phc_test")];
+        let mut page = event(PAGEVIEW);
+        page.id = uuid::Uuid::parse_str("0192f0c2-8d6e-7cc3-9c1e-4b5a8f0e1d2c").unwrap();
+        page.anonymous_id = Some("a-1".into());
+        let mut signup = page.clone();
+        signup.event_name = "signup".into();
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "user_id": "u-1", "$set": {"admin": true}});
+        let daily = Some("cgd_0123456789abcdef0123456789abcdef");
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/api_key", json!("phc_test")),
+                    ("/sent_at", Value::Null),
+                    ("/batch/0/event", json!("$pageview")),
+                    ("/batch/0/distinct_id", json!("a-1")),
+                    ("/batch/0/uuid", json!("0192f0c2-8d6e-7cc3-9c1e-4b5a8f0e1d2c")),
+                    ("/batch/0/timestamp", json!("2026-11-26T12:00:00.000Z")),
+                    ("/batch/0/properties/$current_url", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/batch/0/properties/$ip", json!("203.0.113.7")),
+                    ("/batch/0/properties/$lib", json!("consentgate")),
+                    ("/batch/0/properties/$process_person_profile", Value::Null),
+                ],
+                headers: vec![("user-agent", None), ("x-forwarded-for", None)],
+                credentials: key.clone(),
+                pseudonymous_id: daily,
+                ..MappingCase::new("a page view with full identity", s.clone(), page.clone(), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/batch/0/event", json!("signup")),
+                    ("/batch/0/distinct_id", json!("u-1")),
+                    ("/batch/0/properties/plan", json!("pro")),
+                    ("/batch/0/properties/user_id", json!("u-1")),
+                    ("/batch/0/properties/$set", Value::Null),
+                ],
+                credentials: key.clone(),
+                pseudonymous_id: daily,
+                ..MappingCase::new("a custom event with full identity: the user id", s.clone(), signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/batch/0/distinct_id", json!(daily)),
+                    ("/batch/0/properties/$process_person_profile", json!(false)),
+                    ("/batch/0/properties/$ip", Value::Null),
+                    ("/batch/0/properties/$geoip_disable", json!(true)),
+                    ("/batch/0/properties/plan", json!("pro")),
+                    ("/batch/0/properties/user_id", Value::Null),
+                ],
+                credentials: key.clone(),
+                pseudonymous_id: daily,
+                ..MappingCase::new("anonymous: the daily id, no profile, no IP", s.clone(), signup.clone(), Anonymous)
+            },
+            MappingCase {
+                refused: Some("event_name_reserved"),
+                credentials: key.clone(),
+                ..MappingCase::new(
+                    "a site's $-event",
+                    s.clone(),
+                    {
+                        let mut e = page.clone();
+                        e.event_name = "$create_alias".into();
+                        e
+                    },
+                    Full,
+                )
+            },
+            MappingCase {
+                refused: Some("project_api_key_ref"),
+                pseudonymous_id: daily,
+                ..MappingCase::new("no project key: nothing sent", s, page, Full)
+            },
+        ]
+    }
+
     /// The flags endpoint: the only one that looks the project key up (capture answers 200 to a
     /// wrong key). A personal key is not checked: nothing here uses it.
     fn checks(s: &PostHogSettings, credentials: &Credentials) -> Vec<AuthCheck> {

@@ -56,9 +56,10 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/keyvault", post(configure_vault))
         .route("/_fake/keyvault/requests", get(vault_requests))
         .with_state(vault.clone());
+    let posthog = posthog::PostHog::new(fakes.clone());
     let mut app = Router::new();
     let mut names = Vec::new();
-    for (name, routes) in providers() {
+    for (name, routes) in providers(&posthog) {
         app = app.nest(&format!("/{name}"), routes);
         names.push(name);
     }
@@ -71,7 +72,7 @@ async fn main() -> std::io::Result<()> {
         .fallback(catch_all::page)
         .with_state(fakes.clone())
         .merge(control)
-        .merge(posthog::PostHog::new(fakes).router());
+        .merge(posthog.control());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let tls = TlsListener::bind().await?;
@@ -90,8 +91,8 @@ async fn main() -> std::io::Result<()> {
 /// (its path prefix here), with its routes. A provider's fake is one module and one line here;
 /// `GET /_fake/providers` lists them, and an API test fails for a provider of the gateway that
 /// has no fake.
-fn providers() -> Vec<(&'static str, Router<Fakes>)> {
-    vec![("plausible", plausible::routes()), ("umami", umami::routes())]
+fn providers(posthog: &posthog::PostHog) -> Vec<(&'static str, Router<Fakes>)> {
+    vec![("plausible", plausible::routes()), ("umami", umami::routes()), ("posthog", posthog.routes())]
 }
 
 async fn configure_vault(State(vault): State<keyvault::Vault>, Json(body): Json<Value>) -> Json<Value> {

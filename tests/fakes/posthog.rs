@@ -94,24 +94,31 @@ impl PostHog {
         PostHog { fakes, inner: Arc::default() }
     }
 
-    pub fn router(self) -> Router {
+    /// PostHog's own routes (mounted under `/posthog`).
+    pub fn routes(&self) -> Router<Fakes> {
         Router::new()
-            .route("/posthog/batch", post(batch))
-            .route("/posthog/batch/", post(batch))
+            .route("/batch", post(batch))
+            .route("/batch/", post(batch))
             .layer(DefaultBodyLimit::max(BATCH_LIMIT + 1))
-            .route("/posthog/i/v0/e", post(capture))
-            .route("/posthog/i/v0/e/", post(capture))
-            .route("/posthog/e", post(capture))
-            .route("/posthog/e/", post(capture))
-            .route("/posthog/capture", post(capture))
-            .route("/posthog/capture/", post(capture))
-            .route("/posthog/flags", post(flags))
-            .route("/posthog/flags/", post(flags))
-            .route("/posthog/decide", post(flags))
-            .route("/posthog/decide/", post(flags))
+            .route("/i/v0/e", post(capture))
+            .route("/i/v0/e/", post(capture))
+            .route("/e", post(capture))
+            .route("/e/", post(capture))
+            .route("/capture", post(capture))
+            .route("/capture/", post(capture))
+            .route("/flags", post(flags))
+            .route("/flags/", post(flags))
+            .route("/decide", post(flags))
+            .route("/decide/", post(flags))
+            .with_state(self.clone())
+    }
+
+    /// The control routes: `POST /_fake/posthog`, `GET /_fake/posthog/events`.
+    pub fn control(&self) -> Router {
+        Router::new()
             .route("/_fake/posthog", post(configure))
             .route("/_fake/posthog/events", get(events))
-            .with_state(self)
+            .with_state(self.clone())
     }
 
     fn behaviour(&self) -> Behaviour {
