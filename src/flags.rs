@@ -147,10 +147,11 @@ impl Flags {
         if let Some(flags) = self.cached(&key) {
             return Ok(FlagsAnswer { flags, identified });
         }
-        let credentials = secrets
-            .resolve_config(&config.credentials)
-            .await
-            .map_err(|e| FlagsError::Upstream(format!("the PostHog config's credentials: {e}")))?;
+        // The caller may be any browser: reasons that name a reference stay in the log.
+        let credentials = secrets.resolve_config(&config.credentials).await.map_err(|e| {
+            tracing::warn!(config = %config.id, error = %e, "feature flags: the PostHog credentials cannot be resolved");
+            FlagsError::Upstream("the PostHog config's project key cannot be resolved now".into())
+        })?;
         let project_key = credentials
             .get("project_api_key_ref")
             .ok_or_else(|| FlagsError::Upstream("the PostHog config has no credentials.project_api_key_ref".into()))?;
@@ -158,7 +159,10 @@ impl Flags {
         if !self.allow_private
             && let Err(refused) = destination::check_literal(&call.url)
         {
-            return Err(FlagsError::Upstream(format!("PostHog not called: {refused}")));
+            tracing::warn!(config = %config.id, %refused, "feature flags: PostHog not called");
+            return Err(FlagsError::Upstream(
+                "PostHog was not called: the config's instance_url is not allowed".into(),
+            ));
         }
         let body = call.json_body.as_ref().map(|b| b.expose_secret().to_string()).unwrap_or_default();
         let res = self
@@ -173,22 +177,25 @@ impl Flags {
                 let why = if e.is_timeout() {
                     format!("PostHog did not answer within {} ms", TIMEOUT.as_millis())
                 } else {
-                    format!("PostHog could not be reached: {}", crate::outbox::worker::describe(e))
+                    tracing::warn!(config = %config.id, error = %crate::outbox::worker::describe(e), "feature flags: PostHog unreachable");
+                    "PostHog could not be reached".to_string()
                 };
                 FlagsError::Upstream(why)
             })?;
         let status = res.status().as_u16();
         let bytes = res.bytes().await.unwrap_or_default();
         if !(200..300).contains(&status) {
-            let hint =
-                if matches!(status, 401 | 403) { " (check the project key: POST …/configs/{id}/check)" } else { "" };
-            return Err(FlagsError::Upstream(format!(
-                "PostHog answered {status}{hint}: {}",
-                providers::body_excerpt(&bytes)
-            )));
+            tracing::warn!(config = %config.id, status, answer = %providers::body_excerpt(&bytes), "feature flags: PostHog refused");
+            let hint = if matches!(status, 401 | 403) {
+                ": it refused the config's project key (an admin can verify it with POST …/configs/{id}/check)"
+            } else {
+                ""
+            };
+            return Err(FlagsError::Upstream(format!("PostHog answered {status}{hint}")));
         }
         let flags = posthog::parse_flags(&bytes).ok_or_else(|| {
-            FlagsError::Upstream(format!("PostHog's answer has no flags: {}", providers::body_excerpt(&bytes)))
+            tracing::warn!(config = %config.id, answer = %providers::body_excerpt(&bytes), "feature flags: not a flags answer");
+            FlagsError::Upstream("the answer is not PostHog's flags answer; check the config's instance_url".into())
         })?;
         self.keep(key, flags.clone());
         Ok(FlagsAnswer { flags, identified })

@@ -445,7 +445,7 @@ async fn flags_with_a_wrong_key_or_a_slow_posthog_are_a_502_naming_the_cause() {
     assert_error(&got, StatusCode::BAD_GATEWAY, "bad_gateway", None);
     let message = got.1["error"]["message"].as_str().unwrap();
     assert!(message.contains("PostHog answered 401") && message.contains("check"), "{message}");
-    assert!(!message.contains("phc_"));
+    assert!(!message.contains("phc_") && !message.contains("file:"), "{message}");
 
     let (app, fakes, keys) = setup().await;
     posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
@@ -455,6 +455,16 @@ async fn flags_with_a_wrong_key_or_a_slow_posthog_are_a_502_naming_the_cause() {
     assert_error(&got, StatusCode::BAD_GATEWAY, "bad_gateway", None);
     assert!(got.1["error"]["message"].as_str().unwrap().contains("did not answer within"), "{}", got.1);
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout bounds the wait");
+
+    // A key that cannot be resolved: the browser is not told where the gateway looks for it.
+    let (app, fakes, keys) = setup().await;
+    let body = json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
+                      "enable_feature_flags": true,
+                      "credentials": {"project_api_key_ref": "env:CONSENTGATE_TEST_NEVER_SET_4410"}});
+    site::create_config(&app, "posthog", body).await;
+    let got = flags(&app, &keys, json!({"visitor_id": visitor()})).await;
+    assert_error(&got, StatusCode::BAD_GATEWAY, "bad_gateway", None);
+    assert!(!got.1.to_string().contains("CONSENTGATE_TEST_NEVER_SET"), "{}", got.1);
 }
 
 /// PostHog refuses a whole request for one event it cannot take: the outbox splits the batch
