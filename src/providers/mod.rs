@@ -12,7 +12,7 @@
 //! Sending, batching, splitting a refused batch, retries, backoff, leases and metrics live once,
 //! in [`crate::outbox`]. Configuration storage and the status lifecycle live once, in [`config`].
 //! Adding a provider is one module implementing [`Provider`], one line in [`all`] and one in
-//! [`input_schemas`] (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
+//! `input_schemas()` (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
 //! mapping table; `tests_every_provider` fails for a provider without them (docs/delivery.md).
 
 pub mod config;
