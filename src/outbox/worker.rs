@@ -74,7 +74,8 @@ pub struct Pass {
     /// Ended in the dead letters: a final error, attempts used up, consent withdrawn since
     /// ingest, or the event gone.
     pub dead: usize,
-    /// Given back without an attempt: the config is no longer `active`.
+    /// Given back without an attempt: the config is no longer `active`, or the round claimed
+    /// more requests' worth than it had free slots for (due again at once).
     pub released: usize,
     /// Attempted, but the lease had passed to another worker before the outcome was recorded.
     pub lease_lost: usize,

@@ -12,8 +12,9 @@
 //! Sending, batching, splitting a refused batch, retries, backoff, leases and metrics live once,
 //! in [`crate::outbox`]. Configuration storage and the status lifecycle live once, in [`config`].
 //! Adding a provider is one module implementing [`Provider`], one line in [`all`] and one in
-//! [`input_schemas`] (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
-//! mapping table; `tests_every_provider` fails for a provider without them (docs/delivery.md).
+//! `input_schemas()` (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
+//! mapping table (`Provider::mapping_cases`); a test fails for a provider without any of them
+//! (docs/delivery.md, "Adding a provider").
 
 pub mod config;
 pub mod plausible;

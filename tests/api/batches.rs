@@ -135,3 +135,57 @@ async fn each_event_of_a_batch_gets_its_own_outcome_and_a_failed_batch_is_retrie
     }
     assert_eq!(sizes(&fakes.batches().await), [3, 2, 2]);
 }
+
+/// The categories the visitor granted travel with each delivery (for providers whose payload
+/// carries consent, e.g. GA4), GPC taking marketing away, and are erased when the delivery ends.
+#[tokio::test]
+async fn a_delivery_keeps_the_granted_categories_until_it_ends() {
+    let (app, fakes, keys) = setup().await;
+    let config = site::plausible(&app, &fakes, json!({})).await["id"].as_str().unwrap().to_string();
+    app.publish_consent_config(json!({"respect_do_not_track": false})).await;
+    let (all, some) = (visitor(), visitor());
+    app.consent(&all, "accept_all", 1).await;
+    app.consent(&some, "custom", 1).await; // analytics only
+    let mut events = Vec::new();
+    for (v, gpc, want) in [
+        (&all, false, "functional,analytics,marketing"),
+        (&all, true, "functional,analytics"),
+        (&some, false, "analytics"),
+    ] {
+        let mut req = app
+            .http
+            .post(app.tenant_url("/events"))
+            .header("x-ingest-key", &keys.public_key)
+            .header("origin", ORIGIN)
+            .header("user-agent", CHROME)
+            .json(&site::pageview(v));
+        if gpc {
+            req = req.header("sec-gpc", "1");
+        }
+        let (s, e) = send(req).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{e}");
+        events.push((e["id"].as_str().unwrap().to_string(), want));
+    }
+    let stored = |id: String| {
+        let db = app.db.clone();
+        async move {
+            use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+            let event: uuid::Uuid = id.parse().unwrap();
+            entity::delivery::Entity::find()
+                .filter(entity::delivery::Column::EventId.eq(event))
+                .one(&db)
+                .await
+                .unwrap()
+                .expect("a delivery")
+        }
+    };
+    for (id, want) in &events {
+        assert_eq!(stored(id.clone()).await.granted.as_deref(), Some(*want), "{id}");
+    }
+    app.drain_outbox().await;
+    for (id, _) in &events {
+        delivery_in(&app, id, &config, "delivered").await;
+        let row = stored(id.clone()).await;
+        assert_eq!((row.granted, row.pseudonymous_id, row.client_ip), (None, None, None), "erased when it ended");
+    }
+}
