@@ -671,6 +671,77 @@ mod tests {
         assert_eq!(parse_flags(b"<html>"), None);
     }
 
+    /// The table in docs/providers.md ("What PostHog receives under each consent state") is this
+    /// test's output: each consent state decided by `consent::decide` for a PostHog config, then
+    /// mapped; the docs must show exactly what the code does.
+    #[test]
+    fn the_documented_consent_table_is_what_the_mapping_sends() {
+        use chrono::{Duration, TimeZone, Utc};
+
+        use crate::consent::{
+            Action, Choices, ConsentPolicy, ProviderPolicy, ProviderStatus, RecordedChoice, Signals, decide,
+        };
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+        let policy = ConsentPolicy {
+            expiry_days: 180,
+            geo_targeting_enabled: true,
+            consent_required_regions: vec!["SE".into()],
+            respect_do_not_track: true,
+            enabled: Choices::all(),
+            default_accepted: Choices::none(),
+            revision: 1,
+            reconsent_revision: 1,
+        };
+        let record = |choices: Choices, action: Action| RecordedChoice {
+            choices,
+            action,
+            revision: 1,
+            created_at: now - Duration::days(1),
+            expires_at: now + Duration::days(179),
+            other_config: false,
+            dnt: false,
+            gpc: false,
+        };
+        let granted = record(Choices::all(), Action::AcceptAll);
+        let in_se = Signals { country: Some("SE".into()), ..Signals::default() };
+        let states: Vec<(&str, Option<RecordedChoice>, Signals)> = vec![
+            ("analytics granted", Some(granted.clone()), in_se.clone()),
+            ("refused (reject all)", Some(record(Choices::none(), Action::RejectAll)), in_se.clone()),
+            ("no decision yet", None, in_se.clone()),
+            ("withdrawn", Some(record(Choices::none(), Action::Withdraw)), in_se.clone()),
+            ("DNT (respected)", Some(granted.clone()), Signals { dnt: true, ..in_se.clone() }),
+            ("GPC (respected)", Some(granted), Signals { gpc: true, ..in_se }),
+        ];
+        let mut e = event(PAGEVIEW);
+        e.anonymous_id = Some("a-1".into());
+        let cell = |r: &Option<RecordedChoice>, signals: &Signals, fallback: bool| {
+            let provider = ProviderPolicy {
+                status: Some(ProviderStatus::Active),
+                required_category: Some(RequiredCategory::Analytics),
+                cookieless_fallback: fallback,
+                requires_record: false,
+            };
+            let d = decide(Some(&policy), r.as_ref(), signals, &provider, now);
+            let Some(identity) = d.identity() else { return format!("nothing (`{}`)", d.reason()) };
+            let (item, _) =
+                event_item(&Visit { event: &e, identity, pseudonymous_id: Some(DAILY), client_ip: Some(IP) })
+                    .expect("sent");
+            let p = &item["properties"];
+            let who = if item["distinct_id"] == DAILY { "the daily id" } else { "the analytics id" };
+            let profile = if p["$process_person_profile"] == false { "no person profile" } else { "person profile" };
+            let ip = if p["$ip"].is_null() { "no `$ip`" } else { "`$ip`" };
+            format!("{who}, {profile}, {ip} (`{}`)", d.reason())
+        };
+        let mut table = String::from(
+            "| consent state | `cookieless_fallback: true` (default) | `cookieless_fallback: false` |\n|---|---|---|\n",
+        );
+        for (name, r, signals) in &states {
+            table.push_str(&format!("| {name} | {} | {} |\n", cell(r, signals, true), cell(r, signals, false)));
+        }
+        let docs = include_str!("../../docs/providers.md");
+        assert!(docs.contains(&table), "docs/providers.md must hold this table:\n{table}");
+    }
+
     #[test]
     fn settings_defaults() {
         let s: PostHogSettings = serde_json::from_value(json!({})).unwrap();
