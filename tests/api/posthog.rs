@@ -131,10 +131,15 @@ async fn events_go_in_batches_to_batch_with_the_event_id_as_uuid_and_full_identi
     let v = visitor();
     app.consent(&v, "accept_all", 1).await;
     let analytics_id = visitor();
+    // A page view of yesterday, posted late: PostHog files it under the time it happened.
+    let happened = Utc::now() - chrono::Duration::hours(30);
     let mut ids = Vec::new();
     for i in 0..7 {
         let mut e = pageview(&v, &analytics_id);
         e["page_url"] = json!(format!("{ORIGIN}/page/{i}"));
+        if i == 0 {
+            e["occurred_at"] = json!(happened.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
         if i == 6 {
             e["event_name"] = json!("signup");
             e["event_properties"] = json!({"plan": "pro", "$set": {"admin": true}});
@@ -166,9 +171,12 @@ async fn events_go_in_batches_to_batch_with_the_event_id_as_uuid_and_full_identi
         assert_eq!(s["distinct_id"], analytics_id.as_str());
         assert_eq!(s["properties"]["$ip"], VISITOR_IP);
         assert_eq!(s["properties"]["$lib"], "consentgate");
+
         assert!(s["properties"].get("$process_person_profile").is_none());
     }
     assert_eq!(stored[0]["event"], "$pageview");
+    assert_eq!(stored[0]["timestamp"], happened.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    assert_eq!(stored[0]["day"], happened.date_naive().to_string());
     assert_eq!(stored[0]["properties"]["$current_url"], format!("{ORIGIN}/page/0"));
     assert_eq!(stored[6]["event"], "signup");
     assert!(stored[6]["properties"].get("$set").is_none(), "a site's $-property never reaches PostHog");

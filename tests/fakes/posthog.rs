@@ -14,7 +14,9 @@
 //!   project over its quota (`quota_exceeded`): those events are dropped, unseen;
 //! - stored events are kept as ClickHouse would collapse them: one row per (token, day of the
 //!   timestamp, event, distinct id, uuid), with `copies` counting how often it arrived (a missing
-//!   uuid gets a fresh one, so never collapses);
+//!   uuid gets a fresh one, so never collapses); the timestamp as capture reads it: shifted by
+//!   `now − sent_at` when the batch has a `sent_at` (a stale one misdates every event), more than
+//!   23 h ahead → now;
 //! - `POST /flags?v=2` (and `/decide`): no token → 401 "No API token provided…", a token that is
 //!   no project → 401 "The provided API key is invalid or has expired…", no `distinct_id` → 400,
 //!   otherwise 200 `{"errorsWhileComputingFlags": false, "flags": {…}, "requestId"}` with the
@@ -138,7 +140,9 @@ impl PostHog {
         Some(Forced { status, retry_after: None })
     }
 
-    fn store(&self, token: &str, events: Vec<Map<String, Value>>) {
+    /// `skew`: `now − sent_at` when the request has a `sent_at` (capture shifts every timestamp
+    /// by it).
+    fn store(&self, token: &str, events: Vec<Map<String, Value>>, skew: Option<chrono::Duration>) {
         let mut inner = self.inner.lock().unwrap();
         for e in events {
             let event = e["event"].as_str().unwrap_or_default().to_string();
@@ -147,7 +151,8 @@ impl PostHog {
                 Some(u) => u.to_ascii_lowercase(),
                 None => uuid::Uuid::now_v7().to_string(),
             };
-            let day = day_of(e.get("timestamp"));
+            let at = event_time(e.get("timestamp"), skew);
+            let day = at.date_naive().to_string();
             if let Some(s) = inner.events.iter_mut().find(|s| {
                 s.token == token && s.day == day && s.event == event && s.distinct_id == distinct_id && s.uuid == uuid
             }) {
@@ -161,7 +166,7 @@ impl PostHog {
                 distinct_id,
                 uuid,
                 properties: e.get("properties").cloned().unwrap_or(json!({})),
-                timestamp: e.get("timestamp").cloned().unwrap_or(Value::Null),
+                timestamp: json!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                 copies: 1,
             });
         }
@@ -195,17 +200,17 @@ async fn events(State(ph): State<PostHog>) -> Json<Value> {
     Json(json!(ph.inner.lock().unwrap().events))
 }
 
-/// The UTC day of an event's timestamp as capture reads it (RFC 3339; unparsable → now; more
-/// than 23 hours ahead → now).
-fn day_of(timestamp: Option<&Value>) -> String {
+/// When the event happened as capture reads it (`timestamp.rs`): RFC 3339, shifted by the
+/// request's clock skew (`sent_at`) when there is one; unparsable → now; more than 23 hours ahead
+/// → now.
+fn event_time(timestamp: Option<&Value>, skew: Option<chrono::Duration>) -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now();
-    let at = timestamp
+    timestamp
         .and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
+        .map(|t| t.with_timezone(&chrono::Utc) + skew.unwrap_or_default())
         .filter(|t| *t <= now + chrono::Duration::hours(23))
-        .unwrap_or(now);
-    at.date_naive().to_string()
+        .unwrap_or(now)
 }
 
 fn distinct_id(e: &Map<String, Value>) -> Option<String> {
@@ -282,9 +287,15 @@ fn answer(ph: &PostHog, body: &[u8], limit: usize) -> Answer {
     let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
         return reject(StatusCode::BAD_REQUEST, "failed to decode or validate request: not JSON");
     };
+    let mut skew = None;
     let (batch_token, events) = match parsed {
         Value::Object(mut m) if m.contains_key("batch") => {
             let token = m.get("api_key").or_else(|| m.get("token")).and_then(Value::as_str).map(String::from);
+            skew = m
+                .get("sent_at")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|sent| chrono::Utc::now() - sent.with_timezone(&chrono::Utc));
             match m.remove("batch") {
                 Some(Value::Array(events)) => (token, events),
                 _ => return reject(StatusCode::BAD_REQUEST, "failed to decode or validate request: batch"),
@@ -347,7 +358,7 @@ fn answer(ph: &PostHog, body: &[u8], limit: usize) -> Answer {
     if b.quota_exceeded {
         return (ok(), "dropped", 200, Some("the project is over its quota".into()), false);
     }
-    ph.store(token.trim(), valid);
+    ph.store(token.trim(), valid, skew);
     (ok(), "stored", 200, None, true)
 }
 
