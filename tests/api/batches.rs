@@ -189,3 +189,29 @@ async fn a_delivery_keeps_the_granted_categories_until_it_ends() {
         assert_eq!((row.granted, row.pseudonymous_id, row.client_ip), (None, None, None), "erased when it ended");
     }
 }
+
+/// Concurrency slots count requests: with 4 slots, a config sending one event per request and a
+/// config sending batches share them in turns; what finds no slot goes back at once and is sent
+/// by the next pass.
+#[tokio::test]
+async fn slots_count_requests_and_go_round_the_configs() {
+    let (app, fakes, keys) = setup().await;
+    let batched = batch_config(&app, &fakes).await;
+    let single = site::umami(&app, &fakes, json!({"display_name": "Umami, one by one"})).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(event_from(&app, &keys, "signup", &format!("203.0.113.{}", i + 1)).await);
+    }
+    // 20 deliveries claimed; 4 requests: the batch of 10 and 3 single events; 7 given back.
+    let first = app.run_outbox_at(Utc::now()).await;
+    assert_eq!(first, Pass { claimed: 20, delivered: 13, released: 7, ..Pass::default() });
+    let rest = app.drain_outbox().await;
+    assert_eq!((rest.delivered, rest.dead, rest.retried), (7, 0, 0), "{rest:?}");
+    for id in &ids {
+        delivery_in(&app, id, &batched, "delivered").await;
+        delivery_in(&app, id, single["id"].as_str().unwrap(), "delivered").await;
+    }
+    assert_eq!(sizes(&fakes.batches().await), [10]);
+    let sent = fakes.received_by("umami").await;
+    assert_eq!(sent.iter().filter(|r| r["path"] == "/api/send").count(), 10);
+}
