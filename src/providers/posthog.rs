@@ -292,8 +292,8 @@ pub fn event_item(v: &Visit<'_>) -> Result<(Value, Vec<String>), String> {
         (Some(id), _) => (id, true),
         (None, Some(daily)) => (daily, false),
         (None, None) => {
-            return Err("no distinct_id: the cookieless daily id is erased when a delivery ends, so a replay \
-                        without identity cannot be sent"
+            return Err("no distinct_id: no analytics or user id may go, and there is no cookieless daily id \
+                        (cookieless_fallback is off, or a replay: the daily id is erased when a delivery ends)"
                 .into());
         }
     };
