@@ -274,6 +274,23 @@ async fn events_without_a_visitor_id_count_as_visitors_of_their_own() {
     assert!(ids.iter().all(|d| d.starts_with("cgd_")) && ids[0] != ids[1], "{ids:?}");
 }
 
+/// The per-provider events endpoint forwards to PostHog's configs only.
+#[tokio::test]
+async fn the_posthog_events_endpoint_reaches_posthog_only() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    site::plausible(&app, &fakes, json!({})).await;
+    let body = json!({"event_name": "pageview", "page_url": PAGE, "visitor_id": visitor()});
+    let (s, res) = site::post_from_browser(&app, "/analytics/posthog/events", &keys.public_key, body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+    assert_eq!(res["decisions"].as_array().unwrap().len(), 1, "{res}");
+    assert_eq!(res["decisions"][0]["provider"], "posthog");
+    app.drain_outbox().await;
+    assert_eq!(fakes.posthog_events().await.len(), 1);
+    assert!(fakes.received_by("plausible").await.is_empty());
+}
+
 /// A withdrawal after ingest takes full identity away: the waiting delivery goes anonymously,
 /// under the daily id stored with it at ingest.
 #[tokio::test]
