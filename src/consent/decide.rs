@@ -6,7 +6,10 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::reason::{Blocked, Reason, Refused};
+use super::{
+    offer::ProviderChoices,
+    reason::{Blocked, Reason, Refused},
+};
 use crate::string_enum::string_enum;
 
 string_enum! {
@@ -146,6 +149,8 @@ pub struct RecordedChoice {
     /// The request that made the record sent `DNT: 1` / `Sec-GPC: 1`.
     pub dnt: bool,
     pub gpc: bool,
+    /// The visitor's per-provider choices, when they were offered them (see `consent::offer`).
+    pub providers: Option<ProviderChoices>,
 }
 
 impl RecordedChoice {
@@ -416,6 +421,8 @@ pub struct ProviderPolicy {
     /// Send an anonymous event instead of nothing when the category is not granted (PostHog's
     /// cookieless mode: no person profile, a daily-rotating distinct id).
     pub cookieless_fallback: bool,
+    /// The provider config's id: what a visitor's per-provider choices name.
+    pub config_id: uuid::Uuid,
 }
 
 string_enum! {
@@ -495,6 +502,18 @@ pub fn decide(
     let anonymous =
         |c: Category| Decision::Allow { identity: Identity::Anonymous, reason: Reason::Anonymous(refused(c)) };
 
+    // Within a granted category, the visitor's per-provider choices may still refuse this config:
+    // like refusing the category, for this config alone.
+    let listed_under = required.category().unwrap_or(Category::Analytics);
+    if eff.choices.get(listed_under)
+        && let Some(why) = provider_refusal(record, eff.why(listed_under), provider.config_id)
+    {
+        return match required.category() {
+            Some(_) if !provider.cookieless_fallback => Decision::Deny { reason: Reason::Denied(why) },
+            _ => Decision::Allow { identity: Identity::Anonymous, reason: Reason::Anonymous(why) },
+        };
+    }
+
     match required.category() {
         // Cookie-free providers store nothing on the device, so no consent is needed to count a
         // visit; identifiers are personal data, though, and go only with analytics consent.
@@ -503,6 +522,22 @@ pub fn decide(
         Some(c) if eff.choices.get(c) => granted(c),
         Some(c) if provider.cookieless_fallback => anonymous(c),
         Some(c) => Decision::Deny { reason: Reason::Denied(refused(c)) },
+    }
+}
+
+/// Why the visitor's per-provider choices refuse a config whose category (`standing`) is granted,
+/// if they do. A config they switched off: `provider_refused`, also where defaults apply (a
+/// refusal stands). A config that was not in the offer they chose on, under their valid record:
+/// `provider_not_offered` — added after their choice, it waits until they are asked again (the
+/// banner asks when the offer changed); before a valid decision the defaults cover it like any
+/// other. Without per-provider choices in the record, the category decides alone.
+fn provider_refusal(record: Option<&RecordedChoice>, standing: Standing, config_id: uuid::Uuid) -> Option<Refused> {
+    let providers = record?.providers.as_ref()?;
+    match (providers.get(config_id), standing) {
+        (Some(true), _) => None,
+        (Some(false), _) => Some(Refused::ProviderRefused),
+        (None, Standing::Granted) => Some(Refused::ProviderNotOffered),
+        (None, _) => None,
     }
 }
 
@@ -540,6 +575,7 @@ mod tests {
             other_config: false,
             dnt: false,
             gpc: false,
+            providers: None,
         }
     }
 
@@ -552,6 +588,7 @@ mod tests {
             status: Some(ProviderStatus::Active),
             required_category: Some(required),
             cookieless_fallback: false,
+            config_id: uuid::Uuid::nil(),
         }
     }
 
@@ -763,7 +800,7 @@ mod tests {
             let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
             let r = record(choices, Action::Custom);
             let signals = Signals { dnt, gpc, country, ..Default::default() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback, config_id: uuid::Uuid::nil() };
             let d = decide(Some(&p), Some(&r), &signals, &provider, now());
             let category = required.category().unwrap();
             if !choices.get(category) {
@@ -782,7 +819,7 @@ mod tests {
             required in prop_oneof![Just(RequiredCategory::None), arb_required()],
         ) {
             let p = ConsentPolicy { default_accepted: defaults, ..policy() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false, config_id: uuid::Uuid::nil() };
             let d = decide(Some(&p), None, &from("SE"), &provider, now());
             prop_assert_ne!(d.identity(), Some(Identity::Full));
         }

@@ -285,6 +285,7 @@ fn provider_policy(config: &entity::provider_config::Model, provider: &dyn provi
         status: ProviderStatus::parse(&config.status),
         required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
+        config_id: config.id,
     }
 }
 

@@ -162,6 +162,7 @@ fn spec_of(m: &config::Model) -> Result<ConfigSpec> {
         "geo_targeting_enabled": m.geo_targeting_enabled,
         "consent_required_regions": m.consent_required_regions,
         "respect_do_not_track": m.respect_do_not_track,
+        "per_provider_choices": m.per_provider_choices,
         "allowed_origins": m.allowed_origins,
     });
     serde_json::from_value(v)
@@ -194,6 +195,7 @@ fn set_spec(a: &mut config::ActiveModel, spec: &ConfigSpec) {
     a.geo_targeting_enabled = Set(spec.geo_targeting_enabled);
     a.consent_required_regions = Set(json(&spec.consent_required_regions));
     a.respect_do_not_track = Set(spec.respect_do_not_track);
+    a.per_provider_choices = Set(spec.per_provider_choices);
     a.allowed_origins = Set(json(&spec.allowed_origins));
 }
 
