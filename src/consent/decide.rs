@@ -697,6 +697,61 @@ mod tests {
         }
     }
 
+    /// Per-provider choices: within a granted category, each config as the visitor switched it;
+    /// a config not in the offer they chose on is refused until they are asked again.
+    #[test]
+    fn per_provider_choices() {
+        use Identity::*;
+        use RequiredCategory as R;
+        let id = uuid::Uuid::from_u128;
+        let on = |n: u128, required| ProviderPolicy { config_id: id(n), ..provider(required) };
+        let (plausible, ga4, ga4_refused, ga4_added, ads) =
+            (on(1, R::None), on(2, R::Analytics), on(3, R::Analytics), on(9, R::Analytics), on(4, R::Marketing));
+        let plausible_refused = on(5, R::None);
+        let posthog_refused = ProviderPolicy { cookieless_fallback: true, ..on(6, R::Analytics) };
+        let choices = |pairs: &[(u128, bool)]| ProviderChoices {
+            offer: "0123456789abcdef".into(),
+            providers: pairs.iter().map(|&(n, b)| (id(n), b)).collect(),
+        };
+        let shown = choices(&[(1, true), (2, true), (3, false), (4, false), (5, false), (6, false)]);
+        let p = policy();
+        let analytics_only = RecordedChoice { providers: Some(shown.clone()), ..record(ANALYTICS_ONLY, Action::Custom) };
+        let accepted = RecordedChoice { providers: Some(choices(&[(1, true), (2, true), (4, true)])), ..record(Choices::all(), Action::AcceptAll) };
+        let rejected = RecordedChoice { providers: Some(choices(&[(1, false), (2, false)])), ..record(Choices::none(), Action::RejectAll) };
+        let category_only = record(ANALYTICS_ONLY, Action::Custom);
+        let expired = RecordedChoice { expires_at: now() - Duration::seconds(1), ..analytics_only.clone() };
+        let stale_accept = RecordedChoice { revision: 1, ..accepted.clone() };
+        let dnt = Signals { dnt: true, ..from("SE") };
+        let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
+        let allow = |identity, r: &str| Decision::Allow { identity, reason: reason(r) };
+        let deny = |r: &str| Decision::Deny { reason: reason(r) };
+
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("switched on, category granted", Some(&p), Some(&analytics_only), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
+            ("switched off within a granted category", Some(&p), Some(&analytics_only), from("SE"), ga4_refused, deny("denied:provider_refused")),
+            ("added after the choice", Some(&p), Some(&analytics_only), from("SE"), ga4_added, deny("denied:provider_not_offered")),
+            ("cookie-free, switched on: identified", Some(&p), Some(&analytics_only), from("SE"), plausible, allow(Full, "consent_granted:analytics")),
+            ("cookie-free, switched off: anonymous", Some(&p), Some(&analytics_only), from("SE"), plausible_refused, allow(Anonymous, "anonymous:provider_refused")),
+            ("cookie-free, added after: anonymous", Some(&p), Some(&accepted), from("SE"), on(7, R::None), allow(Anonymous, "anonymous:provider_not_offered")),
+            ("cookieless fallback, switched off", Some(&p), Some(&analytics_only), from("SE"), posthog_refused, allow(Anonymous, "anonymous:provider_refused")),
+            ("the category refused wins over a switch", Some(&p), Some(&analytics_only), from("SE"), ads, deny("denied:rejected")),
+            ("accept all: every shown config", Some(&p), Some(&accepted), from("SE"), ads, allow(Full, "consent_granted:marketing")),
+            ("accept all: a config not shown", Some(&p), Some(&accepted), from("SE"), ga4_refused, deny("denied:provider_not_offered")),
+            ("reject all: the category is the reason", Some(&p), Some(&rejected), from("SE"), ga4, deny("denied:rejected")),
+            ("no per-provider choices: the category decides", Some(&p), Some(&category_only), from("SE"), ga4_added, allow(Full, "consent_granted:analytics")),
+            ("a respected signal first", Some(&p), Some(&analytics_only), dnt, ga4, deny("denied:dnt")),
+            ("expired, consent region: asked again", Some(&p), Some(&expired), from("SE"), ga4, deny("denied:expired")),
+            ("expired, opt-out region: a switched-off config stays off", Some(&p), Some(&expired), from("US"), ga4_refused, deny("denied:provider_refused")),
+            ("expired, opt-out region: others get the defaults", Some(&p), Some(&expired), from("US"), ga4_added, allow(Full, "consent_default:analytics")),
+            ("stale acceptance, opt-out region: defaults cover configs not shown", Some(&p), Some(&stale_accept), from("US"), ga4_added, allow(Full, "consent_default:analytics")),
+            ("paused config: its state first", Some(&p), Some(&analytics_only), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4_refused }, deny("denied:config_paused")),
+        ];
+        for (scenario, policy, record, signals, provider, expected) in cases {
+            assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
+        }
+    }
+
     /// The strings stored in the database for each value: fixed, like the reasons — rows
     /// written by every earlier release must keep reading back.
     #[test]
@@ -809,6 +864,32 @@ mod tests {
             // Marketing never goes identified under GPC.
             if gpc && required == RequiredCategory::Marketing {
                 prop_assert_ne!(d.identity(), Some(Identity::Full));
+            }
+        }
+
+        /// Whatever else holds: a provider config the visitor switched off, or was not offered, is
+        /// never allowed with identifiers.
+        #[test]
+        fn never_identify_for_a_provider_the_visitor_switched_off(
+            choices in arb_choices(),
+            defaults in arb_choices(),
+            required in prop_oneof![Just(RequiredCategory::None), arb_required()],
+            switched in prop_oneof![Just(None), Just(Some(false))],
+            fallback in any::<bool>(),
+            dnt in any::<bool>(), gpc in any::<bool>(), respect in any::<bool>(), geo in any::<bool>(),
+            country in prop_oneof![Just(None), Just(Some("SE".to_string())), Just(Some("US".to_string()))],
+        ) {
+            let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
+            let config_id = uuid::Uuid::from_u128(7);
+            let providers = ProviderChoices { offer: "x".into(), providers: switched.map(|b| (config_id, b)).into_iter().collect() };
+            let r = RecordedChoice { providers: Some(providers), ..record(choices, Action::Custom) };
+            let signals = Signals { dnt, gpc, country, ..Default::default() };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback, config_id };
+            let d = decide(Some(&p), Some(&r), &signals, &provider, now());
+            // Switched off: never identified. Not offered: never under the record that was made
+            // without it (a valid one); the defaults may cover it where no valid decision exists.
+            if switched == Some(false) || effective(Some(&p), Some(&r), &signals, now()).undecided.is_none() {
+                prop_assert_ne!(d.identity(), Some(Identity::Full), "{:?}", d);
             }
         }
 
