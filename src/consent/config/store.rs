@@ -631,14 +631,28 @@ pub async fn texts_hash_of(db: &impl ConnectionTrait, config_id: Uuid, number: i
         .map(|r| r.texts_hash))
 }
 
-/// The banner config JSON (contract, "Banner") of the tenant's active config; `None` when the
-/// tenant has none (banner.js answers 404 then). Only enabled categories are included.
-pub async fn active_banner_config(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<Value>> {
+/// The banner config JSON (contract, "Banner") of the tenant's active config and the build it is
+/// rendered with; `None` when the tenant has none (banner.js answers 404 then). Only enabled
+/// categories are included. `providers`: the tenant's provider configs (the offer, when the
+/// config has `per_provider_choices`, and whether feature flags are on).
+pub async fn active_banner_config(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    providers: &[entity::provider_config::Model],
+) -> Result<Option<(Value, crate::banner::Variant)>> {
     let Some(p) = active(db, tenant_id).await? else { return Ok(None) };
-    Ok(Some(crate::banner::browser_config(
+    let mut config = crate::banner::browser_config(
         &p.spec,
         p.config.id,
         i64::from(p.config.revision),
         i64::from(p.config.reconsent_revision),
-    )))
+    );
+    let variant = crate::banner::Variant {
+        per_provider: p.spec.per_provider_choices,
+        flags: crate::banner::feature_flags(providers),
+    };
+    if variant.per_provider {
+        crate::banner::add_providers(&mut config, &crate::consent::offer::offered(providers));
+    }
+    Ok(Some((config, variant)))
 }
