@@ -52,7 +52,10 @@ impl MigrationTrait for Migration {
         )
         .await?;
         m.alter_table(
-            Table::alter().table(ConsentRecord::Table).add_column(json_binary_null(ConsentRecord::ProviderChoices)).to_owned(),
+            Table::alter()
+                .table(ConsentRecord::Table)
+                .add_column(json_binary_null(ConsentRecord::ProviderChoices))
+                .to_owned(),
         )
         .await?;
         m.alter_table(

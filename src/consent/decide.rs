@@ -715,9 +715,16 @@ mod tests {
         };
         let shown = choices(&[(1, true), (2, true), (3, false), (4, false), (5, false), (6, false)]);
         let p = policy();
-        let analytics_only = RecordedChoice { providers: Some(shown.clone()), ..record(ANALYTICS_ONLY, Action::Custom) };
-        let accepted = RecordedChoice { providers: Some(choices(&[(1, true), (2, true), (4, true)])), ..record(Choices::all(), Action::AcceptAll) };
-        let rejected = RecordedChoice { providers: Some(choices(&[(1, false), (2, false)])), ..record(Choices::none(), Action::RejectAll) };
+        let analytics_only =
+            RecordedChoice { providers: Some(shown.clone()), ..record(ANALYTICS_ONLY, Action::Custom) };
+        let accepted = RecordedChoice {
+            providers: Some(choices(&[(1, true), (2, true), (4, true)])),
+            ..record(Choices::all(), Action::AcceptAll)
+        };
+        let rejected = RecordedChoice {
+            providers: Some(choices(&[(1, false), (2, false)])),
+            ..record(Choices::none(), Action::RejectAll)
+        };
         let category_only = record(ANALYTICS_ONLY, Action::Custom);
         let expired = RecordedChoice { expires_at: now() - Duration::seconds(1), ..analytics_only.clone() };
         let stale_accept = RecordedChoice { revision: 1, ..accepted.clone() };

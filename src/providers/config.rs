@@ -318,7 +318,8 @@ fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: Provider
     let privacy_policy_url = match map.remove("privacy_policy_url") {
         None | Some(Value::Null) => None,
         Some(Value::String(u)) => Some(String::from(
-            crate::consent::config::spec::HttpsUrl::parse(&u).map_err(|e| Error::validation("privacy_policy_url", e))?,
+            crate::consent::config::spec::HttpsUrl::parse(&u)
+                .map_err(|e| Error::validation("privacy_policy_url", e))?,
         )),
         Some(_) => return Err(Error::validation("privacy_policy_url", "must be an https URL or null")),
     };

@@ -16,6 +16,7 @@ mod foundation;
 mod http_edge;
 mod ingest;
 mod outbox;
+mod provider_choices;
 mod provider_configs;
 mod provider_contracts;
 mod secrets;
