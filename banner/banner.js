@@ -63,8 +63,9 @@ const del = name => {
     for (const x of ['', ...p.map((_, i) => '; Domain=' + p.slice(i).join('.'))]) d.cookie = c.split('=')[0] + '=; Path=/; Max-Age=0' + x;
 };
 
-// pb: the per-provider switches of the open preferences (PP).
-let cur, init, ran = {}, host, root, bn, dlg, fab, inert = [], pb = {};
+// pb: the per-provider switches of the open preferences; pw: the ones chosen before the offer
+// changed (PP).
+let cur, init, ran = {}, host, root, bn, dlg, fab, inert = [], pb = {}, pw;
 function apply(s) {
   const ch = eff(s.choices);
   cur = s;
@@ -161,11 +162,12 @@ function prefs(c) {
         h('p', { id: k }, h('em', {}, why), ctx(k, 'description')));
       if (PP) {
         // Under the category, each provider config that needs it: its name, what it receives, its
-        // privacy policy, and its own switch (on as last chosen, else as the category). The
-        // category's switch sets them all; switching one on switches the category on.
-        const ps = C.providers.filter(p => p.category == k);
+        // privacy policy, and its own switch — as last chosen (one not chosen on before is off:
+        // nothing pre-ticked), else as the category. The category's switch sets them all;
+        // switching one on switches the category on.
+        const ps = C.providers.filter(p => p.category == k), was = cur ? cur.pc : pw;
         for (const p of ps) row.append(h('div', { className: 'pv' },
-          h('label', {}, pb[p.id] = h('input', { type: 'checkbox', role: 'switch', checked: (cur?.pc?.[p.id] ?? c?.[k]) && !off, disabled: off, 'aria-describedby': 'p' + p.id,
+          h('label', {}, pb[p.id] = h('input', { type: 'checkbox', role: 'switch', checked: (was ? !!was[p.id] : c?.[k]) && !off, disabled: off, 'aria-describedby': 'p' + p.id,
             onchange: e => e.target.checked && (box[k].checked = true) }), h('span', {}, p.name)),
           h('p', { id: 'p' + p.id }, p.receives, p.privacy_policy_url ? h('a', { href: p.privacy_policy_url, target: '_blank' }, ' ' + tx('privacy_policy')) : '')));
         box[k].onchange = () => ps.forEach(p => pb[p.id].checked = box[k].checked);
@@ -224,7 +226,11 @@ else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r
   if (PP) s.off = C.offer, s.pc = r.provider_choices?.providers;
   if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
   // Unknown region (or no answer) counts as consent required.
-  else show(r.consent_required != 0);
+  else {
+    show(r.consent_required != 0);
+    // Asked again because the offer changed: the preferences start from the visitor's choice.
+    if (PP && r.reason == 'offer_changed') init = eff(r.choices), pw = r.provider_choices?.providers;
+  }
 });
 
 // Tracker: page views (also SPA navigations), outbound link clicks, custom events. At most 50
