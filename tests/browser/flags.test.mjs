@@ -23,6 +23,7 @@ after(async () => {
 });
 
 const CONFIG_ID = '0193a6f0-7c1e-7b3a-9f00-2a4c5e6f7a8b';
+const CHROME = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36';
 const isFlags = (r) => r.method === 'POST' && new URL(r.url).pathname.endsWith('/analytics/posthog/flags');
 
 /** A page whose banner is the given build, served by the site, with the gateway's routes stubbed. */
@@ -124,7 +125,8 @@ describe('against the gateway (PostHog flags endpoint)', () => {
       display_name: 'PostHog', instance_url: fake.url, status: 'active', required_category: 'analytics',
       credentials: { project_api_key_ref: 'env:CG_TEST_POSTHOG_KEY' },
     }, [201]);
-    const { page, context, requests } = await visitor(browser, { country: 'SE' });
+    // A desktop Chrome's agent: headless Chromium's own counts as a bot, never identified.
+    const { page, context, requests } = await visitor(browser, { country: 'SE', headers: { 'user-agent': CHROME } });
     await page.goto(site.page('/flags-real', sitePage(tenant)));
     await ui(page).banner.waitFor();
     assert.deepEqual(await page.evaluate(() => window.consentgate.flags()), { 'new-checkout': true, pricing: 'b' });
