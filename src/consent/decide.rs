@@ -891,7 +891,7 @@ mod tests {
             let providers = ProviderChoices { offer: "x".into(), providers: switched.map(|b| (config_id, b)).into_iter().collect() };
             let r = RecordedChoice { providers: Some(providers), ..record(choices, Action::Custom) };
             let signals = Signals { dnt, gpc, country, ..Default::default() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback, config_id };
+            let provider = ProviderPolicy { cookieless_fallback: fallback, config_id, ..provider(required) };
             let d = decide(Some(&p), Some(&r), &signals, &provider, now());
             // Switched off: never identified. Not offered: never under the record that was made
             // without it (a valid one); the defaults may cover it where no valid decision exists.
