@@ -169,7 +169,7 @@ function prefs(c) {
         for (const p of ps) row.append(h('div', { className: 'pv' },
           h('label', {}, pb[p.id] = h('input', { type: 'checkbox', role: 'switch', checked: (was ? !!was[p.id] : c?.[k]) && !off, disabled: off, 'aria-describedby': 'p' + p.id,
             onchange: e => e.target.checked && (box[k].checked = true) }), h('span', {}, p.name)),
-          h('p', { id: 'p' + p.id }, p.receives, p.privacy_policy_url ? h('a', { href: p.privacy_policy_url, target: '_blank' }, ' ' + tx('privacy_policy')) : '')));
+          h('p', { id: 'p' + p.id }, p.receives + ' ', p.privacy_policy_url ? h('a', { href: p.privacy_policy_url, target: '_blank' }, tx('privacy_policy')) : '')));
         box[k].onchange = () => ps.forEach(p => pb[p.id].checked = box[k].checked);
       }
       return row;

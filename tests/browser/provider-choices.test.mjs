@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  expectNoAxeViolations, launchBrowser, sitePage, sleep, startGateway, startSite, storedChoice, ui, visitor, visitorId,
-  waitForRequests,
+  expectNoAxeViolations, launchBrowser, shot, sitePage, sleep, startGateway, startSite, storedChoice, ui, visitor,
+  visitorId, waitForRequests,
 } from './gateway.mjs';
 
 let gw, site, browser, tenant, plausible, umami;
@@ -75,6 +75,7 @@ describe('per-provider choices', () => {
     assert.match(await plausibleRow.innerText(), /without cookies/);
     assert.equal(await plausibleRow.getByRole('link').getAttribute('href'), 'https://plausible.io/privacy');
     assert.equal(await page.locator('#consentgate dialog .pv').filter({ has: page.getByRole('switch', { name: 'Umami Cloud' }) }).getByRole('link').count(), 0, 'no policy link without one');
+    await shot(page, 'per-provider-preferences');
     await expectNoAxeViolations(page, 'per-provider preferences');
     // The category's switch sets its providers; a provider switched on switches its category on.
     await u.toggle('Analytics').check();
