@@ -10,6 +10,7 @@ mod m20261126_000002_forwarding;
 mod m20261129_000001_unlinkable_events;
 mod m20261130_000001_delivery_batches;
 mod m20261130_000002_daily_salts;
+mod m20261130_000004_provider_choices;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_unlinkable_events::Migration),
             Box::new(m20261130_000001_delivery_batches::Migration),
             Box::new(m20261130_000002_daily_salts::Migration),
+            Box::new(m20261130_000004_provider_choices::Migration),
         ]
     }
 }

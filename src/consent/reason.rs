@@ -19,6 +19,11 @@ string_enum! {
     pub enum Refused {
         NoConsent = "no_consent", Expired = "expired", Reconsent = "reconsent", Rejected = "rejected",
         Withdrawn = "withdrawn", Dnt = "dnt", Gpc = "gpc", CategoryDisabled = "category_disabled",
+        /// Per-provider choices: the visitor switched this provider config off.
+        ProviderRefused = "provider_refused",
+        /// Per-provider choices: the config was not offered when the visitor chose (added
+        /// since); refused until they are asked again.
+        ProviderNotOffered = "provider_not_offered",
     }
 }
 
@@ -129,6 +134,8 @@ mod tests {
             (R::Anonymous(F::Dnt), "anonymous:dnt"),
             (R::Anonymous(F::Gpc), "anonymous:gpc"),
             (R::Anonymous(F::CategoryDisabled), "anonymous:category_disabled"),
+            (R::Anonymous(F::ProviderRefused), "anonymous:provider_refused"),
+            (R::Anonymous(F::ProviderNotOffered), "anonymous:provider_not_offered"),
             (R::Denied(F::NoConsent), "denied:no_consent"),
             (R::Denied(F::Expired), "denied:expired"),
             (R::Denied(F::Reconsent), "denied:reconsent"),
@@ -137,6 +144,8 @@ mod tests {
             (R::Denied(F::Dnt), "denied:dnt"),
             (R::Denied(F::Gpc), "denied:gpc"),
             (R::Denied(F::CategoryDisabled), "denied:category_disabled"),
+            (R::Denied(F::ProviderRefused), "denied:provider_refused"),
+            (R::Denied(F::ProviderNotOffered), "denied:provider_not_offered"),
             (R::Blocked(B::Bot), "denied:bot"),
             (R::Blocked(B::ConfigPaused), "denied:config_paused"),
             (R::Blocked(B::ConfigDraft), "denied:config_draft"),

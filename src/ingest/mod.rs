@@ -321,6 +321,7 @@ pub fn provider_policy(
         required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
         requires_record: provider.requires_record(&config.settings),
+        config_id: config.id,
     }
 }
 

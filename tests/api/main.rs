@@ -18,6 +18,7 @@ mod http_edge;
 mod ingest;
 mod outbox;
 mod posthog;
+mod provider_choices;
 mod provider_configs;
 mod provider_contracts;
 mod registry;
