@@ -701,6 +701,7 @@ mod tests {
             other_config: false,
             dnt: false,
             gpc: false,
+            providers: None,
         };
         let granted = record(Choices::all(), Action::AcceptAll);
         let in_se = Signals { country: Some("SE".into()), ..Signals::default() };
@@ -720,6 +721,7 @@ mod tests {
                 required_category: Some(RequiredCategory::Analytics),
                 cookieless_fallback: fallback,
                 requires_record: false,
+                config_id: uuid::Uuid::nil(),
             };
             let d = decide(Some(&policy), r.as_ref(), signals, &provider, now);
             let Some(identity) = d.identity() else { return format!("nothing (`{}`)", d.reason()) };
