@@ -17,6 +17,8 @@
 //! (docs/delivery.md, "Adding a provider").
 
 pub mod config;
+#[cfg(test)]
+mod consent_table;
 pub mod plausible;
 pub mod posthog;
 pub mod umami;
