@@ -15,10 +15,14 @@ string_enum! {
     /// Why an optional category is not granted to the visitor right now: nothing asked yet, the
     /// record expired or must be asked again, refused, withdrawn, a DNT/GPC signal, or not
     /// offered. The rule behind each is in `consent::effective`; docs/decision-reasons.md
-    /// lists them.
+    /// lists them. `no_record`: a config that requires a consent record (GA4's
+    /// `require_cookie_consent`) where only the config's defaults would grant the category; only
+    /// ever a denial (such a config has no anonymous fallback), so `anonymous:no_record` is not a
+    /// reason.
     pub enum Refused {
         NoConsent = "no_consent", Expired = "expired", Reconsent = "reconsent", Rejected = "rejected",
         Withdrawn = "withdrawn", Dnt = "dnt", Gpc = "gpc", CategoryDisabled = "category_disabled",
+        NoRecord = "no_record",
     }
 }
 
@@ -78,7 +82,7 @@ impl Reason {
         match kind {
             "consent_granted" => category().map(Reason::Granted),
             "consent_default" => category().map(Reason::Default),
-            "anonymous" => Refused::parse(what).map(Reason::Anonymous),
+            "anonymous" => Refused::parse(what).filter(|r| *r != Refused::NoRecord).map(Reason::Anonymous),
             "denied" => Refused::parse(what).map(Reason::Denied).or_else(|| Blocked::parse(what).map(Reason::Blocked)),
             _ => None,
         }
@@ -135,6 +139,7 @@ mod tests {
             (R::Denied(F::Dnt), "denied:dnt"),
             (R::Denied(F::Gpc), "denied:gpc"),
             (R::Denied(F::CategoryDisabled), "denied:category_disabled"),
+            (R::Denied(F::NoRecord), "denied:no_record"),
             (R::Blocked(B::Bot), "denied:bot"),
             (R::Blocked(B::ConfigPaused), "denied:config_paused"),
             (R::Blocked(B::ConfigDraft), "denied:config_draft"),
@@ -151,16 +156,26 @@ mod tests {
             assert_eq!(Reason::parse(text), Some(*reason), "{text}");
             assert_eq!(serde_json::to_value(reason).unwrap(), *text);
         }
-        // The table is complete: every refusal and every block appears in it.
-        assert_eq!(table.len(), 6 + 2 * Refused::ALL.len() + Blocked::ALL.len());
-        for bad in ["", "denied", "denied:", "denied:Bot", "allowed:bot", "consent_granted:none", "anonymous:bot"] {
+        // The table is complete: every refusal (`no_record` only as a denial) and every block.
+        assert_eq!(table.len(), 6 + 2 * Refused::ALL.len() - 1 + Blocked::ALL.len());
+        for bad in [
+            "",
+            "denied",
+            "denied:",
+            "denied:Bot",
+            "allowed:bot",
+            "consent_granted:none",
+            "anonymous:bot",
+            "anonymous:no_record",
+        ] {
             assert_eq!(Reason::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn which_denials_are_consent() {
-        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired"] {
+        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired", "denied:no_record"]
+        {
             assert!(Reason::parse(r).unwrap().is_consent_denial(), "{r}");
         }
         for r in ["denied:bot", "denied:config_paused", "denied:config_draft", "denied:config_invalid", "anonymous:dnt"]

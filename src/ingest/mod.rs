@@ -285,6 +285,8 @@ fn provider_policy(config: &entity::provider_config::Model, provider: &dyn provi
         status: ProviderStatus::parse(&config.status),
         required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
+        // h1's trait adds `AnyProvider::requires_record` (GA4's `require_cookie_consent`).
+        requires_record: false,
     }
 }
 

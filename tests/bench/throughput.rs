@@ -103,6 +103,7 @@ fn bench_decide() {
         status: Some(ProviderStatus::Active),
         required_category: Some(RequiredCategory::Analytics),
         cookieless_fallback: false,
+        requires_record: false,
     };
     let n = 1_000_000u32;
     let started = Instant::now();
