@@ -174,7 +174,8 @@ mod tests {
 
     #[test]
     fn which_denials_are_consent() {
-        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired", "denied:no_record"]
+        for r in
+            ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired", "denied:no_record"]
         {
             assert!(Reason::parse(r).unwrap().is_consent_denial(), "{r}");
         }

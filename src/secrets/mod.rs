@@ -83,6 +83,22 @@ impl Credentials {
     }
 }
 
+#[cfg(test)]
+impl Credentials {
+    /// Resolved credentials for provider tests: `(field, value)`, each as if from `env:TEST`.
+    pub(crate) fn for_tests(pairs: &[(&str, &str)]) -> Self {
+        let reference = SecretRef::parse("env:TEST").expect("a valid reference");
+        let fields = pairs
+            .iter()
+            .map(|(k, v)| {
+                let value = SecretString::from(v.to_string());
+                (k.to_string(), Resolved { reference: reference.clone(), value, generation: 0 })
+            })
+            .collect();
+        Credentials { fields }
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.fields.iter().map(|(k, r)| (k, format!("{} = [REDACTED]", r.reference)))).finish()

@@ -5,6 +5,8 @@
 //! (M: the fake Key Vault and Entra token endpoint over HTTPS, see `keyvault.rs`). Routes:
 //! - `POST /plausible/api/event` — Plausible's Events API (see `plausible.rs`)
 //! - `POST /umami/api/send` — Umami's Collect API (see `umami.rs`)
+//! - `POST /ga4/mp/collect`, `POST /ga4/debug/mp/collect` — GA4's Measurement Protocol and its
+//!   validation server (see `ga4.rs`)
 //! - `GET /_fake/received` — every request received, with headers, body, answer and outcome
 //! - `POST /_fake/behaviour` — `{"plausible": {...}, "umami": {...}}`: `fail_next` + `status`
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
@@ -25,6 +27,7 @@
 //! `dropped`.
 
 mod catch_all;
+mod ga4;
 mod keyvault;
 mod plausible;
 mod state;
@@ -53,6 +56,8 @@ async fn main() -> std::io::Result<()> {
         .route("/plausible/api/event", post(plausible::event))
         .route("/plausible/api/v2/query", post(plausible::query))
         .route("/umami/api/send", post(umami::send))
+        .route("/ga4/mp/collect", post(ga4::collect))
+        .route("/ga4/debug/mp/collect", post(ga4::debug))
         .route("/umami/api/auth/login", post(umami::login))
         .route("/umami/api/me", get(umami::me))
         .route("/_fake/received", get(received))
