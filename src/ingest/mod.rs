@@ -88,6 +88,8 @@ pub async fn accept(
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let mut model = stored_event(tenant.id, provider, ev, &agent, now);
     let (policy, record) = consent_inputs(db, tenant, consent_lookup_id.as_deref()).await?;
+    // The categories the visitor has granted, passed on with each delivery (GA4's consent fields).
+    let granted = consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices;
 
     struct Planned {
         view: DecisionView,
@@ -143,6 +145,8 @@ pub async fn accept(
                     client_ip,
                     consent_lookup_id: consent_lookup_id.as_deref(),
                     user_agent: user_agent.as_deref(),
+                    granted,
+                    pseudonymous_id: None,
                 };
                 crate::outbox::enqueue(&txn, new, now).await?;
             }
@@ -261,7 +265,7 @@ pub async fn redecide(
     consent_lookup_id: Option<&str>,
     config: &entity::provider_config::Model,
     provider: &dyn providers::AnyProvider,
-) -> Result<Option<Decision>> {
+) -> Result<Option<Redecision>> {
     let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
     let tenant = crate::tenants::get(db, event.tenant_id).await?;
     let (policy, record) = consent_inputs(db, &tenant, Some(consent_lookup_id)).await?;
@@ -274,7 +278,18 @@ pub async fn redecide(
         bot: false,
     };
     let provider_policy = provider_policy(config, provider);
-    Ok(Some(consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, Utc::now())))
+    let now = Utc::now();
+    Ok(Some(Redecision {
+        decision: consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, now),
+        granted: consent::effective(policy.as_ref(), Some(&record), &signals, now).choices,
+    }))
+}
+
+/// A newer decision of the visitor, taken at send time.
+pub struct Redecision {
+    pub decision: Decision,
+    /// The categories granted now (the delivery keeps only those granted at ingest too).
+    pub granted: consent::Choices,
 }
 
 /// What the decision engine needs of a provider config. A status or category that cannot be
@@ -285,8 +300,7 @@ fn provider_policy(config: &entity::provider_config::Model, provider: &dyn provi
         status: ProviderStatus::parse(&config.status),
         required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
-        // h1's trait adds `AnyProvider::requires_record` (GA4's `require_cookie_consent`).
-        requires_record: false,
+        requires_record: provider.requires_record(&config.settings),
     }
 }
 

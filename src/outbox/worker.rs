@@ -26,7 +26,7 @@ use crate::{
     config::DeliverySettings,
     consent::Identity,
     error::Result,
-    providers::{self, AnyProvider, Outcome, Outgoing, ProviderRequest, ProviderResponse, config::usage},
+    providers::{self, Answer, AnyProvider, Outcome, Outgoing, ProviderRequest, ProviderResponse, config::usage},
 };
 
 /// Bytes of a provider's answer read at most (enough for any error message).
@@ -268,24 +268,41 @@ impl Worker {
         };
         // An identity that cannot be read sends nothing identifying.
         let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
+        let mut granted = super::read_granted(d.granted.as_deref());
         // A newer decision of the visitor can only take away: never more than ingest allowed.
         // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
         // falls back to the event's analytics id, which older sites sent as the same value.
         let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
         if let Some(now) = crate::ingest::redecide(&self.db, &event, lookup, &config, provider).await? {
-            match now.identity() {
+            match now.decision.identity() {
                 None => {
-                    let reason = format!("consent changed before delivery ({}); not sent", now.reason());
+                    let reason = format!("consent changed before delivery ({}); not sent", now.decision.reason());
                     return self.record(&d, &config, None, Outcome::ConsentDenied { reason }, &[]).await;
                 }
                 Some(Identity::Anonymous) => identity = Identity::Anonymous,
                 Some(Identity::Full) => {}
             }
+            granted = granted.and(now.granted);
         }
         // The full IP while pending; after a replay (it was erased when the delivery first
         // ended) the stored truncated one, which still locates the visitor's network.
         let client_ip: Option<IpAddr> =
             d.client_ip.as_deref().or(event.ip_truncated.as_deref()).and_then(|ip| ip.parse().ok());
+        // Likewise the user agent: the delivery's while pending, else what the event kept.
+        let user_agent = d.user_agent.as_deref().or(event.user_agent.as_deref());
+        let out = Outgoing {
+            event: &event,
+            delivery_id: d.id,
+            identity,
+            granted,
+            pseudonymous_id: d.pseudonymous_id.as_deref(),
+            client_ip,
+            user_agent,
+        };
+        let item = match provider.item(&config.settings, &out) {
+            Ok(item) => item,
+            Err(reason) => return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await,
+        };
         // A reference that does not resolve counts like a refused credential: the delivery
         // waits (backoff) and, persisting, the config goes to `error` naming the reference.
         let credentials = match self.secrets.resolve_config(&config.credentials).await {
@@ -299,12 +316,8 @@ impl Worker {
                 return self.record(&d, &config, None, outcome, &[]).await;
             }
         };
-        // Likewise the user agent: the delivery's while pending, else what the event kept.
-        let user_agent = d.user_agent.as_deref().or(event.user_agent.as_deref());
-        let build = |credentials| {
-            let out = Outgoing { event: &event, identity, client_ip, user_agent, credentials };
-            provider.build(&config.settings, &out)
-        };
+        let items = std::slice::from_ref(&item);
+        let build = |credentials| provider.request(&config.settings, credentials, items);
         let request = match build(&credentials) {
             Ok(r) => r,
             Err(reason) => return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await,
@@ -334,7 +347,7 @@ impl Worker {
             metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()).record(lag);
         }
         tracing::debug!(delivery = %d.id, provider = provider.name(), outcome = outcome.label(), ?elapsed, "delivery attempt");
-        self.record(&d, &config, http_status, outcome, &request.adjustments).await
+        self.record(&d, &config, http_status, outcome, &item.adjustments).await
     }
 
     /// Sends the request; transport failures are retries.
@@ -381,7 +394,15 @@ impl Worker {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| backoff::parse_retry_after(v, Utc::now()));
         let body = read_limited(response).await;
-        let outcome = provider.classify(&ProviderResponse { status, headers: &headers.iter().collect(), body: &body });
+        let answer =
+            provider.classify(&ProviderResponse { status, headers: &headers.iter().collect(), body: &body }, 1);
+        let outcome = match answer {
+            Answer::All(o) => o,
+            Answer::PerItem(mut v) if v.len() == 1 => v.remove(0),
+            Answer::PerItem(v) => Outcome::Retry {
+                reason: format!("{} answered for {} events, not the 1 sent", provider.name(), v.len()),
+            },
+        };
         (outcome, Some((status, retry_after)))
     }
 
@@ -421,6 +442,8 @@ impl Worker {
             row.client_ip = Set(None);
             row.consent_lookup_id = Set(None);
             row.user_agent = Set(None);
+            row.granted = Set(None);
+            row.pseudonymous_id = Set(None);
         };
         let retry_at = |ra: Option<std::time::Duration>| -> DateTime<Utc> {
             let wait = backoff::delay(

@@ -118,6 +118,12 @@ pub fn event(s: &Ga4Settings, out: &Outgoing<'_>, now: DateTime<Utc>) -> Result<
             rules::MAX_AGE_HOURS
         ));
     }
+    Ok(fitted(s, out))
+}
+
+/// The event as GA4 gets it, whatever its age.
+pub fn fitted(s: &Ga4Settings, out: &Outgoing<'_>) -> Mapped {
+    let e = out.event;
     let mut adj = Vec::new();
     let full = out.identity == Identity::Full;
     let (props, removed) = properties_for(e, out.identity);
@@ -239,7 +245,7 @@ pub fn event(s: &Ga4Settings, out: &Outgoing<'_>, now: DateTime<Utc>) -> Result<
     let mut ev = json!({"name": name, "params": Value::Object(p.0)});
     ev["timestamp_micros"] = json!(e.occurred_at.timestamp_micros());
     shrink_items(&mut ev, &mut adj);
-    Ok(Mapped { event: ev, adjustments: adj })
+    Mapped { event: ev, adjustments: adj }
 }
 
 /// The GA4 name of the gateway's event name: `pageview` → `page_view`; an outbound-link click →

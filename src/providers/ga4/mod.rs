@@ -234,11 +234,10 @@ impl Provider for Ga4 {
     /// too large to share a request travels alone, so that 25 never pass GA4's 130 KB.
     fn batch_key(s: &Ga4Settings, out: &Outgoing<'_>) -> String {
         let shared = Value::Object(mapping::shared(s, out)).to_string();
-        match mapping::event(s, out, Utc::now()) {
-            Ok(m) if m.event.to_string().len() > mapping::MAX_SHARED_EVENT_BYTES => {
-                format!("{shared}|alone:{}", out.delivery_id)
-            }
-            _ => shared,
+        if mapping::fitted(s, out).event.to_string().len() > mapping::MAX_SHARED_EVENT_BYTES {
+            format!("{shared}|alone:{}", out.delivery_id)
+        } else {
+            shared
         }
     }
 
@@ -304,7 +303,42 @@ impl Provider for Ga4 {
             url,
             headers: Vec::new(),
             json_body: Some(SecretString::from(body.to_string())),
+            read: Some(read_check),
         }]
+    }
+}
+
+/// The validation server's answer to `check`: its messages (none: the sample is valid). It does
+/// not check the api_secret, so "accepted" says only that the endpoint and measurement id take
+/// the gateway's events; the detail says so.
+fn read_check(status: u16, body: &[u8]) -> (Option<bool>, String) {
+    if !(200..300).contains(&status) {
+        let refused = matches!(status, 401 | 403);
+        let detail = format!("GA4 validation server answered {status}: {}", body_excerpt(body));
+        return (refused.then_some(false), detail);
+    }
+    let messages = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("validationMessages").cloned());
+    match messages.as_ref().and_then(Value::as_array) {
+        Some(m) if m.is_empty() => (
+            Some(true),
+            "GA4 validation server found the sample events valid (it does not check the api_secret's value, and \
+             GA4 offers no call that does)"
+                .into(),
+        ),
+        Some(m) => (
+            Some(false),
+            format!(
+                "GA4 validation server refused the sample events: {}",
+                m.iter().map(describe_message).collect::<Vec<_>>().join("; ")
+            ),
+        ),
+        None => (
+            None,
+            format!(
+                "the answer ({status}) is not GA4's validation server's; check the config's endpoint_url: {}",
+                body_excerpt(body)
+            ),
+        ),
     }
 }
 

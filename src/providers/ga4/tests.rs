@@ -342,11 +342,15 @@ fn one_request_per_visitor_and_consent_state() {
     logged_in.user_id = Some("user-42".into());
     assert_ne!(key(&full(&a)), key(&full(&logged_in)), "one user_id per request");
     // An event too large to share a request goes alone.
+    // Text of 100 characters may be 400 bytes (or 600 escaped): the size is what counts.
     let mut big = visitor("signup");
-    big.event_properties = Value::Object((0..20).map(|i| (format!("p{i}"), json!("x".repeat(100)))).collect());
-    big.page_url = Some(format!("https://www.example.com/{}", "p".repeat(990)));
-    big.title = Some("t".repeat(300));
+    big.event_properties = Value::Object((0..20).map(|i| (format!("p{i}"), json!("😀".repeat(100)))).collect());
     assert!(key(&full(&big)).ends_with(&format!("|alone:{DELIVERY}")), "{}", key(&full(&big)));
+    let shop = settings(json!({"measurement_id": "G-1", "enable_ecommerce": true}));
+    let mut cart = visitor("purchase");
+    cart.event_properties = json!({"items": (0..60).map(|i| json!({"item_id": format!("SKU-{i}"), "item_name": "x".repeat(90)})).collect::<Vec<_>>()});
+    assert!(Ga4::batch_key(&shop, &full(&cart)).ends_with(&format!("|alone:{DELIVERY}")));
+    assert!(!Ga4::batch_key(&shop, &full(&a)).contains("|alone:"));
 }
 
 fn item(s: &Ga4Settings, e: &entity::analytics_event::Model, granted: Choices) -> Item {
@@ -449,6 +453,15 @@ fn the_check_validates_a_sample_page_view() {
     let body: Value = serde_json::from_str(c.json_body.as_ref().unwrap().expose_secret()).unwrap();
     assert_eq!(body["events"][0]["name"], "page_view");
     assert!(Ga4::checks(&base(), &Credentials::default()).is_empty());
+    let read = c.read.expect("the validation server's answer is read");
+    assert!(
+        matches!(read(200, br#"{"validationMessages": []}"#), (Some(true), d) if d.contains("does not check the api_secret"))
+    );
+    let refused = read(200, br#"{"validationMessages": [{"fieldPath": "events", "description": "Event at index: [0] has invalid name.", "validationCode": "NAME_INVALID"}]}"#);
+    assert!(matches!(&refused, (Some(false), d) if d.contains("NAME_INVALID")), "{refused:?}");
+    assert!(matches!(read(204, b""), (None, _)), "a collect endpoint's answer is no validation");
+    assert!(matches!(read(403, b""), (Some(false), _)));
+    assert!(matches!(read(502, b""), (None, _)));
 }
 
 fn arb_key() -> impl Strategy<Value = String> {
