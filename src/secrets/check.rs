@@ -30,8 +30,11 @@ pub struct AuthCheck {
     /// How to read the answer, for a provider whose answer says more than its status (GA4's
     /// validation server answers `200` with its findings): `(accepted, detail)`. `None`: 2xx
     /// accepted, 401/403 refused, anything else not verifiable.
-    pub read: Option<fn(u16, &[u8]) -> (Option<bool>, String)>,
+    pub read: Option<ReadAnswer>,
 }
+
+/// Reads a check's answer (status, body) as `(accepted, detail)`; see [`AuthCheck::read`].
+pub type ReadAnswer = fn(u16, &[u8]) -> (Option<bool>, String);
 
 impl fmt::Debug for AuthCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
