@@ -20,6 +20,10 @@
 //! 420, `page_title` 300); `items` a list of objects each with `item_id` or `item_name`. And one
 //! thing GA4 accepts but gets wrong: a `purchase` without a `transaction_id` (or an empty one) is
 //! merged with every other such purchase — recorded as a problem of the collect request.
+//!
+//! Steering: `POST /_fake/ga4 {"validation_messages": [...]}` — messages the validation server
+//! adds to its own from then on (Google's server checks more than this fake models, e.g. with
+//! `ENFORCE_RECOMMENDATIONS`); `[]` stops them.
 
 use std::collections::BTreeMap;
 
@@ -77,6 +81,17 @@ const RESERVED_EVENTS: &[&str] = &[
 ];
 const RESERVED_PREFIXES: &[&str] = &["google_", "ga_", "firebase_"];
 const MAX_BODY_BYTES: usize = 130_000;
+
+/// Messages the validation server adds to its own (see the module's "Steering").
+static EXTRA_MESSAGES: std::sync::Mutex<Vec<Value>> = std::sync::Mutex::new(Vec::new());
+
+pub async fn steer(Json(body): Json<Value>) -> Json<Value> {
+    let mut extra = EXTRA_MESSAGES.lock().unwrap();
+    if let Some(m) = body["validation_messages"].as_array() {
+        *extra = m.clone();
+    }
+    Json(json!({"validation_messages": *extra}))
+}
 const MAX_AGE_MICROS: i64 = 72 * 3_600 * 1_000_000;
 
 pub async fn collect(
@@ -102,6 +117,7 @@ pub async fn debug(
 ) -> Response {
     let mut messages = missing_query(&query);
     messages.extend(validate(&body));
+    messages.extend(EXTRA_MESSAGES.lock().unwrap().iter().cloned());
     let reason = (!messages.is_empty()).then(|| messages.iter().map(describe).collect::<Vec<_>>().join("; "));
     fakes.record(received("/debug/mp/collect", &query, &headers, &body, 200, "validated", reason));
     (StatusCode::OK, Json(json!({"validationMessages": messages}))).into_response()

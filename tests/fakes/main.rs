@@ -17,6 +17,7 @@
 //! - `POST /umami/api/auth/login`, `GET /umami/api/me` — Umami's login (`users`) and `/me`
 //!   (`api_keys` as `x-umami-api-key`)
 //! - `POST /_fake/reset` — forget everything received and all behaviour
+//! - `POST /_fake/ga4` — validation messages GA4's validation server adds (see `ga4.rs`)
 //! - `POST /_fake/keyvault`, `GET /_fake/keyvault/requests` — steer and read the fake Key Vault
 //! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
 //!   `instance_url` answers (see `catch_all.rs`)
@@ -63,6 +64,7 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/received", get(received))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
+        .route("/_fake/ga4", post(ga4::steer))
         .fallback(catch_all::page)
         .with_state(fakes)
         .merge(control);
