@@ -17,6 +17,7 @@
 //! [`enqueue`].
 
 pub mod backoff;
+pub mod batch;
 pub mod claim;
 pub mod destination;
 pub mod log;
