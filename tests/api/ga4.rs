@@ -257,7 +257,8 @@ async fn every_rename_and_truncation_is_a_warning_and_nothing_invalid_is_sent() 
     assert_eq!((bought["params"]["value"].clone(), bought["params"]["currency"].clone()), (json!(49.9), json!("EUR")));
 }
 
-/// Requests carry at most 25 events, of one visitor (client_id) each.
+/// Requests carry at most 25 events, all of one visitor (one `client_id`): 27 events of one
+/// visitor and 3 of another make three requests — 25 and 2, and 3.
 #[tokio::test]
 async fn at_most_25_events_per_request_and_one_visitor_per_request() {
     let (app, fakes, keys) = setup().await;
@@ -267,32 +268,32 @@ async fn at_most_25_events_per_request_and_one_visitor_per_request() {
     let (a, b) = (visitor(), visitor());
     app.consent(&a, "accept_all", 1).await;
     app.consent(&b, "accept_all", 1).await;
-    let mut posted = 0;
+    let of_b = |i: usize| i % 10 == 9;
     for i in 0..30 {
-        let v = if i % 6 == 5 { &b } else { &a };
+        let v = if of_b(i) { &b } else { &a };
         let (s, r) = server_event(&app, &keys, json!({"anonymous_id": v, "event_name": format!("step_{i}")})).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{r}");
-        posted += 1;
     }
     app.drain_outbox().await;
     let got = ga4_requests(&fakes).await;
     assert_all_valid(&got);
+    let mut sizes = Vec::new();
     let mut names = Vec::new();
     for r in &got {
-        let events = r["body"]["events"].as_array().unwrap();
-        assert!((1..=25).contains(&events.len()), "{}", events.len());
-        names.extend(events.iter().map(|e| e["name"].as_str().unwrap().to_string()));
         let client = r["body"]["client_id"].as_str().unwrap();
-        let expected: Vec<String> =
-            (0..30).filter(|i| (i % 6 == 5) == (client == b)).map(|i| format!("step_{i}")).collect();
-        assert!(
-            events.iter().all(|e| expected.contains(&e["name"].as_str().unwrap().to_string())),
-            "one visitor per request"
-        );
+        let events = r["body"]["events"].as_array().unwrap();
+        sizes.push((client == b, events.len()));
+        for e in events {
+            let name = e["name"].as_str().unwrap();
+            let i: usize = name.strip_prefix("step_").unwrap().parse().unwrap();
+            assert_eq!(of_b(i), client == b, "{name} sent as another visitor's");
+            names.push(i);
+        }
     }
+    sizes.sort();
+    assert_eq!(sizes, [(false, 2), (false, 25), (true, 3)], "{got:#?}");
     names.sort();
-    names.dedup();
-    assert_eq!(names.len(), posted, "every event once");
+    assert_eq!(names, (0..30).collect::<Vec<_>>(), "every event once");
 }
 
 /// An event that waited past GA4's 72 hours is dead-lettered with that reason, never sent.
@@ -318,7 +319,7 @@ async fn an_event_older_than_72_hours_is_dead_lettered_not_sent() {
 
 /// `debug_mode` sends to the validation server and keeps its findings on the delivery: a clean
 /// event ends `dropped` (validated, never collected); one GA4 would refuse ends `dead` with the
-/// messages.
+/// messages — only that one, not its batch-mates.
 #[tokio::test]
 async fn debug_mode_validates_and_stores_the_validation_messages() {
     let (app, fakes, keys) = setup().await;
@@ -332,24 +333,33 @@ async fn debug_mode_validates_and_stores_the_validation_messages() {
     let d = delivery_in(&app, &id(&clean), &id(&g), "dropped").await;
     assert!(d["warning"].as_str().unwrap().contains("validated, not collected"), "{d}");
 
+    // Two events of the visitor go in one request; the message names the second only.
     fakes
-        .ga4_validation_messages(json!([{"fieldPath": "events[0].params.page_title",
+        .ga4_validation_messages(json!([{"fieldPath": "events[1].params.page_title",
             "description": "Recommended parameter value is too generic.", "validationCode": "VALUE_INVALID"}]))
         .await;
-    let (_, flagged) = server_event(&app, &keys, json!({"anonymous_id": v})).await;
+    let (_, fine) = server_event(&app, &keys, json!({"anonymous_id": v})).await;
+    let (_, flagged) = server_event(&app, &keys, json!({"anonymous_id": v, "event_name": "signup"})).await;
     app.drain_outbox().await;
+    let d = delivery_in(&app, &id(&fine), &id(&g), "dropped").await;
+    assert!(d["warning"].as_str().unwrap().contains("validated, not collected"), "{d}");
     let d = delivery_in(&app, &id(&flagged), &id(&g), "dead").await;
     let reason = d["last_error"].as_str().unwrap();
-    assert!(reason.contains("VALUE_INVALID at events[0].params.page_title: Recommended parameter"), "{reason}");
+    assert!(reason.contains("VALUE_INVALID at events[1].params.page_title: Recommended parameter"), "{reason}");
 
     let got = ga4_requests(&fakes).await;
-    assert_eq!(got.len(), 2);
+    let sizes: Vec<usize> = got.iter().map(|r| r["body"]["events"].as_array().unwrap().len()).collect();
+    assert_eq!(sizes, [1, 2], "{got:#?}");
     for r in &got {
         assert!(r["path"].as_str().unwrap().starts_with("/debug/mp/collect?"), "never collected: {r}");
         assert_eq!(r["body"]["validation_behavior"], "ENFORCE_RECOMMENDATIONS");
     }
     let usage = &site::config(&app, "ga4", &id(&g)).await["usage"];
-    assert_eq!((usage["events_sent"].as_i64(), usage["events_dropped"].as_i64()), (Some(0), Some(1)), "{usage}");
+    assert_eq!(
+        (usage["events_sent"].as_i64(), usage["events_dropped"].as_i64(), usage["events_failed"].as_i64()),
+        (Some(0), Some(2), Some(1)),
+        "{usage}"
+    );
 }
 
 /// The api_secret travels in the query string: it reaches GA4, and nothing the gateway shows.
