@@ -59,6 +59,7 @@ pub enum Region {
 pub struct Ga4Settings {
     /// The web data stream's measurement id, `G-` and letters or digits (not the stream id).
     /// Not a secret (every page's gtag snippet shows it), so a setting, not a credential.
+    #[schema(value_type = String, example = "G-ABC123XYZ9")]
     pub measurement_id: MeasurementId,
     /// The GA4 property's numeric id, for the customer's record (not sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +71,7 @@ pub struct Ga4Settings {
     pub data_stream_id: Option<NumericId>,
     /// `global` (default) or `eu`: Google's EU data-collection endpoint.
     #[serde(default)]
+    #[schema(inline)]
     pub region: Region,
     /// Another Measurement Protocol endpoint instead of Google's: a server-side tagging server,
     /// which takes `/mp/collect` on its own domain. Overrides `region`.
