@@ -167,7 +167,7 @@ pub fn fitted(s: &Ga4Settings, out: &Outgoing<'_>) -> Mapped {
             p.put_text("link_domain", &host, &mut adj);
         }
     }
-    if name == "click" {
+    if e.event_name == OUTBOUND_LINK_CLICK && name == "click" {
         p.put("outbound", json!("true"));
     }
 

@@ -324,6 +324,10 @@ fn outbound_clicks_as_enhanced_measurement() {
     let m = map(&off, &full(&e));
     assert_eq!(m.event["name"], "outbound_link_click");
     assert!(m.event["params"].get("outbound").is_none() && m.adjustments.is_empty());
+    // The site's own `click` is no outbound click.
+    let own = map(&base(), &full(&visitor("click")));
+    assert_eq!(own.event["name"], "click");
+    assert!(own.event["params"].get("outbound").is_none());
 }
 
 #[test]
