@@ -18,8 +18,9 @@ use crate::{
 };
 
 /// An event's serialised size above which it travels in a request of its own: 25 events of at
-/// most this size, with the request-level fields, stay under GA4's 130 KB body limit.
-pub const MAX_SHARED_EVENT_BYTES: usize = 5_000;
+/// most this size (120 KB), with the request-level fields (ids of at most 200 characters, an
+/// agent of at most 1,000), stay under GA4's 130 KB body limit.
+pub const MAX_SHARED_EVENT_BYTES: usize = 4_800;
 /// The most an event may weigh alone (items are left out beyond it).
 pub const MAX_EVENT_BYTES: usize = 120_000;
 /// Sent when the site says nothing of engagement: GA4 counts users and sessions as active only

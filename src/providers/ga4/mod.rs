@@ -360,7 +360,13 @@ fn request_body(s: &Ga4Settings, items: &[Item]) -> Result<Value, String> {
     if s.debug_mode {
         body.insert("validation_behavior".into(), json!("ENFORCE_RECOMMENDATIONS"));
     }
-    Ok(Value::Object(body))
+    let body = Value::Object(body);
+    // The batch key keeps requests below this; GA4 would drop a larger one unseen.
+    let size = body.to_string().len();
+    if size >= rules::MAX_BODY_BYTES {
+        return Err(format!("the GA4 request would be {size} bytes; GA4 takes less than 130 KB"));
+    }
+    Ok(body)
 }
 
 /// A page view as the mapping makes it, for `check`.

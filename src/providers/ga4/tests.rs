@@ -527,3 +527,34 @@ proptest! {
         prop_assert!(m.event.to_string().len() <= MAX_EVENT_BYTES);
     }
 }
+
+/// 25 events just under the size that would send them alone, with the largest request-level
+/// fields ingest lets through, still make a request GA4 takes (under 130 KB).
+#[test]
+fn a_full_batch_of_the_largest_shareable_events_fits_ga4s_body_limit() {
+    let mut e = visitor("signup");
+    e.anonymous_id = Some("v".repeat(200));
+    e.user_id = Some("u".repeat(200));
+    e.user_agent = Some("Mozilla/5.0 ".repeat(84)[..1_000].to_string());
+    e.page_url = Some(format!("https://www.example.com/{}", "p".repeat(1_200)));
+    e.referrer = Some(format!("https://r.example.org/{}", "r".repeat(500)));
+    e.title = Some("t".repeat(300));
+    // Properties of 100 two-byte characters until one more would make the event travel alone.
+    let mut props = serde_json::Map::new();
+    for i in 0..MAX_PARAMS {
+        let key = format!("property_{i:02}_{}", "n".repeat(25));
+        props.insert(key.clone(), json!("é".repeat(100)));
+        e.event_properties = Value::Object(props.clone());
+        if fitted(&base(), &full(&e)).event.to_string().len() > MAX_SHARED_EVENT_BYTES {
+            props.remove(&key);
+            break;
+        }
+    }
+    e.event_properties = Value::Object(props);
+    let size = fitted(&base(), &full(&e)).event.to_string().len();
+    assert!(size > MAX_SHARED_EVENT_BYTES - 300, "close to the limit: {size}");
+    assert!(!Ga4::batch_key(&base(), &full(&e)).contains("|alone:"));
+    let items: Vec<Item> = (0..MAX_EVENTS).map(|_| item(&base(), &e, Choices::all())).collect();
+    let req = Ga4::request(&base(), &secret(), &items).expect("fits");
+    assert!(req.body.to_string().len() < MAX_BODY_BYTES, "{}", req.body.to_string().len());
+}
