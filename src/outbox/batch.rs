@@ -31,6 +31,19 @@ pub fn chunks<T>(members: Vec<(String, T)>, limit: usize) -> Vec<Vec<T>> {
     out
 }
 
+/// The first of each list, then the second of each, and so on.
+pub fn round_robin<T>(lists: Vec<Vec<T>>) -> Vec<T> {
+    let mut iters: Vec<_> = lists.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        out.extend(iters.iter_mut().filter_map(Iterator::next));
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
 /// A refused request's items in two parts (the first the larger), to be sent again separately.
 pub fn halves<T>(mut v: Vec<T>) -> (Vec<T>, Vec<T>) {
     let rest = v.split_off(v.len().div_ceil(2));
@@ -86,6 +99,12 @@ mod tests {
             let want: Vec<Vec<u32>> = want.iter().map(|c| c.to_vec()).collect();
             assert_eq!(got, want, "{members:?} by {limit}");
         }
+    }
+
+    #[test]
+    fn requests_take_turns_across_configs() {
+        assert_eq!(round_robin(vec![vec![1, 2, 3], vec![10], vec![20, 21]]), [1, 10, 20, 2, 21, 3]);
+        assert_eq!(round_robin::<u8>(vec![vec![], vec![]]), Vec::<u8>::new());
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub struct Pass {
     /// Ended in the dead letters: a final error, attempts used up, consent withdrawn since
     /// ingest, or the event gone.
     pub dead: usize,
-    /// Given back without an attempt: the config is no longer `active`.
+    /// Given back without an attempt: the config is no longer `active`, or the round claimed
+    /// more requests' worth than it had free slots for (due again at once).
     pub released: usize,
     /// Attempted, but the lease had passed to another worker before the outcome was recorded.
     pub lease_lost: usize,
@@ -293,7 +294,7 @@ impl Worker {
         for (config_id, ds) in by_config {
             let (count, before) = (ds.len(), done.len());
             match self.prepare(provider, config_id, ds, &mut done).await {
-                Ok(ready) => chunks.extend(ready),
+                Ok(ready) => chunks.push(ready),
                 Err(e) => {
                     tracing::warn!(config = %config_id, error = %e,
                         "deliveries could not be prepared; they are retried after their lease");
@@ -303,7 +304,9 @@ impl Worker {
         }
         let mut slots = slots.into_iter();
         let mut sends = Vec::new();
-        for chunk in chunks {
+        // The slots go round the configs (each one's first request, then each one's second, …),
+        // so a config with many one-event requests does not take every slot from the others.
+        for chunk in batch::round_robin(chunks) {
             match slots.next() {
                 Some(slot) => sends.push(self.send_chunk(provider, chunk, slot)),
                 None => {

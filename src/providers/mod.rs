@@ -12,8 +12,9 @@
 //! Sending, batching, splitting a refused batch, retries, backoff, leases and metrics live once,
 //! in [`crate::outbox`]. Configuration storage and the status lifecycle live once, in [`config`].
 //! Adding a provider is one module implementing [`Provider`], one line in [`all`] and one in
-//! [`input_schemas`] (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
-//! mapping table; `tests_every_provider` fails for a provider without them (docs/delivery.md).
+//! `input_schemas()` (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
+//! mapping table (`Provider::mapping_cases`); a test fails for a provider without any of them
+//! (docs/delivery.md, "Adding a provider").
 
 pub mod config;
 pub mod ga4;
@@ -108,6 +109,15 @@ pub trait Provider: Send + Sync + 'static {
     /// Harmless calls proving the config's credentials (and settings) work, for
     /// `POST …/configs/{id}/check`, built for the resolved credentials present. None by default.
     fn checks(_settings: &Self::Settings, _credentials: &Credentials) -> Vec<AuthCheck> {
+        Vec::new()
+    }
+
+    /// Test builds only: the provider's mapping table — deliveries and what the request built
+    /// for each must (not) carry. Run for every provider in [`all`] by
+    /// `providers::testing::every_provider_has_a_mapping_table`, which fails for a provider
+    /// whose table is empty.
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<testing::MappingCase> {
         Vec::new()
     }
 }
@@ -270,6 +280,8 @@ pub trait AnyProvider: Send + Sync {
     fn request(&self, settings: &Value, credentials: &Credentials, items: &[Item]) -> Result<ProviderRequest, String>;
     fn classify(&self, response: &ProviderResponse<'_>, items: usize) -> Answer;
     fn checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck>;
+    #[cfg(test)]
+    fn mapping_cases(&self) -> Vec<testing::MappingCase>;
 }
 
 impl<P: Provider> AnyProvider for P {
@@ -329,6 +341,11 @@ impl<P: Provider> AnyProvider for P {
 
     fn checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck> {
         stored_settings::<P>(settings).map(|s| P::checks(&s, credentials)).unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn mapping_cases(&self) -> Vec<testing::MappingCase> {
+        P::mapping_cases()
     }
 }
 
@@ -645,7 +662,9 @@ pub(crate) mod testing {
     use serde_json::json;
     use uuid::Uuid;
 
-    use super::{Answer, Outcome, Outgoing, Provider, ProviderRequest, ProviderResponse};
+    use serde_json::Value;
+
+    use super::{Answer, AnyProvider, Outcome, Outgoing, Provider, ProviderRequest, ProviderResponse};
     use crate::{
         consent::{Choices, Identity},
         secrets::Credentials,
@@ -724,6 +743,160 @@ pub(crate) mod testing {
             Answer::PerItem(mut v) if v.len() == 1 => v.remove(0),
             other => panic!("one item, answered {other:?}"),
         }
+    }
+
+    /// One row of a provider's mapping table ([`Provider::mapping_cases`]): a delivery as the
+    /// outbox passes it, alone in its request, and what that request must carry.
+    pub struct MappingCase {
+        /// What the row shows, e.g. "a page view with full identity".
+        pub name: &'static str,
+        /// The config's settings as stored (parsed by the provider, defaults filled).
+        pub settings: Value,
+        pub event: analytics_event::Model,
+        pub identity: Identity,
+        pub granted: Choices,
+        pub pseudonymous_id: Option<&'static str>,
+        /// What the request must carry: JSON pointers into its body (`/payload/name`) with their
+        /// value; `Value::Null` means the field must be absent.
+        pub body: Vec<(&'static str, Value)>,
+        /// Headers with their value; `None` means the header must be absent.
+        pub headers: Vec<(&'static str, Option<&'static str>)>,
+        /// `Some(part of the reason)`: the item must be refused, nothing sent.
+        pub refused: Option<&'static str>,
+        /// The resolved credentials the request is built with (`(field, value)`; none by
+        /// default), for a provider that needs one to build it (GA4's `api_secret_ref`).
+        pub credentials: Vec<(&'static str, &'static str)>,
+    }
+
+    impl MappingCase {
+        /// A row sending `event` with `identity` (everything granted with full identity, nothing
+        /// with anonymous); fill in what the request must carry.
+        pub fn new(name: &'static str, settings: Value, event: analytics_event::Model, identity: Identity) -> Self {
+            let granted = if identity == Identity::Full { Choices::all() } else { Choices::none() };
+            MappingCase {
+                name,
+                settings,
+                event,
+                identity,
+                granted,
+                pseudonymous_id: None,
+                body: Vec::new(),
+                headers: Vec::new(),
+                refused: None,
+                credentials: Vec::new(),
+            }
+        }
+    }
+
+    /// Runs one provider's table through the object-safe face the outbox uses; the failures, each
+    /// naming the provider and the row.
+    pub fn run_mapping_table(p: &dyn AnyProvider) -> Vec<String> {
+        let cases = p.mapping_cases();
+        if cases.is_empty() {
+            return vec![format!("{}: no mapping table (implement Provider::mapping_cases in its module)", p.name())];
+        }
+        let mut failures = Vec::new();
+        for c in cases {
+            let at = format!("{} / {}", p.name(), c.name);
+            let settings = match p.parse_settings(c.settings.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    failures.push(format!("{at}: settings refused: {e:?}"));
+                    continue;
+                }
+            };
+            let out = Outgoing {
+                event: &c.event,
+                delivery_id: Uuid::nil(),
+                identity: c.identity,
+                granted: c.granted,
+                pseudonymous_id: c.pseudonymous_id,
+                client_ip: Some("203.0.113.7".parse().unwrap()),
+                user_agent: c.event.user_agent.as_deref(),
+            };
+            let credentials = Credentials::for_tests(&c.credentials);
+            let req = p
+                .item(&settings, &out)
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)));
+            match (req, c.refused) {
+                (Err(reason), Some(want)) if reason.contains(want) => {}
+                (Err(reason), _) => failures.push(format!("{at}: refused: {reason}")),
+                (Ok(_), Some(want)) => failures.push(format!("{at}: sent, but must be refused ({want})")),
+                (Ok(req), None) => {
+                    for (pointer, want) in &c.body {
+                        let got = req.body.pointer(pointer).cloned().unwrap_or(Value::Null);
+                        if got != *want {
+                            failures.push(format!("{at}: body {pointer} is {got}, not {want}"));
+                        }
+                    }
+                    for (name, want) in &c.headers {
+                        if req.header(name) != *want {
+                            failures.push(format!("{at}: header {name} is {:?}, not {want:?}", req.header(name)));
+                        }
+                    }
+                }
+            }
+        }
+        failures
+    }
+
+    /// Whatever a provider's table says: with anonymous identity, no request carries the user's
+    /// or the visitor's id, nor an identifier-like property (a refusal is fine: nothing is sent).
+    pub fn anonymous_requests_carry_no_identifiers(p: &dyn AnyProvider) -> Vec<String> {
+        let mut failures = Vec::new();
+        for c in p.mapping_cases() {
+            let Ok(settings) = p.parse_settings(c.settings.clone()) else { continue };
+            let mut e = c.event.clone();
+            e.user_id = Some("user-7f3a-secret".into());
+            e.anonymous_id = Some("visitor-9c1b-secret".into());
+            e.session_id = Some("session-2d4e-secret".into());
+            if let Value::Object(props) = &mut e.event_properties {
+                props.insert("email".into(), json!("ann@example.com"));
+                props.insert("customer_id".into(), json!("cust-5e6f-secret"));
+            }
+            let out = Outgoing {
+                event: &e,
+                delivery_id: Uuid::nil(),
+                identity: Identity::Anonymous,
+                granted: Choices::none(),
+                pseudonymous_id: None,
+                client_ip: None,
+                user_agent: None,
+            };
+            let credentials = Credentials::for_tests(&c.credentials);
+            let Ok(req) = p
+                .item(&settings, &out)
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)))
+            else {
+                continue;
+            };
+            let text = format!("{} {:?} {}", req.url, req.headers, req.body);
+            for secret in [
+                "user-7f3a-secret",
+                "visitor-9c1b-secret",
+                "session-2d4e-secret",
+                "ann@example.com",
+                "cust-5e6f-secret",
+            ] {
+                if text.contains(secret) {
+                    failures.push(format!("{} / {}: anonymous request carries {secret}: {text}", p.name(), c.name));
+                }
+            }
+        }
+        failures
+    }
+
+    #[test]
+    fn every_provider_has_a_mapping_table_and_it_holds() {
+        let failures: Vec<String> = super::all().iter().flat_map(|p| run_mapping_table(*p)).collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn no_provider_sends_identifiers_with_anonymous_identity() {
+        let failures: Vec<String> =
+            super::all().iter().flat_map(|p| anonymous_requests_carry_no_identifiers(*p)).collect();
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 }
 

@@ -189,6 +189,52 @@ impl Provider for Plausible {
     fn classify(r: &ProviderResponse<'_>, _items: usize) -> Answer {
         Answer::All(outcome(r))
     }
+
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{BROWSER_UA, MappingCase, event};
+        use crate::consent::Identity::{Anonymous, Full};
+        let s = json!({"site_id": "example.com", "instance_url": "http://127.0.0.1:9/plausible"});
+        let mut signup = event("signup");
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "user_id": "u-1"});
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/domain", json!("example.com")),
+                    ("/name", json!("pageview")),
+                    ("/url", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/referrer", json!("https://search.example.org/")),
+                    ("/props", Value::Null),
+                ],
+                headers: vec![("user-agent", Some(BROWSER_UA)), ("x-plausible-ip", Some("203.0.113.7"))],
+                ..MappingCase::new("a page view", s.clone(), event("pageview"), Full)
+            },
+            MappingCase {
+                body: vec![("/name", json!("signup")), ("/props/plan", json!("pro")), ("/props/user_id", json!("u-1"))],
+                ..MappingCase::new("a custom event with full identity", s.clone(), signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![("/props/plan", json!("pro")), ("/props/user_id", Value::Null)],
+                headers: vec![("user-agent", Some(BROWSER_UA))],
+                ..MappingCase::new(
+                    "a custom event, anonymous: no identifier properties",
+                    s.clone(),
+                    signup.clone(),
+                    Anonymous,
+                )
+            },
+            MappingCase {
+                refused: Some("custom_events_disabled"),
+                ..MappingCase::new(
+                    "custom events switched off",
+                    json!({"site_id": "example.com", "enable_custom_events": false}),
+                    signup,
+                    Full,
+                )
+            },
+        ]
+    }
 }
 
 /// What Plausible's answer to one event means.

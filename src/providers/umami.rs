@@ -97,7 +97,8 @@ pub struct UmamiSettings {
     #[serde(default = "yes")]
     pub track_outbound_links: bool,
     /// `send` (the default): one event per request to `/api/send`, which every Umami has.
-    /// `batch`: up to 20 events per request to `/api/batch` (Umami 2.20.2 and later, v3).
+    /// `batch`: up to 20 events per request to `/api/batch` (Umami v3.0.2 or later; see
+    /// docs/providers.md for older versions).
     #[serde(default)]
     #[schema(inline)]
     pub endpoint: Endpoint,
@@ -319,6 +320,62 @@ impl Provider for Umami {
         }
         Answer::All(outcome(r))
     }
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{BROWSER_UA, MappingCase, event};
+        use crate::consent::Identity::{Anonymous, Full};
+        const WEBSITE: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
+        let s = json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami"});
+        let batch = json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami", "endpoint": "batch"});
+        let mut signup = event("signup");
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "user_id": "u-1"});
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/type", json!("event")),
+                    ("/payload/website", json!(WEBSITE)),
+                    ("/payload/name", Value::Null),
+                    ("/payload/url", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/payload/userAgent", json!(BROWSER_UA)),
+                    ("/payload/ip", json!("203.0.113.7")),
+                    ("/payload/timestamp", json!(1_795_694_400)),
+                ],
+                headers: vec![("user-agent", Some(BROWSER_UA))],
+                ..MappingCase::new("a page view (/api/send)", s.clone(), event("pageview"), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/payload/name", json!("signup")),
+                    ("/payload/id", json!("u-1")),
+                    ("/payload/data/plan", json!("pro")),
+                    ("/payload/data/user_id", json!("u-1")),
+                ],
+                ..MappingCase::new("a custom event with full identity", s.clone(), signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/payload/id", Value::Null),
+                    ("/payload/data/plan", json!("pro")),
+                    ("/payload/data/user_id", Value::Null),
+                ],
+                ..MappingCase::new("a custom event, anonymous: no id", s.clone(), signup.clone(), Anonymous)
+            },
+            MappingCase {
+                body: vec![
+                    ("/0/payload/name", json!("signup")),
+                    ("/0/payload/userAgent", json!(BROWSER_UA)),
+                    ("/1", Value::Null),
+                ],
+                headers: vec![("user-agent", None)],
+                ..MappingCase::new("a custom event through /api/batch", batch, signup, Full)
+            },
+            MappingCase {
+                refused: Some("event_name_too_long"),
+                ..MappingCase::new("a name over 50 UTF-16 units", s, event(&"😀".repeat(26)), Full)
+            },
+        ]
+    }
 }
 
 /// `/api/batch`'s answer (umami@c0ea3ae `src/app/api/batch/route.ts`): the events taken, and the
@@ -360,17 +417,27 @@ fn per_item(answer: BatchAnswer, items: usize) -> Answer {
     Answer::PerItem(outcomes)
 }
 
-/// The status an error answer of Umami's send handler had: in its body since v3
-/// (`{"error": {"status": 400, …}}`); v2.20's forbidden is `{"error": "Forbidden"}`.
+/// The status an error answer of Umami's send handler had. v3 puts it in the body
+/// (`{"error": {"status": 400, "code": "bad-request", …}}`); v2.20 (`src/lib/response.ts` at
+/// v2.20.2) answers `{"error": <serializeError(e)>}`: `"Forbidden"` (403), `"Unauthorized"`
+/// (401), another text or zod's messages (400, e.g. `"Website not found."`), or the serialised
+/// exception, an object with `name`/`message`/`stack` (500).
 fn error_status(response: &Value) -> Option<u16> {
     let e = &response["error"];
     if let Some(s) = e["status"].as_u64() {
         return u16::try_from(s).ok();
     }
-    match (e.as_str(), e["code"].as_str()) {
-        (Some("Forbidden"), _) | (_, Some("forbidden")) => Some(403),
-        (_, Some("bad-request")) => Some(400),
-        (_, Some("server-error")) => Some(500),
+    match e {
+        Value::String(s) if s == "Forbidden" => Some(403),
+        Value::String(s) if s == "Unauthorized" => Some(401),
+        Value::String(_) | Value::Array(_) => Some(400),
+        Value::Object(o) => match o.get("code").and_then(Value::as_str) {
+            Some("forbidden") => Some(403),
+            Some("bad-request") => Some(400),
+            Some("server-error") => Some(500),
+            _ if o.contains_key("stack") || o.contains_key("name") => Some(500),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -904,6 +971,20 @@ mod tests {
         assert!(matches!(v[1], Outcome::Dropped { .. }), "Umami's own 403: IGNORE_IP");
         assert_eq!(v[2], Outcome::Delivered);
         assert!(matches!(v[3], Outcome::Retry { .. }));
+        // v2.20's shapes: `{"error": <serializeError(e)>}`.
+        let v2 = json!({"size": 4, "processed": 0, "errors": 4, "details": [
+            {"index": 0, "response": {"error": "Website not found."}},
+            {"index": 1, "response": {"error": "Forbidden"}},
+            {"index": 2, "response": {"error": {"name": "PrismaClientKnownRequestError", "code": "P2020",
+                "message": "Invalid `prisma.eventData.createMany()` invocation: numeric field overflow"}}},
+            {"index": 3, "response": {"error": {"name": "Error", "message": "connect ECONNREFUSED", "stack": "…"}}}]});
+        let Answer::PerItem(v) = r(v2, 4) else { panic!() };
+        assert!(matches!(&v[0], Outcome::Dead { reason } if reason.contains("Website not found")), "{v:?}");
+        assert!(matches!(v[1], Outcome::Dropped { .. }), "{v:?}");
+        assert!(matches!(&v[2], Outcome::Dead { reason } if reason.contains("stored the event")), "{v:?}");
+        assert!(matches!(v[3], Outcome::Retry { .. }), "{v:?}");
+        let unknown = json!({"size": 1, "processed": 0, "errors": 1, "details": [{"index": 0, "response": {}}]});
+        assert!(matches!(&r(unknown, 1), Answer::PerItem(v) if matches!(v[0], Outcome::Retry { .. })));
         // An answer about another number of events is not trusted for any of them.
         let short = json!({"size": 2, "processed": 2, "errors": 0, "details": [], "cache": "x"});
         assert!(matches!(r(short, 3), Answer::All(Outcome::Retry { .. })));

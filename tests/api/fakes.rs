@@ -87,6 +87,16 @@ impl FakeProviders {
         self.http.get(format!("{}/_fake/received", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// The providers the fake stands in for.
+    pub async fn providers(&self) -> Vec<String> {
+        self.http.get(format!("{}/_fake/providers", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Every batch request the fake received: `{"provider", "path", "size", "status"}`.
+    pub async fn batches(&self) -> Vec<Value> {
+        self.http.get(format!("{}/_fake/batches", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
     /// The requests one provider received.
     pub async fn received_by(&self, provider: &str) -> Vec<Value> {
         self.received().await.into_iter().filter(|r| r["provider"] == provider).collect()

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod banner;
+mod batches;
 mod cli;
 mod consent_configs;
 mod consent_public;
@@ -19,6 +20,7 @@ mod ingest;
 mod outbox;
 mod provider_configs;
 mod provider_contracts;
+mod registry;
 mod secrets;
 mod site;
 mod upgrade;

@@ -28,11 +28,12 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    Json,
+    Json, Router,
     body::Bytes,
     extract::{Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
+    routing::post,
 };
 use serde_json::{Map, Value, json};
 
@@ -93,6 +94,11 @@ pub async fn steer(Json(body): Json<Value>) -> Json<Value> {
     Json(json!({"validation_messages": *extra}))
 }
 const MAX_AGE_MICROS: i64 = 72 * 3_600 * 1_000_000;
+
+/// GA4's routes, below `/ga4`.
+pub fn routes() -> Router<Fakes> {
+    Router::new().route("/mp/collect", post(collect)).route("/debug/mp/collect", post(debug))
+}
 
 pub async fn collect(
     State(fakes): State<Fakes>,

@@ -308,6 +308,101 @@ impl Provider for Ga4 {
             read: Some(read_check),
         }]
     }
+
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{BROWSER_UA, MappingCase, event};
+        use crate::consent::{
+            Choices,
+            Identity::{Anonymous, Full},
+        };
+        let s = json!({"measurement_id": "G-TEST123", "endpoint_url": "http://127.0.0.1:9/ga4"});
+        // Sent now: GA4 takes events at most 72 hours old, and `item` reads the clock.
+        let recent = |name: &str| {
+            let mut e = event(name);
+            e.occurred_at = Utc::now() - chrono::Duration::minutes(1);
+            e.anonymous_id = Some("visitor-1".into());
+            e.session_id = Some("1795694000".into());
+            e
+        };
+        let mut signup = recent("signup");
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "customer_id": "c-9"});
+        let mut old = recent("pageview");
+        old.occurred_at = Utc::now() - chrono::Duration::hours(73);
+        let mut purchase = recent("purchase");
+        purchase.revenue = Some(json!({"amount": 20, "currency": "EUR"}));
+        let secret = vec![(API_SECRET, "test-secret")];
+        let case = |name, settings: &Value, e, identity| MappingCase {
+            credentials: secret.clone(),
+            ..MappingCase::new(name, settings.clone(), e, identity)
+        };
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/client_id", json!("visitor-1")),
+                    ("/consent/ad_user_data", json!("GRANTED")),
+                    ("/user_agent", json!(BROWSER_UA)),
+                    ("/ip_override", json!("203.0.113.0")),
+                    ("/events/0/name", json!("page_view")),
+                    ("/events/0/params/page_location", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/events/0/params/page_title", json!("Pricing")),
+                    ("/events/0/params/session_id", json!("1795694000")),
+                    ("/events/0/params/engagement_time_msec", json!(1)),
+                ],
+                ..case("a page view with full identity", &s, recent("pageview"), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/user_id", json!("u-1")),
+                    ("/events/0/name", json!("signup")),
+                    ("/events/0/params/plan", json!("pro")),
+                    ("/events/0/params/customer_id", json!("c-9")),
+                ],
+                ..case("a custom event with full identity", &s, signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/client_id", json!("cg.00000000000000000000000000000000")),
+                    ("/user_id", Value::Null),
+                    ("/ip_override", Value::Null),
+                    ("/consent/ad_user_data", json!("DENIED")),
+                    ("/events/0/params/session_id", Value::Null),
+                    ("/events/0/params/customer_id", Value::Null),
+                    ("/events/0/params/plan", json!("pro")),
+                ],
+                ..case("anonymous: no identifiers, a client_id that links nothing", &s, signup.clone(), Anonymous)
+            },
+            MappingCase {
+                granted: Choices { marketing: false, ..Choices::all() },
+                body: vec![
+                    ("/consent/ad_user_data", json!("DENIED")),
+                    ("/consent/ad_personalization", json!("DENIED")),
+                ],
+                ..case("marketing not granted: the ad signals denied", &s, signup, Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/events/0/name", json!("purchase")),
+                    ("/events/0/params/transaction_id", json!(purchase.id.to_string())),
+                    ("/events/0/params/value", json!(20)),
+                    ("/events/0/params/currency", json!("EUR")),
+                ],
+                ..case(
+                    "a purchase with ecommerce: value, currency, the event id as transaction_id",
+                    &json!({"measurement_id": "G-TEST123", "enable_ecommerce": true}),
+                    purchase,
+                    Full,
+                )
+            },
+            MappingCase { refused: Some("too old for GA4"), ..case("older than 72 hours: refused", &s, old, Full) },
+            MappingCase {
+                refused: Some("api_secret_ref"),
+                credentials: Vec::new(),
+                ..case("no api secret: nothing sent", &s, recent("pageview"), Full)
+            },
+        ]
+    }
 }
 
 /// The validation server's answer to `check`: its messages (none: the sample is valid). It does
