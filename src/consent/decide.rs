@@ -421,8 +421,9 @@ pub struct ProviderPolicy {
     /// Send an anonymous event instead of nothing when the category is not granted (PostHog's
     /// cookieless mode: no person profile, a daily-rotating distinct id).
     pub cookieless_fallback: bool,
-    /// Only a consent record granting the required category allows the config, not the
-    /// config's defaults (GA4's `require_cookie_consent`). Not yet used by [`decide`].
+    /// Allowed only when the visitor's valid consent *record* grants the required category
+    /// (GA4's `require_cookie_consent`): a config default outside the consent-required regions
+    /// is not enough, and there is no cookieless fallback. See [`needs_a_record`].
     pub requires_record: bool,
     /// The provider config's id: what a visitor's per-provider choices name.
     pub config_id: uuid::Uuid,
@@ -504,6 +505,11 @@ pub fn decide(
     };
     let anonymous =
         |c: Category| Decision::Allow { identity: Identity::Anonymous, reason: Reason::Anonymous(refused(c)) };
+    if provider.requires_record
+        && let Some(denied) = needs_a_record(&eff, required)
+    {
+        return denied;
+    }
 
     // Within a granted category, the visitor's per-provider choices may still refuse this config:
     // like refusing the category, for this config alone.
@@ -542,6 +548,29 @@ fn provider_refusal(record: Option<&RecordedChoice>, standing: Standing, config_
         (None, Standing::Granted) => Some(Refused::ProviderNotOffered),
         (None, _) => None,
     }
+}
+
+/// The rule of a config that requires a consent *record* (GA4's `require_cookie_consent`, the
+/// customer's card: "refuses to send without a consent record granting analytics"): the visitor's
+/// valid record must grant the required category — `analytics` for a config requiring none, since
+/// the rule is about the provider's analytics cookie. Defaults outside the consent-required regions
+/// do not count (an opt-out regime lets the site count, but the provider's own terms ask for
+/// consent), nor does a cookieless fallback. `None` when the record grants it: the ordinary rule
+/// decides. Otherwise the denial, with the reason the category is refused — or, where the defaults
+/// would have granted it, `no_record` (`expired` / `reconsent` when a record exists but no longer
+/// counts).
+fn needs_a_record(eff: &Effective, required: RequiredCategory) -> Option<Decision> {
+    let category = required.category().unwrap_or(Category::Analytics);
+    let why = match eff.why(category) {
+        Standing::Granted => return None,
+        Standing::Refused(why) => why,
+        Standing::Default => match eff.undecided {
+            Some(Undecided::Expired) => Refused::Expired,
+            Some(Undecided::Reconsent) => Refused::Reconsent,
+            Some(Undecided::NoRecord) | None => Refused::NoRecord,
+        },
+    };
+    Some(Decision::Deny { reason: Reason::Denied(why) })
 }
 
 #[cfg(test)]
@@ -695,6 +724,63 @@ mod tests {
             ("posthog with consent", Some(&p), Some(&accepted), from("SE"), posthog, allow(Full, "consent_granted:analytics")),
             ("no consent config at all", None, Some(&accepted), from("SE"), ga4, deny("denied:no_consent")),
             ("no consent config: plausible anonymous", None, None, from("US"), plausible, allow(Anonymous, "anonymous:no_consent")),
+        ];
+        for (scenario, policy, record, signals, provider, expected) in cases {
+            assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
+        }
+    }
+
+    /// A config that requires a consent record (GA4's `require_cookie_consent`): only a valid
+    /// record granting the category lets it through — in every region, without fallback.
+    #[test]
+    fn configs_that_require_a_record() {
+        use Identity::*;
+        use RequiredCategory as R;
+        let ga4 = ProviderPolicy { requires_record: true, ..provider(R::Analytics) };
+        let plain = provider(R::Analytics);
+        let with_fallback = ProviderPolicy { cookieless_fallback: true, ..ga4 };
+        let no_category = ProviderPolicy { requires_record: true, ..provider(R::None) };
+        let p = policy();
+        let accepted = record(Choices::all(), Action::AcceptAll);
+        let analytics_only = record(ANALYTICS_ONLY, Action::Custom);
+        let rejected = record(Choices::none(), Action::RejectAll);
+        let withdrawn = record(Choices::none(), Action::Withdraw);
+        let expired = RecordedChoice { expires_at: now() - Duration::seconds(1), ..accepted.clone() };
+        let stale_revision = RecordedChoice { revision: 1, ..accepted.clone() };
+        let other_config = RecordedChoice { other_config: true, ..accepted.clone() };
+        let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
+        let everything_on = ConsentPolicy { default_accepted: Choices::all(), ..p.clone() };
+        let gpc_us = Signals { gpc: true, ..from("US") };
+        let dnt = Signals { dnt: true, ..from("US") };
+        let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
+        let allow = |identity, r: &str| Decision::Allow { identity, reason: reason(r) };
+        let deny = |r: &str| Decision::Deny { reason: reason(r) };
+
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("record grants, consent region", Some(&p), Some(&accepted), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
+            ("record grants, opt-out region", Some(&p), Some(&accepted), from("US"), ga4, allow(Full, "consent_granted:analytics")),
+            ("custom record with analytics", Some(&p), Some(&analytics_only), from("US"), ga4, allow(Full, "consent_granted:analytics")),
+            ("no record outside consent regions: defaults are not enough", Some(&p), None, from("US"), ga4, deny("denied:no_record")),
+            ("... where a config without the rule goes by the default", Some(&p), None, from("US"), plain, allow(Full, "consent_default:analytics")),
+            ("every default on is still not a record", Some(&everything_on), None, from("US"), ga4, deny("denied:no_record")),
+            ("no record in a consent region", Some(&p), None, from("SE"), ga4, deny("denied:no_consent")),
+            ("no record, unknown country", Some(&p), None, Signals::default(), ga4, deny("denied:no_consent")),
+            ("expired record outside consent regions", Some(&p), Some(&expired), from("US"), ga4, deny("denied:expired")),
+            ("record before a re-consent revision, outside", Some(&p), Some(&stale_revision), from("US"), ga4, deny("denied:reconsent")),
+            ("record under another config, outside", Some(&p), Some(&other_config), from("US"), ga4, deny("denied:reconsent")),
+            ("rejected", Some(&p), Some(&rejected), from("US"), ga4, deny("denied:rejected")),
+            ("withdrawn", Some(&p), Some(&withdrawn), from("SE"), ga4, deny("denied:withdrawn")),
+            ("no cookieless fallback without a record", Some(&p), None, from("US"), with_fallback, deny("denied:no_record")),
+            ("no cookieless fallback after a refusal", Some(&p), Some(&rejected), from("SE"), with_fallback, deny("denied:rejected")),
+            ("requiring no category: analytics must be recorded", Some(&p), None, from("US"), no_category, deny("denied:no_record")),
+            ("requiring no category: refused analytics is not anonymous", Some(&p), Some(&rejected), from("SE"), no_category, deny("denied:rejected")),
+            ("requiring no category: recorded analytics", Some(&p), Some(&accepted), from("US"), no_category, allow(Full, "consent_granted:analytics")),
+            ("no consent config at all", None, Some(&accepted), from("US"), ga4, deny("denied:no_consent")),
+            ("dnt respected comes first", Some(&p), Some(&accepted), dnt, ga4, deny("denied:dnt")),
+            ("gpc not respected: analytics still recorded", Some(&ignore_dnt), Some(&accepted), gpc_us, ga4, allow(Full, "consent_granted:analytics")),
+            ("bot", Some(&p), Some(&accepted), Signals { bot: true, ..from("US") }, ga4, deny("denied:bot")),
+            ("paused", Some(&p), Some(&accepted), from("US"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4 }, deny("denied:config_paused")),
         ];
         for (scenario, policy, record, signals, provider, expected) in cases {
             assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
@@ -875,6 +961,38 @@ mod tests {
             // Marketing never goes identified under GPC.
             if gpc && required == RequiredCategory::Marketing {
                 prop_assert_ne!(d.identity(), Some(Identity::Full));
+            }
+        }
+
+        /// A config that requires a record is allowed only with a valid record (not expired, not
+        /// before a re-consent revision, under the active config) that grants its category
+        /// (`analytics` when it requires none) — whatever the region, defaults, signals or
+        /// fallback — and then always with full identity (never an anonymous send).
+        #[test]
+        fn a_config_that_requires_a_record_is_never_allowed_without_one(
+            choices in arb_choices(),
+            defaults in arb_choices(),
+            required in prop_oneof![Just(RequiredCategory::None), arb_required()],
+            fallback in any::<bool>(),
+            dnt in any::<bool>(), gpc in any::<bool>(), respect in any::<bool>(), geo in any::<bool>(),
+            country in prop_oneof![Just(None), Just(Some("SE".to_string())), Just(Some("US".to_string()))],
+            has_record in any::<bool>(), expired in any::<bool>(), revision in 1..4i32, other_config in any::<bool>(),
+            action in prop_oneof![Just(Action::AcceptAll), Just(Action::Custom), Just(Action::RejectAll), Just(Action::Withdraw)],
+        ) {
+            let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
+            let mut r = RecordedChoice { revision, other_config, ..record(choices, action) };
+            if expired {
+                r.expires_at = now() - Duration::seconds(1);
+            }
+            let signals = Signals { dnt, gpc, country, ..Default::default() };
+            let provider = ProviderPolicy { cookieless_fallback: fallback, requires_record: true, ..provider(required) };
+            let d = decide(Some(&p), has_record.then_some(&r), &signals, &provider, now());
+            if d.is_allowed() {
+                let category = required.category().unwrap_or(Category::Analytics);
+                prop_assert!(has_record, "{:?}", d);
+                prop_assert!(!expired && !other_config && revision >= p.reconsent_revision, "{:?}", d);
+                prop_assert!(choices.get(category), "{:?}", d);
+                prop_assert_eq!(d.identity(), Some(Identity::Full));
             }
         }
 

@@ -15,7 +15,10 @@ string_enum! {
     /// Why an optional category is not granted to the visitor right now: nothing asked yet, the
     /// record expired or must be asked again, refused, withdrawn, a DNT/GPC signal, or not
     /// offered. The rule behind each is in `consent::effective`; docs/decision-reasons.md
-    /// lists them.
+    /// lists them. `no_record`: a config that requires a consent record (GA4's
+    /// `require_cookie_consent`) where only the config's defaults would grant the category; only
+    /// ever a denial (such a config has no anonymous fallback), so `anonymous:no_record` is not a
+    /// reason.
     pub enum Refused {
         NoConsent = "no_consent", Expired = "expired", Reconsent = "reconsent", Rejected = "rejected",
         Withdrawn = "withdrawn", Dnt = "dnt", Gpc = "gpc", CategoryDisabled = "category_disabled",
@@ -24,6 +27,7 @@ string_enum! {
         /// Per-provider choices: the config was not offered when the visitor chose (added
         /// since); refused until they are asked again.
         ProviderNotOffered = "provider_not_offered",
+        NoRecord = "no_record",
     }
 }
 
@@ -85,7 +89,7 @@ impl Reason {
         match kind {
             "consent_granted" => category().map(Reason::Granted),
             "consent_default" => category().map(Reason::Default),
-            "anonymous" => Refused::parse(what).map(Reason::Anonymous),
+            "anonymous" => Refused::parse(what).filter(|r| *r != Refused::NoRecord).map(Reason::Anonymous),
             "denied" => Refused::parse(what).map(Reason::Denied).or_else(|| Blocked::parse(what).map(Reason::Blocked)),
             _ => None,
         }
@@ -146,6 +150,7 @@ mod tests {
             (R::Denied(F::CategoryDisabled), "denied:category_disabled"),
             (R::Denied(F::ProviderRefused), "denied:provider_refused"),
             (R::Denied(F::ProviderNotOffered), "denied:provider_not_offered"),
+            (R::Denied(F::NoRecord), "denied:no_record"),
             (R::Blocked(B::Bot), "denied:bot"),
             (R::Blocked(B::ConfigPaused), "denied:config_paused"),
             (R::Blocked(B::ConfigDraft), "denied:config_draft"),
@@ -163,16 +168,27 @@ mod tests {
             assert_eq!(Reason::parse(text), Some(*reason), "{text}");
             assert_eq!(serde_json::to_value(reason).unwrap(), *text);
         }
-        // The table is complete: every refusal and every block appears in it.
-        assert_eq!(table.len(), 6 + 2 * Refused::ALL.len() + Blocked::ALL.len());
-        for bad in ["", "denied", "denied:", "denied:Bot", "allowed:bot", "consent_granted:none", "anonymous:bot"] {
+        // The table is complete: every refusal (`no_record` only as a denial) and every block.
+        assert_eq!(table.len(), 6 + 2 * Refused::ALL.len() - 1 + Blocked::ALL.len());
+        for bad in [
+            "",
+            "denied",
+            "denied:",
+            "denied:Bot",
+            "allowed:bot",
+            "consent_granted:none",
+            "anonymous:bot",
+            "anonymous:no_record",
+        ] {
             assert_eq!(Reason::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn which_denials_are_consent() {
-        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired"] {
+        for r in
+            ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired", "denied:no_record"]
+        {
             assert!(Reason::parse(r).unwrap().is_consent_denial(), "{r}");
         }
         for r in ["denied:bot", "denied:config_paused", "denied:config_draft", "denied:config_invalid", "anonymous:dnt"]

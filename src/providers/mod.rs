@@ -19,6 +19,7 @@
 pub mod config;
 #[cfg(test)]
 mod consent_table;
+pub mod ga4;
 pub mod plausible;
 pub mod posthog;
 pub mod umami;
@@ -357,7 +358,7 @@ fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String>
 
 /// Every provider the gateway can forward to. Adding one is a module and a line here.
 pub fn all() -> &'static [&'static dyn AnyProvider] {
-    &[&plausible::Plausible, &umami::Umami, &posthog::PostHog]
+    &[&plausible::Plausible, &umami::Umami, &posthog::PostHog, &ga4::Ga4]
 }
 
 pub fn get(name: &str) -> Option<&'static dyn AnyProvider> {
@@ -381,7 +382,12 @@ impl PartialSchema for ProviderConfigInput {
 /// provider's settings). Kept beside [`all`] but outside the [`Provider`] trait, which stays free of
 /// documentation types; a test checks that every provider in [`all`] is documented here.
 pub(crate) fn input_schemas() -> Vec<RefOr<Schema>> {
-    vec![input_schema::<plausible::Plausible>(), input_schema::<umami::Umami>(), input_schema::<posthog::PostHog>()]
+    vec![
+        input_schema::<plausible::Plausible>(),
+        input_schema::<umami::Umami>(),
+        input_schema::<posthog::PostHog>(),
+        input_schema::<ga4::Ga4>(),
+    ]
 }
 
 fn input_schema<P: Provider>() -> RefOr<Schema>
@@ -765,8 +771,9 @@ pub(crate) mod testing {
         pub headers: Vec<(&'static str, Option<&'static str>)>,
         /// `Some(part of the reason)`: the item must be refused, nothing sent.
         pub refused: Option<&'static str>,
-        /// The config's resolved credentials, `(field, value)` (PostHog's project key travels in
-        /// the body); none by default.
+        /// The config's resolved credentials, `(field, value)`, for a provider that needs one to
+        /// build the request (PostHog's project key in the body, GA4's `api_secret` in the
+        /// query); none by default.
         pub credentials: Vec<(&'static str, &'static str)>,
     }
 

@@ -469,6 +469,22 @@ pub fn flags_request(s: &PostHogSettings, project_api_key: &SecretString, distin
         url: s.instance_url.join(FLAGS_PATH),
         headers: Vec::new(),
         json_body: Some(SecretString::from(body.to_string())),
+        read: Some(read_flags_check),
+    }
+}
+
+/// `check`'s reading of the flags answer: a 2xx proves the key only when it is PostHog's flags
+/// answer (a catch-all web server at a wrong `instance_url` answers 2xx with a page).
+fn read_flags_check(status: u16, body: &[u8]) -> (Option<bool>, String) {
+    match status {
+        200..=299 if parse_flags(body).is_some() => {
+            (Some(true), format!("PostHog's flags endpoint knows the project key ({status})"))
+        }
+        200..=299 => {
+            (None, format!("answered {status}, but not with PostHog's flags answer; check the config's instance_url"))
+        }
+        401 | 403 => (Some(false), format!("PostHog's flags endpoint refused the project key ({status})")),
+        _ => (None, format!("PostHog's flags endpoint answered {status}; the project key could not be verified")),
     }
 }
 
@@ -659,6 +675,14 @@ mod tests {
         for (status, body, want) in rows {
             assert_eq!(classify(*status, body).label(), *want, "{status}");
         }
+    }
+
+    #[test]
+    fn check_accepts_only_posthogs_own_flags_answer() {
+        assert_eq!(read_flags_check(200, br#"{"flags":{}}"#).0, Some(true));
+        assert_eq!(read_flags_check(200, b"<html>welcome</html>").0, None, "a catch-all page proves nothing");
+        assert_eq!(read_flags_check(401, b"The provided API key is invalid").0, Some(false));
+        assert_eq!(read_flags_check(503, b"").0, None);
     }
 
     #[test]

@@ -294,6 +294,7 @@ impl Provider for Umami {
                 url,
                 headers: vec![("x-umami-api-key", key.clone())],
                 json_body: None,
+                read: None,
             });
         }
         if let (Some(user), Some(password)) = (credentials.get("username_ref"), credentials.get("password_ref")) {
@@ -305,6 +306,7 @@ impl Provider for Umami {
                 url: s.instance_url.join("/api/auth/login"),
                 headers: Vec::new(),
                 json_body: Some(SecretString::from(body.to_string())),
+                read: None,
             });
         }
         checks

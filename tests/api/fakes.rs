@@ -62,6 +62,23 @@ impl FakeProviders {
         format!("{}/umami", self.base)
     }
 
+    /// The `endpoint_url` of a GA4 config pointing at the fake (`/mp/collect`, `/debug/mp/collect`).
+    pub fn ga4_url(&self) -> String {
+        format!("{}/ga4", self.base)
+    }
+
+    /// Validation messages the fake GA4 validation server adds to its own from now on.
+    pub async fn ga4_validation_messages(&self, messages: Value) {
+        let res = self
+            .http
+            .post(format!("{}/_fake/ga4", self.base))
+            .json(&json!({"validation_messages": messages}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
     pub async fn behaviour(&self, body: Value) -> Value {
         let res = self.http.post(format!("{}/_fake/behaviour", self.base)).json(&body).send().await.unwrap();
         assert!(res.status().is_success());

@@ -14,6 +14,7 @@ mod fail_closed;
 mod fakes;
 mod forwarding;
 mod foundation;
+mod ga4;
 mod http_edge;
 mod ingest;
 mod outbox;

@@ -5,6 +5,8 @@
 //! (M: the fake Key Vault and Entra token endpoint over HTTPS, see `keyvault.rs`). Routes:
 //! - `POST /plausible/api/event` — Plausible's Events API (see `plausible.rs`)
 //! - `POST /umami/api/send`, `POST /umami/api/batch` — Umami's Collect API (see `umami.rs`)
+//! - `POST /ga4/mp/collect`, `POST /ga4/debug/mp/collect` — GA4's Measurement Protocol and its
+//!   validation server (see `ga4.rs`)
 //! - `GET /_fake/providers` — the providers faked here (see [`providers`])
 //! - `GET /_fake/received` — every request received, with headers, body, answer and outcome (each
 //!   event of a batch on its own)
@@ -21,6 +23,7 @@
 //!   PostHog's capture and flags services; `POST /_fake/posthog` steers them and
 //!   `GET /_fake/posthog/events` lists what PostHog stored (see `posthog.rs`)
 //! - `POST /_fake/reset` — forget everything received and all behaviour (not PostHog's)
+//! - `POST /_fake/ga4` — validation messages GA4's validation server adds (see `ga4.rs`)
 //! - `POST /_fake/keyvault`, `GET /_fake/keyvault/requests` — steer and read the fake Key Vault
 //! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
 //!   `instance_url` answers (see `catch_all.rs`)
@@ -31,6 +34,7 @@
 //! `dropped`.
 
 mod catch_all;
+mod ga4;
 mod keyvault;
 mod plausible;
 mod posthog;
@@ -69,6 +73,7 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/batches", get(batches))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
+        .route("/_fake/ga4", post(ga4::steer))
         .fallback(catch_all::page)
         .with_state(fakes.clone())
         .merge(control)
@@ -92,7 +97,12 @@ async fn main() -> std::io::Result<()> {
 /// `GET /_fake/providers` lists them, and an API test fails for a provider of the gateway that
 /// has no fake.
 fn providers(posthog: &posthog::PostHog) -> Vec<(&'static str, Router<Fakes>)> {
-    vec![("plausible", plausible::routes()), ("umami", umami::routes()), ("posthog", posthog.routes())]
+    vec![
+        ("plausible", plausible::routes()),
+        ("umami", umami::routes()),
+        ("posthog", posthog.routes()),
+        ("ga4", ga4::routes()),
+    ]
 }
 
 async fn configure_vault(State(vault): State<keyvault::Vault>, Json(body): Json<Value>) -> Json<Value> {
