@@ -234,7 +234,16 @@ async fn every_rename_and_truncation_is_a_warning_and_nothing_invalid_is_sent() 
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{purchase}");
+    // Names no GA4 rule allows, and more properties than GA4 takes.
+    let props: serde_json::Map<String, Value> =
+        (0..40).map(|i| (format!("{i} Größe/{}", "k".repeat(i)), json!(format!("{}{i}", "€".repeat(i * 3))))).collect();
+    let (s, odd) =
+        server_event(&app, &keys, json!({"anonymous_id": v, "event_name": "😀 Sign-up!!", "event_properties": props}))
+            .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{odd}");
     app.drain_outbox().await;
+    let d = delivery_in(&app, &id(&odd), &id(&g), "delivered").await;
+    assert!(d["warning"].as_str().unwrap().contains("beyond GA4's 25 parameters"), "{d}");
     let d = delivery_in(&app, &id(&a), &id(&g), "delivered").await;
     let warning = d["warning"].as_str().unwrap();
     for change in [

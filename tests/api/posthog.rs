@@ -373,7 +373,7 @@ async fn a_wrong_project_key_is_answered_200_by_capture_and_caught_by_check() {
     let r = &report["references"][0];
     assert_eq!((r["field"].as_str(), r["resolved"].as_bool()), (Some("credentials.project_api_key_ref"), Some(true)));
     assert_eq!(r["accepted_by_provider"], false, "{report}");
-    assert!(r["detail"].as_str().unwrap().contains("PostHog flags endpoint refused it (401"), "{report}");
+    assert!(r["detail"].as_str().unwrap().contains("refused the project key (401"), "{report}");
     assert!(!report.to_string().contains("phc_"), "no key in the report");
     let flags_calls: Vec<Value> =
         fakes.received_by("posthog").await.into_iter().filter(|r| r["path"] == "/flags").collect();
