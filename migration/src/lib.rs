@@ -9,6 +9,7 @@ mod m20261126_000001_one_active_consent_config;
 mod m20261126_000002_forwarding;
 mod m20261129_000001_unlinkable_events;
 mod m20261130_000001_delivery_batches;
+mod m20261130_000005_outbox_horizon;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_forwarding::Migration),
             Box::new(m20261129_000001_unlinkable_events::Migration),
             Box::new(m20261130_000001_delivery_batches::Migration),
+            Box::new(m20261130_000005_outbox_horizon::Migration),
         ]
     }
 }
