@@ -113,16 +113,18 @@ pub async fn record(
     let mut q = provider_config::Entity::update_many()
         .col_expr(provider_config::Column::CircuitFailures, Expr::value(failures_now))
         .filter(provider_config::Column::Id.eq(config_id));
-    // A failed probe starts the next wait now; otherwise the time of the change is kept.
     let change = match (was, next) {
         (CircuitState::Closed, CircuitState::Open) => Change::Opened,
         (CircuitState::Open | CircuitState::HalfOpen, CircuitState::Closed) => Change::Closed,
         _ => Change::Unchanged,
     };
-    if was != next || (failed && next == CircuitState::Open) || state != next.as_str() {
-        q = q
-            .col_expr(provider_config::Column::CircuitState, Expr::value(next.as_str()))
-            .col_expr(provider_config::Column::CircuitSince, Expr::value(now));
+    if change != Change::Unchanged {
+        q = q.col_expr(provider_config::Column::CircuitSince, Expr::value(now));
+    }
+    // A failed probe (`half_open` → `open`) keeps `since`, the instant the probe was claimed:
+    // the probes keep their pace from one claim to the next.
+    if state != next.as_str() {
+        q = q.col_expr(provider_config::Column::CircuitState, Expr::value(next.as_str()));
     }
     q.exec(db).await?;
     Ok(change)

@@ -17,6 +17,7 @@ mod foundation;
 mod http_edge;
 mod ingest;
 mod outbox;
+mod outbox_outage;
 mod provider_configs;
 mod provider_contracts;
 mod registry;
