@@ -49,8 +49,11 @@ impl App {
         let geo = Arc::new(Geo::open(&settings.geo)?);
         crate::outbox::log::set_horizon(settings.delivery.retry_horizon());
         for key in settings.delivery.deprecated_keys() {
-            tracing::warn!(key, "deprecated configuration key ignored: deliveries are retried until \
-                `delivery.retry_horizon_hours`, not for a number of attempts");
+            tracing::warn!(
+                key,
+                "deprecated configuration key ignored: deliveries are retried until \
+                `delivery.retry_horizon_hours`, not for a number of attempts"
+            );
         }
         let listener = TcpListener::bind(settings.server.bind)
             .await

@@ -15,9 +15,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use entity::delivery;
-use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr,
-};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr};
 use uuid::Uuid;
 
 use super::DeliveryStatus;
@@ -39,16 +37,24 @@ pub fn deadline(expires_at: Option<DateTime<Utc>>, created_at: DateTime<Utc>, ho
 
 /// Why an event that occurred at `occurred_at` may no longer go to a provider taking events at
 /// most `max_age` old, at `now`; `None` while it may.
-pub fn too_old(provider: &str, occurred_at: DateTime<Utc>, max_age: Option<Duration>, now: DateTime<Utc>) -> Option<String> {
+pub fn too_old(
+    provider: &str,
+    occurred_at: DateTime<Utc>,
+    max_age: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Option<String> {
     let age = max_age?;
-    (occurred_at + age <= now).then(|| {
-        format!("the event is older than {provider} accepts ({} h after it occurred)", age.num_hours())
-    })
+    (occurred_at + age <= now)
+        .then(|| format!("the event is older than {provider} accepts ({} h after it occurred)", age.num_hours()))
 }
 
 /// `last_error` of a delivery dead-lettered at its horizon (`horizon` describes it).
 pub fn reached(horizon: Duration, last: Option<&str>) -> String {
-    format!("{REACHED} ({} h after the event arrived); last: {}", horizon.num_hours(), last.unwrap_or("never attempted"))
+    format!(
+        "{REACHED} ({} h after the event arrived); last: {}",
+        horizon.num_hours(),
+        last.unwrap_or("never attempted")
+    )
 }
 
 /// Dead-letters every pending delivery whose horizon passed before `now` and that no live lease
@@ -66,7 +72,8 @@ pub async fn expire(db: &DatabaseConnection, configured: Duration, now: DateTime
                 .add(delivery::Column::CreatedAt.lt(now - horizon)),
         );
     }
-    let unheld = || Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now));
+    let unheld =
+        || Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now));
     let found: Vec<(Uuid, Uuid, String)> = delivery::Entity::find()
         .select_only()
         .column(delivery::Column::Id)

@@ -514,7 +514,8 @@ impl Worker {
                 }
             }
             let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
-            let (next, answered) = self.renewing(&ids, lease, self.exchange(provider, &config, &mut credentials, &items)).await;
+            let (next, answered) =
+                self.renewing(&ids, lease, self.exchange(provider, &config, &mut credentials, &items)).await;
             match next {
                 batch::Next::Split => {
                     tracing::debug!(
@@ -815,7 +816,9 @@ impl Worker {
                 usage::denied_by_consent(txn, config.id).await?;
                 Attempted::Dead
             }
-            Outcome::Retry { reason } | Outcome::AuthFailure { reason } if now >= deadline - chrono::Duration::seconds(1) => {
+            Outcome::Retry { reason } | Outcome::AuthFailure { reason }
+                if now >= deadline - chrono::Duration::seconds(1) =>
+            {
                 let reason = horizon::reached(horizon, Some(reason));
                 end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));

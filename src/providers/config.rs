@@ -399,7 +399,10 @@ pub async fn list(
 }
 
 /// Fills `usage.events_retrying` of `views`: their pending deliveries with a failed attempt.
-async fn with_retrying(db: &impl ConnectionTrait, mut views: Vec<ProviderConfigView>) -> Result<Vec<ProviderConfigView>> {
+async fn with_retrying(
+    db: &impl ConnectionTrait,
+    mut views: Vec<ProviderConfigView>,
+) -> Result<Vec<ProviderConfigView>> {
     if views.is_empty() {
         return Ok(views);
     }

@@ -119,7 +119,10 @@ async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() 
         let (stored, pages) = stored_pages(&fakes, provider).await;
         assert_eq!((stored, pages.len()), (20, 20), "{provider}: every event exactly once");
         let c = site::config(&app, provider, &id(config)).await;
-        assert_eq!((c["circuit"]["state"].as_str(), c["circuit"]["consecutive_failures"].as_i64()), (Some("closed"), Some(0)));
+        assert_eq!(
+            (c["circuit"]["state"].as_str(), c["circuit"]["consecutive_failures"].as_i64()),
+            (Some("closed"), Some(0))
+        );
         let usage = &c["usage"];
         assert_eq!(
             (usage["events_sent"].as_i64(), usage["events_failed"].as_i64(), usage["events_retrying"].as_i64()),
@@ -159,7 +162,8 @@ async fn a_successful_probe_releases_the_waiting_deliveries_paced() {
     let probe = app.run_outbox_at(Utc::now() + Duration::seconds(61)).await;
     assert_eq!(probe, Pass { claimed: 1, delivered: 1, ..Pass::default() }, "one probe");
     assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "closed");
-    let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?status=pending&limit=100", app.tenant), &app.admin).await;
+    let (_, page) =
+        app.get(&format!("/v1/tenants/{}/deliveries?status=pending&limit=100", app.tenant), &app.admin).await;
     let mut due: Vec<DateTime<Utc>> = page["items"]
         .as_array()
         .unwrap()
