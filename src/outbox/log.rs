@@ -58,8 +58,8 @@ pub struct DeliveryView {
 pub struct InFlight {
     /// When the worker claimed it.
     pub since: Option<DateTime<Utc>>,
-    /// The worker holding it (`worker-<uuid>`, one per process and worker; the log lines of
-    /// that worker name it as `owner`).
+    /// The worker holding it: `worker-<uuid>@<host>:<pid>` (the instance it runs in; the log
+    /// lines of that worker name it as `owner`).
     pub owner: String,
     /// Until when its lease runs (renewed while the request is in flight).
     pub lease_until: DateTime<Utc>,

@@ -227,7 +227,7 @@ impl Worker {
             .iter()
             .map(|p| (p.name(), Arc::new(Semaphore::new(settings.concurrency_per_provider))))
             .collect();
-        Ok(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, slots, secrets })
+        Ok(Worker { db, owner: owner_name(Uuid::new_v4(), &instance()), settings, http, slots, secrets })
     }
 
     /// One pass: claims what is due at `now` (every provider, as many requests' worth as it has
@@ -849,6 +849,23 @@ impl Worker {
     }
 }
 
+/// This instance, for lease owner names: the host name and process id.
+fn instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A worker's lease owner name: unique per worker (`worker-<uuid>`), naming the instance it runs
+/// in (`@<host>:<pid>`), so that a delivery's `in_flight.owner` says where it is being sent from.
+fn owner_name(id: Uuid, instance: &str) -> String {
+    format!("worker-{id}@{instance}")
+}
+
 async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
@@ -881,6 +898,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_owner_names_the_worker_and_its_instance() {
+        let name = owner_name(Uuid::nil(), &instance());
+        let (worker, at) = name.split_once('@').unwrap();
+        assert_eq!(worker, format!("worker-{}", Uuid::nil()));
+        assert!(at.ends_with(&format!(":{}", std::process::id())), "{name}");
+    }
 
     #[tokio::test]
     async fn request_errors_are_described_without_the_url_and_its_query() {

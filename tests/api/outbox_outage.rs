@@ -210,7 +210,8 @@ async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
     .await;
     for d in &in_flight {
         assert_eq!(d["attempts"], 0, "{d}");
-        assert!(d["in_flight"]["owner"].as_str().unwrap().starts_with("worker-"), "{d}");
+        let owner = d["in_flight"]["owner"].as_str().unwrap();
+        assert!(owner.starts_with("worker-") && owner.contains(&format!(":{}", std::process::id())), "{d}");
         assert!(d["in_flight"]["since"].is_string() && d["in_flight"]["lease_until"].is_string(), "{d}");
     }
     // Past the lease the first worker took (1 s), the requests still in flight.
