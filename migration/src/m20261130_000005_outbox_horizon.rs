@@ -10,6 +10,9 @@
 //! - `provider_config.circuit_state` (`closed`, `open`, `half_open`), `circuit_since` and
 //!   `circuit_failures` (failed requests in a row): the per-config circuit. Not a lifecycle
 //!   status: an open circuit only holds the config's deliveries back while the provider fails.
+//! - Indexes for what each worker pass and each `/metrics` scrape now ask of the pending
+//!   deliveries: by arrival (the horizon sweep, the oldest pending) and by config (the circuit's
+//!   release, `events_retrying`, the outbox depth).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -21,6 +24,9 @@ enum Delivery {
     Table,
     ExpiresAt,
     ClaimedAt,
+    Status,
+    CreatedAt,
+    ConfigId,
 }
 
 #[derive(DeriveIden)]
@@ -62,10 +68,31 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_delivery_status_created")
+                .table(Delivery::Table)
+                .col(Delivery::Status)
+                .col(Delivery::CreatedAt)
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_delivery_config_status")
+                .table(Delivery::Table)
+                .col(Delivery::ConfigId)
+                .col(Delivery::Status)
+                .to_owned(),
+        )
+        .await?;
         Ok(())
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for ix in ["ix_delivery_config_status", "ix_delivery_status_created"] {
+            m.drop_index(Index::drop().name(ix).table(Delivery::Table).to_owned()).await?;
+        }
         for col in [ProviderConfig::CircuitFailures, ProviderConfig::CircuitSince, ProviderConfig::CircuitState] {
             m.alter_table(Table::alter().table(ProviderConfig::Table).drop_column(col).to_owned()).await?;
         }
