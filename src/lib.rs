@@ -22,10 +22,11 @@
 //! | [`audit`] | the audit log of every change to tokens, keys and configurations |
 //! | [`consent`] | the pure decision engine, cookie consent configs and revisions, consent records and their hash chain, consent-required regions |
 //! | [`banner`] | rendering and serving the banner script per tenant (browser source in `banner/`) |
-//! | [`ingest`] | one posted event → a stored event, a forwarding decision per provider config and the deliveries, in one transaction; ingest keys |
+//! | [`ingest`] | one posted event → a stored event, a forwarding decision per provider config and the deliveries, in one transaction; ingest keys; PostHog's cookieless daily ids |
 //! | [`outbox`] | the deliveries: enqueue, claim under a lease, batch, send, split a refused batch, retry with backoff, the delivery log and replays |
 //! | [`providers`] | one module per analytics provider that maps an event to a request and classifies the answer; provider configs |
-//! | [`workers`] | the background tasks started with the app (the delivery worker) |
+//! | [`flags`] | feature flags for a visitor through PostHog, identified only with analytics consent; a short cache |
+//! | [`workers`] | the background tasks started with the app (the delivery worker, the sweep of past days' cookieless salts) |
 //! | [`secrets`] | secret *references* (`env:`, `file:`, `keyvault://`) held by configs instead of secrets |
 //! | [`geo`] | the visitor's country and subdivision from a header or a MaxMind-format file |
 //! | [`ip`] | client IPs, truncated before they are stored |
@@ -113,6 +114,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod flags;
 pub mod geo;
 pub mod http;
 pub mod ingest;

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// `Retry-After`.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A provider the request needed refused, failed or did not answer in time (502).
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -11,6 +11,7 @@
 //! identity-derived idempotency key. The consent-lookup id, the user agent and the full IP travel
 //! only on the pending deliveries that need them, and are erased when those end.
 
+pub mod daily_id;
 pub mod decisions;
 pub mod enrich;
 pub mod event;
@@ -96,6 +97,8 @@ pub async fn accept(
         config_id: Uuid,
         identity: Option<consent::Identity>,
         denied_by_consent: bool,
+        /// The delivery carries the cookieless daily id (see [`daily_id`]).
+        pseudonymous: bool,
     }
     let mut planned = Vec::new();
     for config in providers::config::forwarding_targets(db, tenant.id, provider).await? {
@@ -108,13 +111,27 @@ pub async fn accept(
         {
             decision = Decision::Deny { reason: Reason::Blocked(why) };
         }
+        // A provider with a cookieless fallback (PostHog) sends the daily id instead of the
+        // visitor's when the decision allows no identifiers, when the event has no id of its own,
+        // or when a withdrawal before sending takes full identity away — so every delivery it
+        // is allowed carries one.
+        let pseudonymous = decision.is_allowed() && p.cookieless_fallback(&config.settings);
         planned.push(Planned {
             view: DecisionView::new(config.id, p.name(), &decision),
             config_id: config.id,
             identity: decision.identity(),
             denied_by_consent,
+            pseudonymous,
         });
     }
+    // Computed now, kept on the delivery: a retry days later needs no salt (it is gone by then).
+    // An event without any visitor id counts as a visitor of its own.
+    let pseudonymous_id = if planned.iter().any(|p| p.pseudonymous) {
+        let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", model.id));
+        Some(daily_id::today(db, tenant.id, &visitor, now).await?)
+    } else {
+        None
+    };
 
     if !planned.iter().any(|p| p.identity == Some(consent::Identity::Full)) {
         make_unlinkable(&mut model);
@@ -146,7 +163,7 @@ pub async fn accept(
                     consent_lookup_id: consent_lookup_id.as_deref(),
                     user_agent: user_agent.as_deref(),
                     granted,
-                    pseudonymous_id: None,
+                    pseudonymous_id: pseudonymous_id.as_deref().filter(|_| p.pseudonymous),
                 };
                 crate::outbox::enqueue(&txn, new, now).await?;
             }
@@ -295,12 +312,16 @@ pub struct Redecision {
 /// What the decision engine needs of a provider config. A status or category that cannot be
 /// read stays unread (`None`): the decision denies that config (`denied:config_invalid`) rather
 /// than guess — a guessed `none` would forward without consent.
-fn provider_policy(config: &entity::provider_config::Model, provider: &dyn providers::AnyProvider) -> ProviderPolicy {
+pub fn provider_policy(
+    config: &entity::provider_config::Model,
+    provider: &dyn providers::AnyProvider,
+) -> ProviderPolicy {
     ProviderPolicy {
         status: ProviderStatus::parse(&config.status),
         required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
         requires_record: provider.requires_record(&config.settings),
+        config_id: config.id,
     }
 }
 

@@ -17,7 +17,11 @@
 //! (docs/delivery.md, "Adding a provider").
 
 pub mod config;
+#[cfg(test)]
+mod consent_table;
+pub mod ga4;
 pub mod plausible;
+pub mod posthog;
 pub mod umami;
 
 use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
@@ -367,7 +371,7 @@ fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String>
 
 /// Every provider the gateway can forward to. Adding one is a module and a line here.
 pub fn all() -> &'static [&'static dyn AnyProvider] {
-    &[&plausible::Plausible, &umami::Umami]
+    &[&plausible::Plausible, &umami::Umami, &posthog::PostHog, &ga4::Ga4]
 }
 
 pub fn get(name: &str) -> Option<&'static dyn AnyProvider> {
@@ -391,7 +395,12 @@ impl PartialSchema for ProviderConfigInput {
 /// provider's settings). Kept beside [`all`] but outside the [`Provider`] trait, which stays free of
 /// documentation types; a test checks that every provider in [`all`] is documented here.
 pub(crate) fn input_schemas() -> Vec<RefOr<Schema>> {
-    vec![input_schema::<plausible::Plausible>(), input_schema::<umami::Umami>()]
+    vec![
+        input_schema::<plausible::Plausible>(),
+        input_schema::<umami::Umami>(),
+        input_schema::<posthog::PostHog>(),
+        input_schema::<ga4::Ga4>(),
+    ]
 }
 
 fn input_schema<P: Provider>() -> RefOr<Schema>
@@ -775,6 +784,10 @@ pub(crate) mod testing {
         pub headers: Vec<(&'static str, Option<&'static str>)>,
         /// `Some(part of the reason)`: the item must be refused, nothing sent.
         pub refused: Option<&'static str>,
+        /// The config's resolved credentials, `(field, value)`, for a provider that needs one to
+        /// build the request (PostHog's project key in the body, GA4's `api_secret` in the
+        /// query); none by default.
+        pub credentials: Vec<(&'static str, &'static str)>,
     }
 
     impl MappingCase {
@@ -792,6 +805,7 @@ pub(crate) mod testing {
                 body: Vec::new(),
                 headers: Vec::new(),
                 refused: None,
+                credentials: Vec::new(),
             }
         }
     }
@@ -822,9 +836,10 @@ pub(crate) mod testing {
                 client_ip: Some("203.0.113.7".parse().unwrap()),
                 user_agent: c.event.user_agent.as_deref(),
             };
+            let credentials = Credentials::for_tests(&c.credentials);
             let req = p
                 .item(&settings, &out)
-                .and_then(|item| p.request(&settings, &Credentials::default(), std::slice::from_ref(&item)));
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)));
             match (req, c.refused) {
                 (Err(reason), Some(want)) if reason.contains(want) => {}
                 (Err(reason), _) => failures.push(format!("{at}: refused: {reason}")),
@@ -866,13 +881,14 @@ pub(crate) mod testing {
                 delivery_id: Uuid::nil(),
                 identity: Identity::Anonymous,
                 granted: Choices::none(),
-                pseudonymous_id: None,
+                pseudonymous_id: c.pseudonymous_id,
                 client_ip: None,
                 user_agent: None,
             };
+            let credentials = Credentials::for_tests(&c.credentials);
             let Ok(req) = p
                 .item(&settings, &out)
-                .and_then(|item| p.request(&settings, &Credentials::default(), std::slice::from_ref(&item)))
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)))
             else {
                 continue;
             };

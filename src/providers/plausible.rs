@@ -182,6 +182,7 @@ impl Provider for Plausible {
             url: s.instance_url.join("/api/v2/query"),
             headers: vec![("authorization", SecretString::from(format!("Bearer {}", key.expose_secret())))],
             json_body: Some(SecretString::from(body.to_string())),
+            read: None,
         }]
     }
 

@@ -97,7 +97,8 @@ pub struct UmamiSettings {
     #[serde(default = "yes")]
     pub track_outbound_links: bool,
     /// `send` (the default): one event per request to `/api/send`, which every Umami has.
-    /// `batch`: up to 20 events per request to `/api/batch` (Umami 2.20.2 and later, v3).
+    /// `batch`: up to 20 events per request to `/api/batch` (Umami v3.0.2 or later; see
+    /// docs/providers.md for older versions).
     #[serde(default)]
     #[schema(inline)]
     pub endpoint: Endpoint,
@@ -293,6 +294,7 @@ impl Provider for Umami {
                 url,
                 headers: vec![("x-umami-api-key", key.clone())],
                 json_body: None,
+                read: None,
             });
         }
         if let (Some(user), Some(password)) = (credentials.get("username_ref"), credentials.get("password_ref")) {
@@ -304,6 +306,7 @@ impl Provider for Umami {
                 url: s.instance_url.join("/api/auth/login"),
                 headers: Vec::new(),
                 json_body: Some(SecretString::from(body.to_string())),
+                read: None,
             });
         }
         checks
@@ -414,17 +417,27 @@ fn per_item(answer: BatchAnswer, items: usize) -> Answer {
     Answer::PerItem(outcomes)
 }
 
-/// The status an error answer of Umami's send handler had: in its body since v3
-/// (`{"error": {"status": 400, …}}`); v2.20's forbidden is `{"error": "Forbidden"}`.
+/// The status an error answer of Umami's send handler had. v3 puts it in the body
+/// (`{"error": {"status": 400, "code": "bad-request", …}}`); v2.20 (`src/lib/response.ts` at
+/// v2.20.2) answers `{"error": <serializeError(e)>}`: `"Forbidden"` (403), `"Unauthorized"`
+/// (401), another text or zod's messages (400, e.g. `"Website not found."`), or the serialised
+/// exception, an object with `name`/`message`/`stack` (500).
 fn error_status(response: &Value) -> Option<u16> {
     let e = &response["error"];
     if let Some(s) = e["status"].as_u64() {
         return u16::try_from(s).ok();
     }
-    match (e.as_str(), e["code"].as_str()) {
-        (Some("Forbidden"), _) | (_, Some("forbidden")) => Some(403),
-        (_, Some("bad-request")) => Some(400),
-        (_, Some("server-error")) => Some(500),
+    match e {
+        Value::String(s) if s == "Forbidden" => Some(403),
+        Value::String(s) if s == "Unauthorized" => Some(401),
+        Value::String(_) | Value::Array(_) => Some(400),
+        Value::Object(o) => match o.get("code").and_then(Value::as_str) {
+            Some("forbidden") => Some(403),
+            Some("bad-request") => Some(400),
+            Some("server-error") => Some(500),
+            _ if o.contains_key("stack") || o.contains_key("name") => Some(500),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -958,6 +971,20 @@ mod tests {
         assert!(matches!(v[1], Outcome::Dropped { .. }), "Umami's own 403: IGNORE_IP");
         assert_eq!(v[2], Outcome::Delivered);
         assert!(matches!(v[3], Outcome::Retry { .. }));
+        // v2.20's shapes: `{"error": <serializeError(e)>}`.
+        let v2 = json!({"size": 4, "processed": 0, "errors": 4, "details": [
+            {"index": 0, "response": {"error": "Website not found."}},
+            {"index": 1, "response": {"error": "Forbidden"}},
+            {"index": 2, "response": {"error": {"name": "PrismaClientKnownRequestError", "code": "P2020",
+                "message": "Invalid `prisma.eventData.createMany()` invocation: numeric field overflow"}}},
+            {"index": 3, "response": {"error": {"name": "Error", "message": "connect ECONNREFUSED", "stack": "…"}}}]});
+        let Answer::PerItem(v) = r(v2, 4) else { panic!() };
+        assert!(matches!(&v[0], Outcome::Dead { reason } if reason.contains("Website not found")), "{v:?}");
+        assert!(matches!(v[1], Outcome::Dropped { .. }), "{v:?}");
+        assert!(matches!(&v[2], Outcome::Dead { reason } if reason.contains("stored the event")), "{v:?}");
+        assert!(matches!(v[3], Outcome::Retry { .. }), "{v:?}");
+        let unknown = json!({"size": 1, "processed": 0, "errors": 1, "details": [{"index": 0, "response": {}}]});
+        assert!(matches!(&r(unknown, 1), Answer::PerItem(v) if matches!(v[0], Outcome::Retry { .. })));
         // An answer about another number of events is not trusted for any of them.
         let short = json!({"size": 2, "processed": 2, "errors": 0, "details": [], "cache": "x"});
         assert!(matches!(r(short, 3), Answer::All(Outcome::Retry { .. })));

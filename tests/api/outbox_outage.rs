@@ -270,3 +270,56 @@ fn a_lease_not_longer_than_the_request_timeout_stops_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("delivery.lease_secs") && err.contains("delivery.request_timeout_ms"), "{err}");
 }
+
+/// GA4 takes events at most 72 hours old (`Provider::max_event_age`): an older one is never
+/// sent — dead-lettered saying so — and a replay of it is refused with that reason.
+#[tokio::test]
+async fn a_replay_past_the_providers_own_age_limit_is_refused_with_that_reason() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let (app, fakes, keys) = site::setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ga4-api-secret");
+    std::fs::write(&secret, "ga4-test-secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let g = site::create_config(
+        &app,
+        "ga4",
+        json!({"display_name": "GA4", "measurement_id": "G-TEST123", "endpoint_url": fakes.ga4_url(),
+               "status": "active", "credentials": {"api_secret_ref": format!("file:{}", secret.display())}}),
+    )
+    .await;
+    app.publish_consent_config(
+        json!({"categories": {"analytics": {"default_accepted": true}}, "respect_do_not_track": false}),
+    )
+    .await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let event = pageviews_of(&app, &keys, &v).await;
+    // The delivery waited (an outage) until the event was 73 hours old.
+    entity::analytics_event::Entity::update_many()
+        .col_expr(entity::analytics_event::Column::OccurredAt, Expr::value(Utc::now() - Duration::hours(73)))
+        .filter(entity::analytics_event::Column::Id.eq(uuid::Uuid::parse_str(&event).unwrap()))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, dead: 1, ..Pass::default() });
+    let d = delivery_in(&app, &event, &id(&g), "dead").await;
+    assert_eq!(d["last_error"], "the event is older than ga4 accepts (72 h after it occurred)", "{d}");
+    assert!(fakes.received_by("ga4").await.is_empty(), "nothing sent");
+    let (s, refused) =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    assert!(refused.to_string().contains("the event is older than ga4 accepts"), "{refused}");
+    let (s, all) = app
+        .post(&format!("{}/{}/replay-dead-letters", site::configs_path(&app, "ga4"), id(&g)), &app.admin, json!({}))
+        .await;
+    assert_eq!((s, all["replayed"].as_i64()), (StatusCode::OK, Some(0)), "{all}");
+    delivery_in(&app, &event, &id(&g), "dead").await;
+}
+
+/// One page view of visitor `v`, accepted; its event id.
+async fn pageviews_of(app: &TestApp, keys: &Site, v: &str) -> String {
+    let (s, res) = track(app, keys, site::pageview(v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+    id(&res)
+}

@@ -97,6 +97,7 @@ fn bench_decide() {
         other_config: false,
         dnt: false,
         gpc: false,
+        providers: None,
     };
     let signals = Signals { country: Some("SE".into()), ..Default::default() };
     let provider = ProviderPolicy {
@@ -104,6 +105,7 @@ fn bench_decide() {
         required_category: Some(RequiredCategory::Analytics),
         cookieless_fallback: false,
         requires_record: false,
+        config_id: uuid::Uuid::nil(),
     };
     let n = 1_000_000u32;
     let started = Instant::now();

@@ -16,7 +16,7 @@
 //!   `number_value numeric(19,4)`, the revenue row) the event *is* stored (`stored_then_failed`);
 //! - success → 200 `{"cache", "sessionId", "visitId"}`.
 //!
-//! `/api/batch` as umami@c0ea3ae `src/app/api/batch/route.ts` (v2.20.2+, v3) has it: the body
+//! `/api/batch` as umami@c0ea3ae `src/app/api/batch/route.ts` (v3.1.0) has it: the body
 //! must be an array of objects (`z.array(z.record(z.string(), z.any()))`, else the 400 above for
 //! the whole batch); each element goes through the send handler above, one after the other, with
 //! the batch request's headers; the answer is always 200 `{"size", "processed", "errors",
