@@ -68,9 +68,10 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Two hours of 503s from both providers, the outbox run every minute: nothing is dead, the open
-/// circuits send one probe a minute instead of every backoff, the operator sees the trouble, and
-/// when the providers are back every event reaches each exactly once.
+/// Two hours of 503s from Plausible, Umami and PostHog (batched; it deduplicates), the outbox run
+/// every minute: nothing is dead, the open circuits send one probe a minute instead of every
+/// backoff, the operator sees the trouble, and when the providers are back every event reaches
+/// each exactly once.
 #[tokio::test]
 async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() {
     let (app, fakes, keys) = site::setup_with(|s| {
@@ -80,7 +81,24 @@ async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() 
     .await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let u = site::umami(&app, &fakes, json!({})).await;
+    // PostHog needs analytics consent: granted by default here.
+    app.publish_consent_config(
+        json!({"categories": {"analytics": {"default_accepted": true}}, "respect_do_not_track": false}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("posthog-key");
+    std::fs::write(&key, crate::fakes::POSTHOG_PROJECT_KEY).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ph = site::create_config(
+        &app,
+        "posthog",
+        json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
+               "credentials": {"project_api_key_ref": format!("file:{}", key.display())}}),
+    )
+    .await;
     fakes.behaviour(json!({"plausible": {"status": 503}, "umami": {"status": 503}})).await;
+    fakes.posthog(json!({"status": 503})).await;
     let t0 = Utc::now();
     pageviews(&app, &keys, 20).await;
 
@@ -88,7 +106,7 @@ async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() 
     for minute in 0..=120 {
         outage += settle_at(&app, t0 + Duration::minutes(minute)).await;
         if minute == 60 {
-            for (provider, config) in [("plausible", &p), ("umami", &u)] {
+            for (provider, config) in [("plausible", &p), ("umami", &u), ("posthog", &ph)] {
                 let c = site::config(&app, provider, &id(config)).await;
                 assert_eq!(c["circuit"]["state"], "open", "{c}");
                 assert!(c["circuit"]["consecutive_failures"].as_i64().unwrap() >= 3, "{c}");
@@ -106,18 +124,24 @@ async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() 
         }
     }
     assert_eq!((outage.delivered, outage.dead, outage.expired), (0, 0, 0), "{outage:?}");
-    for provider in ["plausible", "umami"] {
+    for provider in ["plausible", "umami", "posthog"] {
         let tried = fakes.received_by(provider).await.len();
         // The first round (4 requests in flight at once) opened the circuit; then a probe a minute.
         assert!(tried <= 4 + 120, "{provider}: {tried} requests during the outage");
     }
 
     fakes.behaviour(json!({"plausible": {"status": null}, "umami": {"status": null}})).await;
+    fakes.posthog(json!({"status": null})).await;
     let back = settle_at(&app, t0 + Duration::minutes(121)).await;
-    assert_eq!((back.delivered, back.dead, back.expired), (40, 0, 0), "{back:?}");
-    for (provider, config) in [("plausible", &p), ("umami", &u)] {
-        let (stored, pages) = stored_pages(&fakes, provider).await;
-        assert_eq!((stored, pages.len()), (20, 20), "{provider}: every event exactly once");
+    assert_eq!((back.delivered, back.dead, back.expired), (60, 0, 0), "{back:?}");
+    let posthog = fakes.posthog_events().await;
+    assert_eq!(posthog.len(), 20, "{posthog:#?}");
+    assert!(posthog.iter().all(|e| e["copies"] == 1), "PostHog got every event once: {posthog:#?}");
+    for (provider, config) in [("plausible", &p), ("umami", &u), ("posthog", &ph)] {
+        if provider != "posthog" {
+            let (stored, pages) = stored_pages(&fakes, provider).await;
+            assert_eq!((stored, pages.len()), (20, 20), "{provider}: every event exactly once");
+        }
         let c = site::config(&app, provider, &id(config)).await;
         assert_eq!(
             (c["circuit"]["state"].as_str(), c["circuit"]["consecutive_failures"].as_i64()),
