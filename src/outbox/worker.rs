@@ -692,10 +692,15 @@ impl Worker {
             circuit::Change::Opened => tracing::warn!(config = %config.id, provider = provider.name(),
                 failures = self.settings.circuit_failures, "circuit opened: deliveries held back, probing"),
             circuit::Change::Closed => {
+                // The outcomes are recorded; a release that fails leaves the deliveries on their
+                // own schedule (the circuit is closed), so it is only logged.
                 let per_sec = self.settings.circuit_release_per_sec;
-                let released = circuit::release(&self.db, config.id, per_sec, now).await?;
-                tracing::info!(config = %config.id, provider = provider.name(), released, per_sec,
-                    "circuit closed: waiting deliveries released");
+                match circuit::release(&self.db, config.id, per_sec, now).await {
+                    Ok(released) => tracing::info!(config = %config.id, provider = provider.name(), released,
+                        per_sec, "circuit closed: waiting deliveries released"),
+                    Err(e) => tracing::warn!(config = %config.id, error = %e,
+                        "circuit closed, but its waiting deliveries could not be released; they keep their schedule"),
+                }
             }
             circuit::Change::Unchanged => {}
         }
