@@ -49,6 +49,14 @@ impl App {
     pub async fn start_with(settings: Settings, db: DatabaseConnection) -> anyhow::Result<App> {
         crate::telemetry::init_metrics();
         let geo = Arc::new(Geo::open(&settings.geo)?);
+        crate::outbox::log::set_horizon(settings.delivery.retry_horizon());
+        for key in settings.delivery.deprecated_keys() {
+            tracing::warn!(
+                key,
+                "deprecated configuration key ignored: deliveries are retried until \
+                `delivery.retry_horizon_hours`, not for a number of attempts"
+            );
+        }
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;

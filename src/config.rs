@@ -145,14 +145,32 @@ pub struct DeliverySettings {
     pub concurrency_per_provider: usize,
     /// Timeout of one provider request, in milliseconds.
     pub request_timeout_ms: u64,
-    /// How long a claim is held before another worker may take it over, in seconds.
+    /// How long a claim is held before another worker may take it over, in seconds. Must exceed
+    /// `request_timeout_ms` (checked at start-up); the worker also renews it while a request is
+    /// in flight.
     pub lease_secs: u64,
-    /// Attempts before a delivery is dead-lettered.
-    pub max_attempts: i32,
+    /// Deprecated and ignored: deliveries are retried until the retry horizon
+    /// (`retry_horizon_hours`), not for a number of attempts. Still accepted so that existing
+    /// config files load; start-up logs a warning when it is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i32>,
+    /// How long a delivery is retried, in hours, counted from the event's arrival: past it, a
+    /// delivery still not sent is dead-lettered (and replayable). Shorter for a provider that
+    /// refuses older events itself.
+    pub retry_horizon_hours: u64,
     /// First retry delay, in milliseconds; doubles each attempt (full jitter).
     pub backoff_base_ms: u64,
     /// Upper bound of one retry delay, in milliseconds.
     pub backoff_max_ms: u64,
+    /// Failed requests in a row (timeouts, connection errors, 408, 429, 5xx) that open a config's
+    /// circuit: its deliveries are then held back and one is sent as a probe every
+    /// `circuit_probe_secs`. 0 disables the circuit.
+    pub circuit_failures: u32,
+    /// Seconds between probes while a config's circuit is open.
+    pub circuit_probe_secs: u64,
+    /// When a probe succeeds, the config's waiting deliveries are made due again at this many
+    /// per second (paced), instead of all at once or at the end of their backoff.
+    pub circuit_release_per_sec: u64,
     /// Consecutive 401/403 answers that put a provider config in `error`.
     pub auth_failures_before_error: u32,
     /// Let deliveries reach private, loopback and link-local addresses (a self-hosted provider
@@ -170,12 +188,28 @@ impl Default for DeliverySettings {
             concurrency_per_provider: 4,
             request_timeout_ms: 10_000,
             lease_secs: 60,
-            max_attempts: 12,
+            max_attempts: None,
+            retry_horizon_hours: 72,
             backoff_base_ms: 1_000,
-            backoff_max_ms: 3_600_000,
+            backoff_max_ms: 900_000,
+            circuit_failures: 5,
+            circuit_probe_secs: 30,
+            circuit_release_per_sec: 100,
             auth_failures_before_error: 3,
             allow_private_destinations: false,
         }
+    }
+}
+
+impl DeliverySettings {
+    /// The retry horizon, counted from an event's arrival.
+    pub fn retry_horizon(&self) -> chrono::Duration {
+        chrono::Duration::hours(self.retry_horizon_hours.min(100_000) as i64)
+    }
+
+    /// The deprecated keys set in this configuration, for a start-up warning.
+    pub fn deprecated_keys(&self) -> Vec<&'static str> {
+        self.max_attempts.map(|_| "delivery.max_attempts").into_iter().collect()
     }
 }
 
@@ -221,8 +255,22 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(ConfigError("key `database.max_connections`: must be at least 1".into()));
         }
-        if self.delivery.max_attempts < 1 {
-            return Err(ConfigError("key `delivery.max_attempts`: must be at least 1".into()));
+        let d = &self.delivery;
+        if d.lease_secs.saturating_mul(1000) <= d.request_timeout_ms {
+            return Err(ConfigError(format!(
+                "key `delivery.lease_secs` ({} s) must exceed `delivery.request_timeout_ms` ({} ms): a claim \
+                 that ends before its request can be taken over and the event sent twice",
+                d.lease_secs, d.request_timeout_ms
+            )));
+        }
+        if d.retry_horizon_hours == 0 {
+            return Err(ConfigError("key `delivery.retry_horizon_hours`: must be at least 1".into()));
+        }
+        if d.circuit_probe_secs == 0 {
+            return Err(ConfigError("key `delivery.circuit_probe_secs`: must be at least 1".into()));
+        }
+        if d.circuit_release_per_sec == 0 {
+            return Err(ConfigError("key `delivery.circuit_release_per_sec`: must be at least 1".into()));
         }
         if self.delivery.concurrency_per_provider == 0 {
             return Err(ConfigError("key `delivery.concurrency_per_provider`: must be at least 1".into()));
@@ -295,6 +343,25 @@ mod tests {
     fn an_unsupported_database_is_refused() {
         let err = from_toml("[database]\nurl = \"mysql://root:pw@x/db\"").unwrap_err().to_string();
         assert!(err.contains("database.url") && !err.contains("pw@"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_not_longer_than_the_request_timeout_is_refused_naming_both_keys() {
+        for (lease, timeout) in [("5", "7000"), ("10", "10000")] {
+            let err = from_toml(&format!("[delivery]\nlease_secs = {lease}\nrequest_timeout_ms = {timeout}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("delivery.lease_secs") && err.contains("delivery.request_timeout_ms"), "{err}");
+        }
+        assert!(from_toml("[delivery]\nlease_secs = 11\nrequest_timeout_ms = 10000").is_ok());
+    }
+
+    #[test]
+    fn max_attempts_still_parses_but_is_deprecated() {
+        let s = from_toml("[delivery]\nmax_attempts = 12").unwrap();
+        assert_eq!(s.delivery.deprecated_keys(), ["delivery.max_attempts"]);
+        assert!(from_toml("").unwrap().delivery.deprecated_keys().is_empty());
+        assert_eq!(from_toml("").unwrap().delivery.retry_horizon(), chrono::Duration::hours(72));
     }
 
     #[test]

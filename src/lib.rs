@@ -64,7 +64,8 @@
 //!    per batch of items ([`providers::Provider::request`], [`outbox::batch`]).
 //! 6. The answer is classified, for the whole request or per item
 //!    ([`providers::Provider::classify`]); a refused batch is split. Each delivery is delivered, dropped, retried
-//!    ([`outbox::backoff`]) or dead; the config's usage and the metrics ([`telemetry`]) are
+//!    ([`outbox::backoff`], until the retry horizon: [`outbox::horizon`]; a failing config's
+//!    circuit holds its deliveries back: [`outbox::circuit`]) or dead; the config's usage and the metrics ([`telemetry`]) are
 //!    updated, and the delivery log ([`outbox::log`]) shows it.
 
 /// Serde glue for a string type whose only constructor is `parse(&str) -> Result<Self, String>`

@@ -34,6 +34,11 @@ pub struct Model {
     /// A pseudonymous visitor id computed at ingest (PostHog's cookieless daily id), kept only
     /// while pending.
     pub pseudonymous_id: Option<String>,
+    /// When the delivery is dead-lettered if still not delivered; `NULL`: `created_at` (the
+    /// event's arrival) plus the configured retry horizon. Set by a replay.
+    pub expires_at: Option<DateTimeUtc>,
+    /// When the current lease was taken; `NULL` when not leased.
+    pub claimed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -31,6 +31,13 @@ pub struct Model {
     /// 401/403 answers in a row; reset by any other answer. At the configured threshold the
     /// config goes to `error`.
     pub consecutive_auth_failures: i32,
+    /// The per-config circuit: `closed` (sending), `open` (the provider keeps failing: only a
+    /// probe now and then) or `half_open` (a probe is in flight). Not a lifecycle status.
+    pub circuit_state: String,
+    /// When the circuit last changed state (or, open, when the last probe was sent).
+    pub circuit_since: Option<DateTimeUtc>,
+    /// Failed requests (timeouts, connection errors, 408/429/5xx) in a row; reset by any answer.
+    pub circuit_failures: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     /// The provider's privacy policy (https), linked from the banner's per-provider choices.

@@ -82,7 +82,8 @@ async fn replay_delivery(
     Admin(caller): Admin,
     ApiPath(DeliveryPath { id, .. }): ApiPath<DeliveryPath>,
 ) -> ApiResult<Json<DeliveryView>> {
-    let view = log::replay(&state.db, caller.tenant.id, id, &caller.actor()).await?;
+    let view =
+        log::replay(&state.db, caller.tenant.id, id, &caller.actor(), state.settings.delivery.retry_horizon()).await?;
     state.outbox.wake();
     Ok(Json(view))
 }

@@ -41,6 +41,12 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
-async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render_metrics())
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = crate::telemetry::render_metrics();
+    // The outbox per config, from the database (shared by every instance).
+    match crate::outbox::stats::collect(&state.db, chrono::Utc::now()).await {
+        Ok(stats) => text.push_str(&crate::outbox::stats::render(&stats)),
+        Err(e) => tracing::warn!(error = %e, "outbox figures for /metrics could not be read"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

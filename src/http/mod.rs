@@ -60,6 +60,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         crate::providers::InstanceUrl,
         crate::providers::plausible::SiteDomain,
         crate::providers::config::Usage,
+        crate::providers::config::CircuitView,
     ))
 )]
 struct ApiDoc;

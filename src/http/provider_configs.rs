@@ -173,7 +173,14 @@ async fn replay_dead_letters(
     if config.status == ProviderStatus::Decommissioned.as_str() {
         return Err(ApiError::Conflict("the config is decommissioned".into()));
     }
-    let replayed = outbox::log::replay_dead_letters(&state.db, caller.tenant.id, config.id, &caller.actor()).await?;
+    let replayed = outbox::log::replay_dead_letters(
+        &state.db,
+        caller.tenant.id,
+        config.id,
+        &caller.actor(),
+        state.settings.delivery.retry_horizon(),
+    )
+    .await?;
     state.outbox.wake();
     Ok(Json(Replayed { replayed }))
 }

@@ -10,7 +10,11 @@
 //! 3. read back exactly the rows this round leased.
 //!
 //! A lease that passes without the outcome being recorded (the worker crashed) makes the row due
-//! again for any worker.
+//! again for any worker. The worker renews the lease while a request is in flight, so a claim
+//! never passes under a live request.
+//!
+//! A config whose circuit is open ([`super::circuit`]) has none of its deliveries claimed, but
+//! one (the oldest waiting, due or not) as the probe every `circuit_probe_secs`.
 
 use chrono::{DateTime, Duration, Utc};
 use entity::{delivery, provider_config};
@@ -20,7 +24,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::DeliveryStatus;
+use super::{
+    DeliveryStatus,
+    circuit::{self, Admits, CircuitState},
+};
 use crate::{
     consent::{ProviderStatus, RequiredCategory},
     error::Result,
@@ -28,15 +35,20 @@ use crate::{
 };
 
 fn due(now: DateTime<Utc>) -> Condition {
+    claimable(now).add(delivery::Column::NextAttemptAt.lte(now))
+}
+
+/// Pending and not held by a live lease.
+fn claimable(now: DateTime<Utc>) -> Condition {
     Condition::all()
         .add(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-        .add(delivery::Column::NextAttemptAt.lte(now))
         .add(Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now)))
 }
 
-/// Leases deliveries of `provider` due at `now` to `owner` until `now + lease`, enough for
-/// `requests` requests: up to `requests` × the largest batch limit among its active configs;
-/// returns them, oldest due first.
+/// The probe pace [`claim`] assumes (`delivery.circuit_probe_secs`' default).
+const DEFAULT_PROBE_EVERY: Duration = Duration::seconds(30);
+
+/// [`claim_probing`] with the default probe pace.
 pub async fn claim(
     db: &DatabaseConnection,
     provider: &dyn AnyProvider,
@@ -45,14 +57,33 @@ pub async fn claim(
     lease: Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<delivery::Model>> {
+    claim_probing(db, provider, owner, requests, lease, now, DEFAULT_PROBE_EVERY).await
+}
+
+/// Leases deliveries of `provider` due at `now` to `owner` until `now + lease`, enough for
+/// `requests` requests: a probe for each config whose circuit is open and due a probe (every
+/// `probe_every`), then up to the remaining requests × the largest batch limit among its active
+/// configs with a closed circuit; returns them, oldest due first.
+pub async fn claim_probing(
+    db: &DatabaseConnection,
+    provider: &dyn AnyProvider,
+    owner: &str,
+    requests: u64,
+    lease: Duration,
+    now: DateTime<Utc>,
+    probe_every: Duration,
+) -> Result<Vec<delivery::Model>> {
     if requests == 0 {
         return Ok(Vec::new());
     }
     let txn = crate::db::begin_write(db).await?;
-    let active: Vec<(Uuid, serde_json::Value)> = provider_config::Entity::find()
+    type Row = (Uuid, serde_json::Value, String, Option<DateTime<Utc>>);
+    let rows: Vec<Row> = provider_config::Entity::find()
         .select_only()
         .column(provider_config::Column::Id)
         .column(provider_config::Column::Settings)
+        .column(provider_config::Column::CircuitState)
+        .column(provider_config::Column::CircuitSince)
         .filter(provider_config::Column::Provider.eq(provider.name()))
         .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
         // An invalid config (unreadable category) sends nothing: its deliveries are not claimed.
@@ -60,14 +91,40 @@ pub async fn claim(
         .into_tuple()
         .all(&txn)
         .await?;
-    if active.is_empty() {
-        txn.commit().await?;
-        return Ok(Vec::new());
+    let mut active = Vec::new();
+    let mut ids: Vec<Uuid> = Vec::new();
+    for (config, settings, state, since) in rows {
+        match circuit::admits(CircuitState::stored(&state), since, now, probe_every) {
+            Admits::All => active.push((config, settings)),
+            Admits::Nothing => {}
+            Admits::Probe if (ids.len() as u64) < requests => {
+                let probe: Option<Uuid> = delivery::Entity::find()
+                    .select_only()
+                    .column(delivery::Column::Id)
+                    .filter(delivery::Column::ConfigId.eq(config))
+                    .filter(claimable(now))
+                    .order_by_asc(delivery::Column::NextAttemptAt)
+                    .limit(1)
+                    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                    .into_tuple()
+                    .one(&txn)
+                    .await?;
+                if let Some(probe) = probe
+                    && circuit::take_probe(&txn, config, &state, since, now).await?
+                {
+                    ids.push(probe);
+                }
+            }
+            Admits::Probe => {}
+        }
     }
-    let limit = active.iter().map(|(_, settings)| provider.batch_limit(settings)).max().unwrap_or(1) as u64;
-    let active: Vec<Uuid> = active.into_iter().map(|(id, _)| id).collect();
-    let n = requests.saturating_mul(limit.max(1));
-    let ids: Vec<Uuid> = due_ids(provider.name(), active, now, n).into_tuple().all(&txn).await?;
+    let requests = requests - ids.len() as u64;
+    if !active.is_empty() && requests > 0 {
+        let limit = active.iter().map(|(_, settings)| provider.batch_limit(settings)).max().unwrap_or(1) as u64;
+        let active: Vec<Uuid> = active.into_iter().map(|(id, _)| id).collect();
+        let n = requests.saturating_mul(limit.max(1));
+        ids.extend(due_ids(provider.name(), active, now, n).into_tuple::<Uuid>().all(&txn).await?);
+    }
     if ids.is_empty() {
         txn.commit().await?;
         return Ok(Vec::new());
@@ -76,8 +133,9 @@ pub async fn claim(
     delivery::Entity::update_many()
         .col_expr(delivery::Column::LeaseOwner, Expr::value(owner))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(until))
+        .col_expr(delivery::Column::ClaimedAt, Expr::value(now))
         .filter(delivery::Column::Id.is_in(ids.clone()))
-        .filter(due(now))
+        .filter(claimable(now))
         .exec(&txn)
         .await?;
     let claimed = delivery::Entity::find()
@@ -145,6 +203,7 @@ pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<(
     delivery::Entity::update_many()
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(delivery::Column::Id.eq(id))
         .filter(delivery::Column::LeaseOwner.eq(owner))
         .exec(db)

@@ -2,10 +2,10 @@
 //! forwarding decision behind it; dead letters (`status=dead`); replays.
 
 use chrono::{DateTime, Utc};
-use entity::{delivery, provider_config};
+use entity::{analytics_event, delivery, provider_config};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    QueryTrait, sea_query::Expr,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -40,15 +40,51 @@ pub struct DeliveryView {
     /// Why a `dropped` delivery was discarded, or what was changed to fit the provider's limits.
     pub warning: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// A pending delivery claimed by a worker whose lease is live: its request is being built,
+    /// is in flight or its answer is being recorded. Absent otherwise (tells a delivery being
+    /// sent from a stuck one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<InFlight>,
+    /// When a pending delivery is dead-lettered if still not delivered (its retry horizon).
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The forwarding decision this delivery carries out.
     pub decision: Option<DecisionView>,
 }
 
+/// Who is sending a delivery, since when.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct InFlight {
+    /// When the worker claimed it.
+    pub since: Option<DateTime<Utc>>,
+    /// The worker holding it: `worker-<uuid>@<host>:<pid>` (the instance it runs in; the log
+    /// lines of that worker name it as `owner`).
+    pub owner: String,
+    /// Until when its lease runs (renewed while the request is in flight).
+    pub lease_until: DateTime<Utc>,
+}
+
 impl DeliveryView {
     fn new(d: delivery::Model, decision: Option<DecisionView>) -> Self {
+        let pending = d.status == DeliveryStatus::Pending.as_str();
+        let in_flight = match (&d.lease_owner, d.lease_until) {
+            (Some(owner), Some(until)) if pending && until > Utc::now() => {
+                Some(InFlight { since: d.claimed_at, owner: owner.clone(), lease_until: until })
+            }
+            _ => None,
+        };
+        let expires_at = pending.then(|| {
+            let provider = crate::providers::get(&d.provider);
+            let horizon = super::horizon::for_provider(
+                HORIZON.get().copied().unwrap_or_else(|| chrono::Duration::hours(72)),
+                provider.and_then(|p| p.max_event_age()),
+            );
+            super::horizon::deadline(d.expires_at, d.created_at, horizon)
+        });
         DeliveryView {
+            in_flight,
+            expires_at,
             next_attempt_at: (d.status == DeliveryStatus::Pending.as_str()).then_some(d.next_attempt_at),
             id: d.id,
             event_id: d.event_id,
@@ -120,8 +156,24 @@ async fn with_decisions(db: &impl ConnectionTrait, rows: Vec<delivery::Model>) -
         .collect())
 }
 
-/// Sends a dead or dropped delivery again, from a fresh attempt count.
-pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &str) -> Result<DeliveryView> {
+/// The configured retry horizon, for showing `expires_at` (set once at start-up by [`set_horizon`];
+/// the default 72 h until then).
+static HORIZON: std::sync::OnceLock<chrono::Duration> = std::sync::OnceLock::new();
+
+/// Sets the horizon the log shows pending deliveries' `expires_at` with (first call wins).
+pub fn set_horizon(h: chrono::Duration) {
+    let _ = HORIZON.set(h);
+}
+
+/// Sends a dead or dropped delivery again, from a fresh attempt count, with a new retry horizon
+/// (`horizon` from now). Refused when the event is older than the provider takes.
+pub async fn replay(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+    actor: &str,
+    horizon: chrono::Duration,
+) -> Result<DeliveryView> {
     let txn = crate::db::begin_write(db).await?;
     let d = delivery::Entity::find_by_id(id)
         .filter(delivery::Column::TenantId.eq(tenant_id))
@@ -138,8 +190,20 @@ pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
     if config.status == ProviderStatus::Decommissioned.as_str() {
         return Err(Error::Conflict("the delivery's config is decommissioned".into()));
     }
+    let max_age = crate::providers::get(&d.provider).and_then(|p| p.max_event_age());
+    if max_age.is_some() {
+        let occurred_at: Option<DateTime<Utc>> = analytics_event::Entity::find_by_id(d.event_id)
+            .select_only()
+            .column(analytics_event::Column::OccurredAt)
+            .into_tuple()
+            .one(&txn)
+            .await?;
+        if let Some(why) = occurred_at.and_then(|at| super::horizon::too_old(&d.provider, at, max_age, Utc::now())) {
+            return Err(Error::Conflict(format!("cannot replay: {why}")));
+        }
+    }
     let before = DeliveryView::new(d.clone(), None);
-    reset(&txn, delivery::Column::Id.eq(id)).await?;
+    reset(&txn, delivery::Column::Id.eq(id), horizon).await?;
     let after = delivery::Entity::find_by_id(id).one(&txn).await?.ok_or(Error::NotFound)?;
     audit::record(
         &txn,
@@ -159,22 +223,35 @@ pub async fn replay(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
     Ok(views.remove(0))
 }
 
-/// Replays every dead delivery of a config; returns how many.
+/// Replays every dead delivery of a config (but those whose event is older than the provider
+/// takes); returns how many.
 pub async fn replay_dead_letters(
     db: &DatabaseConnection,
     tenant_id: Uuid,
     config_id: Uuid,
     actor: &str,
+    horizon: chrono::Duration,
 ) -> Result<u64> {
     let txn = crate::db::begin_write(db).await?;
-    let n = reset(
-        &txn,
-        delivery::Column::TenantId
-            .eq(tenant_id)
-            .and(delivery::Column::ConfigId.eq(config_id))
-            .and(delivery::Column::Status.eq(DeliveryStatus::Dead.as_str())),
-    )
-    .await?;
+    let mut which = delivery::Column::TenantId
+        .eq(tenant_id)
+        .and(delivery::Column::ConfigId.eq(config_id))
+        .and(delivery::Column::Status.eq(DeliveryStatus::Dead.as_str()));
+    let provider: Option<String> = provider_config::Entity::find_by_id(config_id)
+        .select_only()
+        .column(provider_config::Column::Provider)
+        .into_tuple()
+        .one(&txn)
+        .await?;
+    if let Some(age) = provider.as_deref().and_then(crate::providers::get).and_then(|p| p.max_event_age()) {
+        let recent = analytics_event::Entity::find()
+            .select_only()
+            .column(analytics_event::Column::Id)
+            .filter(analytics_event::Column::OccurredAt.gt(Utc::now() - age))
+            .into_query();
+        which = which.and(delivery::Column::EventId.in_subquery(recent));
+    }
+    let n = reset(&txn, which, horizon).await?;
     audit::record(
         &txn,
         audit::Change {
@@ -192,7 +269,11 @@ pub async fn replay_dead_letters(
     Ok(n)
 }
 
-async fn reset(db: &impl ConnectionTrait, which: sea_orm::sea_query::SimpleExpr) -> Result<u64> {
+async fn reset(
+    db: &impl ConnectionTrait,
+    which: sea_orm::sea_query::SimpleExpr,
+    horizon: chrono::Duration,
+) -> Result<u64> {
     let now = Utc::now();
     let res = delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(DeliveryStatus::Pending.as_str()))
@@ -204,6 +285,8 @@ async fn reset(db: &impl ConnectionTrait, which: sea_orm::sea_query::SimpleExpr)
         .col_expr(delivery::Column::LastError, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::Warning, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::DeliveredAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::ExpiresAt, Expr::value(now + horizon))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .filter(which)
         .exec(db)

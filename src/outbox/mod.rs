@@ -11,6 +11,12 @@
 //!   [`Worker::run_once`] runs one claim + send + record pass and says what it did (tests drive
 //!   the outbox with it instead of waiting for the loop).
 //! - [`backoff`]: exponential backoff with full jitter, capped; `Retry-After` honoured.
+//! - [`horizon`]: retrying by time — a delivery is tried until its horizon (72 h after the
+//!   event arrived by default; shorter for a provider with its own age limit), then
+//!   dead-lettered saying so, replayable.
+//! - [`circuit`]: the per-config circuit — after failed requests in a row a config's deliveries
+//!   are held back and probed at a steady pace, and released (paced) once a probe succeeds.
+//! - [`stats`]: outbox depth, oldest pending age and circuits per config, for `/metrics`.
 //! - [`log`]: the delivery log for admins and auditors, and replays.
 //!
 //! The one module that updates `delivery` rows; the ingest transaction creates them through
@@ -18,9 +24,12 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod circuit;
 pub mod claim;
 pub mod destination;
+pub mod horizon;
 pub mod log;
+pub mod stats;
 pub mod worker;
 
 pub use worker::{Pass, Worker};
@@ -75,7 +84,7 @@ string_enum! {
         Delivered = "delivered",
         /// The provider answered with success but discarded the event.
         Dropped = "dropped",
-        /// Dead-lettered: refused, or out of attempts.
+        /// Dead-lettered: refused, or not delivered within the retry horizon.
         Dead = "dead",
     }
 }
@@ -127,6 +136,9 @@ pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateT
         user_agent: Set(new.user_agent.map(String::from)),
         granted: Set(Some(granted_text(new.granted))),
         pseudonymous_id: Set(new.pseudonymous_id.map(String::from)),
+        // The horizon counts from `created_at` (the event's arrival); see `horizon`.
+        expires_at: Set(None),
+        claimed_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -165,6 +177,7 @@ pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: 
         .col_expr(delivery::Column::PseudonymousId, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .filter(delivery::Column::ConfigId.eq(config_id))
         .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))

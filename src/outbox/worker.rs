@@ -4,8 +4,9 @@
 //! key, at most the provider's batch limit), sends each with the request the provider module
 //! built, and records what the answer means for each delivery, one transaction per request.
 //!
-//! Retry policy. Timeouts, connection errors, 408, 429 and 5xx are retried with backoff, then
-//! dead-lettered after `max_attempts`. Plausible and Umami have no idempotency key, so a request
+//! Retry policy. Timeouts, connection errors, 408, 429 and 5xx are retried with capped backoff
+//! until the delivery's retry horizon ([`super::horizon`]), then dead-lettered saying so; failed
+//! requests in a row open the config's circuit ([`super::circuit`]). Plausible and Umami have no idempotency key, so a request
 //! that timed out after the provider had taken it is counted twice when retried; the gateway
 //! accepts that rare double count rather than losing events on every slow answer. Other 4xx go to
 //! the dead letters at once with the provider's answer. 401/403 count towards the config's
@@ -31,7 +32,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DeliveryStatus, Outbox, backoff, batch, claim, destination};
+use super::{DeliveryStatus, Outbox, backoff, batch, circuit, claim, destination, horizon};
 use crate::{
     config::DeliverySettings,
     consent::Identity,
@@ -79,6 +80,8 @@ pub struct Pass {
     pub released: usize,
     /// Attempted, but the lease had passed to another worker before the outcome was recorded.
     pub lease_lost: usize,
+    /// Not claimed but dead-lettered before the claim: pending past their retry horizon.
+    pub expired: usize,
     /// A claim or an attempt failed on the database (logged); what was leased is due again once
     /// its lease has passed.
     pub errors: usize,
@@ -108,6 +111,7 @@ impl std::ops::AddAssign for Pass {
         self.dead += o.dead;
         self.released += o.released;
         self.lease_lost += o.lease_lost;
+        self.expired += o.expired;
         self.errors += o.errors;
     }
 }
@@ -179,9 +183,11 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
         if shutdown.is_cancelled() {
             break;
         }
-        let (rounds, failed_claims) = worker.claim_due(Utc::now()).await;
+        let now = Utc::now();
+        let (_, failed_expiry) = worker.expire(now).await;
+        let (rounds, failed_claims) = worker.claim_due(now).await;
         let claimed_any = !rounds.is_empty();
-        let claim_failed = failed_claims > 0;
+        let claim_failed = failed_claims + failed_expiry > 0;
         for round in rounds {
             let w = worker.clone();
             in_flight.spawn(async move { w.deliver(round).await });
@@ -221,7 +227,7 @@ impl Worker {
             .iter()
             .map(|p| (p.name(), Arc::new(Semaphore::new(settings.concurrency_per_provider))))
             .collect();
-        Ok(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, slots, secrets })
+        Ok(Worker { db, owner: owner_name(Uuid::new_v4(), &instance()), settings, http, slots, secrets })
     }
 
     /// One pass: claims what is due at `now` (every provider, as many requests' worth as it has
@@ -233,13 +239,28 @@ impl Worker {
     /// background loop passes the clock; a test passes a later instant to reach a backoff or a
     /// lease's end without waiting for it. What the pass records is stamped with the real clock.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Pass {
+        let (expired, expire_errors) = self.expire(now).await;
         let (rounds, errors) = self.claim_due(now).await;
         let claimed = rounds.iter().map(|r| r.deliveries.len()).sum();
-        let mut pass = Pass { claimed, errors, ..Pass::default() };
+        let mut pass = Pass { claimed, expired, errors: errors + expire_errors, ..Pass::default() };
         for done in futures_util::future::join_all(rounds.into_iter().map(|r| self.deliver(r))).await {
             done.into_iter().for_each(|d| pass.count(d));
         }
         pass
+    }
+
+    /// Dead-letters what waited past its retry horizon at `now`, claimed or not (paused configs,
+    /// open circuits), before anything is claimed. Returns how many, and 1 if it failed.
+    async fn expire(&self, now: DateTime<Utc>) -> (usize, usize) {
+        match super::horizon::expire(&self.db, self.settings.retry_horizon(), now).await {
+            Ok(n) => (n as usize, 0),
+            Err(e) => {
+                if let Some(suppressed) = CLAIM_LOG.allow() {
+                    tracing::warn!(error = %e, suppressed, "dead-lettering deliveries past their horizon failed");
+                }
+                (0, 1)
+            }
+        }
     }
 
     /// Leases the deliveries due at `now`, provider by provider, for as many requests as it has
@@ -247,6 +268,7 @@ impl Worker {
     /// they can send). Returns them with the number of providers whose claim failed.
     async fn claim_due(&self, now: DateTime<Utc>) -> (Vec<Round>, usize) {
         let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
+        let probe_every = chrono::Duration::seconds(self.settings.circuit_probe_secs.max(1) as i64);
         let mut rounds = Vec::new();
         let mut errors = 0;
         for provider in providers::all() {
@@ -259,7 +281,9 @@ impl Worker {
             if free.is_empty() {
                 continue;
             }
-            match claim::claim(&self.db, *provider, &self.owner, free.len() as u64, lease, now).await {
+            match claim::claim_probing(&self.db, *provider, &self.owner, free.len() as u64, lease, now, probe_every)
+                .await
+            {
                 Ok(due) if due.is_empty() => {}
                 Ok(due) => {
                     free.truncate(due.len());
@@ -358,6 +382,13 @@ impl Worker {
                 done.push(self.record(&d, &config, None, gone, &[]).await?);
                 continue;
             };
+            // Never an event older than the provider takes (it would refuse or misdate it).
+            if let Some(reason) =
+                super::horizon::too_old(provider.name(), event.occurred_at, provider.max_event_age(), Utc::now())
+            {
+                done.push(self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await?);
+                continue;
+            }
             match self.item(provider, &config, &d, event).await? {
                 Ok((key, item)) => keyed.push((key, (Ready { delivery: d, occurred_at: event.occurred_at }, item))),
                 Err(outcome) => done.push(self.record(&d, &config, None, outcome, &[]).await?),
@@ -482,7 +513,9 @@ impl Worker {
                     continue;
                 }
             }
-            let (next, answered) = self.exchange(provider, &config, &mut credentials, &items).await;
+            let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
+            let (next, answered) =
+                self.renewing(&ids, lease, self.exchange(provider, &config, &mut credentials, &items)).await;
             match next {
                 batch::Next::Split => {
                     tracing::debug!(
@@ -508,6 +541,29 @@ impl Worker {
             }
         }
         done
+    }
+
+    /// Runs `request` while renewing this worker's lease on `ids` every third of the lease, so
+    /// that a claim never passes while its request is in flight (a slow answer, a retried
+    /// refusal of the credentials) and another worker cannot send the same deliveries again.
+    async fn renewing<T>(&self, ids: &[Uuid], lease: chrono::Duration, request: impl Future<Output = T>) -> T {
+        let every = (lease / 3).to_std().unwrap_or_default().max(std::time::Duration::from_millis(50));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut request = std::pin::pin!(request);
+        loop {
+            tokio::select! {
+                done = &mut request => return done,
+                _ = tick.tick() => match claim::renew(&self.db, ids, &self.owner, lease, Utc::now()).await {
+                    Ok(kept) if kept.len() < ids.len() => tracing::warn!(
+                        lost = ids.len() - kept.len(),
+                        "a lease passed while its request was in flight; its outcome will not be recorded"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "a lease could not be renewed while its request was in flight"),
+                },
+            }
+        }
     }
 
     /// Builds the request for `items`, sends it and says what the answer means per item. A
@@ -606,6 +662,8 @@ impl Worker {
         items: &[Item],
         sent: bool,
     ) -> Result<Vec<Attempted>> {
+        // The provider failed the whole request (its circuit counts it) or answered (closes it).
+        let failed = !outcomes.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
         let txn = crate::db::begin_write(&self.db).await?;
         let mut done = Vec::with_capacity(members.len());
         let mut auth_counted = false;
@@ -623,7 +681,29 @@ impl Worker {
             auth_counted |= matches!(outcome, Outcome::AuthFailure { .. });
             done.push(self.record_in(&txn, &m.delivery, config, answered, outcome, &item.adjustments, !counted).await?);
         }
+        let now = Utc::now();
+        let change = if sent {
+            circuit::record(&txn, config.id, failed, self.settings.circuit_failures, now).await?
+        } else {
+            circuit::Change::Unchanged
+        };
         txn.commit().await?;
+        match change {
+            circuit::Change::Opened => tracing::warn!(config = %config.id, provider = provider.name(),
+                failures = self.settings.circuit_failures, "circuit opened: deliveries held back, probing"),
+            circuit::Change::Closed => {
+                // The outcomes are recorded; a release that fails leaves the deliveries on their
+                // own schedule (the circuit is closed), so it is only logged.
+                let per_sec = self.settings.circuit_release_per_sec;
+                match circuit::release(&self.db, config.id, per_sec, now).await {
+                    Ok(released) => tracing::info!(config = %config.id, provider = provider.name(), released,
+                        per_sec, "circuit closed: waiting deliveries released"),
+                    Err(e) => tracing::warn!(config = %config.id, error = %e,
+                        "circuit closed, but its waiting deliveries could not be released; they keep their schedule"),
+                }
+            }
+            circuit::Change::Unchanged => {}
+        }
         Ok(done)
     }
 
@@ -672,6 +752,7 @@ impl Worker {
         row.last_status = Set(answer.map(|(s, _)| s as i32));
         row.lease_owner = Set(None);
         row.lease_until = Set(None);
+        row.claimed_at = Set(None);
         row.updated_at = Set(now);
         let adjusted = (!adjustments.is_empty()).then(|| adjustments.join("; "));
         let end = |row: &mut delivery::ActiveModel, st: DeliveryStatus| {
@@ -684,6 +765,12 @@ impl Worker {
             row.granted = Set(None);
             row.pseudonymous_id = Set(None);
         };
+        // Retried until the horizon: the last retry is scheduled just before it.
+        let horizon = horizon::for_provider(
+            self.settings.retry_horizon(),
+            providers::get(&config.provider).and_then(|p| p.max_event_age()),
+        );
+        let deadline = horizon::deadline(d.expires_at, d.created_at, horizon);
         let retry_at = |ra: Option<std::time::Duration>| -> DateTime<Utc> {
             let wait = backoff::delay(
                 attempts,
@@ -692,7 +779,8 @@ impl Worker {
                 backoff::unit_random(),
                 ra,
             );
-            now + chrono::Duration::from_std(wait).unwrap_or_default()
+            let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+            at.min(deadline - chrono::Duration::seconds(1)).max(now)
         };
         let retry_after = answer.and_then(|(_, ra)| ra);
         let done = match &outcome {
@@ -733,8 +821,10 @@ impl Worker {
                 usage::denied_by_consent(txn, config.id).await?;
                 Attempted::Dead
             }
-            Outcome::Retry { reason } if attempts >= self.settings.max_attempts => {
-                let reason = format!("gave up after {attempts} attempts; last: {reason}");
+            Outcome::Retry { reason } | Outcome::AuthFailure { reason }
+                if now >= deadline - chrono::Duration::seconds(1) =>
+            {
+                let reason = horizon::reached(horizon, Some(reason));
                 end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
                 row.update(txn).await?;
@@ -762,6 +852,23 @@ impl Worker {
         };
         Ok(done)
     }
+}
+
+/// This instance, for lease owner names: the host name and process id.
+fn instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A worker's lease owner name: unique per worker (`worker-<uuid>`), naming the instance it runs
+/// in (`@<host>:<pid>`), so that a delivery's `in_flight.owner` says where it is being sent from.
+fn owner_name(id: Uuid, instance: &str) -> String {
+    format!("worker-{id}@{instance}")
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
@@ -796,6 +903,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_owner_names_the_worker_and_its_instance() {
+        let name = owner_name(Uuid::nil(), &instance());
+        let (worker, at) = name.split_once('@').unwrap();
+        assert_eq!(worker, format!("worker-{}", Uuid::nil()));
+        assert!(at.ends_with(&format!(":{}", std::process::id())), "{name}");
+    }
 
     #[tokio::test]
     async fn request_errors_are_described_without_the_url_and_its_query() {

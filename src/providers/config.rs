@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use entity::provider_config;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, Set, sea_query::Expr,
+    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 use serde::{
     Deserialize, Deserializer, Serialize,
@@ -69,9 +69,24 @@ pub struct Usage {
     pub events_failed: i64,
     pub events_denied_by_consent: i64,
     pub events_dropped: i64,
+    /// Deliveries waiting after at least one failed attempt, now (they end delivered, or dead
+    /// at the retry horizon): trouble shows here while it happens, not only in `events_failed`.
+    pub events_retrying: i64,
     pub last_sent_at: Option<DateTime<Utc>>,
     pub last_error_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+}
+
+/// The config's circuit ([`crate::outbox::circuit`]): set by the outbox, never by an admin.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CircuitView {
+    /// `closed` (sending), `open` (the provider keeps failing: one probe every
+    /// `delivery.circuit_probe_secs`) or `half_open` (a probe in flight).
+    pub state: String,
+    /// When it last changed (open: when the last probe was sent).
+    pub since: Option<DateTime<Utc>>,
+    /// Failed requests in a row (timeouts, connection errors, 408, 429, 5xx).
+    pub consecutive_failures: i32,
 }
 
 /// A provider config as the API shows it: the shared fields, the provider's settings at the top
@@ -94,6 +109,7 @@ pub struct ProviderConfigView {
     #[serde(flatten)]
     pub settings: Map<String, Value>,
     pub usage: Usage,
+    pub circuit: CircuitView,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -115,6 +131,7 @@ struct ConfigMeta {
     credentials: Value,
     privacy_policy_url: Option<String>,
     usage: Usage,
+    circuit: CircuitView,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -171,9 +188,16 @@ impl From<provider_config::Model> for ProviderConfigView {
                 events_failed: m.events_failed,
                 events_denied_by_consent: m.events_denied_by_consent,
                 events_dropped: m.events_dropped,
+                // Counted from the deliveries: see `with_retrying`.
+                events_retrying: 0,
                 last_sent_at: m.last_sent_at,
                 last_error_at: m.last_error_at,
                 last_error: m.last_error,
+            },
+            circuit: CircuitView {
+                state: m.circuit_state,
+                since: m.circuit_since,
+                consecutive_failures: m.circuit_failures,
             },
             created_at: m.created_at,
             updated_at: m.updated_at,
@@ -210,7 +234,7 @@ pub struct ConfigInput {
 }
 
 /// Fields of the representation that only the gateway sets; a body naming one is refused.
-const READ_ONLY: &[&str] = &["id", "provider", "status_reason", "usage", "created_at", "updated_at"];
+const READ_ONLY: &[&str] = &["id", "provider", "status_reason", "usage", "circuit", "created_at", "updated_at"];
 
 /// A PATCH of a provider config, parsed at the HTTP edge: a JSON merge patch (RFC 7396) of the
 /// writable fields (`display_name`, `status`, `required_category`, `credentials`, the provider's
@@ -361,6 +385,9 @@ pub async fn create(
         last_error_at: Set(None),
         last_error: Set(None),
         consecutive_auth_failures: Set(0),
+        circuit_state: Set(crate::outbox::circuit::CircuitState::Closed.as_str().into()),
+        circuit_since: Set(None),
+        circuit_failures: Set(0),
         created_at: Set(now),
         updated_at: Set(now),
         privacy_policy_url: Set(input.privacy_policy_url),
@@ -384,7 +411,32 @@ pub async fn list(
         .order_by_asc(provider_config::Column::CreatedAt)
         .all(db)
         .await?;
-    Ok(rows.into_iter().map(ProviderConfigView::from).collect())
+    with_retrying(db, rows.into_iter().map(ProviderConfigView::from).collect()).await
+}
+
+/// Fills `usage.events_retrying` of `views`: their pending deliveries with a failed attempt.
+async fn with_retrying(
+    db: &impl ConnectionTrait,
+    mut views: Vec<ProviderConfigView>,
+) -> Result<Vec<ProviderConfigView>> {
+    if views.is_empty() {
+        return Ok(views);
+    }
+    let counts: Vec<(Uuid, i64)> = entity::delivery::Entity::find()
+        .select_only()
+        .column(entity::delivery::Column::ConfigId)
+        .column_as(Expr::col(entity::delivery::Column::Id).count(), "n")
+        .filter(entity::delivery::Column::ConfigId.is_in(views.iter().map(|v| v.id)))
+        .filter(entity::delivery::Column::Status.eq(crate::outbox::DeliveryStatus::Pending.as_str()))
+        .filter(entity::delivery::Column::Attempts.gt(0))
+        .group_by(entity::delivery::Column::ConfigId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    for v in &mut views {
+        v.usage.events_retrying = counts.iter().find(|(c, _)| *c == v.id).map_or(0, |(_, n)| *n);
+    }
+    Ok(views)
 }
 
 pub async fn find(
@@ -407,7 +459,8 @@ pub async fn get(
     provider: &dyn AnyProvider,
     id: Uuid,
 ) -> Result<ProviderConfigView> {
-    Ok(find(db, tenant_id, provider.name(), id).await?.into())
+    let view = find(db, tenant_id, provider.name(), id).await?.into();
+    Ok(with_retrying(db, vec![view]).await?.remove(0))
 }
 
 /// The writable representation of a stored config, onto which a PATCH is merged.
@@ -498,7 +551,7 @@ pub async fn patch(
     let view = ProviderConfigView::from(model);
     audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
     txn.commit().await?;
-    Ok(view)
+    Ok(with_retrying(db, vec![view]).await?.remove(0))
 }
 
 /// The audit entry of an admin's change to a config: `<provider>_config.<verb>`.
@@ -644,6 +697,20 @@ pub mod usage {
             );
         }
         q.filter(provider_config::Column::Id.eq(config_id)).exec(db).await?;
+        Ok(())
+    }
+
+    /// `n` deliveries dead-lettered at once (at the retry horizon): `events_failed` grows by `n`;
+    /// `last_error` stays the provider's (the reason they could not be sent).
+    pub async fn failed_many(db: &impl ConnectionTrait, config_id: Uuid, n: u64) -> Result<()> {
+        provider_config::Entity::update_many()
+            .col_expr(
+                provider_config::Column::EventsFailed,
+                Expr::col(provider_config::Column::EventsFailed).add(n as i64),
+            )
+            .filter(provider_config::Column::Id.eq(config_id))
+            .exec(db)
+            .await?;
         Ok(())
     }
 

@@ -86,6 +86,14 @@ pub trait Provider: Send + Sync + 'static {
     /// decision) and again before [`Provider::item`] at send time, since settings may have changed.
     fn accepts(settings: &Self::Settings, event: &analytics_event::Model) -> Result<(), Blocked>;
 
+    /// The oldest event the provider still takes (GA4: 72 hours), counted from the event's time
+    /// (`occurred_at`); `None` (the default): no limit of its own. The outbox never sends an
+    /// older event: such a delivery is dead-lettered saying so, its retry horizon is at most this
+    /// long, and a replay of it is refused.
+    fn max_event_age() -> Option<chrono::Duration> {
+        None
+    }
+
     /// The most deliveries one request may carry: 1 (the default) sends one request per event.
     fn batch_limit(_settings: &Self::Settings) -> usize {
         1
@@ -276,6 +284,7 @@ pub trait AnyProvider: Send + Sync {
     /// `Err(ConfigInvalid)` when the stored settings cannot be read.
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
     /// At least 1; 1 when the stored settings cannot be read.
+    fn max_event_age(&self) -> Option<chrono::Duration>;
     fn batch_limit(&self, settings: &Value) -> usize;
     fn batch_key(&self, settings: &Value, out: &Outgoing<'_>) -> String;
     /// [`Provider::accepts`] again (settings may have changed since ingest), then [`Provider::item`].
@@ -317,6 +326,10 @@ impl<P: Provider> AnyProvider for P {
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked> {
         let settings = stored_settings::<P>(settings).map_err(|_| Blocked::ConfigInvalid)?;
         P::accepts(&settings, event)
+    }
+
+    fn max_event_age(&self) -> Option<chrono::Duration> {
+        P::max_event_age()
     }
 
     fn batch_limit(&self, settings: &Value) -> usize {

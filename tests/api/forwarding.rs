@@ -298,15 +298,35 @@ async fn a_provider_that_is_down_is_retried_until_it_is_back() {
 }
 
 #[tokio::test]
-async fn retries_end_in_the_dead_letters_after_max_attempts() {
-    let (app, fakes, keys) = setup_with(|s| s.delivery.max_attempts = 3).await;
+async fn retries_end_in_the_dead_letters_at_the_retry_horizon() {
+    // `max_attempts` is deprecated: still accepted, ignored.
+    let (app, fakes, keys) = setup_with(|s| {
+        s.delivery.max_attempts = Some(2);
+        s.delivery.circuit_failures = 3;
+    })
+    .await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     fakes.behaviour(json!({"plausible": {"status": 500}})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
-    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 3, retried: 2, dead: 1, ..Pass::default() });
-    let d = delivery_in(&app, &id(&accepted), &id(&p), "dead").await;
+    // Retried past the old attempt count until the circuit opens; nothing is dead.
+    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 3, retried: 3, ..Pass::default() });
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "pending").await;
     assert_eq!(d["attempts"], 3);
-    assert!(d["last_error"].as_str().unwrap().contains("gave up after 3 attempts"), "{d}");
+    // Just before the horizon (72 h after the event arrived) it is still tried (as the open
+    // circuit's probe); past it, dead.
+    let arrived: chrono::DateTime<chrono::Utc> = d["created_at"].as_str().unwrap().parse().unwrap();
+    let horizon = chrono::Duration::hours(72);
+    let before = app.run_outbox_at(arrived + horizon - chrono::Duration::minutes(1)).await;
+    assert_eq!(before, Pass { claimed: 1, retried: 1, ..Pass::default() });
+    let after = app.run_outbox_at(arrived + horizon + chrono::Duration::seconds(1)).await;
+    assert_eq!(after, Pass { expired: 1, ..Pass::default() });
+    let d = delivery_in(&app, &id(&accepted), &id(&p), "dead").await;
+    assert_eq!(d["attempts"], 4);
+    let why = d["last_error"].as_str().unwrap();
+    assert!(why.starts_with("retry horizon reached (72 h after the event arrived); last: "), "{d}");
+    assert!(why.contains("500"), "{d}");
+    let usage = &site::config(&app, "plausible", &id(&p)).await["usage"];
+    assert_eq!((usage["events_failed"].as_i64(), usage["events_retrying"].as_i64()), (Some(1), Some(0)), "{usage}");
     let (_, dead) = app.get(&format!("/v1/tenants/{}/deliveries?status=dead", app.tenant), &app.auditor).await;
     assert_eq!(dead["items"].as_array().unwrap().len(), 1);
     assert_eq!(dead["items"][0]["decision"]["decision"], "allow", "the log shows the decision behind it");

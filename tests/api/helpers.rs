@@ -86,7 +86,8 @@ pub fn manual_delivery(settings: &mut Settings) {
     settings.delivery.enabled = false;
 }
 
-/// Passes one drain may run before it is taken for a loop (retries end after `max_attempts`).
+/// Passes one drain may run before it is taken for a loop (retries end when the config's circuit
+/// opens, or at the retry horizon).
 const MAX_PASSES: usize = 200;
 
 impl TestApp {

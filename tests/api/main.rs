@@ -18,6 +18,7 @@ mod ga4;
 mod http_edge;
 mod ingest;
 mod outbox;
+mod outbox_outage;
 mod posthog;
 mod provider_choices;
 mod provider_configs;

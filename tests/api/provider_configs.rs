@@ -33,7 +33,7 @@ async fn a_plausible_config_with_the_defaults() {
     assert_eq!(
         c["usage"],
         json!({"events_sent": 0, "events_failed": 0, "events_denied_by_consent": 0, "events_dropped": 0,
-               "last_sent_at": null, "last_error_at": null, "last_error": null})
+               "events_retrying": 0, "last_sent_at": null, "last_error_at": null, "last_error": null})
     );
     let (s, list) = app.get(&configs_path(&app, "plausible"), &app.auditor).await;
     assert_eq!((s, list.as_array().unwrap().len()), (StatusCode::OK, 1));

@@ -12,7 +12,7 @@ use crate::{
 };
 
 async fn setup() -> (TestApp, FakeProviders, Site) {
-    site::setup_with(|s| s.delivery.max_attempts = 3).await
+    site::setup_with(|s| s.delivery.circuit_failures = 3).await
 }
 
 /// Runs the outbox (every backoff waited out) until nothing is left to try, then the one
@@ -31,7 +31,8 @@ fn outcomes(received: &[Value]) -> Vec<&str> {
 }
 
 /// An `instance_url` that reaches an HTML catch-all (`200` for every path) is neither Plausible
-/// nor Umami: the event is retried and ends in the dead letters, visibly, never `delivered`.
+/// nor Umami: the event is retried (until the config's circuit opens) and ends in the dead letters
+/// at its retry horizon, visibly, never `delivered`.
 #[tokio::test]
 async fn a_catch_all_page_at_a_providers_url_is_never_a_delivery() {
     let (app, fakes, keys) = setup().await;
@@ -40,12 +41,17 @@ async fn a_catch_all_page_at_a_providers_url_is_never_a_delivery() {
     let u = site::umami(&app, &fakes, wrong).await;
     let (s, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    for config in [&p, &u] {
+        drained(&app, &id(&accepted), &id(config), "pending").await;
+    }
+    assert_eq!(app.run_outbox_at(chrono::Utc::now() + chrono::Duration::hours(73)).await.expired, 2);
     for (provider, config, answer) in
         [("plausible", &p, "not Plausible's `ok`"), ("umami", &u, "not Umami's collect answer")]
     {
-        let d = drained(&app, &id(&accepted), &id(config), "dead").await;
+        let d = delivery_in(&app, &id(&accepted), &id(config), "dead").await;
         assert_eq!((d["attempts"].as_i64(), d["last_status"].as_i64()), (Some(3), Some(200)), "{d}");
         assert!(d["last_error"].as_str().unwrap().contains(answer), "{d}");
+        assert!(d["last_error"].as_str().unwrap().starts_with("retry horizon reached"), "{d}");
         let usage = &site::config(&app, provider, &id(config)).await["usage"];
         assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(0), Some(1)), "{usage}");
         assert!(usage["last_error"].as_str().unwrap().contains("instance_url"), "{usage}");

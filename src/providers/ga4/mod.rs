@@ -228,6 +228,12 @@ impl Provider for Ga4 {
         Ok(())
     }
 
+    /// GA4's 72 hours (`timestamp_micros`): the outbox's retry horizon for GA4 is no longer, and a
+    /// replay of an older event is refused. The mapping keeps a minute's margin on top.
+    fn max_event_age() -> Option<chrono::Duration> {
+        Some(chrono::Duration::hours(rules::MAX_AGE_HOURS))
+    }
+
     fn batch_limit(_: &Ga4Settings) -> usize {
         rules::MAX_EVENTS
     }

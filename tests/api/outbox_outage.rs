@@ -1,0 +1,349 @@
+//! Deliveries that ride out a long provider outage (issue 13): retried by time until a horizon,
+//! a per-config circuit that probes and then releases the backlog paced, leases that never pass
+//! under a live request, and what an operator sees meanwhile (`in_flight`, `events_retrying`,
+//! `/metrics`).
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use chrono::{DateTime, Duration, Utc};
+use consentgate::outbox::{Pass, Worker};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    fakes::FakeProviders,
+    helpers::{TestApp, eventually},
+    site::{self, Site, delivery_in, track, visitor},
+};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string()
+}
+
+/// `n` page views of distinct pages, accepted; their event ids.
+async fn pageviews(app: &TestApp, keys: &Site, n: usize) -> Vec<String> {
+    let batch: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut e = site::pageview(&visitor());
+            e["page_url"] = json!(format!("https://www.example.com/page/{i}"));
+            e
+        })
+        .collect();
+    let (s, res) = track(app, keys, json!({"batch": batch})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+    res["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Passes at `at` until one claims nothing; what they did together.
+async fn settle_at(app: &TestApp, at: DateTime<Utc>) -> Pass {
+    let mut total = Pass::default();
+    loop {
+        let pass = app.run_outbox_at(at).await;
+        total += pass;
+        if pass.claimed == 0 {
+            return total;
+        }
+    }
+}
+
+/// The pages the fake stored for `provider`: each once, and how many requests stored one.
+async fn stored_pages(fakes: &FakeProviders, provider: &str) -> (usize, BTreeSet<String>) {
+    let stored = fakes.stored(provider).await;
+    let pages = stored
+        .iter()
+        .map(|r| {
+            let b = &r["body"];
+            b.get("url").or(b.pointer("/payload/url")).map(Value::to_string).unwrap_or_default()
+        })
+        .collect();
+    (stored.len(), pages)
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+/// The value of the `/metrics` line starting with `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Two hours of 503s from Plausible, Umami and PostHog (batched; it deduplicates), the outbox run
+/// every minute: nothing is dead, the open circuits send one probe a minute instead of every
+/// backoff, the operator sees the trouble, and when the providers are back every event reaches
+/// each exactly once.
+#[tokio::test]
+async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() {
+    let (app, fakes, keys) = site::setup_with(|s| {
+        s.delivery.circuit_failures = 3;
+        s.delivery.circuit_probe_secs = 60;
+    })
+    .await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    // PostHog needs analytics consent: granted by default here.
+    app.publish_consent_config(
+        json!({"categories": {"analytics": {"default_accepted": true}}, "respect_do_not_track": false}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("posthog-key");
+    std::fs::write(&key, crate::fakes::POSTHOG_PROJECT_KEY).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ph = site::create_config(
+        &app,
+        "posthog",
+        json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
+               "credentials": {"project_api_key_ref": format!("file:{}", key.display())}}),
+    )
+    .await;
+    fakes.behaviour(json!({"plausible": {"status": 503}, "umami": {"status": 503}})).await;
+    fakes.posthog(json!({"status": 503})).await;
+    let t0 = Utc::now();
+    pageviews(&app, &keys, 20).await;
+
+    let mut outage = Pass::default();
+    for minute in 0..=120 {
+        outage += settle_at(&app, t0 + Duration::minutes(minute)).await;
+        if minute == 60 {
+            for (provider, config) in [("plausible", &p), ("umami", &u), ("posthog", &ph)] {
+                let c = site::config(&app, provider, &id(config)).await;
+                assert_eq!(c["circuit"]["state"], "open", "{c}");
+                assert!(c["circuit"]["consecutive_failures"].as_i64().unwrap() >= 3, "{c}");
+                assert!(c["circuit"]["since"].is_string(), "{c}");
+                let usage = &c["usage"];
+                assert_eq!((usage["events_retrying"].as_i64(), usage["events_failed"].as_i64()), (Some(20), Some(0)));
+                let text = metrics(&app).await;
+                let labels = format!("{{provider=\"{provider}\",config=\"{}\"", id(config));
+                assert_eq!(metric(&text, &format!("consentgate_outbox_depth{labels}}}")), Some(20.0), "{text}");
+                let oldest = metric(&text, &format!("consentgate_outbox_oldest_pending_seconds{labels}}}")).unwrap();
+                assert!(oldest > 0.0, "{text}");
+                assert_eq!(metric(&text, &format!("consentgate_circuit_state{labels},state=\"open\"}}")), Some(1.0));
+                assert_eq!(metric(&text, &format!("consentgate_circuit_state{labels},state=\"closed\"}}")), Some(0.0));
+            }
+        }
+    }
+    assert_eq!((outage.delivered, outage.dead, outage.expired), (0, 0, 0), "{outage:?}");
+    for provider in ["plausible", "umami", "posthog"] {
+        let tried = fakes.received_by(provider).await.len();
+        // The first round (4 requests in flight at once) opened the circuit; then a probe a minute.
+        assert!(tried <= 4 + 120, "{provider}: {tried} requests during the outage");
+    }
+
+    fakes.behaviour(json!({"plausible": {"status": null}, "umami": {"status": null}})).await;
+    fakes.posthog(json!({"status": null})).await;
+    let back = settle_at(&app, t0 + Duration::minutes(121)).await;
+    assert_eq!((back.delivered, back.dead, back.expired), (60, 0, 0), "{back:?}");
+    let posthog = fakes.posthog_events().await;
+    assert_eq!(posthog.len(), 20, "{posthog:#?}");
+    assert!(posthog.iter().all(|e| e["copies"] == 1), "PostHog got every event once: {posthog:#?}");
+    for (provider, config) in [("plausible", &p), ("umami", &u), ("posthog", &ph)] {
+        if provider != "posthog" {
+            let (stored, pages) = stored_pages(&fakes, provider).await;
+            assert_eq!((stored, pages.len()), (20, 20), "{provider}: every event exactly once");
+        }
+        let c = site::config(&app, provider, &id(config)).await;
+        assert_eq!(
+            (c["circuit"]["state"].as_str(), c["circuit"]["consecutive_failures"].as_i64()),
+            (Some("closed"), Some(0))
+        );
+        let usage = &c["usage"];
+        assert_eq!(
+            (usage["events_sent"].as_i64(), usage["events_failed"].as_i64(), usage["events_retrying"].as_i64()),
+            (Some(20), Some(0), Some(0)),
+            "{usage}"
+        );
+        let text = metrics(&app).await;
+        let labels = format!("{{provider=\"{provider}\",config=\"{}\"", id(config));
+        assert_eq!(metric(&text, &format!("consentgate_outbox_depth{labels}}}")), Some(0.0), "{text}");
+        assert_eq!(metric(&text, &format!("consentgate_circuit_state{labels},state=\"closed\"}}")), Some(1.0));
+    }
+}
+
+/// When a probe succeeds, the waiting deliveries are due again at once — not at the end of a
+/// backoff grown during the outage — but paced: `circuit_release_per_sec` per second.
+#[tokio::test]
+async fn a_successful_probe_releases_the_waiting_deliveries_paced() {
+    let (app, fakes, keys) = site::setup_with(|s| {
+        s.delivery.circuit_failures = 2;
+        s.delivery.circuit_probe_secs = 60;
+        s.delivery.circuit_release_per_sec = 5;
+        // Backoffs long enough that, without the release, nothing would be due for an hour.
+        s.delivery.backoff_base_ms = 3_600_000;
+        s.delivery.backoff_max_ms = 3_600_000;
+    })
+    .await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    fakes.behaviour(json!({"umami": {"status": 503}})).await;
+    pageviews(&app, &keys, 12).await;
+    let failed = settle_at(&app, Utc::now()).await;
+    assert_eq!((failed.claimed, failed.retried), (4, 4), "one round, then the circuit opened: {failed:?}");
+    assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "open");
+    // Not yet time for a probe.
+    assert_eq!(app.run_outbox_at(Utc::now() + Duration::seconds(30)).await, Pass::default());
+
+    fakes.behaviour(json!({"umami": {"status": null}})).await;
+    let probe = app.run_outbox_at(Utc::now() + Duration::seconds(61)).await;
+    assert_eq!(probe, Pass { claimed: 1, delivered: 1, ..Pass::default() }, "one probe");
+    assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "closed");
+    let (_, page) =
+        app.get(&format!("/v1/tenants/{}/deliveries?status=pending&limit=100", app.tenant), &app.admin).await;
+    let mut due: Vec<DateTime<Utc>> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["next_attempt_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    due.sort();
+    assert_eq!(due.len(), 11);
+    // Waves of 5, a second apart.
+    let waves: Vec<i64> = due.iter().map(|at| (*at - due[0]).num_milliseconds() / 1000).collect();
+    assert_eq!(waves, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2], "{due:?}");
+    assert!(due[0] <= Utc::now(), "the first wave is due at once");
+
+    let rest = settle_at(&app, Utc::now() + Duration::seconds(3)).await;
+    assert_eq!((rest.delivered, rest.dead), (11, 0), "{rest:?}");
+    let (stored, pages) = stored_pages(&fakes, "umami").await;
+    assert_eq!((stored, pages.len()), (12, 12), "every event once");
+}
+
+/// A provider answering after 3 s and a worker lease of 1 s (start-up refuses such settings;
+/// the workers are built directly here): the worker renews its lease while the requests are in
+/// flight, so another worker finds nothing to claim and the provider gets every event once. The
+/// deliveries show meanwhile that they are in flight, and who sends them.
+#[tokio::test]
+async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
+    let (app, fakes, keys) = site::setup().await;
+    site::umami(&app, &fakes, json!({})).await;
+    pageviews(&app, &keys, 3).await;
+    fakes.behaviour(json!({"umami": {"delay_ms": 3000}})).await;
+    let mut settings = app.app.state.settings.delivery.clone();
+    settings.lease_secs = 1;
+    settings.request_timeout_ms = 10_000;
+    let worker = || Arc::new(Worker::new(app.db.clone(), settings.clone(), app.app.state.outbox.secrets()).unwrap());
+    let (first, second) = (worker(), worker());
+    let sending = tokio::spawn({
+        let first = first.clone();
+        async move { first.run_once(Utc::now()).await }
+    });
+    let in_flight = eventually(5, || async {
+        let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?status=pending", app.tenant), &app.admin).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 3 && items.iter().all(|d| d["in_flight"].is_object())).then_some(items)
+    })
+    .await;
+    for d in &in_flight {
+        assert_eq!(d["attempts"], 0, "{d}");
+        let owner = d["in_flight"]["owner"].as_str().unwrap();
+        assert!(owner.starts_with("worker-") && owner.contains(&format!(":{}", std::process::id())), "{d}");
+        assert!(d["in_flight"]["since"].is_string() && d["in_flight"]["lease_until"].is_string(), "{d}");
+    }
+    // Past the lease the first worker took (1 s), the requests still in flight.
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    assert_eq!(second.run_once(Utc::now()).await, Pass::default(), "the lease was renewed under the live request");
+    let done = sending.await.unwrap();
+    assert_eq!(done, Pass { claimed: 3, delivered: 3, ..Pass::default() });
+    assert_eq!(fakes.received_by("umami").await.len(), 3, "nothing sent twice");
+    let (stored, pages) = stored_pages(&fakes, "umami").await;
+    assert_eq!((stored, pages.len()), (3, 3));
+    let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?status=delivered", app.tenant), &app.admin).await;
+    assert!(page["items"].as_array().unwrap().iter().all(|d| d.get("in_flight").is_none()), "{page}");
+}
+
+/// A paused config's deliveries wait against the same horizon; dead-lettered at it they say so,
+/// and a replay sends them with a new horizon.
+#[tokio::test]
+async fn deliveries_of_a_paused_config_end_at_the_horizon_and_stay_replayable() {
+    let (app, fakes, keys) = site::setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let event = pageviews(&app, &keys, 1).await.remove(0);
+    let (s, c) = site::patch_config(&app, "plausible", &id(&p), json!({"status": "paused"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let d = delivery_in(&app, &event, &id(&p), "pending").await;
+    let arrived: DateTime<Utc> = d["created_at"].as_str().unwrap().parse().unwrap();
+    let expires: DateTime<Utc> = d["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires, arrived + Duration::hours(72), "{d}");
+    assert_eq!(app.run_outbox_at(expires - Duration::minutes(1)).await, Pass::default(), "still waiting");
+    assert_eq!(app.run_outbox_at(expires + Duration::seconds(1)).await, Pass { expired: 1, ..Pass::default() });
+    let d = delivery_in(&app, &event, &id(&p), "dead").await;
+    assert_eq!(d["last_error"], "retry horizon reached (72 h after the event arrived); last: never attempted");
+    assert_eq!(site::config(&app, "plausible", &id(&p)).await["usage"]["events_failed"], 1);
+
+    site::patch_config(&app, "plausible", &id(&p), json!({"status": "active"})).await;
+    let (s, replayed) =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{replayed}");
+    assert_eq!(replayed["status"], "pending");
+    let renewed: DateTime<Utc> = replayed["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(renewed > Utc::now() + Duration::hours(71), "a new horizon from the replay: {replayed}");
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, delivered: 1, ..Pass::default() });
+    assert_eq!(stored_pages(&fakes, "plausible").await.0, 1);
+}
+
+/// A lease that does not outlast the provider request stops start-up, naming both keys.
+#[test]
+fn a_lease_not_longer_than_the_request_timeout_stops_start_up() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentgate"))
+        .env("CONSENTGATE__DELIVERY__LEASE_SECS", "5")
+        .env("CONSENTGATE__DELIVERY__REQUEST_TIMEOUT_MS", "7000")
+        .args(["migrate"])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("delivery.lease_secs") && err.contains("delivery.request_timeout_ms"), "{err}");
+}
+
+/// GA4 takes events at most 72 hours old (`Provider::max_event_age`): an older one is never
+/// sent — dead-lettered saying so — and a replay of it is refused with that reason.
+#[tokio::test]
+async fn a_replay_past_the_providers_own_age_limit_is_refused_with_that_reason() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let (app, fakes, keys) = site::setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ga4-api-secret");
+    std::fs::write(&secret, "ga4-test-secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let g = site::create_config(
+        &app,
+        "ga4",
+        json!({"display_name": "GA4", "measurement_id": "G-TEST123", "endpoint_url": fakes.ga4_url(),
+               "status": "active", "credentials": {"api_secret_ref": format!("file:{}", secret.display())}}),
+    )
+    .await;
+    app.publish_consent_config(
+        json!({"categories": {"analytics": {"default_accepted": true}}, "respect_do_not_track": false}),
+    )
+    .await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let event = pageviews_of(&app, &keys, &v).await;
+    // The delivery waited (an outage) until the event was 73 hours old.
+    entity::analytics_event::Entity::update_many()
+        .col_expr(entity::analytics_event::Column::OccurredAt, Expr::value(Utc::now() - Duration::hours(73)))
+        .filter(entity::analytics_event::Column::Id.eq(uuid::Uuid::parse_str(&event).unwrap()))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, dead: 1, ..Pass::default() });
+    let d = delivery_in(&app, &event, &id(&g), "dead").await;
+    assert_eq!(d["last_error"], "the event is older than ga4 accepts (72 h after it occurred)", "{d}");
+    assert!(fakes.received_by("ga4").await.is_empty(), "nothing sent");
+    let (s, refused) =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    assert!(refused.to_string().contains("the event is older than ga4 accepts"), "{refused}");
+    let (s, all) = app
+        .post(&format!("{}/{}/replay-dead-letters", site::configs_path(&app, "ga4"), id(&g)), &app.admin, json!({}))
+        .await;
+    assert_eq!((s, all["replayed"].as_i64()), (StatusCode::OK, Some(0)), "{all}");
+    delivery_in(&app, &event, &id(&g), "dead").await;
+}
+
+/// One page view of visitor `v`, accepted; its event id.
+async fn pageviews_of(app: &TestApp, keys: &Site, v: &str) -> String {
+    let (s, res) = track(app, keys, site::pageview(v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+    id(&res)
+}
