@@ -8,6 +8,7 @@ mod m20261125_000001_initial;
 mod m20261126_000001_one_active_consent_config;
 mod m20261126_000002_forwarding;
 mod m20261129_000001_unlinkable_events;
+mod m20261130_000006_idempotency_by_key_kind;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_one_active_consent_config::Migration),
             Box::new(m20261126_000002_forwarding::Migration),
             Box::new(m20261129_000001_unlinkable_events::Migration),
+            Box::new(m20261130_000006_idempotency_by_key_kind::Migration),
         ]
     }
 }
