@@ -18,6 +18,7 @@ mod ingest;
 mod outbox;
 mod provider_configs;
 mod provider_contracts;
+mod rate_limits;
 mod secrets;
 mod site;
 mod upgrade;
