@@ -382,6 +382,7 @@ mod tests {
             "dnt",
             "gpc",
             "idempotency_key",
+            "key_kind",
             "decisions",
         ];
         want.sort();
