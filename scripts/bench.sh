@@ -122,7 +122,7 @@ fi
 
 rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
-echo "load: $CONNS connections, $SECS s per target, $ROUNDS rounds; $(nproc) cores; $(git rev-parse --short HEAD 2>/dev/null || echo '?')" >&2
+echo "load: $CONNS connections, $SECS s per target, $ROUNDS rounds; $(nproc) cores; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 results="$work/results.tsv"
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
@@ -133,6 +133,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every row; compare within a round)"
 echo "| round | target | events/s | p50 ms | p99 ms | errors | peak RSS MB | vs ceiling |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
 while IFS=$'\t' read -r round t rss json; do
