@@ -21,8 +21,8 @@ pub struct AppState {
     pub outbox: crate::outbox::Outbox,
     /// Resolves credential references (cached); shared with the delivery workers.
     pub secrets: Arc<crate::secrets::Secrets>,
-    /// Per-key ingest rate limits (in memory, per instance).
-    pub ingest_limits: Arc<crate::rate_limit::RateLimiter<uuid::Uuid>>,
+    /// Ingest rate limits: in memory per instance, or shared through Redis (`[rate_limit]`).
+    pub ingest_limits: Arc<crate::rate_limit::IngestLimits>,
     /// Rendered banner scripts by published revision.
     pub banners: Arc<crate::banner::Cache>,
     /// PostHog feature flags: the short answer cache and the HTTP client.
@@ -68,7 +68,7 @@ impl App {
             geo,
             outbox: crate::outbox::Outbox::new(secrets.clone()),
             secrets,
-            ingest_limits: Default::default(),
+            ingest_limits: Arc::new(crate::rate_limit::IngestLimits::new(&settings.rate_limit)?),
             banners: Default::default(),
             flags: Arc::new(crate::flags::Flags::new(&settings.delivery)?),
             settings: Arc::new(settings),

@@ -18,6 +18,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub geo: GeoSettings,
     pub consent: ConsentSettings,
+    pub rate_limit: RateLimitSettings,
     pub delivery: DeliverySettings,
     pub secrets: crate::secrets::SecretsSettings,
 }
@@ -128,6 +129,40 @@ pub struct ConsentSettings {
 impl Default for ConsentSettings {
     fn default() -> Self {
         Self { writes_per_minute_per_ip: 120 }
+    }
+}
+
+/// Limits on event ingestion (docs/rate-limits.md). Each is events per minute with bursts of as
+/// many; 0 disables it. A request is refused (`429`, `Retry-After`) if any limit that applies to
+/// it is used up, and then counts against none of them.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Per ingest key, for keys without their own `rate_limit_per_minute` (which wins).
+    pub per_key_per_minute: u32,
+    /// Public keys only: per client IP (IPv6: per /64) and tenant. Secret keys are exempt: a
+    /// site's server posts for many visitors from one address. Behind a proxy set
+    /// `server.client_ip_header`, or every visitor shares the proxy's budget.
+    pub per_ip_per_minute: u32,
+    /// Per tenant, over all its keys.
+    pub per_tenant_per_minute: u32,
+    /// `redis://127.0.0.1:6379/0`: count in Redis, shared by every instance that names it.
+    /// Empty: each instance counts in its own memory (N instances allow up to N × each limit).
+    /// While Redis cannot be reached, each instance counts on its own (fails open).
+    pub redis_url: String,
+    /// How long a Redis check may take before the instance counts on its own, in milliseconds.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            per_key_per_minute: 0,
+            per_ip_per_minute: 600,
+            per_tenant_per_minute: 0,
+            redis_url: String::new(),
+            redis_timeout_ms: 100,
+        }
     }
 }
 
@@ -285,6 +320,16 @@ impl Settings {
             return Err(ConfigError("key `server.max_connections`: must be at least 1".into()));
         }
         self.secrets.check().map_err(ConfigError)?;
+        let redis = &self.rate_limit.redis_url;
+        if !redis.is_empty() && url::Url::parse(redis).map_or(true, |u| u.scheme() != "redis" || u.host().is_none()) {
+            // The value is not echoed: it may hold a password.
+            return Err(ConfigError(
+                "key `rate_limit.redis_url`: must be a redis://host:port/db URL (TLS is not supported)".into(),
+            ));
+        }
+        if self.rate_limit.redis_timeout_ms == 0 {
+            return Err(ConfigError("key `rate_limit.redis_timeout_ms`: must be at least 1".into()));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError("key `server.max_body_bytes`: must be at least 1024".into()));
         }
@@ -331,6 +376,15 @@ mod tests {
     fn a_bad_value_names_its_key() {
         let err = from_toml("[server]\nbind = \"not an address\"").unwrap_err().to_string();
         assert!(err.contains("server.bind"), "{err}");
+    }
+
+    #[test]
+    fn a_redis_url_is_checked() {
+        assert!(from_toml("[rate_limit]\nredis_url = \"redis://127.0.0.1:6379/0\"").is_ok());
+        for bad in ["rediss://h:1", "http://h", "127.0.0.1:6379", "redis://:secret@"] {
+            let err = from_toml(&format!("[rate_limit]\nredis_url = \"{bad}\"")).unwrap_err().to_string();
+            assert!(err.contains("rate_limit.redis_url") && !err.contains("secret"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@
 //! | [`geo`] | the visitor's country and subdivision from a header or a MaxMind-format file |
 //! | [`ip`] | client IPs, truncated before they are stored |
 //! | [`origins`] | allowed browser origins of consent configs and public ingest keys |
-//! | [`rate_limit`] | in-memory token buckets for public write routes and ingest keys |
+//! | [`rate_limit`] | rate limits on public writes and ingestion: in memory per instance, or shared through Redis |
 //! | [`json`] | deserialising JSON into domain types with the failing field named; the one JSON merge patch (RFC 7396) |
 //! | [`string_enum`] | closed sets of stored values (statuses, categories, reasons) read per row, failing closed |
 //! | [`error`] | the domain layer's error type (mapped to HTTP once, in [`http::error`]) |

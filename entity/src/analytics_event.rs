@@ -45,6 +45,9 @@ pub struct Model {
     pub dnt: bool,
     pub gpc: bool,
     pub idempotency_key: Option<String>,
+    /// The kind of ingest key that posted it (`public`: a page, `secret`: a server); idempotency
+    /// keys are unique per tenant *and* kind. `null` for events stored before this was recorded.
+    pub key_kind: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ mod m20261130_000001_delivery_batches;
 mod m20261130_000002_daily_salts;
 mod m20261130_000004_provider_choices;
 mod m20261130_000005_outbox_horizon;
+mod m20261130_000006_idempotency_by_key_kind;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_daily_salts::Migration),
             Box::new(m20261130_000004_provider_choices::Migration),
             Box::new(m20261130_000005_outbox_horizon::Migration),
+            Box::new(m20261130_000006_idempotency_by_key_kind::Migration),
         ]
     }
 }

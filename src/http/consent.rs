@@ -134,7 +134,7 @@ type ConsentWriteLimiter = RateLimiter<(uuid::Uuid, IpAddr)>;
 fn rate_limited(state: &AppState, limiter: &ConsentWriteLimiter, gate: &Gate) -> Option<Response> {
     let client = crate::ip::client_key(gate.visitor.ip?);
     let wait = limiter.check((gate.tenant.id, client), state.settings.consent.writes_per_minute_per_ip).err()?;
-    let mut res = ApiError::RateLimited.into_response();
+    let mut res = ApiError::RateLimited("too many consent writes from this address".into()).into_response();
     let secs = wait.as_secs() + 1;
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     Some(res)

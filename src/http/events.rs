@@ -387,6 +387,7 @@ mod tests {
             "dnt",
             "gpc",
             "idempotency_key",
+            "key_kind",
             "decisions",
         ];
         want.sort();

@@ -1,6 +1,7 @@
 //! [`IngestKey`]: the extractor that says who may post events. A public key (`?key=` or
 //! `X-Ingest-Key`) from a page of one of its allowed origins, or a secret key
-//! (`Authorization: Bearer sk_…`) from a server; within the key's rate limit. A handler that takes
+//! (`Authorization: Bearer sk_…`) from a server; within the rate limits that apply to it (the
+//! key's, the client address's for public keys, the tenant's: [`crate::rate_limit`]). A handler that takes
 //! an `IngestKey` runs only for such a caller, and knows who sent the event ([`Sender`]).
 
 use axum::{
@@ -21,7 +22,7 @@ use crate::{
         event::Sender,
         keys::{self, KeyKind},
     },
-    tenants,
+    rate_limit, tenants,
 };
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -66,6 +67,7 @@ impl FromRequestParts<AppState> for IngestKey {
         let (tenant, key, origin) = authenticate(state, &slug, query_key, &visitor, &parts.headers)
             .await
             .map_err(IntoResponse::into_response)?;
+        let client_ip = visitor.ip;
         let caller = IngestKey {
             tenant,
             sender: match keys::kind_of(&key) {
@@ -74,14 +76,19 @@ impl FromRequestParts<AppState> for IngestKey {
             },
             origin,
         };
-        if let Some(limit) = key.rate_limit_per_minute
-            && let Err(wait) = state.ingest_limits.check(key.id, limit.max(1) as u32)
-        {
-            let mut res = caller.answer(ApiError::RateLimited.into_response());
-            let secs = wait.as_secs().max(1).to_string();
-            if let Ok(v) = HeaderValue::from_str(&secs) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        let checks = rate_limit::ingest_checks(
+            &state.settings.rate_limit,
+            caller.tenant.id,
+            key.id,
+            key.rate_limit_per_minute,
+            keys::kind_of(&key),
+            client_ip,
+        );
+        if let Err(refused) = state.ingest_limits.check(&checks).await {
+            metrics::counter!("consentgate_rate_limited_total", "scope" => refused.scope).increment(1);
+            let message = format!("rate limit of this {} reached", refused.scope.replace('_', " "));
+            let mut res = caller.answer(ApiError::RateLimited(message).into_response());
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after_secs()));
             return Err(res);
         }
         Ok(caller)

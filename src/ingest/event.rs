@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::fields::{
     ClientId, ClientTime, EventName, IdempotencyKey, PageUrl, Properties, Revenue, Screen, Title, UserAgent, VisitorIp,
 };
+use super::keys::KeyKind;
 use crate::{
     consent::{Signals, config::spec::LanguageTag, regions::CountryCode},
     crypto,
@@ -85,6 +86,17 @@ pub struct VisitorFacts {
 pub enum Sender {
     Browser(VisitorFacts),
     Server,
+}
+
+impl Sender {
+    /// The kind of key behind this sender: idempotency keys are scoped by it, so a page (anyone,
+    /// with the published public key) cannot pre-claim a key the site's server sends later.
+    pub fn key_kind(&self) -> KeyKind {
+        match self {
+            Sender::Browser(_) => KeyKind::Public,
+            Sender::Server => KeyKind::Secret,
+        }
+    }
 }
 
 impl EventInput {

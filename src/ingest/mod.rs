@@ -21,8 +21,8 @@ pub mod keys;
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, tenant};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    SqlErr,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
+    QueryFilter, SqlErr,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -32,6 +32,7 @@ use uuid::Uuid;
 use self::{
     decisions::DecisionView,
     event::{EventInput, Sender, ValidEvent},
+    keys::KeyKind,
 };
 use crate::{
     consent::{
@@ -76,8 +77,9 @@ pub async fn accept(
         ev.visitor.signals.country = loc.country;
         ev.visitor.signals.region = loc.region;
     }
+    let key_kind = sender.key_kind();
     if let Some(key) = &ev.idempotency_key
-        && let Some(first) = find_by_key(db, tenant.id, key.as_str()).await?
+        && let Some(first) = find_by_key(db, tenant.id, key_kind, key.as_str()).await?
     {
         return duplicate(db, first, provider).await;
     }
@@ -87,7 +89,7 @@ pub async fn accept(
     let client_ip = ev.visitor.ip;
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
-    let mut model = stored_event(tenant.id, provider, ev, &agent, now);
+    let mut model = stored_event(tenant.id, provider, key_kind, ev, &agent, now);
     let (policy, record) = consent_inputs(db, tenant, consent_lookup_id.as_deref()).await?;
     // The categories the visitor has granted, passed on with each delivery (GA4's consent fields).
     let granted = consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices;
@@ -143,7 +145,7 @@ pub async fn accept(
         // A concurrent request with the same key won the race: answer like a repeat.
         if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
             && let Some(key) = &model.idempotency_key
-            && let Some(first) = find_by_key(db, tenant.id, key).await?
+            && let Some(first) = find_by_key(db, tenant.id, key_kind, key).await?
         {
             return duplicate(db, first, provider).await;
         }
@@ -175,10 +177,24 @@ pub async fn accept(
     Ok(Accepted { id: model.id, duplicate: false, decisions: planned.into_iter().map(|p| p.view).collect() })
 }
 
-async fn find_by_key(db: &impl ConnectionTrait, tenant_id: Uuid, key: &str) -> Result<Option<analytics_event::Model>> {
+/// The event stored under `key` by a sender of this kind. Keys are scoped by key kind (the unique
+/// index is `(tenant_id, idempotency_key, key_kind)`): a page holding the public key cannot
+/// pre-claim a key the site's server will send. Events stored before the kind was recorded
+/// (`key_kind` null) are a repeat for either kind — the gateway cannot tell who sent them.
+async fn find_by_key(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    kind: KeyKind,
+    key: &str,
+) -> Result<Option<analytics_event::Model>> {
     Ok(analytics_event::Entity::find()
         .filter(analytics_event::Column::TenantId.eq(tenant_id))
         .filter(analytics_event::Column::IdempotencyKey.eq(key))
+        .filter(
+            Condition::any()
+                .add(analytics_event::Column::KeyKind.eq(kind.as_str()))
+                .add(analytics_event::Column::KeyKind.is_null()),
+        )
         .one(db)
         .await?)
 }
@@ -215,6 +231,7 @@ async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model, tar
 fn stored_event(
     tenant_id: Uuid,
     provider: Option<&str>,
+    key_kind: KeyKind,
     ev: ValidEvent,
     agent: &enrich::Agent,
     now: DateTime<Utc>,
@@ -252,6 +269,7 @@ fn stored_event(
         dnt: visitor.signals.dnt,
         gpc: visitor.signals.gpc,
         idempotency_key: idempotency_key.map(String::from),
+        key_kind: Some(key_kind.as_str().to_string()),
     }
 }
 

@@ -716,6 +716,7 @@ pub(crate) mod testing {
             dnt: false,
             gpc: false,
             idempotency_key: None,
+            key_kind: Some("public".into()),
         }
     }
 

@@ -353,3 +353,44 @@ async fn idempotency_is_scoped_to_the_endpoints_target() {
     let got = post("/events", keyed).await;
     assert_error(&got, StatusCode::CONFLICT, "conflict", None);
 }
+
+/// A public key is published in every page, so anyone can post with it: its idempotency keys are
+/// its own. A page posting `order-1001` first does not make the server's later `order-1001` a
+/// "repeat" (the purchase would never be stored), and each kind still deduplicates its own.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_key_kind() {
+    let (app, _fakes, keys) = site::setup().await;
+    let keyed = |k: &str| {
+        let mut e = pageview(&visitor());
+        e["idempotency_key"] = json!(k);
+        e
+    };
+    let from_server =
+        |body: Value| send(app.http.post(app.tenant_url("/events")).bearer_auth(&keys.secret_key).json(&body));
+
+    let (s, page) = track(&app, &keys, keyed("order-1001")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{page}");
+    let (s, server) = from_server(keyed("order-1001")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "the page's key must not pre-claim the server's: {server}");
+    assert_ne!(server["id"], page["id"]);
+
+    // Each kind still deduplicates its own repeats, answering with its own first event.
+    let (s, again) = from_server(keyed("order-1001")).await;
+    assert_eq!((s, &again["id"], &again["duplicate"]), (StatusCode::OK, &server["id"], &json!(true)), "{again}");
+    let (s, again) = track(&app, &keys, keyed("order-1001")).await;
+    assert_eq!((s, &again["id"], &again["duplicate"]), (StatusCode::OK, &page["id"], &json!(true)), "{again}");
+
+    // The same order the other way round: the server first, then a page.
+    let (s, server2) = from_server(keyed("order-1002")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{server2}");
+    let (s, page2) = track(&app, &keys, keyed("order-1002")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{page2}");
+    assert_ne!(server2["id"], page2["id"]);
+
+    // Each stored event says which kind of key posted it.
+    for (id, kind) in [(&page["id"], "public"), (&server["id"], "secret")] {
+        let (s, ev) =
+            app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id.as_str().unwrap()), &app.auditor).await;
+        assert_eq!((s, ev["key_kind"].as_str()), (StatusCode::OK, Some(kind)), "{ev}");
+    }
+}

@@ -24,6 +24,7 @@ mod provider_choices;
 mod provider_configs;
 mod provider_contracts;
 mod registry;
+mod rate_limits;
 mod secrets;
 mod site;
 mod upgrade;

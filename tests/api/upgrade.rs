@@ -247,4 +247,26 @@ async fn a_database_from_an_earlier_release_upgrades_and_reads_back() {
         assert_eq!(*version, if old { None } else { Some(2) }, "{id}: {page}");
     }
     assert!(page["items"].as_array().unwrap().iter().all(|r| r.get("provider_choices").is_none()), "{page}");
+
+    // Idempotency keys are scoped by key kind since migration 000006; the server's `order-42`
+    // from before it (kind not recorded) is still a repeat for the server: exactly once across
+    // the upgrade.
+    let (s, key) = app
+        .post(&format!("/v1/tenants/{}/ingest-keys", app.tenant), &admin, json!({"kind": "secret", "name": "after"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{key}");
+    let stmt = Statement::from_string(
+        app.db.get_database_backend(),
+        "SELECT id FROM analytics_event WHERE idempotency_key = 'order-42'".to_string(),
+    );
+    let first: Uuid = app.db.query_one_raw(stmt).await.unwrap().unwrap().try_get("", "id").unwrap();
+    let order = json!({"event_name": "purchase", "page_url": "https://www.example.com/checkout", "idempotency_key": "order-42"});
+    let (s, again) = crate::helpers::send(
+        app.http
+            .post(app.tenant_url("/analytics/plausible/events"))
+            .bearer_auth(key["key"].as_str().unwrap())
+            .json(&order),
+    )
+    .await;
+    assert_eq!((s, again["id"].as_str()), (StatusCode::OK, Some(first.to_string().as_str())), "{again}");
 }

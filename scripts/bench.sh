@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Ingest at line rate (issue 14): the release gateway against a bare axum "parse JSON and discard"
+# ceiling, on this machine, in one run. Not a timed test; see docs/scaling.md for a run's table.
+#
+#   scripts/bench.sh
+#
+# Builds the release binaries, then starts on 127.0.0.1 only: the fake providers, the ceiling
+# (tests/bench/ceiling.rs), the gateway on SQLite and — when BENCH_PG=1, by default when
+# PostgreSQL answers on 127.0.0.1:5432 — a second gateway on a fresh PostgreSQL database. Each
+# gateway has a published consent config, two active provider configs (Plausible and Umami on the
+# fakes), 100 visitors of whom half accepted and half rejected, and delivery workers OFF (ingest is
+# measured alone: what a site waits for). The load (tests/bench/load.rs): BENCH_CONNS keep-alive
+# connections (64) for BENCH_SECS seconds (10), ~450-byte page views with a secret key, each with
+# its own idempotency key; BENCH_ROUNDS rounds (2), each round going through every target in turn.
+# Prints one table: events/s, p50, p99, errors, peak RSS (the process's high-water mark so far)
+# and the ratio to the ceiling of the same round.
+#
+# Environment: CARGO_TARGET_DIR (default target), BENCH_PG (0/1), BENCH_PG_URL (a server URL
+# whose user may create databases; default postgres://postgres@127.0.0.1:5432/postgres),
+# BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
+# script itself in seconds — its figures mean nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${BENCH_CONNS:-64}
+SECS=${BENCH_SECS:-10}
+ROUNDS=${BENCH_ROUNDS:-2}
+PG_SERVER=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+if [ -z "${BENCH_PG:-}" ]; then
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then BENCH_PG=1; else BENCH_PG=0; fi
+fi
+for tool in curl jq python3; do
+  command -v $tool >/dev/null || { echo "bench.sh needs $tool" >&2; exit 2; }
+done
+
+TARGET=${CARGO_TARGET_DIR:-target}
+PROFILE=${BENCH_PROFILE:-release}
+echo "building the $PROFILE binaries (release, cold: 10+ minutes on 2 cores)…" >&2
+cargo build --profile "$PROFILE" --quiet --bin consentgate --bin fake-providers --example bench_ceiling --example bench_load
+BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+
+work=$(mktemp -d)
+pids=()
+pg_db=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$pg_db" ]; then psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() { # URL: until it answers (30 s at most)
+  for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "no answer from $1" >&2; exit 1
+}
+first_line() { # FILE: its first line, once written (10 s at most)
+  for _ in $(seq 100); do [ -s "$1" ] && { head -n1 "$1"; return 0; }; sleep 0.1; done
+  echo "nothing printed to $1" >&2; exit 1
+}
+
+"$BIN/fake-providers" >"$work/fakes.out" &
+pids+=($!)
+fake="http://127.0.0.1:$(first_line "$work/fakes.out" | jq -r .port)"
+
+BENCH_PORT=$(free_port) "$BIN/examples/bench_ceiling" >"$work/ceiling.out" &
+pids+=($!)
+ceiling_pid=$!
+ceiling="http://127.0.0.1:$(first_line "$work/ceiling.out" | jq -r .port)"
+
+declare -A url pid key
+url[ceiling]="$ceiling/v1/tenants/bench/events"
+pid[ceiling]=$ceiling_pid
+key[ceiling]="sk_ceiling"
+
+start_gateway() { # NAME DATABASE_URL
+  local name=$1 db=$2 port
+  port=$(free_port)
+  export CONSENTGATE__DATABASE__URL=$db CONSENTGATE__SERVER__BIND=127.0.0.1:$port \
+    CONSENTGATE__DELIVERY__ENABLED=false CONSENTGATE__DELIVERY__ALLOW_PRIVATE_DESTINATIONS=true \
+    CONSENTGATE__CONSENT__WRITES_PER_MINUTE_PER_IP=0 CONSENTGATE__LOG__LEVEL=warn
+  local admin
+  admin=$("$BIN/consentgate" tenant create bench --name Bench 2>>"$work/$name.log" | jq -r .admin_token)
+  "$BIN/consentgate" serve 2>>"$work/$name.log" &
+  pids+=($!)
+  pid[$name]=$!
+  local base="http://127.0.0.1:$port"
+  wait_http "$base/readyz"
+  local t="$base/v1/tenants/bench"
+  api() { curl -sf -X "$1" "$t$2" -H "authorization: Bearer $admin" -H 'content-type: application/json' ${3:+-d "$3"}; }
+  local cc
+  cc=$(api POST /analytics/cookie-consent/configs "$(cat banner/sample-config.json)" | jq -r .id)
+  api POST "/analytics/cookie-consent/configs/$cc/publish" '{"requires_reconsent": false}' >/dev/null
+  api POST /analytics/plausible/configs "{\"display_name\": \"Plausible\", \"site_id\": \"shop.example.com\", \"instance_url\": \"$fake/plausible\", \"status\": \"active\"}" >/dev/null
+  api POST /analytics/umami/configs "{\"display_name\": \"Umami\", \"website_id\": \"5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11\", \"instance_url\": \"$fake/umami\", \"status\": \"active\", \"required_category\": \"analytics\"}" >/dev/null
+  for v in $(seq 0 99); do
+    local action=accept_all
+    [ $((v % 2)) = 1 ] && action=reject_all
+    curl -sf "$t/consent" -H 'content-type: application/json' \
+      -d "{\"visitor_id\": \"visitor-$v\", \"action\": \"$action\", \"revision\": 1}" >/dev/null
+  done
+  key[$name]=$(api POST /ingest-keys '{"kind": "secret", "name": "bench"}' | jq -r .key)
+  url[$name]="$t/events"
+  # One event of each consent path, to show what the load's events are decided as.
+  for v in 0 1; do
+    curl -sf "$t/events" -H "authorization: Bearer ${key[$name]}" -H 'content-type: application/json' \
+      -d "{\"event_name\": \"pageview\", \"page_url\": \"https://shop.example.com/\", \"visitor_id\": \"visitor-$v\", \"user_agent\": \"Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36\", \"ip\": \"203.0.113.9\"}" |
+      jq -r --arg n "$name" --arg v "visitor-$v" '"\($n), \($v): " + ([.decisions[] | "\(.provider) \(.decision) (\(.reason))"] | join(", "))' >&2
+  done
+  unset CONSENTGATE__DATABASE__URL CONSENTGATE__SERVER__BIND
+}
+
+targets=(ceiling sqlite)
+start_gateway sqlite "sqlite://$work/bench.db?mode=rwc"
+if [ "$BENCH_PG" = 1 ]; then
+  pg_db="cgbench_$$"
+  psql -q "$PG_SERVER" -c "CREATE DATABASE $pg_db" >/dev/null
+  start_gateway postgres "${PG_SERVER%/*}/$pg_db"
+  targets+=(postgres)
+fi
+
+rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+echo "load: $CONNS connections, $SECS s per target, $ROUNDS rounds; $(nproc) cores; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+results="$work/results.tsv"
+for round in $(seq "$ROUNDS"); do
+  for t in "${targets[@]}"; do
+    echo "round $round: $t…" >&2
+    out=$("$BIN/examples/bench_load" "${url[$t]}" "${key[$t]}" "$CONNS" "$SECS" "r$round-$$")
+    printf '%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$out" >>"$results"
+  done
+done
+
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every row; compare within a round)"
+echo "| round | target | events/s | p50 ms | p99 ms | errors | peak RSS MB | vs ceiling |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
+while IFS=$'\t' read -r round t rss json; do
+  rate=$(jq -r .events_per_sec <<<"$json")
+  [ "$t" = ceiling ] && ceiling_rate=$rate
+  ratio=$(python3 -c "print(f'{$rate / $ceiling_rate:.3f}')")
+  jq -r --arg r "$round" --arg t "$t" --arg rss "$rss" --arg ratio "$ratio" \
+    '"| \($r) | \($t) | \(.events_per_sec | floor) | \(.p50_ms) | \(.p99_ms) | \(.errors) | \($rss) | \($ratio) |"' <<<"$json"
+done <"$results"
+for t in "${targets[@]}"; do
+  [ "$t" = ceiling ] && continue
+  if grep -qiE "error|panic" "$work/$t.log"; then
+    echo; echo "$t logged errors (first lines):"; grep -iE "error|panic" "$work/$t.log" | head -n 5
+  fi
+done
