@@ -288,3 +288,41 @@ async fn the_dashboard_counts_decisions_and_its_csv_says_the_same() {
     assert!(csv.contains(&format!("\n{today},1,1,1,0\n")) && csv.contains("\nanalytics,2,3,66\n"), "{csv}");
     assert_eq!(csv.lines().filter(|l| l.starts_with("20")).count(), 7);
 }
+
+#[tokio::test]
+async fn records_search_detail_with_proof_and_chain_verification() {
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    app.consent("v1", "accept_all", 1).await;
+    app.consent("v2", "reject_all", 1).await;
+    let third = app.consent("v3", "custom", 1).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+
+    let (s, html) = b.get("/admin/records?visitor_id=&action=reject_all&analytics=&from=").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("(1 shown)") && html.contains("<td>v2</td>"), "{html}");
+    let (s, html) = b.get("/admin/records?analytics=true").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("(2 shown)"), "accept all and custom grant analytics: {html}");
+    let (s, html) = b.get("/admin/records?action=maybe").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(html.contains("action"), "{html}");
+
+    let (_, list) = app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v3", app.tenant), &app.auditor).await;
+    let id = list["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["items"][0]["action"], third["action"]);
+    let (s, html) = b.get(&format!("/admin/records/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("the record is unaltered") && html.contains("matches"), "{html}");
+    let (_, html) = b.get("/admin/records/verify").await;
+    assert!(html.contains("The chain is intact: 3 record(s) checked"), "{html}");
+
+    // Altered behind the gateway's back: the detail and the verification say so.
+    use sea_orm::ConnectionTrait;
+    app.db.execute_unprepared("UPDATE consent_record SET action = 'accept_all' WHERE seq = 3").await.unwrap();
+    let (_, html) = b.get(&format!("/admin/records/{id}")).await;
+    assert!(html.contains("the record was altered"), "{html}");
+    let (_, html) = b.get("/admin/records/verify").await;
+    assert!(html.contains("The chain is broken at record 3") && html.contains("hash_mismatch"), "{html}");
+}

@@ -6,6 +6,7 @@
 
 mod chart;
 pub mod data;
+mod records;
 pub mod session;
 
 use std::{collections::HashMap, sync::OnceLock};
@@ -45,6 +46,9 @@ pub fn router() -> Router<AppState> {
         .route("/admin/providers/{provider}/{id}", get(provider_page))
         .route("/admin/providers/{provider}/{id}/{action}", post(provider_action))
         .route("/admin/deliveries/{id}/replay", post(replay_one))
+        .route("/admin/records", get(records::search))
+        .route("/admin/records/verify", get(records::verify))
+        .route("/admin/records/{id}", get(records::detail))
         .route("/admin/dashboard", get(dashboard))
         .route("/admin/dashboard.csv", get(dashboard_csv))
         .route("/admin/admin.css", get(stylesheet))
@@ -77,6 +81,8 @@ fn templates() -> &'static Tera {
             ("providers.html", include_str!("../../../templates/admin/providers.html")),
             ("provider.html", include_str!("../../../templates/admin/provider.html")),
             ("dashboard.html", include_str!("../../../templates/admin/dashboard.html")),
+            ("records.html", include_str!("../../../templates/admin/records.html")),
+            ("record.html", include_str!("../../../templates/admin/record.html")),
         ])
         .expect("the admin templates parse");
         t.autoescape_on(vec![".html"]);
