@@ -258,6 +258,12 @@ async fn pause_and_resume_from_the_page_are_audited_like_the_api() {
     assert!(html.contains("is now paused") && html.contains("/resume"), "{html}");
     assert_eq!(b.post(&format!("{page}/resume"), &[("csrf", &csrf)]).await.status(), StatusCode::SEE_OTHER);
     assert_eq!(app.get(&api, &app.admin).await.1["status"], "active");
+    // The check button: the same report as `POST …/check`, shown as the page's message.
+    let res = b.post(&format!("{page}/check"), &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, report) = app.post(&format!("{api}/check"), &app.admin, json!({})).await;
+    let html = b.get(&page).await.1;
+    assert!(html.contains(&format!("Check {}.", report["status"].as_str().unwrap())), "{report} {html}");
     let actions = audit_actions(&app).await;
     let updates = actions.iter().filter(|(a, actor)| a == "plausible_config.update" && actor.starts_with("token:"));
     assert_eq!(updates.count(), 2, "{actions:?}");

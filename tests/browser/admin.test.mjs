@@ -1,5 +1,6 @@
 // The admin pages in a real browser: sign in (a wrong token first), the overview, delivery health
-// with a dead letter replayed from its button, the consent dashboard matching the API's records —
+// with a dead letter replayed from its button, the consent dashboard matching the API's records,
+// consent records search, a record's chain proof and the chain verification —
 // and axe-core (WCAG 2.2 AA) on every page. Screenshots for docs/admin.md go to docs/img/.
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -114,6 +115,18 @@ test('sign in, overview, replay a dead letter, dashboard; no axe violations on a
   assert.equal(await page.locator('svg.chart').count(), 2, 'two server-rendered charts');
   await expectNoAxeViolations(page, 'dashboard');
   await shot(page, 'admin-dashboard');
+  await page.getByRole('link', { name: 'Consent records' }).click();
+  await page.getByLabel('Action').selectOption('custom');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await page.getByRole('table').filter({ hasText: '(1 shown)' }).waitFor();
+  await expectNoAxeViolations(page, 'records search');
+  await page.getByRole('row').nth(1).getByRole('link').click();
+  await page.getByText('the record is unaltered').waitFor();
+  await expectNoAxeViolations(page, 'record with its chain proof');
+  await page.goto(`${gw.base}/admin/records/verify`);
+  await page.getByRole('status').filter({ hasText: 'The chain is intact: 5 record(s) checked' }).waitFor();
+  await expectNoAxeViolations(page, 'chain verification');
+
   assert.deepEqual(errors, [], 'no console errors');
   assert.deepEqual(failed, [], 'nothing failed to load');
   sessionCookie = (await context.cookies()).find((c) => c.name === 'cg_admin');
@@ -126,7 +139,7 @@ test('under their CSP the pages load their stylesheet and nothing is refused', a
   const page = await context.newPage();
   const errors = [];
   page.on('console', (m) => m.type() === 'error' && !/favicon|Failed to load resource/.test(m.text()) && errors.push(m.text()));
-  for (const p of ['/admin', '/admin/providers', `/admin/providers/plausible/${configId}`, '/admin/dashboard?days=90']) {
+  for (const p of ['/admin', '/admin/providers', `/admin/providers/plausible/${configId}`, '/admin/dashboard?days=90', '/admin/records', '/admin/records/verify']) {
     const res = await page.goto(gw.base + p);
     assert.equal(res.status(), 200, p);
     assert.doesNotMatch(res.headers()['content-security-policy'], /unsafe-inline/);
