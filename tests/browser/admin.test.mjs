@@ -1,16 +1,18 @@
 // The admin pages in a real browser: sign in (a wrong token first), the overview, delivery health
 // with a dead letter replayed from its button, the consent dashboard matching the API's records,
 // consent records search, a record's chain proof and the chain verification —
-// and axe-core (WCAG 2.2 AA) on every page. Screenshots for docs/admin.md go to docs/img/.
+// and axe-core (WCAG 2.2 AA) on every page. Screenshots for docs/admin.md: `UPDATE_SCREENSHOTS=1` writes them to docs/img/.
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { REPO, expectNoAxeViolations, launchBrowser, sleep, startGateway } from './gateway.mjs';
+import { ARTIFACTS, REPO, expectNoAxeViolations, launchBrowser, sleep, startGateway } from './gateway.mjs';
 
 const ORIGIN = 'https://shop.example';
 const CHROME = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36';
-const IMG = path.join(REPO, 'docs/img');
+// The documentation's screenshots are refreshed with UPDATE_SCREENSHOTS=1; otherwise they go to
+// the artifacts, so a test run never changes tracked files.
+const IMG = process.env.UPDATE_SCREENSHOTS ? path.join(REPO, 'docs/img') : ARTIFACTS;
 let gw, browser, tenant, deadId, configId, sessionCookie;
 
 /** A public call from the shop's pages (consent, events). */
