@@ -89,6 +89,12 @@ async fn sign_in_gives_a_strict_session_and_sign_out_ends_it() {
     let res = b.get("/admin").await;
     assert_eq!(res.0, StatusCode::SEE_OTHER, "not signed in: to the sign-in page");
 
+    // A sign-in form posted from another site is refused, even with a right token.
+    let forged = b.http.post(app.url("/admin/sign-in")).header(header::ORIGIN, "https://evil.example");
+    let res = forged.header(header::CONTENT_TYPE, FORM).body(encode(&[("token", &app.admin)])).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
+
     let res = b.sign_in(&app.admin).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), "/admin");

@@ -64,7 +64,7 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     res
 }
@@ -209,8 +209,26 @@ async fn sign_in_form() -> Response {
     render(StatusCode::OK, "sign_in.html", &Context::new())
 }
 
-async fn sign_in(State(state): State<AppState>, visitor: Visitor, body: Bytes) -> Response {
+/// A form posted from another site: its `Origin` (browsers send one with every POST) is neither
+/// the gateway's public URL nor the request's host. No session exists yet at sign-in, so this
+/// stands in for the CSRF token there (a forged sign-in would put the victim in the forger's
+/// session).
+fn cross_site(headers: &axum::http::HeaderMap, public_url: &str) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    origin != public_url.trim_end_matches('/') && origin.split_once("://").map(|(_, authority)| authority) != Some(host)
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut ctx = Context::new();
+    if cross_site(&headers, &state.public_url) {
+        return message(StatusCode::FORBIDDEN, None, "Form refused", "Sign in from this gateway's own sign-in page.");
+    }
     if let Err(wait) = state.admin_sessions.sign_ins.check(visitor.ip, session::SIGN_INS_PER_MINUTE) {
         ctx.insert(
             "error",
@@ -514,6 +532,25 @@ mod tests {
         assert_eq!(period(Some("days=30")), Ok(30));
         assert_eq!(period(Some("days=90")), Ok(90));
         assert!(period(Some("days=8")).is_err());
+    }
+
+    #[test]
+    fn sign_in_from_another_site_is_refused() {
+        let headers = |origin: Option<&str>| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("gw.example:8080"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            h
+        };
+        let public = "https://admin.example/";
+        assert!(!cross_site(&headers(None), public), "no Origin (not a browser's cross-site form)");
+        assert!(!cross_site(&headers(Some("https://gw.example:8080")), public));
+        assert!(!cross_site(&headers(Some("https://admin.example")), public), "behind a proxy that rewrites Host");
+        assert!(cross_site(&headers(Some("https://evil.example")), public));
+        assert!(cross_site(&headers(Some("https://gw.example")), public), "another port is another origin");
+        assert!(cross_site(&headers(Some("null")), public));
     }
 
     #[test]
