@@ -27,6 +27,8 @@ pub struct AppState {
     pub banners: Arc<crate::banner::Cache>,
     /// PostHog feature flags: the short answer cache and the HTTP client.
     pub flags: Arc<crate::flags::Flags>,
+    /// Admin-pages sessions and the sign-in brake (in memory, per instance).
+    pub admin_sessions: Arc<crate::http::admin::session::Sessions>,
 }
 
 pub struct App {
@@ -71,6 +73,7 @@ impl App {
             ingest_limits: Arc::new(crate::rate_limit::IngestLimits::new(&settings.rate_limit)?),
             banners: Default::default(),
             flags: Arc::new(crate::flags::Flags::new(&settings.delivery)?),
+            admin_sessions: Default::default(),
             settings: Arc::new(settings),
         };
         let shutdown = CancellationToken::new();

@@ -156,3 +156,15 @@ pub async fn authenticate(db: &impl ConnectionTrait, bearer: &SecretString) -> R
     }
     Ok(Some(TokenHolder { tenant, token_id: token.id, role }))
 }
+
+/// The live token with this id, as its holder: how an admin-pages session, which keeps the token
+/// id and never the token, re-checks on every request that the token is not revoked.
+pub async fn holder(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<TokenHolder>> {
+    let Some(token) = api_token::Entity::find_by_id(id).filter(api_token::Column::RevokedAt.is_null()).one(db).await?
+    else {
+        return Ok(None);
+    };
+    let Some(role) = Role::parse(&token.role) else { return Ok(None) };
+    let tenant = crate::tenants::get(db, token.tenant_id).await?;
+    Ok(Some(TokenHolder { tenant, token_id: token.id, role }))
+}

@@ -3,6 +3,7 @@
 //! annotations (so it cannot drift from the routes: `utoipa_axum::routes!` registers a handler
 //! under the very path its annotation documents).
 
+pub mod admin;
 mod audit_log;
 mod banner;
 mod consent;
@@ -116,6 +117,7 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = api().split_for_parts();
     let max_body = state.settings.server.max_body_bytes;
     router
+        .merge(admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod banner;
 mod batches;
 mod cli;

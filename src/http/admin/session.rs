@@ -1,0 +1,153 @@
+//! Admin-pages sessions: server-side, in memory. The cookie carries a random id (only its SHA-256
+//! is kept); the session keeps the token *id*, never the token, and every request re-reads that
+//! token, so revoking it ends the session at once. Sessions expire after `TTL` whatever their use,
+//! and a restart signs everyone out (each instance has its own: behind a load balancer, use
+//! sticky sessions). Each session has its CSRF token, which every form carries in a hidden field.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::http::{HeaderMap, header};
+use uuid::Uuid;
+
+use crate::{crypto, rate_limit::RateLimiter};
+
+/// How long a session lasts from sign-in.
+pub const TTL: Duration = Duration::from_secs(8 * 3600);
+/// Sign-in attempts per client IP per minute.
+pub const SIGN_INS_PER_MINUTE: u32 = 10;
+pub const COOKIE: &str = "cg_admin";
+/// Sessions kept at most; past it the oldest expiring are dropped.
+const MAX_SESSIONS: usize = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub token_id: Uuid,
+    pub csrf: String,
+    expires: Instant,
+    /// A message shown once, on the next page (after a change and its redirect).
+    pub flash: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+    /// The brake on guessing tokens.
+    pub sign_ins: RateLimiter<Option<IpAddr>>,
+}
+
+impl Sessions {
+    /// Starts a session for the token; returns the cookie value.
+    pub fn start(&self, token_id: Uuid) -> String {
+        let id = crypto::random_hex(32);
+        let session = Session { token_id, csrf: crypto::random_hex(32), expires: Instant::now() + TTL, flash: None };
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(crypto::sha256_hex(&id), session);
+        id
+    }
+
+    /// The live session behind the request's cookie; its flash message is taken.
+    pub fn find(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        let id = cookie(headers)?;
+        let key = crypto::sha256_hex(id);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let s = map.get_mut(&key)?;
+        if s.expires <= Instant::now() {
+            map.remove(&key);
+            return None;
+        }
+        let found = s.clone();
+        s.flash = None;
+        Some((key, found))
+    }
+
+    pub fn flash(&self, key: &str, message: String) {
+        if let Some(s) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key) {
+            s.flash = Some(message);
+        }
+    }
+
+    pub fn end(&self, key: &str) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+/// The session cookie's value, if the request has one.
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// `Secure` unless the gateway's public URL is plain HTTP on the loopback (the tests and a local
+/// try-out): a browser would not send a `Secure` cookie there.
+pub fn secure(public_url: &str) -> bool {
+    let Some(rest) = public_url.strip_prefix("http://") else { return true };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.contains(']') { host } else { h });
+    !matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+pub fn set_cookie(value: &str, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{secure}", TTL.as_secs())
+}
+
+pub fn clear_cookie(secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_except_on_plain_http_loopback() {
+        for (url, want) in [
+            ("https://gw.example", true),
+            ("http://gw.example", true),
+            ("http://127.0.0.1:8080", false),
+            ("http://localhost:3000/", false),
+            ("http://[::1]:80", false),
+            ("http://127.0.0.1.evil.example", true),
+            ("https://127.0.0.1", true),
+        ] {
+            assert_eq!(secure(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_session_is_found_by_its_cookie_and_ends() {
+        let sessions = Sessions::default();
+        let token = Uuid::now_v7();
+        let id = sessions.start(token);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, format!("other=1; {COOKIE}={id}").parse().unwrap());
+        let (key, s) = sessions.find(&headers).unwrap();
+        assert_eq!(s.token_id, token);
+        sessions.flash(&key, "done".into());
+        assert_eq!(sessions.find(&headers).unwrap().1.flash.as_deref(), Some("done"));
+        assert_eq!(sessions.find(&headers).unwrap().1.flash, None, "shown once");
+        sessions.end(&key);
+        assert!(sessions.find(&headers).is_none());
+        headers.insert(header::COOKIE, format!("{COOKIE}=forged").parse().unwrap());
+        assert!(sessions.find(&headers).is_none());
+    }
+}

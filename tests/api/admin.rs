@@ -1,0 +1,340 @@
+//! The admin pages (`/admin`): sign-in and sessions, CSRF, the auditor's read-only view, and
+//! changes made from the pages (replay, pause) landing in the audit log like their API twins.
+
+use reqwest::{StatusCode, header, redirect::Policy};
+use serde_json::{Value, json};
+
+use crate::{
+    fakes::FakeProviders,
+    helpers::{TestApp, manual_delivery, spawn_app, spawn_app_with},
+    site,
+};
+
+/// A browser of the admin pages: no redirects followed, the session cookie kept by hand.
+struct Browser<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Browser { app, http: reqwest::Client::builder().redirect(Policy::none()).build().unwrap(), cookie: None }
+    }
+
+    async fn sign_in(&mut self, token: &str) -> reqwest::Response {
+        let res = self
+            .http
+            .post(self.app.url("/admin/sign-in"))
+            .header(header::CONTENT_TYPE, FORM)
+            .body(encode(&[("token", token)]))
+            .send()
+            .await
+            .unwrap();
+        if let Some(c) = res.headers().get(header::SET_COOKIE) {
+            self.cookie = Some(c.to_str().unwrap().split(';').next().unwrap().to_string());
+        }
+        res
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let mut req = self.http.get(self.app.url(path));
+        if let Some(c) = &self.cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        let res = req.send().await.unwrap();
+        (res.status(), res.text().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.post(self.app.url(path)).header(header::CONTENT_TYPE, FORM).body(encode(form));
+        if let Some(c) = &self.cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// The CSRF token in the page's forms.
+    async fn csrf(&self) -> String {
+        let (_, html) = self.get("/admin").await;
+        let at = html.find(r#"name="csrf" value=""#).expect("a form with a CSRF token") + 19;
+        html[at..at + 64].to_string()
+    }
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+fn encode(form: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(form).unwrap()
+}
+
+fn location(res: &reqwest::Response) -> &str {
+    res.headers().get(header::LOCATION).map(|v| v.to_str().unwrap()).unwrap_or_default()
+}
+
+async fn audit_actions(app: &TestApp) -> Vec<(String, String)> {
+    let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.admin).await;
+    log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["actor"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_in_gives_a_strict_session_and_sign_out_ends_it() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let res = b.get("/admin").await;
+    assert_eq!(res.0, StatusCode::SEE_OTHER, "not signed in: to the sign-in page");
+
+    // A sign-in form posted from another site is refused, even with a right token.
+    let forged = b.http.post(app.url("/admin/sign-in")).header(header::ORIGIN, "https://evil.example");
+    let res = forged.header(header::CONTENT_TYPE, FORM).body(encode(&[("token", &app.admin)])).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
+
+    let res = b.sign_in(&app.admin).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/admin");
+    let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=28800"] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http on 127.0.0.1 (tests): no Secure, else no browser sends it");
+
+    let mut req = b.http.get(app.url("/admin"));
+    req = req.header(header::COOKIE, b.cookie.clone().unwrap());
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let csp = res.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_string();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Tenant <strong>acme</strong>") && html.contains("Deliveries waiting"), "{html}");
+
+    // Sign-out is a form like any other: without the session's CSRF token it is refused.
+    assert_eq!(b.post("/admin/sign-out", &[]).await.status(), StatusCode::FORBIDDEN);
+    let csrf = b.csrf().await;
+    let res = b.post("/admin/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(res.headers()[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(b.get("/admin").await.0, StatusCode::SEE_OTHER, "the old cookie no longer works");
+}
+
+#[tokio::test]
+async fn a_wrong_token_gets_a_clear_message_and_is_rate_limited() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    for _ in 0..10 {
+        let res = b.sign_in("cg_not_a_token").await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers().get(header::SET_COOKIE).is_none());
+        assert!(res.text().await.unwrap().contains("That token was not accepted"));
+    }
+    let res = b.sign_in(&app.admin).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "even a right token waits once the brake is on");
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    assert!(res.text().await.unwrap().contains("Too many sign-in attempts"));
+}
+
+#[tokio::test]
+async fn revoking_the_token_ends_its_session() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    assert_eq!(b.get("/admin").await.0, StatusCode::OK);
+    let (_, tokens) = app.get(&format!("/v1/tenants/{}/tokens", app.tenant), &app.admin).await;
+    let auditor = tokens.as_array().unwrap().iter().find(|t| t["role"] == "auditor").unwrap();
+    let (s, _) =
+        app.delete(&format!("/v1/tenants/{}/tokens/{}", app.tenant, auditor["id"].as_str().unwrap()), &app.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b.get("/admin").await.0, StatusCode::SEE_OTHER);
+}
+
+/// A dead letter: Plausible at a private address the gateway refuses to reach.
+async fn dead_letter(app: &TestApp, fakes: &FakeProviders) -> (Value, String) {
+    let keys = site::site(app).await;
+    let config = site::plausible(app, fakes, json!({})).await;
+    let (_, accepted) = site::track(app, &keys, site::pageview(&site::visitor())).await;
+    app.drain_outbox_with_retries().await;
+    let event = accepted["id"].as_str().unwrap();
+    let d = site::delivery_in(app, event, config["id"].as_str().unwrap(), "dead").await;
+    (config, d["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn replay_from_the_page_needs_the_csrf_token_and_is_audited() {
+    let app = spawn_app_with(|s| {
+        manual_delivery(s);
+        s.delivery.allow_private_destinations = false;
+    })
+    .await;
+    let fakes = FakeProviders::start().await;
+    let (config, delivery) = dead_letter(&app, &fakes).await;
+    let page = format!("/admin/providers/plausible/{}", config["id"].as_str().unwrap());
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let (s, html) = b.get(&page).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains(&format!(r#"action="/admin/deliveries/{delivery}/replay""#)), "{html}");
+    assert!(html.contains(r#"<td id="dead-count">1</td>"#), "{html}");
+
+    let replay = format!("/admin/deliveries/{delivery}/replay");
+    let res = b.post(&replay, &[]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    assert!(res.text().await.unwrap().contains("CSRF"));
+    assert_eq!(b.post(&replay, &[("csrf", &"0".repeat(64))]).await.status(), StatusCode::FORBIDDEN);
+    assert!(audit_actions(&app).await.iter().all(|(a, _)| a != "delivery.replay"));
+
+    let csrf = b.csrf().await;
+    let res = b.post(&replay, &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), page);
+    let (_, html) = b.get(&page).await;
+    assert!(html.contains("set to be sent again"), "the flash message: {html}");
+    let (_, d) = app.get(&format!("/v1/tenants/{}/deliveries?status=pending", app.tenant), &app.admin).await;
+    assert_eq!(d["items"][0]["id"], delivery.as_str());
+    let actions = audit_actions(&app).await;
+    assert!(actions.iter().any(|(a, actor)| a == "delivery.replay" && actor.starts_with("token:")), "{actions:?}");
+
+    // It dies again; "replay all" sets it pending again, audited as its API twin.
+    app.drain_outbox_with_retries().await;
+    let res = b.post(&format!("{page}/replay-dead-letters"), &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(b.get(&page).await.1.contains("1 dead letter(s) set to be sent again"));
+    assert!(audit_actions(&app).await.iter().any(|(a, _)| a == "delivery.replay_dead_letters"));
+}
+
+#[tokio::test]
+async fn an_auditor_sees_no_forms_and_a_forged_post_is_refused() {
+    let app = spawn_app_with(|s| {
+        manual_delivery(s);
+        s.delivery.allow_private_destinations = false;
+    })
+    .await;
+    let fakes = FakeProviders::start().await;
+    let (config, delivery) = dead_letter(&app, &fakes).await;
+    let page = format!("/admin/providers/plausible/{}", config["id"].as_str().unwrap());
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    for path in ["/admin", "/admin/providers", page.as_str(), "/admin/dashboard"] {
+        let (s, html) = b.get(path).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        let forms: Vec<_> = html.match_indices("<form").collect();
+        assert_eq!(forms.len(), 1, "only sign-out on {path}: {html}");
+        assert!(html.contains(r#"action="/admin/sign-out""#));
+    }
+    assert!(b.get(&page).await.1.contains(&delivery), "the auditor sees the dead letter");
+    let csrf = b.csrf().await;
+    for path in
+        [format!("/admin/deliveries/{delivery}/replay"), format!("{page}/pause"), format!("{page}/replay-dead-letters")]
+    {
+        let res = b.post(&path, &[("csrf", &csrf)]).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(res.text().await.unwrap().contains("Auditor tokens may only read"));
+    }
+    let (_, d) = app.get(&format!("/v1/tenants/{}/deliveries?status=dead", app.tenant), &app.admin).await;
+    assert_eq!(d["items"][0]["id"], delivery.as_str(), "still dead");
+    let (_, c) = app
+        .get(
+            &format!("/v1/tenants/{}/analytics/plausible/configs/{}", app.tenant, config["id"].as_str().unwrap()),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(c["status"], "active");
+}
+
+#[tokio::test]
+async fn pause_and_resume_from_the_page_are_audited_like_the_api() {
+    let app = spawn_app_with(manual_delivery).await;
+    let fakes = FakeProviders::start().await;
+    let config = site::plausible(&app, &fakes, json!({})).await;
+    let id = config["id"].as_str().unwrap();
+    let page = format!("/admin/providers/plausible/{id}");
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let csrf = b.csrf().await;
+    assert_eq!(b.post(&format!("{page}/pause"), &[]).await.status(), StatusCode::FORBIDDEN);
+    let api = format!("/v1/tenants/{}/analytics/plausible/configs/{id}", app.tenant);
+    assert_eq!(app.get(&api, &app.admin).await.1["status"], "active");
+    assert_eq!(b.post(&format!("{page}/pause"), &[("csrf", &csrf)]).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.get(&api, &app.admin).await.1["status"], "paused");
+    let html = b.get(&page).await.1;
+    assert!(html.contains("is now paused") && html.contains("/resume"), "{html}");
+    assert_eq!(b.post(&format!("{page}/resume"), &[("csrf", &csrf)]).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.get(&api, &app.admin).await.1["status"], "active");
+    // The check button: the same report as `POST …/check`, shown as the page's message.
+    let res = b.post(&format!("{page}/check"), &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, report) = app.post(&format!("{api}/check"), &app.admin, json!({})).await;
+    let html = b.get(&page).await.1;
+    assert!(html.contains(&format!("Check {}.", report["status"].as_str().unwrap())), "{report} {html}");
+    let actions = audit_actions(&app).await;
+    let updates = actions.iter().filter(|(a, actor)| a == "plausible_config.update" && actor.starts_with("token:"));
+    assert_eq!(updates.count(), 2, "{actions:?}");
+}
+
+#[tokio::test]
+async fn the_dashboard_counts_decisions_and_its_csv_says_the_same() {
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    app.consent("v1", "accept_all", 1).await;
+    app.consent("v2", "reject_all", 1).await;
+    app.consent("v3", "custom", 1).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    let (s, html) = b.get("/admin/dashboard?days=30").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("3 decisions in the last 30 days") && html.contains("<svg"), "{html}");
+    let today = chrono::Utc::now().date_naive();
+    assert!(
+        html.contains(&format!(r#"<th scope="row">{today}</th><td>1</td><td>1</td><td>1</td><td>0</td>"#)),
+        "{html}"
+    );
+    // analytics: accept all and custom grant it, 2 of 3.
+    assert!(html.contains(r#"<th scope="row">analytics</th><td>2</td><td>3</td><td>66 %</td>"#), "{html}");
+    assert_eq!(b.get("/admin/dashboard?days=8").await.0, StatusCode::BAD_REQUEST);
+    let (s, csv) = b.get("/admin/dashboard.csv?days=7").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(csv.contains(&format!("\n{today},1,1,1,0\n")) && csv.contains("\nanalytics,2,3,66\n"), "{csv}");
+    assert_eq!(csv.lines().filter(|l| l.starts_with("20")).count(), 7);
+}
+
+#[tokio::test]
+async fn records_search_detail_with_proof_and_chain_verification() {
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    app.consent("v1", "accept_all", 1).await;
+    app.consent("v2", "reject_all", 1).await;
+    let third = app.consent("v3", "custom", 1).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+
+    let (s, html) = b.get("/admin/records?visitor_id=&action=reject_all&analytics=&from=").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("(1 shown)") && html.contains("<td>v2</td>"), "{html}");
+    let (s, html) = b.get("/admin/records?analytics=true").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("(2 shown)"), "accept all and custom grant analytics: {html}");
+    let (s, html) = b.get("/admin/records?action=maybe").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(html.contains("action"), "{html}");
+
+    let (_, list) = app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v3", app.tenant), &app.auditor).await;
+    let id = list["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["items"][0]["action"], third["action"]);
+    let (s, html) = b.get(&format!("/admin/records/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("the record is unaltered") && html.contains("matches"), "{html}");
+    let (_, html) = b.get("/admin/records/verify").await;
+    assert!(html.contains("The chain is intact: 3 record(s) checked"), "{html}");
+
+    // Altered behind the gateway's back: the detail and the verification say so.
+    use sea_orm::ConnectionTrait;
+    app.db.execute_unprepared("UPDATE consent_record SET action = 'accept_all' WHERE seq = 3").await.unwrap();
+    let (_, html) = b.get(&format!("/admin/records/{id}")).await;
+    assert!(html.contains("the record was altered"), "{html}");
+    let (_, html) = b.get("/admin/records/verify").await;
+    assert!(html.contains("The chain is broken at record 3") && html.contains("hash_mismatch"), "{html}");
+}
