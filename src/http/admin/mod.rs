@@ -420,7 +420,15 @@ async fn provider_action(
             if model.status == ProviderStatus::Decommissioned.as_str() {
                 "Not replayed: the config is decommissioned.".to_string()
             } else {
-                match log::replay_dead_letters(&state.db, tenant_id, model.id, &actor).await {
+                match log::replay_dead_letters(
+                    &state.db,
+                    tenant_id,
+                    model.id,
+                    &actor,
+                    state.settings.delivery.retry_horizon(),
+                )
+                .await
+                {
                     Ok(n) => {
                         state.outbox.wake();
                         format!("{n} dead letter(s) set to be sent again.")
@@ -455,7 +463,15 @@ async fn replay_one(State(state): State<AppState>, page: Page, Path(id): Path<St
         return res;
     }
     let Ok(id) = Uuid::parse_str(&id) else { return domain_error(&page, Error::NotFound) };
-    match log::replay(&state.db, page.holder.tenant.id, id, &page.holder.actor()).await {
+    match log::replay(
+        &state.db,
+        page.holder.tenant.id,
+        id,
+        &page.holder.actor(),
+        state.settings.delivery.retry_horizon(),
+    )
+    .await
+    {
         Ok(view) => {
             state.outbox.wake();
             let back = format!("/admin/providers/{}/{}", view.provider, view.config_id);
