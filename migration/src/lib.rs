@@ -11,6 +11,7 @@ mod m20261129_000001_unlinkable_events;
 mod m20261130_000001_delivery_batches;
 mod m20261130_000002_daily_salts;
 mod m20261130_000004_provider_choices;
+mod m20261130_000007_retention;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_delivery_batches::Migration),
             Box::new(m20261130_000002_daily_salts::Migration),
             Box::new(m20261130_000004_provider_choices::Migration),
+            Box::new(m20261130_000007_retention::Migration),
         ]
     }
 }
