@@ -19,6 +19,7 @@ mod http_edge;
 mod ingest;
 mod outbox;
 mod posthog;
+mod privacy;
 mod provider_choices;
 mod provider_configs;
 mod provider_contracts;
