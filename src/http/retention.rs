@@ -52,8 +52,8 @@ async fn put_retention(
             action: "retention.update",
             entity_type: "retention",
             entity_id: None,
-            before: serde_json::to_value(&before.overrides).ok(),
-            after: serde_json::to_value(&after.overrides).ok(),
+            before: serde_json::to_value(before.overrides).ok(),
+            after: serde_json::to_value(after.overrides).ok(),
         },
     )
     .await?;

@@ -294,8 +294,8 @@ async fn retention_purges_ended_events_and_expired_records_and_the_chain_still_v
         (chain["ok"].as_bool(), chain["checked"].as_u64(), chain["head"]["seq"].as_u64()),
         (Some(true), Some(2), Some(4))
     );
-    // The record kept as the head goes once a newer one continues the chain; the new one is
-    // not expired.
+    // The record kept as the head goes once a newer one continues the chain, which stays as the
+    // new head.
     let again = retention::run_once(&app.db, &settings, now + Duration::days(182)).await.unwrap();
     assert_eq!(again.consent_records, 1, "{again:?}");
     let chain = verify(&app).await;
