@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     error::{ApiResult, ErrorBody},
-    extract::{Admin, ApiPath, Reader},
+    extract::{Admin, ApiPath, NoBody, Reader},
 };
 use crate::{
     app::AppState,
@@ -36,7 +36,8 @@ pub struct VisitorPath {
 /// deliveries (pending ones are never sent), and their id from their consent records, which stay
 /// under the visitor's hash so the chain still verifies. The answer counts what went and names
 /// the provider configs that already received their data (pass the request on: GDPR Art. 19).
-/// The audit log names the visitor's hash only.
+/// The audit log names the visitor's hash only. A request with a body is refused (400): the
+/// route has no options, and an erasure is not undone.
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/visitors/{visitor_id}", tag = "visitors",
     params(("tenant" = String, Path), ("visitor_id" = String, Path)),
@@ -47,6 +48,7 @@ async fn erase_visitor(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(VisitorPath { visitor_id, .. }): ApiPath<VisitorPath>,
+    _: NoBody,
 ) -> ApiResult<Json<erase::Erasure>> {
     Ok(Json(erase::erase(&state.db, &caller.tenant, &visitor_id, &caller.actor()).await?))
 }

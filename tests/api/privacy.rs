@@ -126,6 +126,11 @@ async fn erasing_a_visitor_leaves_nothing_but_hashes_and_names_who_received_thei
     let got = app.delete(&visitor_path(app, "not%20an%20id", ""), &app.admin).await;
     assert_eq!(got.0, StatusCode::BAD_REQUEST, "{}", got.1);
 
+    // An erasure is not undone: a body (options the route does not have) is refused, not ignored.
+    let got = app.call(Method::DELETE, &visitor_path(app, &sc.v, ""), &app.admin, Some(json!({"dry_run": true}))).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", Some("body"));
+    assert!(dump(app, "analytics_event").await.contains(&sc.v), "nothing was erased");
+
     let (s, report) = app.delete(&visitor_path(app, &sc.v, ""), &app.admin).await;
     assert_eq!(s, StatusCode::OK, "{report}");
     assert_eq!(report["events"], 2, "{report}");
