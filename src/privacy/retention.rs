@@ -25,7 +25,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait, sea_query::Expr,
+    QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -177,21 +177,22 @@ const NOTHING_PENDING: &str =
     "NOT EXISTS (SELECT 1 FROM delivery d WHERE d.event_id = analytics_event.id AND d.status = 'pending')";
 
 async fn purge_events(db: &DatabaseConnection, tenant_id: Uuid, cutoff: DateTime<Utc>, batch: u64) -> Result<Purged> {
-    let txn = crate::db::begin_write(db).await?;
-    let ids: Vec<Uuid> = analytics_event::Entity::find()
-        .select_only()
-        .column(analytics_event::Column::Id)
-        .filter(analytics_event::Column::TenantId.eq(tenant_id))
-        .filter(analytics_event::Column::ReceivedAt.lt(cutoff))
-        .filter(Expr::cust(NOTHING_PENDING))
-        .order_by_asc(analytics_event::Column::ReceivedAt)
-        .limit(batch)
-        .into_tuple()
-        .all(&txn)
-        .await?;
-    if ids.is_empty() {
+    let due = || {
+        analytics_event::Entity::find()
+            .select_only()
+            .column(analytics_event::Column::Id)
+            .filter(analytics_event::Column::TenantId.eq(tenant_id))
+            .filter(analytics_event::Column::ReceivedAt.lt(cutoff))
+            .filter(Expr::cust(NOTHING_PENDING))
+            .order_by_asc(analytics_event::Column::ReceivedAt)
+    };
+    // Looked up first without a write lock: most rounds find nothing, and on SQLite a write
+    // transaction would hold up ingest for nothing.
+    if due().limit(1).into_tuple::<Uuid>().one(db).await?.is_none() {
         return Ok(Purged::default());
     }
+    let txn = crate::db::begin_write(db).await?;
+    let ids: Vec<Uuid> = due().limit(batch).into_tuple().all(&txn).await?;
     let mut purged = Purged::default();
     for chunk in ids.chunks(super::CHUNK) {
         purged.deliveries += delivery::Entity::delete_many()
@@ -225,6 +226,16 @@ async fn purge_records(
     now: DateTime<Utc>,
     batch: u64,
 ) -> Result<u64> {
+    // Anything due at all? Asked without the chain's lock, which consent writes wait for.
+    let any_due = consent_record::Entity::find()
+        .filter(consent_record::Column::TenantId.eq(tenant_id))
+        .filter(consent_record::Column::CreatedAt.lt(cutoff))
+        .filter(consent_record::Column::ExpiresAt.lte(now))
+        .one(db)
+        .await?;
+    if any_due.is_none() {
+        return Ok(0);
+    }
     let txn = crate::db::begin_tenant_write(db, tenant_id).await?;
     let checkpoint = chain::checkpoint(&txn, tenant_id).await?;
     let Some(head) = consent_record::Entity::find()
@@ -289,7 +300,6 @@ async fn clear_ended_deliveries(db: &DatabaseConnection, batch: u64) -> Result<u
         .add(C::UserAgent.is_not_null())
         .add(C::Granted.is_not_null())
         .add(C::PseudonymousId.is_not_null());
-    let txn = db.begin().await?;
     let ids: Vec<Uuid> = delivery::Entity::find()
         .select_only()
         .column(C::Id)
@@ -297,11 +307,12 @@ async fn clear_ended_deliveries(db: &DatabaseConnection, batch: u64) -> Result<u
         .filter(holding)
         .limit(batch)
         .into_tuple()
-        .all(&txn)
+        .all(db)
         .await?;
     if ids.is_empty() {
         return Ok(0);
     }
+    // One statement, so no transaction; a delivery replayed meanwhile (pending again) is skipped.
     let none = || Expr::value(Option::<String>::None);
     let n = delivery::Entity::update_many()
         .col_expr(C::ClientIp, none())
@@ -311,10 +322,9 @@ async fn clear_ended_deliveries(db: &DatabaseConnection, batch: u64) -> Result<u
         .col_expr(C::PseudonymousId, none())
         .filter(C::Id.is_in(ids))
         .filter(C::Status.ne(DeliveryStatus::Pending.as_str()))
-        .exec(&txn)
+        .exec(db)
         .await?
         .rows_affected;
-    txn.commit().await?;
     Ok(n)
 }
 
