@@ -312,3 +312,35 @@ async fn retention_purges_ended_events_and_expired_records_and_the_chain_still_v
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"consentgate_retention_purged_total{what="events"}"#), "{metrics}");
 }
+
+/// Retention never purges past a record that does not link up: the tampering stays visible.
+#[tokio::test]
+async fn retention_stops_at_a_tampered_record_and_leaves_the_evidence() {
+    let app = crate::helpers::spawn_app_with(|s| s.retention.enabled = false).await;
+    let settings = app.app.state.settings.retention.clone();
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &format!("/v1/tenants/{}/retention", app.tenant),
+            &app.admin,
+            Some(json!({"consent_records_days": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    app.publish_consent_config(json!({})).await;
+    for _ in 0..4 {
+        app.consent(&visitor(), "reject_all", 1).await;
+    }
+    app.db.execute_unprepared("UPDATE consent_record SET action = 'accept_all' WHERE seq = 2").await.unwrap();
+    let purged = retention::run_once(&app.db, &settings, Utc::now() + Duration::days(200)).await.unwrap();
+    assert_eq!(purged.consent_records, 1, "only the record before the tampered one: {purged:?}");
+    let chain = verify(&app).await;
+    assert_eq!(chain["ok"], false, "{chain}");
+    assert_eq!(
+        (chain["first_broken"]["seq"].as_u64(), chain["first_broken"]["reason"].as_str()),
+        (Some(2), Some("hash_mismatch"))
+    );
+    assert_eq!(chain["checkpoint"]["seq"], 1, "{chain}");
+    let again = retention::run_once(&app.db, &settings, Utc::now() + Duration::days(200)).await.unwrap();
+    assert_eq!(again.consent_records, 0);
+}
