@@ -20,6 +20,7 @@ pub struct Settings {
     pub consent: ConsentSettings,
     pub rate_limit: RateLimitSettings,
     pub delivery: DeliverySettings,
+    pub retention: RetentionSettings,
     pub secrets: crate::secrets::SecretsSettings,
 }
 
@@ -248,6 +249,31 @@ impl DeliverySettings {
     }
 }
 
+/// How long data is kept (docs/operations.md). Tenants may override the periods through
+/// `PUT /v1/tenants/{tenant}/retention`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Run the purge job in this process.
+    pub enabled: bool,
+    /// Days an event is kept once none of its deliveries is pending (delivered, dropped, dead, or
+    /// never forwarded). An event with a pending delivery is never purged.
+    pub events_days: u32,
+    /// Days a consent record is kept; it is purged only once it has also expired, and only
+    /// from the start of the hash chain (docs/consent-model.md).
+    pub consent_records_days: u32,
+    /// Rows purged per statement, so the job never holds a long write lock.
+    pub batch_size: u64,
+    /// Seconds between purge rounds.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self { enabled: true, events_days: 30, consent_records_days: 1095, batch_size: 500, interval_secs: 3600 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(String);
@@ -289,6 +315,22 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(ConfigError("key `database.max_connections`: must be at least 1".into()));
+        }
+        for (key, days) in
+            [("events_days", self.retention.events_days), ("consent_records_days", self.retention.consent_records_days)]
+        {
+            if !crate::privacy::retention::DAYS.contains(&days) {
+                return Err(ConfigError(format!(
+                    "key `retention.{key}`: must be {}-{} days",
+                    crate::privacy::retention::DAYS.start(),
+                    crate::privacy::retention::DAYS.end()
+                )));
+            }
+        }
+        if self.retention.batch_size == 0 || self.retention.interval_secs == 0 {
+            return Err(ConfigError(
+                "keys `retention.batch_size` and `retention.interval_secs`: must be at least 1".into(),
+            ));
         }
         let d = &self.delivery;
         if d.lease_secs.saturating_mul(1000) <= d.request_timeout_ms {

@@ -26,7 +26,8 @@
 //! | [`outbox`] | the deliveries: enqueue, claim under a lease, batch, send, split a refused batch, retry with backoff, the delivery log and replays |
 //! | [`providers`] | one module per analytics provider that maps an event to a request and classifies the answer; provider configs |
 //! | [`flags`] | feature flags for a visitor through PostHog, identified only with analytics consent; a short cache |
-//! | [`workers`] | the background tasks started with the app (the delivery worker, the sweep of past days' cookieless salts) |
+//! | [`privacy`] | privacy operations: erasure of a whole visitor, their data export (DSAR), retention and its purge job |
+//! | [`workers`] | the background tasks started with the app (the delivery worker, the sweep of past days' cookieless salts, the retention purge) |
 //! | [`secrets`] | secret *references* (`env:`, `file:`, `keyvault://`) held by configs instead of secrets |
 //! | [`geo`] | the visitor's country and subdivision from a header or a MaxMind-format file |
 //! | [`ip`] | client IPs, truncated before they are stored |
@@ -122,6 +123,7 @@ pub mod ip;
 pub mod json;
 pub mod origins;
 pub mod outbox;
+pub mod privacy;
 pub mod providers;
 pub mod rate_limit;
 pub mod secrets;

@@ -20,5 +20,13 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
         )));
     }
     workers.push(tokio::spawn(crate::ingest::daily_id::sweep(state.db.clone(), shutdown.clone())));
+    if state.settings.retention.enabled {
+        // Small batches, each its own short transaction: safe to run on every instance.
+        workers.push(tokio::spawn(crate::privacy::retention::run(
+            state.db.clone(),
+            state.settings.retention.clone(),
+            shutdown.clone(),
+        )));
+    }
     workers
 }

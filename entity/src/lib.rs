@@ -4,6 +4,7 @@
 pub mod analytics_event;
 pub mod api_token;
 pub mod audit_log;
+pub mod consent_chain_checkpoint;
 pub mod consent_config_revision;
 pub mod consent_record;
 pub mod cookie_consent_config;
@@ -12,4 +13,5 @@ pub mod delivery;
 pub mod forwarding_decision;
 pub mod ingest_key;
 pub mod provider_config;
+pub mod retention_policy;
 pub mod tenant;

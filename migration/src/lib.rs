@@ -13,6 +13,7 @@ mod m20261130_000002_daily_salts;
 mod m20261130_000004_provider_choices;
 mod m20261130_000005_outbox_horizon;
 mod m20261130_000006_idempotency_by_key_kind;
+mod m20261130_000007_retention;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_provider_choices::Migration),
             Box::new(m20261130_000005_outbox_horizon::Migration),
             Box::new(m20261130_000006_idempotency_by_key_kind::Migration),
+            Box::new(m20261130_000007_retention::Migration),
         ]
     }
 }

@@ -20,11 +20,16 @@
 //! `provider_choices` out when there are none), so the recipe stays the same for auditors and
 //! every record written by an earlier release still verifies unchanged.
 //!
+//! **Retention.** Purging removes records only from the *start* of the chain, in `seq` order,
+//! and only after checking the purged stretch still links up. The `seq` and `hash` of the last
+//! purged record are kept as the tenant's **checkpoint** (`consent_chain_checkpoint`); the first
+//! remaining record links to it, so verification starts there instead of at [`GENESIS`].
+//!
 //! The chain shows tampering *within* the records; a truncated tail looks like a shorter valid
 //! chain. Auditors who need that too record the `head` that `verify` reports and compare later.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use entity::consent_record;
+use entity::{consent_chain_checkpoint, consent_record};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -119,6 +124,10 @@ pub struct Verification {
     pub first_broken: Option<Broken>,
     /// The last record of an intact chain: keep it to detect a truncated tail later.
     pub head: Option<Head>,
+    /// Where the chain starts after retention purged its oldest records: the last purged
+    /// record, which the first remaining one links to. Absent while nothing was purged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Head>,
 }
 
 /// Checks records one after the other, in `seq` order.
@@ -127,15 +136,24 @@ pub struct Verifier {
     expected_seq: i64,
     prev_hash: String,
     checked: u64,
+    checkpoint: Option<Head>,
 }
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { expected_seq: 1, prev_hash: GENESIS.to_string(), checked: 0 }
+        Verifier { expected_seq: 1, prev_hash: GENESIS.to_string(), checked: 0, checkpoint: None }
     }
 }
 
 impl Verifier {
+    /// A verifier for a chain whose records up to `checkpoint` were purged.
+    pub fn from_checkpoint(checkpoint: Option<Head>) -> Self {
+        match checkpoint {
+            None => Verifier::default(),
+            Some(c) => Verifier { expected_seq: c.seq + 1, prev_hash: c.hash.clone(), checked: 0, checkpoint: Some(c) },
+        }
+    }
+
     pub fn check(&mut self, m: &consent_record::Model) -> Result<(), Broken> {
         self.checked += 1;
         let broken = |reason: &str| Broken { seq: m.seq, id: m.id, reason: reason.into() };
@@ -156,13 +174,27 @@ impl Verifier {
     pub fn finish(self, first_broken: Option<Broken>) -> Verification {
         let head = (first_broken.is_none() && self.checked > 0)
             .then(|| Head { seq: self.expected_seq - 1, hash: self.prev_hash.clone() });
-        Verification { ok: first_broken.is_none(), checked: self.checked, first_broken, head }
+        Verification {
+            ok: first_broken.is_none(),
+            checked: self.checked,
+            first_broken,
+            head,
+            checkpoint: self.checkpoint,
+        }
     }
+}
+
+/// The tenant's checkpoint: the last record retention purged, if any.
+pub async fn checkpoint(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<Head>> {
+    Ok(consent_chain_checkpoint::Entity::find_by_id(tenant_id)
+        .one(db)
+        .await?
+        .map(|c| Head { seq: c.seq, hash: c.hash }))
 }
 
 /// Walks the tenant's whole chain, a page at a time (never all records in memory).
 pub async fn verify(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Verification> {
-    let mut v = Verifier::default();
+    let mut v = Verifier::from_checkpoint(checkpoint(db, tenant_id).await?);
     let mut after = 0i64;
     loop {
         let page = consent_record::Entity::find()
@@ -245,7 +277,29 @@ mod tests {
         assert!(r.ok);
         assert_eq!(r.checked, 5);
         assert_eq!(r.head, Some(Head { seq: 5, hash: c[4].hash.clone() }));
-        assert_eq!(verify_all(&[]), Verification { ok: true, checked: 0, first_broken: None, head: None });
+        assert_eq!(
+            verify_all(&[]),
+            Verification { ok: true, checked: 0, first_broken: None, head: None, checkpoint: None }
+        );
+    }
+
+    #[test]
+    fn a_chain_purged_up_to_a_checkpoint_verifies_from_it_and_only_from_it() {
+        let c = chain(5);
+        let from = |seq: i64, hash: &str, rest: &[consent_record::Model]| {
+            let mut v = Verifier::from_checkpoint(Some(Head { seq, hash: hash.into() }));
+            let broken = rest.iter().find_map(|m| v.check(m).err());
+            v.finish(broken)
+        };
+        let r = from(2, &c[1].hash, &c[2..]);
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.checked, r.head.map(|h| h.seq)), (3, Some(5)));
+        assert_eq!(r.checkpoint.map(|h| h.seq), Some(2));
+        // A checkpoint that does not fit the first remaining record, or a gap after it, is found.
+        assert_eq!(from(2, &"1".repeat(64), &c[2..]).first_broken.unwrap().reason, "prev_hash_mismatch");
+        assert_eq!(from(1, &c[0].hash, &c[2..]).first_broken.unwrap().reason, "seq_gap");
+        // Without a checkpoint, a purged prefix is a gap.
+        assert!(!verify_all(&c[2..]).ok);
     }
 
     #[test]

@@ -395,14 +395,20 @@ pub async fn page(
 /// the chain still verifies. Returns how many records were changed.
 pub async fn erase_visitor(db: &DatabaseConnection, tenant: &tenant::Model, visitor: &VisitorId) -> Result<u64> {
     let txn = db.begin().await?;
+    let erased = erase_visitor_in(&txn, tenant, visitor).await?;
+    txn.commit().await?;
+    Ok(erased)
+}
+
+/// [`erase_visitor`] within the caller's transaction (a whole-visitor erasure, `privacy::erase`).
+pub async fn erase_visitor_in(db: &impl ConnectionTrait, tenant: &tenant::Model, visitor: &VisitorId) -> Result<u64> {
     let res = consent_record::Entity::update_many()
         .col_expr(consent_record::Column::VisitorId, Expr::value(Option::<String>::None))
         .filter(consent_record::Column::TenantId.eq(tenant.id))
         .filter(consent_record::Column::VisitorHash.eq(visitor_hash(tenant, visitor)))
         .filter(consent_record::Column::VisitorId.eq(visitor.as_str()))
-        .exec(&txn)
+        .exec(db)
         .await?;
-    txn.commit().await?;
     Ok(res.rows_affected)
 }
 

@@ -175,9 +175,10 @@ pub struct Erased {
     visitor_hash: String,
 }
 
-/// Erase a visitor id (GDPR Art. 17): removed from every record of that visitor; the records,
-/// their `visitor_hash` and the chain stay, so the proof of consent remains verifiable. The
-/// visitor counts as undecided afterwards.
+/// Erase a visitor id from the consent records: removed from every record of that visitor; the
+/// records, their `visitor_hash` and the chain stay, so the proof of consent remains verifiable.
+/// The visitor counts as undecided afterwards. Their events and deliveries are not touched: for a
+/// request under GDPR Art. 17 use `DELETE /v1/tenants/{tenant}/visitors/{visitor_id}`.
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/consent-records", tag = "consent records",
     params(("tenant" = String, Path), EraseQuery),

@@ -131,6 +131,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJsonOrEmpty<T> {
     }
 }
 
+/// No body: for an irreversible operation that takes none (erasing a visitor), a request
+/// carrying one — options the route does not have, e.g. a hoped-for dry run — is refused with a
+/// 400 instead of being carried out as if the body were not there.
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(NoBody)
+        } else {
+            Err(ApiError::bad_request("body", "this route takes no request body"))
+        }
+    }
+}
+
 /// The request body within `DefaultBodyLimit`; over it, 413 in the API's error shape (axum's
 /// own rejection is plain text).
 pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {

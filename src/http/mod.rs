@@ -20,8 +20,10 @@ mod ingest_keys;
 mod openapi;
 pub mod paging;
 mod provider_configs;
+mod retention;
 pub mod serve;
 mod tokens;
+mod visitors;
 
 use std::sync::OnceLock;
 
@@ -90,6 +92,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(flags::router())
         .merge(provider_configs::router())
         .merge(deliveries::router())
+        .merge(visitors::router())
+        .merge(retention::router())
         .routes(routes!(openapi_json))
 }
 

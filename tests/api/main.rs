@@ -21,6 +21,7 @@ mod ingest;
 mod outbox;
 mod outbox_outage;
 mod posthog;
+mod privacy;
 mod provider_choices;
 mod provider_configs;
 mod provider_contracts;

@@ -1,0 +1,206 @@
+//! The data subject's export (GDPR Art. 15): everything held about one visitor, as one JSON
+//! document, streamed — consent records a page at a time, events a chunk at a time with their
+//! forwarding decisions and deliveries — so a visitor with many events costs one page of memory.
+//!
+//! ```json
+//! {"visitor_id": "…", "visitor_hash": "…", "generated_at": "…",
+//!  "chain": {"head": {"seq", "hash"}, "checkpoint": {"seq", "hash"} | null},
+//!  "consent_records": [{…record as auditors see it…, "proof": {"canonical", "hash_matches"}}],
+//!  "events": [{…stored event…, "decisions": [{…}], "deliveries": [{…}]}]}
+//! ```
+//!
+//! A record's proof is the canonical text its hash covers: `sha256_hex(prev_hash ‖ canonical)`
+//! must equal `hash`, and `hash` is the next record's `prev_hash` up to the chain head
+//! (docs/consent-model.md). Erased records (no visitor id any more) are included: they are found
+//! by the visitor's hash.
+
+use axum::body::Bytes;
+use entity::{analytics_event, consent_record, delivery, forwarding_decision, tenant};
+use futures_util::{Stream, StreamExt, stream};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{CHUNK, linked_event_ids};
+use crate::{
+    consent::{
+        canonical,
+        chain::{self, Head},
+        records::{self, RecordFilter, RecordItem, VisitorId},
+    },
+    error::Result,
+};
+
+/// Consent records per page.
+const PAGE: u64 = 500;
+
+enum Step {
+    Header,
+    Records { after: i64, first: bool },
+    Events { next: usize, first: bool },
+    Done,
+}
+
+struct Cursor {
+    db: DatabaseConnection,
+    tenant: tenant::Model,
+    visitor: VisitorId,
+    filter: RecordFilter,
+    events: Vec<Uuid>,
+    step: Step,
+}
+
+/// The export as a byte stream, for `Body::from_stream`.
+pub fn stream(
+    db: DatabaseConnection,
+    tenant: tenant::Model,
+    visitor: VisitorId,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let filter =
+        RecordFilter { visitor_hash: Some(records::visitor_hash(&tenant, &visitor)), ..RecordFilter::default() };
+    let start = Cursor { db, tenant, visitor, filter, events: Vec::new(), step: Step::Header };
+    stream::unfold(start, |mut c| async move {
+        if matches!(c.step, Step::Done) {
+            return None;
+        }
+        match next_chunk(&mut c).await {
+            Ok(chunk) => Some((Ok(Bytes::from(chunk)), c)),
+            Err(e) => {
+                // The headers are out: all that can be done is to cut the response short, which
+                // the client sees as a broken transfer, never as a complete export.
+                tracing::error!(error = %e, "visitor export failed");
+                c.step = Step::Done;
+                Some((Err(std::io::Error::other(e.to_string())), c))
+            }
+        }
+    })
+    .fuse()
+}
+
+async fn next_chunk(c: &mut Cursor) -> Result<String> {
+    match c.step {
+        Step::Header => {
+            let checkpoint = chain::checkpoint(&c.db, c.tenant.id).await?;
+            let head = consent_record::Entity::find()
+                .filter(consent_record::Column::TenantId.eq(c.tenant.id))
+                .order_by_desc(consent_record::Column::Seq)
+                .one(&c.db)
+                .await?
+                .map(|m| Head { seq: m.seq, hash: m.hash });
+            c.events = linked_event_ids(&c.db, c.tenant.id, &c.visitor).await?;
+            let head = json!({
+                "visitor_id": c.visitor.as_str(),
+                "visitor_hash": c.filter.visitor_hash,
+                "generated_at": chain::timestamp(&chrono::Utc::now()),
+                "chain": {"head": head, "checkpoint": checkpoint},
+            });
+            let mut out = head.to_string();
+            out.pop(); // the closing brace: the arrays follow
+            out.push_str(",\"consent_records\":[");
+            c.step = Step::Records { after: 0, first: true };
+            Ok(out)
+        }
+        Step::Records { after, first } => {
+            let page = records::page(&c.db, &c.tenant, &c.filter, after, PAGE).await?;
+            let mut out = String::new();
+            let mut first = first;
+            for m in &page {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(&record_with_proof(m).to_string());
+            }
+            c.step = match page.last() {
+                Some(last) if page.len() as u64 == PAGE => Step::Records { after: last.seq, first },
+                _ => {
+                    out.push_str("],\"events\":[");
+                    Step::Events { next: 0, first: true }
+                }
+            };
+            Ok(out)
+        }
+        Step::Events { next, first } => {
+            let chunk: Vec<Uuid> = c.events.iter().skip(next).take(CHUNK).copied().collect();
+            let mut out = String::new();
+            let mut first = first;
+            for event in events_with_outcomes(&c.db, c.tenant.id, &chunk).await? {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(&event.to_string());
+            }
+            if next + CHUNK >= c.events.len() {
+                out.push_str("]}");
+                c.step = Step::Done;
+            } else {
+                c.step = Step::Events { next: next + CHUNK, first };
+            }
+            Ok(out)
+        }
+        Step::Done => Ok(String::new()),
+    }
+}
+
+/// A record as auditors see it, with the text its hash covers.
+pub fn record_with_proof(m: &consent_record::Model) -> Value {
+    let canonical = canonical::to_string(&chain::chained_fields(m));
+    let mut v = serde_json::to_value(RecordItem::from(m.clone())).unwrap_or_default();
+    v["proof"] = json!({
+        "canonical": canonical,
+        "hash_matches": chain::link_hash(m) == m.hash,
+    });
+    v
+}
+
+async fn events_with_outcomes(db: &DatabaseConnection, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Value>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let events = analytics_event::Entity::find()
+        .filter(analytics_event::Column::TenantId.eq(tenant_id))
+        .filter(analytics_event::Column::Id.is_in(ids.iter().copied()))
+        .order_by_asc(analytics_event::Column::Id)
+        .all(db)
+        .await?;
+    let decisions = forwarding_decision::Entity::find()
+        .filter(forwarding_decision::Column::TenantId.eq(tenant_id))
+        .filter(forwarding_decision::Column::EventId.is_in(ids.iter().copied()))
+        .order_by_asc(forwarding_decision::Column::CreatedAt)
+        .all(db)
+        .await?;
+    let deliveries = delivery::Entity::find()
+        .filter(delivery::Column::TenantId.eq(tenant_id))
+        .filter(delivery::Column::EventId.is_in(ids.iter().copied()))
+        .order_by_asc(delivery::Column::CreatedAt)
+        .all(db)
+        .await?;
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["decisions"] = decisions.iter().filter(|d| d.event_id == e.id).map(decision_json).collect();
+            v["deliveries"] = deliveries.iter().filter(|d| d.event_id == e.id).map(delivery_json).collect();
+            v
+        })
+        .collect())
+}
+
+fn decision_json(d: &forwarding_decision::Model) -> Value {
+    json!({
+        "config_id": d.config_id, "provider": d.provider, "decision": d.decision,
+        "identity": d.identity, "reason": d.reason, "created_at": d.created_at,
+    })
+}
+
+/// Everything a delivery holds, the visitor data of a pending one included (it is theirs).
+fn delivery_json(d: &delivery::Model) -> Value {
+    json!({
+        "id": d.id, "config_id": d.config_id, "provider": d.provider, "identity": d.identity,
+        "status": d.status, "attempts": d.attempts, "last_status": d.last_status,
+        "delivered_at": d.delivered_at, "created_at": d.created_at,
+        "client_ip": d.client_ip, "consent_lookup_id": d.consent_lookup_id, "user_agent": d.user_agent,
+        "granted": d.granted, "pseudonymous_id": d.pseudonymous_id,
+    })
+}

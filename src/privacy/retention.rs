@@ -1,0 +1,388 @@
+//! Retention: how long events and consent records are kept, and the job that purges the rest in
+//! small batches (docs/operations.md, docs/consent-model.md).
+//!
+//! - **Events** are purged `events_days` after they were received, once none of their deliveries
+//!   is pending (delivered, dropped, dead, or never forwarded), with their forwarding decisions
+//!   and deliveries. An event with a pending delivery is never touched.
+//! - **Consent records** are purged `consent_records_days` after they were made, only once they
+//!   have expired too, and only from the *start* of the tenant's hash chain: the oldest records
+//!   go, after checking that they still link up, and the last one's `seq` and `hash` become the
+//!   chain's checkpoint ([`crate::consent::chain`]), which the first remaining record links to.
+//!   The newest record always stays, so the chain continues from it.
+//! - **What ended deliveries held of the visitor** (full client IP, consent-lookup id, user
+//!   agent, granted categories, daily pseudonymous id) is cleared. The outbox clears it when a
+//!   delivery ends; this catches any left over (an older release, a crash in between). Pending
+//!   deliveries keep theirs: Plausible and Umami count visitors by them at send time.
+//!
+//! The periods come from `[retention]` (`crate::config::RetentionSettings`), overridden per tenant
+//! through `PUT /v1/tenants/{tenant}/retention`.
+
+use std::ops::RangeInclusive;
+
+use chrono::{DateTime, Utc};
+use entity::{
+    analytics_event, consent_chain_checkpoint, consent_record, delivery, forwarding_decision, retention_policy, tenant,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    config::RetentionSettings,
+    consent::chain::{self, Verifier},
+    error::{Error, Result},
+    outbox::DeliveryStatus,
+};
+
+/// Allowed retention periods, in days (up to ten years).
+pub const DAYS: RangeInclusive<u32> = 1..=3650;
+
+/// A tenant's retention periods: the effective ones, and the tenant's own overrides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Policy {
+    pub events_days: u32,
+    pub consent_records_days: u32,
+    /// The tenant's own periods; `null`: the gateway's default (`[retention]`).
+    pub overrides: Overrides,
+}
+
+/// A tenant's own retention periods. `null` (or absent) falls back to the gateway's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// 1–3650 days.
+    pub events_days: Option<u32>,
+    /// 1–3650 days; records are purged only once expired as well.
+    pub consent_records_days: Option<u32>,
+}
+
+impl Overrides {
+    pub fn check(&self) -> Result<()> {
+        for (field, days) in [("events_days", self.events_days), ("consent_records_days", self.consent_records_days)] {
+            if let Some(d) = days
+                && !DAYS.contains(&d)
+            {
+                return Err(Error::validation(field, format!("must be {}-{} days", DAYS.start(), DAYS.end())));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve(settings: &RetentionSettings, row: Option<retention_policy::Model>) -> Policy {
+    let days = |v: Option<i32>| v.and_then(|d| u32::try_from(d).ok()).filter(|d| DAYS.contains(d));
+    let overrides = row.map_or_else(Overrides::default, |r| Overrides {
+        events_days: days(r.events_days),
+        consent_records_days: days(r.consent_records_days),
+    });
+    Policy {
+        events_days: overrides.events_days.unwrap_or(settings.events_days),
+        consent_records_days: overrides.consent_records_days.unwrap_or(settings.consent_records_days),
+        overrides,
+    }
+}
+
+pub async fn policy(db: &impl ConnectionTrait, settings: &RetentionSettings, tenant_id: Uuid) -> Result<Policy> {
+    Ok(resolve(settings, retention_policy::Entity::find_by_id(tenant_id).one(db).await?))
+}
+
+/// Replaces the tenant's overrides (`null`: back to the default).
+pub async fn set_overrides(
+    db: &DatabaseConnection,
+    settings: &RetentionSettings,
+    tenant_id: Uuid,
+    overrides: Overrides,
+) -> Result<Policy> {
+    overrides.check()?;
+    let row = retention_policy::ActiveModel {
+        tenant_id: Set(tenant_id),
+        events_days: Set(overrides.events_days.map(|d| d as i32)),
+        consent_records_days: Set(overrides.consent_records_days.map(|d| d as i32)),
+        updated_at: Set(Utc::now()),
+    };
+    let txn = crate::db::begin_write(db).await?;
+    if retention_policy::Entity::find_by_id(tenant_id).one(&txn).await?.is_some() {
+        row.update(&txn).await?;
+    } else {
+        row.insert(&txn).await?;
+    }
+    let policy = policy(&txn, settings, tenant_id).await?;
+    txn.commit().await?;
+    Ok(policy)
+}
+
+/// What one round purged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    pub events: u64,
+    pub forwarding_decisions: u64,
+    pub deliveries: u64,
+    pub consent_records: u64,
+    /// Ended deliveries whose visitor data (full IP and the rest) was cleared.
+    pub delivery_visitor_data: u64,
+}
+
+impl Purged {
+    pub fn total(&self) -> u64 {
+        self.events + self.forwarding_decisions + self.deliveries + self.consent_records + self.delivery_visitor_data
+    }
+
+    fn add(&mut self, o: Purged) {
+        self.events += o.events;
+        self.forwarding_decisions += o.forwarding_decisions;
+        self.deliveries += o.deliveries;
+        self.consent_records += o.consent_records;
+        self.delivery_visitor_data += o.delivery_visitor_data;
+    }
+
+    fn count_in_metrics(&self) {
+        for (what, n) in [
+            ("events", self.events),
+            ("forwarding_decisions", self.forwarding_decisions),
+            ("deliveries", self.deliveries),
+            ("consent_records", self.consent_records),
+            ("delivery_visitor_data", self.delivery_visitor_data),
+        ] {
+            metrics::counter!("consentgate_retention_purged_total", "what" => what).increment(n);
+        }
+    }
+}
+
+/// One round of the purge, taking `now` for the present: per tenant at most `batch_size` events
+/// and `batch_size` consent records, then at most `batch_size` ended deliveries' visitor data.
+/// The background job runs rounds until one purges nothing; tests call it with a chosen `now`.
+pub async fn run_once(db: &DatabaseConnection, settings: &RetentionSettings, now: DateTime<Utc>) -> Result<Purged> {
+    let mut purged = Purged::default();
+    let tenants: Vec<Uuid> =
+        tenant::Entity::find().select_only().column(tenant::Column::Id).into_tuple().all(db).await?;
+    for tenant_id in tenants {
+        let p = policy(db, settings, tenant_id).await?;
+        let events_cutoff = now - chrono::Duration::days(i64::from(p.events_days));
+        purged.add(purge_events(db, tenant_id, events_cutoff, settings.batch_size).await?);
+        let records_cutoff = now - chrono::Duration::days(i64::from(p.consent_records_days));
+        purged.consent_records += purge_records(db, tenant_id, records_cutoff, now, settings.batch_size).await?;
+    }
+    purged.delivery_visitor_data += clear_ended_deliveries(db, settings.batch_size).await?;
+    purged.count_in_metrics();
+    Ok(purged)
+}
+
+/// No pending delivery of the event (`analytics_event` being the outer query's table).
+const NOTHING_PENDING: &str =
+    "NOT EXISTS (SELECT 1 FROM delivery d WHERE d.event_id = analytics_event.id AND d.status = 'pending')";
+
+async fn purge_events(db: &DatabaseConnection, tenant_id: Uuid, cutoff: DateTime<Utc>, batch: u64) -> Result<Purged> {
+    let due = || {
+        analytics_event::Entity::find()
+            .select_only()
+            .column(analytics_event::Column::Id)
+            .filter(analytics_event::Column::TenantId.eq(tenant_id))
+            .filter(analytics_event::Column::ReceivedAt.lt(cutoff))
+            .filter(Expr::cust(NOTHING_PENDING))
+            .order_by_asc(analytics_event::Column::ReceivedAt)
+    };
+    // Looked up first without a write lock: most rounds find nothing, and on SQLite a write
+    // transaction would hold up ingest for nothing.
+    if due().limit(1).into_tuple::<Uuid>().one(db).await?.is_none() {
+        return Ok(Purged::default());
+    }
+    let txn = crate::db::begin_write(db).await?;
+    let ids: Vec<Uuid> = due().limit(batch).into_tuple().all(&txn).await?;
+    let mut purged = Purged::default();
+    for chunk in ids.chunks(super::CHUNK) {
+        purged.deliveries += delivery::Entity::delete_many()
+            .filter(delivery::Column::EventId.is_in(chunk.iter().copied()))
+            .filter(delivery::Column::Status.ne(DeliveryStatus::Pending.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        purged.forwarding_decisions += forwarding_decision::Entity::delete_many()
+            .filter(forwarding_decision::Column::EventId.is_in(chunk.iter().copied()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        purged.events += analytics_event::Entity::delete_many()
+            .filter(analytics_event::Column::Id.is_in(chunk.iter().copied()))
+            .filter(Expr::cust(NOTHING_PENDING))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+    }
+    txn.commit().await?;
+    Ok(purged)
+}
+
+/// Purges the oldest records of the chain that are past `cutoff` and expired at `now`, never the
+/// newest, never past a record that does not link up; moves the checkpoint to the last purged.
+async fn purge_records(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+    batch: u64,
+) -> Result<u64> {
+    // Anything due at all? Asked without the chain's lock, which consent writes wait for.
+    let any_due = consent_record::Entity::find()
+        .filter(consent_record::Column::TenantId.eq(tenant_id))
+        .filter(consent_record::Column::CreatedAt.lt(cutoff))
+        .filter(consent_record::Column::ExpiresAt.lte(now))
+        .one(db)
+        .await?;
+    if any_due.is_none() {
+        return Ok(0);
+    }
+    let txn = crate::db::begin_tenant_write(db, tenant_id).await?;
+    let checkpoint = chain::checkpoint(&txn, tenant_id).await?;
+    let Some(head) = consent_record::Entity::find()
+        .filter(consent_record::Column::TenantId.eq(tenant_id))
+        .order_by_desc(consent_record::Column::Seq)
+        .one(&txn)
+        .await?
+    else {
+        return Ok(0);
+    };
+    let oldest = consent_record::Entity::find()
+        .filter(consent_record::Column::TenantId.eq(tenant_id))
+        .filter(consent_record::Column::Seq.lt(head.seq))
+        .order_by_asc(consent_record::Column::Seq)
+        .limit(batch)
+        .all(&txn)
+        .await?;
+    let mut verifier = Verifier::from_checkpoint(checkpoint);
+    let mut last: Option<&consent_record::Model> = None;
+    for m in &oldest {
+        if m.created_at >= cutoff || m.expires_at > now {
+            break;
+        }
+        if let Err(broken) = verifier.check(m) {
+            // Purging past a broken link would destroy the evidence of the tampering.
+            tracing::warn!(tenant = %tenant_id, seq = broken.seq, reason = %broken.reason,
+                "consent chain does not verify here; records from this one on are not purged");
+            break;
+        }
+        last = Some(m);
+    }
+    let Some(last) = last else { return Ok(0) };
+    let purged = consent_record::Entity::delete_many()
+        .filter(consent_record::Column::TenantId.eq(tenant_id))
+        .filter(consent_record::Column::Seq.lte(last.seq))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let before = consent_chain_checkpoint::Entity::find_by_id(tenant_id).one(&txn).await?;
+    let row = consent_chain_checkpoint::ActiveModel {
+        tenant_id: Set(tenant_id),
+        seq: Set(last.seq),
+        hash: Set(last.hash.clone()),
+        records_purged: Set(before.as_ref().map_or(0, |b| b.records_purged) + purged as i64),
+        updated_at: Set(Utc::now()),
+    };
+    if before.is_some() {
+        row.update(&txn).await?;
+    } else {
+        row.insert(&txn).await?;
+    }
+    txn.commit().await?;
+    Ok(purged)
+}
+
+/// Clears what ended deliveries still hold of the visitor.
+async fn clear_ended_deliveries(db: &DatabaseConnection, batch: u64) -> Result<u64> {
+    use delivery::Column as C;
+    let holding = Condition::any()
+        .add(C::ClientIp.is_not_null())
+        .add(C::ConsentLookupId.is_not_null())
+        .add(C::UserAgent.is_not_null())
+        .add(C::Granted.is_not_null())
+        .add(C::PseudonymousId.is_not_null());
+    let ids: Vec<Uuid> = delivery::Entity::find()
+        .select_only()
+        .column(C::Id)
+        .filter(C::Status.ne(DeliveryStatus::Pending.as_str()))
+        .filter(holding)
+        .limit(batch)
+        .into_tuple()
+        .all(db)
+        .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // One statement, so no transaction; a delivery replayed meanwhile (pending again) is skipped.
+    let none = || Expr::value(Option::<String>::None);
+    let n = delivery::Entity::update_many()
+        .col_expr(C::ClientIp, none())
+        .col_expr(C::ConsentLookupId, none())
+        .col_expr(C::UserAgent, none())
+        .col_expr(C::Granted, none())
+        .col_expr(C::PseudonymousId, none())
+        .filter(C::Id.is_in(ids))
+        .filter(C::Status.ne(DeliveryStatus::Pending.as_str()))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(n)
+}
+
+/// Rounds in a row before the job rests, however much is left (it continues after the pause).
+const ROUNDS_PER_WAKE: usize = 100;
+
+/// The background job: rounds of [`run_once`] until one purges nothing, then a pause of
+/// `interval_secs`.
+pub async fn run(db: DatabaseConnection, settings: RetentionSettings, shutdown: CancellationToken) {
+    loop {
+        for _ in 0..ROUNDS_PER_WAKE {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match run_once(&db, &settings, Utc::now()).await {
+                Ok(p) if p.total() > 0 => tracing::debug!(?p, "retention purged"),
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention purge failed; trying again after the pause");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(settings.interval_secs)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_fall_back_to_the_defaults_and_are_checked() {
+        let settings = RetentionSettings::default();
+        let row = |e: Option<i32>, r: Option<i32>| retention_policy::Model {
+            tenant_id: Uuid::nil(),
+            events_days: e,
+            consent_records_days: r,
+            updated_at: Utc::now(),
+        };
+        assert_eq!((resolve(&settings, None).events_days, resolve(&settings, None).consent_records_days), (30, 1095));
+        let p = resolve(&settings, Some(row(Some(7), None)));
+        assert_eq!((p.events_days, p.consent_records_days), (7, 1095));
+        assert_eq!(p.overrides, Overrides { events_days: Some(7), consent_records_days: None });
+        // An unreadable stored value counts as no override, never as "keep nothing".
+        assert_eq!(resolve(&settings, Some(row(Some(0), Some(-3)))).events_days, 30);
+        for (o, field) in [
+            (Overrides { events_days: Some(0), consent_records_days: None }, "events_days"),
+            (Overrides { events_days: None, consent_records_days: Some(3651) }, "consent_records_days"),
+        ] {
+            match o.check() {
+                Err(Error::Validation { field: Some(f), .. }) => assert_eq!(f, field),
+                other => panic!("{o:?}: {other:?}"),
+            }
+        }
+        assert!(Overrides { events_days: Some(1), consent_records_days: Some(3650) }.check().is_ok());
+    }
+}
