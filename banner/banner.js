@@ -3,6 +3,8 @@
 // inline handlers, no innerHTML; config texts only ever become text nodes. The gateway serves
 // dist/banner.min.js, built from this file by build.mjs (README.md): comments cost nothing, but
 // every feature counts against the 6 KB gzip budget.
+// PP and FLAGS are build-time constants (build.mjs): code under `if (PP)` (per-provider choices)
+// and `if (FLAGS)` (consentgate.flags()) exists only in the variants that need it.
 const C = CG_CONFIG, K = C.categories, B = C.banner, T = C.texts, w = window, d = document, n = navigator, now = Date.now;
 const S = d.currentScript, ds = S.dataset;
 // https://gw/v1/tenants/{t}: the API lives where the script came from.
@@ -45,7 +47,9 @@ gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}));
 // The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie, so the
 // site's server can read it too. A valid one decides without any request.
 let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2])) } catch (e) {}
-const valid = s => s?.choices && s.rev >= C.reconsent_revision && s.exp > now() && s.cfg == C.config_id;
+// With per-provider choices, a choice made on another offer (the provider configs listed) is
+// asked about again: the gateway refuses configs the visitor was not offered until they choose.
+const valid = s => (PP ? s?.off == C.offer : 1) && s?.choices && s.rev >= C.reconsent_revision && s.exp > now() && s.cfg == C.config_id;
 const save = s => d.cookie = `cg_consent=${encodeURIComponent(JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
 // The consent-lookup id: written only when the visitor decides (ePrivacy Art. 5(3): storing it
 // is strictly necessary to remember a choice, and there is none before). Until then it lives in
@@ -59,7 +63,9 @@ const del = name => {
     for (const x of ['', ...p.map((_, i) => '; Domain=' + p.slice(i).join('.'))]) d.cookie = c.split('=')[0] + '=; Path=/; Max-Age=0' + x;
 };
 
-let cur, init, ran = {}, host, root, bn, dlg, fab, inert = [];
+// pb: the per-provider switches of the open preferences; pw: the ones chosen before the offer
+// changed (PP).
+let cur, init, ran = {}, host, root, bn, dlg, fab, inert = [], pb = {}, pw;
 function apply(s) {
   const ch = eff(s.choices);
   cur = s;
@@ -144,15 +150,29 @@ function hide() {
 // Preferences: a modal <dialog> (Esc closes it) with one switch per category and a focus trap.
 function prefs(c) {
   mount(); dlg?.open && dlg.close();
+  if (PP) pb = {};
   const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt' },
     h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { type: 'button', className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
     ...CATS.map(k => {
       // A locked switch says why: always on (necessary), or off by the browser's privacy signal.
       const lock = k == 'necessary', off = blocked(k), why = lock ? tx('always_on') : off ? tx('signal_denied') : '';
-      return h('div', { className: 'ct' },
+      const row = h('div', { className: 'ct' },
         h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
           h('span', {}, ctx(k, 'label'))),
         h('p', { id: k }, h('em', {}, why), ctx(k, 'description')));
+      if (PP) {
+        // Under the category, each provider config that needs it: its name, what it receives, its
+        // privacy policy, and its own switch — as last chosen (one not chosen on before is off:
+        // nothing pre-ticked), else as the category. The category's switch sets them all;
+        // switching one on switches the category on.
+        const ps = C.providers.filter(p => p.category == k), was = cur ? cur.pc : pw;
+        for (const p of ps) row.append(h('div', { className: 'pv' },
+          h('label', {}, pb[p.id] = h('input', { type: 'checkbox', role: 'switch', checked: (was ? !!was[p.id] : c?.[k]) && !off, disabled: off, 'aria-describedby': 'p' + p.id,
+            onchange: e => e.target.checked && (box[k].checked = true) }), h('span', {}, p.name)),
+          h('p', { id: 'p' + p.id }, p.receives + ' ', p.privacy_policy_url ? h('a', { href: p.privacy_policy_url, target: '_blank' }, tx('privacy_policy')) : '')));
+        box[k].onchange = () => ps.forEach(p => pb[p.id].checked = box[k].checked);
+      }
+      return row;
     }),
     h('div', { className: 'bt' }, btn('reject_all', act('reject_all')), btn('accept_all', act('accept_all')),
       btn('save', () => decide('custom', Object.fromEntries(O.map(k => [k, box[k]?.checked]))), 'sc')));
@@ -171,10 +191,14 @@ function decide(action, c) {
   const focused = root?.activeElement, { necessary, ...choices } = eff(action == 'custom' ? c : action == 'accept_all' && K /* every category */);
   dlg?.open && dlg.close();
   hide(); focused && fab?.focus(); ls('cg_vid', vid);
+  // PP: every provider shown, with its switch (the gateway derives them for the other actions).
+  const providers = PP && Object.fromEntries(C.providers.map(p => [p.id, action == 'custom' ? !!pb[p.id]?.checked : action == 'accept_all']));
   fetch(API + '/consent', { method: 'POST', keepalive: true,
-    body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner' }) })
+    body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner', ...PP && { providers } }) })
     .then(r => r.ok && r.json()).catch(() => 0).then(r => {
       const s = { vid, cfg: C.config_id, rev: r?.revision ?? C.revision, choices: r?.choices || choices, act: action, exp: Date.parse(r?.expires_at) || now() + C.expiry_days * 864e5 };
+      // The offer chosen on and the per-provider choices, as recorded.
+      if (PP) s.off = r?.provider_choices?.offer ?? C.offer, s.pc = r?.provider_choices?.providers || providers;
       // Without a record on the gateway there is no proof of consent (GDPR Art. 7(1)): keep and
       // apply only the refusals; nothing is granted until a decision is stored.
       if (r || !O.some(k => choices[k])) save(s);
@@ -185,16 +209,28 @@ function decide(action, c) {
 const api = w.consentgate = {
   track,
   showPreferences: () => prefs(cur ? eff(cur.choices) : init),
-  getConsent: () => cur ? { choices: eff(cur.choices), revision: cur.rev, action: cur.act } : null,
+  getConsent: () => cur ? { choices: eff(cur.choices), revision: cur.rev, action: cur.act, ...PP && { providers: cur.pc } } : null,
   withdraw: act('withdraw'),
 };
+// PostHog feature flags through the gateway (a tenant with an active PostHog config with flags
+// on): the consent-lookup id always, the analytics id only while analytics is granted. Any
+// failure resolves to {}.
+if (FLAGS) api.flags = () => fetch(API + '/analytics/posthog/flags?key=' + encodeURIComponent(ds.key), { method: 'POST',
+  body: JSON.stringify({ visitor_id: vid, ...eff(cur?.choices).analytics && { anonymous_id: vid } }) })
+  .then(r => r.json()).then(r => r.flags?.constructor == Object ? r.flags : {}, () => ({}));
 
 if (valid(st)) apply(st);
 else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r => {
   const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, exp: Date.parse(r.expires_at) };
+  // The gateway asks again (decision_needed) when the offer changed, so a valid answer is on this one.
+  if (PP) s.off = C.offer, s.pc = r.provider_choices?.providers;
   if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
   // Unknown region (or no answer) counts as consent required.
-  else show(r.consent_required != 0);
+  else {
+    show(r.consent_required != 0);
+    // Asked again because the offer changed: the preferences start from the visitor's choice.
+    if (PP && r.reason == 'offer_changed') init = eff(r.choices), pw = r.provider_choices?.providers;
+  }
 });
 
 // Tracker: page views (also SPA navigations), outbound link clicks, custom events. At most 50

@@ -45,16 +45,26 @@ export function bannerConfig(config, { id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0
   };
 }
 
-/** Render templates/banner.js.tera the way the gateway does (autoescape off, three variables). */
-export function renderBanner(bannerCfg) {
+/** What the gateway adds for a config with `per_provider_choices` (`add_providers` in
+ * src/banner/mod.rs): the offer's fingerprint and the provider configs on offer. */
+export function addProviders(bannerCfg, providers, offer = '3f2a9c1e7b4d6a08') {
+  return { ...bannerCfg, offer, providers };
+}
+
+/** The build variant's file (build.mjs): per-provider choices (pp) and/or feature flags. */
+export const variantFile = ({ pp = false, flags = false } = {}) => `dist/banner${pp ? '.pp' : ''}${flags ? '.flags' : ''}.min.js`;
+
+/** Render templates/banner.js.tera the way the gateway does (autoescape off, three variables),
+ * with the default build or a variant ({pp, flags}). */
+export function renderBanner(bannerCfg, variant = {}) {
   // The colours become custom properties at the top of the stylesheet and leave the config.
   const { primary_color: p, background_color: b, text_color: t, ...banner } = bannerCfg.banner || {};
   const colours = Object.entries({ p, b, t }).filter(([, c]) => /^#[0-9a-f]{6}$/.test(c)).map(([k, c]) => `--cg-${k}:${c};`).join('');
   const cfg = bannerCfg.banner ? { ...bannerCfg, banner } : bannerCfg;
   const vars = {
     config_json: scriptJson(cfg),
-    css: scriptJson(`:host{all:initial;${colours}}` + read('banner.css')),
-    script: read('dist/banner.min.js'),
+    css: scriptJson(`:host{all:initial;${colours}}` + read('banner.css') + (variant.pp ? read('banner-pp.css') : '')),
+    script: read(variantFile(variant)),
   };
   return read('../templates/banner.js.tera').replace(/\{\{\s*(\w+)\s*\|\s*safe\s*\}\}/g, (_, k) => vars[k]);
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub ingest_limits: Arc<crate::rate_limit::IngestLimits>,
     /// Rendered banner scripts by published revision.
     pub banners: Arc<crate::banner::Cache>,
+    /// PostHog feature flags: the short answer cache and the HTTP client.
+    pub flags: Arc<crate::flags::Flags>,
 }
 
 pub struct App {
@@ -60,6 +62,7 @@ impl App {
             secrets,
             ingest_limits: Arc::new(crate::rate_limit::IngestLimits::new(&settings.rate_limit)?),
             banners: Default::default(),
+            flags: Arc::new(crate::flags::Flags::new(&settings.delivery)?),
             settings: Arc::new(settings),
         };
         let shutdown = CancellationToken::new();

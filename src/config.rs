@@ -173,7 +173,8 @@ pub struct DeliverySettings {
     pub enabled: bool,
     /// How often an idle worker looks for due deliveries, in milliseconds.
     pub poll_interval_ms: u64,
-    /// Deliveries claimed per round.
+    /// Requests a worker starts per round and provider, at most (each carrying up to the
+    /// provider's batch limit of deliveries); also bounded by the free concurrency slots.
     pub batch_size: u64,
     /// Requests in flight at once, per provider.
     pub concurrency_per_provider: usize,

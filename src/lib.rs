@@ -22,10 +22,11 @@
 //! | [`audit`] | the audit log of every change to tokens, keys and configurations |
 //! | [`consent`] | the pure decision engine, cookie consent configs and revisions, consent records and their hash chain, consent-required regions |
 //! | [`banner`] | rendering and serving the banner script per tenant (browser source in `banner/`) |
-//! | [`ingest`] | one posted event → a stored event, a forwarding decision per provider config and the deliveries, in one transaction; ingest keys |
-//! | [`outbox`] | the deliveries: enqueue, claim under a lease, send, retry with backoff, the delivery log and replays |
+//! | [`ingest`] | one posted event → a stored event, a forwarding decision per provider config and the deliveries, in one transaction; ingest keys; PostHog's cookieless daily ids |
+//! | [`outbox`] | the deliveries: enqueue, claim under a lease, batch, send, split a refused batch, retry with backoff, the delivery log and replays |
 //! | [`providers`] | one module per analytics provider that maps an event to a request and classifies the answer; provider configs |
-//! | [`workers`] | the background tasks started with the app (the delivery worker) |
+//! | [`flags`] | feature flags for a visitor through PostHog, identified only with analytics consent; a short cache |
+//! | [`workers`] | the background tasks started with the app (the delivery worker, the sweep of past days' cookieless salts) |
 //! | [`secrets`] | secret *references* (`env:`, `file:`, `keyvault://`) held by configs instead of secrets |
 //! | [`geo`] | the visitor's country and subdivision from a header or a MaxMind-format file |
 //! | [`ip`] | client IPs, truncated before they are stored |
@@ -58,9 +59,11 @@
 //! 4. One transaction stores the event, a forwarding decision per config and a delivery per
 //!    allowed config ([`outbox::enqueue`]); the site gets its `202` with the decisions.
 //! 5. [`outbox`]: a worker ([`workers`], [`outbox::worker`]) claims due deliveries
-//!    ([`outbox::claim`]), decides again if the visitor withdrew meanwhile, and has the
-//!    provider module build the request ([`providers::Provider::build`]).
-//! 6. The answer is classified ([`providers::Provider::classify`]): delivered, dropped, retried
+//!    ([`outbox::claim`]), decides again if the visitor withdrew meanwhile, has the provider
+//!    module map each delivery to an item ([`providers::Provider::item`]) and build one request
+//!    per batch of items ([`providers::Provider::request`], [`outbox::batch`]).
+//! 6. The answer is classified, for the whole request or per item
+//!    ([`providers::Provider::classify`]); a refused batch is split. Each delivery is delivered, dropped, retried
 //!    ([`outbox::backoff`]) or dead; the config's usage and the metrics ([`telemetry`]) are
 //!    updated, and the delivery log ([`outbox::log`]) shows it.
 
@@ -110,6 +113,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod flags;
 pub mod geo;
 pub mod http;
 pub mod ingest;

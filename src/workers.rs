@@ -19,5 +19,6 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
             shutdown.clone(),
         )));
     }
+    workers.push(tokio::spawn(crate::ingest::daily_id::sweep(state.db.clone(), shutdown.clone())));
     workers
 }

@@ -29,6 +29,13 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     pub prev_hash: String,
     pub hash: String,
+    /// Per-provider choices and the offer they were made on (`{"offer", "providers"}`); null
+    /// when the visitor was not offered them.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub provider_choices: Option<Json>,
+    /// The form of the record the hash chain covers: 1 for records written before per-provider
+    /// choices, 2 since (see `consent::chain`).
+    pub canonical_version: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

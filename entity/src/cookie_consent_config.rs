@@ -23,6 +23,8 @@ pub struct Model {
     #[sea_orm(column_type = "JsonBinary")]
     pub consent_required_regions: Json,
     pub respect_do_not_track: bool,
+    /// The banner lists each provider config under its category with its own switch.
+    pub per_provider_choices: bool,
     #[sea_orm(column_type = "JsonBinary")]
     pub allowed_origins: Json,
     /// The last published revision (0 = never published).

@@ -28,6 +28,12 @@ pub struct Model {
     pub consent_lookup_id: Option<String>,
     /// The visitor's user agent, kept only while pending (an event stored unlinkable has none).
     pub user_agent: Option<String>,
+    /// The optional categories the visitor had granted (`analytics,marketing`; empty: none),
+    /// kept only while pending; unknown (`NULL`) counts as none.
+    pub granted: Option<String>,
+    /// A pseudonymous visitor id computed at ingest (PostHog's cookieless daily id), kept only
+    /// while pending.
+    pub pseudonymous_id: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

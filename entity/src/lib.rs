@@ -7,6 +7,7 @@ pub mod audit_log;
 pub mod consent_config_revision;
 pub mod consent_record;
 pub mod cookie_consent_config;
+pub mod daily_salt;
 pub mod delivery;
 pub mod forwarding_decision;
 pub mod ingest_key;

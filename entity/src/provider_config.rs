@@ -33,6 +33,8 @@ pub struct Model {
     pub consecutive_auth_failures: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The provider's privacy policy (https), linked from the banner's per-provider choices.
+    pub privacy_policy_url: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

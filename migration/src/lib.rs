@@ -8,6 +8,9 @@ mod m20261125_000001_initial;
 mod m20261126_000001_one_active_consent_config;
 mod m20261126_000002_forwarding;
 mod m20261129_000001_unlinkable_events;
+mod m20261130_000001_delivery_batches;
+mod m20261130_000002_daily_salts;
+mod m20261130_000004_provider_choices;
 mod m20261130_000006_idempotency_by_key_kind;
 
 pub struct Migrator;
@@ -20,6 +23,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_one_active_consent_config::Migration),
             Box::new(m20261126_000002_forwarding::Migration),
             Box::new(m20261129_000001_unlinkable_events::Migration),
+            Box::new(m20261130_000001_delivery_batches::Migration),
+            Box::new(m20261130_000002_daily_salts::Migration),
+            Box::new(m20261130_000004_provider_choices::Migration),
             Box::new(m20261130_000006_idempotency_by_key_kind::Migration),
         ]
     }

@@ -14,8 +14,79 @@ use tera::{Context, Tera};
 use crate::consent::config::spec::{ConfigSpec, HexColor};
 
 const TEMPLATE: &str = include_str!("../../templates/banner.js.tera");
+/// The default build: what every tenant gets unless an option below needs more.
 const SCRIPT: &str = include_str!("../../banner/dist/banner.min.js");
+/// Build variants (banner/build.mjs): the same source with the per-provider choices UI
+/// (`per_provider_choices`) and/or `consentgate.flags()` (an active PostHog config with feature
+/// flags) compiled in, so the default banner carries neither.
+const SCRIPT_PP: &str = include_str!("../../banner/dist/banner.pp.min.js");
+const SCRIPT_FLAGS: &str = include_str!("../../banner/dist/banner.flags.min.js");
+const SCRIPT_PP_FLAGS: &str = include_str!("../../banner/dist/banner.pp.flags.min.js");
 const CSS: &str = include_str!("../../banner/banner.css");
+/// The per-provider rows' styles, appended for the per-provider variant only.
+const CSS_PP: &str = include_str!("../../banner/banner-pp.css");
+
+/// Which build of the browser source a tenant's banner is rendered with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// The preferences list provider configs with their own switches (`per_provider_choices`).
+    pub per_provider: bool,
+    /// `consentgate.flags()`: PostHog feature flags through the gateway.
+    pub flags: bool,
+}
+
+impl Variant {
+    pub fn script(self) -> &'static str {
+        match (self.per_provider, self.flags) {
+            (false, false) => SCRIPT,
+            (true, false) => SCRIPT_PP,
+            (false, true) => SCRIPT_FLAGS,
+            (true, true) => SCRIPT_PP_FLAGS,
+        }
+    }
+}
+
+/// Whether the tenant's banner offers `consentgate.flags()`: some provider config is a PostHog
+/// one, `active`, with `enable_feature_flags: true` in its settings.
+pub fn feature_flags(configs: &[entity::provider_config::Model]) -> bool {
+    configs.iter().any(|m| {
+        m.provider == "posthog"
+            && crate::providers::config::sends(m)
+            && m.settings.get("enable_feature_flags") == Some(&Value::Bool(true))
+    })
+}
+
+/// What the banner of a config with `per_provider_choices` adds to its banner config: the offer's
+/// fingerprint (`offer`, kept with the visitor's choice so the banner asks again when it
+/// changes) and the configs on offer (`providers`: id, category listed under, name, what it
+/// receives, privacy policy link when set).
+pub fn add_providers(config: &mut Value, offer: &[crate::consent::offer::Offered]) {
+    config["offer"] = crate::consent::offer::offer_fingerprint(offer).into();
+    config["providers"] = offer
+        .iter()
+        .map(|o| {
+            let mut v = json!({
+                "id": o.id,
+                "category": o.category.as_str(),
+                "name": o.name,
+                "receives": crate::consent::offer::receives(&o.provider),
+            });
+            if let Some(url) = &o.privacy_policy_url {
+                v["privacy_policy_url"] = url.clone().into();
+            }
+            v
+        })
+        .collect();
+}
+
+/// The part of a tenant's provider configs a rendered banner depends on, as a cache key: the
+/// offer as [`add_providers`] writes it and whether feature flags are on.
+pub fn provider_key(configs: &[entity::provider_config::Model]) -> String {
+    let mut v = json!({});
+    add_providers(&mut v, &crate::consent::offer::offered(configs));
+    v["flags"] = feature_flags(configs).into();
+    crate::crypto::sha256_hex(v.to_string())[..16].to_string()
+}
 
 /// The banner config (`CG_CONFIG`, banner/README.md) of a published config: only what the browser
 /// reads, since every byte counts against the banner's 6 KB gzip budget. Enabled categories only,
@@ -102,24 +173,34 @@ pub fn direction(lang: &str) -> &'static str {
     }
 }
 
-/// Rendered banners by (config id, revision). A published revision never changes, so an entry
-/// never goes stale; the map is bounded by clearing it when full.
+/// Rendered banners by (config id, revision, [`provider_key`]). A published revision never
+/// changes, and the provider key covers what the banner takes from the provider configs, so an
+/// entry never goes stale; the map is bounded by clearing it when full.
 #[derive(Default)]
 pub struct Cache {
-    entries: std::sync::Mutex<std::collections::HashMap<(uuid::Uuid, i64), std::sync::Arc<Rendered>>>,
+    entries: std::sync::Mutex<std::collections::HashMap<(uuid::Uuid, i64, String), std::sync::Arc<Rendered>>>,
 }
 
 const CACHE_ENTRIES: usize = 1_000;
 
 impl Cache {
-    pub fn get(&self, config_id: uuid::Uuid, revision: i64) -> Option<std::sync::Arc<Rendered>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&(config_id, revision)).cloned()
+    pub fn get(&self, config_id: uuid::Uuid, revision: i64, providers: &str) -> Option<std::sync::Arc<Rendered>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(config_id, revision, providers.to_string()))
+            .cloned()
     }
 
-    /// Stores what was rendered for `config` under the config id and revision it names.
-    pub fn put(&self, config: &serde_json::Value, rendered: Rendered) -> std::sync::Arc<Rendered> {
+    /// Stores what was rendered for `config` under the config id and revision it names and the
+    /// provider key it was rendered with.
+    pub fn put(&self, config: &serde_json::Value, providers: &str, rendered: Rendered) -> std::sync::Arc<Rendered> {
         let rendered = std::sync::Arc::new(rendered);
-        let key = config["config_id"].as_str().and_then(|id| id.parse().ok()).zip(config["revision"].as_i64());
+        let key = config["config_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .zip(config["revision"].as_i64())
+            .map(|(id, rev)| (id, rev, providers.to_string()));
         if let Some(key) = key {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if entries.len() >= CACHE_ENTRIES {
@@ -248,10 +329,15 @@ pub fn script_json(value: &impl Serialize) -> String {
     out
 }
 
-/// Renders the banner for one banner config ([`browser_config`]). The banner's colours become
-/// custom properties at the top of its stylesheet (`--cg-p`, `--cg-b`, `--cg-t`), so they leave
-/// the config: one place, no script to apply them.
+/// Renders the banner for one banner config ([`browser_config`]) with the default build.
 pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
+    render_variant(config, Variant::default())
+}
+
+/// Renders the banner for one banner config ([`browser_config`]) with a build variant. The
+/// banner's colours become custom properties at the top of its stylesheet (`--cg-p`, `--cg-b`,
+/// `--cg-t`), so they leave the config: one place, no script to apply them.
+pub fn render_variant(config: &serde_json::Value, variant: Variant) -> Result<Rendered, tera::Error> {
     let mut config = config.clone();
     // `all: initial` keeps the site's styles out; custom properties are not reset by it.
     let mut css = String::from(":host{all:initial;");
@@ -264,10 +350,13 @@ pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
     }
     css.push('}');
     css.push_str(CSS);
+    if variant.per_provider {
+        css.push_str(CSS_PP);
+    }
     let mut ctx = Context::new();
     ctx.insert("config_json", &script_json(&config));
     ctx.insert("css", &script_json(&css));
-    ctx.insert("script", SCRIPT);
+    ctx.insert("script", variant.script());
     let body = tera().render("banner.js", &ctx)?;
     let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
     let (gzip, br) = (gzip(body.as_bytes()), brotli(body.as_bytes()));

@@ -10,6 +10,16 @@
 //! UTC with exactly six fractional digits, the precision both databases keep. `seq` numbers the
 //! records of a tenant from 1 without gaps.
 //!
+//! **Canonical form versions.** `canonical_version` (a column) says which form a record hashes:
+//! - **1** — records written before per-provider choices: the fields above, nothing else.
+//! - **2** — every record written since: the same fields plus `"canonical_version": 2` and, when
+//!   the visitor was offered per-provider choices, `provider_choices` (`{"offer", "providers"}`).
+//!
+//! In both, the hashed object is the auditor's view of the record without `visitor_id`,
+//! `prev_hash` and `hash` (the view leaves `canonical_version` out for version 1 records, and
+//! `provider_choices` out when there are none), so the recipe stays the same for auditors and
+//! every record written by an earlier release still verifies unchanged.
+//!
 //! The chain shows tampering *within* the records; a truncated tail looks like a shorter valid
 //! chain. Auditors who need that too record the `head` that `verify` reports and compare later.
 
@@ -27,6 +37,9 @@ use crate::{crypto::sha256_hex, error::Result};
 /// `prev_hash` of a tenant's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The canonical form new records are written in (see the module docs).
+pub const CANONICAL_VERSION: i32 = 2;
+
 /// Records read per query when walking the chain.
 const PAGE: u64 = 500;
 
@@ -40,8 +53,22 @@ pub fn serialize_timestamp<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Res
 }
 
 /// The record as the chain covers it: the auditor's view of it minus `visitor_id`, `prev_hash`
-/// and `hash`.
+/// and `hash`, in the form its `canonical_version` names.
 pub fn chained_fields(m: &consent_record::Model) -> Value {
+    let mut fields = version_1(m);
+    // Any other version number hashes as version 2 with that number: a version changed
+    // afterwards no longer matches the hash.
+    if m.canonical_version != 1 {
+        fields["canonical_version"] = m.canonical_version.into();
+        if let Some(p) = &m.provider_choices {
+            fields["provider_choices"] = p.clone();
+        }
+    }
+    fields
+}
+
+/// Version 1: the fields every record has had from the start.
+fn version_1(m: &consent_record::Model) -> Value {
     json!({
         "id": m.id,
         "seq": m.seq,
@@ -185,6 +212,8 @@ mod tests {
             expires_at: "2026-11-28T12:00:00.123456Z".parse().unwrap(),
             prev_hash: prev.into(),
             hash: String::new(),
+            provider_choices: None,
+            canonical_version: CANONICAL_VERSION,
         };
         m.hash = link_hash(&m);
         m
@@ -258,7 +287,7 @@ mod tests {
 
     #[test]
     fn the_hash_is_reproducible_from_the_documented_recipe() {
-        let m = record(1, GENESIS);
+        let m = RecordedAs { canonical_version: 1, provider_choices: None }.apply(record(1, GENESIS));
         let canonical = canonical::to_string(&chained_fields(&m));
         assert!(canonical.starts_with(r#"{"action":"custom","choices":{"analytics":true,"#), "{canonical}");
         assert!(canonical.contains(r#""signals":{"dnt":false,"gpc":true}"#), "{canonical}");
@@ -269,11 +298,77 @@ mod tests {
 
     #[test]
     fn the_chained_record_is_the_auditors_view_without_id_and_links() {
-        let m = record(1, GENESIS);
-        let mut view = serde_json::to_value(crate::consent::records::RecordItem::from(m.clone())).unwrap();
-        for key in ["visitor_id", "prev_hash", "hash"] {
-            view.as_object_mut().unwrap().remove(key);
+        let v1 = RecordedAs { canonical_version: 1, provider_choices: None };
+        let v2 = RecordedAs { canonical_version: 2, provider_choices: None };
+        let v2_providers = RecordedAs {
+            canonical_version: 2,
+            provider_choices: Some(json!({"offer": "0123456789abcdef", "providers": {Uuid::nil().to_string(): false}})),
+        };
+        for form in [v1, v2, v2_providers] {
+            let m = form.apply(record(1, GENESIS));
+            let mut view = serde_json::to_value(crate::consent::records::RecordItem::from(m.clone())).unwrap();
+            for key in ["visitor_id", "prev_hash", "hash"] {
+                view.as_object_mut().unwrap().remove(key);
+            }
+            assert_eq!(view, chained_fields(&m), "{form:?}");
         }
-        assert_eq!(view, chained_fields(&m));
+    }
+
+    #[derive(Clone, Debug)]
+    struct RecordedAs {
+        canonical_version: i32,
+        provider_choices: Option<Value>,
+    }
+
+    impl RecordedAs {
+        fn apply(&self, mut m: consent_record::Model) -> consent_record::Model {
+            m.canonical_version = self.canonical_version;
+            m.provider_choices = self.provider_choices.clone();
+            m.hash = link_hash(&m);
+            m
+        }
+    }
+
+    /// A version 1 record hashes exactly as before canonical versions existed (the recipe of the
+    /// first release, written out here), and a chain mixing both forms verifies.
+    #[test]
+    fn version_1_records_hash_as_they_always_did_and_mix_with_version_2() {
+        let old = RecordedAs { canonical_version: 1, provider_choices: None }.apply(record(1, GENESIS));
+        let first_release = json!({
+            "id": old.id, "seq": 1, "visitor_hash": old.visitor_hash, "config_id": old.config_id,
+            "revision": 1, "texts_hash": old.texts_hash, "language": "en", "choices": old.choices,
+            "action": "custom", "source": "banner", "signals": {"dnt": false, "gpc": true},
+            "country": "SE", "ip_truncated": "203.0.113.0", "user_agent": "Mozilla/5.0",
+            "created_at": "2026-06-01T12:00:00.123456Z", "expires_at": "2026-11-28T12:00:00.123456Z",
+        });
+        assert_eq!(old.hash, sha256_hex(format!("{GENESIS}{}", canonical::to_string(&first_release))));
+        let mut new = record(2, &old.hash);
+        new.provider_choices = Some(json!({"offer": "0123456789abcdef", "providers": {Uuid::nil().to_string(): true}}));
+        new.hash = link_hash(&new);
+        let canonical = canonical::to_string(&chained_fields(&new));
+        assert!(canonical.contains(r#""canonical_version":2"#), "{canonical}");
+        assert!(canonical.contains(r#""provider_choices":{"offer":"0123456789abcdef","providers":{"#), "{canonical}");
+        let chain = [old.clone(), new.clone()];
+        assert!(verify_all(&chain).ok);
+        // Each tampering is found: a choice, the version (down to 1, dropping the choices from
+        // the hash, or up), the choices removed.
+        type Tamper = fn(&mut consent_record::Model);
+        let table: [(&str, Tamper); 4] = [
+            ("a provider choice flipped", |m| {
+                m.provider_choices.as_mut().unwrap()["providers"][Uuid::nil().to_string()] = json!(false)
+            }),
+            ("version lowered to 1", |m| m.canonical_version = 1),
+            ("version raised", |m| m.canonical_version = 3),
+            ("choices removed", |m| m.provider_choices = None),
+        ];
+        for (what, tamper) in table {
+            let mut c = chain.clone();
+            tamper(&mut c[1]);
+            let r = verify_all(&c);
+            assert_eq!(r.first_broken.map(|b| (b.seq, b.reason)), Some((2, "hash_mismatch".into())), "{what}");
+        }
+        let mut c = chain.clone();
+        c[0].canonical_version = 2;
+        assert!(!verify_all(&c).ok, "an old record read as version 2");
     }
 }

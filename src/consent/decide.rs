@@ -6,7 +6,10 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::reason::{Blocked, Reason, Refused};
+use super::{
+    offer::ProviderChoices,
+    reason::{Blocked, Reason, Refused},
+};
 use crate::string_enum::string_enum;
 
 string_enum! {
@@ -146,6 +149,8 @@ pub struct RecordedChoice {
     /// The request that made the record sent `DNT: 1` / `Sec-GPC: 1`.
     pub dnt: bool,
     pub gpc: bool,
+    /// The visitor's per-provider choices, when they were offered them (see `consent::offer`).
+    pub providers: Option<ProviderChoices>,
 }
 
 impl RecordedChoice {
@@ -416,6 +421,12 @@ pub struct ProviderPolicy {
     /// Send an anonymous event instead of nothing when the category is not granted (PostHog's
     /// cookieless mode: no person profile, a daily-rotating distinct id).
     pub cookieless_fallback: bool,
+    /// Allowed only when the visitor's valid consent *record* grants the required category
+    /// (GA4's `require_cookie_consent`): a config default outside the consent-required regions
+    /// is not enough, and there is no cookieless fallback. See [`needs_a_record`].
+    pub requires_record: bool,
+    /// The provider config's id: what a visitor's per-provider choices name.
+    pub config_id: uuid::Uuid,
 }
 
 string_enum! {
@@ -494,6 +505,23 @@ pub fn decide(
     };
     let anonymous =
         |c: Category| Decision::Allow { identity: Identity::Anonymous, reason: Reason::Anonymous(refused(c)) };
+    if provider.requires_record
+        && let Some(denied) = needs_a_record(&eff, required)
+    {
+        return denied;
+    }
+
+    // Within a granted category, the visitor's per-provider choices may still refuse this config:
+    // like refusing the category, for this config alone.
+    let listed_under = required.category().unwrap_or(Category::Analytics);
+    if eff.choices.get(listed_under)
+        && let Some(why) = provider_refusal(record, eff.why(listed_under), provider.config_id)
+    {
+        return match required.category() {
+            Some(_) if !provider.cookieless_fallback => Decision::Deny { reason: Reason::Denied(why) },
+            _ => Decision::Allow { identity: Identity::Anonymous, reason: Reason::Anonymous(why) },
+        };
+    }
 
     match required.category() {
         // Cookie-free providers store nothing on the device, so no consent is needed to count a
@@ -504,6 +532,45 @@ pub fn decide(
         Some(c) if provider.cookieless_fallback => anonymous(c),
         Some(c) => Decision::Deny { reason: Reason::Denied(refused(c)) },
     }
+}
+
+/// Why the visitor's per-provider choices refuse a config whose category (`standing`) is granted,
+/// if they do. A config they switched off: `provider_refused`, also where defaults apply (a
+/// refusal stands). A config that was not in the offer they chose on, under their valid record:
+/// `provider_not_offered` — added after their choice, it waits until they are asked again (the
+/// banner asks when the offer changed); before a valid decision the defaults cover it like any
+/// other. Without per-provider choices in the record, the category decides alone.
+fn provider_refusal(record: Option<&RecordedChoice>, standing: Standing, config_id: uuid::Uuid) -> Option<Refused> {
+    let providers = record?.providers.as_ref()?;
+    match (providers.get(config_id), standing) {
+        (Some(true), _) => None,
+        (Some(false), _) => Some(Refused::ProviderRefused),
+        (None, Standing::Granted) => Some(Refused::ProviderNotOffered),
+        (None, _) => None,
+    }
+}
+
+/// The rule of a config that requires a consent *record* (GA4's `require_cookie_consent`, the
+/// customer's card: "refuses to send without a consent record granting analytics"): the visitor's
+/// valid record must grant the required category — `analytics` for a config requiring none, since
+/// the rule is about the provider's analytics cookie. Defaults outside the consent-required regions
+/// do not count (an opt-out regime lets the site count, but the provider's own terms ask for
+/// consent), nor does a cookieless fallback. `None` when the record grants it: the ordinary rule
+/// decides. Otherwise the denial, with the reason the category is refused — or, where the defaults
+/// would have granted it, `no_record` (`expired` / `reconsent` when a record exists but no longer
+/// counts).
+fn needs_a_record(eff: &Effective, required: RequiredCategory) -> Option<Decision> {
+    let category = required.category().unwrap_or(Category::Analytics);
+    let why = match eff.why(category) {
+        Standing::Granted => return None,
+        Standing::Refused(why) => why,
+        Standing::Default => match eff.undecided {
+            Some(Undecided::Expired) => Refused::Expired,
+            Some(Undecided::Reconsent) => Refused::Reconsent,
+            Some(Undecided::NoRecord) | None => Refused::NoRecord,
+        },
+    };
+    Some(Decision::Deny { reason: Reason::Denied(why) })
 }
 
 #[cfg(test)]
@@ -540,6 +607,7 @@ mod tests {
             other_config: false,
             dnt: false,
             gpc: false,
+            providers: None,
         }
     }
 
@@ -552,6 +620,8 @@ mod tests {
             status: Some(ProviderStatus::Active),
             required_category: Some(required),
             cookieless_fallback: false,
+            requires_record: false,
+            config_id: uuid::Uuid::nil(),
         }
     }
 
@@ -654,6 +724,125 @@ mod tests {
             ("posthog with consent", Some(&p), Some(&accepted), from("SE"), posthog, allow(Full, "consent_granted:analytics")),
             ("no consent config at all", None, Some(&accepted), from("SE"), ga4, deny("denied:no_consent")),
             ("no consent config: plausible anonymous", None, None, from("US"), plausible, allow(Anonymous, "anonymous:no_consent")),
+        ];
+        for (scenario, policy, record, signals, provider, expected) in cases {
+            assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
+        }
+    }
+
+    /// A config that requires a consent record (GA4's `require_cookie_consent`): only a valid
+    /// record granting the category lets it through — in every region, without fallback.
+    #[test]
+    fn configs_that_require_a_record() {
+        use Identity::*;
+        use RequiredCategory as R;
+        let ga4 = ProviderPolicy { requires_record: true, ..provider(R::Analytics) };
+        let plain = provider(R::Analytics);
+        let with_fallback = ProviderPolicy { cookieless_fallback: true, ..ga4 };
+        let no_category = ProviderPolicy { requires_record: true, ..provider(R::None) };
+        let p = policy();
+        let accepted = record(Choices::all(), Action::AcceptAll);
+        let analytics_only = record(ANALYTICS_ONLY, Action::Custom);
+        let rejected = record(Choices::none(), Action::RejectAll);
+        let withdrawn = record(Choices::none(), Action::Withdraw);
+        let expired = RecordedChoice { expires_at: now() - Duration::seconds(1), ..accepted.clone() };
+        let stale_revision = RecordedChoice { revision: 1, ..accepted.clone() };
+        let other_config = RecordedChoice { other_config: true, ..accepted.clone() };
+        let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
+        let everything_on = ConsentPolicy { default_accepted: Choices::all(), ..p.clone() };
+        let gpc_us = Signals { gpc: true, ..from("US") };
+        let dnt = Signals { dnt: true, ..from("US") };
+        let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
+        let allow = |identity, r: &str| Decision::Allow { identity, reason: reason(r) };
+        let deny = |r: &str| Decision::Deny { reason: reason(r) };
+
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("record grants, consent region", Some(&p), Some(&accepted), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
+            ("record grants, opt-out region", Some(&p), Some(&accepted), from("US"), ga4, allow(Full, "consent_granted:analytics")),
+            ("custom record with analytics", Some(&p), Some(&analytics_only), from("US"), ga4, allow(Full, "consent_granted:analytics")),
+            ("no record outside consent regions: defaults are not enough", Some(&p), None, from("US"), ga4, deny("denied:no_record")),
+            ("... where a config without the rule goes by the default", Some(&p), None, from("US"), plain, allow(Full, "consent_default:analytics")),
+            ("every default on is still not a record", Some(&everything_on), None, from("US"), ga4, deny("denied:no_record")),
+            ("no record in a consent region", Some(&p), None, from("SE"), ga4, deny("denied:no_consent")),
+            ("no record, unknown country", Some(&p), None, Signals::default(), ga4, deny("denied:no_consent")),
+            ("expired record outside consent regions", Some(&p), Some(&expired), from("US"), ga4, deny("denied:expired")),
+            ("record before a re-consent revision, outside", Some(&p), Some(&stale_revision), from("US"), ga4, deny("denied:reconsent")),
+            ("record under another config, outside", Some(&p), Some(&other_config), from("US"), ga4, deny("denied:reconsent")),
+            ("rejected", Some(&p), Some(&rejected), from("US"), ga4, deny("denied:rejected")),
+            ("withdrawn", Some(&p), Some(&withdrawn), from("SE"), ga4, deny("denied:withdrawn")),
+            ("no cookieless fallback without a record", Some(&p), None, from("US"), with_fallback, deny("denied:no_record")),
+            ("no cookieless fallback after a refusal", Some(&p), Some(&rejected), from("SE"), with_fallback, deny("denied:rejected")),
+            ("requiring no category: analytics must be recorded", Some(&p), None, from("US"), no_category, deny("denied:no_record")),
+            ("requiring no category: refused analytics is not anonymous", Some(&p), Some(&rejected), from("SE"), no_category, deny("denied:rejected")),
+            ("requiring no category: recorded analytics", Some(&p), Some(&accepted), from("US"), no_category, allow(Full, "consent_granted:analytics")),
+            ("no consent config at all", None, Some(&accepted), from("US"), ga4, deny("denied:no_consent")),
+            ("dnt respected comes first", Some(&p), Some(&accepted), dnt, ga4, deny("denied:dnt")),
+            ("gpc not respected: analytics still recorded", Some(&ignore_dnt), Some(&accepted), gpc_us, ga4, allow(Full, "consent_granted:analytics")),
+            ("bot", Some(&p), Some(&accepted), Signals { bot: true, ..from("US") }, ga4, deny("denied:bot")),
+            ("paused", Some(&p), Some(&accepted), from("US"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4 }, deny("denied:config_paused")),
+        ];
+        for (scenario, policy, record, signals, provider, expected) in cases {
+            assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
+        }
+    }
+
+    /// Per-provider choices: within a granted category, each config as the visitor switched it;
+    /// a config not in the offer they chose on is refused until they are asked again.
+    #[test]
+    fn per_provider_choices() {
+        use Identity::*;
+        use RequiredCategory as R;
+        let id = uuid::Uuid::from_u128;
+        let on = |n: u128, required| ProviderPolicy { config_id: id(n), ..provider(required) };
+        let (plausible, ga4, ga4_refused, ga4_added, ads) =
+            (on(1, R::None), on(2, R::Analytics), on(3, R::Analytics), on(9, R::Analytics), on(4, R::Marketing));
+        let plausible_refused = on(5, R::None);
+        let posthog_refused = ProviderPolicy { cookieless_fallback: true, ..on(6, R::Analytics) };
+        let choices = |pairs: &[(u128, bool)]| ProviderChoices {
+            offer: "0123456789abcdef".into(),
+            providers: pairs.iter().map(|&(n, b)| (id(n), b)).collect(),
+        };
+        let shown = choices(&[(1, true), (2, true), (3, false), (4, false), (5, false), (6, false)]);
+        let p = policy();
+        let analytics_only =
+            RecordedChoice { providers: Some(shown.clone()), ..record(ANALYTICS_ONLY, Action::Custom) };
+        let accepted = RecordedChoice {
+            providers: Some(choices(&[(1, true), (2, true), (4, true)])),
+            ..record(Choices::all(), Action::AcceptAll)
+        };
+        let rejected = RecordedChoice {
+            providers: Some(choices(&[(1, false), (2, false)])),
+            ..record(Choices::none(), Action::RejectAll)
+        };
+        let category_only = record(ANALYTICS_ONLY, Action::Custom);
+        let expired = RecordedChoice { expires_at: now() - Duration::seconds(1), ..analytics_only.clone() };
+        let stale_accept = RecordedChoice { revision: 1, ..accepted.clone() };
+        let dnt = Signals { dnt: true, ..from("SE") };
+        let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
+        let allow = |identity, r: &str| Decision::Allow { identity, reason: reason(r) };
+        let deny = |r: &str| Decision::Deny { reason: reason(r) };
+
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("switched on, category granted", Some(&p), Some(&analytics_only), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
+            ("switched off within a granted category", Some(&p), Some(&analytics_only), from("SE"), ga4_refused, deny("denied:provider_refused")),
+            ("added after the choice", Some(&p), Some(&analytics_only), from("SE"), ga4_added, deny("denied:provider_not_offered")),
+            ("cookie-free, switched on: identified", Some(&p), Some(&analytics_only), from("SE"), plausible, allow(Full, "consent_granted:analytics")),
+            ("cookie-free, switched off: anonymous", Some(&p), Some(&analytics_only), from("SE"), plausible_refused, allow(Anonymous, "anonymous:provider_refused")),
+            ("cookie-free, added after: anonymous", Some(&p), Some(&accepted), from("SE"), on(7, R::None), allow(Anonymous, "anonymous:provider_not_offered")),
+            ("cookieless fallback, switched off", Some(&p), Some(&analytics_only), from("SE"), posthog_refused, allow(Anonymous, "anonymous:provider_refused")),
+            ("the category refused wins over a switch", Some(&p), Some(&analytics_only), from("SE"), ads, deny("denied:rejected")),
+            ("accept all: every shown config", Some(&p), Some(&accepted), from("SE"), ads, allow(Full, "consent_granted:marketing")),
+            ("accept all: a config not shown", Some(&p), Some(&accepted), from("SE"), ga4_refused, deny("denied:provider_not_offered")),
+            ("reject all: the category is the reason", Some(&p), Some(&rejected), from("SE"), ga4, deny("denied:rejected")),
+            ("no per-provider choices: the category decides", Some(&p), Some(&category_only), from("SE"), ga4_added, allow(Full, "consent_granted:analytics")),
+            ("a respected signal first", Some(&p), Some(&analytics_only), dnt, ga4, deny("denied:dnt")),
+            ("expired, consent region: asked again", Some(&p), Some(&expired), from("SE"), ga4, deny("denied:expired")),
+            ("expired, opt-out region: a switched-off config stays off", Some(&p), Some(&expired), from("US"), ga4_refused, deny("denied:provider_refused")),
+            ("expired, opt-out region: others get the defaults", Some(&p), Some(&expired), from("US"), ga4_added, allow(Full, "consent_default:analytics")),
+            ("stale acceptance, opt-out region: defaults cover configs not shown", Some(&p), Some(&stale_accept), from("US"), ga4_added, allow(Full, "consent_default:analytics")),
+            ("paused config: its state first", Some(&p), Some(&analytics_only), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4_refused }, deny("denied:config_paused")),
         ];
         for (scenario, policy, record, signals, provider, expected) in cases {
             assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
@@ -763,7 +952,7 @@ mod tests {
             let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
             let r = record(choices, Action::Custom);
             let signals = Signals { dnt, gpc, country, ..Default::default() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: fallback, requires_record: false, config_id: uuid::Uuid::nil() };
             let d = decide(Some(&p), Some(&r), &signals, &provider, now());
             let category = required.category().unwrap();
             if !choices.get(category) {
@@ -775,6 +964,64 @@ mod tests {
             }
         }
 
+        /// A config that requires a record is allowed only with a valid record (not expired, not
+        /// before a re-consent revision, under the active config) that grants its category
+        /// (`analytics` when it requires none) — whatever the region, defaults, signals or
+        /// fallback — and then always with full identity (never an anonymous send).
+        #[test]
+        fn a_config_that_requires_a_record_is_never_allowed_without_one(
+            choices in arb_choices(),
+            defaults in arb_choices(),
+            required in prop_oneof![Just(RequiredCategory::None), arb_required()],
+            fallback in any::<bool>(),
+            dnt in any::<bool>(), gpc in any::<bool>(), respect in any::<bool>(), geo in any::<bool>(),
+            country in prop_oneof![Just(None), Just(Some("SE".to_string())), Just(Some("US".to_string()))],
+            has_record in any::<bool>(), expired in any::<bool>(), revision in 1..4i32, other_config in any::<bool>(),
+            action in prop_oneof![Just(Action::AcceptAll), Just(Action::Custom), Just(Action::RejectAll), Just(Action::Withdraw)],
+        ) {
+            let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
+            let mut r = RecordedChoice { revision, other_config, ..record(choices, action) };
+            if expired {
+                r.expires_at = now() - Duration::seconds(1);
+            }
+            let signals = Signals { dnt, gpc, country, ..Default::default() };
+            let provider = ProviderPolicy { cookieless_fallback: fallback, requires_record: true, ..provider(required) };
+            let d = decide(Some(&p), has_record.then_some(&r), &signals, &provider, now());
+            if d.is_allowed() {
+                let category = required.category().unwrap_or(Category::Analytics);
+                prop_assert!(has_record, "{:?}", d);
+                prop_assert!(!expired && !other_config && revision >= p.reconsent_revision, "{:?}", d);
+                prop_assert!(choices.get(category), "{:?}", d);
+                prop_assert_eq!(d.identity(), Some(Identity::Full));
+            }
+        }
+
+        /// Whatever else holds: a provider config the visitor switched off, or was not offered, is
+        /// never allowed with identifiers.
+        #[test]
+        fn never_identify_for_a_provider_the_visitor_switched_off(
+            choices in arb_choices(),
+            defaults in arb_choices(),
+            required in prop_oneof![Just(RequiredCategory::None), arb_required()],
+            switched in prop_oneof![Just(None), Just(Some(false))],
+            fallback in any::<bool>(),
+            dnt in any::<bool>(), gpc in any::<bool>(), respect in any::<bool>(), geo in any::<bool>(),
+            country in prop_oneof![Just(None), Just(Some("SE".to_string())), Just(Some("US".to_string()))],
+        ) {
+            let p = ConsentPolicy { default_accepted: defaults, respect_do_not_track: respect, geo_targeting_enabled: geo, ..policy() };
+            let config_id = uuid::Uuid::from_u128(7);
+            let providers = ProviderChoices { offer: "x".into(), providers: switched.map(|b| (config_id, b)).into_iter().collect() };
+            let r = RecordedChoice { providers: Some(providers), ..record(choices, Action::Custom) };
+            let signals = Signals { dnt, gpc, country, ..Default::default() };
+            let provider = ProviderPolicy { cookieless_fallback: fallback, config_id, ..provider(required) };
+            let d = decide(Some(&p), Some(&r), &signals, &provider, now());
+            // Switched off: never identified. Not offered: never under the record that was made
+            // without it (a valid one); the defaults may cover it where no valid decision exists.
+            if switched == Some(false) || effective(Some(&p), Some(&r), &signals, now()).undecided.is_none() {
+                prop_assert_ne!(d.identity(), Some(Identity::Full), "{:?}", d);
+            }
+        }
+
         /// In a consent-required region, without a valid decision nothing goes identified.
         #[test]
         fn nothing_identified_before_a_decision_where_consent_is_required(
@@ -782,7 +1029,7 @@ mod tests {
             required in prop_oneof![Just(RequiredCategory::None), arb_required()],
         ) {
             let p = ConsentPolicy { default_accepted: defaults, ..policy() };
-            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false };
+            let provider = ProviderPolicy { status: Some(ProviderStatus::Active), required_category: Some(required), cookieless_fallback: false, requires_record: false, config_id: uuid::Uuid::nil() };
             let d = decide(Some(&p), None, &from("SE"), &provider, now());
             prop_assert_ne!(d.identity(), Some(Identity::Full));
         }

@@ -39,7 +39,7 @@ impl Format {
     }
 }
 
-pub const CSV_COLUMNS: [&str; 23] = [
+pub const CSV_COLUMNS: [&str; 25] = [
     "id",
     "seq",
     "visitor_id",
@@ -63,6 +63,8 @@ pub const CSV_COLUMNS: [&str; 23] = [
     "expires_at",
     "prev_hash",
     "hash",
+    "canonical_version",
+    "provider_choices",
 ];
 
 /// One CSV cell: formula-neutralised, then quoted when needed.
@@ -109,6 +111,9 @@ pub fn csv_row(r: &RecordItem) -> String {
         super::chain::timestamp(&r.expires_at),
         r.prev_hash.clone(),
         r.hash.clone(),
+        r.canonical_version.to_string(),
+        // Canonical JSON, as hashed; empty without per-provider choices.
+        r.provider_choices.as_ref().map(super::canonical::to_string).unwrap_or_default(),
     ];
     csv_line(cells.iter().map(String::as_str))
 }

@@ -7,6 +7,7 @@ pub mod chain;
 pub mod config;
 mod decide;
 pub mod export;
+pub mod offer;
 mod reason;
 pub mod records;
 pub mod regions;
@@ -17,4 +18,5 @@ pub use decide::{
     Action, Category, Choices, ConsentPolicy, Decision, Effective, Identity, ProviderPolicy, ProviderStatus,
     RecordedChoice, RequiredCategory, Signals, Standing, Undecided, consent_required, decide, effective,
 };
+pub use offer::ProviderChoices;
 pub use reason::{Blocked, Reason, Refused};

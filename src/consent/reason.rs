@@ -15,10 +15,19 @@ string_enum! {
     /// Why an optional category is not granted to the visitor right now: nothing asked yet, the
     /// record expired or must be asked again, refused, withdrawn, a DNT/GPC signal, or not
     /// offered. The rule behind each is in `consent::effective`; docs/decision-reasons.md
-    /// lists them.
+    /// lists them. `no_record`: a config that requires a consent record (GA4's
+    /// `require_cookie_consent`) where only the config's defaults would grant the category; only
+    /// ever a denial (such a config has no anonymous fallback), so `anonymous:no_record` is not a
+    /// reason.
     pub enum Refused {
         NoConsent = "no_consent", Expired = "expired", Reconsent = "reconsent", Rejected = "rejected",
         Withdrawn = "withdrawn", Dnt = "dnt", Gpc = "gpc", CategoryDisabled = "category_disabled",
+        /// Per-provider choices: the visitor switched this provider config off.
+        ProviderRefused = "provider_refused",
+        /// Per-provider choices: the config was not offered when the visitor chose (added
+        /// since); refused until they are asked again.
+        ProviderNotOffered = "provider_not_offered",
+        NoRecord = "no_record",
     }
 }
 
@@ -43,6 +52,8 @@ string_enum! {
         EventNameUnsafePrefix = "event_name_unsafe_prefix",
         /// Umami with outbound-link tracking switched off.
         OutboundLinksDisabled = "outbound_links_disabled",
+        /// PostHog: names starting with `$` are PostHog's own events (`$identify`, `$create_alias`).
+        EventNameReserved = "event_name_reserved",
     }
 }
 
@@ -78,7 +89,7 @@ impl Reason {
         match kind {
             "consent_granted" => category().map(Reason::Granted),
             "consent_default" => category().map(Reason::Default),
-            "anonymous" => Refused::parse(what).map(Reason::Anonymous),
+            "anonymous" => Refused::parse(what).filter(|r| *r != Refused::NoRecord).map(Reason::Anonymous),
             "denied" => Refused::parse(what).map(Reason::Denied).or_else(|| Blocked::parse(what).map(Reason::Blocked)),
             _ => None,
         }
@@ -127,6 +138,8 @@ mod tests {
             (R::Anonymous(F::Dnt), "anonymous:dnt"),
             (R::Anonymous(F::Gpc), "anonymous:gpc"),
             (R::Anonymous(F::CategoryDisabled), "anonymous:category_disabled"),
+            (R::Anonymous(F::ProviderRefused), "anonymous:provider_refused"),
+            (R::Anonymous(F::ProviderNotOffered), "anonymous:provider_not_offered"),
             (R::Denied(F::NoConsent), "denied:no_consent"),
             (R::Denied(F::Expired), "denied:expired"),
             (R::Denied(F::Reconsent), "denied:reconsent"),
@@ -135,6 +148,9 @@ mod tests {
             (R::Denied(F::Dnt), "denied:dnt"),
             (R::Denied(F::Gpc), "denied:gpc"),
             (R::Denied(F::CategoryDisabled), "denied:category_disabled"),
+            (R::Denied(F::ProviderRefused), "denied:provider_refused"),
+            (R::Denied(F::ProviderNotOffered), "denied:provider_not_offered"),
+            (R::Denied(F::NoRecord), "denied:no_record"),
             (R::Blocked(B::Bot), "denied:bot"),
             (R::Blocked(B::ConfigPaused), "denied:config_paused"),
             (R::Blocked(B::ConfigDraft), "denied:config_draft"),
@@ -145,22 +161,34 @@ mod tests {
             (R::Blocked(B::EventNameTooLong), "denied:event_name_too_long"),
             (R::Blocked(B::EventNameUnsafePrefix), "denied:event_name_unsafe_prefix"),
             (R::Blocked(B::OutboundLinksDisabled), "denied:outbound_links_disabled"),
+            (R::Blocked(B::EventNameReserved), "denied:event_name_reserved"),
         ];
         for (reason, text) in &table {
             assert_eq!(reason.to_string(), *text);
             assert_eq!(Reason::parse(text), Some(*reason), "{text}");
             assert_eq!(serde_json::to_value(reason).unwrap(), *text);
         }
-        // The table is complete: every refusal and every block appears in it.
-        assert_eq!(table.len(), 6 + 2 * Refused::ALL.len() + Blocked::ALL.len());
-        for bad in ["", "denied", "denied:", "denied:Bot", "allowed:bot", "consent_granted:none", "anonymous:bot"] {
+        // The table is complete: every refusal (`no_record` only as a denial) and every block.
+        assert_eq!(table.len(), 6 + 2 * Refused::ALL.len() - 1 + Blocked::ALL.len());
+        for bad in [
+            "",
+            "denied",
+            "denied:",
+            "denied:Bot",
+            "allowed:bot",
+            "consent_granted:none",
+            "anonymous:bot",
+            "anonymous:no_record",
+        ] {
             assert_eq!(Reason::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn which_denials_are_consent() {
-        for r in ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired"] {
+        for r in
+            ["denied:no_consent", "denied:dnt", "denied:gpc", "denied:withdrawn", "denied:expired", "denied:no_record"]
+        {
             assert!(Reason::parse(r).unwrap().is_consent_denial(), "{r}");
         }
         for r in ["denied:bot", "denied:config_paused", "denied:config_draft", "denied:config_invalid", "anonymous:dnt"]

@@ -16,7 +16,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{Action, Category, Choices, RecordedChoice, chain};
+use super::{Action, Category, Choices, ProviderChoices, RecordedChoice, chain};
 use crate::{
     crypto::sha256_hex,
     db,
@@ -78,6 +78,8 @@ pub struct NewRecord {
     pub ip_truncated: Option<String>,
     pub user_agent: Option<String>,
     pub expiry_days: u32,
+    /// Per-provider choices, when the config offers them (`consent::offer`).
+    pub provider_choices: Option<ProviderChoices>,
 }
 
 /// Attempts at appending before giving up. With the per-tenant write lock the first attempt
@@ -138,6 +140,8 @@ async fn try_append(db: &DatabaseConnection, tenant: &tenant::Model, new: &NewRe
         expires_at: now + chrono::Duration::days(i64::from(new.expiry_days)),
         prev_hash: head.map_or_else(|| chain::GENESIS.to_string(), |h| h.hash),
         hash: String::new(),
+        provider_choices: new.provider_choices.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default()),
+        canonical_version: chain::CANONICAL_VERSION,
     };
     m.hash = chain::link_hash(&m);
     let stored = consent_record::ActiveModel::from(m).insert(&txn).await?;
@@ -159,12 +163,13 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 pub fn recorded_choice(m: &consent_record::Model) -> Result<RecordedChoice> {
     let choices = serde_json::from_value::<Choices>(m.choices.clone());
     let action = Action::read("action", &m.action);
-    let (choices, action) = match (choices, action) {
-        (Ok(c), Ok(a)) => (c, a),
-        (c, a) => {
-            tracing::warn!(record = %m.id, choices_ok = c.is_ok(), action = ?a.err().map(|e| e.to_string()),
-                "consent record cannot be read; it counts as a refusal");
-            (Choices::none(), Action::RejectAll)
+    let providers = m.provider_choices.clone().map(serde_json::from_value::<ProviderChoices>).transpose();
+    let (choices, action, providers) = match (choices, action, providers) {
+        (Ok(c), Ok(a), Ok(p)) => (c, a, p),
+        (c, a, p) => {
+            tracing::warn!(record = %m.id, choices_ok = c.is_ok(), provider_choices_ok = p.is_ok(),
+                action = ?a.err().map(|e| e.to_string()), "consent record cannot be read; it counts as a refusal");
+            (Choices::none(), Action::RejectAll, None)
         }
     };
     Ok(RecordedChoice {
@@ -176,6 +181,7 @@ pub fn recorded_choice(m: &consent_record::Model) -> Result<RecordedChoice> {
         other_config: false,
         dnt: m.dnt,
         gpc: m.gpc,
+        providers,
     })
 }
 
@@ -246,6 +252,19 @@ pub struct RecordItem {
     pub expires_at: DateTime<Utc>,
     pub prev_hash: String,
     pub hash: String,
+    /// The form the chain hashes this record in (docs/consent-model.md): `2` for records written
+    /// since per-provider choices; absent for the older ones (version 1).
+    #[serde(skip_serializing_if = "is_version_1")]
+    pub canonical_version: i32,
+    /// The visitor's per-provider choices (`{"offer", "providers": {config id: allowed}}`),
+    /// when they were offered them; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ProviderChoices>)]
+    pub provider_choices: Option<Value>,
+}
+
+fn is_version_1(v: &i32) -> bool {
+    *v == 1
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -276,6 +295,9 @@ impl From<consent_record::Model> for RecordItem {
             expires_at: m.expires_at,
             prev_hash: m.prev_hash,
             hash: m.hash,
+            canonical_version: m.canonical_version,
+            // A version 1 record has none (and hashes without them).
+            provider_choices: if m.canonical_version == 1 { None } else { m.provider_choices },
         }
     }
 }

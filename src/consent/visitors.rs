@@ -1,7 +1,7 @@
 //! What a visitor does through the public consent routes: record a choice (or withdraw it) and
 //! read their current state. The HTTP layer adds CORS, rate limits and the cookie.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 use entity::tenant;
@@ -11,9 +11,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Action, Choices, ConsentPolicy, Signals,
+    Action, Choices, ConsentPolicy, ProviderChoices, Signals,
     config::{Published, spec::LanguageTag, store},
-    effective,
+    effective, offer,
     records::{self, NewRecord, VisitorId},
 };
 use crate::error::{Error, Result};
@@ -29,6 +29,8 @@ pub struct Submission {
     pub revision: Option<i32>,
     pub language: Option<String>,
     pub source: Option<String>,
+    /// Per-provider switches the banner showed (config id → on), when the config offers them.
+    pub providers: Option<BTreeMap<Uuid, bool>>,
 }
 
 /// What the request says about where a submission came from.
@@ -54,6 +56,9 @@ pub struct Recorded {
     pub choices: Choices,
     pub revision: i32,
     pub expires_at: DateTime<Utc>,
+    /// The per-provider choices recorded, when the config offers them and the banner sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_choices: Option<ProviderChoices>,
     /// For the cookie's Max-Age.
     #[serde(skip)]
     pub expiry_days: u32,
@@ -105,6 +110,13 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
         None if ctx.from_browser => "banner".into(),
         None => "api".into(),
     };
+    // Per-provider choices only where the config offers them; elsewhere the category decides.
+    let provider_choices = match &s.providers {
+        Some(shown) if p.spec.per_provider_choices => {
+            Some(offer::record(&offer::current(db, tenant.id).await?, shown, s.action, choices))
+        }
+        _ => None,
+    };
     let visitor = s.visitor.unwrap_or_else(VisitorId::generate);
     let expiry_days = p.policy().expiry_days;
     let record = records::append(
@@ -125,6 +137,7 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
             ip_truncated: ctx.ip.map(crate::ip::truncate),
             user_agent: ctx.user_agent.map(|ua| truncate_chars(&ua, USER_AGENT_MAX)),
             expiry_days,
+            provider_choices: provider_choices.clone(),
         },
     )
     .await?;
@@ -135,6 +148,7 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
         choices,
         revision,
         expires_at: record.expires_at,
+        provider_choices,
         expiry_days,
     })
 }
@@ -195,10 +209,11 @@ pub struct SignalsView {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct VisitorState {
     pub visitor_id: String,
-    /// The banner must ask: no valid decision exists.
+    /// The banner must ask: no valid decision exists, or the per-provider offer changed.
     pub decision_needed: bool,
-    /// `no_record`, `expired`, `reconsent` (undecided), `withdrawn` (decided: nothing granted),
-    /// or null.
+    /// `no_record`, `expired`, `reconsent` (undecided), `offer_changed` (decided, but the
+    /// provider configs on offer are not those the visitor chose on: configs they were not offered
+    /// are refused until they choose again), `withdrawn` (decided: nothing granted), or null.
     pub reason: Option<&'static str>,
     /// The visitor is in a region where consent is required (unknown region counts as one).
     pub consent_required: bool,
@@ -217,6 +232,10 @@ pub struct VisitorState {
     /// The revision the latest record was made under; the active revision when there is none.
     pub revision: Option<i32>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The per-provider choices of the visitor's latest record, while their decision is valid;
+    /// absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_choices: Option<ProviderChoices>,
 }
 
 /// The visitor's current state under the tenant's active config, computed by the decision
@@ -232,14 +251,16 @@ pub async fn state(
     let view = records::latest_for_visitor(db, tenant, visitor.as_str()).await?;
     let e = effective(policy.as_ref(), view.as_ref(), signals, now);
     let decided = e.undecided.is_none();
+    let offer_changed = decided && offer_changed(db, tenant, view.as_ref()).await?;
     let reason = match (e.undecided, &view) {
         (Some(u), _) => Some(u.as_str()),
+        (None, _) if offer_changed => Some("offer_changed"),
         (None, Some(r)) if r.action == Action::Withdraw => Some("withdrawn"),
         _ => None,
     };
     Ok(VisitorState {
         visitor_id: visitor.as_str().to_string(),
-        decision_needed: !decided,
+        decision_needed: !decided || offer_changed,
         reason,
         consent_required: e.consent_required,
         country: signals.country.clone(),
@@ -249,5 +270,25 @@ pub async fn state(
         action: view.as_ref().map(|r| r.action),
         revision: view.as_ref().map(|r| r.revision).or(policy.as_ref().map(|p| p.revision)),
         expires_at: view.as_ref().map(|r| r.expires_at),
+        provider_choices: if decided { view.and_then(|r| r.providers) } else { None },
     })
+}
+
+/// Whether the banner must ask again because the offer changed: the active config offers
+/// per-provider choices and the visitor's record holds none or holds them on another offer — or
+/// it no longer offers them and the record holds some. A visitor whose record grants nothing (a
+/// refusal, a withdrawal) is not asked again for this: every provider is refused for them anyway.
+async fn offer_changed(
+    db: &DatabaseConnection,
+    tenant: &tenant::Model,
+    record: Option<&super::RecordedChoice>,
+) -> Result<bool> {
+    let Some(record) = record.filter(|r| r.choices != Choices::none()) else { return Ok(false) };
+    let recorded = record.providers.as_ref();
+    let Some(p) = store::active(db, tenant.id).await? else { return Ok(false) };
+    let current = match p.spec.per_provider_choices {
+        true => Some(offer::offer_fingerprint(&offer::current(db, tenant.id).await?)),
+        false => None,
+    };
+    Ok(current.as_deref() != recorded.map(|r| r.offer.as_str()))
 }

@@ -46,19 +46,24 @@ async fn banner_js(
 ) -> ApiResult<Response> {
     let tenant = tenants::find(&state.db, &tenant).await?.ok_or(ApiError::NotFound)?;
     let (config_id, revision) = store::active_revision(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
-    let rendered = match state.banners.get(config_id, i64::from(revision)) {
+    // The per-provider offer and feature flags come from the provider configs, which change
+    // without a new revision: they are part of the cache key.
+    let providers = crate::providers::config::forwarding_targets(&state.db, tenant.id, None).await?;
+    let provider_key = banner::provider_key(&providers);
+    let rendered = match state.banners.get(config_id, i64::from(revision), &provider_key) {
         Some(hit) => hit,
         None => {
-            let config = store::active_banner_config(&state.db, tenant.id).await?.ok_or(ApiError::NotFound)?;
+            let (config, variant) =
+                store::active_banner_config(&state.db, tenant.id, &providers).await?.ok_or(ApiError::NotFound)?;
             // Brotli at quality 11 takes a moment: off the async workers, once per revision.
             let (config, rendered) = tokio::task::spawn_blocking(move || {
-                let rendered = banner::render(&config);
+                let rendered = banner::render_variant(&config, variant);
                 (config, rendered)
             })
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
             let rendered = rendered.map_err(|e| ApiError::Internal(e.into()))?;
-            state.banners.put(&config, rendered)
+            state.banners.put(&config, &provider_key, rendered)
         }
     };
     // Compressed here, not by the compression layer (which leaves a response with a

@@ -71,6 +71,11 @@ pub struct NewConsent {
     language: Option<String>,
     /// `banner` (default from browsers), `api` (default otherwise), or a short label of your own.
     source: Option<String>,
+    /// Per-provider switches the banner showed, when the config offers per-provider choices:
+    /// provider config id → on. Recorded for `custom`; `accept_all` turns every shown one on,
+    /// `reject_all` and `withdraw` off. Ignored when the config does not offer them.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, bool>>)]
+    providers: Option<std::collections::BTreeMap<uuid::Uuid, bool>>,
 }
 
 /// The tenant, the request's visitor and the CORS verdict of one public request. As an
@@ -206,6 +211,7 @@ async fn record_consent(
             revision: body.revision,
             language: body.language,
             source: body.source,
+            providers: body.providers,
         };
         let recorded = visitors::submit(&state.db, &gate.tenant, submission, context(visitor)).await?;
         Ok(created(recorded))
@@ -267,6 +273,7 @@ async fn withdraw_consent(
             revision: None,
             language: None,
             source: None,
+            providers: None,
         };
         Ok(created(visitors::submit(&state.db, &gate.tenant, submission, context(visitor)).await?))
     }

@@ -140,7 +140,7 @@ async fn post_events(
 /// configs, decided like `/events`.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/events", tag = "events",
-    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible or umami"), KeyQuery),
+    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami or posthog"), KeyQuery),
     request_body(content = EventsBody, content_type = "application/json"),
     responses(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
@@ -207,7 +207,12 @@ async fn get_event(
     Ok(Json(ingest::event_view(&state.db, caller.tenant.id, id).await?))
 }
 
-async fn preflight(state: &AppState, tenant: &str, key: Option<&str>, headers: &HeaderMap) -> ApiResult<Response> {
+pub(super) async fn preflight(
+    state: &AppState,
+    tenant: &str,
+    key: Option<&str>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let origin = header_text(headers, header::ORIGIN.as_str())
         .ok_or_else(|| ApiError::Forbidden("a preflight needs an Origin header".into()))?;
     let tenant = tenants::find(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;

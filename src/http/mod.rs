@@ -12,6 +12,7 @@ mod deliveries;
 pub mod error;
 mod events;
 pub mod extract;
+mod flags;
 mod health;
 mod ingest_key;
 mod ingest_keys;
@@ -84,6 +85,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(consent_records::router())
         .merge(ingest_keys::router())
         .merge(events::router())
+        .merge(flags::router())
         .merge(provider_configs::router())
         .merge(deliveries::router())
         .routes(routes!(openapi_json))

@@ -11,6 +11,7 @@
 //! identity-derived idempotency key. The consent-lookup id, the user agent and the full IP travel
 //! only on the pending deliveries that need them, and are erased when those end.
 
+pub mod daily_id;
 pub mod decisions;
 pub mod enrich;
 pub mod event;
@@ -90,12 +91,16 @@ pub async fn accept(
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let mut model = stored_event(tenant.id, provider, key_kind, ev, &agent, now);
     let (policy, record) = consent_inputs(db, tenant, consent_lookup_id.as_deref()).await?;
+    // The categories the visitor has granted, passed on with each delivery (GA4's consent fields).
+    let granted = consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices;
 
     struct Planned {
         view: DecisionView,
         config_id: Uuid,
         identity: Option<consent::Identity>,
         denied_by_consent: bool,
+        /// The delivery carries the cookieless daily id (see [`daily_id`]).
+        pseudonymous: bool,
     }
     let mut planned = Vec::new();
     for config in providers::config::forwarding_targets(db, tenant.id, provider).await? {
@@ -108,13 +113,27 @@ pub async fn accept(
         {
             decision = Decision::Deny { reason: Reason::Blocked(why) };
         }
+        // A provider with a cookieless fallback (PostHog) sends the daily id instead of the
+        // visitor's when the decision allows no identifiers, when the event has no id of its own,
+        // or when a withdrawal before sending takes full identity away — so every delivery it
+        // is allowed carries one.
+        let pseudonymous = decision.is_allowed() && p.cookieless_fallback(&config.settings);
         planned.push(Planned {
             view: DecisionView::new(config.id, p.name(), &decision),
             config_id: config.id,
             identity: decision.identity(),
             denied_by_consent,
+            pseudonymous,
         });
     }
+    // Computed now, kept on the delivery: a retry days later needs no salt (it is gone by then).
+    // An event without any visitor id counts as a visitor of its own.
+    let pseudonymous_id = if planned.iter().any(|p| p.pseudonymous) {
+        let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", model.id));
+        Some(daily_id::today(db, tenant.id, &visitor, now).await?)
+    } else {
+        None
+    };
 
     if !planned.iter().any(|p| p.identity == Some(consent::Identity::Full)) {
         make_unlinkable(&mut model);
@@ -145,6 +164,8 @@ pub async fn accept(
                     client_ip,
                     consent_lookup_id: consent_lookup_id.as_deref(),
                     user_agent: user_agent.as_deref(),
+                    granted,
+                    pseudonymous_id: pseudonymous_id.as_deref().filter(|_| p.pseudonymous),
                 };
                 crate::outbox::enqueue(&txn, new, now).await?;
             }
@@ -279,7 +300,7 @@ pub async fn redecide(
     consent_lookup_id: Option<&str>,
     config: &entity::provider_config::Model,
     provider: &dyn providers::AnyProvider,
-) -> Result<Option<Decision>> {
+) -> Result<Option<Redecision>> {
     let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
     let tenant = crate::tenants::get(db, event.tenant_id).await?;
     let (policy, record) = consent_inputs(db, &tenant, Some(consent_lookup_id)).await?;
@@ -292,17 +313,33 @@ pub async fn redecide(
         bot: false,
     };
     let provider_policy = provider_policy(config, provider);
-    Ok(Some(consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, Utc::now())))
+    let now = Utc::now();
+    Ok(Some(Redecision {
+        decision: consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, now),
+        granted: consent::effective(policy.as_ref(), Some(&record), &signals, now).choices,
+    }))
+}
+
+/// A newer decision of the visitor, taken at send time.
+pub struct Redecision {
+    pub decision: Decision,
+    /// The categories granted now (the delivery keeps only those granted at ingest too).
+    pub granted: consent::Choices,
 }
 
 /// What the decision engine needs of a provider config. A status or category that cannot be
 /// read stays unread (`None`): the decision denies that config (`denied:config_invalid`) rather
 /// than guess — a guessed `none` would forward without consent.
-fn provider_policy(config: &entity::provider_config::Model, provider: &dyn providers::AnyProvider) -> ProviderPolicy {
+pub fn provider_policy(
+    config: &entity::provider_config::Model,
+    provider: &dyn providers::AnyProvider,
+) -> ProviderPolicy {
     ProviderPolicy {
         status: ProviderStatus::parse(&config.status),
         required_category: RequiredCategory::parse(&config.required_category),
         cookieless_fallback: provider.cookieless_fallback(&config.settings),
+        requires_record: provider.requires_record(&config.settings),
+        config_id: config.id,
     }
 }
 

@@ -24,6 +24,7 @@ use super::DeliveryStatus;
 use crate::{
     consent::{ProviderStatus, RequiredCategory},
     error::Result,
+    providers::AnyProvider,
 };
 
 fn due(now: DateTime<Utc>) -> Condition {
@@ -33,24 +34,26 @@ fn due(now: DateTime<Utc>) -> Condition {
         .add(Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now)))
 }
 
-/// Leases up to `n` deliveries of `provider` due at `now` to `owner` until `now + lease`;
-/// returns them.
+/// Leases deliveries of `provider` due at `now` to `owner` until `now + lease`, enough for
+/// `requests` requests: up to `requests` × the largest batch limit among its active configs;
+/// returns them, oldest due first.
 pub async fn claim(
     db: &DatabaseConnection,
-    provider: &str,
+    provider: &dyn AnyProvider,
     owner: &str,
-    n: u64,
+    requests: u64,
     lease: Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<delivery::Model>> {
-    if n == 0 {
+    if requests == 0 {
         return Ok(Vec::new());
     }
     let txn = crate::db::begin_write(db).await?;
-    let active: Vec<Uuid> = provider_config::Entity::find()
+    let active: Vec<(Uuid, serde_json::Value)> = provider_config::Entity::find()
         .select_only()
         .column(provider_config::Column::Id)
-        .filter(provider_config::Column::Provider.eq(provider))
+        .column(provider_config::Column::Settings)
+        .filter(provider_config::Column::Provider.eq(provider.name()))
         .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
         // An invalid config (unreadable category) sends nothing: its deliveries are not claimed.
         .filter(provider_config::Column::RequiredCategory.is_in(RequiredCategory::ALL.iter().map(|c| c.as_str())))
@@ -61,7 +64,10 @@ pub async fn claim(
         txn.commit().await?;
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = due_ids(provider, active, now, n).into_tuple().all(&txn).await?;
+    let limit = active.iter().map(|(_, settings)| provider.batch_limit(settings)).max().unwrap_or(1) as u64;
+    let active: Vec<Uuid> = active.into_iter().map(|(id, _)| id).collect();
+    let n = requests.saturating_mul(limit.max(1));
+    let ids: Vec<Uuid> = due_ids(provider.name(), active, now, n).into_tuple().all(&txn).await?;
     if ids.is_empty() {
         txn.commit().await?;
         return Ok(Vec::new());
@@ -99,7 +105,42 @@ fn due_ids(provider: &str, active: Vec<Uuid>, now: DateTime<Utc>, n: u64) -> sea
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
 }
 
-/// Gives a claimed delivery back without an attempt (its config is no longer active).
+/// Extends this worker's lease on `ids` to `now + lease`, for a request sent again (a part of a
+/// refused batch), so that the lease covers it. Returns the ids whose lease was still this
+/// worker's and is now extended; the others may be another worker's by now and must not be sent.
+pub async fn renew(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+    owner: &str,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    let until = now + lease;
+    let mine = || {
+        Condition::all()
+            .add(delivery::Column::Id.is_in(ids.iter().copied()))
+            .add(delivery::Column::LeaseOwner.eq(owner))
+            .add(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+    };
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(until))
+        .filter(mine())
+        .filter(delivery::Column::LeaseUntil.gte(now))
+        .filter(delivery::Column::LeaseUntil.lt(until))
+        .exec(db)
+        .await?;
+    Ok(delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::Id)
+        .filter(mine())
+        .filter(delivery::Column::LeaseUntil.gte(until))
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Gives a claimed delivery back without an attempt (its config is no longer active, or the
+/// round claimed more requests' worth than it had free slots for).
 pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<()> {
     delivery::Entity::update_many()
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))

@@ -17,6 +17,7 @@
 //! [`enqueue`].
 
 pub mod backoff;
+pub mod batch;
 pub mod claim;
 pub mod destination;
 pub mod log;
@@ -32,7 +33,11 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::{consent::Identity, error::Result, string_enum::string_enum};
+use crate::{
+    consent::{Category, Choices, Identity},
+    error::Result,
+    string_enum::string_enum,
+};
 
 /// A handle to wake the workers of this process when new deliveries are due, so that an event
 /// goes out at once instead of at the next poll. It also carries the secrets service the workers
@@ -91,6 +96,11 @@ pub struct NewDelivery<'a> {
     /// The visitor's user agent (cookie-free providers count visitors by it with the IP); kept
     /// only until the delivery ends.
     pub user_agent: Option<&'a str>,
+    /// The optional categories the decision found granted; kept only until the delivery ends.
+    pub granted: Choices,
+    /// A pseudonymous visitor id for the provider (PostHog's cookieless daily id); kept only
+    /// until the delivery ends.
+    pub pseudonymous_id: Option<&'a str>,
 }
 
 /// A new pending delivery, due at once, inside the caller's (the ingest) transaction.
@@ -115,6 +125,8 @@ pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateT
         client_ip: Set(new.client_ip.map(|ip| ip.to_string())),
         consent_lookup_id: Set(new.consent_lookup_id.map(String::from)),
         user_agent: Set(new.user_agent.map(String::from)),
+        granted: Set(Some(granted_text(new.granted))),
+        pseudonymous_id: Set(new.pseudonymous_id.map(String::from)),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -139,7 +151,8 @@ pub async fn resume_config(db: &impl ConnectionTrait, config_id: Uuid) -> Result
 
 /// A config was decommissioned: its waiting deliveries end as dead (replayable only if the
 /// config were active again, which a decommissioned one never is), and what they held of the
-/// visitor (client IP, consent-lookup id, user agent) is erased.
+/// visitor (client IP, consent-lookup id, user agent, granted categories, pseudonymous id) is
+/// erased.
 pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: &str) -> Result<()> {
     let now = Utc::now();
     delivery::Entity::update_many()
@@ -148,6 +161,8 @@ pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: 
         .col_expr(delivery::Column::ClientIp, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::ConsentLookupId, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::UserAgent, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::Granted, Expr::value(Option::<String>::None))
+        .col_expr(delivery::Column::PseudonymousId, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
@@ -156,4 +171,55 @@ pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: 
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// `delivery.granted`: the granted optional categories, comma-separated (`analytics,marketing`),
+/// empty when none is.
+pub fn granted_text(c: Choices) -> String {
+    [Category::Functional, Category::Analytics, Category::Marketing]
+        .into_iter()
+        .filter(|k| c.get(*k))
+        .map(Category::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `delivery.granted` read back. Fails closed: unknown (`NULL`) grants nothing, and a word that
+/// is not an optional category grants nothing.
+pub fn read_granted(stored: Option<&str>) -> Choices {
+    let mut c = Choices::none();
+    for word in stored.unwrap_or_default().split(',') {
+        match Category::parse(word.trim()) {
+            Some(Category::Functional) => c.functional = true,
+            Some(Category::Analytics) => c.analytics = true,
+            Some(Category::Marketing) => c.marketing = true,
+            Some(Category::Necessary) | None => {}
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granted_categories_are_stored_as_text_and_read_back_failing_closed() {
+        for c in [
+            Choices::none(),
+            Choices::all(),
+            Choices { functional: false, analytics: true, marketing: false },
+            Choices { functional: true, analytics: false, marketing: true },
+        ] {
+            assert_eq!(read_granted(Some(&granted_text(c))), c);
+        }
+        assert_eq!(granted_text(Choices::all()), "functional,analytics,marketing");
+        assert_eq!(granted_text(Choices::none()), "");
+        assert_eq!(read_granted(None), Choices::none(), "unknown grants nothing");
+        assert_eq!(
+            read_granted(Some("analytics,ads,MARKETING")),
+            Choices { functional: false, analytics: true, marketing: false },
+            "unreadable words grant nothing"
+        );
+    }
 }

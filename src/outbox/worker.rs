@@ -1,6 +1,8 @@
-//! The delivery worker: claims due deliveries provider by provider (never more than the
-//! provider's free concurrency slots, so a lease only ever covers a request in flight), sends
-//! each with the request the provider module built, and records what the answer means.
+//! The delivery worker: claims due deliveries provider by provider (no more than its free
+//! concurrency slots — one per request — can carry, so a lease only ever covers a request about
+//! to be sent or in flight), groups them into requests ([`super::batch`]: per config and batch
+//! key, at most the provider's batch limit), sends each with the request the provider module
+//! built, and records what the answer means for each delivery, one transaction per request.
 //!
 //! Retry policy. Timeouts, connection errors, 408, 429 and 5xx are retried with backoff, then
 //! dead-lettered after `max_attempts`. Plausible and Umami have no idempotency key, so a request
@@ -9,11 +11,19 @@
 //! the dead letters at once with the provider's answer. 401/403 count towards the config's
 //! `error` status and never dead-letter the event: the event is fine, the config is not.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
 
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, delivery, provider_config};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    Set,
+};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
@@ -21,12 +31,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DeliveryStatus, Outbox, backoff, claim, destination};
+use super::{DeliveryStatus, Outbox, backoff, batch, claim, destination};
 use crate::{
     config::DeliverySettings,
     consent::Identity,
     error::Result,
-    providers::{self, AnyProvider, Outcome, Outgoing, ProviderRequest, ProviderResponse, config::usage},
+    providers::{self, Answer, AnyProvider, Item, Outcome, Outgoing, ProviderRequest, ProviderResponse, config::usage},
+    secrets::Credentials,
 };
 
 /// Bytes of a provider's answer read at most (enough for any error message).
@@ -63,7 +74,8 @@ pub struct Pass {
     /// Ended in the dead letters: a final error, attempts used up, consent withdrawn since
     /// ingest, or the event gone.
     pub dead: usize,
-    /// Given back without an attempt: the config is no longer `active`.
+    /// Given back without an attempt: the config is no longer `active`, or the round claimed
+    /// more requests' worth than it had free slots for (due again at once).
     pub released: usize,
     /// Attempted, but the lease had passed to another worker before the outcome was recorded.
     pub lease_lost: usize,
@@ -112,13 +124,31 @@ enum Attempted {
     Failed,
 }
 
-/// A delivery leased by this worker, holding its provider's concurrency slot until its outcome
-/// is recorded.
-struct Claimed {
+/// A provider's deliveries leased by this worker in one claim, with the concurrency slots they
+/// were claimed into (one per request at most).
+struct Round {
     provider: &'static dyn AnyProvider,
-    delivery: delivery::Model,
-    _slot: OwnedSemaphorePermit,
+    deliveries: Vec<delivery::Model>,
+    slots: Vec<OwnedSemaphorePermit>,
 }
+
+/// A delivery whose item is built, waiting for its request.
+struct Ready {
+    delivery: delivery::Model,
+    occurred_at: DateTime<Utc>,
+}
+
+/// One request's worth: deliveries of one config sharing a batch key, at most its batch limit,
+/// with their items in the same order.
+struct Chunk {
+    config: Arc<provider_config::Model>,
+    credentials: Arc<Credentials>,
+    members: Vec<Ready>,
+    items: Vec<Item>,
+}
+
+/// What the HTTP exchange gave: the status and `Retry-After` when an answer came.
+type Answered = Option<(u16, Option<std::time::Duration>)>;
 
 /// The longest wait between claim rounds while claiming fails.
 const CLAIM_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
@@ -149,12 +179,12 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
         if shutdown.is_cancelled() {
             break;
         }
-        let (claimed, failed_claims) = worker.claim_due(Utc::now()).await;
-        let claimed_any = !claimed.is_empty();
+        let (rounds, failed_claims) = worker.claim_due(Utc::now()).await;
+        let claimed_any = !rounds.is_empty();
         let claim_failed = failed_claims > 0;
-        for c in claimed {
+        for round in rounds {
             let w = worker.clone();
-            in_flight.spawn(async move { w.attempt(c).await });
+            in_flight.spawn(async move { w.deliver(round).await });
         }
         claim_wait = if claim_failed { (claim_wait * 2).min(CLAIM_BACKOFF_MAX.max(poll)) } else { poll };
         while in_flight.try_join_next().is_some() {}
@@ -194,28 +224,30 @@ impl Worker {
         Ok(Worker { db, owner: format!("worker-{}", Uuid::new_v4()), settings, http, slots, secrets })
     }
 
-    /// One pass: claims what is due at `now` (every provider, into its free concurrency slots, at
-    /// most `batch_size`), sends each, records the outcomes, and returns what it did.
+    /// One pass: claims what is due at `now` (every provider, as many requests' worth as it has
+    /// free concurrency slots, at most `batch_size` requests), sends them, records the outcomes,
+    /// and returns what it did, per delivery.
     ///
     /// `now` is the instant the pass takes for the present when it chooses what is due: a
     /// delivery whose `next_attempt_at` is not after it, whose lease (if any) ended before it. The
     /// background loop passes the clock; a test passes a later instant to reach a backoff or a
     /// lease's end without waiting for it. What the pass records is stamped with the real clock.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Pass {
-        let (claimed, errors) = self.claim_due(now).await;
-        let mut pass = Pass { claimed: claimed.len(), errors, ..Pass::default() };
-        for done in futures_util::future::join_all(claimed.into_iter().map(|c| self.attempt(c))).await {
-            pass.count(done);
+        let (rounds, errors) = self.claim_due(now).await;
+        let claimed = rounds.iter().map(|r| r.deliveries.len()).sum();
+        let mut pass = Pass { claimed, errors, ..Pass::default() };
+        for done in futures_util::future::join_all(rounds.into_iter().map(|r| self.deliver(r))).await {
+            done.into_iter().for_each(|d| pass.count(d));
         }
         pass
     }
 
-    /// Leases the deliveries due at `now`, provider by provider, one per free concurrency slot
-    /// (taken before the claim, so concurrent rounds never lease more than they can send).
-    /// Returns them with the number of providers whose claim failed.
-    async fn claim_due(&self, now: DateTime<Utc>) -> (Vec<Claimed>, usize) {
+    /// Leases the deliveries due at `now`, provider by provider, for as many requests as it has
+    /// free concurrency slots (taken before the claim, so concurrent rounds never lease more than
+    /// they can send). Returns them with the number of providers whose claim failed.
+    async fn claim_due(&self, now: DateTime<Utc>) -> (Vec<Round>, usize) {
         let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
-        let mut claimed = Vec::new();
+        let mut rounds = Vec::new();
         let mut errors = 0;
         for provider in providers::all() {
             let slot = &self.slots[provider.name()];
@@ -227,12 +259,12 @@ impl Worker {
             if free.is_empty() {
                 continue;
             }
-            match claim::claim(&self.db, provider.name(), &self.owner, free.len() as u64, lease, now).await {
-                Ok(due) => claimed.extend(due.into_iter().zip(free).map(|(delivery, _slot)| Claimed {
-                    provider: *provider,
-                    delivery,
-                    _slot,
-                })),
+            match claim::claim(&self.db, *provider, &self.owner, free.len() as u64, lease, now).await {
+                Ok(due) if due.is_empty() => {}
+                Ok(due) => {
+                    free.truncate(due.len());
+                    rounds.push(Round { provider: *provider, deliveries: due, slots: free });
+                }
                 Err(e) => {
                     errors += 1;
                     if let Some(suppressed) = CLAIM_LOG.allow() {
@@ -241,112 +273,287 @@ impl Worker {
                 }
             }
         }
-        (claimed, errors)
+        (rounds, errors)
     }
 
-    /// Sends one claimed delivery and records the outcome; its concurrency slot is free again
-    /// when this returns.
-    async fn attempt(&self, c: Claimed) -> Attempted {
-        let id = c.delivery.id;
-        match self.try_process(c.provider, c.delivery).await {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::warn!(delivery = %id, error = %e, "delivery could not be processed; it is retried after its lease");
-                Attempted::Failed
+    /// Sends one round: its deliveries grouped into requests, one request per slot; what has no
+    /// slot left goes back at once (due again, for the next round). Returns what became of each
+    /// delivery; the slots are free again when this returns.
+    async fn deliver(&self, round: Round) -> Vec<Attempted> {
+        let Round { provider, deliveries, slots } = round;
+        let mut done = Vec::new();
+        let mut chunks = Vec::new();
+        // Per config, in the order of its oldest due delivery.
+        let mut by_config: Vec<(Uuid, Vec<delivery::Model>)> = Vec::new();
+        for d in deliveries {
+            match by_config.iter_mut().find(|(c, _)| *c == d.config_id) {
+                Some((_, ds)) => ds.push(d),
+                None => by_config.push((d.config_id, vec![d])),
             }
         }
-    }
-    async fn try_process(&self, provider: &'static dyn AnyProvider, d: delivery::Model) -> Result<Attempted> {
-        let config = provider_config::Entity::find_by_id(d.config_id).one(&self.db).await?;
-        let Some(config) = config.filter(crate::providers::config::sends) else {
-            return claim::release(&self.db, d.id, &self.owner).await.map(|()| Attempted::Released);
-        };
-        let Some(event) = analytics_event::Entity::find_by_id(d.event_id).one(&self.db).await? else {
-            return self
-                .record(&d, &config, None, Outcome::Dead { reason: "the event no longer exists".into() }, &[])
-                .await;
-        };
-        // An identity that cannot be read sends nothing identifying.
-        let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
-        // A newer decision of the visitor can only take away: never more than ingest allowed.
-        // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
-        // falls back to the event's analytics id, which older sites sent as the same value.
-        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
-        if let Some(now) = crate::ingest::redecide(&self.db, &event, lookup, &config, provider).await? {
-            match now.identity() {
-                None => {
-                    let reason = format!("consent changed before delivery ({}); not sent", now.reason());
-                    return self.record(&d, &config, None, Outcome::ConsentDenied { reason }, &[]).await;
+        for (config_id, ds) in by_config {
+            let (count, before) = (ds.len(), done.len());
+            match self.prepare(provider, config_id, ds, &mut done).await {
+                Ok(ready) => chunks.push(ready),
+                Err(e) => {
+                    tracing::warn!(config = %config_id, error = %e,
+                        "deliveries could not be prepared; they are retried after their lease");
+                    done.extend(std::iter::repeat_n(Attempted::Failed, count - (done.len() - before)));
                 }
-                Some(Identity::Anonymous) => identity = Identity::Anonymous,
-                Some(Identity::Full) => {}
             }
         }
-        // The full IP while pending; after a replay (it was erased when the delivery first
-        // ended) the stored truncated one, which still locates the visitor's network.
-        let client_ip: Option<IpAddr> =
-            d.client_ip.as_deref().or(event.ip_truncated.as_deref()).and_then(|ip| ip.parse().ok());
-        // A reference that does not resolve counts like a refused credential: the delivery
-        // waits (backoff) and, persisting, the config goes to `error` naming the reference.
+        let mut slots = slots.into_iter();
+        let mut sends = Vec::new();
+        // The slots go round the configs (each one's first request, then each one's second, …),
+        // so a config with many one-event requests does not take every slot from the others.
+        for chunk in batch::round_robin(chunks) {
+            match slots.next() {
+                Some(slot) => sends.push(self.send_chunk(provider, chunk, slot)),
+                None => {
+                    for m in chunk.members {
+                        done.push(match claim::release(&self.db, m.delivery.id, &self.owner).await {
+                            Ok(()) => Attempted::Released,
+                            Err(_) => Attempted::Failed,
+                        });
+                    }
+                }
+            }
+        }
+        drop(slots);
+        for sent in futures_util::future::join_all(sends).await {
+            done.extend(sent);
+        }
+        done
+    }
+
+    /// One config's deliveries of a round, made ready: each decided again and mapped to its item
+    /// (what must not or cannot go is recorded here, alone), the config's credentials resolved
+    /// once, and the items cut into requests. What was recorded is pushed on `done`.
+    async fn prepare(
+        &self,
+        provider: &'static dyn AnyProvider,
+        config_id: Uuid,
+        ds: Vec<delivery::Model>,
+        done: &mut Vec<Attempted>,
+    ) -> Result<Vec<Chunk>> {
+        let config = provider_config::Entity::find_by_id(config_id).one(&self.db).await?;
+        let Some(config) = config.filter(crate::providers::config::sends) else {
+            for d in ds {
+                claim::release(&self.db, d.id, &self.owner).await?;
+                done.push(Attempted::Released);
+            }
+            return Ok(Vec::new());
+        };
+        let events: HashMap<Uuid, analytics_event::Model> = analytics_event::Entity::find()
+            .filter(analytics_event::Column::Id.is_in(ds.iter().map(|d| d.event_id)))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+        let mut keyed = Vec::new();
+        for d in ds {
+            let Some(event) = events.get(&d.event_id) else {
+                let gone = Outcome::Dead { reason: "the event no longer exists".into() };
+                done.push(self.record(&d, &config, None, gone, &[]).await?);
+                continue;
+            };
+            match self.item(provider, &config, &d, event).await? {
+                Ok((key, item)) => keyed.push((key, (Ready { delivery: d, occurred_at: event.occurred_at }, item))),
+                Err(outcome) => done.push(self.record(&d, &config, None, outcome, &[]).await?),
+            }
+        }
+        if keyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A reference that does not resolve counts like a refused credential: the deliveries
+        // wait (backoff) and, persisting, the config goes to `error` naming the reference.
         let credentials = match self.secrets.resolve_config(&config.credentials).await {
-            Ok(c) => c,
+            Ok(c) => Arc::new(c),
             Err(unresolved) => {
                 let outcome = if unresolved.failure.transient {
                     Outcome::Retry { reason: unresolved.to_string() }
                 } else {
                     Outcome::AuthFailure { reason: unresolved.to_string() }
                 };
-                return self.record(&d, &config, None, outcome, &[]).await;
+                let (members, items): (Vec<Ready>, Vec<Item>) = keyed.into_iter().map(|(_, m)| m).unzip();
+                let outcomes = vec![outcome; members.len()];
+                done.extend(self.record_request(provider, &members, &config, None, outcomes, &items, false).await?);
+                return Ok(Vec::new());
             }
         };
+        let config = Arc::new(config);
+        let limit = provider.batch_limit(&config.settings);
+        Ok(batch::chunks(keyed, limit)
+            .into_iter()
+            .map(|c| {
+                let (members, items) = c.into_iter().unzip();
+                Chunk { config: config.clone(), credentials: credentials.clone(), members, items }
+            })
+            .collect())
+    }
+
+    /// The delivery decided again (consent may have changed since ingest) and mapped to its item
+    /// and batch key; `Err` is the outcome to record instead (a withdrawal, a refused item).
+    async fn item(
+        &self,
+        provider: &'static dyn AnyProvider,
+        config: &provider_config::Model,
+        d: &delivery::Model,
+        event: &analytics_event::Model,
+    ) -> Result<std::result::Result<(String, Item), Outcome>> {
+        // An identity that cannot be read sends nothing identifying.
+        let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
+        let mut granted = super::read_granted(d.granted.as_deref());
+        // A newer decision of the visitor can only take away: never more than ingest allowed.
+        // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
+        // falls back to the event's analytics id, which older sites sent as the same value.
+        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
+        if let Some(now) = crate::ingest::redecide(&self.db, event, lookup, config, provider).await? {
+            match now.decision.identity() {
+                None => {
+                    let reason = format!("consent changed before delivery ({}); not sent", now.decision.reason());
+                    return Ok(Err(Outcome::ConsentDenied { reason }));
+                }
+                Some(Identity::Anonymous) => identity = Identity::Anonymous,
+                Some(Identity::Full) => {}
+            }
+            granted = granted.and(now.granted);
+        }
+        // The full IP while pending; after a replay (it was erased when the delivery first
+        // ended) the stored truncated one, which still locates the visitor's network.
+        let client_ip: Option<IpAddr> =
+            d.client_ip.as_deref().or(event.ip_truncated.as_deref()).and_then(|ip| ip.parse().ok());
         // Likewise the user agent: the delivery's while pending, else what the event kept.
         let user_agent = d.user_agent.as_deref().or(event.user_agent.as_deref());
-        let build = |credentials| {
-            let out = Outgoing { event: &event, identity, client_ip, user_agent, credentials };
-            provider.build(&config.settings, &out)
+        let out = Outgoing {
+            event,
+            delivery_id: d.id,
+            identity,
+            granted,
+            pseudonymous_id: d.pseudonymous_id.as_deref(),
+            client_ip,
+            user_agent,
         };
-        let request = match build(&credentials) {
-            Ok(r) => r,
-            Err(reason) => return self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await,
-        };
-        let started = Instant::now();
-        let (mut outcome, mut http_status) = self.send(provider, &request).await;
-        // Refused: the secret may have been rotated since it was cached. Look it up once more
-        // and, if it changed, send again before counting an authentication failure.
-        if matches!(outcome, Outcome::AuthFailure { .. }) && !credentials.is_empty() {
-            match self.secrets.refresh_config(&config.credentials, &credentials).await {
-                Ok(Some(fresh)) => {
-                    if let Ok(again) = build(&fresh) {
-                        (outcome, http_status) = self.send(provider, &again).await;
+        Ok(match provider.item(&config.settings, &out) {
+            Ok(item) => Ok((provider.batch_key(&config.settings, &out), item)),
+            Err(reason) => Err(Outcome::Dead { reason }),
+        })
+    }
+
+    /// Sends one request's worth and records the outcomes. A whole-request refusal of several
+    /// items is split and the parts sent again at once (each under a renewed lease), so only the
+    /// item to blame ends dead. Holds `_slot` (one request in flight at a time) until it returns.
+    async fn send_chunk(
+        &self,
+        provider: &'static dyn AnyProvider,
+        chunk: Chunk,
+        _slot: OwnedSemaphorePermit,
+    ) -> Vec<Attempted> {
+        let Chunk { config, mut credentials, members, items } = chunk;
+        let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
+        let mut done = Vec::new();
+        let mut parts = VecDeque::from([(members, items)]);
+        let mut first = true;
+        while let Some((mut members, mut items)) = parts.pop_front() {
+            if !std::mem::take(&mut first) {
+                let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
+                match claim::renew(&self.db, &ids, &self.owner, lease, Utc::now()).await {
+                    Ok(kept) => {
+                        let (mut still, mut still_items) = (Vec::new(), Vec::new());
+                        for (m, i) in members.into_iter().zip(items) {
+                            if kept.contains(&m.delivery.id) {
+                                still.push(m);
+                                still_items.push(i);
+                            } else {
+                                tracing::warn!(delivery = %m.delivery.id, "lease lost before the delivery was sent again");
+                                done.push(Attempted::LeaseLost);
+                            }
+                        }
+                        (members, items) = (still, still_items);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a lease could not be renewed; the deliveries are retried after it");
+                        done.extend(std::iter::repeat_n(Attempted::Failed, members.len()));
+                        continue;
                     }
                 }
+                if members.is_empty() {
+                    continue;
+                }
+            }
+            let (next, answered) = self.exchange(provider, &config, &mut credentials, &items).await;
+            match next {
+                batch::Next::Split => {
+                    tracing::debug!(
+                        provider = provider.name(),
+                        items = items.len(),
+                        "whole request refused; splitting it"
+                    );
+                    let (m1, m2) = batch::halves(members);
+                    let (i1, i2) = batch::halves(items);
+                    parts.push_front((m2, i2));
+                    parts.push_front((m1, i1));
+                }
+                batch::Next::Record(outcomes) => {
+                    let n = members.len();
+                    match self.record_request(provider, &members, &config, answered, outcomes, &items, true).await {
+                        Ok(v) => done.extend(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "outcomes could not be recorded; the deliveries are retried after their lease");
+                            done.extend(std::iter::repeat_n(Attempted::Failed, n));
+                        }
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// Builds the request for `items`, sends it and says what the answer means per item. A
+    /// refusal of the credentials is tried once more with them looked up again (rotated since
+    /// cached).
+    async fn exchange(
+        &self,
+        provider: &dyn AnyProvider,
+        config: &provider_config::Model,
+        credentials: &mut Arc<Credentials>,
+        items: &[Item],
+    ) -> (batch::Next, Answered) {
+        let n = items.len();
+        let build = |c: &Credentials| provider.request(&config.settings, c, items);
+        let request = match build(credentials) {
+            Ok(r) => r,
+            Err(reason) => return (batch::judge(Answer::All(Outcome::Dead { reason }), n, provider.name()), None),
+        };
+        let started = Instant::now();
+        let (mut answer, mut answered) = self.send(provider, &request, n).await;
+        if matches!(answer, Answer::All(Outcome::AuthFailure { .. })) && !credentials.is_empty() {
+            match self.secrets.refresh_config(&config.credentials, credentials).await {
+                Ok(Some(fresh)) => {
+                    if let Ok(again) = build(&fresh) {
+                        (answer, answered) = self.send(provider, &again, n).await;
+                    }
+                    *credentials = Arc::new(fresh);
+                }
                 Ok(None) => {}
-                Err(unresolved) => outcome = Outcome::AuthFailure { reason: unresolved.to_string() },
+                Err(unresolved) => answer = Answer::All(Outcome::AuthFailure { reason: unresolved.to_string() }),
             }
         }
         let elapsed = started.elapsed();
         metrics::histogram!("consentgate_delivery_duration_seconds", "provider" => provider.name())
             .record(elapsed.as_secs_f64());
-        metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome.label())
-            .increment(1);
-        if matches!(outcome, Outcome::Delivered | Outcome::Dropped { .. }) {
-            let lag = (Utc::now() - event.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()).record(lag);
-        }
-        tracing::debug!(delivery = %d.id, provider = provider.name(), outcome = outcome.label(), ?elapsed, "delivery attempt");
-        self.record(&d, &config, http_status, outcome, &request.adjustments).await
+        tracing::debug!(provider = provider.name(), items = n, ?elapsed, "delivery request");
+        (batch::judge(answer, n, provider.name()), answered)
     }
 
     /// Sends the request; transport failures are retries.
-    async fn send(
-        &self,
-        provider: &dyn AnyProvider,
-        req: &ProviderRequest,
-    ) -> (Outcome, Option<(u16, Option<std::time::Duration>)>) {
+    async fn send(&self, provider: &dyn AnyProvider, req: &ProviderRequest, items: usize) -> (Answer, Answered) {
+        let all = |o: Outcome| (Answer::All(o), None);
         if !self.settings.allow_private_destinations
             && let Err(refused) = destination::check_literal(&req.url)
         {
-            return (Outcome::Dead { reason: refused.to_string() }, None);
+            return all(Outcome::Dead { reason: refused.to_string() });
         }
         let mut builder = self.http.post(&req.url);
         for (name, value) in &req.headers {
@@ -354,24 +561,24 @@ impl Worker {
         }
         let body = match serde_json::to_vec(&req.body) {
             Ok(b) => b,
-            Err(e) => return (Outcome::Dead { reason: format!("cannot encode the request: {e}") }, None),
+            Err(e) => return all(Outcome::Dead { reason: format!("cannot encode the request: {e}") }),
         };
         let response = match builder.body(body).send().await {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
-                return (Outcome::Dead { reason: format!("cannot build the request: {}", describe(e)) }, None);
+                return all(Outcome::Dead { reason: format!("cannot build the request: {}", describe(e)) });
             }
             Err(e) if destination::refused(&e).is_some() => {
                 let reason = destination::refused(&e).map(ToString::to_string).unwrap_or_default();
-                return (Outcome::Dead { reason }, None);
+                return all(Outcome::Dead { reason });
             }
             Err(e) if e.is_timeout() => {
                 let ms = self.settings.request_timeout_ms;
-                return (Outcome::Retry { reason: format!("{} did not answer within {ms} ms", provider.name()) }, None);
+                return all(Outcome::Retry { reason: format!("{} did not answer within {ms} ms", provider.name()) });
             }
             Err(e) => {
                 let kind = if e.is_connect() { "connection failed" } else { "request failed" };
-                return (Outcome::Retry { reason: format!("{}: {kind}: {}", provider.name(), describe(e)) }, None);
+                return all(Outcome::Retry { reason: format!("{}: {kind}: {}", provider.name(), describe(e)) });
             }
         };
         let status = response.status().as_u16();
@@ -381,26 +588,79 @@ impl Worker {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| backoff::parse_retry_after(v, Utc::now()));
         let body = read_limited(response).await;
-        let outcome = provider.classify(&ProviderResponse { status, headers: &headers.iter().collect(), body: &body });
-        (outcome, Some((status, retry_after)))
+        let response = ProviderResponse { status, headers: &headers.iter().collect(), body: &body };
+        (provider.classify(&response, items), Some((status, retry_after)))
     }
 
-    /// Records an attempt's outcome on the delivery (only while this worker holds its lease) and
-    /// the config's usage, in one transaction; returns what became of the delivery.
+    /// Records the outcomes of one request (or of deliveries that were not sent: `sent` false),
+    /// one per delivery, in one transaction, with the metrics of what was sent. A 401/403 counts
+    /// once towards the config's `error` status, however many deliveries the request carried.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_request(
+        &self,
+        provider: &dyn AnyProvider,
+        members: &[Ready],
+        config: &provider_config::Model,
+        answered: Answered,
+        outcomes: Vec<Outcome>,
+        items: &[Item],
+        sent: bool,
+    ) -> Result<Vec<Attempted>> {
+        let txn = crate::db::begin_write(&self.db).await?;
+        let mut done = Vec::with_capacity(members.len());
+        let mut auth_counted = false;
+        for ((m, outcome), item) in members.iter().zip(outcomes).zip(items) {
+            if sent {
+                metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome.label())
+                    .increment(1);
+                if matches!(outcome, Outcome::Delivered | Outcome::Dropped { .. }) {
+                    let lag = (Utc::now() - m.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()).record(lag);
+                }
+            }
+            tracing::debug!(delivery = %m.delivery.id, provider = provider.name(), outcome = outcome.label(), "delivery outcome");
+            let counted = auth_counted;
+            auth_counted |= matches!(outcome, Outcome::AuthFailure { .. });
+            done.push(self.record_in(&txn, &m.delivery, config, answered, outcome, &item.adjustments, !counted).await?);
+        }
+        txn.commit().await?;
+        Ok(done)
+    }
+
+    /// Records one delivery's outcome alone, in its own transaction.
     async fn record(
         &self,
         d: &delivery::Model,
         config: &provider_config::Model,
-        answer: Option<(u16, Option<std::time::Duration>)>,
+        answered: Answered,
         outcome: Outcome,
         adjustments: &[String],
     ) -> Result<Attempted> {
-        let now = Utc::now();
         let txn = crate::db::begin_write(&self.db).await?;
+        let done = self.record_in(&txn, d, config, answered, outcome, adjustments, true).await?;
+        txn.commit().await?;
+        Ok(done)
+    }
+
+    /// Records an attempt's outcome on the delivery (only while this worker holds its lease) and
+    /// the config's usage, inside `txn`; returns what became of the delivery. `count_auth`: a
+    /// 401/403 counts towards the config's `error` status (once per request).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_in(
+        &self,
+        txn: &DatabaseTransaction,
+        d: &delivery::Model,
+        config: &provider_config::Model,
+        answer: Answered,
+        outcome: Outcome,
+        adjustments: &[String],
+        count_auth: bool,
+    ) -> Result<Attempted> {
+        let now = Utc::now();
         let Some(current) = delivery::Entity::find_by_id(d.id)
             .filter(delivery::Column::LeaseOwner.eq(self.owner.as_str()))
             .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-            .one(&txn)
+            .one(txn)
             .await?
         else {
             tracing::warn!(delivery = %d.id, "lease lost before the outcome was recorded");
@@ -421,6 +681,8 @@ impl Worker {
             row.client_ip = Set(None);
             row.consent_lookup_id = Set(None);
             row.user_agent = Set(None);
+            row.granted = Set(None);
+            row.pseudonymous_id = Set(None);
         };
         let retry_at = |ra: Option<std::time::Duration>| -> DateTime<Utc> {
             let wait = backoff::delay(
@@ -439,8 +701,8 @@ impl Worker {
                 row.delivered_at = Set(Some(now));
                 row.last_error = Set(None);
                 row.warning = Set(adjusted);
-                row.update(&txn).await?;
-                usage::sent(&txn, config.id, now).await?;
+                row.update(txn).await?;
+                usage::sent(txn, config.id, now).await?;
                 Attempted::Delivered
             }
             Outcome::Dropped { warning } => {
@@ -450,15 +712,15 @@ impl Worker {
                     Some(a) => format!("{warning}; {a}"),
                     None => warning.clone(),
                 }));
-                row.update(&txn).await?;
-                usage::dropped(&txn, config.id, warning, now).await?;
+                row.update(txn).await?;
+                usage::dropped(txn, config.id, warning, now).await?;
                 Attempted::Dropped
             }
             Outcome::Dead { reason } => {
                 end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
-                row.update(&txn).await?;
-                usage::failed(&txn, config.id, reason, true, now).await?;
+                row.update(txn).await?;
+                usage::failed(txn, config.id, reason, true, now).await?;
                 Attempted::Dead
             }
             Outcome::ConsentDenied { reason } => {
@@ -467,38 +729,37 @@ impl Worker {
                 // with the config.
                 end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
-                row.update(&txn).await?;
-                usage::denied_by_consent(&txn, config.id).await?;
+                row.update(txn).await?;
+                usage::denied_by_consent(txn, config.id).await?;
                 Attempted::Dead
             }
             Outcome::Retry { reason } if attempts >= self.settings.max_attempts => {
                 let reason = format!("gave up after {attempts} attempts; last: {reason}");
                 end(&mut row, DeliveryStatus::Dead);
                 row.last_error = Set(Some(reason.clone()));
-                row.update(&txn).await?;
-                usage::failed(&txn, config.id, &reason, true, now).await?;
+                row.update(txn).await?;
+                usage::failed(txn, config.id, &reason, true, now).await?;
                 Attempted::Dead
             }
             Outcome::Retry { reason } => {
                 row.next_attempt_at = Set(retry_at(retry_after));
                 row.last_error = Set(Some(reason.clone()));
-                row.update(&txn).await?;
-                usage::failed(&txn, config.id, reason, false, now).await?;
+                row.update(txn).await?;
+                usage::failed(txn, config.id, reason, false, now).await?;
                 Attempted::Retried
             }
             Outcome::AuthFailure { reason } => {
                 row.next_attempt_at = Set(retry_at(retry_after));
                 row.last_error = Set(Some(reason.clone()));
-                row.update(&txn).await?;
+                row.update(txn).await?;
                 let threshold = self.settings.auth_failures_before_error.max(1);
-                if usage::auth_failed(&txn, config.id, reason, threshold, now).await? {
+                if count_auth && usage::auth_failed(txn, config.id, reason, threshold, now).await? {
                     tracing::warn!(config = %config.id, provider = %config.provider, %reason,
                         "provider config put into status error after repeated authentication failures");
                 }
                 Attempted::Retried
             }
         };
-        txn.commit().await?;
         Ok(done)
     }
 }

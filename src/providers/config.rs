@@ -58,6 +58,8 @@ pub struct CommonConfigFields {
     /// Secret references only (`env:NAME`, `file:/path`, `keyvault://…`).
     #[schema(value_type = Option<Object>)]
     credentials: Option<Value>,
+    /// The provider's privacy policy (https), linked from the banner's per-provider choices.
+    privacy_policy_url: Option<String>,
 }
 
 /// Usage counters, kept by the ingest transaction (denied) and the delivery workers (the rest).
@@ -87,6 +89,8 @@ pub struct ProviderConfigView {
     pub problem: Option<String>,
     pub required_category: String,
     pub credentials: Value,
+    /// The provider's privacy policy, linked from the banner's per-provider choices.
+    pub privacy_policy_url: Option<String>,
     #[serde(flatten)]
     pub settings: Map<String, Value>,
     pub usage: Usage,
@@ -109,6 +113,7 @@ struct ConfigMeta {
     required_category: String,
     #[schema(value_type = Object)]
     credentials: Value,
+    privacy_policy_url: Option<String>,
     usage: Usage,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -156,6 +161,7 @@ impl From<provider_config::Model> for ProviderConfigView {
             problem,
             required_category: m.required_category,
             credentials: m.credentials,
+            privacy_policy_url: m.privacy_policy_url,
             settings: match m.settings {
                 Value::Object(map) => map,
                 _ => Map::new(),
@@ -200,6 +206,7 @@ pub struct ConfigInput {
     required_category: RequiredCategory,
     credentials: Value,
     settings: Value,
+    privacy_policy_url: Option<String>,
 }
 
 /// Fields of the representation that only the gateway sets; a body naming one is refused.
@@ -308,8 +315,16 @@ fn parse_input(provider: &dyn AnyProvider, body: Value, status_default: Provider
         Some(v @ Value::Object(_)) => provider.parse_credentials(v)?,
         Some(_) => return Err(Error::validation("credentials", "must be an object of secret references")),
     };
+    let privacy_policy_url = match map.remove("privacy_policy_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) => Some(String::from(
+            crate::consent::config::spec::HttpsUrl::parse(&u)
+                .map_err(|e| Error::validation("privacy_policy_url", e))?,
+        )),
+        Some(_) => return Err(Error::validation("privacy_policy_url", "must be an https URL or null")),
+    };
     let settings = provider.parse_settings(Value::Object(map))?;
-    Ok(ConfigInput { display_name, status, required_category, credentials, settings })
+    Ok(ConfigInput { display_name, status, required_category, credentials, settings, privacy_policy_url })
 }
 
 fn view_json(view: &ProviderConfigView) -> Option<Value> {
@@ -348,6 +363,7 @@ pub async fn create(
         consecutive_auth_failures: Set(0),
         created_at: Set(now),
         updated_at: Set(now),
+        privacy_policy_url: Set(input.privacy_policy_url),
     }
     .insert(&txn)
     .await?;
@@ -407,6 +423,9 @@ fn writable(m: &provider_config::Model) -> Map<String, Value> {
     }
     doc.insert("required_category".into(), Value::String(m.required_category.clone()));
     doc.insert("credentials".into(), m.credentials.clone());
+    if let Some(url) = &m.privacy_policy_url {
+        doc.insert("privacy_policy_url".into(), Value::String(url.clone()));
+    }
     doc
 }
 
@@ -460,6 +479,7 @@ pub async fn patch(
     active.required_category = Set(input.required_category.as_str().into());
     active.settings = Set(input.settings);
     active.credentials = Set(input.credentials);
+    active.privacy_policy_url = Set(input.privacy_policy_url);
     active.updated_at = Set(Utc::now());
     if moved {
         active.status_reason = Set(None);

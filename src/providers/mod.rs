@@ -3,16 +3,25 @@
 //! - which events its config accepts at all (custom events switched off, a page on a domain the
 //!   config does not allow, an event name the provider would refuse) — answered at ingest, so the
 //!   forwarding decision says why an event was not sent;
-//! - the request for one event (method, URL, headers, JSON body), built from the stored event, the
-//!   identity level the consent decision allowed and the visitor's IP — pure, no I/O;
-//! - what the provider's answer means (delivered, silently dropped, retry, dead, bad credentials).
+//! - the item for one delivery (its JSON, built from the stored event, the identity level and
+//!   the categories the consent decision allowed and the visitor's IP), and the request carrying
+//!   one or more items with the config's resolved credentials — pure, no I/O;
+//! - what the provider's answer means, for the whole request or per item (delivered, silently
+//!   dropped, retry, dead, bad credentials).
 //!
-//! Sending, retries, backoff, leases and metrics live once, in [`crate::outbox`]. Configuration
-//! storage and the status lifecycle live once, in [`config`]. Adding a provider (PostHog, GA4) is
-//! one module implementing [`Provider`] plus one line in [`all`].
+//! Sending, batching, splitting a refused batch, retries, backoff, leases and metrics live once,
+//! in [`crate::outbox`]. Configuration storage and the status lifecycle live once, in [`config`].
+//! Adding a provider is one module implementing [`Provider`], one line in [`all`] and one in
+//! `input_schemas()` (its OpenAPI body) — plus, for the tests, its fake in `tests/fakes` and its
+//! mapping table (`Provider::mapping_cases`); a test fails for a provider without any of them
+//! (docs/delivery.md, "Adding a provider").
 
 pub mod config;
+#[cfg(test)]
+mod consent_table;
+pub mod ga4;
 pub mod plausible;
+pub mod posthog;
 pub mod umami;
 
 use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
@@ -27,14 +36,21 @@ use utoipa::{
         schema::{AllOfBuilder, OneOfBuilder, Schema},
     },
 };
+use uuid::Uuid;
 
 use crate::{
-    consent::{Blocked, Identity, Reason, RequiredCategory},
+    consent::{Blocked, Choices, Identity, Reason, RequiredCategory},
     error::Result,
     secrets::{Credentials, check::AuthCheck},
 };
 
 /// One provider's wire contract. Implementations are unit structs; all state is in `Settings`.
+///
+/// Sending goes in two pure steps: each delivery becomes an [`Item`] ([`Provider::item`]), and
+/// up to [`Provider::batch_limit`] items of one config that share a [`Provider::batch_key`]
+/// become one request ([`Provider::request`]), built with the config's resolved credentials.
+/// [`Provider::classify`] says what the answer means — for the whole request or per item. The
+/// outbox does the rest (claiming, grouping, splitting a refused batch, retries, recording).
 pub trait Provider: Send + Sync + 'static {
     /// The provider's fields of a config (`site_id`, `website_id`, `instance_url`, toggles),
     /// stored in `provider_config.settings`. Deserialising must validate (parse, don't validate)
@@ -58,21 +74,53 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether the config may only receive an event when a consent *record* grants its required
+    /// category — the config's defaults outside consent regions are not enough (GA4's
+    /// `require_cookie_consent`). Passed to the decision as `ProviderPolicy::requires_record`.
+    fn requires_record(_settings: &Self::Settings) -> bool {
+        false
+    }
+
     /// `Err(reason)` when this config must not receive the event whatever the consent, e.g.
     /// `denied:custom_events_disabled`. Checked at ingest (the reason goes into the forwarding
-    /// decision) and again by [`Provider::build`] at send time, since settings may have changed.
+    /// decision) and again before [`Provider::item`] at send time, since settings may have changed.
     fn accepts(settings: &Self::Settings, event: &analytics_event::Model) -> Result<(), Blocked>;
 
-    /// The provider request for one event. `Err` is a permanent refusal (the delivery is
-    /// dead-lettered with that reason).
-    fn build(settings: &Self::Settings, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
+    /// The most deliveries one request may carry: 1 (the default) sends one request per event.
+    fn batch_limit(_settings: &Self::Settings) -> usize {
+        1
+    }
 
-    /// What the provider's answer means.
-    fn classify(response: &ProviderResponse<'_>) -> Outcome;
+    /// Deliveries whose keys differ never share a request (GA4: one `client_id` per request).
+    fn batch_key(_settings: &Self::Settings, _out: &Outgoing<'_>) -> String {
+        String::new()
+    }
 
-    /// Harmless authenticated calls proving the config's credentials work (for `check`), for
-    /// the resolved credentials present. None by default.
-    fn auth_checks(_settings: &Self::Settings, _credentials: &Credentials) -> Vec<AuthCheck> {
+    /// One delivery mapped to its item — pure, no I/O. `Err` is a permanent refusal of this item
+    /// only: the delivery is dead-lettered with that reason, the others still go.
+    fn item(settings: &Self::Settings, out: &Outgoing<'_>) -> Result<Item, String>;
+
+    /// The request carrying `items` (1 to [`Provider::batch_limit`], in order), with the config's
+    /// resolved credentials. `Err` is a permanent refusal of these items.
+    fn request(settings: &Self::Settings, credentials: &Credentials, items: &[Item])
+    -> Result<ProviderRequest, String>;
+
+    /// What the provider's answer to a request of `items` items means: one outcome for all of
+    /// them, or one per item, in order.
+    fn classify(response: &ProviderResponse<'_>, items: usize) -> Answer;
+
+    /// Harmless calls proving the config's credentials (and settings) work, for
+    /// `POST …/configs/{id}/check`, built for the resolved credentials present. None by default.
+    fn checks(_settings: &Self::Settings, _credentials: &Credentials) -> Vec<AuthCheck> {
+        Vec::new()
+    }
+
+    /// Test builds only: the provider's mapping table — deliveries and what the request built
+    /// for each must (not) carry. Run for every provider in [`all`] by
+    /// `providers::testing::every_provider_has_a_mapping_table`, which fails for a provider
+    /// whose table is empty.
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<testing::MappingCase> {
         Vec::new()
     }
 }
@@ -80,8 +128,18 @@ pub trait Provider: Send + Sync + 'static {
 /// One event on its way to one config.
 pub struct Outgoing<'a> {
     pub event: &'a analytics_event::Model,
+    /// The delivery's id: stable across retries and replays (an idempotency key where the
+    /// provider takes one).
+    pub delivery_id: Uuid,
     /// What the consent decision allowed: full identifiers, or none.
     pub identity: Identity,
+    /// The optional categories the visitor has granted: the ingest decision's effective choices,
+    /// intersected with a newer decision at send time (a refusal, GPC → `marketing: false`).
+    /// Unknown (a replay after the delivery first ended) counts as none granted.
+    pub granted: Choices,
+    /// A pseudonymous visitor id computed at ingest and kept on the delivery (PostHog's
+    /// cookieless daily id); `None` for most providers.
+    pub pseudonymous_id: Option<&'a str>,
     /// The visitor's IP. The full address while the delivery is pending (the transient
     /// `delivery.client_ip`); for a replay after the full address was erased, the stored
     /// truncated one.
@@ -89,8 +147,29 @@ pub struct Outgoing<'a> {
     /// The visitor's user agent: the transient `delivery.user_agent` while pending, else the
     /// event's (kept only when some decision granted full identity).
     pub user_agent: Option<&'a str>,
-    /// The config's credential references, resolved.
-    pub credentials: &'a Credentials,
+}
+
+/// One delivery, mapped: its part of a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Item {
+    /// The item's JSON (an event of a batch, or the whole body of a one-event request).
+    pub body: Value,
+    /// Headers the item needs when it travels alone (Plausible reads the visitor's agent and IP
+    /// from headers). A provider that batches must carry per-visitor data in `body`: headers
+    /// are the request's, shared by its items.
+    pub headers: Vec<(&'static str, String)>,
+    /// What the mapping changed to fit the provider's limits (a property cut to 2,000 bytes, the
+    /// 31st property left out). Stored as the delivery's warning, so nothing is changed silently.
+    pub adjustments: Vec<String>,
+}
+
+/// What an answer means for the items of the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// One outcome for every item (a status that judges the request, a transport failure).
+    All(Outcome),
+    /// One outcome per item, in the items' order (Umami's `/api/batch` details).
+    PerItem(Vec<Outcome>),
 }
 
 /// A provider request, ready for the outbox to send.
@@ -99,14 +178,20 @@ pub struct ProviderRequest {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: Value,
-    /// What the mapping changed to fit the provider's limits (a property cut to 2,000 bytes, the
-    /// 31st property left out). Stored as the delivery's warning, so nothing is changed silently.
-    pub adjustments: Vec<String>,
 }
 
 impl ProviderRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The one item of a request for a provider that sends one event per request
+/// ([`Provider::batch_limit`] 1); `Err` for any other count (an outbox defect, never sent).
+pub fn single<'a>(provider: &str, items: &'a [Item]) -> Result<&'a Item, String> {
+    match items {
+        [one] => Ok(one),
+        _ => Err(format!("{provider} takes one event per request, not {}", items.len())),
     }
 }
 
@@ -186,11 +271,20 @@ pub trait AnyProvider: Send + Sync {
     /// Parses credentials (secret references only); the error names the field under `credentials`.
     fn parse_credentials(&self, raw: Value) -> Result<Value>;
     fn cookieless_fallback(&self, settings: &Value) -> bool;
+    /// Settings that cannot be read require a record (the stricter answer).
+    fn requires_record(&self, settings: &Value) -> bool;
     /// `Err(ConfigInvalid)` when the stored settings cannot be read.
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
-    fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String>;
-    fn classify(&self, response: &ProviderResponse<'_>) -> Outcome;
-    fn auth_checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck>;
+    /// At least 1; 1 when the stored settings cannot be read.
+    fn batch_limit(&self, settings: &Value) -> usize;
+    fn batch_key(&self, settings: &Value, out: &Outgoing<'_>) -> String;
+    /// [`Provider::accepts`] again (settings may have changed since ingest), then [`Provider::item`].
+    fn item(&self, settings: &Value, out: &Outgoing<'_>) -> Result<Item, String>;
+    fn request(&self, settings: &Value, credentials: &Credentials, items: &[Item]) -> Result<ProviderRequest, String>;
+    fn classify(&self, response: &ProviderResponse<'_>, items: usize) -> Answer;
+    fn checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck>;
+    #[cfg(test)]
+    fn mapping_cases(&self) -> Vec<testing::MappingCase>;
 }
 
 impl<P: Provider> AnyProvider for P {
@@ -216,23 +310,45 @@ impl<P: Provider> AnyProvider for P {
         stored_settings::<P>(settings).map(|s| P::cookieless_fallback(&s)).unwrap_or(false)
     }
 
+    fn requires_record(&self, settings: &Value) -> bool {
+        stored_settings::<P>(settings).map(|s| P::requires_record(&s)).unwrap_or(true)
+    }
+
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked> {
         let settings = stored_settings::<P>(settings).map_err(|_| Blocked::ConfigInvalid)?;
         P::accepts(&settings, event)
     }
 
-    fn build(&self, settings: &Value, out: &Outgoing<'_>) -> Result<ProviderRequest, String> {
+    fn batch_limit(&self, settings: &Value) -> usize {
+        stored_settings::<P>(settings).map(|s| P::batch_limit(&s)).unwrap_or(1).max(1)
+    }
+
+    fn batch_key(&self, settings: &Value, out: &Outgoing<'_>) -> String {
+        stored_settings::<P>(settings).map(|s| P::batch_key(&s, out)).unwrap_or_default()
+    }
+
+    fn item(&self, settings: &Value, out: &Outgoing<'_>) -> Result<Item, String> {
         let settings = stored_settings::<P>(settings)?;
         P::accepts(&settings, out.event).map_err(|why| Reason::Blocked(why).to_string())?;
-        P::build(&settings, out)
+        P::item(&settings, out)
     }
 
-    fn classify(&self, response: &ProviderResponse<'_>) -> Outcome {
-        P::classify(response)
+    fn request(&self, settings: &Value, credentials: &Credentials, items: &[Item]) -> Result<ProviderRequest, String> {
+        let settings = stored_settings::<P>(settings)?;
+        P::request(&settings, credentials, items)
     }
 
-    fn auth_checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck> {
-        stored_settings::<P>(settings).map(|s| P::auth_checks(&s, credentials)).unwrap_or_default()
+    fn classify(&self, response: &ProviderResponse<'_>, items: usize) -> Answer {
+        P::classify(response, items)
+    }
+
+    fn checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck> {
+        stored_settings::<P>(settings).map(|s| P::checks(&s, credentials)).unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn mapping_cases(&self) -> Vec<testing::MappingCase> {
+        P::mapping_cases()
     }
 }
 
@@ -242,7 +358,7 @@ fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String>
 
 /// Every provider the gateway can forward to. Adding one is a module and a line here.
 pub fn all() -> &'static [&'static dyn AnyProvider] {
-    &[&plausible::Plausible, &umami::Umami]
+    &[&plausible::Plausible, &umami::Umami, &posthog::PostHog, &ga4::Ga4]
 }
 
 pub fn get(name: &str) -> Option<&'static dyn AnyProvider> {
@@ -266,7 +382,12 @@ impl PartialSchema for ProviderConfigInput {
 /// provider's settings). Kept beside [`all`] but outside the [`Provider`] trait, which stays free of
 /// documentation types; a test checks that every provider in [`all`] is documented here.
 pub(crate) fn input_schemas() -> Vec<RefOr<Schema>> {
-    vec![input_schema::<plausible::Plausible>(), input_schema::<umami::Umami>()]
+    vec![
+        input_schema::<plausible::Plausible>(),
+        input_schema::<umami::Umami>(),
+        input_schema::<posthog::PostHog>(),
+        input_schema::<ga4::Ga4>(),
+    ]
 }
 
 fn input_schema<P: Provider>() -> RefOr<Schema>
@@ -542,10 +663,20 @@ pub type Props = BTreeMap<String, Value>;
 #[cfg(test)]
 pub(crate) mod testing {
     //! A stored event to map, for the providers' table tests.
+    use std::net::IpAddr;
+
     use chrono::{TimeZone, Utc};
     use entity::analytics_event;
     use serde_json::json;
     use uuid::Uuid;
+
+    use serde_json::Value;
+
+    use super::{Answer, AnyProvider, Outcome, Outgoing, Provider, ProviderRequest, ProviderResponse};
+    use crate::{
+        consent::{Choices, Identity},
+        secrets::Credentials,
+    };
 
     pub fn event(name: &str) -> analytics_event::Model {
         analytics_event::Model {
@@ -578,6 +709,205 @@ pub(crate) mod testing {
 
     pub const BROWSER_UA: &str =
         "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+    /// The event on its way, as the outbox passes it: everything granted with full identity,
+    /// anonymous with nothing granted.
+    pub fn outgoing(event: &analytics_event::Model, identity: Identity, client_ip: Option<IpAddr>) -> Outgoing<'_> {
+        let granted = if identity == Identity::Full { Choices::all() } else { Choices::none() };
+        Outgoing {
+            event,
+            delivery_id: Uuid::nil(),
+            identity,
+            granted,
+            pseudonymous_id: None,
+            client_ip,
+            user_agent: event.user_agent.as_deref(),
+        }
+    }
+
+    /// One delivery sent alone: its request, and what the mapping changed.
+    pub struct One {
+        pub req: ProviderRequest,
+        pub adjustments: Vec<String>,
+    }
+
+    impl std::ops::Deref for One {
+        type Target = ProviderRequest;
+        fn deref(&self) -> &ProviderRequest {
+            &self.req
+        }
+    }
+
+    /// [`Provider::item`] then [`Provider::request`] for that one item, without credentials.
+    pub fn one<P: Provider>(settings: &P::Settings, out: &Outgoing<'_>) -> Result<One, String> {
+        let item = P::item(settings, out)?;
+        let req = P::request(settings, &Credentials::default(), std::slice::from_ref(&item))?;
+        Ok(One { req, adjustments: item.adjustments })
+    }
+
+    /// What the answer to a one-item request means for that item.
+    pub fn outcome<P: Provider>(response: &ProviderResponse<'_>) -> Outcome {
+        match P::classify(response, 1) {
+            Answer::All(o) => o,
+            Answer::PerItem(mut v) if v.len() == 1 => v.remove(0),
+            other => panic!("one item, answered {other:?}"),
+        }
+    }
+
+    /// One row of a provider's mapping table ([`Provider::mapping_cases`]): a delivery as the
+    /// outbox passes it, alone in its request, and what that request must carry.
+    pub struct MappingCase {
+        /// What the row shows, e.g. "a page view with full identity".
+        pub name: &'static str,
+        /// The config's settings as stored (parsed by the provider, defaults filled).
+        pub settings: Value,
+        pub event: analytics_event::Model,
+        pub identity: Identity,
+        pub granted: Choices,
+        pub pseudonymous_id: Option<&'static str>,
+        /// What the request must carry: JSON pointers into its body (`/payload/name`) with their
+        /// value; `Value::Null` means the field must be absent.
+        pub body: Vec<(&'static str, Value)>,
+        /// Headers with their value; `None` means the header must be absent.
+        pub headers: Vec<(&'static str, Option<&'static str>)>,
+        /// `Some(part of the reason)`: the item must be refused, nothing sent.
+        pub refused: Option<&'static str>,
+        /// The config's resolved credentials, `(field, value)`, for a provider that needs one to
+        /// build the request (PostHog's project key in the body, GA4's `api_secret` in the
+        /// query); none by default.
+        pub credentials: Vec<(&'static str, &'static str)>,
+    }
+
+    impl MappingCase {
+        /// A row sending `event` with `identity` (everything granted with full identity, nothing
+        /// with anonymous); fill in what the request must carry.
+        pub fn new(name: &'static str, settings: Value, event: analytics_event::Model, identity: Identity) -> Self {
+            let granted = if identity == Identity::Full { Choices::all() } else { Choices::none() };
+            MappingCase {
+                name,
+                settings,
+                event,
+                identity,
+                granted,
+                pseudonymous_id: None,
+                body: Vec::new(),
+                headers: Vec::new(),
+                refused: None,
+                credentials: Vec::new(),
+            }
+        }
+    }
+
+    /// Runs one provider's table through the object-safe face the outbox uses; the failures, each
+    /// naming the provider and the row.
+    pub fn run_mapping_table(p: &dyn AnyProvider) -> Vec<String> {
+        let cases = p.mapping_cases();
+        if cases.is_empty() {
+            return vec![format!("{}: no mapping table (implement Provider::mapping_cases in its module)", p.name())];
+        }
+        let mut failures = Vec::new();
+        for c in cases {
+            let at = format!("{} / {}", p.name(), c.name);
+            let settings = match p.parse_settings(c.settings.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    failures.push(format!("{at}: settings refused: {e:?}"));
+                    continue;
+                }
+            };
+            let out = Outgoing {
+                event: &c.event,
+                delivery_id: Uuid::nil(),
+                identity: c.identity,
+                granted: c.granted,
+                pseudonymous_id: c.pseudonymous_id,
+                client_ip: Some("203.0.113.7".parse().unwrap()),
+                user_agent: c.event.user_agent.as_deref(),
+            };
+            let credentials = Credentials::for_tests(&c.credentials);
+            let req = p
+                .item(&settings, &out)
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)));
+            match (req, c.refused) {
+                (Err(reason), Some(want)) if reason.contains(want) => {}
+                (Err(reason), _) => failures.push(format!("{at}: refused: {reason}")),
+                (Ok(_), Some(want)) => failures.push(format!("{at}: sent, but must be refused ({want})")),
+                (Ok(req), None) => {
+                    for (pointer, want) in &c.body {
+                        let got = req.body.pointer(pointer).cloned().unwrap_or(Value::Null);
+                        if got != *want {
+                            failures.push(format!("{at}: body {pointer} is {got}, not {want}"));
+                        }
+                    }
+                    for (name, want) in &c.headers {
+                        if req.header(name) != *want {
+                            failures.push(format!("{at}: header {name} is {:?}, not {want:?}", req.header(name)));
+                        }
+                    }
+                }
+            }
+        }
+        failures
+    }
+
+    /// Whatever a provider's table says: with anonymous identity, no request carries the user's
+    /// or the visitor's id, nor an identifier-like property (a refusal is fine: nothing is sent).
+    pub fn anonymous_requests_carry_no_identifiers(p: &dyn AnyProvider) -> Vec<String> {
+        let mut failures = Vec::new();
+        for c in p.mapping_cases() {
+            let Ok(settings) = p.parse_settings(c.settings.clone()) else { continue };
+            let mut e = c.event.clone();
+            e.user_id = Some("user-7f3a-secret".into());
+            e.anonymous_id = Some("visitor-9c1b-secret".into());
+            e.session_id = Some("session-2d4e-secret".into());
+            if let Value::Object(props) = &mut e.event_properties {
+                props.insert("email".into(), json!("ann@example.com"));
+                props.insert("customer_id".into(), json!("cust-5e6f-secret"));
+            }
+            let out = Outgoing {
+                event: &e,
+                delivery_id: Uuid::nil(),
+                identity: Identity::Anonymous,
+                granted: Choices::none(),
+                pseudonymous_id: c.pseudonymous_id,
+                client_ip: None,
+                user_agent: None,
+            };
+            let credentials = Credentials::for_tests(&c.credentials);
+            let Ok(req) = p
+                .item(&settings, &out)
+                .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)))
+            else {
+                continue;
+            };
+            let text = format!("{} {:?} {}", req.url, req.headers, req.body);
+            for secret in [
+                "user-7f3a-secret",
+                "visitor-9c1b-secret",
+                "session-2d4e-secret",
+                "ann@example.com",
+                "cust-5e6f-secret",
+            ] {
+                if text.contains(secret) {
+                    failures.push(format!("{} / {}: anonymous request carries {secret}: {text}", p.name(), c.name));
+                }
+            }
+        }
+        failures
+    }
+
+    #[test]
+    fn every_provider_has_a_mapping_table_and_it_holds() {
+        let failures: Vec<String> = super::all().iter().flat_map(|p| run_mapping_table(*p)).collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn no_provider_sends_identifiers_with_anonymous_identity() {
+        let failures: Vec<String> =
+            super::all().iter().flat_map(|p| anonymous_requests_carry_no_identifiers(*p)).collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::{
-    DomainPattern, InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
-    ProviderResponse, body_excerpt, classify_failure, is_hostname, page_host, properties_for, revenue_of,
-    truncate_bytes,
+    Answer, DomainPattern, InstanceUrl, Item, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider,
+    ProviderRequest, ProviderResponse, body_excerpt, classify_failure, is_hostname, page_host, properties_for,
+    revenue_of, single, truncate_bytes,
 };
 use crate::{
     consent::Blocked,
@@ -119,7 +119,7 @@ impl Provider for Plausible {
         }
     }
 
-    fn build(s: &PlausibleSettings, out: &Outgoing<'_>) -> Result<ProviderRequest, String> {
+    fn item(s: &PlausibleSettings, out: &Outgoing<'_>) -> Result<Item, String> {
         let event = out.event;
         let url = event.page_url.as_deref().ok_or("the event has no page_url, which Plausible requires")?;
         if url.len() > MAX_URL_BYTES {
@@ -150,7 +150,7 @@ impl Provider for Plausible {
         {
             body.insert("revenue".into(), json!({"currency": rev.currency, "amount": rev.amount}));
         }
-        let mut headers = vec![("content-type", "application/json".to_string())];
+        let mut headers = Vec::new();
         if let Some(ua) = out.user_agent.filter(|u| !u.is_empty()) {
             headers.push(("user-agent", ua.to_string()));
         }
@@ -158,12 +158,21 @@ impl Provider for Plausible {
             headers.push(("x-forwarded-for", ip.to_string()));
             headers.push(("x-plausible-ip", ip.to_string()));
         }
-        Ok(ProviderRequest { url: s.instance_url.join("/api/event"), headers, body: Value::Object(body), adjustments })
+        Ok(Item { body: Value::Object(body), headers, adjustments })
+    }
+
+    /// One event per request (Plausible has no batch endpoint); the visitor's agent and IP travel
+    /// as headers.
+    fn request(s: &PlausibleSettings, _: &Credentials, items: &[Item]) -> Result<ProviderRequest, String> {
+        let item = single("Plausible", items)?;
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        headers.extend(item.headers.iter().cloned());
+        Ok(ProviderRequest { url: s.instance_url.join("/api/event"), headers, body: item.body.clone() })
     }
 
     /// The Stats API v2 with the API key: one day's visitor count of the config's site, read-only.
     /// A wrong key, or a key without access to the site, is a 401.
-    fn auth_checks(s: &PlausibleSettings, credentials: &Credentials) -> Vec<AuthCheck> {
+    fn checks(s: &PlausibleSettings, credentials: &Credentials) -> Vec<AuthCheck> {
         let Some(key) = credentials.get("api_key_ref") else { return Vec::new() };
         let body = json!({"site_id": s.site_id.0, "metrics": ["visitors"], "date_range": "day"});
         vec![AuthCheck {
@@ -173,34 +182,86 @@ impl Provider for Plausible {
             url: s.instance_url.join("/api/v2/query"),
             headers: vec![("authorization", SecretString::from(format!("Bearer {}", key.expose_secret())))],
             json_body: Some(SecretString::from(body.to_string())),
+            read: None,
         }]
     }
 
-    fn classify(r: &ProviderResponse<'_>) -> Outcome {
-        if (200..300).contains(&r.status) {
-            return match r.headers.get("x-plausible-dropped") {
-                Some(v) => Outcome::Dropped {
-                    warning: format!(
-                        "Plausible answered {} but dropped the event (x-plausible-dropped: {}): unknown domain, \
-                         bot or datacenter IP, site rate limit, or a shield rule",
-                        r.status, v
-                    ),
-                },
-                // Plausible's only success is `ok` (`external_controller.ex`). Any other 2xx — an
-                // HTML catch-all, a maintenance page, a proxy's landing page at a wrong
-                // `instance_url` — reached something else: retried, never counted as delivered.
-                None if r.body.trim_ascii() == b"ok" => Outcome::Delivered,
-                None => Outcome::Retry {
-                    reason: format!(
-                        "the answer ({}) is not Plausible's `ok`; check the config's instance_url: {}",
-                        r.status,
-                        body_excerpt(r.body)
-                    ),
-                },
-            };
-        }
-        classify_failure("Plausible", r.status, r.body)
+    fn classify(r: &ProviderResponse<'_>, _items: usize) -> Answer {
+        Answer::All(outcome(r))
     }
+
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{BROWSER_UA, MappingCase, event};
+        use crate::consent::Identity::{Anonymous, Full};
+        let s = json!({"site_id": "example.com", "instance_url": "http://127.0.0.1:9/plausible"});
+        let mut signup = event("signup");
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "user_id": "u-1"});
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/domain", json!("example.com")),
+                    ("/name", json!("pageview")),
+                    ("/url", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/referrer", json!("https://search.example.org/")),
+                    ("/props", Value::Null),
+                ],
+                headers: vec![("user-agent", Some(BROWSER_UA)), ("x-plausible-ip", Some("203.0.113.7"))],
+                ..MappingCase::new("a page view", s.clone(), event("pageview"), Full)
+            },
+            MappingCase {
+                body: vec![("/name", json!("signup")), ("/props/plan", json!("pro")), ("/props/user_id", json!("u-1"))],
+                ..MappingCase::new("a custom event with full identity", s.clone(), signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![("/props/plan", json!("pro")), ("/props/user_id", Value::Null)],
+                headers: vec![("user-agent", Some(BROWSER_UA))],
+                ..MappingCase::new(
+                    "a custom event, anonymous: no identifier properties",
+                    s.clone(),
+                    signup.clone(),
+                    Anonymous,
+                )
+            },
+            MappingCase {
+                refused: Some("custom_events_disabled"),
+                ..MappingCase::new(
+                    "custom events switched off",
+                    json!({"site_id": "example.com", "enable_custom_events": false}),
+                    signup,
+                    Full,
+                )
+            },
+        ]
+    }
+}
+
+/// What Plausible's answer to one event means.
+fn outcome(r: &ProviderResponse<'_>) -> Outcome {
+    if (200..300).contains(&r.status) {
+        return match r.headers.get("x-plausible-dropped") {
+            Some(v) => Outcome::Dropped {
+                warning: format!(
+                    "Plausible answered {} but dropped the event (x-plausible-dropped: {}): unknown domain, \
+                     bot or datacenter IP, site rate limit, or a shield rule",
+                    r.status, v
+                ),
+            },
+            // Plausible's only success is `ok` (`external_controller.ex`). Any other 2xx — an
+            // HTML catch-all, a maintenance page, a proxy's landing page at a wrong
+            // `instance_url` — reached something else: retried, never counted as delivered.
+            None if r.body.trim_ascii() == b"ok" => Outcome::Delivered,
+            None => Outcome::Retry {
+                reason: format!(
+                    "the answer ({}) is not Plausible's `ok`; check the config's instance_url: {}",
+                    r.status,
+                    body_excerpt(r.body)
+                ),
+            },
+        };
+    }
+    classify_failure("Plausible", r.status, r.body)
 }
 
 /// Scalars only, blank values left out, keys ≤ 300 bytes, values ≤ 2,000 bytes, at most 30 —
@@ -258,26 +319,16 @@ mod tests {
     use crate::providers::Headers;
     use crate::{
         consent::Identity,
-        providers::testing::{BROWSER_UA, event},
+        providers::testing::{BROWSER_UA, One, event, one, outcome, outgoing},
     };
 
     fn settings(v: Value) -> PlausibleSettings {
         serde_json::from_value(v).unwrap()
     }
 
-    fn build(s: &PlausibleSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
+    fn build(s: &PlausibleSettings, e: &entity::analytics_event::Model, identity: Identity) -> One {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        Plausible::build(
-            s,
-            &Outgoing {
-                event: e,
-                identity,
-                client_ip: Some(ip),
-                user_agent: e.user_agent.as_deref(),
-                credentials: &Default::default(),
-            },
-        )
-        .unwrap()
+        one::<Plausible>(s, &outgoing(e, identity, Some(ip))).unwrap()
     }
 
     #[test]
@@ -381,20 +432,21 @@ mod tests {
     fn answers() {
         let none = Headers::default();
         let dropped = Headers::from_iter([("X-Plausible-Dropped", "1")]);
-        let r = |status, headers| Plausible::classify(&ProviderResponse { status, headers, body: b"ok" });
+        let r = |status, headers| outcome::<Plausible>(&ProviderResponse { status, headers, body: b"ok" });
         assert_eq!(r(202, &none), Outcome::Delivered);
         // A 2xx that is not Plausible's `ok` (an HTML catch-all at a wrong instance_url) is
         // retried and says why; it is never a delivery.
-        let html = |status| Plausible::classify(&ProviderResponse { status, headers: &none, body: b"<html>Hi</html>" });
+        let html =
+            |status| outcome::<Plausible>(&ProviderResponse { status, headers: &none, body: b"<html>Hi</html>" });
         for status in [200, 202, 204] {
             match html(status) {
                 Outcome::Retry { reason } => assert!(reason.contains("instance_url"), "{reason}"),
                 other => panic!("{status}: {other:?}"),
             }
         }
-        let empty = Plausible::classify(&ProviderResponse { status: 202, headers: &none, body: b"" });
+        let empty = outcome::<Plausible>(&ProviderResponse { status: 202, headers: &none, body: b"" });
         assert!(matches!(empty, Outcome::Retry { .. }), "{empty:?}");
-        let ok_newline = Plausible::classify(&ProviderResponse { status: 202, headers: &none, body: b"ok\n" });
+        let ok_newline = outcome::<Plausible>(&ProviderResponse { status: 202, headers: &none, body: b"ok\n" });
         assert_eq!(ok_newline, Outcome::Delivered);
         assert!(matches!(r(202, &dropped), Outcome::Dropped { .. }));
         assert!(matches!(r(400, &none), Outcome::Dead { .. }));

@@ -26,12 +26,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    InstanceUrl, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest, ProviderResponse,
-    body_excerpt, classify_failure, page_host, properties_for, revenue_of, truncate_chars,
+    Answer, Headers, InstanceUrl, Item, OUTBOUND_LINK_CLICK, Outcome, Outgoing, PAGEVIEW, Provider, ProviderRequest,
+    ProviderResponse, body_excerpt, classify_failure, page_host, properties_for, revenue_of, single, truncate_chars,
 };
 use crate::{
     consent::{Blocked, Identity, Reason},
     secrets::{Credentials, SecretRef, check::AuthCheck},
+    string_enum::string_enum,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -39,6 +40,10 @@ use secrecy::{ExposeSecret, SecretString};
 pub struct Umami;
 
 pub const CLOUD_URL: &str = "https://cloud.umami.is";
+/// Events per `/api/batch` request. Umami sets no limit, but it stores the events one after the
+/// other before answering, and has no idempotency key: a batch that times out is retried whole,
+/// so what Umami had stored is stored again. Small batches keep that rare double count small.
+pub const BATCH_LIMIT: usize = 20;
 /// Umami Cloud's API (API keys), apart from the collect endpoint.
 pub const CLOUD_API_URL: &str = "https://api.umami.is/v1";
 /// zod: `name: z.string().max(50)` — UTF-16 code units (zod 4 counts `string.length`).
@@ -91,6 +96,24 @@ pub struct UmamiSettings {
     /// Forward `outbound-link-click` events (default true).
     #[serde(default = "yes")]
     pub track_outbound_links: bool,
+    /// `send` (the default): one event per request to `/api/send`, which every Umami has.
+    /// `batch`: up to 20 events per request to `/api/batch` (Umami v3.0.2 or later; see
+    /// docs/providers.md for older versions).
+    #[serde(default)]
+    #[schema(inline)]
+    pub endpoint: Endpoint,
+}
+
+string_enum! {
+    /// Which collect endpoint a Umami config sends to.
+    #[derive(Default, ToSchema)]
+    pub enum Endpoint {
+        /// `/api/send`: one event per request.
+        #[default]
+        Send = "send",
+        /// `/api/batch`: an array of events, answered with a result per event.
+        Batch = "batch",
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -143,7 +166,14 @@ impl Provider for Umami {
         }
     }
 
-    fn build(s: &UmamiSettings, out: &Outgoing<'_>) -> Result<ProviderRequest, String> {
+    fn batch_limit(s: &UmamiSettings) -> usize {
+        match s.endpoint {
+            Endpoint::Send => 1,
+            Endpoint::Batch => BATCH_LIMIT,
+        }
+    }
+
+    fn item(s: &UmamiSettings, out: &Outgoing<'_>) -> Result<Item, String> {
         let event = out.event;
         let mut adjustments = Vec::new();
         let mut payload = Map::new();
@@ -221,21 +251,35 @@ impl Provider for Umami {
         }
         payload.insert("timestamp".into(), json!(event.occurred_at.timestamp()));
 
-        let mut headers = vec![("content-type", "application/json".to_string())];
+        let mut headers = Vec::new();
         if let Some(ua) = out.user_agent.filter(|u| !u.is_empty()) {
             headers.push(("user-agent", ua.to_string()));
         }
-        Ok(ProviderRequest {
-            url: s.instance_url.join("/api/send"),
-            headers,
-            body: json!({"type": "event", "payload": payload}),
-            adjustments,
-        })
+        Ok(Item { body: json!({"type": "event", "payload": payload}), headers, adjustments })
+    }
+
+    /// `/api/send` with the one event, the visitor's agent also in the header; or `/api/batch`
+    /// with the events as an array. Umami re-posts each to its send handler with the batch's
+    /// headers, so per-visitor data travels in `payload` only (`userAgent`, `ip`).
+    fn request(s: &UmamiSettings, _: &Credentials, items: &[Item]) -> Result<ProviderRequest, String> {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        match s.endpoint {
+            Endpoint::Send => {
+                let item = single("Umami /api/send", items)?;
+                headers.extend(item.headers.iter().cloned());
+                Ok(ProviderRequest { url: s.instance_url.join("/api/send"), headers, body: item.body.clone() })
+            }
+            Endpoint::Batch => Ok(ProviderRequest {
+                url: s.instance_url.join("/api/batch"),
+                headers,
+                body: Value::Array(items.iter().map(|i| i.body.clone()).collect()),
+            }),
+        }
     }
 
     /// Umami Cloud's API key: `GET /v1/me` on api.umami.is (a self-hosted instance: `/api/me`).
     /// A self-hosted login: `POST /api/auth/login`, which only proves the pair and changes nothing.
-    fn auth_checks(s: &UmamiSettings, credentials: &Credentials) -> Vec<AuthCheck> {
+    fn checks(s: &UmamiSettings, credentials: &Credentials) -> Vec<AuthCheck> {
         let mut checks = Vec::new();
         if let Some(key) = credentials.get("api_key_ref") {
             let url = if s.instance_url == cloud_url() {
@@ -250,6 +294,7 @@ impl Provider for Umami {
                 url,
                 headers: vec![("x-umami-api-key", key.clone())],
                 json_body: None,
+                read: None,
             });
         }
         if let (Some(user), Some(password)) = (credentials.get("username_ref"), credentials.get("password_ref")) {
@@ -261,57 +306,187 @@ impl Provider for Umami {
                 url: s.instance_url.join("/api/auth/login"),
                 headers: Vec::new(),
                 json_body: Some(SecretString::from(body.to_string())),
+                read: None,
             });
         }
         checks
     }
 
-    fn classify(r: &ProviderResponse<'_>) -> Outcome {
-        if (200..300).contains(&r.status) {
-            let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
-            if body.get("beep").is_some() {
-                return Outcome::Dropped {
-                    warning: "Umami answered {\"beep\":\"boop\"}: it took the request for a bot and stored nothing"
-                        .into(),
-                };
-            }
-            // Umami's collect API answers `{"cache", "sessionId", "visitId"}` (v2.17+), `{"cache"}`
-            // (v2.16) or the bare cache token as text (up to v2.15). Any other success (a
-            // catch-all page or a proxy's 200 at a wrong instance_url) reached something else: it
-            // is retried, as for Plausible, never counted as delivered.
-            if body.get("sessionId").is_some() || body.get("cache").is_some() || is_bare_token(r.body) {
-                return Outcome::Delivered;
-            }
-            return Outcome::Retry {
-                reason: format!(
-                    "the answer ({}) is not Umami's collect answer; check the config's instance_url: {}",
-                    r.status,
-                    body_excerpt(r.body)
-                ),
-            };
-        }
-        if r.status == 403 && is_umamis_forbidden(r.body) {
-            // Umami's collect endpoint has no authentication; its own 403 means the visitor's IP
-            // is in the instance's IGNORE_IP list — a deliberate discard of this visitor, not a
-            // broken config, so it must not stop the config's other deliveries. Any other 403
-            // comes from something in front of Umami (an auth proxy, a WAF): an auth failure.
-            return Outcome::Dropped {
-                warning: format!("Umami refused the visitor's IP (403, IGNORE_IP): {}", body_excerpt(r.body)),
-            };
-        }
-        if r.status == 500
-            && let Some(write) = failed_after_the_event_row(r.body)
+    fn classify(r: &ProviderResponse<'_>, items: usize) -> Answer {
+        if (200..300).contains(&r.status)
+            && let Ok(answer) = serde_json::from_slice::<BatchAnswer>(r.body)
         {
-            return Outcome::Dead {
-                reason: format!(
-                    "Umami stored the event, then failed writing {write} (500); not retried, since a retry would \
-                     store the event again: {}",
-                    body_excerpt(r.body)
-                ),
+            return per_item(answer, items);
+        }
+        Answer::All(outcome(r))
+    }
+    #[cfg(test)]
+    fn mapping_cases() -> Vec<super::testing::MappingCase> {
+        use super::testing::{BROWSER_UA, MappingCase, event};
+        use crate::consent::Identity::{Anonymous, Full};
+        const WEBSITE: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
+        let s = json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami"});
+        let batch = json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami", "endpoint": "batch"});
+        let mut signup = event("signup");
+        signup.user_id = Some("u-1".into());
+        signup.event_properties = json!({"plan": "pro", "user_id": "u-1"});
+        vec![
+            MappingCase {
+                body: vec![
+                    ("/type", json!("event")),
+                    ("/payload/website", json!(WEBSITE)),
+                    ("/payload/name", Value::Null),
+                    ("/payload/url", json!("https://www.example.com/pricing?utm_source=news")),
+                    ("/payload/userAgent", json!(BROWSER_UA)),
+                    ("/payload/ip", json!("203.0.113.7")),
+                    ("/payload/timestamp", json!(1_795_694_400)),
+                ],
+                headers: vec![("user-agent", Some(BROWSER_UA))],
+                ..MappingCase::new("a page view (/api/send)", s.clone(), event("pageview"), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/payload/name", json!("signup")),
+                    ("/payload/id", json!("u-1")),
+                    ("/payload/data/plan", json!("pro")),
+                    ("/payload/data/user_id", json!("u-1")),
+                ],
+                ..MappingCase::new("a custom event with full identity", s.clone(), signup.clone(), Full)
+            },
+            MappingCase {
+                body: vec![
+                    ("/payload/id", Value::Null),
+                    ("/payload/data/plan", json!("pro")),
+                    ("/payload/data/user_id", Value::Null),
+                ],
+                ..MappingCase::new("a custom event, anonymous: no id", s.clone(), signup.clone(), Anonymous)
+            },
+            MappingCase {
+                body: vec![
+                    ("/0/payload/name", json!("signup")),
+                    ("/0/payload/userAgent", json!(BROWSER_UA)),
+                    ("/1", Value::Null),
+                ],
+                headers: vec![("user-agent", None)],
+                ..MappingCase::new("a custom event through /api/batch", batch, signup, Full)
+            },
+            MappingCase {
+                refused: Some("event_name_too_long"),
+                ..MappingCase::new("a name over 50 UTF-16 units", s, event(&"😀".repeat(26)), Full)
+            },
+        ]
+    }
+}
+
+/// `/api/batch`'s answer (umami@c0ea3ae `src/app/api/batch/route.ts`): the events taken, and the
+/// send handler's error answer for each one that was not.
+#[derive(Deserialize)]
+struct BatchAnswer {
+    size: usize,
+    details: Vec<BatchError>,
+}
+
+#[derive(Deserialize)]
+struct BatchError {
+    index: usize,
+    response: Value,
+}
+
+/// One outcome per event of a batch. An event without an error entry was stored — or taken for a
+/// bot and discarded: the batch counts Umami's `{"beep":"boop"}` as processed and does not say
+/// which (the gateway filters bots at ingest, so this is rare). An error entry carries the send
+/// handler's answer, classified like the answer to `/api/send`.
+fn per_item(answer: BatchAnswer, items: usize) -> Answer {
+    if answer.size != items || answer.details.iter().any(|d| d.index >= items) {
+        return Answer::All(Outcome::Retry {
+            reason: format!("Umami's batch answer is about {} events, not the {items} sent", answer.size),
+        });
+    }
+    let mut outcomes = vec![Outcome::Delivered; items];
+    let none = Headers::default();
+    for d in answer.details {
+        let body = d.response.to_string();
+        let status = error_status(&d.response);
+        outcomes[d.index] = match status {
+            Some(status) => outcome(&ProviderResponse { status, headers: &none, body: body.as_bytes() }),
+            None => Outcome::Retry {
+                reason: format!("Umami did not take the event and did not say why: {}", body_excerpt(body.as_bytes())),
+            },
+        };
+    }
+    Answer::PerItem(outcomes)
+}
+
+/// The status an error answer of Umami's send handler had. v3 puts it in the body
+/// (`{"error": {"status": 400, "code": "bad-request", …}}`); v2.20 (`src/lib/response.ts` at
+/// v2.20.2) answers `{"error": <serializeError(e)>}`: `"Forbidden"` (403), `"Unauthorized"`
+/// (401), another text or zod's messages (400, e.g. `"Website not found."`), or the serialised
+/// exception, an object with `name`/`message`/`stack` (500).
+fn error_status(response: &Value) -> Option<u16> {
+    let e = &response["error"];
+    if let Some(s) = e["status"].as_u64() {
+        return u16::try_from(s).ok();
+    }
+    match e {
+        Value::String(s) if s == "Forbidden" => Some(403),
+        Value::String(s) if s == "Unauthorized" => Some(401),
+        Value::String(_) | Value::Array(_) => Some(400),
+        Value::Object(o) => match o.get("code").and_then(Value::as_str) {
+            Some("forbidden") => Some(403),
+            Some("bad-request") => Some(400),
+            Some("server-error") => Some(500),
+            _ if o.contains_key("stack") || o.contains_key("name") => Some(500),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// What Umami's answer to one event (`/api/send`), or to a whole batch request, means.
+fn outcome(r: &ProviderResponse<'_>) -> Outcome {
+    if (200..300).contains(&r.status) {
+        let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
+        if body.get("beep").is_some() {
+            return Outcome::Dropped {
+                warning: "Umami answered {\"beep\":\"boop\"}: it took the request for a bot and stored nothing".into(),
             };
         }
-        classify_failure("Umami", r.status, r.body)
+        // Umami's collect API answers `{"cache", "sessionId", "visitId"}` (v2.17+), `{"cache"}`
+        // (v2.16) or the bare cache token as text (up to v2.15). Any other success (a
+        // catch-all page or a proxy's 200 at a wrong instance_url) reached something else: it
+        // is retried, as for Plausible, never counted as delivered.
+        if body.get("sessionId").is_some() || body.get("cache").is_some() || is_bare_token(r.body) {
+            return Outcome::Delivered;
+        }
+        return Outcome::Retry {
+            reason: format!(
+                "the answer ({}) is not Umami's collect answer; check the config's instance_url: {}",
+                r.status,
+                body_excerpt(r.body)
+            ),
+        };
     }
+    if r.status == 403 && is_umamis_forbidden(r.body) {
+        // Umami's collect endpoint has no authentication; its own 403 means the visitor's IP
+        // is in the instance's IGNORE_IP list — a deliberate discard of this visitor, not a
+        // broken config, so it must not stop the config's other deliveries. Any other 403
+        // comes from something in front of Umami (an auth proxy, a WAF): an auth failure.
+        return Outcome::Dropped {
+            warning: format!("Umami refused the visitor's IP (403, IGNORE_IP): {}", body_excerpt(r.body)),
+        };
+    }
+    if r.status == 500
+        && let Some(write) = failed_after_the_event_row(r.body)
+    {
+        return Outcome::Dead {
+            reason: format!(
+                "Umami stored the event, then failed writing {write} (500); not retried, since a retry would \
+                 store the event again: {}",
+                body_excerpt(r.body)
+            ),
+        };
+    }
+    classify_failure("Umami", r.status, r.body)
 }
 
 /// A JWT (`header.payload.signature`, base64url), which Umami up to v2.15 answered as text.
@@ -544,7 +719,7 @@ mod tests {
     use super::*;
     use crate::providers::{
         Headers,
-        testing::{BROWSER_UA, event},
+        testing::{BROWSER_UA, One, event, one, outcome, outgoing},
     };
 
     const WEBSITE: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
@@ -557,19 +732,9 @@ mod tests {
         settings(json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami"}))
     }
 
-    fn build(s: &UmamiSettings, e: &entity::analytics_event::Model, identity: Identity) -> ProviderRequest {
+    fn build(s: &UmamiSettings, e: &entity::analytics_event::Model, identity: Identity) -> One {
         let ip: IpAddr = "2001:db8::7".parse().unwrap();
-        Umami::build(
-            s,
-            &Outgoing {
-                event: e,
-                identity,
-                client_ip: Some(ip),
-                user_agent: e.user_agent.as_deref(),
-                credentials: &Default::default(),
-            },
-        )
-        .unwrap()
+        one::<Umami>(s, &outgoing(e, identity, Some(ip))).unwrap()
     }
 
     #[test]
@@ -766,9 +931,72 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_endpoint_carries_each_visitor_in_its_payload() {
+        let s =
+            settings(json!({"website_id": WEBSITE, "instance_url": "http://127.0.0.1:9/umami", "endpoint": "batch"}));
+        assert_eq!(Umami::batch_limit(&s), BATCH_LIMIT);
+        assert_eq!(Umami::batch_limit(&base()), 1, "/api/send takes one event");
+        let ip: IpAddr = "2001:db8::7".parse().unwrap();
+        let (a, b) = (event("pageview"), event("signup"));
+        let items: Vec<Item> =
+            [&a, &b].iter().map(|e| Umami::item(&s, &outgoing(e, Identity::Full, Some(ip))).unwrap()).collect();
+        let req = Umami::request(&s, &Credentials::default(), &items).unwrap();
+        assert_eq!(req.url, "http://127.0.0.1:9/umami/api/batch");
+        assert!(req.header("user-agent").is_none(), "shared by every event of the batch: never one visitor's");
+        let sent = req.body.as_array().unwrap();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            (sent[0]["payload"]["userAgent"].as_str(), sent[1]["payload"]["ip"].as_str()),
+            (Some(BROWSER_UA), Some("2001:db8::7"))
+        );
+        assert_eq!(sent[1]["payload"]["name"], "signup");
+        assert!(Umami::request(&base(), &Credentials::default(), &items).is_err(), "/api/send: one event only");
+        assert!(serde_json::from_value::<UmamiSettings>(json!({"website_id": WEBSITE, "endpoint": "bulk"})).is_err());
+    }
+
+    #[test]
+    fn batch_answers_are_classified_per_event() {
+        let h = Headers::default();
+        let r = |body: Value, items| {
+            Umami::classify(&ProviderResponse { status: 200, headers: &h, body: body.to_string().as_bytes() }, items)
+        };
+        let all_taken = json!({"size": 3, "processed": 3, "errors": 0, "details": [], "cache": "x"});
+        assert_eq!(r(all_taken, 3), Answer::PerItem(vec![Outcome::Delivered; 3]));
+        let mixed = json!({"size": 4, "processed": 1, "errors": 3, "cache": null, "details": [
+            {"index": 0, "response": {"error": {"message": "Website not found.", "code": "bad-request", "status": 400}}},
+            {"index": 1, "response": {"error": {"message": "Forbidden", "code": "forbidden", "status": 403}}},
+            {"index": 3, "response": {"error": {"message": "Server error", "code": "server-error", "status": 500}}}]});
+        let Answer::PerItem(v) = r(mixed, 4) else { panic!() };
+        assert!(matches!(&v[0], Outcome::Dead { reason } if reason.contains("Website not found")), "{v:?}");
+        assert!(matches!(v[1], Outcome::Dropped { .. }), "Umami's own 403: IGNORE_IP");
+        assert_eq!(v[2], Outcome::Delivered);
+        assert!(matches!(v[3], Outcome::Retry { .. }));
+        // v2.20's shapes: `{"error": <serializeError(e)>}`.
+        let v2 = json!({"size": 4, "processed": 0, "errors": 4, "details": [
+            {"index": 0, "response": {"error": "Website not found."}},
+            {"index": 1, "response": {"error": "Forbidden"}},
+            {"index": 2, "response": {"error": {"name": "PrismaClientKnownRequestError", "code": "P2020",
+                "message": "Invalid `prisma.eventData.createMany()` invocation: numeric field overflow"}}},
+            {"index": 3, "response": {"error": {"name": "Error", "message": "connect ECONNREFUSED", "stack": "…"}}}]});
+        let Answer::PerItem(v) = r(v2, 4) else { panic!() };
+        assert!(matches!(&v[0], Outcome::Dead { reason } if reason.contains("Website not found")), "{v:?}");
+        assert!(matches!(v[1], Outcome::Dropped { .. }), "{v:?}");
+        assert!(matches!(&v[2], Outcome::Dead { reason } if reason.contains("stored the event")), "{v:?}");
+        assert!(matches!(v[3], Outcome::Retry { .. }), "{v:?}");
+        let unknown = json!({"size": 1, "processed": 0, "errors": 1, "details": [{"index": 0, "response": {}}]});
+        assert!(matches!(&r(unknown, 1), Answer::PerItem(v) if matches!(v[0], Outcome::Retry { .. })));
+        // An answer about another number of events is not trusted for any of them.
+        let short = json!({"size": 2, "processed": 2, "errors": 0, "details": [], "cache": "x"});
+        assert!(matches!(r(short, 3), Answer::All(Outcome::Retry { .. })));
+        // The whole batch refused (an array Umami cannot read), or an old Umami without /api/batch.
+        let refused = Umami::classify(&ProviderResponse { status: 404, headers: &h, body: b"Not found" }, 3);
+        assert!(matches!(refused, Answer::All(Outcome::Dead { .. })), "{refused:?}");
+    }
+
+    #[test]
     fn answers() {
         let h = Headers::default();
-        let r = |status, body: &[u8]| Umami::classify(&ProviderResponse { status, headers: &h, body });
+        let r = |status, body: &[u8]| outcome::<Umami>(&ProviderResponse { status, headers: &h, body });
         assert_eq!(r(200, br#"{"cache":"x","sessionId":"s","visitId":"v"}"#), Outcome::Delivered);
         assert!(matches!(r(200, br#"{"beep":"boop"}"#), Outcome::Dropped { .. }));
         // A 200 that is not Umami's answer (a wrong instance_url behind a proxy) is no delivery.

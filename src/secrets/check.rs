@@ -27,14 +27,22 @@ pub struct AuthCheck {
     pub headers: Vec<(&'static str, SecretString)>,
     /// A JSON body carrying a credential (a login).
     pub json_body: Option<SecretString>,
+    /// How to read the answer, for a provider whose answer says more than its status (GA4's
+    /// validation server answers `200` with its findings): `(accepted, detail)`. `None`: 2xx
+    /// accepted, 401/403 refused, anything else not verifiable.
+    pub read: Option<ReadAnswer>,
 }
+
+/// Reads a check's answer (status, body) as `(accepted, detail)`; see [`AuthCheck::read`].
+pub type ReadAnswer = fn(u16, &[u8]) -> (Option<bool>, String);
 
 impl fmt::Debug for AuthCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthCheck")
             .field("what", &self.what)
             .field("method", &self.method)
-            .field("url", &self.url)
+            // Without the query string: a credential may travel in it (GA4's `api_secret`).
+            .field("url", &self.url.split('?').next().unwrap_or_default())
             .field("proves", &self.proves)
             .finish_non_exhaustive()
     }
@@ -97,7 +105,7 @@ pub async fn check(
         }
         rows.insert(field, row);
     }
-    let calls = provider.auth_checks(&config.settings, &resolved);
+    let calls = provider.checks(&config.settings, &resolved);
     if !calls.is_empty() {
         match client(delivery) {
             Ok(http) => {
@@ -152,6 +160,9 @@ async fn send(http: &reqwest::Client, call: &AuthCheck, settings: &DeliverySetti
         Ok(res) => {
             let status = res.status().as_u16();
             let body = res.bytes().await.unwrap_or_default();
+            if let Some(read) = call.read {
+                return read(status, &body);
+            }
             match status {
                 200..=299 => (Some(true), format!("{} accepted it ({status})", call.what)),
                 401 | 403 => {

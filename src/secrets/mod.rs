@@ -81,6 +81,20 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
+
+    /// Resolved values for a provider's table tests: `(field, value)` pairs, each under an
+    /// `env:` reference named after the field.
+    #[cfg(test)]
+    pub fn for_tests(values: &[(&str, &str)]) -> Self {
+        let fields = values
+            .iter()
+            .map(|(field, value)| {
+                let reference = SecretRef::parse(&format!("env:{}", field.to_ascii_uppercase())).expect("a reference");
+                ((*field).to_string(), Resolved { reference, value: SecretString::from(*value), generation: 0 })
+            })
+            .collect();
+        Credentials { fields }
+    }
 }
 
 impl fmt::Debug for Credentials {

@@ -376,7 +376,7 @@ async fn an_auditor_reads_configs_but_cannot_change_them() {
 async fn the_banner_config_and_the_policy_come_from_the_published_revision() {
     let app = spawn_app().await;
     let tenant = consentgate::tenants::find(&app.db, &app.tenant).await.unwrap().unwrap();
-    assert_eq!(consent::config::active_banner_config(&app.db, tenant.id).await.unwrap(), None);
+    assert_eq!(consent::config::active_banner_config(&app.db, tenant.id, &[]).await.unwrap(), None);
     assert_eq!(consent::policy_for(&app.db, tenant.id).await.unwrap(), None);
 
     let id = app
@@ -391,7 +391,9 @@ async fn the_banner_config_and_the_policy_come_from_the_published_revision() {
     // Unpublished edits are not shown.
     app.patch(&p, &app.admin, json!({"consent_expiry_days": 30, "texts": {"en": {"title": "Draft title"}}})).await;
 
-    let banner = consent::config::active_banner_config(&app.db, tenant.id).await.unwrap().unwrap();
+    let (banner, variant) = consent::config::active_banner_config(&app.db, tenant.id, &[]).await.unwrap().unwrap();
+    assert_eq!(variant, consentgate::banner::Variant::default());
+    assert!(banner.get("providers").is_none() && banner.get("offer").is_none(), "{banner}");
     // Only what the browser reads: the tenant and the texts hash stay on the gateway.
     assert!(banner.get("tenant").is_none() && banner.get("texts_hash").is_none(), "{banner}");
     assert_eq!(banner["config_id"], json!(id));
@@ -419,6 +421,6 @@ async fn the_banner_config_and_the_policy_come_from_the_published_revision() {
     assert_eq!(policy.consent_required_regions, ["SE", "US-CA"]);
 
     app.patch(&p, &app.admin, json!({"status": "paused"})).await;
-    assert_eq!(consent::config::active_banner_config(&app.db, tenant.id).await.unwrap(), None);
+    assert_eq!(consent::config::active_banner_config(&app.db, tenant.id, &[]).await.unwrap(), None);
     assert_eq!(consent::policy_for(&app.db, tenant.id).await.unwrap(), None);
 }

@@ -166,6 +166,7 @@ async fn append_many(app: &TestApp, config_id: &str, n: usize, user_agent: &str)
             ip_truncated: Some("203.0.113.0".into()),
             user_agent: Some(user_agent.into()),
             expiry_days: 180,
+            provider_choices: None,
         };
         records::append(&app.db, &tenant, &new).await.unwrap();
     }

@@ -14,6 +14,8 @@ use tokio::{
 pub const WEBSITE_ID: &str = "5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11";
 /// The Plausible site the fake knows (registered at start).
 pub const SITE: &str = "example.com";
+/// The PostHog project key the fake knows (registered at start); tests put it in `env:`.
+pub const POSTHOG_PROJECT_KEY: &str = "phc_consentgateTestProjectKey0123456789";
 
 pub struct FakeProviders {
     _child: Child,
@@ -47,6 +49,7 @@ impl FakeProviders {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         fakes.behaviour(json!({"plausible": {"domains": [SITE]}, "umami": {"websites": [WEBSITE_ID]}})).await;
+        fakes.posthog(json!({"projects": [POSTHOG_PROJECT_KEY]})).await;
         fakes
     }
 
@@ -59,6 +62,23 @@ impl FakeProviders {
         format!("{}/umami", self.base)
     }
 
+    /// The `endpoint_url` of a GA4 config pointing at the fake (`/mp/collect`, `/debug/mp/collect`).
+    pub fn ga4_url(&self) -> String {
+        format!("{}/ga4", self.base)
+    }
+
+    /// Validation messages the fake GA4 validation server adds to its own from now on.
+    pub async fn ga4_validation_messages(&self, messages: Value) {
+        let res = self
+            .http
+            .post(format!("{}/_fake/ga4", self.base))
+            .json(&json!({"validation_messages": messages}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
     pub async fn behaviour(&self, body: Value) -> Value {
         let res = self.http.post(format!("{}/_fake/behaviour", self.base)).json(&body).send().await.unwrap();
         assert!(res.status().is_success());
@@ -68,6 +88,16 @@ impl FakeProviders {
     /// Every request the fake received, in order.
     pub async fn received(&self) -> Vec<Value> {
         self.http.get(format!("{}/_fake/received", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The providers the fake stands in for.
+    pub async fn providers(&self) -> Vec<String> {
+        self.http.get(format!("{}/_fake/providers", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Every batch request the fake received: `{"provider", "path", "size", "status"}`.
+    pub async fn batches(&self) -> Vec<Value> {
+        self.http.get(format!("{}/_fake/batches", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
     /// The requests one provider received.
@@ -82,6 +112,24 @@ impl FakeProviders {
 }
 
 impl FakeProviders {
+    /// The `instance_url` of a PostHog config pointing at the fake.
+    pub fn posthog_url(&self) -> String {
+        format!("{}/posthog", self.base)
+    }
+
+    /// Steers the fake PostHog (`projects`, `flags`, `quota_exceeded`, `fail_next` + `status`,
+    /// `delay_ms`); returns its behaviour.
+    pub async fn posthog(&self, body: Value) -> Value {
+        let res = self.http.post(format!("{}/_fake/posthog", self.base)).json(&body).send().await.unwrap();
+        assert!(res.status().is_success());
+        res.json().await.unwrap()
+    }
+
+    /// The events PostHog stored, one per (project, day, event, distinct id, uuid), with `copies`.
+    pub async fn posthog_events(&self) -> Vec<Value> {
+        self.http.get(format!("{}/_fake/posthog/events", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Steers the fake Key Vault (`secrets`, `clients`, `federated`, `forbidden`, failures).
     pub async fn keyvault(&self, body: Value) -> Value {
         let res = self.http.post(format!("{}/_fake/keyvault", self.base)).json(&body).send().await.unwrap();

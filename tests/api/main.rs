@@ -4,6 +4,7 @@
 mod helpers;
 
 mod banner;
+mod batches;
 mod cli;
 mod consent_configs;
 mod consent_public;
@@ -13,12 +14,16 @@ mod fail_closed;
 mod fakes;
 mod forwarding;
 mod foundation;
+mod ga4;
 mod http_edge;
 mod ingest;
 mod outbox;
+mod posthog;
+mod provider_choices;
 mod provider_configs;
 mod provider_contracts;
 mod rate_limits;
+mod registry;
 mod secrets;
 mod site;
 mod upgrade;

@@ -117,3 +117,66 @@ async fn private_destinations_are_refused_by_default() {
     }
     assert!(fakes.received().await.is_empty(), "nothing reached the private address");
 }
+
+/// Batched, the same: two instances' workers, one Umami config on `/api/batch`, every event once
+/// and no request over the limit.
+#[tokio::test]
+async fn two_instances_send_each_batched_delivery_exactly_once() {
+    let app = spawn_app_with(|s| s.delivery.concurrency_per_provider = 2).await;
+    let other = second_instance(&app).await;
+    let fakes = FakeProviders::start().await;
+    let keys = site::site(&app).await;
+    site::umami(&app, &fakes, json!({"endpoint": "batch"})).await;
+    for round in 0..3 {
+        let batch: Vec<_> = (0..30)
+            .map(|i| {
+                let mut e = site::pageview(&visitor());
+                e["page_url"] = json!(format!("https://www.example.com/page/{round}/{i}"));
+                e
+            })
+            .collect();
+        let (s, res) = track(&app, &keys, json!({"batch": batch})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+    }
+    eventually(20, || async {
+        let (_, page) =
+            app.get(&format!("/v1/tenants/{}/deliveries?status=delivered&limit=500", app.tenant), &app.admin).await;
+        (page["items"].as_array().unwrap().len() == 90).then_some(())
+    })
+    .await;
+    other.stop().await.unwrap();
+    app.app.stop().await.unwrap();
+    let got = fakes.received_by("umami").await;
+    let mut pages: Vec<String> = got.iter().map(|r| r["body"]["payload"]["url"].to_string()).collect();
+    pages.sort();
+    pages.dedup();
+    assert_eq!((got.len(), pages.len()), (90, 90), "every event once");
+    let batches = fakes.batches().await;
+    assert!(batches.iter().all(|b| b["size"].as_u64().unwrap() <= consentgate::providers::umami::BATCH_LIMIT as u64));
+    assert!(batches.len() < 90, "sent in batches: {} requests", batches.len());
+}
+
+/// A part of a refused batch is sent again only under a lease renewed by the worker that holds
+/// it: once the lease has passed to another worker, the first cannot renew it.
+#[tokio::test]
+async fn only_the_worker_holding_a_lease_renews_it() {
+    use consentgate::outbox::claim;
+    let (app, fakes, keys) = site::setup().await;
+    site::umami(&app, &fakes, json!({"endpoint": "batch"})).await;
+    track(&app, &keys, site::pageview(&visitor())).await;
+    let umami = consentgate::providers::get("umami").unwrap();
+    let lease = chrono::Duration::seconds(60);
+    let now = Utc::now();
+    let first = claim::claim(&app.db, umami, "w1", 1, lease, now).await.unwrap();
+    let ids: Vec<uuid::Uuid> = first.iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(claim::renew(&app.db, &ids, "w1", lease, now).await.unwrap(), ids, "the holder renews");
+    assert!(claim::renew(&app.db, &ids, "w2", lease, now).await.unwrap().is_empty(), "no one else does");
+    // The lease passes unrenewed; another worker takes the delivery over.
+    let later = now + lease * 2;
+    assert!(claim::renew(&app.db, &ids, "w1", lease, later).await.unwrap().is_empty(), "a passed lease is gone");
+    let taken = claim::claim(&app.db, umami, "w2", 1, lease, later).await.unwrap();
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+    assert!(claim::renew(&app.db, &ids, "w1", lease, later).await.unwrap().is_empty(), "taken over");
+    assert_eq!(claim::renew(&app.db, &ids, "w2", lease, later).await.unwrap(), ids);
+}

@@ -1,7 +1,7 @@
 //! Where a provider's answer or its database could turn a delivery into silent loss or into
 //! duplicates, against fakes that behave like the real services there (providers-sources.md).
 
-use consentgate::providers::{Headers, Outcome, Provider, ProviderResponse, umami::Umami};
+use consentgate::providers::{Answer, Headers, Outcome, Provider, ProviderResponse, umami::Umami};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -142,16 +142,19 @@ async fn umamis_500_after_storing_is_not_retried() {
     let after = post(payload(json!({"ts_us": 1_795_694_400_000_000_i64}))).await.unwrap();
     assert_eq!(after.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = after.bytes().await.unwrap();
-    let classified = Umami::classify(&ProviderResponse { status: 500, headers: &Headers::default(), body: &body });
-    assert!(matches!(&classified, Outcome::Dead { reason } if reason.contains("stored the event")), "{classified:?}");
+    let classified = Umami::classify(&ProviderResponse { status: 500, headers: &Headers::default(), body: &body }, 1);
+    assert!(
+        matches!(&classified, Answer::All(Outcome::Dead { reason }) if reason.contains("stored the event")),
+        "{classified:?}"
+    );
     // An overflow before the event row stores nothing of the event: that 500 stays a retry.
     let mut long_id = payload(json!({}));
     long_id["payload"]["id"] = json!("x".repeat(51));
     let before = post(long_id).await.unwrap();
     assert_eq!(before.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = before.bytes().await.unwrap();
-    let classified = Umami::classify(&ProviderResponse { status: 500, headers: &Headers::default(), body: &body });
-    assert!(matches!(classified, Outcome::Retry { .. }), "{classified:?}");
+    let classified = Umami::classify(&ProviderResponse { status: 500, headers: &Headers::default(), body: &body }, 1);
+    assert!(matches!(classified, Answer::All(Outcome::Retry { .. })), "{classified:?}");
     assert_eq!(outcomes(&fakes.received_by("umami").await), ["stored_then_failed", "failed"]);
 }
 

@@ -233,6 +233,20 @@ async fn a_database_from_an_earlier_release_upgrades_and_reads_back() {
     assert_eq!(s, StatusCode::CREATED, "{recorded}");
     let verified = ok(&app, "/consent-records/verify", &auditor).await;
     assert_eq!((verified["ok"].as_bool(), verified["checked"].as_u64()), (Some(true), Some(7)), "{verified}");
+    // The earlier release's records keep canonical form 1 (hashed as they were, and listed
+    // without a version); the new one is form 2 — one chain, both verified above.
+    let page = ok(&app, "/consent-records?limit=500", &auditor).await;
+    let versions: Vec<(String, Option<i64>)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["canonical_version"].as_i64()))
+        .collect();
+    for (id, version) in &versions {
+        let old = stored.records.contains(&id.parse().unwrap());
+        assert_eq!(*version, if old { None } else { Some(2) }, "{id}: {page}");
+    }
+    assert!(page["items"].as_array().unwrap().iter().all(|r| r.get("provider_choices").is_none()), "{page}");
 
     // Idempotency keys are scoped by key kind since migration 000006; the server's `order-42`
     // from before it (kind not recorded) is still a repeat for the server: exactly once across

@@ -97,12 +97,15 @@ fn bench_decide() {
         other_config: false,
         dnt: false,
         gpc: false,
+        providers: None,
     };
     let signals = Signals { country: Some("SE".into()), ..Default::default() };
     let provider = ProviderPolicy {
         status: Some(ProviderStatus::Active),
         required_category: Some(RequiredCategory::Analytics),
         cookieless_fallback: false,
+        requires_record: false,
+        config_id: uuid::Uuid::nil(),
     };
     let n = 1_000_000u32;
     let started = Instant::now();

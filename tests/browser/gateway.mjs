@@ -65,10 +65,11 @@ const deepMerge = (a, b) => {
 };
 
 /**
- * Starts `consentgate serve` on a free 127.0.0.1 port with a temporary SQLite database.
+ * Starts `consentgate serve` on a free 127.0.0.1 port with a temporary SQLite database (`env`:
+ * more variables for the gateway process).
  * Fails (never skips) when the binary is missing: the suite exists to test the real gateway.
  */
-export async function startGateway() {
+export async function startGateway({ env: extraEnv = {} } = {}) {
   requireExecutable(BIN, 'consentgate binary',
     'Build it with `cargo build` at the repository root, or point CONSENTGATE_BIN at it.');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'cg-browser-'));
@@ -79,6 +80,7 @@ export async function startGateway() {
     CONSENTGATE__DATABASE__URL: `sqlite://${dir}/cg.db?mode=rwc`,
     CONSENTGATE__GEO__COUNTRY_HEADER: 'X-Test-Country',
     RUST_LOG: process.env.RUST_LOG || 'info',
+    ...extraEnv,
   };
   await run(['migrate'], env);
   const proc = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,20 +1,29 @@
-//! Fake Plausible and Umami servers, run as a separate process by the integration tests so that
+//! Fake Plausible, Umami and PostHog servers, run as a separate process by the integration tests so that
 //! the gateway talks real HTTP to something outside itself.
 //!
 //! Listens on 127.0.0.1:0 and prints `{"port": N, "keyvault_port": M}` as its first stdout line
 //! (M: the fake Key Vault and Entra token endpoint over HTTPS, see `keyvault.rs`). Routes:
 //! - `POST /plausible/api/event` — Plausible's Events API (see `plausible.rs`)
-//! - `POST /umami/api/send` — Umami's Collect API (see `umami.rs`)
-//! - `GET /_fake/received` — every request received, with headers, body, answer and outcome
+//! - `POST /umami/api/send`, `POST /umami/api/batch` — Umami's Collect API (see `umami.rs`)
+//! - `POST /ga4/mp/collect`, `POST /ga4/debug/mp/collect` — GA4's Measurement Protocol and its
+//!   validation server (see `ga4.rs`)
+//! - `GET /_fake/providers` — the providers faked here (see [`providers`])
+//! - `GET /_fake/received` — every request received, with headers, body, answer and outcome (each
+//!   event of a batch on its own)
+//! - `GET /_fake/batches` — every batch request received: provider, path, size, status
 //! - `POST /_fake/behaviour` — `{"plausible": {...}, "umami": {...}}`: `fail_next` + `status`
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
-//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard` and
-//!   `ignore_ips` (Umami)
+//!   `websites` (Umami website ids), `datacenter_ips` (Plausible), `formula_guard`,
+//!   `ignore_ips` and `refuse_batches_containing` (Umami)
 //! - `POST /plausible/api/v2/query` — Plausible's Stats API (a bearer key from `api_keys`)
 //! - `POST /umami/api/auth/login`, `GET /umami/api/me` — Umami's login (`users`) and `/me`
 //!   (`api_keys` as `x-umami-api-key`)
-//! - `POST /_fake/reset` — forget everything received and all behaviour
+//! - `POST /posthog/batch/`, `/posthog/i/v0/e/`, `/posthog/capture/`, `/posthog/flags?v=2` —
+//!   PostHog's capture and flags services; `POST /_fake/posthog` steers them and
+//!   `GET /_fake/posthog/events` lists what PostHog stored (see `posthog.rs`)
+//! - `POST /_fake/reset` — forget everything received and all behaviour (not PostHog's)
+//! - `POST /_fake/ga4` — validation messages GA4's validation server adds (see `ga4.rs`)
 //! - `POST /_fake/keyvault`, `GET /_fake/keyvault/requests` — steer and read the fake Key Vault
 //! - any other path — `200` with an HTML page, as a catch-all web server at a wrong
 //!   `instance_url` answers (see `catch_all.rs`)
@@ -25,8 +34,10 @@
 //! `dropped`.
 
 mod catch_all;
+mod ga4;
 mod keyvault;
 mod plausible;
+mod posthog;
 mod state;
 mod umami;
 
@@ -49,18 +60,24 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/keyvault", post(configure_vault))
         .route("/_fake/keyvault/requests", get(vault_requests))
         .with_state(vault.clone());
-    let app = Router::new()
-        .route("/plausible/api/event", post(plausible::event))
-        .route("/plausible/api/v2/query", post(plausible::query))
-        .route("/umami/api/send", post(umami::send))
-        .route("/umami/api/auth/login", post(umami::login))
-        .route("/umami/api/me", get(umami::me))
+    let posthog = posthog::PostHog::new(fakes.clone());
+    let mut app = Router::new();
+    let mut names = Vec::new();
+    for (name, routes) in providers(&posthog) {
+        app = app.nest(&format!("/{name}"), routes);
+        names.push(name);
+    }
+    let app = app
+        .route("/_fake/providers", get(move || async move { Json(json!(names)) }))
         .route("/_fake/received", get(received))
+        .route("/_fake/batches", get(batches))
         .route("/_fake/behaviour", post(behaviour))
         .route("/_fake/reset", post(reset))
+        .route("/_fake/ga4", post(ga4::steer))
         .fallback(catch_all::page)
-        .with_state(fakes)
-        .merge(control);
+        .with_state(fakes.clone())
+        .merge(control)
+        .merge(posthog.control());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let tls = TlsListener::bind().await?;
@@ -73,6 +90,19 @@ async fn main() -> std::io::Result<()> {
     let vault_app = Router::new().fallback(keyvault::serve).with_state(vault);
     tokio::spawn(async move { axum::serve(tls, vault_app).await });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+/// Every provider the fakes stand in for, by the name the gateway's `providers::all()` gives it
+/// (its path prefix here), with its routes. A provider's fake is one module and one line here;
+/// `GET /_fake/providers` lists them, and an API test fails for a provider of the gateway that
+/// has no fake.
+fn providers(posthog: &posthog::PostHog) -> Vec<(&'static str, Router<Fakes>)> {
+    vec![
+        ("plausible", plausible::routes()),
+        ("umami", umami::routes()),
+        ("posthog", posthog.routes()),
+        ("ga4", ga4::routes()),
+    ]
 }
 
 async fn configure_vault(State(vault): State<keyvault::Vault>, Json(body): Json<Value>) -> Json<Value> {
@@ -135,6 +165,10 @@ impl axum::serve::Listener for TlsListener {
 
 async fn received(State(fakes): State<Fakes>) -> Json<Value> {
     Json(json!(fakes.received()))
+}
+
+async fn batches(State(fakes): State<Fakes>) -> Json<Value> {
+    Json(json!(fakes.batches()))
 }
 
 async fn behaviour(State(fakes): State<Fakes>, Json(body): Json<Value>) -> Json<Value> {

@@ -30,6 +30,12 @@ use serde_json::{Map, Value, json};
 
 use crate::state::{Fakes, Received, body_value, delay, failure_response, header_map, now};
 
+/// The fake's routes, mounted under `/plausible`.
+pub fn routes() -> axum::Router<Fakes> {
+    use axum::routing::post;
+    axum::Router::new().route("/api/event", post(event)).route("/api/v2/query", post(query))
+}
+
 pub async fn event(
     State(fakes): State<Fakes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

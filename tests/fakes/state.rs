@@ -22,6 +22,9 @@ pub struct Fakes {
 #[derive(Default)]
 struct Inner {
     received: Vec<Received>,
+    /// Every batch request received: `{"provider", "path", "size", "status"}` (its events are in
+    /// `received`, one each).
+    batches: Vec<Value>,
     plausible: Behaviour,
     umami: Behaviour,
 }
@@ -46,6 +49,8 @@ pub struct Behaviour {
     pub users: Vec<(String, String)>,
     /// Umami: the instance's `IGNORE_IP` list (exact addresses): such visitors get Umami's 403.
     pub ignore_ips: Vec<String>,
+    /// Umami: refuse a whole `/api/batch` request holding an event of this name (400).
+    pub refuse_batches_containing: Option<String>,
 }
 
 /// One request as received, with what the fake answered.
@@ -81,6 +86,16 @@ impl Fakes {
 
     pub fn record(&self, r: Received) {
         self.inner.lock().unwrap().received.push(r);
+    }
+
+    /// A batch request: where it went, how many events it held, the status answered.
+    pub fn record_batch(&self, provider: &str, path: &str, size: usize, status: u16) {
+        let entry = json!({"provider": provider, "path": path, "size": size, "status": status, "at": now()});
+        self.inner.lock().unwrap().batches.push(entry);
+    }
+
+    pub fn batches(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().batches.clone()
     }
 
     pub fn reset(&self) {
@@ -132,6 +147,7 @@ impl Fakes {
                             .collect()
                     }
                     "ignore_ips" => b.ignore_ips = strings(v),
+                    "refuse_batches_containing" => b.refuse_batches_containing = v.as_str().map(String::from),
                     _ => {}
                 }
             }

@@ -15,6 +15,15 @@
 //!   nothing of the event is stored (`failed`); after it (`event_data` keys and text values 500,
 //!   `number_value numeric(19,4)`, the revenue row) the event *is* stored (`stored_then_failed`);
 //! - success → 200 `{"cache", "sessionId", "visitId"}`.
+//!
+//! `/api/batch` as umami@c0ea3ae `src/app/api/batch/route.ts` (v3.1.0) has it: the body
+//! must be an array of objects (`z.array(z.record(z.string(), z.any()))`, else the 400 above for
+//! the whole batch); each element goes through the send handler above, one after the other, with
+//! the batch request's headers; the answer is always 200 `{"size", "processed", "errors",
+//! "details": [{"index", "response"}], "cache"}` — `details` holding the send handler's error
+//! answer of each element that did not answer 2xx. A bot's `{"beep": "boop"}` is a 2xx: it counts
+//! as processed and is in no detail. Each element is recorded on its own in `received`; the
+//! request (its size and status) in `batches`.
 
 use axum::{
     body::Bytes,
@@ -26,6 +35,16 @@ use serde_json::{Map, Value, json};
 
 use crate::state::{Fakes, Received, body_value, delay, failure_response, header_map, now};
 
+/// The fake's routes, mounted under `/umami`.
+pub fn routes() -> axum::Router<Fakes> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/send", post(send))
+        .route("/api/batch", post(batch))
+        .route("/api/auth/login", post(login))
+        .route("/api/me", get(me))
+}
+
 pub async fn send(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -> Response {
     let behaviour = fakes.behaviour("umami");
     delay(&behaviour).await;
@@ -36,7 +55,13 @@ pub async fn send(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
     });
-    let (res, outcome, status, reason) = answer(&fakes, &headers, &body);
+    let (res, outcome, status, reason) = match fakes.forced_failure("umami") {
+        Some(f) => (failure_response(&f), "failed", f.status, Some("told to fail".into())),
+        None => {
+            let (status, answer, outcome, reason) = answer(&fakes, &headers, &body);
+            ((status, axum::Json(answer)).into_response(), outcome, status.as_u16(), reason)
+        }
+    };
     fakes.record(Received {
         provider: "umami",
         path: "/api/send".into(),
@@ -51,33 +76,99 @@ pub async fn send(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -
     res
 }
 
-fn bad_request(errors: Vec<Value>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(
-            json!({"error": {"message": "Bad request", "code": "bad-request", "status": 400, "errors": errors}}),
-        ),
-    )
-        .into_response()
+/// `POST /api/batch`. Besides Umami's own rules, `refuse_batches_containing` (an event name)
+/// makes the fake refuse a whole batch holding such an event with a 400, as a service that
+/// validates a batch as a whole does (PostHog) — to prove the gateway splits a refused batch.
+pub async fn batch(State(fakes): State<Fakes>, headers: HeaderMap, body: Bytes) -> Response {
+    let behaviour = fakes.behaviour("umami");
+    delay(&behaviour).await;
+    let value = body_value(&body);
+    let size = value.as_array().map_or(0, Vec::len);
+    // A batch answered as a whole: recorded once, with the whole body.
+    let whole = |status: u16, outcome: &'static str, reason: &str| {
+        fakes.record_batch("umami", "/api/batch", size, status);
+        fakes.record(Received {
+            provider: "umami",
+            path: "/api/batch".into(),
+            headers: header_map(&headers),
+            body: value.clone(),
+            status,
+            outcome,
+            reason: Some(reason.into()),
+            resolved_ip: None,
+            at: now(),
+        });
+    };
+    if let Some(f) = fakes.forced_failure("umami") {
+        whole(f.status, "failed", "told to fail");
+        return failure_response(&f);
+    }
+    let elements = match value.as_array() {
+        Some(a) if a.iter().all(Value::is_object) => a.clone(),
+        _ => {
+            whole(400, "rejected", "not an array of objects");
+            let (status, answer) =
+                bad_request(vec![json!({"path": [], "message": "Invalid input: expected array of records"})]);
+            return (status, axum::Json(answer)).into_response();
+        }
+    };
+    if let Some(name) = behaviour.refuse_batches_containing.as_deref()
+        && elements.iter().any(|e| e["payload"]["name"] == name)
+    {
+        whole(400, "rejected", "refuse_batches_containing");
+        let (status, answer) = bad_request(vec![json!({"path": [], "message": format!("batch holds {name:?}")})]);
+        return (status, axum::Json(answer)).into_response();
+    }
+    fakes.record_batch("umami", "/api/batch", size, 200);
+    let (mut details, mut cache) = (Vec::new(), Value::Null);
+    for (index, element) in elements.into_iter().enumerate() {
+        let bytes = serde_json::to_vec(&element).unwrap_or_default();
+        let (status, answer, outcome, reason) = answer(&fakes, &headers, &bytes);
+        if status.is_success() {
+            if cache.is_null() {
+                cache = answer["cache"].clone();
+            }
+        } else {
+            details.push(json!({"index": index, "response": answer}));
+        }
+        let resolved_ip = element["payload"]["ip"].as_str().map(String::from);
+        fakes.record(Received {
+            provider: "umami",
+            path: "/api/batch".into(),
+            headers: header_map(&headers),
+            body: element,
+            status: status.as_u16(),
+            outcome,
+            reason,
+            resolved_ip,
+            at: now(),
+        });
+    }
+    let errors = details.len();
+    let answer =
+        json!({"size": size, "processed": size - errors, "errors": errors, "details": details, "cache": cache});
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }
 
-fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'static str, u16, Option<String>) {
-    if let Some(f) = fakes.forced_failure("umami") {
-        return (failure_response(&f), "failed", f.status, Some("told to fail".into()));
-    }
+fn bad_request(errors: Vec<Value>) -> (StatusCode, Value) {
+    (
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"message": "Bad request", "code": "bad-request", "status": 400, "errors": errors}}),
+    )
+}
+
+/// The send handler's answer to one event (forced failures aside): status, JSON, what it did.
+fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (StatusCode, Value, &'static str, Option<String>) {
     let behaviour = fakes.behaviour("umami");
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
-        return (
-            bad_request(vec![json!({"path": [], "message": "Invalid input: expected object"})]),
-            "rejected",
-            400,
-            Some("not JSON".into()),
-        );
+        let (status, answer) = bad_request(vec![json!({"path": [], "message": "Invalid input: expected object"})]);
+        return (status, answer, "rejected", Some("not JSON".into()));
     };
     let errors = validate(&req, behaviour.formula_guard);
     if !errors.is_empty() {
         let why = errors.iter().map(|e| e["message"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join("; ");
-        return (bad_request(errors), "rejected", 400, Some(why));
+        let (status, answer) = bad_request(errors);
+        return (status, answer, "rejected", Some(why));
     }
     let payload = req["payload"].as_object().cloned().unwrap_or_default();
     let ua = payload
@@ -87,25 +178,12 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
         .map(String::from)
         .or_else(|| headers.get("user-agent").and_then(|v| v.to_str().ok()).map(String::from));
     if ua.as_deref().is_some_and(isbot) {
-        return (
-            (StatusCode::OK, axum::Json(json!({"beep": "boop"}))).into_response(),
-            "dropped",
-            200,
-            Some("isbot".into()),
-        );
+        return (StatusCode::OK, json!({"beep": "boop"}), "dropped", Some("isbot".into()));
     }
     let website = payload.get("website").and_then(Value::as_str).unwrap_or("");
     if !behaviour.websites.iter().any(|w| w.eq_ignore_ascii_case(website)) {
-        return (
-            (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": {"message": "Website not found.", "code": "bad-request", "status": 400}})),
-            )
-                .into_response(),
-            "rejected",
-            400,
-            Some("website not found".into()),
-        );
+        let answer = json!({"error": {"message": "Website not found.", "code": "bad-request", "status": 400}});
+        return (StatusCode::BAD_REQUEST, answer, "rejected", Some("website not found".into()));
     }
     let ip = payload.get("ip").and_then(Value::as_str).map(String::from).or_else(|| {
         headers
@@ -115,26 +193,17 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8]) -> (Response, &'stati
     });
     if ip.is_some_and(|ip| behaviour.ignore_ips.contains(&ip)) {
         let forbidden = json!({"error": {"message": "Forbidden", "code": "forbidden", "status": 403}});
-        return (
-            (StatusCode::FORBIDDEN, axum::Json(forbidden)).into_response(),
-            "rejected",
-            403,
-            Some("IGNORE_IP".into()),
-        );
+        return (StatusCode::FORBIDDEN, forbidden, "rejected", Some("IGNORE_IP".into()));
     }
     if let Some(overflow) = over_db_limits(&payload) {
         let body = json!({"error": {"message": "Server error", "code": "server-error", "status": 500,
                                     "errorObject": overflow.error_object}});
         let outcome = if overflow.after_event_row { "stored_then_failed" } else { "failed" };
-        return (
-            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response(),
-            outcome,
-            500,
-            Some(format!("{} ({})", overflow.column, overflow.error_object["message"].as_str().unwrap_or("").trim())),
-        );
+        let why = format!("{} ({})", overflow.column, overflow.error_object["message"].as_str().unwrap_or("").trim());
+        return (StatusCode::INTERNAL_SERVER_ERROR, body, outcome, Some(why));
     }
     let ok = json!({"cache": format!("fake.{}", uuid::Uuid::new_v4().simple()), "sessionId": uuid::Uuid::new_v4(), "visitId": uuid::Uuid::new_v4()});
-    ((StatusCode::OK, axum::Json(ok)).into_response(), "stored", 200, None)
+    (StatusCode::OK, ok, "stored", None)
 }
 
 /// The zod schema of v3.1.0 (`route.ts`), as error objects `{path, message}`.

@@ -445,6 +445,11 @@ pub struct ConfigSpec {
     pub consent_required_regions: Vec<RegionCode>,
     #[serde(default = "yes")]
     pub respect_do_not_track: bool,
+    /// The banner's preferences list, under each category, the tenant's provider configs that
+    /// need it, each with its own switch, and the consent record holds those per-provider choices
+    /// (docs/consent-model.md). Off by default.
+    #[serde(default)]
+    pub per_provider_choices: bool,
     /// Origins whose browsers may call the public consent routes.
     #[serde(default)]
     #[validate(length(max = 100))]

@@ -162,6 +162,7 @@ fn spec_of(m: &config::Model) -> Result<ConfigSpec> {
         "geo_targeting_enabled": m.geo_targeting_enabled,
         "consent_required_regions": m.consent_required_regions,
         "respect_do_not_track": m.respect_do_not_track,
+        "per_provider_choices": m.per_provider_choices,
         "allowed_origins": m.allowed_origins,
     });
     serde_json::from_value(v)
@@ -194,6 +195,7 @@ fn set_spec(a: &mut config::ActiveModel, spec: &ConfigSpec) {
     a.geo_targeting_enabled = Set(spec.geo_targeting_enabled);
     a.consent_required_regions = Set(json(&spec.consent_required_regions));
     a.respect_do_not_track = Set(spec.respect_do_not_track);
+    a.per_provider_choices = Set(spec.per_provider_choices);
     a.allowed_origins = Set(json(&spec.allowed_origins));
 }
 
@@ -629,14 +631,28 @@ pub async fn texts_hash_of(db: &impl ConnectionTrait, config_id: Uuid, number: i
         .map(|r| r.texts_hash))
 }
 
-/// The banner config JSON (contract, "Banner") of the tenant's active config; `None` when the
-/// tenant has none (banner.js answers 404 then). Only enabled categories are included.
-pub async fn active_banner_config(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Option<Value>> {
+/// The banner config JSON (contract, "Banner") of the tenant's active config and the build it is
+/// rendered with; `None` when the tenant has none (banner.js answers 404 then). Only enabled
+/// categories are included. `providers`: the tenant's provider configs (the offer, when the
+/// config has `per_provider_choices`, and whether feature flags are on).
+pub async fn active_banner_config(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    providers: &[entity::provider_config::Model],
+) -> Result<Option<(Value, crate::banner::Variant)>> {
     let Some(p) = active(db, tenant_id).await? else { return Ok(None) };
-    Ok(Some(crate::banner::browser_config(
+    let mut config = crate::banner::browser_config(
         &p.spec,
         p.config.id,
         i64::from(p.config.revision),
         i64::from(p.config.reconsent_revision),
-    )))
+    );
+    let variant = crate::banner::Variant {
+        per_provider: p.spec.per_provider_choices,
+        flags: crate::banner::feature_flags(providers),
+    };
+    if variant.per_provider {
+        crate::banner::add_providers(&mut config, &crate::consent::offer::offered(providers));
+    }
+    Ok(Some((config, variant)))
 }
