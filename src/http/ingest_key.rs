@@ -1,8 +1,9 @@
 //! [`IngestKey`]: the extractor that says who may post events. A public key (`?key=` or
 //! `X-Ingest-Key`) from a page of one of its allowed origins, or a secret key
 //! (`Authorization: Bearer sk_…`) from a server; within the rate limits that apply to it (the
-//! key's, the client address's for public keys, the tenant's: [`crate::rate_limit`]). A handler that takes
-//! an `IngestKey` runs only for such a caller, and knows who sent the event ([`Sender`]).
+//! key's, the client address's for public keys, the tenant's: [`crate::rate_limit`]). A handler
+//! that takes an `IngestKey` runs only for such a caller, and knows who sent the event
+//! ([`Sender`]).
 
 use axum::{
     extract::{FromRequestParts, RawPathParams},
