@@ -109,7 +109,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         check_json_content_type(req.headers())?;
         let bytes = body_bytes(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        parse_json_object(&bytes).map(ApiJson)
     }
 }
 
@@ -127,7 +127,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJsonOrEmpty<T> {
             return Ok(ApiJsonOrEmpty(None));
         }
         check_json_content_type(&headers)?;
-        parse_json(&bytes).map(|v| ApiJsonOrEmpty(Some(v)))
+        parse_json_object(&bytes).map(|v| ApiJsonOrEmpty(Some(v)))
     }
 }
 
@@ -173,6 +173,18 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             "expected Content-Type application/json or text/plain, found {mime}"
         )))
     }
+}
+
+/// [`parse_json`] for a body that must be a JSON object: every typed request body is one. A
+/// well-formed body of another kind is a 422 naming `body` — serde alone would read a
+/// two-element array as a struct of two fields (`[null, null]` as `{"a": null, "b": null}`).
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Malformed JSON stays a 400 (from `parse_json`); well-formed, it is the wrong kind.
+        parse_json::<serde::de::IgnoredAny>(bytes)?;
+        return Err(ApiError::Unprocessable { field: Some("body".into()), message: "must be a JSON object".into() });
+    }
+    parse_json(bytes)
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     error::{ApiError, ApiResult, ErrorBody},
-    extract::{ApiPath, ApiQuery, check_json_content_type, parse_json},
+    extract::{ApiPath, ApiQuery, check_json_content_type, parse_json_object},
     ingest_key::{IngestKey, KeyQuery},
 };
 use crate::{
@@ -74,7 +74,7 @@ async fn flags(
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge);
     }
-    let input: FlagsInput = parse_json(&bytes)?;
+    let input: FlagsInput = parse_json_object(&bytes)?;
     let signals = match &key.sender {
         Sender::Browser(facts) => {
             Signals { bot: enrich::parse_agent(facts.user_agent.as_deref()).bot, ..facts.signals.clone() }

@@ -244,6 +244,9 @@ async fn retention_purges_ended_events_and_expired_records_and_the_chain_still_v
     );
     let got = app.call(Method::PUT, &retention_path, &app.admin, Some(json!({"events_days": 0}))).await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("events_days"));
+    // Not an object (serde alone would read a two-element array as the two fields): refused.
+    let got = app.call(Method::PUT, &retention_path, &app.admin, Some(json!([null, null]))).await;
+    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("body"));
     let got = app.call(Method::PUT, &retention_path, &app.auditor, Some(json!({"events_days": 7}))).await;
     assert_eq!(got.0, StatusCode::FORBIDDEN);
     let (s, p) = app
