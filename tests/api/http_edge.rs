@@ -361,6 +361,16 @@ async fn an_outage_is_logged_once_not_per_request() {
     }
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let errors = log.lines().filter(|l| l.contains("ERROR")).count();
-    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
-    assert!(errors <= 1 && warnings <= 2, "{errors} ERROR and {warnings} WARN lines for 50 requests:\n{log}");
+    // Each background job (delivery worker, horizon sweep, retention purge) and the pool may say
+    // once that the database is gone; none may repeat itself, and requests add nothing.
+    let mut per_source = std::collections::BTreeMap::<&str, usize>::new();
+    for line in log.lines().filter(|l| l.contains(" WARN ")) {
+        let source = line.split(" WARN ").nth(1).and_then(|rest| rest.split(": ").next()).unwrap_or_default();
+        *per_source.entry(source).or_default() += 1;
+    }
+    let repeated: Vec<_> = per_source.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        errors <= 1 && repeated.is_empty() && per_source.len() <= 5,
+        "{errors} ERROR lines, WARN lines per source {per_source:?}, for 50 requests:\n{log}"
+    );
 }
