@@ -102,18 +102,7 @@ pub async fn expire(db: &DatabaseConnection, configured: Duration, now: DateTime
         let prefix = prefix.trim_end_matches("never attempted");
         // `'…; last: ' || COALESCE(last_error, 'never attempted')`: standard SQL, both backends.
         let reason = Expr::cust(format!("'{}' || COALESCE(last_error, 'never attempted')", prefix.replace('\'', "''")));
-        let res = delivery::Entity::update_many()
-            .col_expr(delivery::Column::Status, Expr::value(DeliveryStatus::Dead.as_str()))
-            .col_expr(delivery::Column::LastError, reason)
-            .col_expr(delivery::Column::ClientIp, Expr::value(Option::<String>::None))
-            .col_expr(delivery::Column::ConsentLookupId, Expr::value(Option::<String>::None))
-            .col_expr(delivery::Column::UserAgent, Expr::value(Option::<String>::None))
-            .col_expr(delivery::Column::Granted, Expr::value(Option::<String>::None))
-            .col_expr(delivery::Column::PseudonymousId, Expr::value(Option::<String>::None))
-            .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
-            .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
-            .col_expr(delivery::Column::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
-            .col_expr(delivery::Column::UpdatedAt, Expr::value(Utc::now()))
+        let res = super::end_as_dead(reason, Utc::now())
             .filter(delivery::Column::Id.is_in(ids))
             .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
             .filter(unheld())

@@ -38,7 +38,10 @@ use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use entity::delivery;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, sea_query::Expr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, UpdateMany,
+    sea_query::{Expr, SimpleExpr},
+};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -166,10 +169,21 @@ pub async fn resume_config(db: &impl ConnectionTrait, config_id: Uuid) -> Result
 /// visitor (client IP, consent-lookup id, user agent, granted categories, pseudonymous id) is
 /// erased.
 pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: &str) -> Result<()> {
-    let now = Utc::now();
+    end_as_dead(Expr::value(reason), Utc::now())
+        .filter(delivery::Column::ConfigId.eq(config_id))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// An update ending deliveries as dead with `last_error` = `reason`: what they held of the
+/// visitor (client IP, consent-lookup id, user agent, granted categories, pseudonymous id) and
+/// their lease are erased. The caller adds which deliveries.
+pub(crate) fn end_as_dead(reason: SimpleExpr, now: DateTime<Utc>) -> UpdateMany<delivery::Entity> {
     delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(DeliveryStatus::Dead.as_str()))
-        .col_expr(delivery::Column::LastError, Expr::value(reason))
+        .col_expr(delivery::Column::LastError, reason)
         .col_expr(delivery::Column::ClientIp, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::ConsentLookupId, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::UserAgent, Expr::value(Option::<String>::None))
@@ -179,11 +193,6 @@ pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: 
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
-        .filter(delivery::Column::ConfigId.eq(config_id))
-        .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-        .exec(db)
-        .await?;
-    Ok(())
 }
 
 /// `delivery.granted`: the granted optional categories, comma-separated (`analytics,marketing`),
