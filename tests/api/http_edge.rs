@@ -368,7 +368,13 @@ async fn an_outage_is_logged_once_not_per_request() {
         let source = line.split(" WARN ").nth(1).and_then(|rest| rest.split(": ").next()).unwrap_or_default();
         *per_source.entry(source).or_default() += 1;
     }
-    let repeated: Vec<_> = per_source.iter().filter(|(_, n)| **n > 1).collect();
+    // sqlx's pool says it once per connection that was checked out when the server went away
+    // (on PostgreSQL, the background jobs' connections): bounded by the pool, not by requests.
+    let pool_size = app.app.state.settings.database.max_connections as usize;
+    let repeated: Vec<_> = per_source
+        .iter()
+        .filter(|(source, n)| if source.starts_with("sqlx_core::pool") { **n > pool_size } else { **n > 1 })
+        .collect();
     assert!(
         errors <= 1 && repeated.is_empty() && per_source.len() <= 5,
         "{errors} ERROR lines, WARN lines per source {per_source:?}, for 50 requests:\n{log}"
