@@ -27,7 +27,7 @@ pub struct Gateway {
 }
 
 /// Settings every gateway of these tests runs with: the fakes on 127.0.0.1 are reachable, the
-/// delivery worker polls often, and a claim's lease is short (2 s), so a killed instance's
+/// delivery worker polls often, and a claim's lease is short (3 s), so a killed instance's
 /// leased deliveries are taken over within seconds.
 fn command(db_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_consentgate"));
@@ -42,7 +42,7 @@ fn command(db_url: &str) -> Command {
         .env("CONSENTGATE__DELIVERY__BACKOFF_BASE_MS", "50")
         .env("CONSENTGATE__DELIVERY__BACKOFF_MAX_MS", "400")
         .env("CONSENTGATE__DELIVERY__REQUEST_TIMEOUT_MS", "1000")
-        .env("CONSENTGATE__DELIVERY__LEASE_SECS", "2")
+        .env("CONSENTGATE__DELIVERY__LEASE_SECS", "3")
         .env(POSTHOG_KEY_VAR, crate::fakes::POSTHOG_PROJECT_KEY)
         .current_dir(std::env::temp_dir());
     cmd
@@ -91,6 +91,11 @@ impl Gateway {
             child.kill().expect("SIGKILL");
             child.wait().unwrap();
         }
+    }
+
+    /// The process's id (part of its delivery workers' lease owner names, `worker-…@host:pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// `/v1/tenants/crash` + `path`.

@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use reqwest::StatusCode;
@@ -36,6 +36,8 @@ pub struct Ledger {
     pub to_retry: BTreeSet<String>,
     /// 2xx answers during the load, 503s (each with `Retry-After`), and connections cut.
     pub acked_under_load: usize,
+    /// When each of those was answered.
+    pub acked_at: Vec<Instant>,
     pub unavailable: usize,
     pub cut: usize,
     /// Retries after the fault: answered 200 (a repeat: the first request had been stored) or
@@ -133,6 +135,7 @@ pub async fn run(bases: Vec<String>, secret: String, clients: usize, stop: Arc<A
                             let mut l = ledger.lock().unwrap();
                             l.acked.insert(key, id);
                             l.acked_under_load += 1;
+                            l.acked_at.push(Instant::now());
                             break;
                         }
                         Answer::Unavailable => {
@@ -230,7 +233,6 @@ pub async fn assert_all_delivered(ledger: &Ledger, gateway: &Gateway, admin: &st
         assert_eq!(s, StatusCode::OK, "acknowledged event {key} ({id}) is stored: {event}");
         assert_eq!(event["idempotency_key"], key.as_str(), "{event}");
         let decisions = event["decisions"].as_array().unwrap();
-        assert_eq!(decisions.len(), 2, "{event}");
         for d in decisions {
             assert_eq!(d["delivery"]["status"], "delivered", "{key}: {event}");
         }

@@ -34,6 +34,32 @@ async fn database(test: &str) -> Option<TestDatabase> {
     None
 }
 
+/// A delivery in flight: its id and its event's.
+struct Leased {
+    id: String,
+    event: String,
+}
+
+/// The pending deliveries leased by a delivery worker of process `pid` (from the delivery log,
+/// through `via`).
+async fn leased_by(via: &Gateway, admin: &str, pid: u32) -> Vec<Leased> {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let req = http.get(via.tenant_url("/deliveries?status=pending&limit=500")).bearer_auth(admin);
+    let (s, page) = crate::helpers::send(req).await;
+    assert_eq!(s.as_u16(), 200, "{page}");
+    let suffix = format!(":{pid}");
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["in_flight"]["owner"].as_str().is_some_and(|o| o.ends_with(&suffix)))
+        .map(|d| Leased {
+            id: d["id"].as_str().unwrap().to_string(),
+            event: d["event_id"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
 /// The database's name in its URL.
 fn name_of(url: &str) -> String {
     url::Url::parse(url).unwrap().path().trim_start_matches('/').to_string()
@@ -45,7 +71,7 @@ async fn two_instances_one_killed_under_load_lose_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let fakes = FakeProviders::start().await;
     fakes.behaviour(json!({"plausible": {"delay_ms": 50}})).await;
-    fakes.posthog(json!({"delay_ms": 200})).await;
+    fakes.posthog(json!({"delay_ms": 300})).await;
     let admin = gateway::create_tenant(&db.url);
     let mut killed = Gateway::start("pg-killed", &db.url, dir.path()).await;
     let site = gateway::set_up_site(&killed, &admin, &fakes).await;
@@ -54,8 +80,21 @@ async fn two_instances_one_killed_under_load_lose_no_acknowledged_event() {
     let stop = Arc::new(AtomicBool::new(false));
     let bases = vec![killed.base.clone(), survivor.base.clone()];
     let clients = tokio::spawn(load::run(bases, site.secret_key.clone(), 16, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Killed while its delivery worker holds leases (PostHog answers after 300 ms): what the
+    // delivery log shows leased by it right after the SIGKILL is left to the survivor.
+    let pid = killed.pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if !leased_by(&survivor, &admin, pid).await.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the instance to kill never held a lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     killed.kill9();
+    let orphaned = leased_by(&survivor, &admin, pid).await;
+    assert!(!orphaned.is_empty(), "the killed instance left leased deliveries behind");
     // The killed instance's clients go on posting to the survivor.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
@@ -63,10 +102,23 @@ async fn two_instances_one_killed_under_load_lose_no_acknowledged_event() {
     assert!(ledger.acked_under_load > 0 && ledger.cut > 0, "the kill came under load: {ledger:?}");
 
     // The survivor's workers take the killed instance's leased deliveries over once their lease
-    // (2 s here) has passed.
+    // (3 s here) has passed.
     load::retry(&mut ledger, &survivor.base, &site.secret_key).await;
     let delivered = load::assert_all_delivered(&ledger, &survivor, &site.admin, &fakes).await;
-    println!("{}", ledger.report("postgres, two instances, one killed", &delivered));
+    // The deliveries the killed instance held when it died were sent by the survivor.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for leased in &orphaned {
+        let path = format!("/deliveries?event={}", leased.event);
+        let (s, page) = crate::helpers::send(http.get(survivor.tenant_url(&path)).bearer_auth(&admin)).await;
+        assert_eq!(s.as_u16(), 200, "{page}");
+        let d = page["items"].as_array().unwrap().iter().find(|d| d["id"] == leased.id.as_str()).unwrap();
+        assert_eq!(d["status"], "delivered", "{d}");
+    }
+    println!(
+        "{}; {} deliveries leased by the killed instance were taken over",
+        ledger.report("postgres, two instances, one killed", &delivered),
+        orphaned.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,5 +163,9 @@ async fn connections_cut_under_load_answer_503_and_recover_without_restart() {
     load::retry(&mut ledger, &gateway.base, &site.secret_key).await;
     assert_eq!(ledger.retried_new, 1, "{ledger:?}");
     let delivered = load::assert_all_delivered(&ledger, &gateway, &site.admin, &fakes).await;
-    println!("{} ({terminated} backends terminated)", ledger.report("postgres, connections cut", &delivered));
+    let recovered = ledger.acked_at.iter().filter(|t| **t > until).min().map(|t| t.duration_since(until));
+    println!(
+        "{} ({terminated} backends terminated in 1 s; first event stored {recovered:?} after the last cut)",
+        ledger.report("postgres, connections cut", &delivered)
+    );
 }
