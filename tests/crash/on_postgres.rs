@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::{
     fakes::FakeProviders,
-    gateway::{self, Gateway},
+    gateway::{self, Gateway, Site},
     helpers::TestDatabase,
     load,
 };
@@ -40,24 +40,35 @@ struct Leased {
     event: String,
 }
 
-/// The pending deliveries leased by a delivery worker of process `pid` (from the delivery log,
-/// through `via`).
-async fn leased_by(via: &Gateway, admin: &str, pid: u32) -> Vec<Leased> {
+/// The pending PostHog deliveries (PostHog answers slowly here, so they stay leased while in
+/// flight) leased by a delivery worker of process `pid`, from the delivery log through `via`.
+async fn leased_by(via: &Gateway, site: &Site, pid: u32) -> Vec<Leased> {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let req = http.get(via.tenant_url("/deliveries?status=pending&limit=500")).bearer_auth(admin);
-    let (s, page) = crate::helpers::send(req).await;
-    assert_eq!(s.as_u16(), 200, "{page}");
     let suffix = format!(":{pid}");
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["in_flight"]["owner"].as_str().is_some_and(|o| o.ends_with(&suffix)))
-        .map(|d| Leased {
-            id: d["id"].as_str().unwrap().to_string(),
-            event: d["event_id"].as_str().unwrap().to_string(),
-        })
-        .collect()
+    let (mut leased, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let mut path = format!("/deliveries?status=pending&config={}&limit=500", site.posthog_config);
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (s, page) = crate::helpers::send(http.get(via.tenant_url(&path)).bearer_auth(&site.admin)).await;
+        assert_eq!(s.as_u16(), 200, "{page}");
+        leased.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["in_flight"]["owner"].as_str().is_some_and(|o| o.ends_with(&suffix)))
+                .map(|d| Leased {
+                    id: d["id"].as_str().unwrap().to_string(),
+                    event: d["event_id"].as_str().unwrap().to_string(),
+                }),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return leased,
+        }
+    }
 }
 
 /// The database's name in its URL.
@@ -86,14 +97,14 @@ async fn two_instances_one_killed_under_load_lose_no_acknowledged_event() {
     let pid = killed.pid();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if !leased_by(&survivor, &admin, pid).await.is_empty() {
+        if !leased_by(&survivor, &site, pid).await.is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "the instance to kill never held a lease");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     killed.kill9();
-    let orphaned = leased_by(&survivor, &admin, pid).await;
+    let orphaned = leased_by(&survivor, &site, pid).await;
     assert!(!orphaned.is_empty(), "the killed instance left leased deliveries behind");
     // The killed instance's clients go on posting to the survivor.
     tokio::time::sleep(Duration::from_millis(1000)).await;
