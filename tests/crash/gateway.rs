@@ -121,11 +121,10 @@ impl Drop for Gateway {
     }
 }
 
-/// The site the load posts to: its admin token, a secret ingest key, the PostHog config's id.
+/// The site the load posts to: its admin token and a secret ingest key.
 pub struct Site {
     pub admin: String,
     pub secret_key: String,
-    pub posthog_config: String,
 }
 
 /// Publishes a consent config that grants analytics by default (so PostHog is allowed), and
@@ -154,16 +153,12 @@ pub async fn set_up_site(gateway: &Gateway, admin: &str, fakes: &FakeProviders) 
                "status": "active"}),
     )
     .await;
-    let posthog = post(
+    post(
         "/analytics/posthog/configs".into(),
         json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
                "credentials": {"project_api_key_ref": format!("env:{POSTHOG_KEY_VAR}")}}),
     )
     .await;
     let key = post("/ingest-keys".into(), json!({"kind": "secret", "name": "crash"})).await;
-    Site {
-        admin: admin.to_string(),
-        secret_key: key["key"].as_str().unwrap().to_string(),
-        posthog_config: posthog["id"].as_str().unwrap().to_string(),
-    }
+    Site { admin: admin.to_string(), secret_key: key["key"].as_str().unwrap().to_string() }
 }
