@@ -297,9 +297,10 @@ async fn ingest_body(
     };
     let Some(items) = batch else {
         let planned = plan(value, "").await?;
-        let accepted = state.ingest.submit(vec![planned]).await?.pop().ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("the ingest writer answered nothing for an event"))
-        })??;
+        let accepted =
+            state.ingest.submit(vec![planned]).await?.pop().ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("the ingest writer answered nothing for an event"))
+            })??;
         state.outbox.wake();
         let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
         return Ok((status, Json(accepted)).into_response());

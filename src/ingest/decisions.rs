@@ -57,7 +57,12 @@ impl From<forwarding_decision::Model> for DecisionView {
 }
 
 /// The stored row of a decision about `event_id`.
-pub fn row(tenant_id: Uuid, event_id: Uuid, view: &DecisionView, now: DateTime<Utc>) -> forwarding_decision::ActiveModel {
+pub fn row(
+    tenant_id: Uuid,
+    event_id: Uuid,
+    view: &DecisionView,
+    now: DateTime<Utc>,
+) -> forwarding_decision::ActiveModel {
     forwarding_decision::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(tenant_id),

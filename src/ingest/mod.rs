@@ -185,7 +185,11 @@ fn make_unlinkable(model: &mut analytics_event::Model) {
 /// A repeat of an accepted event. Reusing a key for an event sent elsewhere (another provider's
 /// endpoint, or all providers) is refused rather than answered as a repeat: silently answering
 /// "already have it" would mean that event never reaches the providers it was posted for.
-pub(crate) async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model, target: Option<&str>) -> Result<Accepted> {
+pub(crate) async fn duplicate(
+    db: &impl ConnectionTrait,
+    first: analytics_event::Model,
+    target: Option<&str>,
+) -> Result<Accepted> {
     if first.provider.as_deref() != target {
         let sent_to = first.provider.as_deref().unwrap_or("every provider (/events)");
         return Err(Error::Conflict(format!(

@@ -20,9 +20,7 @@
 use std::collections::HashMap;
 
 use entity::{analytics_event, delivery, forwarding_decision};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter, QueryOrder,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use super::{Accepted, decisions, decisions::DecisionView, keys::KeyKind};
