@@ -245,3 +245,67 @@ async fn every_sqlite_connection_fsyncs_each_commit() {
         txn.rollback().await.unwrap();
     }
 }
+
+/// The database becomes unavailable while requests wait for their batch: each gets a 503 (never a
+/// 500), and nothing was acknowledged. SQLite: the write lock is held past the busy timeout (10 s);
+/// a retry with the same key, once the lock is free, stores each event once. PostgreSQL: the
+/// database is dropped under the waiting writer.
+#[tokio::test]
+async fn requests_waiting_when_the_database_fails_mid_batch_get_503_and_a_retry_stores_once() {
+    let (app, _fakes, keys) = site::setup_with(|s| s.ingest.pg_writers = 1).await;
+    let (s, _) = post(&app, &keys, "/events", server_event("warm-up", 0, "warm-up")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (other, lock) = hold_the_write_lock(&app).await;
+    let waiting = join_all((1..=3).map(|n| post(&app, &keys, "/events", server_event("v", n, &format!("lost-{n}")))));
+    let sqlite = app.db.get_database_backend() == DbBackend::Sqlite;
+    let answers = if sqlite {
+        let answers = waiting.await;
+        lock.rollback().await.unwrap();
+        answers
+    } else {
+        let fail = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let server = std::env::var("TEST_DATABASE_URL").unwrap();
+            let name = url::Url::parse(&app.app.state.settings.database.url).unwrap().path()[1..].to_string();
+            let admin = Database::connect(&server).await.unwrap();
+            admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+            admin.close().await.ok();
+        };
+        let (answers, ()) = tokio::join!(waiting, fail);
+        drop(lock);
+        answers
+    };
+    other.close().await.ok();
+    for (s, body) in &answers {
+        assert_eq!(*s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
+    if sqlite {
+        for n in 1..=3 {
+            let (s, a) = post(&app, &keys, "/events", server_event("v", n, &format!("lost-{n}"))).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "the retry is stored: {a}");
+        }
+        assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event WHERE idempotency_key LIKE 'lost-%'").await, 3);
+    }
+}
+
+/// Events stored before the key kind was recorded (`key_kind` null) are a repeat for a sender of
+/// either kind: the unique index does not see them, the writer's read does.
+#[tokio::test]
+async fn a_legacy_event_without_a_key_kind_is_a_repeat_for_either_kind() {
+    let (app, _fakes, keys) = site::setup().await;
+    let (s, first) = post(&app, &keys, "/events", server_event("v", 1, "legacy-1")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{first}");
+    app.db
+        .execute_unprepared("UPDATE analytics_event SET key_kind = NULL WHERE idempotency_key = 'legacy-1'")
+        .await
+        .unwrap();
+    let mut browser = site::pageview(&site::visitor());
+    browser["idempotency_key"] = json!("legacy-1");
+    for (s, again) in
+        [post(&app, &keys, "/events", server_event("v", 1, "legacy-1")).await, site::track(&app, &keys, browser).await]
+    {
+        assert_eq!((s, &again["id"], &again["duplicate"]), (StatusCode::OK, &first["id"], &json!(true)), "{again}");
+    }
+    assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event WHERE idempotency_key = 'legacy-1'").await, 1);
+}
