@@ -309,3 +309,66 @@ async fn a_legacy_event_without_a_key_kind_is_a_repeat_for_either_kind() {
     }
     assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event WHERE idempotency_key = 'legacy-1'").await, 1);
 }
+
+/// A row the database refuses (here a trigger standing in for any constraint) fails its batch;
+/// the writer then stores the events one by one, so its batch-mates are stored and answered 202
+/// and only the refused one fails.
+#[tokio::test]
+async fn one_refused_row_does_not_fail_its_batch_mates() {
+    let (app, _fakes, keys) = site::setup_with(|s| s.ingest.pg_writers = 1).await;
+    let (s, _) = post(&app, &keys, "/events", server_event("warm-up", 0, "warm-up")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    match app.db.get_database_backend() {
+        DbBackend::Sqlite => {
+            app.db
+                .execute_unprepared(
+                    "CREATE TRIGGER poison BEFORE INSERT ON analytics_event WHEN NEW.event_name = 'poison' \
+                     BEGIN SELECT RAISE(ABORT, 'refused row'); END",
+                )
+                .await
+                .unwrap();
+        }
+        _ => {
+            app.db
+                .execute_unprepared(
+                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                     IF NEW.event_name = 'poison' THEN RAISE EXCEPTION 'refused row'; END IF; RETURN NEW; END $$",
+                )
+                .await
+                .unwrap();
+            app.db
+                .execute_unprepared(
+                    "CREATE TRIGGER poison BEFORE INSERT ON analytics_event FOR EACH ROW EXECUTE FUNCTION poison()",
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // With the writer held up, the burst waits in the queue and is committed as one batch.
+    let (other, lock) = hold_the_write_lock(&app).await;
+    let first = post(&app, &keys, "/events", server_event("v", 1, "first"));
+    let rest = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut bodies: Vec<Value> = (2..=20).map(|n| server_event("v", n, &format!("mate-{n}"))).collect();
+        bodies.insert(7, json!({"event_name": "poison", "page_url": PAGE, "idempotency_key": "poison"}));
+        let answers = join_all(bodies.into_iter().map(|b| post(&app, &keys, "/events", b)));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            lock.rollback().await.unwrap();
+        };
+        tokio::join!(answers, release).0
+    };
+    let (first, rest) = tokio::join!(first, rest);
+    other.close().await.ok();
+    assert_eq!(first.0, StatusCode::ACCEPTED, "{}", first.1);
+    for (i, (s, a)) in rest.iter().enumerate() {
+        if i == 7 {
+            assert_eq!((*s, &a["error"]["code"]), (StatusCode::INTERNAL_SERVER_ERROR, &json!("internal")), "{a}");
+            assert!(!a.to_string().contains("refused row"), "no internals: {a}");
+        } else {
+            assert_eq!(*s, StatusCode::ACCEPTED, "a batch-mate: {a}");
+        }
+    }
+    assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event").await, 21, "the warm-up, first, 19 mates");
+    assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event WHERE event_name = 'poison'").await, 0);
+}
