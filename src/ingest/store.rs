@@ -117,6 +117,8 @@ pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Resul
             None => denied.push((*config, 1)),
         }
     }
+    // In one order in every batch: PostgreSQL writers updating the same configs never deadlock.
+    denied.sort_unstable();
     for (config, n) in denied {
         usage::denied_by_consent_n(db, config, n).await.map_err(into_db)?;
     }
