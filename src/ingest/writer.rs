@@ -113,7 +113,14 @@ pub fn cut(waiting: &[usize], max: usize) -> usize {
 
 async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) {
     while let Some(batch) = next_batch(&inbox, max_rows).await {
-        commit(&db, batch).await;
+        // A task per batch: were a commit to panic, its requests get a 503 (their answer channels
+        // close) and the writer goes on with the next batch instead of leaving ingest dead.
+        let db = db.clone();
+        if let Err(e) = tokio::spawn(async move { commit(&db, batch).await }).await
+            && e.is_panic()
+        {
+            tracing::error!("storing a batch of events panicked; its requests were answered 503");
+        }
     }
 }
 
