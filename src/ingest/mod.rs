@@ -6,8 +6,8 @@
 //! page on another domain, a name the provider refuses) → a [`store::PlannedEvent`] (the rows).
 //! The write half, [`writer`] (group commit): the plans of every request waiting go into one
 //! transaction ([`store`]: the events, their [`decisions`], `outbox::pending` deliveries, usage
-//! counts; a repeated idempotency key is answered there, from the unique index's point of view),
-//! and each request is answered once it is committed.
+//! counts; a repeated idempotency key is found there, inside the writing transaction), and each
+//! request is answered once it is committed.
 //!
 //! What is stored depends on the decisions: unless some config's decision grants full identity,
 //! the event is stored *unlinkable* — no analytics id, user id, session id, user agent or
