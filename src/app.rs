@@ -17,6 +17,8 @@ pub struct AppState {
     /// The base URL the gateway is reached at (for links and the demo page).
     pub public_url: Arc<str>,
     pub geo: Arc<Geo>,
+    /// Group commit: requests hand their planned events to the ingest writers.
+    pub ingest: crate::ingest::writer::Writer,
     /// Wakes this process's delivery workers when new deliveries are due.
     pub outbox: crate::outbox::Outbox,
     /// Resolves credential references (cached); shared with the delivery workers.
@@ -37,6 +39,8 @@ pub struct App {
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
+    /// The ingest writers: idle once the server has drained (every request waits for its commit).
+    writers: Vec<JoinHandle<()>>,
 }
 
 impl App {
@@ -64,7 +68,9 @@ impl App {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let addr = listener.local_addr()?;
         let secrets = Arc::new(crate::secrets::Secrets::new(&settings.secrets).map_err(anyhow::Error::msg)?);
+        let (ingest, writers) = crate::ingest::writer::Writer::start(db.clone(), &settings.ingest);
         let state = AppState {
+            ingest,
             db,
             public_url: settings.public_url(addr).into(),
             geo,
@@ -82,7 +88,7 @@ impl App {
         let limits = http::serve::Limits::from_settings(&state.settings.server);
         let server = tokio::spawn(http::serve::serve(listener, router, limits, shutdown.clone()));
         tracing::info!(%addr, "consentgate listening");
-        Ok(App { addr, state, shutdown, server, workers })
+        Ok(App { addr, state, shutdown, server, workers, writers })
     }
 
     pub fn base_url(&self) -> String {
@@ -111,6 +117,9 @@ impl App {
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!(?grace, "shutdown grace period over; stopping with work in flight");
+        }
+        for w in self.writers {
+            w.abort();
         }
         self.state.db.clone().close().await.ok();
         Ok(())

@@ -20,6 +20,7 @@ pub struct Settings {
     pub consent: ConsentSettings,
     pub rate_limit: RateLimitSettings,
     pub delivery: DeliverySettings,
+    pub ingest: IngestSettings,
     pub retention: RetentionSettings,
     pub secrets: crate::secrets::SecretsSettings,
 }
@@ -249,6 +250,29 @@ impl DeliverySettings {
     }
 }
 
+/// Group commit of ingested events (docs/scaling.md#group-commit): requests hand their planned
+/// rows to a writer through a bounded queue and are answered once the batch holding them is
+/// committed.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Requests waiting for the writer, at most; one more is answered `503` with `Retry-After`
+    /// at once (backpressure) instead of waiting.
+    pub queue_capacity: usize,
+    /// Rows (events, decisions, deliveries, usage counts) one commit takes, at most; a single
+    /// request larger than this is committed alone.
+    pub max_batch_rows: usize,
+    /// Writers on PostgreSQL, each committing its own batches on its own connection (SQLite has
+    /// one writer whatever this says). Must be below `database.max_connections`.
+    pub pg_writers: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self { queue_capacity: 512, max_batch_rows: 2000, pg_writers: 2 }
+    }
+}
+
 /// How long data is kept (docs/operations.md). Tenants may override the periods through
 /// `PUT /v1/tenants/{tenant}/retention`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -372,6 +396,21 @@ impl Settings {
         if self.rate_limit.redis_timeout_ms == 0 {
             return Err(ConfigError("key `rate_limit.redis_timeout_ms`: must be at least 1".into()));
         }
+        let i = &self.ingest;
+        for (key, n) in
+            [("queue_capacity", i.queue_capacity), ("max_batch_rows", i.max_batch_rows), ("pg_writers", i.pg_writers)]
+        {
+            if n == 0 {
+                return Err(ConfigError(format!("key `ingest.{key}`: must be at least 1")));
+            }
+        }
+        if !url.starts_with("sqlite:") && i.pg_writers >= self.database.max_connections as usize {
+            return Err(ConfigError(format!(
+                "key `ingest.pg_writers` ({}) must be below `database.max_connections` ({}): requests need \
+                 connections to read while the writers hold theirs",
+                i.pg_writers, self.database.max_connections
+            )));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError("key `server.max_body_bytes`: must be at least 1024".into()));
         }
@@ -450,6 +489,22 @@ mod tests {
             assert!(err.contains("delivery.lease_secs") && err.contains("delivery.request_timeout_ms"), "{err}");
         }
         assert!(from_toml("[delivery]\nlease_secs = 11\nrequest_timeout_ms = 10000").is_ok());
+    }
+
+    #[test]
+    fn ingest_settings_of_zero_are_refused_naming_the_key() {
+        for key in ["queue_capacity", "max_batch_rows", "pg_writers"] {
+            let err = from_toml(&format!("[ingest]\n{key} = 0")).unwrap_err().to_string();
+            assert!(err.contains(&format!("ingest.{key}")) && err.contains("at least 1"), "{key}: {err}");
+        }
+        let pg = "[database]\nurl = \"postgres://u@h/db\"\nmax_connections = 4\n[ingest]\npg_writers =";
+        let err = from_toml(&format!("{pg} 4")).unwrap_err().to_string();
+        assert!(err.contains("ingest.pg_writers") && err.contains("database.max_connections"), "{err}");
+        assert!(from_toml(&format!("{pg} 3")).is_ok());
+        // SQLite has one writer whatever pg_writers says.
+        assert!(from_toml("[database]\nmax_connections = 1\n[ingest]\npg_writers = 4").is_ok());
+        let s = from_toml("[ingest]\nqueue_capacity = 8\nmax_batch_rows = 100").unwrap();
+        assert_eq!((s.ingest.queue_capacity, s.ingest.max_batch_rows), (8, 100));
     }
 
     #[test]

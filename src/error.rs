@@ -16,6 +16,10 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Forbidden(String),
+    /// Too much is waiting already (the ingest queue is full): try again in a moment. 503 with a
+    /// short `Retry-After`.
+    #[error("{0}")]
+    Busy(String),
     #[error("database error: {0}")]
     Db(#[from] DbErr),
     #[error("{0:#}")]

@@ -53,12 +53,15 @@
 //!    parsed into an `EventInput` ([`ingest::event`]), every field a checked type
 //!    ([`ingest::fields`]), and the request's facts about the visitor into `VisitorFacts`.
 //! 2. [`ingest`]: the event is enriched ([`ingest::enrich`]: UTM, user agent, truncated IP,
-//!    country via [`geo`]) and checked against idempotency.
+//!    country via [`geo`]).
 //! 3. [`consent`]: the visitor's latest record and the active config's policy give
 //!    [`consent::effective`]; [`consent::decide`] then decides per provider config, and the
 //!    provider's own rules ([`providers::Provider::accepts`]) may still refuse.
-//! 4. One transaction stores the event, a forwarding decision per config and a delivery per
-//!    allowed config ([`outbox::enqueue`]); the site gets its `202` with the decisions.
+//! 4. The planned rows go to the ingest writer ([`ingest::writer`], group commit): one
+//!    transaction stores the events of every request waiting — each event, a forwarding decision
+//!    per config and a delivery per allowed config ([`ingest::store`], which also answers a
+//!    repeated idempotency key) — and each site gets its `202` with the decisions once that
+//!    transaction is committed.
 //! 5. [`outbox`]: a worker ([`workers`], [`outbox::worker`]) claims due deliveries
 //!    ([`outbox::claim`]), decides again if the visitor withdrew meanwhile, has the provider
 //!    module map each delivery to an item ([`providers::Provider::item`]) and build one request

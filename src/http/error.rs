@@ -39,6 +39,10 @@ pub enum ApiError {
     /// `Retry-After`.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too much is waiting to be stored (the ingest queue is full): 503 with `Retry-After: 1`,
+    /// answered at once.
+    #[error("{0}")]
+    Busy(String),
     /// A provider the request needed refused, failed or did not answer in time (502).
     #[error("{0}")]
     BadGateway(String),
@@ -79,7 +83,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,7 +101,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited(_) => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy(_) => "unavailable",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
         }
@@ -115,6 +119,9 @@ impl ApiError {
 
 /// Seconds a client is asked to wait after a 503.
 pub const RETRY_AFTER_SECS: u32 = 5;
+/// Seconds a client is asked to wait after a 503 for a full ingest queue: a queue drains in well
+/// under a second.
+pub const BUSY_RETRY_AFTER_SECS: u32 = 1;
 
 /// One log line per this period while the database is unreachable, however many requests fail.
 static UNAVAILABLE_LOG: crate::telemetry::LogThrottle =
@@ -126,10 +133,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "request failed");
         }
-        let retry = matches!(self, ApiError::Unavailable(_));
+        let retry = match self {
+            ApiError::Unavailable(_) => Some(RETRY_AFTER_SECS),
+            ApiError::Busy(_) => Some(BUSY_RETRY_AFTER_SECS),
+            _ => None,
+        };
         let mut res = (self.status(), Json(self.body())).into_response();
-        if retry {
-            res.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        if let Some(secs) = retry {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         res
     }
@@ -156,6 +167,7 @@ impl From<Error> for ApiError {
             Error::NotFound => ApiError::NotFound,
             Error::Conflict(m) => ApiError::Conflict(m),
             Error::Forbidden(m) => ApiError::Forbidden(m),
+            Error::Busy(m) => ApiError::Busy(m),
             Error::Db(e) => from_db(e),
             Error::Internal(e) => match e.downcast::<sea_orm::DbErr>() {
                 Ok(db) => from_db(db),

@@ -123,7 +123,8 @@ pub struct BatchResult {
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "idempotency_key used for another target"),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "too many events waiting to be stored (Retry-After: 1), or the database is unreachable")
     )
 )]
 async fn post_events(
@@ -146,7 +147,8 @@ async fn post_events(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "idempotency_key used for another target"),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "too many events waiting to be stored (Retry-After: 1), or the database is unreachable")
     )
 )]
 async fn post_provider_events(
@@ -288,43 +290,66 @@ async fn ingest_body(
         }
         _ => None,
     };
-    let accept = async |item: Value, at: &str| -> Result<Accepted, Error> {
+    let plan = async |item: Value, at: &str| -> Result<ingest::store::PlannedEvent, Error> {
         let input: EventInput = json::from_value(item, at)?;
-        let accepted = ingest::accept(&state.db, &state.geo, &key.tenant, &key.sender, provider, input).await;
-        accepted.map_err(|e| e.at(at))
+        let planned = ingest::plan(&state.db, &state.geo, &key.tenant, &key.sender, provider, input).await;
+        planned.map_err(|e| e.at(at))
     };
     let Some(items) = batch else {
-        let accepted = accept(value, "").await?;
+        let planned = plan(value, "").await?;
+        let accepted =
+            state.ingest.submit(vec![planned]).await?.pop().ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("the ingest writer answered nothing for an event"))
+            })??;
         state.outbox.wake();
         let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
         return Ok((status, Json(accepted)).into_response());
     };
-    let mut results = Vec::with_capacity(items.len());
+    // Every valid item of the batch goes to the writer as one request's events (one commit, or
+    // the backpressure 503 for the whole request); an invalid one is answered on its own.
+    let mut results: Vec<Option<Result<Accepted, Error>>> = Vec::with_capacity(items.len());
+    let mut planned = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        let result = accept(item, &format!("batch[{index}]")).await;
-        results.push(match result {
-            Ok(a) => BatchItem {
-                index,
-                status: if a.duplicate { 200 } else { 202 },
-                id: Some(a.id),
-                decisions: Some(a.decisions),
-                error: None,
-            },
-            Err(e) => {
-                if matches!(e, Error::Db(_) | Error::Internal(_)) {
-                    tracing::error!(error = %e, index, "storing a batch item failed");
-                }
-                let api = ApiError::from(e);
-                BatchItem {
+        match plan(item, &format!("batch[{index}]")).await {
+            Ok(p) => {
+                planned.push(p);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let mut stored = state.ingest.submit(planned).await?.into_iter();
+    let results: Vec<BatchItem> = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| {
+            let result = result.or_else(|| stored.next()).unwrap_or_else(|| {
+                Err(Error::Internal(anyhow::anyhow!("the ingest writer answered fewer events than it was given")))
+            });
+            match result {
+                Ok(a) => BatchItem {
                     index,
-                    status: api.status().as_u16(),
-                    id: None,
-                    decisions: None,
-                    error: Some(api.body().error),
+                    status: if a.duplicate { 200 } else { 202 },
+                    id: Some(a.id),
+                    decisions: Some(a.decisions),
+                    error: None,
+                },
+                Err(e) => {
+                    if matches!(e, Error::Db(_) | Error::Internal(_)) {
+                        tracing::error!(error = %e, index, "storing a batch item failed");
+                    }
+                    let api = ApiError::from(e);
+                    BatchItem {
+                        index,
+                        status: api.status().as_u16(),
+                        id: None,
+                        decisions: None,
+                        error: Some(api.body().error),
+                    }
                 }
             }
-        });
-    }
+        })
+        .collect();
     state.outbox.wake();
     Ok((StatusCode::ACCEPTED, Json(BatchResult { results })).into_response())
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use entity::forwarding_decision;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -56,13 +56,13 @@ impl From<forwarding_decision::Model> for DecisionView {
     }
 }
 
-pub async fn insert(
-    db: &impl ConnectionTrait,
+/// The stored row of a decision about `event_id`.
+pub fn row(
     tenant_id: Uuid,
     event_id: Uuid,
     view: &DecisionView,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> forwarding_decision::ActiveModel {
     forwarding_decision::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(tenant_id),
@@ -74,9 +74,6 @@ pub async fn insert(
         reason: Set(view.reason.clone()),
         created_at: Set(now),
     }
-    .insert(db)
-    .await?;
-    Ok(())
 }
 
 pub async fn for_event(db: &impl ConnectionTrait, event_id: Uuid) -> Result<Vec<DecisionView>> {

@@ -1,10 +1,13 @@
 //! Ingestion: one posted event becomes one stored event, a forwarding decision per provider config
-//! and a delivery per allowed config — in one transaction, before the site gets its `202`.
+//! and a delivery per allowed config — committed before the site gets its `202`.
 //!
-//! validate ([`event`]) → enrich ([`enrich`]) → idempotency → consent inputs → per config:
-//! `consent::decide`, then the provider's own acceptance (custom events switched off, a page on
-//! another domain, a name the provider refuses) → one transaction (event, [`decisions`],
-//! `outbox::enqueue`, usage) → the decisions.
+//! The read half, [`plan`]: validate ([`event`]) → enrich ([`enrich`]) → consent inputs → per
+//! config: `consent::decide`, then the provider's own acceptance (custom events switched off, a
+//! page on another domain, a name the provider refuses) → a [`store::PlannedEvent`] (the rows).
+//! The write half, [`writer`] (group commit): the plans of every request waiting go into one
+//! transaction ([`store`]: the events, their [`decisions`], `outbox::pending` deliveries, usage
+//! counts; a repeated idempotency key is found there, inside the writing transaction), and each
+//! request is answered once it is committed.
 //!
 //! What is stored depends on the decisions: unless some config's decision grants full identity,
 //! the event is stored *unlinkable* — no analytics id, user id, session id, user agent or
@@ -17,13 +20,12 @@ pub mod enrich;
 pub mod event;
 pub mod fields;
 pub mod keys;
+pub mod store;
+pub mod writer;
 
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, tenant};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
-    QueryFilter, SqlErr,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -41,7 +43,7 @@ use crate::{
     },
     error::{Error, Result},
     geo::Geo,
-    providers::{self, config::usage},
+    providers,
 };
 
 /// What became of one posted event.
@@ -55,17 +57,18 @@ pub struct Accepted {
     pub decisions: Vec<DecisionView>,
 }
 
-/// Validates, decides and stores one event (parsed at the HTTP edge). `provider` restricts
-/// forwarding to that provider's configs (the per-provider endpoint). Field names in errors are
-/// relative to the event.
-pub async fn accept(
+/// Validates and decides one event (parsed at the HTTP edge): the rows to store, for the
+/// [`writer`]. `provider` restricts forwarding to that provider's configs (the per-provider
+/// endpoint). Field names in errors are relative to the event. Whether the idempotency key was
+/// seen before is found when the rows are stored ([`store`]), not here.
+pub async fn plan(
     db: &DatabaseConnection,
     geo: &Geo,
     tenant: &tenant::Model,
     sender: &Sender,
     provider: Option<&str>,
     input: EventInput,
-) -> Result<Accepted> {
+) -> Result<store::PlannedEvent> {
     let now = Utc::now();
     let mut ev = event::validate(input, sender, provider, now)?;
     // A server's visitor: located by the IP the server passed, unless it said the country.
@@ -78,11 +81,7 @@ pub async fn accept(
         ev.visitor.signals.region = loc.region;
     }
     let key_kind = sender.key_kind();
-    if let Some(key) = &ev.idempotency_key
-        && let Some(first) = find_by_key(db, tenant.id, key_kind, key.as_str()).await?
-    {
-        return duplicate(db, first, provider).await;
-    }
+    let lookup_key = ev.idempotency_key.as_ref().map(|k| k.as_str().to_string());
 
     let agent = enrich::parse_agent(ev.visitor.user_agent.as_deref());
     let signals = Signals { bot: agent.bot, ..ev.visitor.signals.clone() };
@@ -139,23 +138,13 @@ pub async fn accept(
         make_unlinkable(&mut model);
     }
 
-    let txn = crate::db::begin_write(db).await?;
-    if let Err(e) = model.clone().into_active_model().insert(&txn).await {
-        drop(txn);
-        // A concurrent request with the same key won the race: answer like a repeat.
-        if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-            && let Some(key) = &model.idempotency_key
-            && let Some(first) = find_by_key(db, tenant.id, key_kind, key).await?
-        {
-            return duplicate(db, first, provider).await;
-        }
-        return Err(e.into());
-    }
-    for p in &planned {
-        decisions::insert(&txn, tenant.id, model.id, &p.view, now).await?;
+    let mut decisions = Vec::with_capacity(planned.len());
+    let mut deliveries = Vec::new();
+    let mut denied_by_consent = Vec::new();
+    for p in planned {
         match p.identity {
-            Some(identity) => {
-                let new = crate::outbox::NewDelivery {
+            Some(identity) => deliveries.push(crate::outbox::pending(
+                crate::outbox::NewDelivery {
                     tenant_id: tenant.id,
                     event_id: model.id,
                     config_id: p.config_id,
@@ -166,37 +155,15 @@ pub async fn accept(
                     user_agent: user_agent.as_deref(),
                     granted,
                     pseudonymous_id: pseudonymous_id.as_deref().filter(|_| p.pseudonymous),
-                };
-                crate::outbox::enqueue(&txn, new, now).await?;
-            }
-            None if p.denied_by_consent => usage::denied_by_consent(&txn, p.config_id).await?,
+                },
+                now,
+            )),
+            None if p.denied_by_consent => denied_by_consent.push(p.config_id),
             None => {}
         }
+        decisions.push(p.view);
     }
-    txn.commit().await?;
-    Ok(Accepted { id: model.id, duplicate: false, decisions: planned.into_iter().map(|p| p.view).collect() })
-}
-
-/// The event stored under `key` by a sender of this kind. Keys are scoped by key kind (the unique
-/// index is `(tenant_id, idempotency_key, key_kind)`): a page holding the public key cannot
-/// pre-claim a key the site's server will send. Events stored before the kind was recorded
-/// (`key_kind` null) are a repeat for either kind — the gateway cannot tell who sent them.
-async fn find_by_key(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    kind: KeyKind,
-    key: &str,
-) -> Result<Option<analytics_event::Model>> {
-    Ok(analytics_event::Entity::find()
-        .filter(analytics_event::Column::TenantId.eq(tenant_id))
-        .filter(analytics_event::Column::IdempotencyKey.eq(key))
-        .filter(
-            Condition::any()
-                .add(analytics_event::Column::KeyKind.eq(kind.as_str()))
-                .add(analytics_event::Column::KeyKind.is_null()),
-        )
-        .one(db)
-        .await?)
+    Ok(store::PlannedEvent { event: model, lookup_key, key_kind, decisions, deliveries, denied_by_consent })
 }
 
 /// No provider may receive identifiers, so the stored event keeps none: nothing on it can be
@@ -218,7 +185,11 @@ fn make_unlinkable(model: &mut analytics_event::Model) {
 /// A repeat of an accepted event. Reusing a key for an event sent elsewhere (another provider's
 /// endpoint, or all providers) is refused rather than answered as a repeat: silently answering
 /// "already have it" would mean that event never reaches the providers it was posted for.
-async fn duplicate(db: &impl ConnectionTrait, first: analytics_event::Model, target: Option<&str>) -> Result<Accepted> {
+pub(crate) async fn duplicate(
+    db: &impl ConnectionTrait,
+    first: analytics_event::Model,
+    target: Option<&str>,
+) -> Result<Accepted> {
     if first.provider.as_deref() != target {
         let sent_to = first.provider.as_deref().unwrap_or("every provider (/events)");
         return Err(Error::Conflict(format!(

@@ -19,8 +19,8 @@
 //! - [`stats`]: outbox depth, oldest pending age and circuits per config, for `/metrics`.
 //! - [`log`]: the delivery log for admins and auditors, and replays.
 //!
-//! The one module that updates `delivery` rows; the ingest transaction creates them through
-//! [`enqueue`].
+//! The one module that updates `delivery` rows; the ingest writer creates them from
+//! [`pending`].
 
 pub mod backoff;
 pub mod batch;
@@ -39,7 +39,7 @@ use std::{net::IpAddr, sync::Arc};
 use chrono::{DateTime, Utc};
 use entity::delivery;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, UpdateMany,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, UpdateMany,
     sea_query::{Expr, SimpleExpr},
 };
 use tokio::sync::Notify;
@@ -115,11 +115,11 @@ pub struct NewDelivery<'a> {
     pub pseudonymous_id: Option<&'a str>,
 }
 
-/// A new pending delivery, due at once, inside the caller's (the ingest) transaction.
-pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateTime<Utc>) -> Result<Uuid> {
-    let id = Uuid::now_v7();
+/// The row of a new pending delivery, due at once: inserted by the ingest writer, many at once,
+/// in the transaction that stores the event (`ingest::store`).
+pub fn pending(new: NewDelivery<'_>, now: DateTime<Utc>) -> delivery::ActiveModel {
     delivery::ActiveModel {
-        id: Set(id),
+        id: Set(Uuid::now_v7()),
         tenant_id: Set(new.tenant_id),
         event_id: Set(new.event_id),
         config_id: Set(new.config_id),
@@ -145,9 +145,6 @@ pub async fn enqueue(db: &impl ConnectionTrait, new: NewDelivery<'_>, now: DateT
         created_at: Set(now),
         updated_at: Set(now),
     }
-    .insert(db)
-    .await?;
-    Ok(id)
 }
 
 /// A config became `active` again: its waiting deliveries are due now, not at the end of a

@@ -640,10 +640,15 @@ pub mod usage {
     use super::*;
 
     pub async fn denied_by_consent(db: &impl ConnectionTrait, config_id: Uuid) -> Result<()> {
+        denied_by_consent_n(db, config_id, 1).await
+    }
+
+    /// `n` events denied by consent at once (one commit of the ingest writer).
+    pub async fn denied_by_consent_n(db: &impl ConnectionTrait, config_id: Uuid, n: u64) -> Result<()> {
         provider_config::Entity::update_many()
             .col_expr(
                 provider_config::Column::EventsDeniedByConsent,
-                Expr::col(provider_config::Column::EventsDeniedByConsent).add(1),
+                Expr::col(provider_config::Column::EventsDeniedByConsent).add(n as i64),
             )
             .filter(provider_config::Column::Id.eq(config_id))
             .exec(db)

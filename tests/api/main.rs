@@ -16,6 +16,7 @@ mod fakes;
 mod forwarding;
 mod foundation;
 mod ga4;
+mod group_commit;
 mod http_edge;
 mod ingest;
 mod outbox;

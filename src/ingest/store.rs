@@ -1,0 +1,295 @@
+//! The write half of ingestion: the rows [`plan`](super::plan) made for a batch of events, stored
+//! in the caller's transaction with one multi-row insert per table (chunked below the databases'
+//! bound-parameter limits), and what each event's sender is answered once it commits.
+//!
+//! **Repeats.** A site retries with the same `idempotency_key` when an answer was lost; that must
+//! never store a second event, even when both requests are in the same batch. Keys are scoped by
+//! key kind — the unique index is `(tenant_id, idempotency_key, key_kind)`, so a page holding the
+//! public key cannot pre-claim a key the site's server will send — and events stored before the
+//! kind was recorded (`key_kind` null, migration 000006) are a repeat for either kind: the gateway
+//! cannot tell who sent them, and the unique index (where nulls are distinct) does not see them.
+//! So the check is made here, inside the writing transaction, with **one** read for the whole
+//! batch (every key of the batch, matched by [`is_repeat_of`]) instead of one per event before
+//! planning; batch-mates with the same key are resolved in memory (the first is stored, the rest
+//! are its repeats). Exact on SQLite (the transaction holds the single write lock). On PostgreSQL
+//! a concurrent writer's uncommitted event is invisible to the read: the unique index then fails
+//! this batch's insert, the writer retries event by event ([`writer`](super::writer)), and the
+//! retry's read sees the committed first event. Legacy null-kind rows are never written again,
+//! so nothing can race with them.
+
+use std::collections::HashMap;
+
+use entity::{analytics_event, delivery, forwarding_decision};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter, QueryOrder};
+use uuid::Uuid;
+
+use super::{Accepted, decisions, decisions::DecisionView, keys::KeyKind};
+use crate::{error::Result, providers::config::usage};
+
+/// One event's rows, planned and ready to store: what a request hands the writer.
+#[derive(Clone, Debug)]
+pub struct PlannedEvent {
+    /// The event as stored (an unlinkable event's derived idempotency key already erased).
+    pub event: analytics_event::Model,
+    /// The idempotency key as posted: what an earlier event is looked up by.
+    pub lookup_key: Option<String>,
+    pub key_kind: KeyKind,
+    /// One per config considered, in order.
+    pub decisions: Vec<DecisionView>,
+    /// One pending delivery per allowed config.
+    pub deliveries: Vec<delivery::ActiveModel>,
+    /// The configs whose `events_denied_by_consent` grows by one.
+    pub denied_by_consent: Vec<Uuid>,
+}
+
+impl PlannedEvent {
+    /// Rows this event writes: the event, its decisions and deliveries, its usage counts — what
+    /// the writer's `max_batch_rows` counts.
+    pub fn rows(&self) -> usize {
+        1 + self.decisions.len() + self.deliveries.len() + self.denied_by_consent.len()
+    }
+}
+
+/// What becomes of one event of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Store,
+    /// A repeat of an event stored before (index into the existing rows).
+    RepeatOfStored(usize),
+    /// A repeat of an earlier event of this batch (its index).
+    RepeatOfBatchMate(usize),
+}
+
+/// Whether `row` is the first event of a repeat of `key` posted by a sender of `kind` to
+/// `tenant`: same tenant and key, and the same kind or none recorded (a legacy row).
+pub fn is_repeat_of(row: &analytics_event::Model, tenant: Uuid, key: &str, kind: KeyKind) -> bool {
+    row.tenant_id == tenant
+        && row.idempotency_key.as_deref() == Some(key)
+        && row.key_kind.as_deref().is_none_or(|k| k == kind.as_str())
+}
+
+/// The fate of each event of a batch, in order — pure. `existing`: rows stored before with any of
+/// the batch's keys. A key is claimed by the first event storing it; an event whose posted key a
+/// stored row or an earlier batch-mate holds is a repeat.
+pub fn fates(events: &[&PlannedEvent], existing: &[analytics_event::Model]) -> Vec<Fate> {
+    let mut claimed: HashMap<(Uuid, &str, &'static str), usize> = HashMap::new();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let tenant = e.event.tenant_id;
+        let fate = match e.lookup_key.as_deref() {
+            Some(key) => match existing.iter().position(|row| is_repeat_of(row, tenant, key, e.key_kind)) {
+                Some(r) => Fate::RepeatOfStored(r),
+                None => match claimed.get(&(tenant, key, e.key_kind.as_str())) {
+                    Some(&first) => Fate::RepeatOfBatchMate(first),
+                    None => Fate::Store,
+                },
+            },
+            None => Fate::Store,
+        };
+        if fate == Fate::Store
+            && let Some(stored) = e.event.idempotency_key.as_deref()
+        {
+            claimed.insert((tenant, stored, e.key_kind.as_str()), i);
+        }
+        out.push(fate);
+    }
+    out
+}
+
+/// Stores `events` in `db` (the writer's transaction) and returns each one's answer, valid once
+/// the transaction commits: `Ok` stored or a repeat, or a 409 for a key reused for another target.
+/// A database error fails the whole batch (the writer then retries event by event).
+pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result<Vec<Result<Accepted>>, DbErr> {
+    let existing = existing(db, events).await?;
+    let fates = fates(events, &existing);
+    let stored = || events.iter().zip(&fates).filter(|(_, f)| **f == Fate::Store).map(|(e, _)| *e);
+
+    insert_chunked(db, stored().map(|e| analytics_event::ActiveModel::from(e.event.clone())).collect()).await?;
+    let decision_rows: Vec<forwarding_decision::ActiveModel> = stored()
+        .flat_map(|e| e.decisions.iter().map(|d| decisions::row(e.event.tenant_id, e.event.id, d, e.event.received_at)))
+        .collect();
+    insert_chunked(db, decision_rows).await?;
+    insert_chunked(db, stored().flat_map(|e| e.deliveries.iter().cloned()).collect()).await?;
+    let mut denied: Vec<(Uuid, u64)> = Vec::new();
+    for config in stored().flat_map(|e| e.denied_by_consent.iter()) {
+        match denied.iter_mut().find(|(c, _)| c == config) {
+            Some((_, n)) => *n += 1,
+            None => denied.push((*config, 1)),
+        }
+    }
+    // In one order in every batch: PostgreSQL writers updating the same configs never deadlock.
+    denied.sort_unstable();
+    for (config, n) in denied {
+        usage::denied_by_consent_n(db, config, n).await.map_err(into_db)?;
+    }
+
+    let mut answers = Vec::with_capacity(events.len());
+    for (e, fate) in events.iter().zip(&fates) {
+        let first = match *fate {
+            Fate::Store => {
+                answers.push(Ok(Accepted { id: e.event.id, duplicate: false, decisions: e.decisions.clone() }));
+                continue;
+            }
+            Fate::RepeatOfStored(r) => existing[r].clone(),
+            Fate::RepeatOfBatchMate(i) => events[i].event.clone(),
+        };
+        // A 409 for a key reused elsewhere is this event's answer; a database error is the batch's.
+        answers.push(match super::duplicate(db, first, e.event.provider.as_deref()).await {
+            Err(crate::error::Error::Db(err)) => return Err(err),
+            other => other,
+        });
+    }
+    Ok(answers)
+}
+
+/// Rows stored before with a key some event of the batch was posted with (one read).
+async fn existing(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result<Vec<analytics_event::Model>, DbErr> {
+    let mut keys: Vec<&str> = events.iter().filter_map(|e| e.lookup_key.as_deref()).collect();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let mut tenants: Vec<Uuid> = events.iter().map(|e| e.event.tenant_id).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    analytics_event::Entity::find()
+        .filter(analytics_event::Column::TenantId.is_in(tenants))
+        .filter(analytics_event::Column::IdempotencyKey.is_in(keys))
+        .order_by_asc(analytics_event::Column::Id)
+        .all(db)
+        .await
+}
+
+/// Bound parameters per statement, at most: SQLite allows 32,766, PostgreSQL 65,535.
+const MAX_PARAMS: usize = 30_000;
+
+/// Rows of a table with `columns` columns per multi-row insert.
+pub fn rows_per_statement(columns: usize) -> usize {
+    (MAX_PARAMS / columns.max(1)).max(1)
+}
+
+async fn insert_chunked<A>(db: &impl ConnectionTrait, rows: Vec<A>) -> Result<(), DbErr>
+where
+    A: ActiveModelTrait + Send,
+{
+    let per = rows_per_statement(<A::Entity as EntityTrait>::Column::iter().count());
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<A> = rows.by_ref().take(per).collect();
+        A::Entity::insert_many(chunk).exec_without_returning(db).await?;
+    }
+    Ok(())
+}
+
+fn into_db(e: crate::error::Error) -> DbErr {
+    match e {
+        crate::error::Error::Db(e) => e,
+        other => DbErr::Custom(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(tenant: Uuid, key: Option<&str>, kind: Option<&str>) -> analytics_event::Model {
+        let now = Utc::now();
+        analytics_event::Model {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            provider: None,
+            event_name: "pageview".into(),
+            event_properties: json!({}),
+            user_id: None,
+            anonymous_id: None,
+            session_id: None,
+            page_url: None,
+            referrer: None,
+            title: None,
+            user_agent: None,
+            language: None,
+            screen: None,
+            revenue: None,
+            context: json!({}),
+            occurred_at: now,
+            received_at: now,
+            ip_truncated: None,
+            country: None,
+            dnt: false,
+            gpc: false,
+            idempotency_key: key.map(String::from),
+            key_kind: kind.map(String::from),
+        }
+    }
+
+    /// An event posted with `posted` as its key; `stored`: whether the key is kept on the row (a
+    /// derived key of an unlinkable event is not).
+    fn planned(tenant: Uuid, posted: Option<&str>, kind: KeyKind, stored: bool) -> PlannedEvent {
+        let key = posted.filter(|_| stored);
+        PlannedEvent {
+            event: row(tenant, key, Some(kind.as_str())),
+            lookup_key: posted.map(String::from),
+            key_kind: kind,
+            decisions: vec![],
+            deliveries: vec![],
+            denied_by_consent: vec![],
+        }
+    }
+
+    #[test]
+    fn repeats_are_found_among_stored_rows_and_batch_mates() {
+        use Fate::*;
+        use KeyKind::{Public, Secret};
+        let (t, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let stored = vec![
+            row(t, Some("k-public"), Some("public")),
+            // Stored before the kind was recorded: a repeat for either kind.
+            row(t, Some("k-legacy"), None),
+        ];
+        let p = |tenant, key, kind| planned(tenant, key, kind, true);
+        for (name, batch, want) in [
+            ("no keys", vec![p(t, None, Public), p(t, None, Public)], vec![Store, Store]),
+            ("a new key", vec![p(t, Some("new"), Secret)], vec![Store]),
+            ("stored, same kind", vec![p(t, Some("k-public"), Public)], vec![RepeatOfStored(0)]),
+            ("stored by the other kind", vec![p(t, Some("k-public"), Secret)], vec![Store]),
+            ("a legacy row, public", vec![p(t, Some("k-legacy"), Public)], vec![RepeatOfStored(1)]),
+            ("a legacy row, secret", vec![p(t, Some("k-legacy"), Secret)], vec![RepeatOfStored(1)]),
+            ("another tenant's key", vec![p(other, Some("k-public"), Public)], vec![Store]),
+            (
+                "batch-mates with one key",
+                vec![p(t, Some("x"), Secret), p(t, Some("x"), Secret), p(t, Some("x"), Secret)],
+                vec![Store, RepeatOfBatchMate(0), RepeatOfBatchMate(0)],
+            ),
+            (
+                "batch-mates, each kind its own",
+                vec![p(t, Some("x"), Secret), p(t, Some("x"), Public), p(t, Some("x"), Public)],
+                vec![Store, Store, RepeatOfBatchMate(1)],
+            ),
+            (
+                "batch-mates of a stored key",
+                vec![p(t, Some("k-public"), Public), p(t, Some("k-public"), Public)],
+                vec![RepeatOfStored(0), RepeatOfStored(0)],
+            ),
+            (
+                "a key not kept claims nothing",
+                vec![planned(t, Some("auto:x"), Secret, false), p(t, Some("auto:x"), Secret)],
+                vec![Store, Store],
+            ),
+        ] {
+            let refs: Vec<&PlannedEvent> = batch.iter().collect();
+            assert_eq!(fates(&refs, &stored), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn rows_per_statement_stay_below_the_parameter_limits() {
+        for (columns, rows) in [(24, 1250), (9, 3333), (1, 30_000), (0, 30_000), (40_000, 1)] {
+            assert_eq!(rows_per_statement(columns), rows, "{columns} columns");
+            assert!(rows * columns.max(1) <= 32_766 || rows == 1);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Group commit: requests plan their rows ([`plan`](super::plan)), hand them to a writer through a
+//! bounded queue ([`Writer::submit`]) and wait for the commit before answering — so a `202` still
+//! means "committed and fsynced", but one commit (one fsync, one write lock) serves every request
+//! that was waiting.
+//!
+//! - A writer takes whatever is waiting, up to `ingest.max_batch_rows` rows ([`fits`]), into one
+//!   transaction ([`store`]). No fixed linger: while one commit runs, the next batch gathers by
+//!   itself, so batches are small at low load and large under load.
+//! - One writer on SQLite (it has one write lock anyway); `ingest.pg_writers` on PostgreSQL, each
+//!   on its own connection, sharing the queue.
+//! - A full queue is answered at once: `503` with `Retry-After: 1` ([`Error::Busy`]), counted in
+//!   `consentgate_ingest_rejected_total`, rather than latency growing without bound.
+//! - A batch that fails with the database unreachable answers each of its requests `503` (nothing
+//!   was acknowledged, so nothing acknowledged is lost; a retry with the same idempotency key is a
+//!   repeat if the commit did land). Any other failure (one bad row, or on PostgreSQL a key a
+//!   concurrent writer just stored) is retried event by event, each in its own transaction, so
+//!   one bad row does not fail its batch-mates and each request gets its own answer.
+
+use std::{sync::Arc, time::Instant};
+
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, SqlErr};
+use tokio::{
+    sync::{Mutex, mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use super::{Accepted, store::PlannedEvent};
+use crate::{
+    config::IngestSettings,
+    error::{Error, Result},
+};
+
+/// One request's events and where to send their answers (in the same order).
+struct Job {
+    events: Vec<PlannedEvent>,
+    rows: usize,
+    reply: oneshot::Sender<Vec<Result<Accepted>>>,
+}
+
+/// The handle requests submit to (cheap to clone).
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+}
+
+/// The waiting jobs, shared by the writers of a PostgreSQL pool: a job taken but not fitting the
+/// batch being cut waits in `held` for the next one.
+struct Inbox {
+    rx: mpsc::Receiver<Job>,
+    held: Option<Job>,
+}
+
+impl Writer {
+    /// Starts the writers on `db` and returns the handle and their tasks (they end when every
+    /// handle is dropped).
+    pub fn start(db: DatabaseConnection, settings: &IngestSettings) -> (Writer, Vec<JoinHandle<()>>) {
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
+        let writers = match db.get_database_backend() {
+            DbBackend::Sqlite => 1,
+            _ => settings.pg_writers.max(1),
+        };
+        let max_rows = settings.max_batch_rows.max(1);
+        let tasks = (0..writers).map(|_| tokio::spawn(run(db.clone(), inbox.clone(), max_rows))).collect();
+        (Writer { queue: tx }, tasks)
+    }
+
+    /// Queues `events` (one request's) and waits for the commit: each event's answer, in order.
+    /// `Err(Error::Busy)` at once when the queue is full; a `503` (`Error::Db`, unreachable) when
+    /// the writers are gone.
+    pub async fn submit(&self, events: Vec<PlannedEvent>) -> Result<Vec<Result<Accepted>>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = events.iter().map(PlannedEvent::rows).sum();
+        let (reply, answer) = oneshot::channel();
+        match self.queue.try_send(Job { events, rows, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("consentgate_ingest_rejected_total", "reason" => "queue_full").increment(1);
+                return Err(Error::Busy("too many events are waiting to be stored; retry in a moment".into()));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+        }
+        answer.await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> Error {
+    Error::Db(DbErr::Conn(RuntimeErr::Internal("the ingest writer stopped".into())))
+}
+
+/// Whether a job of `next` rows joins a batch of `batch` rows under a cap of `max` rows — pure.
+/// The first job always does (a request larger than the cap is committed alone).
+pub fn fits(batch: usize, next: usize, max: usize) -> bool {
+    batch == 0 || batch.saturating_add(next) <= max
+}
+
+/// How many of the jobs waiting (their row counts, in queue order) the next batch takes — pure:
+/// the leading ones while they [`fit`](fits); the queue's order is kept, so a large job is never
+/// overtaken.
+pub fn cut(waiting: &[usize], max: usize) -> usize {
+    let mut rows = 0;
+    waiting
+        .iter()
+        .take_while(|&&n| {
+            let ok = fits(rows, n, max);
+            rows += n;
+            ok
+        })
+        .count()
+}
+
+async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) {
+    while let Some(batch) = next_batch(&inbox, max_rows).await {
+        // A task per batch: were a commit to panic, its requests get a 503 (their answer channels
+        // close) and the writer goes on with the next batch instead of leaving ingest dead.
+        let db = db.clone();
+        if let Err(e) = tokio::spawn(async move { commit(&db, batch).await }).await
+            && e.is_panic()
+        {
+            tracing::error!("storing a batch of events panicked; its requests were answered 503");
+        }
+    }
+}
+
+/// Waits for a job, then takes whatever else is waiting while it fits. `None`: every handle is
+/// gone and nothing waits.
+async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
+    let mut inbox = inbox.lock().await;
+    let first = match inbox.held.take() {
+        Some(job) => job,
+        None => inbox.rx.recv().await?,
+    };
+    let mut rows = first.rows;
+    let mut batch = vec![first];
+    while let Ok(job) = inbox.rx.try_recv() {
+        if cut(&[rows, job.rows], max_rows) < 2 {
+            inbox.held = Some(job);
+            break;
+        }
+        rows += job.rows;
+        batch.push(job);
+    }
+    Some(batch)
+}
+
+async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
+    let started = Instant::now();
+    let events: Vec<&PlannedEvent> = jobs.iter().flat_map(|j| &j.events).collect();
+    let answers = match store_in_one_transaction(db, &events).await {
+        Ok(answers) => answers,
+        Err(e) if crate::db::is_unavailable(&e) => {
+            // Each request gets the 503 (its own copy of the cause; the HTTP layer logs it once).
+            let cause = e.to_string();
+            events.iter().map(|_| Err(Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.clone()))))).collect()
+        }
+        Err(e) => {
+            if events.len() > 1 {
+                tracing::warn!(error = %e, events = events.len(), "a batch of events failed; storing them one by one");
+            }
+            let mut answers = Vec::with_capacity(events.len());
+            for e in &events {
+                answers.push(store_alone(db, e).await);
+            }
+            answers
+        }
+    };
+    metrics::histogram!("consentgate_ingest_batch_events").record(events.len() as f64);
+    metrics::histogram!("consentgate_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+    drop(events);
+    let mut answers = answers.into_iter();
+    for job in jobs {
+        let mine: Vec<_> = answers.by_ref().take(job.events.len()).collect();
+        // The request may have gone (client disconnected); its events are stored all the same.
+        let _ = job.reply.send(mine);
+    }
+}
+
+async fn store_in_one_transaction(
+    db: &DatabaseConnection,
+    events: &[&PlannedEvent],
+) -> Result<Vec<Result<Accepted>>, DbErr> {
+    let txn = crate::db::begin_write(db).await?;
+    let answers = super::store::store(&txn, events).await?;
+    txn.commit().await?;
+    Ok(answers)
+}
+
+/// One event in its own transaction (after its batch failed). A unique violation means a
+/// concurrent writer stored the same key meanwhile: once more, and the read finds it.
+async fn store_alone(db: &DatabaseConnection, event: &PlannedEvent) -> Result<Accepted> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store_in_one_transaction(db, &[event]).await {
+            Ok(mut answers) => return answers.pop().unwrap_or_else(|| Err(stopped())),
+            Err(e) if tries < 3 && matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_the_waiting_jobs_in_order_while_they_fit() {
+        for (waiting, max, taken) in [
+            (vec![], 10, 0),
+            (vec![5], 10, 1),
+            (vec![5, 5], 10, 2),
+            (vec![5, 5, 1], 10, 2),
+            // A job larger than the cap alone is taken alone, never left behind.
+            (vec![50], 10, 1),
+            (vec![50, 1], 10, 1),
+            // Order is kept: a small job does not overtake a large one that no longer fits.
+            (vec![4, 7, 1], 10, 1),
+            (vec![1; 64], 1000, 64),
+            (vec![5; 64], 100, 20),
+            (vec![3, 3, 3], 9, 3),
+        ] {
+            assert_eq!(cut(&waiting, max), taken, "{waiting:?} under {max}");
+        }
+    }
+
+    #[test]
+    fn the_first_job_always_fits() {
+        assert!(fits(0, usize::MAX, 1));
+        assert!(!fits(1, usize::MAX, usize::MAX - 1), "no overflow");
+        assert!(fits(4, 6, 10) && !fits(4, 7, 10));
+    }
+}
