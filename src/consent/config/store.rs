@@ -653,8 +653,10 @@ pub fn banner_config(
     providers: &[entity::provider_config::Model],
 ) -> (Value, crate::banner::Variant) {
     let mut config = crate::banner::browser_config(spec, id, i64::from(revision), i64::from(reconsent_revision));
-    let variant =
-        crate::banner::Variant { per_provider: spec.per_provider_choices, flags: crate::banner::feature_flags(providers) };
+    let variant = crate::banner::Variant {
+        per_provider: spec.per_provider_choices,
+        flags: crate::banner::feature_flags(providers),
+    };
     if variant.per_provider {
         crate::banner::add_providers(&mut config, &crate::consent::offer::offered(providers));
     }

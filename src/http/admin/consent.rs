@@ -107,12 +107,60 @@ pub async fn editor(State(state): State<AppState>, page: Page, Path(id): Path<St
 
 /// The draft with a form's edits merged in, and whether it is a valid config: `Err` with every
 /// problem (the form's own and the config's), as `ConfigSpec::check` gives them.
-fn merged(view: &ConsentConfigView, form: &[(String, String)]) -> (serde_json::Map<String, Value>, Value, Result<ConfigSpec, Vec<(String, String)>>) {
+fn merged(
+    view: &ConsentConfigView,
+    form: &[(String, String)],
+) -> (serde_json::Map<String, Value>, Value, Result<ConfigSpec, Vec<(String, String)>>) {
     let (patch, problems) = consent_form::patch_of(form);
     let mut shown = serde_json::to_value(&view.spec).unwrap_or_default();
     merge_patch(&mut shown, &Value::Object(patch.clone()));
-    let checked = if problems.is_empty() { ConfigSpec::check(shown.clone()) } else { Err(problems) };
+    let checked = if problems.is_empty() { check_all(&view.spec, &shown) } else { Err(problems) };
     (patch, shown, checked)
+}
+
+/// `ConfigSpec::check`, which stops at the first value of the wrong type (`"blue"` for a
+/// colour), made to find the others too: each field named is set back to its saved value and the
+/// rest checked again, a few rounds at most, so a form shows every problem at once.
+fn check_all(saved: &ConfigSpec, shown: &Value) -> Result<ConfigSpec, Vec<(String, String)>> {
+    let saved = serde_json::to_value(saved).unwrap_or_default();
+    let mut trial = shown.clone();
+    let mut found: Vec<(String, String)> = Vec::new();
+    for _ in 0..5 {
+        match ConfigSpec::check(trial.clone()) {
+            Ok(spec) if found.is_empty() => return Ok(spec),
+            Ok(_) => break,
+            Err(problems) => {
+                let new: Vec<_> = problems.into_iter().filter(|p| !found.contains(p)).collect();
+                if new.is_empty() {
+                    break;
+                }
+                for (path, _) in &new {
+                    let path = consent_form::strip_indices(path);
+                    if path.is_empty() || !revert(&mut trial, &saved, &path) {
+                        found.extend(new);
+                        return Err(found);
+                    }
+                }
+                found.extend(new);
+            }
+        }
+    }
+    Err(found)
+}
+
+/// Sets the field at the dotted `path` of `trial` back to its value in `saved` (removes it when
+/// `saved` has none). `false` when `trial` has no such field.
+fn revert(trial: &mut Value, saved: &Value, path: &str) -> bool {
+    let keys: Vec<&str> = path.split('.').collect();
+    let Some((last, parents)) = keys.split_last() else { return false };
+    let Some(parent) = parents.iter().try_fold(trial, |v, k| v.get_mut(*k)).and_then(Value::as_object_mut) else {
+        return false;
+    };
+    match keys.iter().try_fold(saved, |v, k| v.get(*k)) {
+        Some(v) => parent.insert(last.to_string(), v.clone()),
+        None => parent.remove(*last),
+    };
+    true
 }
 
 /// Save the draft: the form as a merge patch through the API's PATCH (`store::patch`). An
@@ -167,7 +215,11 @@ pub async fn publish(State(state): State<AppState>, page: Page, Path(id): Path<S
             } else {
                 "; earlier choices stay valid"
             };
-            page.done(&state, format!("Published revision {}{how}.", after.revision), &format!("/admin/consent/{}", view.id))
+            page.done(
+                &state,
+                format!("Published revision {}{how}.", after.revision),
+                &format!("/admin/consent/{}", view.id),
+            )
         }
         Err(e) => domain_error(&page, e),
     }
@@ -189,9 +241,10 @@ pub async fn preview(
     let edited = form.iter().any(|(k, _)| k != "view");
     let (spec, problem) = match merged(&view, &form) {
         (_, _, Ok(spec)) => (spec, None),
-        (_, _, Err(problems)) => {
-            (view.spec.clone(), Some(format!("The unsaved edits have {} problem(s); this is the saved draft.", problems.len())))
-        }
+        (_, _, Err(problems)) => (
+            view.spec.clone(),
+            Some(format!("The unsaved edits have {} problem(s); this is the saved draft.", problems.len())),
+        ),
     };
     let providers = match crate::providers::config::forwarding_targets(&state.db, page.holder.tenant.id, None).await {
         Ok(p) => p,
@@ -241,7 +294,11 @@ pub async fn revisions(State(state): State<AppState>, page: Page, Path(id): Path
 }
 
 /// One revision and what changed from the one before (the first: everything, as added).
-pub async fn revision(State(state): State<AppState>, page: Page, Path((id, number)): Path<(String, String)>) -> Response {
+pub async fn revision(
+    State(state): State<AppState>,
+    page: Page,
+    Path((id, number)): Path<(String, String)>,
+) -> Response {
     let view = match config(&state, &page, &id).await {
         Ok(v) => v,
         Err(res) => return res,
@@ -250,7 +307,8 @@ pub async fn revision(State(state): State<AppState>, page: Page, Path((id, numbe
     let tenant_id = page.holder.tenant.id;
     let result = async {
         let this = store::revision(&state.db, tenant_id, view.id, number).await?;
-        let before = if number > 1 { Some(store::revision(&state.db, tenant_id, view.id, number - 1).await?) } else { None };
+        let before =
+            if number > 1 { Some(store::revision(&state.db, tenant_id, view.id, number - 1).await?) } else { None };
         Ok::<_, Error>((this, before))
     }
     .await;

@@ -200,7 +200,11 @@ fn field(shown: &Value, name: &str, label: &str, kind: Kind) -> Field {
     let v = at(shown, name);
     let value = match v {
         Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string)).collect::<Vec<_>>().join("\n"),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join("\n"),
         Value::Number(n) => n.to_string(),
         _ => String::new(),
     };
@@ -425,7 +429,7 @@ fn place(sections: &mut [Section], path: &str, message: &str, error: bool) -> (S
 }
 
 /// `consent_required_regions[1]` → `consent_required_regions`.
-fn strip_indices(path: &str) -> String {
+pub fn strip_indices(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut skipping = false;
     for c in path.chars() {
@@ -544,11 +548,17 @@ mod tests {
         assert_eq!(find(&e, "consent_required_regions").errors, ["unknown region"]);
         assert_eq!(find(&e, "banner.text_color").warnings, ["contrast 2:1"]);
         let sv = e.sections.iter().find(|s| s.key == "texts.sv").unwrap();
-        assert_eq!((sv.errors.as_slice(), sv.warnings.as_slice()), (&["unknown field".to_string()][..], &["no close text".to_string()][..]));
+        assert_eq!(
+            (sv.errors.as_slice(), sv.warnings.as_slice()),
+            (&["unknown field".to_string()][..], &["no close text".to_string()][..])
+        );
         assert_eq!(e.sections[0].errors, ["expected an object"]);
         assert_eq!(
             e.errors[0],
-            Listed { target: "f-banner-primary_color".into(), text: "Button colour (Banner look): \"blue\" is not a colour".into() }
+            Listed {
+                target: "f-banner-primary_color".into(),
+                text: "Button colour (Banner look): \"blue\" is not a colour".into()
+            }
         );
         assert_eq!(e.errors.len(), 4);
         assert_eq!(e.warnings.len(), 2);
