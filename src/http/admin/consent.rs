@@ -105,17 +105,23 @@ pub async fn editor(State(state): State<AppState>, page: Page, Path(id): Path<St
     editor_page(&state, &page, StatusCode::OK, &view, &shown, &[]).await
 }
 
-/// The draft with a form's edits merged in, and whether it is a valid config: `Err` with every
-/// problem (the form's own and the config's), as `ConfigSpec::check` gives them.
-fn merged(
-    view: &ConsentConfigView,
-    form: &[(String, String)],
-) -> (serde_json::Map<String, Value>, Value, Result<ConfigSpec, Vec<(String, String)>>) {
+/// A form's edits of the draft.
+struct Edit {
+    /// The merge patch the form amounts to.
+    patch: serde_json::Map<String, Value>,
+    /// The draft with the patch merged in, as JSON (what the form shows again).
+    shown: Value,
+    /// The edited config, or every problem (the form's own and the config's) as
+    /// `ConfigSpec::check` gives them.
+    checked: Result<ConfigSpec, Vec<(String, String)>>,
+}
+
+fn merged(view: &ConsentConfigView, form: &[(String, String)]) -> Edit {
     let (patch, problems) = consent_form::patch_of(form);
     let mut shown = serde_json::to_value(&view.spec).unwrap_or_default();
     merge_patch(&mut shown, &Value::Object(patch.clone()));
     let checked = if problems.is_empty() { check_all(&view.spec, &shown) } else { Err(problems) };
-    (patch, shown, checked)
+    Edit { patch, shown, checked }
 }
 
 /// `ConfigSpec::check`, which stops at the first value of the wrong type (`"blue"` for a
@@ -174,7 +180,7 @@ pub async fn save(State(state): State<AppState>, page: Page, Path(id): Path<Stri
         Ok(v) => v,
         Err(res) => return res,
     };
-    let (patch, shown, checked) = merged(&view, &form);
+    let Edit { patch, shown, checked } = merged(&view, &form);
     if let Err(problems) = checked {
         return editor_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, &view, &shown, &problems).await;
     }
@@ -239,9 +245,9 @@ pub async fn preview(
     };
     let form = pairs(query.unwrap_or_default().as_bytes());
     let edited = form.iter().any(|(k, _)| k != "view");
-    let (spec, problem) = match merged(&view, &form) {
-        (_, _, Ok(spec)) => (spec, None),
-        (_, _, Err(problems)) => (
+    let (spec, problem) = match merged(&view, &form).checked {
+        Ok(spec) => (spec, None),
+        Err(problems) => (
             view.spec.clone(),
             Some(format!("The unsaved edits have {} problem(s); this is the saved draft.", problems.len())),
         ),
