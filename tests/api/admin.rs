@@ -600,3 +600,27 @@ async fn editor_forms_without_the_csrf_token_are_refused() {
     assert!(actions.iter().all(|(a, _)| a != "cookie_consent_config.update"), "{actions:?}");
     assert_eq!(actions.iter().filter(|(a, _)| a == "cookie_consent_config.publish").count(), 1, "{actions:?}");
 }
+
+#[tokio::test]
+async fn the_editor_shows_the_apis_warnings_beside_their_fields() {
+    let app = spawn_app().await;
+    let id =
+        app.publish_consent_config(json!({"banner": {"primary_color": "#eeeeee", "show_reject_all": false}})).await;
+    let (_, view) = app.patch(&format!("{}/{id}", app.consent_configs_path()), &app.admin, json!({})).await;
+    let warnings: Vec<&str> = view["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(warnings.len() >= 2, "{warnings:?}");
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let (_, html) = b.get(&format!("/admin/consent/{id}")).await;
+    assert!(html.contains(&format!("{} setting(s) against regulator guidance", warnings.len())), "{html}");
+    for (field, w1) in [
+        ("banner.primary_color", "f-banner-primary_color-w1"),
+        ("banner.show_reject_all", "f-banner-show_reject_all-w1"),
+    ] {
+        let text = warnings.iter().find_map(|w| w.strip_prefix(&format!("{field}: "))).unwrap();
+        let shown = format!(r#"<p class="field-warning" id="{w1}">{}</p>"#, text.replace('"', "&quot;"));
+        let at = html.find(&format!(r#"id="f-{}""#, field.replace('.', "-"))).unwrap();
+        let block = &html[at..at + html[at..].find("</div>").unwrap()];
+        assert!(block.contains(&shown) && block.contains(w1), "{field}: {block}");
+    }
+}

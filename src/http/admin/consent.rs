@@ -7,8 +7,9 @@
 //! The editor page alone may run a script (`/admin/editor.js`, served here: it reloads the
 //! previews as the form changes) and frame the preview. The preview is its own page, framed
 //! sandboxed (`allow-scripts` only: an opaque origin, no access to the admin pages or their
-//! session), with the banner inline under a per-response nonce and no network access
-//! (`connect-src` is `'none'`), so it cannot record consent.
+//! session; its CSP says the same, should it be opened on its own), with the banner inline under
+//! a per-response nonce and no network access (`connect-src` is `'none'`), so it cannot record
+//! consent.
 
 use axum::{
     body::Bytes,
@@ -274,7 +275,7 @@ pub async fn preview(
     };
     let csp = format!(
         "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self'; \
-         form-action 'none'; frame-ancestors 'self'; base-uri 'none'"
+         form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-scripts"
     );
     let mut res = Html(html).into_response();
     let h = res.headers_mut();
@@ -338,4 +339,26 @@ pub async fn script() -> Response {
         include_str!("../../../templates/admin/editor.js"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_problem_of_a_form_is_found_not_only_the_first_type_error() {
+        let mut v: Value = serde_json::from_str(include_str!("../../../banner/sample-config.json")).unwrap();
+        v.as_object_mut().unwrap().remove("id");
+        let saved = ConfigSpec::parse(v.clone()).unwrap();
+        let mut edited = v.clone();
+        edited["banner"]["primary_color"] = json!("blue");
+        edited["consent_expiry_days"] = json!("soon");
+        edited["texts"]["en"]["title"] = Value::Null;
+        let mut fields: Vec<String> = check_all(&saved, &edited).unwrap_err().into_iter().map(|(f, _)| f).collect();
+        fields.sort();
+        assert_eq!(fields, ["banner.primary_color", "consent_expiry_days", "texts.en.title"]);
+        assert!(check_all(&saved, &v).is_ok());
+    }
 }
