@@ -1,8 +1,9 @@
-//! `/admin`: the webmaster's and auditor's pages, rendered on the server (tera, no script, one
-//! stylesheet served here; the CSP allows nothing inline). Sign in with an admin or auditor API
-//! token (`session`); every change is a form with the session's CSRF token that calls the same
-//! domain function as its API twin, so it lands in the audit log alike. Auditors see no form that
-//! changes anything, and a forged one is refused.
+//! `/admin`: the webmaster's and auditor's pages, rendered on the server (tera, one stylesheet
+//! served here; the CSP allows nothing inline; no script but the consent editor's, see
+//! `consent`). Sign in with an admin or auditor API token (`session`); every change is a form
+//! with the session's CSRF token that calls the same domain function as its API twin, so it lands
+//! in the audit log alike. Auditors see no form that changes anything, and a forged one is
+//! refused.
 
 mod chart;
 mod consent;
