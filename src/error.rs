@@ -52,7 +52,7 @@ impl Error {
             0 => Error::Validation { field: None, message: "invalid input".into() },
             1 => {
                 let (field, message) = problems.remove(0);
-                Error::Validation { field: Some(field), message }
+                Error::Validation { field: (!field.is_empty()).then_some(field), message }
             }
             _ => Error::Validation {
                 field: Some(problems[0].0.clone()),

@@ -338,6 +338,15 @@ pub fn render(config: &serde_json::Value) -> Result<Rendered, tera::Error> {
 /// banner's colours become custom properties at the top of its stylesheet (`--cg-p`, `--cg-b`,
 /// `--cg-t`), so they leave the config: one place, no script to apply them.
 pub fn render_variant(config: &serde_json::Value, variant: Variant) -> Result<Rendered, tera::Error> {
+    let body = render_script(config, variant)?;
+    let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
+    let (gzip, br) = (gzip(body.as_bytes()), brotli(body.as_bytes()));
+    Ok(Rendered { body, etag, gzip, br })
+}
+
+/// The script alone, uncompressed: what [`render_variant`] serves, for the admin pages' preview
+/// of a draft (rendered per request, so not worth compressing).
+pub fn render_script(config: &serde_json::Value, variant: Variant) -> Result<String, tera::Error> {
     let mut config = config.clone();
     // `all: initial` keeps the site's styles out; custom properties are not reset by it.
     let mut css = String::from(":host{all:initial;");
@@ -357,10 +366,7 @@ pub fn render_variant(config: &serde_json::Value, variant: Variant) -> Result<Re
     ctx.insert("config_json", &script_json(&config));
     ctx.insert("css", &script_json(&css));
     ctx.insert("script", variant.script());
-    let body = tera().render("banner.js", &ctx)?;
-    let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
-    let (gzip, br) = (gzip(body.as_bytes()), brotli(body.as_bytes()));
-    Ok(Rendered { body, etag, gzip, br })
+    tera().render("banner.js", &ctx)
 }
 
 #[cfg(test)]

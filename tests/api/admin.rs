@@ -338,3 +338,289 @@ async fn records_search_detail_with_proof_and_chain_verification() {
     let (_, html) = b.get("/admin/records/verify").await;
     assert!(html.contains("The chain is broken at record 3") && html.contains("hash_mismatch"), "{html}");
 }
+
+/// The fields a browser would send from the form posting to `action`: inputs (checkboxes only
+/// when checked), textareas and each select's selected option, in page order.
+fn form_fields(html: &str, action: &str) -> Vec<(String, String)> {
+    let start = html.find(&format!(r#"action="{action}""#)).unwrap_or_else(|| panic!("a form to {action}: {html}"));
+    let form = &html[start..start + html[start..].find("</form>").unwrap()];
+    let attr = |tag: &str, name: &str| {
+        let at = tag.find(&format!(r#" {name}=""#))? + name.len() + 3;
+        Some(unescape(&tag[at..at + tag[at..].find('"')?]))
+    };
+    let mut out = Vec::new();
+    let mut rest = form;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i..];
+        let tag = &rest[..=rest.find('>').unwrap()];
+        let after = &rest[tag.len()..];
+        if tag.starts_with("<input") {
+            let name = attr(tag, "name").unwrap();
+            if attr(tag, "type").as_deref() != Some("checkbox") || tag.contains(" checked") {
+                out.push((name, attr(tag, "value").unwrap_or_default()));
+            }
+        } else if tag.starts_with("<textarea") {
+            out.push((attr(tag, "name").unwrap(), unescape(&after[..after.find("</textarea>").unwrap()])));
+        } else if tag.starts_with("<select") {
+            let options = &after[..after.find("</select>").unwrap()];
+            let selected =
+                options.split("<option").find(|o| o.contains(" selected")).unwrap_or_else(|| panic!("{tag}"));
+            out.push((attr(tag, "name").unwrap(), attr(&format!(" {selected}"), "value").unwrap()));
+        }
+        rest = &rest[tag.len()..];
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#x2F;", "/")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+fn with(mut fields: Vec<(String, String)>, changes: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in changes {
+        let at = fields.iter().position(|(name, _)| name == k).unwrap_or_else(|| panic!("no field {k}"));
+        fields[at].1 = v.to_string();
+    }
+    fields
+}
+
+impl Browser<'_> {
+    async fn post_fields(&self, path: &str, fields: &[(String, String)]) -> reqwest::Response {
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.post(path, &pairs).await
+    }
+}
+
+async fn served_banner(app: &TestApp) -> String {
+    app.http.get(app.tenant_url("/banner.js")).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_invalid_field_in_the_editor_is_shown_beside_it_and_changes_nothing() {
+    let app = spawn_app().await;
+    let id = app.publish_consent_config(json!({})).await;
+    let editor = format!("/admin/consent/{id}");
+    let api = format!("{}/{id}", app.consent_configs_path());
+    let (_, before) = app.get(&api, &app.admin).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+
+    let res = b.http.get(app.url(&editor)).header(header::COOKIE, b.cookie.clone().unwrap()).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let csp = res.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = res.text().await.unwrap();
+    let fields = form_fields(&html, &editor);
+    assert!(fields.contains(&("texts.sv.title".into(), "Kakor".into())), "{fields:?}");
+    assert!(fields.contains(&("categories.marketing.cookie_names".into(), "_fbp".into())), "{fields:?}");
+
+    let bad = with(fields.clone(), &[("banner.primary_color", "blue"), ("consent_expiry_days", "0")]);
+    let res = b.post_fields(&editor, &bad).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Not saved: 2 problem(s)"), "{html}");
+    // Each error right under its own field, which points at it and shows what was sent.
+    let colour = &html[html.find(r#"id="f-banner-primary_color""#).unwrap()..];
+    let colour = &colour[..colour.find("</div>").unwrap()];
+    assert!(
+        colour.contains(r#"aria-describedby="f-banner-primary_color-e1""#) && colour.contains(r#"aria-invalid="true""#),
+        "{colour}"
+    );
+    assert!(colour.contains(r#"<p class="field-error" id="f-banner-primary_color-e1">&quot;blue&quot; is not a colour of the form #rrggbb</p>"#), "{colour}");
+    let days = &html[html.find(r#"id="f-consent_expiry_days""#).unwrap()..];
+    let days = &days[..days.find("</div>").unwrap()];
+    assert!(days.contains(r#"value="0""#) && days.contains(r#"id="f-consent_expiry_days-e1""#), "{days}");
+    assert!(
+        html.contains(r##"<a href="#f-banner-primary_color">Button colour (Banner look)"##),
+        "the summary links to it: {html}"
+    );
+
+    let (_, after) = app.get(&api, &app.admin).await;
+    assert_eq!(after, before, "nothing changed");
+    // The form as it was: nothing to save, nothing in the audit log.
+    let res = b.post_fields(&editor, &fields).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(b.get(&editor).await.1.contains("Nothing to save"));
+    assert_eq!(app.get(&api, &app.admin).await.1, before, "the form round-trips the config unchanged");
+    assert!(audit_actions(&app).await.iter().all(|(a, _)| a != "cookie_consent_config.update"));
+}
+
+#[tokio::test]
+async fn saving_and_publishing_from_the_editor_changes_the_preview_then_the_served_banner() {
+    let app = spawn_app().await;
+    let id = app.publish_consent_config(json!({})).await;
+    let editor = format!("/admin/consent/{id}");
+    let api = format!("{}/{id}", app.consent_configs_path());
+    assert!(served_banner(&app).await.contains(r#""title":"Cookies""#));
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let fields = form_fields(&b.get(&editor).await.1, &editor);
+
+    let edited = with(fields, &[("texts.en.title", "Your privacy choices"), ("banner.primary_color", "#0b57d0")]);
+    let res = b.post_fields(&editor, &edited).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), editor);
+    let (_, html) = b.get(&editor).await;
+    assert!(html.contains("Draft saved") && html.contains(r#"<dd id="unpublished-changes">yes</dd>"#), "{html}");
+    assert!(
+        html.contains(
+            "<th scope=\"row\"><code>texts.en.title</code></th><td>Cookies</td><td>Your privacy choices</td>"
+        ),
+        "the unpublished changes: {html}"
+    );
+    let (_, config) = app.get(&api, &app.admin).await;
+    assert_eq!(
+        (config["texts"]["en"]["title"].as_str(), config["revision"].as_i64()),
+        (Some("Your privacy choices"), Some(1))
+    );
+    let actions = audit_actions(&app).await;
+    assert!(
+        actions.iter().any(|(a, actor)| a == "cookie_consent_config.update" && actor.starts_with("token:")),
+        "{actions:?}"
+    );
+
+    // The preview renders the draft; visitors still get the published revision.
+    let preview = app.url(&format!("{editor}/preview?view=mobile"));
+    let res = b.http.get(&preview).header(header::COOKIE, b.cookie.clone().unwrap()).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let csp = res.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_string();
+    assert!(
+        csp.contains("script-src 'nonce-") && csp.contains("frame-ancestors 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(!csp.contains("connect-src") && csp.starts_with("default-src 'none'"), "no network for the banner: {csp}");
+    assert_eq!(res.headers()[header::X_FRAME_OPTIONS], "SAMEORIGIN");
+    let body = res.text().await.unwrap();
+    assert!(body.contains(r#""title":"Your privacy choices""#) && body.contains("--cg-p:#0b57d0"), "{body}");
+    assert!(served_banner(&app).await.contains(r#""title":"Cookies""#), "not published yet");
+    // Unsaved edits (the editor's script sends the form's fields): shown when valid.
+    let (_, body) = b.get(&format!("{editor}/preview?view=desktop&texts.en.title=Typed%20not%20saved")).await;
+    assert!(body.contains(r#""title":"Typed not saved""#) && body.contains("edited draft"), "{body}");
+    let (_, body) = b.get(&format!("{editor}/preview?banner.primary_color=blue")).await;
+    assert!(body.contains("1 problem(s); this is the saved draft") && body.contains("--cg-p:#0b57d0"), "{body}");
+
+    // Publish, asking everyone again.
+    let csrf = b.csrf().await;
+    let res = b.post(&format!("{editor}/publish"), &[("csrf", &csrf), ("requires_reconsent", "true")]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(
+        b.get(&editor)
+            .await
+            .1
+            .contains("Published revision 2; visitors who decided under an earlier revision are asked again")
+    );
+    let (_, config) = app.get(&api, &app.admin).await;
+    assert_eq!((config["revision"].as_i64(), config["reconsent_revision"].as_i64()), (Some(2), Some(2)));
+    let served = served_banner(&app).await;
+    assert!(served.contains(r#""title":"Your privacy choices""#) && served.contains("--cg-p:#0b57d0"), "{served}");
+    let actions = audit_actions(&app).await;
+    assert!(
+        actions.iter().any(|(a, actor)| a == "cookie_consent_config.publish" && actor.starts_with("token:")),
+        "{actions:?}"
+    );
+
+    // The history and the diff of revision 2 against 1.
+    let (s, html) = b.get(&format!("{editor}/revisions")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        html.contains(&format!(r#"href="{editor}/revisions/2">Revision 2</a>"#)) && html.contains("Revision 1</a>"),
+        "{html}"
+    );
+    let (s, html) = b.get(&format!("{editor}/revisions/2")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("Changes from revision 1 (2 field(s))"), "{html}");
+    assert!(html.contains(r#"<code>texts.en.title</code></th><td class="before">Cookies</td><td class="after">Your privacy choices</td>"#), "{html}");
+    assert!(
+        html.contains(
+            r#"<code>banner.primary_color</code></th><td class="before">#1a73e8</td><td class="after">#0b57d0</td>"#
+        ),
+        "{html}"
+    );
+    assert_eq!(b.get(&format!("{editor}/revisions/3")).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_auditor_sees_the_editor_read_only_and_a_forged_save_or_publish_is_refused() {
+    let app = spawn_app().await;
+    let id = app.publish_consent_config(json!({})).await;
+    let editor = format!("/admin/consent/{id}");
+    let api = format!("{}/{id}", app.consent_configs_path());
+    let (_, before) = app.get(&api, &app.admin).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    for path in [editor.clone(), format!("{editor}/revisions"), format!("{editor}/revisions/1")] {
+        let (s, html) = b.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(html.matches("<form").count(), 1, "only sign-out on {path}: {html}");
+        assert!(!html.contains("<input type=\"text\"") && !html.contains("editor.js"), "{path}");
+    }
+    assert!(b.get(&editor).await.1.contains(r#"<dd id="f-texts-en-title">Cookies"#), "the auditor reads the values");
+    assert_eq!(b.get(&format!("{editor}/preview")).await.0, StatusCode::OK, "and sees the preview");
+    let csrf = b.csrf().await;
+    for (path, form) in [
+        (editor.clone(), vec![("csrf", csrf.as_str()), ("texts.en.title", "Forged")]),
+        (format!("{editor}/publish"), vec![("csrf", csrf.as_str()), ("requires_reconsent", "true")]),
+    ] {
+        let res = b.post(&path, &form).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(res.text().await.unwrap().contains("Auditor tokens may only read"));
+    }
+    assert_eq!(app.get(&api, &app.admin).await.1, before);
+}
+
+#[tokio::test]
+async fn editor_forms_without_the_csrf_token_are_refused() {
+    let app = spawn_app().await;
+    let id = app.publish_consent_config(json!({})).await;
+    let editor = format!("/admin/consent/{id}");
+    let api = format!("{}/{id}", app.consent_configs_path());
+    let (_, before) = app.get(&api, &app.admin).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let forged = "0".repeat(64);
+    for (path, form) in [
+        (editor.clone(), vec![("texts.en.title", "Forged")]),
+        (editor.clone(), vec![("csrf", forged.as_str()), ("texts.en.title", "Forged")]),
+        (format!("{editor}/publish"), vec![]),
+    ] {
+        let res = b.post(&path, &form).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path} {form:?}");
+        assert!(res.text().await.unwrap().contains("CSRF"));
+    }
+    assert_eq!(app.get(&api, &app.admin).await.1, before);
+    let actions = audit_actions(&app).await;
+    assert!(actions.iter().all(|(a, _)| a != "cookie_consent_config.update"), "{actions:?}");
+    assert_eq!(actions.iter().filter(|(a, _)| a == "cookie_consent_config.publish").count(), 1, "{actions:?}");
+}
+
+#[tokio::test]
+async fn the_editor_shows_the_apis_warnings_beside_their_fields() {
+    let app = spawn_app().await;
+    let id =
+        app.publish_consent_config(json!({"banner": {"primary_color": "#eeeeee", "show_reject_all": false}})).await;
+    let (_, view) = app.patch(&format!("{}/{id}", app.consent_configs_path()), &app.admin, json!({})).await;
+    let warnings: Vec<&str> = view["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(warnings.len() >= 2, "{warnings:?}");
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let (_, html) = b.get(&format!("/admin/consent/{id}")).await;
+    assert!(html.contains(&format!("{} setting(s) against regulator guidance", warnings.len())), "{html}");
+    for (field, w1) in [
+        ("banner.primary_color", "f-banner-primary_color-w1"),
+        ("banner.show_reject_all", "f-banner-show_reject_all-w1"),
+    ] {
+        let text = warnings.iter().find_map(|w| w.strip_prefix(&format!("{field}: "))).unwrap();
+        let shown = format!(r#"<p class="field-warning" id="{w1}">{}</p>"#, text.replace('"', "&quot;"));
+        let at = html.find(&format!(r#"id="f-{}""#, field.replace('.', "-"))).unwrap();
+        let block = &html[at..at + html[at..].find("</div>").unwrap()];
+        assert!(block.contains(&shown) && block.contains(w1), "{field}: {block}");
+    }
+}

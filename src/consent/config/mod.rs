@@ -1,6 +1,8 @@
 //! Cookie consent configs: what the webmaster sets ([`spec`]), the warnings against regulator
-//! guidance ([`guidance`]) and the stored lifecycle with published revisions ([`store`]).
+//! guidance ([`guidance`]), the stored lifecycle with published revisions ([`store`]) and the
+//! differences between two of them ([`diff`]).
 
+pub mod diff;
 pub mod guidance;
 pub mod patch;
 pub mod spec;

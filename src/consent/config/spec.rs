@@ -461,10 +461,17 @@ impl ConfigSpec {
     /// Parses and checks a config from JSON. Type errors (a bad colour, an unknown field) name
     /// their field; range, length and cross-field rules are all reported together.
     pub fn parse(value: serde_json::Value) -> Result<Self> {
+        Self::check(value).map_err(Error::from_problems)
+    }
+
+    /// [`Self::parse`] with every problem apart, as (field, rule): the admin pages show each
+    /// beside its field. A type error is the only problem (the rest cannot be checked without
+    /// the value); its field is `""` when it is the whole body.
+    pub fn check(value: serde_json::Value) -> std::result::Result<Self, Vec<(String, String)>> {
         let mut spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            Error::Validation { field: (path != ".").then_some(path), message }
+            vec![(if path == "." { String::new() } else { path }, message)]
         })?;
         spec.normalise();
         let mut problems = match spec.validate() {
@@ -472,7 +479,7 @@ impl ConfigSpec {
             Err(e) => validation_problems(&e, ""),
         };
         problems.extend(spec.problems());
-        if problems.is_empty() { Ok(spec) } else { Err(Error::from_problems(problems)) }
+        if problems.is_empty() { Ok(spec) } else { Err(problems) }
     }
 
     /// Duplicates in lists carry no meaning; drop them (keeping the first).

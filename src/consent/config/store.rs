@@ -641,18 +641,24 @@ pub async fn active_banner_config(
     providers: &[entity::provider_config::Model],
 ) -> Result<Option<(Value, crate::banner::Variant)>> {
     let Some(p) = active(db, tenant_id).await? else { return Ok(None) };
-    let mut config = crate::banner::browser_config(
-        &p.spec,
-        p.config.id,
-        i64::from(p.config.revision),
-        i64::from(p.config.reconsent_revision),
-    );
+    Ok(Some(banner_config(&p.spec, (p.config.id, p.config.revision, p.config.reconsent_revision), providers)))
+}
+
+/// The banner config and build of `spec` as the config `(id, revision, reconsent_revision)` with
+/// the tenant's provider configs: the served banner (the published snapshot) and the admin
+/// pages' preview (a draft) alike.
+pub fn banner_config(
+    spec: &ConfigSpec,
+    (id, revision, reconsent_revision): (Uuid, i32, i32),
+    providers: &[entity::provider_config::Model],
+) -> (Value, crate::banner::Variant) {
+    let mut config = crate::banner::browser_config(spec, id, i64::from(revision), i64::from(reconsent_revision));
     let variant = crate::banner::Variant {
-        per_provider: p.spec.per_provider_choices,
+        per_provider: spec.per_provider_choices,
         flags: crate::banner::feature_flags(providers),
     };
     if variant.per_provider {
         crate::banner::add_providers(&mut config, &crate::consent::offer::offered(providers));
     }
-    Ok(Some((config, variant)))
+    (config, variant)
 }

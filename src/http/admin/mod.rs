@@ -1,10 +1,13 @@
-//! `/admin`: the webmaster's and auditor's pages, rendered on the server (tera, no script, one
-//! stylesheet served here; the CSP allows nothing inline). Sign in with an admin or auditor API
-//! token (`session`); every change is a form with the session's CSRF token that calls the same
-//! domain function as its API twin, so it lands in the audit log alike. Auditors see no form that
-//! changes anything, and a forged one is refused.
+//! `/admin`: the webmaster's and auditor's pages, rendered on the server (tera, one stylesheet
+//! served here; the CSP allows nothing inline; no script but the consent editor's, see
+//! `consent`). Sign in with an admin or auditor API token (`session`); every change is a form
+//! with the session's CSRF token that calls the same domain function as its API twin, so it lands
+//! in the audit log alike. Auditors see no form that changes anything, and a forged one is
+//! refused.
 
 mod chart;
+mod consent;
+mod consent_form;
 pub mod data;
 mod records;
 pub mod session;
@@ -51,6 +54,13 @@ pub fn router() -> Router<AppState> {
         .route("/admin/records/{id}", get(records::detail))
         .route("/admin/dashboard", get(dashboard))
         .route("/admin/dashboard.csv", get(dashboard_csv))
+        .route("/admin/consent", get(consent::index))
+        .route("/admin/consent/{id}", get(consent::editor).post(consent::save))
+        .route("/admin/consent/{id}/publish", post(consent::publish))
+        .route("/admin/consent/{id}/preview", get(consent::preview))
+        .route("/admin/consent/{id}/revisions", get(consent::revisions))
+        .route("/admin/consent/{id}/revisions/{revision}", get(consent::revision))
+        .route("/admin/editor.js", get(consent::script))
         .route("/admin/admin.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -61,8 +71,9 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // A page that needs more (the consent editor, its framed preview) sets its own.
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(CSP));
+    h.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
@@ -83,6 +94,10 @@ fn templates() -> &'static Tera {
             ("dashboard.html", include_str!("../../../templates/admin/dashboard.html")),
             ("records.html", include_str!("../../../templates/admin/records.html")),
             ("record.html", include_str!("../../../templates/admin/record.html")),
+            ("consent.html", include_str!("../../../templates/admin/consent.html")),
+            ("consent_preview.html", include_str!("../../../templates/admin/consent_preview.html")),
+            ("revisions.html", include_str!("../../../templates/admin/revisions.html")),
+            ("revision.html", include_str!("../../../templates/admin/revision.html")),
         ])
         .expect("the admin templates parse");
         t.autoescape_on(vec![".html"]);
