@@ -7,8 +7,9 @@
 //! Invalidation: every change to those rows bumps the tenant's row in `config_generation` in the
 //! same transaction ([`generation::bump`]). The instance that made the change drops the tenant's
 //! entry as soon as it committed ([`ConfigCache::forget`]); every instance polls the generations
-//! of the tenants it holds each `cache.refresh_ms` and drops those that moved. An entry not
-//! vouched for by a successful poll within `cache.max_age_ms` is read again (fail closed).
+//! of the tenants it holds each `cache.refresh_ms` and drops those that moved. Whatever the
+//! polls say, an entry is read again `cache.max_age_ms` after its load (fail closed: if that
+//! read fails, so does the request).
 
 pub mod freshness;
 pub mod generation;
@@ -39,8 +40,8 @@ pub struct CacheSettings {
     /// How often each instance polls for changes made elsewhere, in milliseconds. A change made
     /// on another instance takes effect within about this long (plus one poll's round trip).
     pub refresh_ms: u64,
-    /// The longest an entry is used without a successful poll vouching for it, in milliseconds;
-    /// past it the entry is read again. Bounds staleness when polls fail. Above `refresh_ms`.
+    /// The longest an entry is used after its load, in milliseconds; then it is read again.
+    /// Bounds staleness when polls fail or the database was edited directly. Above `refresh_ms`.
     pub max_age_ms: u64,
 }
 
@@ -195,19 +196,30 @@ struct Entries {
     by_slug: HashMap<String, Arc<TenantConfig>>,
     /// Grows with every removal: a load that began before one does not store what it read.
     epoch: u64,
-    /// When the last successful poll began.
-    verified_at: Option<Instant>,
 }
+
+/// Loads of one slug at a time (of the slugs sharing a stripe): when an entry expires under
+/// load, one request reads the tenant again and the others wait for it, instead of all reading.
+const LOAD_STRIPES: usize = 64;
 
 /// The cache of every tenant this instance has served (one per instance, in `AppState`).
 pub struct ConfigCache {
     settings: CacheSettings,
     entries: RwLock<Entries>,
+    loading: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl ConfigCache {
     pub fn new(settings: CacheSettings) -> Self {
-        ConfigCache { settings, entries: RwLock::default() }
+        let loading = (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        ConfigCache { settings, entries: RwLock::default(), loading }
+    }
+
+    /// The entry of `slug`, if it is still fresh.
+    fn fresh(&self, slug: &str) -> Option<Arc<TenantConfig>> {
+        let max_age = Duration::from_millis(self.settings.max_age_ms);
+        let e = self.read();
+        e.by_slug.get(slug).filter(|t| freshness::usable(t.loaded_at, Instant::now(), max_age)).cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
@@ -221,16 +233,20 @@ impl ConfigCache {
     /// The tenant's configuration, from memory when fresh, else read (and kept); `None`: no such
     /// tenant (not remembered: a tenant created later is found at once).
     pub async fn tenant(&self, db: &impl ConnectionTrait, slug: &str) -> Result<Option<Arc<TenantConfig>>> {
-        let max_age = Duration::from_millis(self.settings.max_age_ms);
-        let epoch = {
-            let e = self.read();
-            if let Some(t) = e.by_slug.get(slug)
-                && freshness::usable(t.loaded_at, e.verified_at, Instant::now(), max_age)
-            {
-                return Ok(Some(t.clone()));
-            }
-            e.epoch
+        if let Some(t) = self.fresh(slug) {
+            return Ok(Some(t));
+        }
+        let stripe = {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(slug);
+            (h % LOAD_STRIPES as u64) as usize
         };
+        let _loading = self.loading[stripe].lock().await;
+        // Loaded by the request this one waited for.
+        if let Some(t) = self.fresh(slug) {
+            return Ok(Some(t));
+        }
+        let epoch = self.read().epoch;
         let Some(loaded) = TenantConfig::load(db, slug).await? else { return Ok(None) };
         let loaded = Arc::new(loaded);
         let mut e = self.write();
@@ -248,9 +264,16 @@ impl ConfigCache {
         e.epoch += 1;
     }
 
+    /// Drops every entry (for a change made directly in the database, which no generation
+    /// reports: without this it applies within `max_age_ms`).
+    pub fn clear(&self) {
+        let mut e = self.write();
+        e.by_slug.clear();
+        e.epoch += 1;
+    }
+
     /// One poll: drops the entries whose tenant's generation moved, and past days' salts.
     pub async fn refresh(&self, db: &impl ConnectionTrait) -> Result<()> {
-        let started = Instant::now();
         let cached: Vec<(Uuid, i64)> = self.read().by_slug.values().map(|t| (t.tenant.id, t.generation)).collect();
         let ids: Vec<Uuid> = cached.iter().map(|(id, _)| *id).collect();
         let current = generation::of(db, &ids).await?;
@@ -261,7 +284,6 @@ impl ConfigCache {
             e.by_slug.retain(|_, t| !stale.contains(&t.tenant.id));
             e.epoch += 1;
         }
-        e.verified_at = Some(started);
         for t in e.by_slug.values() {
             t.forget_salt_before(today);
         }
@@ -269,7 +291,7 @@ impl ConfigCache {
     }
 
     /// Polls every `refresh_ms` until shutdown. A failing poll is logged once per outage; the
-    /// entries then age out after `max_age_ms`.
+    /// entries still age out `max_age_ms` after their load.
     pub async fn run(self: Arc<Self>, db: DatabaseConnection, shutdown: CancellationToken) {
         let period = Duration::from_millis(self.settings.refresh_ms);
         let mut failing = false;
@@ -286,7 +308,7 @@ impl ConfigCache {
                 Ok(()) => {}
                 Err(e) if !failing => {
                     failing = true;
-                    tracing::warn!(error = %e, "config cache: cannot poll for changes; entries expire after cache.max_age_ms");
+                    tracing::warn!(error = %e, "config cache: cannot poll for changes; entries are read again cache.max_age_ms after their load");
                 }
                 Err(_) => {}
             }

@@ -10,6 +10,7 @@ use std::{
 
 use consentgate::{app::App, config::Settings};
 use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
 use crate::{
@@ -159,6 +160,45 @@ async fn a_published_consent_config_applies_at_once_here_and_within_the_bound_el
     other.stop().await.unwrap();
 }
 
+/// A change made directly in the database (no generation bump: no poll reports it) applies
+/// within `max_age_ms` of the entries' load, on every instance.
+#[tokio::test]
+async fn a_direct_edit_of_the_database_applies_within_max_age() {
+    let (app, fakes, site) = site::setup_with(|s| {
+        s.cache.refresh_ms = 100;
+        s.cache.max_age_ms = 1_000;
+    })
+    .await;
+    let plausible = site::plausible(&app, &fakes, json!({"required_category": "none"})).await;
+    let id = plausible["id"].as_str().unwrap();
+    let other = second_instance(&app).await;
+    let b = other.base_url();
+    for base in [&b, &app.base] {
+        assert_ne!(
+            reason(&post(&app, base, &site.secret_key, &pageview(&visitor())).await, id),
+            "denied:config_paused"
+        );
+    }
+    let backend = app.db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "UPDATE provider_config SET status = 'paused' WHERE id = $1",
+        _ => "UPDATE provider_config SET status = 'paused' WHERE id = ?",
+    };
+    let config_id: uuid::Uuid = id.parse().unwrap();
+    app.db.execute_raw(Statement::from_sql_and_values(backend, sql, [config_id.into()])).await.unwrap();
+    let edited = Instant::now();
+    let limit = Duration::from_millis(1_000) + Duration::from_millis(1_500);
+    for base in [&b, &app.base] {
+        eventually(limit.as_secs() + 5, || async {
+            let r = reason(&post(&app, base, &site.secret_key, &pageview(&visitor())).await, id);
+            (r == "denied:config_paused").then_some(())
+        })
+        .await;
+    }
+    assert!(edited.elapsed() <= limit, "took {:?}, max_age_ms is 1 s", edited.elapsed());
+    other.stop().await.unwrap();
+}
+
 /// A server's event that says where its visitor is.
 fn merge_country(mut event: Value, country: &str) -> Value {
     event["country"] = json!(country);
@@ -189,8 +229,14 @@ impl Statements {
 
 /// SELECTs of a table the cache holds.
 fn reads_of_cached_tables(statements: &[String]) -> Vec<&String> {
-    const CACHED: [&str; 6] =
-        ["\"tenant\"", "\"ingest_key\"", "\"cookie_consent_config\"", "\"consent_config_revision\"", "\"provider_config\"", "\"daily_salt\""];
+    const CACHED: [&str; 6] = [
+        "\"tenant\"",
+        "\"ingest_key\"",
+        "\"cookie_consent_config\"",
+        "\"consent_config_revision\"",
+        "\"provider_config\"",
+        "\"daily_salt\"",
+    ];
     statements
         .iter()
         .filter(|s| s.trim_start().to_uppercase().starts_with("SELECT") && CACHED.iter().any(|t| s.contains(t)))
@@ -228,7 +274,9 @@ async fn events_read_none_of_the_cached_tables() {
     assert_eq!(post(&app, &b, &site.secret_key, &event(&visitor())).await.0, StatusCode::ACCEPTED);
     let first = statements.take();
     let loaded = reads_of_cached_tables(&first);
-    for table in ["\"tenant\"", "\"ingest_key\"", "\"provider_config\"", "\"consent_config_revision\"", "\"daily_salt\""] {
+    for table in
+        ["\"tenant\"", "\"ingest_key\"", "\"provider_config\"", "\"consent_config_revision\"", "\"daily_salt\""]
+    {
         assert!(loaded.iter().any(|s| s.contains(table)), "the first event loads {table}: {first:#?}");
     }
 

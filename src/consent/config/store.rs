@@ -356,9 +356,9 @@ pub async fn patch(
         };
     } else if !content_changed {
         crate::cache::generation::bump(&txn, tenant_id).await?;
-    txn.commit().await?;
+        txn.commit().await?;
         return Ok(before.with_warnings());
-    // (nothing changed: no bump)
+        // (nothing changed: no bump)
     }
     a.updated_at = Set(Utc::now());
     let after = view(&txn, a.update(&txn).await?).await?;
@@ -421,7 +421,7 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
             )
             .await?;
             crate::cache::generation::bump(&txn, tenant_id).await?;
-    txn.commit().await?;
+            txn.commit().await?;
             Ok(Deleted::Erased)
         }
         Some(Status::Decommissioned) => Ok(Deleted::Decommissioned(Box::new(before))),
@@ -440,7 +440,7 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
             )
             .await?;
             crate::cache::generation::bump(&txn, tenant_id).await?;
-    txn.commit().await?;
+            txn.commit().await?;
             Ok(Deleted::Decommissioned(Box::new(after)))
         }
     }
