@@ -248,6 +248,7 @@ impl ConfigCache {
         }
         let epoch = self.read().epoch;
         let Some(loaded) = TenantConfig::load(db, slug).await? else { return Ok(None) };
+        metrics::counter!("consentgate_config_cache_loads_total").increment(1);
         let loaded = Arc::new(loaded);
         let mut e = self.write();
         if e.epoch == epoch {
@@ -281,6 +282,7 @@ impl ConfigCache {
         let today = daily_id::day_of(Utc::now());
         let mut e = self.write();
         if !stale.is_empty() {
+            metrics::counter!("consentgate_config_cache_invalidations_total").increment(stale.len() as u64);
             e.by_slug.retain(|_, t| !stale.contains(&t.tenant.id));
             e.epoch += 1;
         }
@@ -308,10 +310,27 @@ impl ConfigCache {
                 Ok(()) => {}
                 Err(e) if !failing => {
                     failing = true;
+                    metrics::counter!("consentgate_config_cache_poll_failures_total").increment(1);
                     tracing::warn!(error = %e, "config cache: cannot poll for changes; entries are read again cache.max_age_ms after their load");
                 }
-                Err(_) => {}
+                Err(_) => metrics::counter!("consentgate_config_cache_poll_failures_total").increment(1),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheSettings;
+
+    #[test]
+    fn settings_need_a_max_age_above_the_refresh() {
+        let ok = |refresh_ms, max_age_ms| CacheSettings { refresh_ms, max_age_ms }.check().is_ok();
+        assert!(ok(1000, 5000), "the defaults");
+        assert!(ok(10, 11));
+        assert!(!ok(1000, 1000), "entries would expire as they are polled");
+        assert!(!ok(1000, 500));
+        assert!(!ok(5, 5000), "a poll every 5 ms is a busy loop");
+        assert!(CacheSettings::default().check().is_ok());
     }
 }

@@ -223,3 +223,33 @@ pub fn origin_allowed(key: &ingest_key::Model, origin: &str) -> bool {
     let patterns: Vec<OriginPattern> = serde_json::from_value(key.allowed_origins.clone()).unwrap_or_default();
     patterns.iter().any(|p| p.matches(origin))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_key_shaped_input_is_looked_up() {
+        let pk = format!("pk_{}", "a".repeat(32));
+        assert_eq!(hash_of_presented(&pk), Some(crypto::sha256_hex(&pk)));
+        assert!(hash_of_presented("sk_abc").is_some());
+        for junk in ["", "abc", "Bearer sk_x", "PK_abc", &format!("sk_{}", "a".repeat(126))] {
+            assert_eq!(hash_of_presented(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn a_use_is_written_at_most_once_a_minute() {
+        let t0 = Utc::now();
+        for (last, now, due) in [
+            (None, t0, true),
+            (Some(t0), t0, false),
+            (Some(t0), t0 + Duration::seconds(60), false),
+            (Some(t0), t0 + Duration::seconds(61), true),
+            // A clock that went back is not a reason to write.
+            (Some(t0), t0 - Duration::seconds(5), false),
+        ] {
+            assert_eq!(use_worth_recording(last, now), due, "{last:?} → {now}");
+        }
+    }
+}
