@@ -31,6 +31,9 @@ pub struct AppState {
     pub flags: Arc<crate::flags::Flags>,
     /// Admin-pages sessions and the sign-in brake (in memory, per instance).
     pub admin_sessions: Arc<crate::http::admin::session::Sessions>,
+    /// Each tenant's keys, consent policy, provider configs and daily salt, so that an event
+    /// reads none of them (docs/caching.md). Call `forget` after committing a change to them.
+    pub config_cache: Arc<crate::cache::ConfigCache>,
 }
 
 pub struct App {
@@ -80,6 +83,7 @@ impl App {
             banners: Default::default(),
             flags: Arc::new(crate::flags::Flags::new(&settings.delivery)?),
             admin_sessions: Default::default(),
+            config_cache: Arc::new(crate::cache::ConfigCache::new(settings.cache.clone())),
             settings: Arc::new(settings),
         };
         let shutdown = CancellationToken::new();

@@ -23,6 +23,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub retention: RetentionSettings,
     pub secrets: crate::secrets::SecretsSettings,
+    pub cache: crate::cache::CacheSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -386,6 +387,7 @@ impl Settings {
             return Err(ConfigError("key `server.max_connections`: must be at least 1".into()));
         }
         self.secrets.check().map_err(ConfigError)?;
+        self.cache.check().map_err(ConfigError)?;
         let redis = &self.rate_limit.redis_url;
         if !redis.is_empty() && url::Url::parse(redis).map_or(true, |u| u.scheme() != "redis" || u.host().is_none()) {
             // The value is not echoed: it may hold a password.

@@ -19,7 +19,7 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{provider_config, tenant};
+use entity::provider_config;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -27,10 +27,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
+    cache::TenantConfig,
     config::DeliverySettings,
     consent::{self, Identity, ProviderStatus, Signals},
     error::{Error, Result},
-    ingest::{self, daily_id, fields::ClientId},
+    ingest::{self, fields::ClientId},
     outbox::destination,
     providers::{
         self,
@@ -127,21 +128,23 @@ impl Flags {
         &self,
         db: &sea_orm::DatabaseConnection,
         secrets: &Secrets,
-        tenant: &tenant::Model,
+        cached: &TenantConfig,
         signals: &Signals,
         input: &FlagsInput,
     ) -> std::result::Result<FlagsAnswer, FlagsError> {
-        let (config, settings) = flags_config(db, tenant.id).await?;
+        let tenant = &cached.tenant;
+        let (config, settings) = flags_config(cached)?;
         let now = Utc::now();
         let visitor = input.visitor_id.as_ref().ok_or_else(|| Error::validation("visitor_id", "is required"))?.as_str();
-        let (policy, record) = ingest::consent_inputs(db, tenant, Some(visitor)).await?;
-        let provider_policy = ingest::provider_policy(&config, &posthog::PostHog);
+        let policy = cached.policy();
+        let record = consent::records::latest_under(db, tenant, visitor, cached.active_consent_config()).await?;
+        let provider_policy = ingest::provider_policy(config, &posthog::PostHog);
         let decision = consent::decide(policy.as_ref(), record.as_ref(), signals, &provider_policy, now);
         let record_grants = record.as_ref().is_some_and(|r| r.choices.analytics);
         let analytics_id = input.anonymous_id.as_ref().map(|a| a.as_str().to_string());
         let (distinct_id, identified) = match analytics_id {
             Some(id) if record_grants && decision.identity() == Some(Identity::Full) => (id, true),
-            _ => (daily_id::today(db, tenant.id, visitor, now).await?, false),
+            _ => (cached.daily_id(db, visitor, now).await?, false),
         };
         let key = (config.id, distinct_id.clone());
         if let Some(flags) = self.cached(&key) {
@@ -202,15 +205,13 @@ impl Flags {
     }
 }
 
-/// The tenant's first active PostHog config with `enable_feature_flags`; 409 saying what is
-/// missing otherwise.
-async fn flags_config(
-    db: &sea_orm::DatabaseConnection,
-    tenant: Uuid,
-) -> Result<(provider_config::Model, PostHogSettings)> {
-    let configs = providers::config::forwarding_targets(db, tenant, Some(posthog::NAME)).await?;
-    let active: Vec<_> =
-        configs.into_iter().filter(|c| ProviderStatus::parse(&c.status) == Some(ProviderStatus::Active)).collect();
+/// The tenant's first active PostHog config with `enable_feature_flags` (from the config cache);
+/// 409 saying what is missing otherwise.
+fn flags_config(cached: &TenantConfig) -> Result<(&provider_config::Model, PostHogSettings)> {
+    let active: Vec<_> = cached
+        .targets(Some(posthog::NAME))
+        .filter(|c| ProviderStatus::parse(&c.status) == Some(ProviderStatus::Active))
+        .collect();
     if active.is_empty() {
         return Err(Error::Conflict(
             "this tenant has no active PostHog config; create one with enable_feature_flags: true to serve flags"

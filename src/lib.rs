@@ -18,6 +18,7 @@
 //! | [`config`] | typed settings: defaults < TOML file < `CONSENTGATE__…` environment |
 //! | [`http`] | the HTTP surface: one module per resource, auth extractors, the one HTTP error mapping, the OpenAPI document |
 //! | [`tenants`] | tenants, the unit of isolation |
+//! | [`cache`] | what an event needs of its tenant that rarely changes (keys, consent policy, provider configs, daily salt), in memory per instance, invalidated on change across instances (docs/caching.md) |
 //! | [`tokens`] | admin and auditor API tokens, stored as hashes |
 //! | [`audit`] | the audit log of every change to tokens, keys and configurations |
 //! | [`consent`] | the pure decision engine, cookie consent configs and revisions, consent records and their hash chain, consent-required regions |
@@ -49,7 +50,8 @@
 //! # One event's way
 //!
 //! 1. [`http`] (`http/events.rs`): the `IngestKey` extractor (`http/ingest_key.rs`)
-//!    authenticates the key ([`ingest::keys`]) and checks its origin and rate limit; the body is
+//!    finds the tenant's cached configuration ([`cache`]), authenticates the key against it
+//!    ([`ingest::keys`]) and checks its origin and rate limit; the body is
 //!    parsed into an `EventInput` ([`ingest::event`]), every field a checked type
 //!    ([`ingest::fields`]), and the request's facts about the visitor into `VisitorFacts`.
 //! 2. [`ingest`]: the event is enriched ([`ingest::enrich`]: UTM, user agent, truncated IP,
@@ -112,6 +114,7 @@ pub mod string_enum;
 pub mod app;
 pub mod audit;
 pub mod banner;
+pub mod cache;
 pub mod config;
 pub mod consent;
 pub mod crypto;

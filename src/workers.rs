@@ -20,6 +20,8 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
         )));
     }
     workers.push(tokio::spawn(crate::ingest::daily_id::sweep(state.db.clone(), shutdown.clone())));
+    // Changes made by other instances reach this one's config cache within `cache.refresh_ms`.
+    workers.push(tokio::spawn(state.config_cache.clone().run(state.db.clone(), shutdown.clone())));
     if state.settings.retention.enabled {
         // Small batches, each its own short transaction: safe to run on every instance.
         workers.push(tokio::spawn(crate::privacy::retention::run(

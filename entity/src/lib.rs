@@ -4,6 +4,7 @@
 pub mod analytics_event;
 pub mod api_token;
 pub mod audit_log;
+pub mod config_generation;
 pub mod consent_chain_checkpoint;
 pub mod consent_config_revision;
 pub mod consent_record;

@@ -14,6 +14,7 @@ mod m20261130_000004_provider_choices;
 mod m20261130_000005_outbox_horizon;
 mod m20261130_000006_idempotency_by_key_kind;
 mod m20261130_000007_retention;
+mod m20261130_000011_config_generation;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_outbox_horizon::Migration),
             Box::new(m20261130_000006_idempotency_by_key_kind::Migration),
             Box::new(m20261130_000007_retention::Migration),
+            Box::new(m20261130_000011_config_generation::Migration),
         ]
     }
 }

@@ -199,9 +199,25 @@ pub async fn latest_for_visitor(
 ) -> Result<Option<RecordedChoice>> {
     let Some(m) = latest_model(db, tenant, visitor_id).await? else { return Ok(None) };
     let active = super::config::store::active_id(db, tenant.id).await?;
-    let mut view = recorded_choice(&m)?;
+    Ok(Some(under(&m, active)?))
+}
+
+/// [`latest_for_visitor`] when the id of the tenant's active config is known (`active`, from
+/// the config cache): one read, the record's.
+pub async fn latest_under(
+    db: &impl ConnectionTrait,
+    tenant: &tenant::Model,
+    visitor_id: &str,
+    active: Option<Uuid>,
+) -> Result<Option<RecordedChoice>> {
+    let Some(m) = latest_model(db, tenant, visitor_id).await? else { return Ok(None) };
+    Ok(Some(under(&m, active)?))
+}
+
+fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<RecordedChoice> {
+    let mut view = recorded_choice(m)?;
     view.other_config = active.is_some_and(|a| a != m.config_id);
-    Ok(Some(view))
+    Ok(view)
 }
 
 /// The visitor's latest (not erased) record as the stored row, under whichever config.

@@ -71,6 +71,7 @@ async fn create_config(
     ApiJson(body): ApiJson<NewConsentConfig>,
 ) -> ApiResult<(StatusCode, Json<ConsentConfigView>)> {
     let view = store::create(&state.db, caller.tenant.id, &caller.actor(), body.spec()?).await?;
+    state.config_cache.forget(caller.tenant.id);
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -121,7 +122,9 @@ async fn patch_config(
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
     ApiJson(patch): ApiJson<ConsentConfigPatch>,
 ) -> ApiResult<Json<ConsentConfigView>> {
-    Ok(Json(store::patch(&state.db, caller.tenant.id, id, &caller.actor(), patch).await?))
+    let view = store::patch(&state.db, caller.tenant.id, id, &caller.actor(), patch).await?;
+    state.config_cache.forget(caller.tenant.id);
+    Ok(Json(view))
 }
 
 /// Delete a draft (204). A published config is never erased — consent records point at it —
@@ -137,7 +140,9 @@ async fn delete_config(
     Admin(caller): Admin,
     ApiPath(ConfigPath { id, .. }): ApiPath<ConfigPath>,
 ) -> ApiResult<Response> {
-    Ok(match store::delete(&state.db, caller.tenant.id, id, &caller.actor()).await? {
+    let deleted = store::delete(&state.db, caller.tenant.id, id, &caller.actor()).await?;
+    state.config_cache.forget(caller.tenant.id);
+    Ok(match deleted {
         Deleted::Erased => StatusCode::NO_CONTENT.into_response(),
         Deleted::Decommissioned(view) => Json(*view).into_response(),
     })
@@ -158,7 +163,9 @@ async fn publish_config(
     ApiJsonOrEmpty(req): ApiJsonOrEmpty<PublishRequest>,
 ) -> ApiResult<Json<ConsentConfigView>> {
     let requires_reconsent = req.is_some_and(|r| r.requires_reconsent);
-    Ok(Json(store::publish(&state.db, caller.tenant.id, id, &caller.actor(), requires_reconsent).await?))
+    let view = store::publish(&state.db, caller.tenant.id, id, &caller.actor(), requires_reconsent).await?;
+    state.config_cache.forget(caller.tenant.id);
+    Ok(Json(view))
 }
 
 /// The config's published revisions, newest first: exactly what visitors were shown.

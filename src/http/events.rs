@@ -36,7 +36,7 @@ use crate::{
         event::EventInput,
         keys::{self, KeyKind},
     },
-    json, tenants,
+    json,
 };
 
 /// Events in one batch at most.
@@ -217,12 +217,13 @@ pub(super) async fn preflight(
 ) -> ApiResult<Response> {
     let origin = header_text(headers, header::ORIGIN.as_str())
         .ok_or_else(|| ApiError::Forbidden("a preflight needs an Origin header".into()))?;
-    let tenant = tenants::find(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;
+    let tenant = state.config_cache.tenant(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;
     let allowed = match key {
-        Some(k) => keys::authenticate(&state.db, tenant.id, k)
+        Some(k) => tenant
+            .authenticate(&state.db, k)
             .await?
             .is_some_and(|key| keys::kind_of(&key) == KeyKind::Public && keys::origin_allowed(&key, &origin)),
-        None => keys::any_public_key_allows(&state.db, tenant.id, &origin).await?,
+        None => tenant.any_public_key_allows(&origin),
     };
     if !allowed {
         return Err(ApiError::Forbidden(format!("origin {origin} is not allowed for this tenant's ingest keys")));
@@ -292,7 +293,7 @@ async fn ingest_body(
     };
     let plan = async |item: Value, at: &str| -> Result<ingest::store::PlannedEvent, Error> {
         let input: EventInput = json::from_value(item, at)?;
-        let planned = ingest::plan(&state.db, &state.geo, &key.tenant, &key.sender, provider, input).await;
+        let planned = ingest::plan(&state.db, &state.geo, &key.config, &key.sender, provider, input).await;
         planned.map_err(|e| e.at(at))
     };
     let Some(items) = batch else {

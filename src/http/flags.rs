@@ -81,7 +81,7 @@ async fn flags(
         }
         Sender::Server => Signals::default(),
     };
-    match state.flags.evaluate(&state.db, &state.secrets, &key.tenant, &signals, &input).await {
+    match state.flags.evaluate(&state.db, &state.secrets, &key.config, &signals, &input).await {
         Ok(answer) => Ok((StatusCode::OK, Json(answer)).into_response()),
         Err(FlagsError::Gateway(e)) => Err(e.into()),
         Err(FlagsError::Upstream(why)) => Err(ApiError::BadGateway(why)),

@@ -5,6 +5,8 @@
 //! that takes an `IngestKey` runs only for such a caller, and knows who sent the event
 //! ([`Sender`]).
 
+use std::sync::Arc;
+
 use axum::{
     extract::{FromRequestParts, RawPathParams},
     http::{HeaderMap, HeaderValue, header, request::Parts},
@@ -19,11 +21,12 @@ use super::{
 };
 use crate::{
     app::AppState,
+    cache::TenantConfig,
     ingest::{
         event::Sender,
         keys::{self, KeyKind},
     },
-    rate_limit, tenants,
+    rate_limit,
 };
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -36,6 +39,8 @@ pub struct KeyQuery {
 /// A caller holding a live ingest key of the tenant in the path.
 pub struct IngestKey {
     pub tenant: entity::tenant::Model,
+    /// The tenant's cached configuration (docs/caching.md), for the event's decisions.
+    pub config: Arc<TenantConfig>,
     pub sender: Sender,
     /// A browser's allowed `Origin`. Every answer to it carries CORS headers, so that the page can
     /// read even a refusal.
@@ -65,12 +70,13 @@ impl FromRequestParts<AppState> for IngestKey {
             RawPathParams::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound.into_response())?;
         let slug = params.iter().find(|(k, _)| *k == "tenant").map(|(_, v)| v.to_string());
         let slug = slug.ok_or_else(|| ApiError::NotFound.into_response())?;
-        let (tenant, key, origin) = authenticate(state, &slug, query_key, &visitor, &parts.headers)
+        let (config, key, origin) = authenticate(state, &slug, query_key, &visitor, &parts.headers)
             .await
             .map_err(IntoResponse::into_response)?;
         let client_ip = visitor.ip;
         let caller = IngestKey {
-            tenant,
+            tenant: config.tenant.clone(),
+            config,
             sender: match keys::kind_of(&key) {
                 KeyKind::Public => Sender::Browser(visitor.facts),
                 KeyKind::Secret => Sender::Server,
@@ -96,15 +102,16 @@ impl FromRequestParts<AppState> for IngestKey {
     }
 }
 
-/// The tenant, the live key presented for it, and (public keys) the allowed origin.
+/// The tenant (its cached configuration), the live key presented for it, and (public keys) the
+/// allowed origin. Reads nothing from the database while the cache is fresh.
 async fn authenticate(
     state: &AppState,
     tenant: &str,
     query_key: Option<String>,
     visitor: &Visitor,
     headers: &HeaderMap,
-) -> ApiResult<(entity::tenant::Model, entity::ingest_key::Model, Option<String>)> {
-    let tenant = tenants::find(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;
+) -> ApiResult<(Arc<TenantConfig>, entity::ingest_key::Model, Option<String>)> {
+    let tenant = state.config_cache.tenant(&state.db, tenant).await?.ok_or(ApiError::NotFound)?;
     let from_bearer = bearer(headers).map(|s| s.expose_secret().to_string());
     let from_header = header_text(headers, "x-ingest-key");
     if query_key.as_deref().is_some_and(|k| k.starts_with("sk_"))
@@ -118,7 +125,8 @@ async fn authenticate(
     let presented = from_bearer.or(from_header).or(query_key).ok_or_else(|| {
         ApiError::Unauthorized("missing ingest key (?key=, X-Ingest-Key or Authorization: Bearer)".into())
     })?;
-    let key = keys::authenticate(&state.db, tenant.id, &presented)
+    let key = tenant
+        .authenticate(&state.db, &presented)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("invalid or revoked ingest key".into()))?;
     let origin = match keys::kind_of(&key) {

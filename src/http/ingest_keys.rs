@@ -63,6 +63,7 @@ async fn create_key(
     )
     .await?;
     txn.commit().await?;
+    state.config_cache.forget(caller.tenant.id);
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -105,5 +106,6 @@ async fn revoke_key(
     )
     .await?;
     txn.commit().await?;
+    state.config_cache.forget(caller.tenant.id);
     Ok(Json(view))
 }

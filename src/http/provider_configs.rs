@@ -87,6 +87,7 @@ async fn create_config(
     state.secrets.refuse_disabled(body.credentials())?;
     let input = config::ConfigInput::new(p, body)?;
     let view = config::create(&state.db, caller.tenant.id, p, input, &caller.actor()).await?;
+    state.config_cache.forget(caller.tenant.id);
     Ok((StatusCode::CREATED, Json(with_warnings(&state, view))))
 }
 
@@ -125,6 +126,7 @@ async fn patch_config(
     let p = provider(&path.provider)?;
     state.secrets.refuse_disabled(patch.credentials())?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, patch, &caller.actor()).await?;
+    state.config_cache.forget(caller.tenant.id);
     if view.status == ProviderStatus::Active.as_str() {
         // Fixed references must not meet their cached failure.
         state.secrets.forget(&view.credentials);
@@ -147,7 +149,9 @@ async fn delete_config(
     ApiPath(path): ApiPath<ConfigPath>,
 ) -> ApiResult<Json<ProviderConfigView>> {
     let p = provider(&path.provider)?;
-    Ok(Json(config::decommission(&state.db, caller.tenant.id, p, path.id, &caller.actor()).await?))
+    let view = config::decommission(&state.db, caller.tenant.id, p, path.id, &caller.actor()).await?;
+    state.config_cache.forget(caller.tenant.id);
+    Ok(Json(view))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -99,7 +99,8 @@ impl From<ingest_key::Model> for KeyView {
     }
 }
 
-/// Creates a key; the view carries the key itself.
+/// Creates a key; the view carries the key itself. Run it in a transaction: it also marks the
+/// tenant's cached configuration as changed.
 pub async fn create(db: &impl ConnectionTrait, tenant_id: Uuid, new: NewKey) -> Result<KeyView> {
     let name = new.name.trim();
     if !(1..=100).contains(&name.chars().count()) {
@@ -147,6 +148,7 @@ pub async fn create(db: &impl ConnectionTrait, tenant_id: Uuid, new: NewKey) -> 
     }
     .insert(db)
     .await?;
+    crate::cache::generation::bump(db, tenant_id).await?;
     let mut view = KeyView::from(model);
     view.key = Some(key);
     Ok(view)
@@ -161,7 +163,8 @@ pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<KeyV
     Ok(rows.into_iter().map(KeyView::from).collect())
 }
 
-/// Revokes a key at once. Revoking twice keeps the first time.
+/// Revokes a key at once. Revoking twice keeps the first time. Run it in a transaction: it also
+/// marks the tenant's cached configuration as changed.
 pub async fn revoke(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<KeyView> {
     let key = ingest_key::Entity::find_by_id(id)
         .filter(ingest_key::Column::TenantId.eq(tenant_id))
@@ -173,35 +176,42 @@ pub async fn revoke(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Res
     }
     let mut active = key.into_active_model();
     active.revoked_at = Set(Some(Utc::now()));
-    Ok(active.update(db).await?.into())
+    let revoked = active.update(db).await?;
+    crate::cache::generation::bump(db, tenant_id).await?;
+    Ok(revoked.into())
 }
 
-/// The live key of `tenant_id` behind `presented`, if any.
-pub async fn authenticate(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    presented: &str,
-) -> Result<Option<ingest_key::Model>> {
+/// The stored hash of a presented key, or `None` for something that cannot be a key (so that
+/// nothing is looked up for it).
+pub fn hash_of_presented(presented: &str) -> Option<String> {
     if presented.len() > 128 || !(presented.starts_with("pk_") || presented.starts_with("sk_")) {
-        return Ok(None);
+        return None;
     }
-    let key = ingest_key::Entity::find()
-        .filter(ingest_key::Column::KeyHash.eq(crypto::sha256_hex(presented)))
+    Some(crypto::sha256_hex(presented))
+}
+
+/// The tenant's live (unrevoked) keys, for the config cache.
+pub async fn live(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Vec<ingest_key::Model>> {
+    Ok(ingest_key::Entity::find()
         .filter(ingest_key::Column::TenantId.eq(tenant_id))
         .filter(ingest_key::Column::RevokedAt.is_null())
-        .one(db)
+        .all(db)
+        .await?)
+}
+
+/// Whether a use at `now` is worth writing to `last_used_at`, last written at `last`: at most
+/// once a minute (a write per event would double the ingest cost).
+pub fn use_worth_recording(last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    last.is_none_or(|t| now - t > Duration::seconds(60))
+}
+
+pub async fn record_use(db: &impl ConnectionTrait, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+    ingest_key::Entity::update_many()
+        .col_expr(ingest_key::Column::LastUsedAt, Expr::value(now))
+        .filter(ingest_key::Column::Id.eq(id))
+        .exec(db)
         .await?;
-    let Some(key) = key else { return Ok(None) };
-    // Record use at most once a minute: a write per event would double the ingest cost.
-    let now = Utc::now();
-    if key.last_used_at.is_none_or(|t| now - t > Duration::seconds(60)) {
-        ingest_key::Entity::update_many()
-            .col_expr(ingest_key::Column::LastUsedAt, Expr::value(now))
-            .filter(ingest_key::Column::Id.eq(key.id))
-            .exec(db)
-            .await?;
-    }
-    Ok(Some(key))
+    Ok(())
 }
 
 pub fn kind_of(key: &ingest_key::Model) -> KeyKind {
@@ -214,14 +224,32 @@ pub fn origin_allowed(key: &ingest_key::Model, origin: &str) -> bool {
     patterns.iter().any(|p| p.matches(origin))
 }
 
-/// For a CORS preflight, which carries no key header: whether any live public key of the tenant
-/// allows `origin` (the real request is checked against its own key).
-pub async fn any_public_key_allows(db: &impl ConnectionTrait, tenant_id: Uuid, origin: &str) -> Result<bool> {
-    let keys = ingest_key::Entity::find()
-        .filter(ingest_key::Column::TenantId.eq(tenant_id))
-        .filter(ingest_key::Column::Kind.eq("public"))
-        .filter(ingest_key::Column::RevokedAt.is_null())
-        .all(db)
-        .await?;
-    Ok(keys.iter().any(|k| origin_allowed(k, origin)))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_key_shaped_input_is_looked_up() {
+        let pk = format!("pk_{}", "a".repeat(32));
+        assert_eq!(hash_of_presented(&pk), Some(crypto::sha256_hex(&pk)));
+        assert!(hash_of_presented("sk_abc").is_some());
+        for junk in ["", "abc", "Bearer sk_x", "PK_abc", &format!("sk_{}", "a".repeat(126))] {
+            assert_eq!(hash_of_presented(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn a_use_is_written_at_most_once_a_minute() {
+        let t0 = Utc::now();
+        for (last, now, due) in [
+            (None, t0, true),
+            (Some(t0), t0, false),
+            (Some(t0), t0 + Duration::seconds(60), false),
+            (Some(t0), t0 + Duration::seconds(61), true),
+            // A clock that went back is not a reason to write.
+            (Some(t0), t0 - Duration::seconds(5), false),
+        ] {
+            assert_eq!(use_worth_recording(last, now), due, "{last:?} → {now}");
+        }
+    }
 }

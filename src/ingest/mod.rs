@@ -37,6 +37,7 @@ use self::{
     keys::KeyKind,
 };
 use crate::{
+    cache::TenantConfig,
     consent::{
         self, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, Reason, RecordedChoice, RequiredCategory,
         Signals,
@@ -59,16 +60,19 @@ pub struct Accepted {
 
 /// Validates and decides one event (parsed at the HTTP edge): the rows to store, for the
 /// [`writer`]. `provider` restricts forwarding to that provider's configs (the per-provider
-/// endpoint). Field names in errors are relative to the event. Whether the idempotency key was
-/// seen before is found when the rows are stored ([`store`]), not here.
+/// endpoint). Field names in errors are relative to the event. `cached`: the tenant's
+/// configuration from the config cache — the policy, the provider configs and the daily salt are
+/// not read from the database here. Whether the idempotency key was seen before is found when
+/// the rows are stored ([`store`]), not here.
 pub async fn plan(
     db: &DatabaseConnection,
     geo: &Geo,
-    tenant: &tenant::Model,
+    cached: &TenantConfig,
     sender: &Sender,
     provider: Option<&str>,
     input: EventInput,
 ) -> Result<store::PlannedEvent> {
+    let tenant = &cached.tenant;
     let now = Utc::now();
     let mut ev = event::validate(input, sender, provider, now)?;
     // A server's visitor: located by the IP the server passed, unless it said the country.
@@ -89,7 +93,11 @@ pub async fn plan(
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let mut model = stored_event(tenant.id, provider, key_kind, ev, &agent, now);
-    let (policy, record) = consent_inputs(db, tenant, consent_lookup_id.as_deref()).await?;
+    let policy = cached.policy();
+    let record = match consent_lookup_id.as_deref() {
+        Some(v) => consent::records::latest_under(db, tenant, v, cached.active_consent_config()).await?,
+        None => None,
+    };
     // The categories the visitor has granted, passed on with each delivery (GA4's consent fields).
     let granted = consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices;
 
@@ -102,9 +110,9 @@ pub async fn plan(
         pseudonymous: bool,
     }
     let mut planned = Vec::new();
-    for config in providers::config::forwarding_targets(db, tenant.id, provider).await? {
+    for config in cached.targets(provider) {
         let Some(p) = providers::get(&config.provider) else { continue };
-        let policy_for_config = provider_policy(&config, p);
+        let policy_for_config = provider_policy(config, p);
         let mut decision = consent::decide(policy.as_ref(), record.as_ref(), &signals, &policy_for_config, now);
         let denied_by_consent = decision.reason().is_consent_denial();
         if decision.is_allowed()
@@ -129,7 +137,7 @@ pub async fn plan(
     // An event without any visitor id counts as a visitor of its own.
     let pseudonymous_id = if planned.iter().any(|p| p.pseudonymous) {
         let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", model.id));
-        Some(daily_id::today(db, tenant.id, &visitor, now).await?)
+        Some(cached.daily_id(db, &visitor, now).await?)
     } else {
         None
     };

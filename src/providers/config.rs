@@ -396,6 +396,7 @@ pub async fn create(
     .await?;
     let view = ProviderConfigView::from(model);
     audit_change(&txn, tenant_id, provider, actor, "create", None, &view).await?;
+    crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
     Ok(view)
 }
@@ -550,6 +551,7 @@ pub async fn patch(
     }
     let view = ProviderConfigView::from(model);
     audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
+    crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
     Ok(with_retrying(db, vec![view]).await?.remove(0))
 }
@@ -608,6 +610,7 @@ pub async fn decommission(
             let view = ProviderConfigView::from(active.update(&txn).await?);
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
             audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
+            crate::cache::generation::bump(&txn, tenant_id).await?;
             txn.commit().await?;
             Ok(view)
         }
@@ -750,6 +753,10 @@ pub mod usage {
             .filter(provider_config::Column::ConsecutiveAuthFailures.gte(threshold as i32))
             .exec(db)
             .await?;
+        if moved.rows_affected > 0 {
+            // Every instance's config cache picks the status change up within its bound.
+            crate::cache::generation::bump_for_provider_config(db, config_id).await?;
+        }
         Ok(moved.rows_affected > 0)
     }
 }

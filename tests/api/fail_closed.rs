@@ -13,7 +13,8 @@ use crate::{
     site::{self, Site, settled, track, visitor},
 };
 
-/// `UPDATE {table} SET {column} = value WHERE id = id`, in the backend's own placeholder syntax.
+/// `UPDATE {table} SET {column} = value WHERE id = id`, in the backend's own placeholder syntax,
+/// then the app's config cache emptied.
 async fn corrupt(app: &TestApp, table: &str, column: &str, id: &str, value: &str) {
     let backend = app.db.get_database_backend();
     let sql = match backend {
@@ -24,6 +25,9 @@ async fn corrupt(app: &TestApp, table: &str, column: &str, id: &str, value: &str
     let values: [SqlValue; 2] = [value.into(), id.into()];
     let done = app.db.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await.unwrap();
     assert_eq!(done.rows_affected(), 1, "{table}.{column} of {id}");
+    // A direct edit reaches the instance's config cache only when the entry expires
+    // (`cache.max_age_ms`, docs/caching.md); these tests are about reading it, not about when.
+    app.app.state.config_cache.clear();
 }
 
 /// Runs the outbox until nothing is due, then the event's deliveries, each ended.

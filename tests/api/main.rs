@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod banner;
 mod batches;
+mod caching;
 mod cli;
 mod consent_configs;
 mod consent_public;

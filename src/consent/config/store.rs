@@ -284,6 +284,7 @@ pub async fn create(
     let m = a.insert(&txn).await?;
     let v = view(&txn, m).await?;
     audit_change(&txn, (tenant_id, actor), "cookie_consent_config.create", v.id, None, Some(v.audit_value())).await?;
+    crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
     Ok(v.with_warnings())
 }
@@ -354,12 +355,15 @@ pub async fn patch(
             _ => "cookie_consent_config.decommission",
         };
     } else if !content_changed {
+        crate::cache::generation::bump(&txn, tenant_id).await?;
         txn.commit().await?;
         return Ok(before.with_warnings());
+        // (nothing changed: no bump)
     }
     a.updated_at = Set(Utc::now());
     let after = view(&txn, a.update(&txn).await?).await?;
     audit_change(&txn, (tenant_id, actor), action, id, Some(before.audit_value()), Some(after.audit_value())).await?;
+    crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
     Ok(after.with_warnings())
 }
@@ -416,6 +420,7 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
                 None,
             )
             .await?;
+            crate::cache::generation::bump(&txn, tenant_id).await?;
             txn.commit().await?;
             Ok(Deleted::Erased)
         }
@@ -434,6 +439,7 @@ pub async fn delete(db: &DatabaseConnection, tenant_id: Uuid, id: Uuid, actor: &
                 Some(after.audit_value()),
             )
             .await?;
+            crate::cache::generation::bump(&txn, tenant_id).await?;
             txn.commit().await?;
             Ok(Deleted::Decommissioned(Box::new(after)))
         }
@@ -494,6 +500,7 @@ pub async fn publish(
         Some(after_audit),
     )
     .await?;
+    crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
     Ok(after.with_warnings())
 }

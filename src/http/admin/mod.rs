@@ -421,6 +421,7 @@ async fn provider_action(
             let patch = serde_json::from_value(json!({"status": to.as_str()})).expect("a status patch parses");
             match provider_configs::patch(&state.db, tenant_id, p, model.id, patch, &actor).await {
                 Ok(view) => {
+                    state.config_cache.forget(tenant_id);
                     if to == ProviderStatus::Active {
                         state.secrets.forget(&view.credentials);
                         state.outbox.wake();
