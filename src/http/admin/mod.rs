@@ -5,9 +5,12 @@
 //! changes anything, and a forged one is refused.
 
 mod chart;
+pub mod dashboard;
 pub mod data;
 mod records;
 pub mod session;
+mod sql;
+mod visitors;
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -49,8 +52,11 @@ pub fn router() -> Router<AppState> {
         .route("/admin/records", get(records::search))
         .route("/admin/records/verify", get(records::verify))
         .route("/admin/records/{id}", get(records::detail))
-        .route("/admin/dashboard", get(dashboard))
-        .route("/admin/dashboard.csv", get(dashboard_csv))
+        .route("/admin/dashboard", get(dashboard::page))
+        .route("/admin/dashboard.csv", get(dashboard::csv_file))
+        .route("/admin/visitors", get(visitors::find))
+        .route("/admin/visitors/export", get(visitors::export))
+        .route("/admin/visitors/erase", get(visitors::confirm).post(visitors::erase))
         .route("/admin/admin.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -83,6 +89,7 @@ fn templates() -> &'static Tera {
             ("dashboard.html", include_str!("../../../templates/admin/dashboard.html")),
             ("records.html", include_str!("../../../templates/admin/records.html")),
             ("record.html", include_str!("../../../templates/admin/record.html")),
+            ("visitor.html", include_str!("../../../templates/admin/visitor.html")),
         ])
         .expect("the admin templates parse");
         t.autoescape_on(vec![".html"]);
@@ -344,13 +351,21 @@ async fn provider_page(
     State(state): State<AppState>,
     page: Page,
     Path((provider, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Response {
+    let days = match period(query.as_deref()) {
+        Ok(d) => d,
+        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid period", &m),
+    };
     let model = match find_config(&state, &page, &provider, &id).await {
         Ok(m) => m,
         Err(res) => return res,
     };
     let tenant_id = page.holder.tenant.id;
+    let now = Utc::now();
     let result = async {
+        let per_day = data::delivery_days(&state.db, tenant_id, model.id, days, now).await?;
+        let lag = data::delivery_lag(&state.db, tenant_id, model.id, days, now).await?;
         let counts = data::delivery_counts(&state.db, tenant_id).await?.remove(&model.id).unwrap_or_default();
         let dead = log::list(
             &state.db,
@@ -362,10 +377,10 @@ async fn provider_page(
             log::list(&state.db, tenant_id, &Filter { config: Some(model.id), limit: 200, ..Filter::default() })
                 .await?;
         let errors: Vec<_> = recent.into_iter().filter(|d| d.last_error.is_some()).take(10).collect();
-        Ok::<_, Error>((counts, dead, errors))
+        Ok::<_, Error>((counts, dead, errors, per_day, lag))
     }
     .await;
-    let (counts, dead, errors) = match result {
+    let (counts, dead, errors, per_day, lag) = match result {
         Ok(r) => r,
         Err(e) => return domain_error(&page, e),
     };
@@ -379,6 +394,19 @@ async fn provider_page(
     ctx.insert("may_pause", &(status == ProviderStatus::Active.as_str()));
     ctx.insert("may_resume", &(status == ProviderStatus::Paused.as_str() || status == ProviderStatus::Error.as_str()));
     ctx.insert("may_replay", &(status != ProviderStatus::Decommissioned.as_str()));
+    ctx.insert("period", &days);
+    let bars: Vec<_> = per_day
+        .iter()
+        .map(|d| {
+            let parts =
+                vec![(d.delivered, "delivered"), (d.dropped, "dropped"), (d.waiting, "waiting"), (d.retrying, "retrying"), (d.dead, "dead")];
+            (d.date, parts)
+        })
+        .collect();
+    ctx.insert("days_chart", &chart::stacked(&bars, &format!("Deliveries per day of arrival, last {days} days")));
+    ctx.insert("per_day", &per_day);
+    let shown = |ms: Option<i64>| ms.map_or_else(|| "–".to_string(), data::duration);
+    ctx.insert("lag", &json!({"delivered": lag.delivered, "p50": shown(lag.p50), "p90": shown(lag.p90), "p99": shown(lag.p99)}));
     render(StatusCode::OK, "provider.html", &ctx)
 }
 
@@ -490,42 +518,6 @@ fn period(query: Option<&str>) -> Result<i64, String> {
         Some("30") => Ok(30),
         Some("90") => Ok(90),
         Some(_) => Err("days must be 7, 30 or 90".into()),
-    }
-}
-
-async fn dashboard(State(state): State<AppState>, page: Page, RawQuery(query): RawQuery) -> Response {
-    let days = match period(query.as_deref()) {
-        Ok(d) => d,
-        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid period", &m),
-    };
-    let d = match data::dashboard(&state.db, page.holder.tenant.id, days, Utc::now()).await {
-        Ok(d) => d,
-        Err(e) => return domain_error(&page, e),
-    };
-    let mut ctx = page.context();
-    ctx.insert("nav", "dashboard");
-    ctx.insert("period", &days);
-    ctx.insert("dash", &d);
-    ctx.insert("days_chart", &chart::days(&d.days, &format!("Consent decisions per day, last {days} days")));
-    ctx.insert("rates_chart", &chart::rates(&d.rates, &format!("Grant rate per category, last {days} days")));
-    render(StatusCode::OK, "dashboard.html", &ctx)
-}
-
-async fn dashboard_csv(State(state): State<AppState>, page: Page, RawQuery(query): RawQuery) -> Response {
-    let days = match period(query.as_deref()) {
-        Ok(d) => d,
-        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid period", &m),
-    };
-    match data::dashboard(&state.db, page.holder.tenant.id, days, Utc::now()).await {
-        Ok(d) => (
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"consent-{days}d.csv\"")),
-            ],
-            data::csv(&d),
-        )
-            .into_response(),
-        Err(e) => domain_error(&page, e),
     }
 }
 
