@@ -101,7 +101,8 @@ pub fn groups(groups: &[Group], title: &str) -> String {
         let name: String = g.label.chars().take(26).collect();
         let _ = write!(svg, r#"<text x="0" y="{:.1}">{}</text>"#, y + row * 0.65, escape(&name));
         let mut x = label;
-        for (n, class) in [(g.accept_all, "accept"), (g.custom, "custom"), (g.reject_all, "reject"), (g.withdraw, "withdraw")]
+        for (n, class) in
+            [(g.accept_all, "accept"), (g.custom, "custom"), (g.reject_all, "reject"), (g.withdraw, "withdraw")]
         {
             if n == 0 {
                 continue;

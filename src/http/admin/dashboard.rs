@@ -13,7 +13,10 @@ use axum::{
 };
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use entity::consent_record;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::{Expr, Func}};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::{Expr, Func},
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -159,12 +162,7 @@ pub async fn load(db: &impl ConnectionTrait, tenant_id: Uuid, days: i64, now: Da
 
 /// Pure counting: one entry per day from `first`, every day present (zero when quiet); rows of
 /// other days and unknown actions are left out. `names` are the consent configs' display names.
-pub fn tally(
-    first: NaiveDate,
-    days: i64,
-    rows: impl Iterator<Item = Row>,
-    names: &HashMap<Uuid, String>,
-) -> Dashboard {
+pub fn tally(first: NaiveDate, days: i64, rows: impl Iterator<Item = Row>, names: &HashMap<Uuid, String>) -> Dashboard {
     let mut by_day: BTreeMap<NaiveDate, Day> =
         (0..days).map(|i| first + Duration::days(i)).map(|date| (date, Day { date, ..Day::default() })).collect();
     let mut all = Group::default();

@@ -134,7 +134,11 @@ fn period_start(days: i64, now: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
 /// Pure counting: `(day, status, n, failed)` rows into one entry per day from `first`, every day
 /// present. Of pending deliveries, `failed` retry; an unreadable status counts as dead (it needs
 /// a look), as in [`delivery_counts`].
-pub fn tally_days(first: NaiveDate, days: i64, rows: impl Iterator<Item = (NaiveDate, String, i64, i64)>) -> Vec<DeliveryDay> {
+pub fn tally_days(
+    first: NaiveDate,
+    days: i64,
+    rows: impl Iterator<Item = (NaiveDate, String, i64, i64)>,
+) -> Vec<DeliveryDay> {
     let mut by_day: BTreeMap<NaiveDate, DeliveryDay> = (0..days)
         .map(|i| first + Duration::days(i))
         .map(|date| (date, DeliveryDay { date, ..DeliveryDay::default() }))
@@ -246,10 +250,7 @@ mod tests {
         ];
         let days = tally_days(d1, 3, rows.into_iter());
         assert_eq!(days.len(), 3, "every day, quiet ones too");
-        assert_eq!(
-            days[0],
-            DeliveryDay { date: d1, delivered: 5, waiting: 1, retrying: 3, ..DeliveryDay::default() }
-        );
+        assert_eq!(days[0], DeliveryDay { date: d1, delivered: 5, waiting: 1, retrying: 3, ..DeliveryDay::default() });
         assert_eq!(days[1], DeliveryDay { date: d2, dropped: 2, dead: 2, ..DeliveryDay::default() });
         assert_eq!(days[2], DeliveryDay { date: d2 + Duration::days(1), ..DeliveryDay::default() });
     }

@@ -398,15 +398,23 @@ async fn provider_page(
     let bars: Vec<_> = per_day
         .iter()
         .map(|d| {
-            let parts =
-                vec![(d.delivered, "delivered"), (d.dropped, "dropped"), (d.waiting, "waiting"), (d.retrying, "retrying"), (d.dead, "dead")];
+            let parts = vec![
+                (d.delivered, "delivered"),
+                (d.dropped, "dropped"),
+                (d.waiting, "waiting"),
+                (d.retrying, "retrying"),
+                (d.dead, "dead"),
+            ];
             (d.date, parts)
         })
         .collect();
     ctx.insert("days_chart", &chart::stacked(&bars, &format!("Deliveries per day of arrival, last {days} days")));
     ctx.insert("per_day", &per_day);
     let shown = |ms: Option<i64>| ms.map_or_else(|| "–".to_string(), data::duration);
-    ctx.insert("lag", &json!({"delivered": lag.delivered, "p50": shown(lag.p50), "p90": shown(lag.p90), "p99": shown(lag.p99)}));
+    ctx.insert(
+        "lag",
+        &json!({"delivered": lag.delivered, "p50": shown(lag.p50), "p90": shown(lag.p90), "p99": shown(lag.p99)}),
+    );
     render(StatusCode::OK, "provider.html", &ctx)
 }
 

@@ -26,9 +26,9 @@ pub fn millis_between(backend: DbBackend, from: &str, to: &str) -> String {
 /// grants nothing, as the decision engine reads it).
 pub fn grants(backend: DbBackend, column: &str, category: &str) -> String {
     match backend {
-        DbBackend::Postgres => format!(
-            "(({column} ->> '{category}') = 'true' AND COALESCE({column} ->> 'necessary', 'true') = 'true')"
-        ),
+        DbBackend::Postgres => {
+            format!("(({column} ->> '{category}') = 'true' AND COALESCE({column} ->> 'necessary', 'true') = 'true')")
+        }
         _ => format!(
             "(json_type({column}, '$.{category}') = 'true' AND COALESCE(json_type({column}, '$.necessary'), 'true') = 'true')"
         ),

@@ -64,7 +64,8 @@ pub async fn export(State(state): State<AppState>, page: Page, RawQuery(raw): Ra
         Ok(None) => return invalid(&page, "visitor_id: required"),
         Err(rule) => return invalid(&page, &rule),
     };
-    let mut res = Body::from_stream(dsar::stream(state.db.clone(), page.holder.tenant.clone(), visitor)).into_response();
+    let mut res =
+        Body::from_stream(dsar::stream(state.db.clone(), page.holder.tenant.clone(), visitor)).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"visitor-export.json\""));
