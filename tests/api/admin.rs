@@ -593,3 +593,28 @@ async fn erasure_from_the_page_leaves_nothing_but_hashes_and_is_audited_like_the
     }
     assert_eq!(page_export["consent_records"].as_array().unwrap().len(), 1);
 }
+
+/// The grants are summed in SQL (per backend); a stored choice the decision engine cannot read
+/// grants nothing there either.
+#[tokio::test]
+async fn the_dashboard_counts_an_unreadable_choice_as_granting_nothing() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    for v in ["v1", "v2", "v3", "v4"] {
+        app.consent(v, "accept_all", 1).await;
+    }
+    for (seq, choices) in [
+        (1, r#"{"necessary": false, "functional": true, "analytics": true, "marketing": true}"#),
+        (2, r#""oops""#),
+        (3, r#"{"functional": 1, "analytics": "true", "marketing": true}"#),
+    ] {
+        let sql = format!("UPDATE consent_record SET choices = '{choices}' WHERE seq = {seq}");
+        app.db.execute_unprepared(&sql).await.unwrap();
+    }
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    let (_, csv) = b.get("/admin/dashboard.csv?days=7").await;
+    // Functional: only v4; analytics: only v4; marketing: v3 (a real `true`) and v4.
+    assert!(csv.contains("\nfunctional,1,4,25\nanalytics,1,4,25\nmarketing,2,4,50\n"), "{csv}");
+}

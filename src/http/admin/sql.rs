@@ -21,13 +21,16 @@ pub fn millis_between(backend: DbBackend, from: &str, to: &str) -> String {
     }
 }
 
-/// True when the JSON column's stored choice grants `category`: the field is JSON `true` and
+/// True when the JSON column's stored choice grants `category`: the field is JSON `true` (not
+/// the string `"true"`, which PostgreSQL's `->>` would not tell apart; the column is `jsonb`) and
 /// `necessary` is not refused (a choice refusing it is unreadable, and an unreadable choice
 /// grants nothing, as the decision engine reads it).
 pub fn grants(backend: DbBackend, column: &str, category: &str) -> String {
     match backend {
         DbBackend::Postgres => {
-            format!("(({column} ->> '{category}') = 'true' AND COALESCE({column} ->> 'necessary', 'true') = 'true')")
+            format!(
+                "(({column} -> '{category}') = 'true'::jsonb AND COALESCE({column} -> 'necessary', 'true'::jsonb) = 'true'::jsonb)"
+            )
         }
         _ => format!(
             "(json_type({column}, '$.{category}') = 'true' AND COALESCE(json_type({column}, '$.necessary'), 'true') = 'true')"
