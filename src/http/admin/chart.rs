@@ -6,7 +6,10 @@ use std::fmt::Write;
 
 use chrono::NaiveDate;
 
-use super::dashboard::{Day, GrantRate, Group};
+use super::{
+    dashboard::{Day, GrantRate, Group},
+    data::DeliveryDay,
+};
 
 const W: f64 = 640.0;
 const H: f64 = 200.0;
@@ -28,9 +31,27 @@ pub fn days(days: &[Day], title: &str) -> String {
     stacked(&bars, title)
 }
 
+/// A config's deliveries per day, stacked: delivered, dropped, waiting, retrying, dead.
+pub fn deliveries(days: &[DeliveryDay], title: &str) -> String {
+    let bars: Vec<_> = days
+        .iter()
+        .map(|d| {
+            let parts = vec![
+                (d.delivered, "delivered"),
+                (d.dropped, "dropped"),
+                (d.waiting, "waiting"),
+                (d.retrying, "retrying"),
+                (d.dead, "dead"),
+            ];
+            (d.date, parts)
+        })
+        .collect();
+    stacked(&bars, title)
+}
+
 /// One vertical bar per day, its parts (count, class) stacked bottom to top, scaled to the
 /// busiest day.
-pub fn stacked(days: &[(NaiveDate, Vec<(i64, &str)>)], title: &str) -> String {
+fn stacked(days: &[(NaiveDate, Vec<(i64, &str)>)], title: &str) -> String {
     let total = |parts: &Vec<(i64, &str)>| parts.iter().map(|(n, _)| n).sum::<i64>();
     let max = days.iter().map(|(_, parts)| total(parts)).max().unwrap_or(0).max(1) as f64;
     let slot = W / days.len().max(1) as f64;

@@ -395,20 +395,7 @@ async fn provider_page(
     ctx.insert("may_resume", &(status == ProviderStatus::Paused.as_str() || status == ProviderStatus::Error.as_str()));
     ctx.insert("may_replay", &(status != ProviderStatus::Decommissioned.as_str()));
     ctx.insert("period", &days);
-    let bars: Vec<_> = per_day
-        .iter()
-        .map(|d| {
-            let parts = vec![
-                (d.delivered, "delivered"),
-                (d.dropped, "dropped"),
-                (d.waiting, "waiting"),
-                (d.retrying, "retrying"),
-                (d.dead, "dead"),
-            ];
-            (d.date, parts)
-        })
-        .collect();
-    ctx.insert("days_chart", &chart::stacked(&bars, &format!("Deliveries per day of arrival, last {days} days")));
+    ctx.insert("days_chart", &chart::deliveries(&per_day, &format!("Deliveries per day of arrival, last {days} days")));
     ctx.insert("per_day", &per_day);
     let shown = |ms: Option<i64>| ms.map_or_else(|| "–".to_string(), data::duration);
     ctx.insert(
