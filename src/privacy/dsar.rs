@@ -14,14 +14,17 @@
 //! (docs/consent-model.md). Erased records (no visitor id any more) are included: they are found
 //! by the visitor's hash.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use entity::{analytics_event, consent_record, delivery, forwarding_decision, tenant};
 use futures_util::{Stream, StreamExt, stream};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{CHUNK, linked_event_ids};
+use super::{CHUNK, erase::Recipient, linked_event_ids, tally_deliveries};
 use crate::{
     consent::{
         canonical,
@@ -141,6 +144,60 @@ async fn next_chunk(c: &mut Cursor) -> Result<String> {
         }
         Step::Done => Ok(String::new()),
     }
+}
+
+/// What the export holds, counted (the admin pages' visitor view, before an erasure).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub visitor_hash: String,
+    /// Consent records under the visitor's hash (the export's `consent_records`) …
+    pub consent_records: u64,
+    /// … of which still carry the visitor's id (an erasure removes it; the records stay).
+    pub records_with_id: u64,
+    pub events: u64,
+    pub forwarding_decisions: u64,
+    /// The events' deliveries by status.
+    pub deliveries: BTreeMap<String, u64>,
+    /// Provider configs that already received the visitor's events.
+    pub received_by: Vec<Recipient>,
+}
+
+impl Summary {
+    /// Nothing held but consent records without the id (what an erasure leaves).
+    pub fn only_hashes(&self) -> bool {
+        self.records_with_id == 0 && self.events == 0 && self.forwarding_decisions == 0 && self.deliveries.is_empty()
+    }
+}
+
+/// Counts what [`stream`] would export for the visitor.
+pub async fn summary(db: &impl ConnectionTrait, tenant: &tenant::Model, visitor: &VisitorId) -> Result<Summary> {
+    let visitor_hash = records::visitor_hash(tenant, visitor);
+    let records = || {
+        consent_record::Entity::find()
+            .filter(consent_record::Column::TenantId.eq(tenant.id))
+            .filter(consent_record::Column::VisitorHash.eq(visitor_hash.clone()))
+    };
+    let consent_records = records().count(db).await?;
+    let records_with_id = records().filter(consent_record::Column::VisitorId.is_not_null()).count(db).await?;
+    let events = linked_event_ids(db, tenant.id, visitor).await?;
+    let mut forwarding_decisions = 0;
+    for chunk in events.chunks(CHUNK) {
+        forwarding_decisions += forwarding_decision::Entity::find()
+            .filter(forwarding_decision::Column::TenantId.eq(tenant.id))
+            .filter(forwarding_decision::Column::EventId.is_in(chunk.iter().copied()))
+            .count(db)
+            .await?;
+    }
+    let deliveries = tally_deliveries(db, tenant.id, &events).await?;
+    Ok(Summary {
+        visitor_hash,
+        consent_records,
+        records_with_id,
+        events: events.len() as u64,
+        forwarding_decisions,
+        deliveries: deliveries.by_status,
+        received_by: deliveries.received_by,
+    })
 }
 
 /// A record as auditors see it, with the text its hash covers.

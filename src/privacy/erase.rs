@@ -5,16 +5,14 @@
 //! chain covers that hash, not the id, so it still verifies. The report names the provider configs
 //! that already received their data, so the controller can pass the request on (Art. 19).
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
-use entity::{analytics_event, delivery, forwarding_decision, provider_config, tenant};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use entity::{analytics_event, delivery, forwarding_decision, tenant};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{CHUNK, linked_event_ids};
+use super::{CHUNK, linked_event_ids, tally_deliveries};
 use crate::{
     audit,
     consent::records::{self, VisitorId},
@@ -71,33 +69,10 @@ pub async fn erase(
         consent_records: 0,
         received_by: Vec::new(),
     };
-    let mut received: BTreeMap<Uuid, Recipient> = BTreeMap::new();
+    let deliveries = tally_deliveries(&txn, tenant.id, &events).await?;
+    report.pending_deliveries = deliveries.by_status.get(DeliveryStatus::Pending.as_str()).copied().unwrap_or(0);
+    report.received_by = deliveries.received_by;
     for chunk in events.chunks(CHUNK) {
-        let rows: Vec<(Uuid, String, String, Option<DateTime<Utc>>)> = delivery::Entity::find()
-            .select_only()
-            .columns([delivery::Column::ConfigId, delivery::Column::Provider, delivery::Column::Status])
-            .column(delivery::Column::DeliveredAt)
-            .filter(delivery::Column::TenantId.eq(tenant.id))
-            .filter(delivery::Column::EventId.is_in(chunk.iter().copied()))
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        for (config_id, provider, status, delivered_at) in rows {
-            if status == DeliveryStatus::Pending.as_str() {
-                report.pending_deliveries += 1;
-            }
-            if status == DeliveryStatus::Delivered.as_str() || status == DeliveryStatus::Dropped.as_str() {
-                let r = received.entry(config_id).or_insert_with(|| Recipient {
-                    config_id,
-                    provider,
-                    display_name: None,
-                    deliveries: 0,
-                    last_delivered_at: None,
-                });
-                r.deliveries += 1;
-                r.last_delivered_at = r.last_delivered_at.max(delivered_at);
-            }
-        }
         report.deliveries += delivery::Entity::delete_many()
             .filter(delivery::Column::TenantId.eq(tenant.id))
             .filter(delivery::Column::EventId.is_in(chunk.iter().copied()))
@@ -117,17 +92,6 @@ pub async fn erase(
             .await?
             .rows_affected;
     }
-    for config in provider_config::Entity::find()
-        .filter(provider_config::Column::TenantId.eq(tenant.id))
-        .filter(provider_config::Column::Id.is_in(received.keys().copied()))
-        .all(&txn)
-        .await?
-    {
-        if let Some(r) = received.get_mut(&config.id) {
-            r.display_name = Some(config.display_name);
-        }
-    }
-    report.received_by = received.into_values().collect();
     report.consent_records = records::erase_visitor_in(&txn, tenant, visitor).await?;
     audit::record(
         &txn,

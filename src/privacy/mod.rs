@@ -12,13 +12,15 @@ pub mod dsar;
 pub mod erase;
 pub mod retention;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use entity::{analytics_event, delivery};
+use chrono::{DateTime, Utc};
+use entity::{analytics_event, delivery, provider_config};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
-use crate::{consent::records::VisitorId, error::Result};
+use self::erase::Recipient;
+use crate::{consent::records::VisitorId, error::Result, outbox::DeliveryStatus};
 
 /// The ids of every event linked to the visitor, oldest first (event ids are UUIDv7).
 pub async fn linked_event_ids(db: &impl ConnectionTrait, tenant_id: Uuid, visitor: &VisitorId) -> Result<Vec<Uuid>> {
@@ -50,3 +52,56 @@ pub async fn linked_event_ids(db: &impl ConnectionTrait, tenant_id: Uuid, visito
 
 /// Event ids are handled in chunks of this many (an `IN (…)` list stays small).
 pub(crate) const CHUNK: usize = 200;
+
+/// The deliveries of a visitor's events, counted.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryTally {
+    /// Deliveries by status (`pending`, `delivered`, `dropped`, `dead`).
+    pub by_status: BTreeMap<String, u64>,
+    /// Provider configs that already received (or accepted and discarded) the events, by config.
+    pub received_by: Vec<Recipient>,
+}
+
+/// Counts the deliveries of `events` and names the configs that received them (GDPR Art. 19:
+/// the erasure report and the admin pages' visitor view say the same).
+pub async fn tally_deliveries(db: &impl ConnectionTrait, tenant_id: Uuid, events: &[Uuid]) -> Result<DeliveryTally> {
+    let mut tally = DeliveryTally::default();
+    let mut received: BTreeMap<Uuid, Recipient> = BTreeMap::new();
+    for chunk in events.chunks(CHUNK) {
+        let rows: Vec<(Uuid, String, String, Option<DateTime<Utc>>)> = delivery::Entity::find()
+            .select_only()
+            .columns([delivery::Column::ConfigId, delivery::Column::Provider, delivery::Column::Status])
+            .column(delivery::Column::DeliveredAt)
+            .filter(delivery::Column::TenantId.eq(tenant_id))
+            .filter(delivery::Column::EventId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (config_id, provider, status, delivered_at) in rows {
+            if status == DeliveryStatus::Delivered.as_str() || status == DeliveryStatus::Dropped.as_str() {
+                let r = received.entry(config_id).or_insert_with(|| Recipient {
+                    config_id,
+                    provider,
+                    display_name: None,
+                    deliveries: 0,
+                    last_delivered_at: None,
+                });
+                r.deliveries += 1;
+                r.last_delivered_at = r.last_delivered_at.max(delivered_at);
+            }
+            *tally.by_status.entry(status).or_default() += 1;
+        }
+    }
+    for config in provider_config::Entity::find()
+        .filter(provider_config::Column::TenantId.eq(tenant_id))
+        .filter(provider_config::Column::Id.is_in(received.keys().copied()))
+        .all(db)
+        .await?
+    {
+        if let Some(r) = received.get_mut(&config.id) {
+            r.display_name = Some(config.display_name);
+        }
+    }
+    tally.received_by = received.into_values().collect();
+    Ok(tally)
+}

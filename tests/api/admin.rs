@@ -1,12 +1,17 @@
 //! The admin pages (`/admin`): sign-in and sessions, CSRF, the auditor's read-only view, and
 //! changes made from the pages (replay, pause) landing in the audit log like their API twins.
 
-use reqwest::{StatusCode, header, redirect::Policy};
+use std::collections::BTreeMap;
+
+use chrono::{Duration, Utc};
+use reqwest::{Method, StatusCode, header, redirect::Policy};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set};
 use serde_json::{Value, json};
 
 use crate::{
     fakes::FakeProviders,
-    helpers::{TestApp, manual_delivery, spawn_app, spawn_app_with},
+    helpers::{TestApp, manual_delivery, send, spawn_app, spawn_app_with},
+    privacy::{TABLES, dump, scene},
     site,
 };
 
@@ -218,12 +223,20 @@ async fn an_auditor_sees_no_forms_and_a_forged_post_is_refused() {
     let page = format!("/admin/providers/plausible/{}", config["id"].as_str().unwrap());
     let mut b = Browser::new(&app);
     b.sign_in(&app.auditor).await;
-    for path in ["/admin", "/admin/providers", page.as_str(), "/admin/dashboard"] {
+    let visitor = format!("/admin/visitors?visitor_id={}", site::visitor());
+    let pages = ["/admin", "/admin/providers", page.as_str(), "/admin/dashboard", "/admin/records", &visitor];
+    for path in pages {
         let (s, html) = b.get(path).await;
         assert_eq!(s, StatusCode::OK, "{path}");
-        let forms: Vec<_> = html.match_indices("<form").collect();
+        let forms: Vec<_> = html.match_indices(r#"<form method="post""#).collect();
         assert_eq!(forms.len(), 1, "only sign-out on {path}: {html}");
+        assert_eq!(
+            html.matches("<form").count(),
+            forms.len() + usize::from(path == "/admin/records" || path == visitor),
+            "search forms are GET: {path}"
+        );
         assert!(html.contains(r#"action="/admin/sign-out""#));
+        assert!(!html.contains("/admin/visitors/erase"), "no way to erase on {path}");
     }
     assert!(b.get(&page).await.1.contains(&delivery), "the auditor sees the dead letter");
     let csrf = b.csrf().await;
@@ -623,4 +636,271 @@ async fn the_editor_shows_the_apis_warnings_beside_their_fields() {
         let block = &html[at..at + html[at..].find("</div>").unwrap()];
         assert!(block.contains(&shown) && block.contains(w1), "{field}: {block}");
     }
+}
+
+/// The rows of one block of the dashboard's CSV (the one whose header starts with `head`), by
+/// their first field.
+fn csv_block(csv: &str, head: &str) -> BTreeMap<String, Vec<i64>> {
+    let block =
+        csv.split("\n\n").find(|b| b.starts_with(&format!("{head},"))).unwrap_or_else(|| panic!("{head} in {csv}"));
+    block
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let mut fields: Vec<&str> = line.rsplitn(9, ',').collect();
+            fields.reverse();
+            let label = fields[0].trim_matches('"').to_string();
+            (label, fields[1..].iter().map(|n| n.parse().unwrap()).collect())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_breaks_decisions_down_by_country_and_revision_as_the_api_records_them() {
+    let app = spawn_app_with(|s| s.geo.country_header = "CF-IPCountry".into()).await;
+    let config = app.publish_consent_config(json!({})).await;
+    let decide = |visitor: &str, action: &str, revision: i64, country: Option<&str>| {
+        let mut body = json!({"visitor_id": visitor, "action": action, "revision": revision, "language": "en"});
+        if action == "custom" {
+            body["choices"] = json!({"functional": false, "analytics": true, "marketing": false});
+        }
+        let mut req = app.public(Method::POST, &app.consent_path()).json(&body);
+        if let Some(c) = country {
+            req = req.header("cf-ipcountry", c);
+        }
+        async move {
+            let (s, r) = send(req).await;
+            assert_eq!(s, StatusCode::CREATED, "{r}");
+        }
+    };
+    decide("v1", "accept_all", 1, Some("SE")).await;
+    decide("v2", "accept_all", 1, Some("SE")).await;
+    decide("v3", "reject_all", 1, Some("DE")).await;
+    decide("v4", "custom", 1, None).await;
+    app.publish(&config, true).await;
+    decide("v5", "reject_all", 2, Some("SE")).await;
+    decide("v6", "custom", 2, Some("DE")).await;
+    decide("v1", "withdraw", 2, Some("SE")).await;
+
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    let (s, csv) = b.get("/admin/dashboard.csv?days=7").await;
+    assert_eq!(s, StatusCode::OK);
+    let countries = csv_block(&csv, "country");
+    let revisions = csv_block(&csv, "revision");
+
+    // The same numbers from the API's records: accept all, reject all, custom, withdraw,
+    // decisions, then decisions granting functional, analytics, marketing.
+    let (_, list) = app.get(&format!("/v1/tenants/{}/consent-records?limit=500", app.tenant), &app.auditor).await;
+    let mut want_countries: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut want_revisions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in list["items"].as_array().unwrap() {
+        let action = ["accept_all", "reject_all", "custom", "withdraw"].iter().position(|a| r["action"] == *a).unwrap();
+        let country = r["country"].as_str().unwrap_or("unknown").to_string();
+        let revision = format!("Shop, revision {}", r["revision"]);
+        for row in
+            [want_countries.entry(country).or_insert(vec![0; 8]), want_revisions.entry(revision).or_insert(vec![0; 8])]
+        {
+            row[action] += 1;
+            row[4] += 1;
+            for (i, c) in ["functional", "analytics", "marketing"].iter().enumerate() {
+                row[5 + i] += i64::from(r["choices"][c] == true);
+            }
+        }
+    }
+    assert_eq!(countries, want_countries, "{csv}");
+    assert_eq!(revisions, want_revisions, "{csv}");
+    // And as seeded: Sweden 2 accept all, 1 reject all, 1 withdraw; the undetected country counted.
+    assert_eq!(countries["SE"], [2, 1, 0, 1, 4, 2, 2, 2]);
+    assert_eq!(countries["unknown"], [0, 0, 1, 0, 1, 0, 1, 0]);
+    assert_eq!(revisions["Shop, revision 2"], [0, 1, 1, 1, 3, 0, 1, 0]);
+
+    // The page shows them in tables beside the charts (most decisions first).
+    let (s, html) = b.get("/admin/dashboard?days=7").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(html.matches("<svg").count(), 4, "per day, per category, by country, by revision: {html}");
+    let se = r#"<th scope="row">SE</th><td>4</td><td>2</td><td>1</td><td>0</td><td>1</td><td>50 %</td><td>50 %</td><td>50 %</td>"#;
+    assert!(html.contains(se), "{html}");
+    assert!(html.find(">SE</th>").unwrap() < html.find(">DE</th>").unwrap(), "most decisions first");
+    let rev1 = r#"<th scope="row">Shop, revision 1</th><td>4</td><td>2</td><td>1</td><td>1</td><td>0</td><td>50 %</td><td>75 %</td><td>50 %</td>"#;
+    assert!(html.contains(rev1), "{html}");
+}
+
+/// Seeds a delivery of `config`'s event: `status`, `attempts`, arrived `ago` before now and
+/// delivered `lag_ms` later (when delivered).
+async fn seed(
+    app: &TestApp,
+    d: entity::delivery::Model,
+    status: &str,
+    attempts: i32,
+    ago: Duration,
+    lag_ms: Option<i64>,
+) {
+    let created = Utc::now() - ago;
+    let mut m = d.into_active_model();
+    m.status = Set(status.to_string());
+    m.attempts = Set(attempts);
+    m.created_at = Set(created);
+    m.delivered_at = Set(lag_ms.map(|ms| created + Duration::milliseconds(ms)));
+    m.update(&app.db).await.unwrap();
+}
+
+#[tokio::test]
+async fn delivery_health_counts_per_day_of_arrival_and_lag_percentiles() {
+    let (app, fakes, keys) = site::setup().await;
+    let config = site::plausible(&app, &fakes, json!({})).await;
+    let config_id: uuid::Uuid = config["id"].as_str().unwrap().parse().unwrap();
+    for _ in 0..15 {
+        let (s, e) = site::track(&app, &keys, site::pageview(&site::visitor())).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{e}");
+    }
+    let rows = entity::delivery::Entity::find()
+        .filter(entity::delivery::Column::ConfigId.eq(config_id))
+        .order_by_asc(entity::delivery::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 15);
+    let mut rows = rows.into_iter();
+    let mut next = || rows.next().unwrap();
+    let (today, yesterday) = (Duration::zero(), Duration::days(1));
+    // Delivered, lags 100 ms … 900 ms and one minute; the first two arrived yesterday.
+    for (i, lag) in [100, 200, 300, 400, 500, 600, 700, 800, 900, 60_000].into_iter().enumerate() {
+        seed(&app, next(), "delivered", 1, if i < 2 { yesterday } else { today }, Some(lag)).await;
+    }
+    seed(&app, next(), "dropped", 1, today, None).await;
+    seed(&app, next(), "pending", 2, today, None).await;
+    seed(&app, next(), "pending", 0, today, None).await;
+    seed(&app, next(), "dead", 9, today, None).await;
+    // Outside the last 7 days, inside the last 30.
+    seed(&app, next(), "delivered", 1, Duration::days(10), Some(5)).await;
+
+    let page = format!("/admin/providers/plausible/{config_id}");
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    let (s, html) = b.get(&page).await;
+    assert_eq!(s, StatusCode::OK);
+    let day = |ago: i64| (Utc::now() - Duration::days(ago)).date_naive();
+    let row = |ago: i64, n: [i64; 5]| {
+        format!(
+            r#"<th scope="row">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"#,
+            day(ago),
+            n[0],
+            n[1],
+            n[2],
+            n[3],
+            n[4]
+        )
+    };
+    // Delivered, dropped, waiting, retrying, dead.
+    assert!(html.contains(&row(0, [8, 1, 1, 1, 1])), "{html}");
+    assert!(html.contains(&row(1, [2, 0, 0, 0, 0])), "{html}");
+    assert!(html.contains(&row(6, [0, 0, 0, 0, 0])) && !html.contains(&format!(">{}</th>", day(7))), "7 days: {html}");
+    // Nearest rank over 10: p50 the 5th (500 ms), p90 the 9th (900 ms), p99 the 10th.
+    assert!(html.contains("(10 delivered)"), "{html}");
+    assert!(html.contains("<td>500 ms</td><td>900 ms</td><td>1 min 0 s</td>"), "{html}");
+    assert!(html.contains(r#"class="chart""#), "the per-day chart");
+
+    let (_, html) = b.get(&format!("{page}?days=30")).await;
+    assert!(html.contains(&row(10, [1, 0, 0, 0, 0])) && html.contains("(11 delivered)"), "{html}");
+    assert!(html.contains("<td>500 ms</td><td>900 ms</td><td>1 min 0 s</td>"), "{html}");
+    assert_eq!(b.get(&format!("{page}?days=3")).await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn erasure_from_the_page_leaves_nothing_but_hashes_and_is_audited_like_the_api() {
+    let sc = scene().await;
+    let app = &sc.app;
+    let q = format!("visitor_id={}", sc.v);
+    let mut b = Browser::new(app);
+    b.sign_in(&app.admin).await;
+
+    // What is held, as the export has it, and who received it.
+    let (s, html) = b.get(&format!("/admin/visitors?{q}")).await;
+    assert_eq!(s, StatusCode::OK);
+    for held in ["<dd>1 (1 with the visitor id)</dd>", "<dt>Events</dt><dd>2</dd>", "<dd>2 delivered, 2 pending</dd>"] {
+        assert!(html.contains(held), "{held} in {html}");
+    }
+    assert!(html.contains("PostHog") && html.contains(&format!("/admin/visitors/erase?{q}")), "{html}");
+    assert!(html.contains(&format!("/admin/visitors/export?{q}")), "{html}");
+    let (s, html) = b.get("/admin/visitors?visitor_id=not%20an%20id").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(html.contains("visitor_id: must be a UUID"), "the field and the rule: {html}");
+
+    // The confirm step, then the form: refused without the session's CSRF token.
+    let (s, html) = b.get(&format!("/admin/visitors/erase?{q}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains(r#"action="/admin/visitors/erase""#) && html.contains("cannot be undone"), "{html}");
+    let res = b.post("/admin/visitors/erase", &[("visitor_id", &sc.v)]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(dump(app, "analytics_event").await.contains(&sc.v), "nothing was erased");
+
+    // An auditor: no erase link, no confirm page, and a forged form is refused.
+    let mut auditor = Browser::new(app);
+    auditor.sign_in(&app.auditor).await;
+    let (_, html) = auditor.get(&format!("/admin/visitors?{q}")).await;
+    assert!(html.contains("<dt>Events</dt><dd>2</dd>") && !html.contains("/admin/visitors/erase"), "{html}");
+    assert_eq!(auditor.get(&format!("/admin/visitors/erase?{q}")).await.0, StatusCode::FORBIDDEN);
+    let csrf = auditor.csrf().await;
+    let res = auditor.post("/admin/visitors/erase", &[("csrf", &csrf), ("visitor_id", &sc.v)]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.text().await.unwrap().contains("Auditor tokens may only read"));
+    assert!(dump(app, "analytics_event").await.contains(&sc.v), "nothing was erased");
+
+    let csrf = b.csrf().await;
+    let res = b.post("/admin/visitors/erase", &[("csrf", &csrf), ("visitor_id", &sc.v)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    let said = "2 event(s), 4 forwarding decision(s) and 4 deliveries (2 still waiting, never to be sent) deleted; the id removed from 1 consent record(s)";
+    assert!(html.contains(said), "{html}");
+    assert!(html.contains(r#"id="received-by""#) && html.contains("PostHog") && html.contains("plausible"), "{html}");
+
+    // As the API's erasure: nothing about the visitor is left anywhere but hashes.
+    for table in TABLES {
+        let rows = dump(app, table).await;
+        assert!(!rows.contains(&sc.v), "{table} still holds the visitor id: {rows}");
+    }
+    assert!(dump(app, "analytics_event").await.contains(&sc.other), "the other visitor stays");
+    let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
+    let entry = &log["items"][0];
+    assert_eq!(entry["action"], "visitor.erase");
+    assert!(entry["actor"].as_str().unwrap().starts_with("token:"), "{entry}");
+    assert_eq!(entry["entity_id"].as_str().unwrap().len(), 64, "the hash, never the id: {entry}");
+    let (_, html) = b.get(&format!("/admin/visitors?{q}")).await;
+    assert!(html.contains(r#"id="only-hashes""#) && !html.contains("/admin/visitors/erase?"), "{html}");
+
+    // The export from the page is the API's.
+    let (s, page_export) = b.get(&format!("/admin/visitors/export?{q}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let page_export: Value = serde_json::from_str(&page_export).unwrap();
+    let (_, api_export) = app.get(&format!("/v1/tenants/{}/visitors/{}/export", app.tenant, sc.v), &app.auditor).await;
+    for field in ["visitor_hash", "consent_records", "events", "chain"] {
+        assert_eq!(page_export[field], api_export[field], "{field}");
+    }
+    assert_eq!(page_export["consent_records"].as_array().unwrap().len(), 1);
+}
+
+/// The grants are summed in SQL (per backend); a stored choice the decision engine cannot read
+/// grants nothing there either.
+#[tokio::test]
+async fn the_dashboard_counts_an_unreadable_choice_as_granting_nothing() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    for v in ["v1", "v2", "v3", "v4"] {
+        app.consent(v, "accept_all", 1).await;
+    }
+    for (seq, choices) in [
+        (1, r#"{"necessary": false, "functional": true, "analytics": true, "marketing": true}"#),
+        (2, r#""oops""#),
+        (3, r#"{"functional": 1, "analytics": "true", "marketing": true}"#),
+    ] {
+        let sql = format!("UPDATE consent_record SET choices = '{choices}' WHERE seq = {seq}");
+        app.db.execute_unprepared(&sql).await.unwrap();
+    }
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    let (_, csv) = b.get("/admin/dashboard.csv?days=7").await;
+    // Functional: only v4; analytics: only v4; marketing: v3 (a real `true`) and v4.
+    assert!(csv.contains("\nfunctional,1,4,25\nanalytics,1,4,25\nmarketing,2,4,50\n"), "{csv}");
 }

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Every table of the schema: the erasure test reads each whole.
-const TABLES: [&str; 14] = [
+pub(crate) const TABLES: [&str; 14] = [
     "tenant",
     "api_token",
     "ingest_key",
@@ -39,7 +39,7 @@ fn id(v: &Value) -> String {
 }
 
 /// Every row of `table`, as JSON text.
-async fn dump(app: &TestApp, table: &str) -> String {
+pub(crate) async fn dump(app: &TestApp, table: &str) -> String {
     let backend = app.db.get_database_backend();
     let rows = JsonValue::find_by_statement(Statement::from_string(backend, format!("SELECT * FROM {table}")))
         .all(&app.db)
@@ -72,19 +72,19 @@ async fn verify(app: &TestApp) -> Value {
 
 /// A visitor who accepted, with one event delivered to PostHog and Plausible and one still
 /// waiting, beside another visitor who stays.
-struct Scene {
-    app: TestApp,
+pub(crate) struct Scene {
+    pub app: TestApp,
     _fakes: FakeProviders,
     _dir: tempfile::TempDir,
-    v: String,
-    other: String,
+    pub v: String,
+    pub other: String,
     delivered: String,
     pending: String,
-    posthog: String,
-    plausible: String,
+    pub posthog: String,
+    pub plausible: String,
 }
 
-async fn scene() -> Scene {
+pub(crate) async fn scene() -> Scene {
     let (app, fakes, keys): (TestApp, FakeProviders, Site) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let ph = posthog(&app, &fakes, &dir).await;

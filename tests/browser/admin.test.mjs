@@ -1,7 +1,8 @@
 // The admin pages in a real browser: sign in (a wrong token first), the overview, delivery health
-// with a dead letter replayed from its button, the consent dashboard matching the API's records,
-// consent records search, a record's chain proof and the chain verification —
-// and axe-core (WCAG 2.2 AA) on every page. Screenshots for docs/admin.md: `UPDATE_SCREENSHOTS=1` writes them to docs/img/.
+// (per day, lag) with a dead letter replayed from its button, the consent dashboard (per day, by
+// country) matching the API's records, consent records search, a record's chain proof and the
+// chain verification, a visitor erased from the pages — and axe-core (WCAG 2.2 AA) on every page.
+// An auditor sees no form that changes anything, and their forged POST is refused. Screenshots for docs/admin.md: `UPDATE_SCREENSHOTS=1` writes them to docs/img/.
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -32,19 +33,20 @@ before(async () => {
   browser = await launchBrowser();
   tenant = await gw.createTenant('admin', { config: { allowed_origins: [ORIGIN] } });
   const key = await tenant.api('POST', '/ingest-keys', { kind: 'public', name: 'shop', allowed_origins: [ORIGIN] }, [201]);
-  // Decisions for the dashboard: 3 accept all, 1 reject all, 1 custom.
+  // Decisions for the dashboard: 3 accept all, 1 reject all, 1 custom, from three countries.
   const actions = ['accept_all', 'accept_all', 'reject_all', 'custom', 'accept_all'];
+  const countries = ['SE', 'SE', 'DE', 'FR', 'SE'];
   for (const [i, action] of actions.entries()) {
     const body = { visitor_id: `visitor-${i}`, action, revision: tenant.revision, language: 'en' };
     if (action === 'custom') body.choices = { functional: true, analytics: true, marketing: false };
-    await fromShop(tenant, '/consent', body);
+    await fromShop(tenant, '/consent', body, { 'x-test-country': countries[i] });
   }
   // A Plausible config at a loopback address, which the gateway refuses to reach by default: the
   // event's delivery is dead at once.
   const config = await tenant.api('POST', '/analytics/plausible/configs',
     { display_name: 'Plausible (unreachable)', site_id: 'shop.example', instance_url: 'http://127.0.0.1:9', status: 'active' }, [201]);
   configId = config.id;
-  const ev = await fromShop(tenant, '/events', { event_name: 'pageview', page_url: `${ORIGIN}/pricing`, visitor_id: 'visitor-0' },
+  const ev = await fromShop(tenant, '/events', { event_name: 'pageview', page_url: `${ORIGIN}/pricing`, anonymous_id: 'visitor-0' },
     { 'x-ingest-key': key.key, 'user-agent': CHROME });
   for (let i = 0; ; i++) {
     const { items } = await tenant.api('GET', `/deliveries?status=dead&config=${configId}`);
@@ -98,6 +100,11 @@ test('sign in, overview, replay a dead letter, dashboard; no axe violations on a
   await expectNoAxeViolations(page, 'delivery health');
   await page.getByRole('link', { name: 'Plausible (unreachable)' }).click();
   await page.getByRole('heading', { name: 'Dead letters' }).waitFor();
+  const today = new Date().toISOString().slice(0, 10);
+  // Delivered, dropped, waiting, retrying, dead — the one event's delivery died today.
+  const perDay = await page.locator('#per-day').getByRole('row', { name: new RegExp(`^${today}`) }).innerText();
+  assert.deepEqual(perDay.split('\t').slice(1).map(Number), [0, 0, 0, 0, 1]);
+  assert.match(await page.locator('#lag').innerText(), /0 delivered/);
   await expectNoAxeViolations(page, 'provider config');
   await shot(page, 'admin-delivery-health');
   await page.getByRole('button', { name: `Replay delivery ${deadId}` }).click();
@@ -109,12 +116,21 @@ test('sign in, overview, replay a dead letter, dashboard; no axe violations on a
   await page.getByRole('link', { name: 'Consent dashboard' }).click();
   await page.getByRole('link', { name: 'Last 30 days' }).click();
   await page.getByRole('heading', { name: 'Decisions per day' }).waitFor();
-  const today = new Date().toISOString().slice(0, 10);
   const row = await page.getByRole('row', { name: new RegExp(`^${today}`) }).innerText();
   const { items: records } = await tenant.api('GET', '/consent-records?limit=500');
   const count = (a) => records.filter((r) => r.action === a && r.created_at.startsWith(today)).length;
   assert.deepEqual(row.split('\t').slice(1).map(Number), ['accept_all', 'reject_all', 'custom', 'withdraw'].map(count));
-  assert.equal(await page.locator('svg.chart').count(), 2, 'two server-rendered charts');
+  assert.equal(await page.locator('svg.chart').count(), 4, 'four server-rendered charts');
+  // By country: each row's decisions as the API's records have them.
+  const byCountry = {};
+  for (const r of records) byCountry[r.country] = (byCountry[r.country] ?? 0) + 1;
+  const shown = {};
+  for (const tr of await page.locator('#country-table tbody tr').all()) {
+    const [country, decisions] = (await tr.innerText()).split('\t');
+    shown[country] = Number(decisions);
+  }
+  assert.deepEqual(shown, byCountry);
+  assert.deepEqual(byCountry, { SE: 3, DE: 1, FR: 1 });
   await expectNoAxeViolations(page, 'dashboard');
   await shot(page, 'admin-dashboard');
   await page.getByRole('link', { name: 'Consent records' }).click();
@@ -129,6 +145,26 @@ test('sign in, overview, replay a dead letter, dashboard; no axe violations on a
   await page.getByRole('status').filter({ hasText: 'The chain is intact: 5 record(s) checked' }).waitFor();
   await expectNoAxeViolations(page, 'chain verification');
 
+  // Erase visitor-0 (their consent record and the event with its delivery): find, confirm, erase.
+  await page.getByRole('link', { name: 'Visitors' }).click();
+  await page.getByLabel('Visitor id').fill('visitor-0');
+  await page.getByRole('button', { name: 'Find' }).click();
+  await page.getByRole('heading', { name: 'Held about visitor-0' }).waitFor();
+  assert.match(await page.locator('#held').innerText(), /Events\s+1\b/);
+  await expectNoAxeViolations(page, 'visitor');
+  await page.getByRole('link', { name: 'Erase this visitor…' }).click();
+  await page.getByRole('button', { name: 'Erase visitor visitor-0' }).waitFor();
+  await expectNoAxeViolations(page, 'visitor erase confirmation');
+  await shot(page, 'admin-visitor-erase');
+  await page.getByRole('button', { name: 'Erase visitor visitor-0' }).click();
+  await page.getByRole('status').filter({ hasText: 'Visitor visitor-0 was erased: 1 event(s)' }).waitFor();
+  await expectNoAxeViolations(page, 'visitor erased');
+  const { items: after } = await tenant.api('GET', '/audit-log');
+  assert.equal(after[0].action, 'visitor.erase');
+  assert.deepEqual((await tenant.api('GET', '/consent-records?visitor_id=visitor-0')).items, [], 'the id is gone');
+  await page.goto(`${gw.base}/admin/records/verify`);
+  await page.getByRole('status').filter({ hasText: 'The chain is intact: 5 record(s) checked' }).waitFor();
+
   assert.deepEqual(errors, [], 'no console errors');
   assert.deepEqual(failed, [], 'nothing failed to load');
   sessionCookie = (await context.cookies()).find((c) => c.name === 'cg_admin');
@@ -141,7 +177,7 @@ test('under their CSP the pages load their stylesheet and nothing is refused', a
   const page = await context.newPage();
   const errors = [];
   page.on('console', (m) => m.type() === 'error' && !/favicon|Failed to load resource/.test(m.text()) && errors.push(m.text()));
-  for (const p of ['/admin', '/admin/providers', `/admin/providers/plausible/${configId}`, '/admin/dashboard?days=90', '/admin/records', '/admin/records/verify']) {
+  for (const p of ['/admin', '/admin/providers', `/admin/providers/plausible/${configId}`, '/admin/dashboard?days=90', '/admin/records', '/admin/records/verify', '/admin/visitors?visitor_id=visitor-1']) {
     const res = await page.goto(gw.base + p);
     assert.equal(res.status(), 200, p);
     assert.doesNotMatch(res.headers()['content-security-policy'], /unsafe-inline/);
@@ -150,4 +186,49 @@ test('under their CSP the pages load their stylesheet and nothing is refused', a
   }
   assert.deepEqual(errors, [], 'no CSP refusals or other console errors');
   await context.close();
+});
+
+test('an auditor sees every page without a form that changes anything; forged and token-less POSTs are refused', async () => {
+  const { secret } = await tenant.api('POST', '/tokens', { name: 'auditor', role: 'auditor' }, [201]);
+  const context = await browser.newContext({ bypassCSP: true });
+  const page = await context.newPage();
+  await page.goto(`${gw.base}/admin/sign-in`);
+  await page.getByLabel('API token').fill(secret);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Overview' }).waitFor();
+  assert.match(await page.locator('header').innerText(), /auditor \(read-only\)/);
+  const pages = ['/admin', '/admin/providers', `/admin/providers/plausible/${configId}`, '/admin/dashboard?days=30',
+    '/admin/records', '/admin/visitors?visitor_id=visitor-1'];
+  for (const p of pages) {
+    const res = await page.goto(gw.base + p);
+    assert.equal(res.status(), 200, p);
+    const actions = await page.locator('form[method="post"]').evaluateAll((fs) => fs.map((f) => new URL(f.action).pathname));
+    assert.deepEqual(actions, ['/admin/sign-out'], `only sign-out on ${p}`);
+    assert.equal(await page.getByRole('button', { name: /Replay|Pause|Resume|Check|Erase/ }).count(), 0, p);
+    assert.equal(await page.getByRole('link', { name: /Erase/ }).count(), 0, p);
+  }
+  await expectNoAxeViolations(page, 'visitor (auditor)');
+  // Charts render for the auditor too, with the API's numbers.
+  await page.goto(`${gw.base}/admin/dashboard?days=30`);
+  assert.equal(await page.locator('svg.chart').count(), 4);
+
+  // A forged POST with the auditor's own session and CSRF token: refused, nothing changed.
+  const csrf = await page.locator('form[action="/admin/sign-out"] input[name="csrf"]').inputValue();
+  const forged = await context.request.post(`${gw.base}/admin/visitors/erase`, { form: { csrf, visitor_id: 'visitor-1' }, maxRedirects: 0 });
+  assert.equal(forged.status(), 403);
+  assert.match(await forged.text(), /Auditor tokens may only read/);
+  const pause = await context.request.post(`${gw.base}/admin/providers/plausible/${configId}/pause`, { form: { csrf }, maxRedirects: 0 });
+  assert.equal(pause.status(), 403);
+  assert.equal((await tenant.api('GET', '/consent-records?visitor_id=visitor-1')).items.length, 1, 'not erased');
+  assert.equal((await tenant.api('GET', `/analytics/plausible/configs/${configId}`)).status, 'active', 'not paused');
+  await context.close();
+
+  // An admin's session without the CSRF token (a cross-site form would have none): refused.
+  const admin = await browser.newContext();
+  await admin.addCookies([sessionCookie]);
+  const noToken = await admin.request.post(`${gw.base}/admin/visitors/erase`, { form: { visitor_id: 'visitor-1' }, maxRedirects: 0 });
+  assert.equal(noToken.status(), 403);
+  assert.match(await noToken.text(), /CSRF/);
+  assert.equal((await tenant.api('GET', '/consent-records?visitor_id=visitor-1')).items.length, 1, 'not erased');
+  await admin.close();
 });

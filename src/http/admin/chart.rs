@@ -1,26 +1,66 @@
-//! Server-rendered SVG charts (no chart script): a stacked bar per day and a bar per category.
-//! They carry only shapes and numbers the page's tables repeat; colours are set by class in the
-//! stylesheet (the CSP allows no inline style).
+//! Server-rendered SVG charts (no chart script): a stacked bar per day, a bar per category, a
+//! stacked horizontal bar per country or revision. They carry only shapes and numbers the page's
+//! tables repeat; colours are set by class in the stylesheet (the CSP allows no inline style).
 
 use std::fmt::Write;
 
-use super::data::{Day, GrantRate};
+use chrono::NaiveDate;
+
+use super::{
+    dashboard::{Day, GrantRate, Group},
+    data::DeliveryDay,
+};
 
 const W: f64 = 640.0;
 const H: f64 = 200.0;
 
 /// Decisions per day, stacked: accept all, custom, reject all, withdraw (bottom to top).
 pub fn days(days: &[Day], title: &str) -> String {
-    let max = days.iter().map(Day::total).max().unwrap_or(0).max(1) as f64;
+    let bars: Vec<_> = days
+        .iter()
+        .map(|day| {
+            let parts = vec![
+                (day.accept_all, "accept"),
+                (day.custom, "custom"),
+                (day.reject_all, "reject"),
+                (day.withdraw, "withdraw"),
+            ];
+            (day.date, parts)
+        })
+        .collect();
+    stacked(&bars, title)
+}
+
+/// A config's deliveries per day, stacked: delivered, dropped, waiting, retrying, dead.
+pub fn deliveries(days: &[DeliveryDay], title: &str) -> String {
+    let bars: Vec<_> = days
+        .iter()
+        .map(|d| {
+            let parts = vec![
+                (d.delivered, "delivered"),
+                (d.dropped, "dropped"),
+                (d.waiting, "waiting"),
+                (d.retrying, "retrying"),
+                (d.dead, "dead"),
+            ];
+            (d.date, parts)
+        })
+        .collect();
+    stacked(&bars, title)
+}
+
+/// One vertical bar per day, its parts (count, class) stacked bottom to top, scaled to the
+/// busiest day.
+fn stacked(days: &[(NaiveDate, Vec<(i64, &str)>)], title: &str) -> String {
+    let total = |parts: &Vec<(i64, &str)>| parts.iter().map(|(n, _)| n).sum::<i64>();
+    let max = days.iter().map(|(_, parts)| total(parts)).max().unwrap_or(0).max(1) as f64;
     let slot = W / days.len().max(1) as f64;
     let bar = (slot * 0.8).max(1.0);
     let mut svg = svg_open(W, H + 20.0, title);
-    for (i, day) in days.iter().enumerate() {
+    for (i, (_, parts)) in days.iter().enumerate() {
         let x = i as f64 * slot + (slot - bar) / 2.0;
         let mut y = H;
-        for (n, class) in
-            [(day.accept_all, "accept"), (day.custom, "custom"), (day.reject_all, "reject"), (day.withdraw, "withdraw")]
-        {
+        for &(n, class) in parts {
             if n == 0 {
                 continue;
             }
@@ -30,14 +70,12 @@ pub fn days(days: &[Day], title: &str) -> String {
         }
     }
     let _ = write!(svg, r#"<line class="axis" x1="0" y1="{H}" x2="{W}" y2="{H}"/>"#);
-    if let (Some(first), Some(last)) = (days.first(), days.last()) {
+    if let (Some((first, _)), Some((last, _))) = (days.first(), days.last()) {
         let _ = write!(
             svg,
-            r#"<text x="0" y="{}">{}</text><text x="{W}" y="{}" text-anchor="end">{}</text>"#,
+            r#"<text x="0" y="{}">{first}</text><text x="{W}" y="{}" text-anchor="end">{last}</text>"#,
             H + 16.0,
-            first.date,
             H + 16.0,
-            last.date
         );
     }
     svg + "</svg>"
@@ -67,6 +105,48 @@ pub fn rates(rates: &[GrantRate], title: &str) -> String {
     svg + "</svg>"
 }
 
+/// Groups drawn at most; the table beside lists them all.
+pub const GROUP_BARS: usize = 12;
+
+/// One horizontal bar per group (the first [`GROUP_BARS`]), its decisions stacked left to right
+/// (accept all, custom, reject all, withdraw), scaled to the largest group; the count after it.
+pub fn groups(groups: &[Group], title: &str) -> String {
+    let row = 28.0;
+    let label = 190.0;
+    let shown = &groups[..groups.len().min(GROUP_BARS)];
+    let max = shown.iter().map(|g| g.decisions).max().unwrap_or(0).max(1) as f64;
+    let mut svg = svg_open(W, (row * shown.len() as f64).max(row), title);
+    for (i, g) in shown.iter().enumerate() {
+        let y = i as f64 * row;
+        // The label is the tenant's own text (a config name): escaped, and cut to fit.
+        let name: String = g.label.chars().take(26).collect();
+        let _ = write!(svg, r#"<text x="0" y="{:.1}">{}</text>"#, y + row * 0.65, escape(&name));
+        let mut x = label;
+        for (n, class) in
+            [(g.accept_all, "accept"), (g.custom, "custom"), (g.reject_all, "reject"), (g.withdraw, "withdraw")]
+        {
+            if n == 0 {
+                continue;
+            }
+            let w = n as f64 / max * (W - label - 50.0);
+            let _ = write!(
+                svg,
+                r#"<rect class="{class}" x="{x:.1}" y="{:.1}" width="{w:.1}" height="{:.1}"/>"#,
+                y + 4.0,
+                row - 8.0
+            );
+            x += w;
+        }
+        let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, x + 6.0, y + row * 0.65, g.decisions);
+    }
+    svg + "</svg>"
+}
+
+/// Text for SVG markup.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 fn svg_open(w: f64, h: f64, title: &str) -> String {
     // `title` is one of the page's own fixed strings, never input.
     format!(r#"<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{title}"><title>{title}</title>"#)
@@ -92,6 +172,25 @@ mod tests {
         assert!(svg.contains(r#"class="accept" x="32.0" y="100.0" width="256.0" height="100.0""#), "{svg}");
         assert!(svg.contains(r#"class="custom" x="352.0" y="150.0" width="256.0" height="50.0""#), "{svg}");
         assert!(svg.contains("2026-03-01") && svg.contains("2026-03-02"));
+    }
+
+    #[test]
+    fn group_bars_scale_to_the_largest_group_and_escape_labels() {
+        let g = |label: &str, accept_all, reject_all| Group {
+            label: label.into(),
+            accept_all,
+            reject_all,
+            decisions: accept_all + reject_all,
+            ..Group::default()
+        };
+        let many: Vec<_> = (0..20).map(|i| g(&format!("C{i}"), 1, 0)).collect();
+        assert_eq!(groups(&many, "t").matches("<rect").count(), GROUP_BARS, "at most GROUP_BARS bars");
+        let svg = groups(&[g("SE", 3, 1), g("<b>&", 2, 0)], "By country");
+        // 400 px of bar for the largest group (4): 300 accept then 100 reject; 2 is half of it.
+        assert!(svg.contains(r#"class="accept" x="190.0" y="4.0" width="300.0""#), "{svg}");
+        assert!(svg.contains(r#"class="reject" x="490.0" y="4.0" width="100.0""#), "{svg}");
+        assert!(svg.contains(r#"class="accept" x="190.0" y="32.0" width="200.0""#), "{svg}");
+        assert!(svg.contains("&lt;b&gt;&amp;") && !svg.contains("<b>"), "{svg}");
     }
 
     #[test]

@@ -1,18 +1,19 @@
-//! What the admin pages show, read from the database: delivery counts per provider config, the
-//! outbox depth, and consent decisions per day.
+//! The delivery figures the admin pages show, read from the database: counts per provider
+//! config, the outbox depth, and per config the deliveries per day and the delivery lag.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use entity::{consent_record, delivery};
+use entity::delivery;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, Func},
 };
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{consent::Choices, error::Result, outbox::log::DeliveryStatus};
+use super::sql;
+use crate::{error::Result, outbox::log::DeliveryStatus};
 
 /// Deliveries of one config by state. `retrying` are the pending ones that failed at least once.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -79,147 +80,212 @@ pub async fn outbox_depth(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<
     Ok(row.unwrap_or((0, None)))
 }
 
-/// Decisions of one day.
+/// The deliveries of one config whose event arrived on `date`, by where they are now.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Day {
+pub struct DeliveryDay {
     pub date: NaiveDate,
-    pub accept_all: i64,
-    pub reject_all: i64,
-    pub custom: i64,
-    pub withdraw: i64,
+    pub delivered: i64,
+    pub dropped: i64,
+    /// Pending, never tried or not failed yet.
+    pub waiting: i64,
+    /// Pending after at least one failure.
+    pub retrying: i64,
+    pub dead: i64,
 }
 
-impl Day {
-    pub fn total(&self) -> i64 {
-        self.accept_all + self.reject_all + self.custom + self.withdraw
-    }
-}
-
-/// A category's grant rate over the period: decisions granting it among all decisions.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct GrantRate {
-    pub category: &'static str,
-    pub granted: i64,
-    pub decisions: i64,
-    /// Whole percent, rounded down; 0 without decisions.
-    pub percent: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Dashboard {
-    pub days: Vec<Day>,
-    pub rates: Vec<GrantRate>,
-    pub total: i64,
-}
-
-/// The tenant's consent decisions of the last `days` days (today included), per UTC day.
-pub async fn dashboard(db: &impl ConnectionTrait, tenant_id: Uuid, days: i64, now: DateTime<Utc>) -> Result<Dashboard> {
-    let first = now.date_naive() - Duration::days(days - 1);
-    let since = first.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-    let rows: Vec<(DateTime<Utc>, String, serde_json::Value)> = consent_record::Entity::find()
+/// The config's deliveries of the last `days` days (today included), per UTC day of the event's
+/// arrival (`delivery.created_at`): each delivery counts once, on its arrival day, under its
+/// status now.
+pub async fn delivery_days(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    days: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<DeliveryDay>> {
+    let (first, since) = period_start(days, now);
+    let day = sql::utc_day(db.get_database_backend(), "created_at");
+    let rows: Vec<(String, String, i64, i64)> = delivery::Entity::find()
         .select_only()
-        .column(consent_record::Column::CreatedAt)
-        .column(consent_record::Column::Action)
-        .column(consent_record::Column::Choices)
-        .filter(consent_record::Column::TenantId.eq(tenant_id))
-        .filter(consent_record::Column::CreatedAt.gte(since))
-        .order_by_asc(consent_record::Column::CreatedAt)
+        .column_as(Expr::cust(day.clone()), "day")
+        .column(delivery::Column::Status)
+        .column_as(Expr::from(Func::count(Expr::col(delivery::Column::Id))), "n")
+        .column_as(Expr::cust(sql::count_where("attempts > 0")), "failed")
+        .filter(delivery::Column::TenantId.eq(tenant_id))
+        .filter(delivery::Column::ConfigId.eq(config_id))
+        .filter(delivery::Column::CreatedAt.gte(since))
+        .group_by(Expr::cust(day))
+        .group_by(delivery::Column::Status)
         .into_tuple()
         .all(db)
         .await?;
-    Ok(tally(first, days, rows.iter().map(|(at, action, choices)| (at.date_naive(), action.as_str(), choices))))
+    let rows = rows.into_iter().filter_map(|(date, status, n, failed)| {
+        Some((NaiveDate::parse_from_str(&date, "%Y-%m-%d").ok()?, status, n, failed))
+    });
+    Ok(tally_days(first, days, rows))
 }
 
-/// Pure counting: one entry per day from `first`, every day present (zero when quiet). An
-/// unreadable choice grants nothing, as the decision engine reads it.
-pub fn tally<'a>(
+/// The first day of a period of `days` days ending today, and its midnight (UTC).
+fn period_start(days: i64, now: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
+    let first = now.date_naive() - Duration::days(days - 1);
+    (first, first.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+}
+
+/// Pure counting: `(day, status, n, failed)` rows into one entry per day from `first`, every day
+/// present. Of pending deliveries, `failed` retry; an unreadable status counts as dead (it needs
+/// a look), as in [`delivery_counts`].
+pub fn tally_days(
     first: NaiveDate,
     days: i64,
-    rows: impl Iterator<Item = (NaiveDate, &'a str, &'a serde_json::Value)>,
-) -> Dashboard {
-    let mut by_day: BTreeMap<NaiveDate, Day> =
-        (0..days).map(|i| first + Duration::days(i)).map(|date| (date, Day { date, ..Day::default() })).collect();
-    let mut granted = [0i64; 3];
-    let mut total = 0;
-    for (date, action, choices) in rows {
-        let Some(day) = by_day.get_mut(&date) else { continue };
-        match action {
-            "accept_all" => day.accept_all += 1,
-            "reject_all" => day.reject_all += 1,
-            "custom" => day.custom += 1,
-            "withdraw" => day.withdraw += 1,
-            _ => continue,
-        }
-        total += 1;
-        let c = serde_json::from_value::<Choices>(choices.clone()).unwrap_or(Choices::none());
-        for (i, yes) in [c.functional, c.analytics, c.marketing].into_iter().enumerate() {
-            granted[i] += i64::from(yes);
+    rows: impl Iterator<Item = (NaiveDate, String, i64, i64)>,
+) -> Vec<DeliveryDay> {
+    let mut by_day: BTreeMap<NaiveDate, DeliveryDay> = (0..days)
+        .map(|i| first + Duration::days(i))
+        .map(|date| (date, DeliveryDay { date, ..DeliveryDay::default() }))
+        .collect();
+    for (date, status, n, failed) in rows {
+        let Some(d) = by_day.get_mut(&date) else { continue };
+        match DeliveryStatus::parse(&status) {
+            Some(DeliveryStatus::Pending) => {
+                d.retrying += failed;
+                d.waiting += n - failed;
+            }
+            Some(DeliveryStatus::Delivered) => d.delivered += n,
+            Some(DeliveryStatus::Dropped) => d.dropped += n,
+            Some(DeliveryStatus::Dead) | None => d.dead += n,
         }
     }
-    let rates = ["functional", "analytics", "marketing"]
-        .into_iter()
-        .zip(granted)
-        .map(|(category, granted)| GrantRate {
-            category,
-            granted,
-            decisions: total,
-            percent: if total == 0 { 0 } else { granted * 100 / total },
-        })
-        .collect();
-    Dashboard { days: by_day.into_values().collect(), rates, total }
+    by_day.into_values().collect()
 }
 
-/// The dashboard's numbers as CSV: one row per day, then one per category.
-pub fn csv(d: &Dashboard) -> String {
-    let mut out = String::from("date,accept_all,reject_all,custom,withdraw\n");
-    for day in &d.days {
-        out += &format!("{},{},{},{},{}\n", day.date, day.accept_all, day.reject_all, day.custom, day.withdraw);
+/// How long delivered events took from arrival to delivery, over a period: nearest-rank
+/// percentiles in milliseconds (`None` without deliveries).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Lag {
+    pub delivered: i64,
+    pub p50: Option<i64>,
+    pub p90: Option<i64>,
+    pub p99: Option<i64>,
+}
+
+/// The 0-based position of the `p`th percentile among `n` sorted values, by the nearest-rank
+/// method (the smallest value at least `p` % of them are at or below).
+pub fn rank(p: u32, n: u64) -> u64 {
+    (u64::from(p) * n).div_ceil(100).max(1) - 1
+}
+
+/// The lag of the config's deliveries whose event arrived in the last `days` days (today
+/// included). The database sorts; one value per percentile is read.
+pub async fn delivery_lag(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    days: i64,
+    now: DateTime<Utc>,
+) -> Result<Lag> {
+    let (_, since) = period_start(days, now);
+    let delivered = || {
+        delivery::Entity::find()
+            .filter(delivery::Column::TenantId.eq(tenant_id))
+            .filter(delivery::Column::ConfigId.eq(config_id))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Delivered.as_str()))
+            .filter(delivery::Column::DeliveredAt.is_not_null())
+            .filter(delivery::Column::CreatedAt.gte(since))
+    };
+    let n: i64 = delivered()
+        .select_only()
+        .column_as(Expr::from(Func::count(Expr::col(delivery::Column::Id))), "n")
+        .into_tuple()
+        .one(db)
+        .await?
+        .unwrap_or(0);
+    let mut lag = Lag { delivered: n, ..Lag::default() };
+    if n == 0 {
+        return Ok(lag);
     }
-    out += "\ncategory,granted,decisions,percent\n";
-    for r in &d.rates {
-        out += &format!("{},{},{},{}\n", r.category, r.granted, r.decisions, r.percent);
+    let millis = sql::millis_between(db.get_database_backend(), "created_at", "delivered_at");
+    for (p, slot) in [(50, &mut lag.p50), (90, &mut lag.p90), (99, &mut lag.p99)] {
+        *slot = delivered()
+            .select_only()
+            .column_as(Expr::cust(millis.clone()), "lag")
+            .order_by(Expr::cust(millis.clone()), Order::Asc)
+            .order_by(delivery::Column::Id, Order::Asc)
+            .offset(rank(p, n as u64))
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(db)
+            .await?;
     }
-    out
+    Ok(lag)
+}
+
+/// A lag for people: `850 ms`, `1.2 s`, `2 min 5 s`, `3 h 4 min`, `2 d 1 h`.
+pub fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{}.{} s", s, (ms % 1000) / 100),
+        60_000..3_600_000 => format!("{} min {} s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     #[test]
-    fn tally_counts_per_day_and_grant_rates() {
+    fn delivery_days_count_each_status_and_split_pending() {
         let d1 = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
         let d2 = d1 + Duration::days(1);
-        let all = json!({"functional": true, "analytics": true, "marketing": true});
-        let none = json!({"functional": false, "analytics": false, "marketing": false});
-        let some = json!({"functional": true, "analytics": true, "marketing": false});
-        let broken = json!("oops");
         let rows = vec![
-            (d1, "accept_all", &all),
-            (d1, "reject_all", &none),
-            (d2, "custom", &some),
-            (d2, "withdraw", &broken),
-            (d2, "unknown", &all),
-            (d2 + Duration::days(5), "accept_all", &all),
+            (d1, "delivered".to_string(), 5, 1),
+            (d1, "pending".to_string(), 4, 3),
+            (d2, "dropped".to_string(), 2, 0),
+            (d2, "dead".to_string(), 1, 1),
+            (d2, "gone-strange".to_string(), 1, 0),
+            (d1 - Duration::days(1), "delivered".to_string(), 9, 0),
         ];
-        let d = tally(d1, 3, rows.into_iter());
-        assert_eq!(d.days.len(), 3, "every day, quiet ones too");
-        assert_eq!((d.days[0].accept_all, d.days[0].reject_all), (1, 1));
-        assert_eq!((d.days[1].custom, d.days[1].withdraw, d.days[1].total()), (1, 1, 2));
-        assert_eq!(d.days[2].total(), 0);
-        assert_eq!(d.total, 4);
-        let pct: Vec<_> = d.rates.iter().map(|r| (r.category, r.granted, r.percent)).collect();
-        assert_eq!(pct, [("functional", 2, 50), ("analytics", 2, 50), ("marketing", 1, 25)]);
-        let csv = csv(&d);
-        assert!(csv.starts_with("date,accept_all,reject_all,custom,withdraw\n2026-03-01,1,1,0,0\n"), "{csv}");
-        assert!(csv.ends_with("marketing,1,4,25\n"), "{csv}");
+        let days = tally_days(d1, 3, rows.into_iter());
+        assert_eq!(days.len(), 3, "every day, quiet ones too");
+        assert_eq!(days[0], DeliveryDay { date: d1, delivered: 5, waiting: 1, retrying: 3, ..DeliveryDay::default() });
+        assert_eq!(days[1], DeliveryDay { date: d2, dropped: 2, dead: 2, ..DeliveryDay::default() });
+        assert_eq!(days[2], DeliveryDay { date: d2 + Duration::days(1), ..DeliveryDay::default() });
     }
 
     #[test]
-    fn no_decisions_no_division() {
-        let d = tally(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(), 7, std::iter::empty());
-        assert!(d.rates.iter().all(|r| r.percent == 0));
+    fn nearest_rank_percentiles() {
+        // (percentile, values, 0-based position)
+        for (p, n, want) in [
+            (50, 1, 0),
+            (99, 1, 0),
+            (50, 2, 0),
+            (90, 2, 1),
+            (50, 10, 4),
+            (90, 10, 8),
+            (99, 10, 9),
+            (99, 100, 98),
+            (99, 101, 99),
+            (50, 101, 50),
+        ] {
+            assert_eq!(rank(p, n), want, "p{p} of {n}");
+        }
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        for (ms, want) in [
+            (-5, "0 ms"),
+            (850, "850 ms"),
+            (1_250, "1.2 s"),
+            (59_999, "59.9 s"),
+            (125_000, "2 min 5 s"),
+            (3 * 3_600_000 + 4 * 60_000, "3 h 4 min"),
+            (2 * 86_400_000 + 3_600_000, "2 d 1 h"),
+        ] {
+            assert_eq!(duration(ms), want, "{ms}");
+        }
     }
 }

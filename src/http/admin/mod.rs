@@ -8,9 +8,12 @@
 mod chart;
 mod consent;
 mod consent_form;
+pub mod dashboard;
 pub mod data;
 mod records;
 pub mod session;
+mod sql;
+mod visitors;
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -52,8 +55,6 @@ pub fn router() -> Router<AppState> {
         .route("/admin/records", get(records::search))
         .route("/admin/records/verify", get(records::verify))
         .route("/admin/records/{id}", get(records::detail))
-        .route("/admin/dashboard", get(dashboard))
-        .route("/admin/dashboard.csv", get(dashboard_csv))
         .route("/admin/consent", get(consent::index))
         .route("/admin/consent/{id}", get(consent::editor).post(consent::save))
         .route("/admin/consent/{id}/publish", post(consent::publish))
@@ -61,6 +62,11 @@ pub fn router() -> Router<AppState> {
         .route("/admin/consent/{id}/revisions", get(consent::revisions))
         .route("/admin/consent/{id}/revisions/{revision}", get(consent::revision))
         .route("/admin/editor.js", get(consent::script))
+        .route("/admin/dashboard", get(dashboard::page))
+        .route("/admin/dashboard.csv", get(dashboard::csv_file))
+        .route("/admin/visitors", get(visitors::find))
+        .route("/admin/visitors/export", get(visitors::export))
+        .route("/admin/visitors/erase", get(visitors::confirm).post(visitors::erase))
         .route("/admin/admin.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -98,6 +104,7 @@ fn templates() -> &'static Tera {
             ("consent_preview.html", include_str!("../../../templates/admin/consent_preview.html")),
             ("revisions.html", include_str!("../../../templates/admin/revisions.html")),
             ("revision.html", include_str!("../../../templates/admin/revision.html")),
+            ("visitor.html", include_str!("../../../templates/admin/visitor.html")),
         ])
         .expect("the admin templates parse");
         t.autoescape_on(vec![".html"]);
@@ -359,13 +366,21 @@ async fn provider_page(
     State(state): State<AppState>,
     page: Page,
     Path((provider, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Response {
+    let days = match period(query.as_deref()) {
+        Ok(d) => d,
+        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid period", &m),
+    };
     let model = match find_config(&state, &page, &provider, &id).await {
         Ok(m) => m,
         Err(res) => return res,
     };
     let tenant_id = page.holder.tenant.id;
+    let now = Utc::now();
     let result = async {
+        let per_day = data::delivery_days(&state.db, tenant_id, model.id, days, now).await?;
+        let lag = data::delivery_lag(&state.db, tenant_id, model.id, days, now).await?;
         let counts = data::delivery_counts(&state.db, tenant_id).await?.remove(&model.id).unwrap_or_default();
         let dead = log::list(
             &state.db,
@@ -377,10 +392,10 @@ async fn provider_page(
             log::list(&state.db, tenant_id, &Filter { config: Some(model.id), limit: 200, ..Filter::default() })
                 .await?;
         let errors: Vec<_> = recent.into_iter().filter(|d| d.last_error.is_some()).take(10).collect();
-        Ok::<_, Error>((counts, dead, errors))
+        Ok::<_, Error>((counts, dead, errors, per_day, lag))
     }
     .await;
-    let (counts, dead, errors) = match result {
+    let (counts, dead, errors, per_day, lag) = match result {
         Ok(r) => r,
         Err(e) => return domain_error(&page, e),
     };
@@ -394,6 +409,14 @@ async fn provider_page(
     ctx.insert("may_pause", &(status == ProviderStatus::Active.as_str()));
     ctx.insert("may_resume", &(status == ProviderStatus::Paused.as_str() || status == ProviderStatus::Error.as_str()));
     ctx.insert("may_replay", &(status != ProviderStatus::Decommissioned.as_str()));
+    ctx.insert("period", &days);
+    ctx.insert("days_chart", &chart::deliveries(&per_day, &format!("Deliveries per day of arrival, last {days} days")));
+    ctx.insert("per_day", &per_day);
+    let shown = |ms: Option<i64>| ms.map_or_else(|| "–".to_string(), data::duration);
+    ctx.insert(
+        "lag",
+        &json!({"delivered": lag.delivered, "p50": shown(lag.p50), "p90": shown(lag.p90), "p99": shown(lag.p99)}),
+    );
     render(StatusCode::OK, "provider.html", &ctx)
 }
 
@@ -506,42 +529,6 @@ fn period(query: Option<&str>) -> Result<i64, String> {
         Some("30") => Ok(30),
         Some("90") => Ok(90),
         Some(_) => Err("days must be 7, 30 or 90".into()),
-    }
-}
-
-async fn dashboard(State(state): State<AppState>, page: Page, RawQuery(query): RawQuery) -> Response {
-    let days = match period(query.as_deref()) {
-        Ok(d) => d,
-        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid period", &m),
-    };
-    let d = match data::dashboard(&state.db, page.holder.tenant.id, days, Utc::now()).await {
-        Ok(d) => d,
-        Err(e) => return domain_error(&page, e),
-    };
-    let mut ctx = page.context();
-    ctx.insert("nav", "dashboard");
-    ctx.insert("period", &days);
-    ctx.insert("dash", &d);
-    ctx.insert("days_chart", &chart::days(&d.days, &format!("Consent decisions per day, last {days} days")));
-    ctx.insert("rates_chart", &chart::rates(&d.rates, &format!("Grant rate per category, last {days} days")));
-    render(StatusCode::OK, "dashboard.html", &ctx)
-}
-
-async fn dashboard_csv(State(state): State<AppState>, page: Page, RawQuery(query): RawQuery) -> Response {
-    let days = match period(query.as_deref()) {
-        Ok(d) => d,
-        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid period", &m),
-    };
-    match data::dashboard(&state.db, page.holder.tenant.id, days, Utc::now()).await {
-        Ok(d) => (
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"consent-{days}d.csv\"")),
-            ],
-            data::csv(&d),
-        )
-            .into_response(),
-        Err(e) => domain_error(&page, e),
     }
 }
 
