@@ -19,6 +19,7 @@ mod ga4;
 mod http_edge;
 mod ingest;
 mod outbox;
+mod outbox_inflight;
 mod outbox_outage;
 mod posthog;
 mod privacy;
