@@ -1,8 +1,10 @@
-//! The delivery worker: claims due deliveries provider by provider (no more than its free
-//! concurrency slots — one per request — can carry, so a lease only ever covers a request about
-//! to be sent or in flight), groups them into requests ([`super::batch`]: per config and batch
-//! key, at most the provider's batch limit), sends each with the request the provider module
-//! built, and records what the answer means for each delivery, one transaction per request.
+//! The delivery worker: claims due deliveries provider by provider (no more than the free slots
+//! of their configs' in-flight windows — one per request, [`super::inflight`] — can carry, so a
+//! lease only ever covers a request about to be sent or in flight), groups them into requests
+//! ([`super::batch`]: per config and batch key, at most the provider's batch limit), sends each
+//! with the request the provider module built, tells the window what the answer said, and
+//! records what it means for each delivery — the outcomes of the requests answered meanwhile
+//! together, one transaction for all ([`super::group`]).
 //!
 //! Retry policy. Timeouts, connection errors, 408, 429 and 5xx are retried with capped backoff
 //! until the delivery's retry horizon ([`super::horizon`]), then dead-lettered saying so; failed
@@ -256,8 +258,12 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
             break;
         }
         let now = Utc::now();
+        let started = Instant::now();
         let (_, failed_expiry) = worker.expire(now).await;
+        let expired = started.elapsed();
         let (rounds, failed_claims) = worker.claim_due(now).await;
+        tracing::debug!(expire = ?expired, claim = ?(started.elapsed() - expired),
+            claimed = rounds.iter().map(|r| r.deliveries.len()).sum::<usize>(), "claim round");
         let claimed_any = !rounds.is_empty();
         let claim_failed = failed_claims + failed_expiry > 0;
         for round in rounds {
@@ -415,7 +421,10 @@ impl Worker {
         }
         for (config_id, ds) in by_config {
             let (count, before) = (ds.len(), done.len());
-            match self.prepare(provider, config_id, ds, &mut done).await {
+            let started = Instant::now();
+            let prepared = self.prepare(provider, config_id, ds, &mut done).await;
+            tracing::debug!(provider = provider.name(), deliveries = count, elapsed = ?started.elapsed(), "deliveries prepared");
+            match prepared {
                 Ok(ready) => chunks.push(ready),
                 Err(e) => {
                     tracing::warn!(config = %config_id, error = %e,
@@ -473,6 +482,8 @@ impl Worker {
             .into_iter()
             .map(|e| (e.id, e))
             .collect();
+        // The tenant, once for all: deciding again needs it for each visitor's latest record.
+        let tenant = crate::tenants::get(&self.db, config.tenant_id).await?;
         let mut keyed = Vec::new();
         for d in ds {
             let Some(event) = events.get(&d.event_id) else {
@@ -487,7 +498,7 @@ impl Worker {
                 done.push(self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await?);
                 continue;
             }
-            match self.item(provider, &config, &d, event).await? {
+            match self.item(provider, &tenant, &config, &d, event).await? {
                 Ok((key, item)) => keyed.push((key, (Ready { delivery: d, occurred_at: event.occurred_at }, item))),
                 Err(outcome) => done.push(self.record(&d, &config, None, outcome, &[]).await?),
             }
@@ -527,6 +538,7 @@ impl Worker {
     async fn item(
         &self,
         provider: &'static dyn AnyProvider,
+        tenant: &entity::tenant::Model,
         config: &provider_config::Model,
         d: &delivery::Model,
         event: &analytics_event::Model,
@@ -538,7 +550,7 @@ impl Worker {
         // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
         // falls back to the event's analytics id, which older sites sent as the same value.
         let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
-        if let Some(now) = crate::ingest::redecide(&self.db, event, lookup, config, provider).await? {
+        if let Some(now) = crate::ingest::redecide(&self.db, tenant, event, lookup, config, provider).await? {
             match now.decision.identity() {
                 None => {
                     let reason = format!("consent changed before delivery ({}); not sent", now.decision.reason());
