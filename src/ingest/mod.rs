@@ -307,7 +307,7 @@ pub async fn redecide(
     let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
     // Most visitors decided before their events: one indexed read says so.
     let latest = consent::records::latest_model(db, tenant, consent_lookup_id).await?;
-    if !latest.is_some_and(|m| m.created_at > event.received_at) {
+    if latest.is_none_or(|m| m.created_at <= event.received_at) {
         return Ok(None);
     }
     let record = consent::records::latest_for_visitor(db, tenant, consent_lookup_id).await?;
