@@ -149,6 +149,7 @@ type Limits = Arc<std::sync::Mutex<HashMap<Uuid, Limit>>>;
 /// unused, it is given back.
 struct Slot {
     limits: Limits,
+    provider: &'static str,
     config: Uuid,
     ticket: Option<Ticket>,
 }
@@ -160,8 +161,14 @@ impl Slot {
         {
             let before = limit.window();
             limit.finish(ticket, signal, std::time::Instant::now(), max_pause);
-            if limit.window() < before {
-                tracing::debug!(config = %self.config, window = limit.window(), "in-flight window shrunk");
+            let window = limit.window();
+            if window < before {
+                tracing::debug!(config = %self.config, window, "in-flight window shrunk");
+            }
+            if window != before {
+                metrics::gauge!("consentgate_delivery_in_flight_window", "provider" => self.provider,
+                    "config" => self.config.to_string())
+                .set(window as f64);
             }
         }
     }
@@ -367,7 +374,7 @@ impl Worker {
             {
                 Ok(claimed) if claimed.deliveries.is_empty() => {}
                 Ok(claimed) => {
-                    let slots = self.reserve(&claimed);
+                    let slots = self.reserve(provider.name(), &claimed);
                     rounds.push(Round { provider: *provider, deliveries: claimed.deliveries, slots });
                 }
                 Err(e) => {
@@ -383,7 +390,7 @@ impl Worker {
 
     /// Reserves, per config of `claimed`, a slot of its in-flight window for each request its
     /// deliveries make at most (deliveries ÷ batch limit, rounded up), within its free slots.
-    fn reserve(&self, claimed: &claim::Claimed) -> HashMap<Uuid, Vec<Slot>> {
+    fn reserve(&self, provider: &'static str, claimed: &claim::Claimed) -> HashMap<Uuid, Vec<Slot>> {
         let mut per_config: HashMap<Uuid, usize> = HashMap::new();
         for d in &claimed.deliveries {
             *per_config.entry(d.config_id).or_default() += 1;
@@ -397,8 +404,8 @@ impl Worker {
                 let per_request = claimed.batch_limits.get(&config).copied().unwrap_or(1).max(1);
                 // A probe is claimed whatever the window: it gets a slot of its own.
                 let k = n.div_ceil(per_request).min(limit.free(at).max(1));
-                let slots =
-                    (0..k).map(|_| Slot { limits: self.limits.clone(), config, ticket: Some(limit.start()) }).collect();
+                let slot = |ticket| Slot { limits: self.limits.clone(), provider, config, ticket: Some(ticket) };
+                let slots = (0..k).map(|_| slot(limit.start())).collect();
                 (config, slots)
             })
             .collect()
