@@ -489,8 +489,13 @@ impl Worker {
             .into_iter()
             .map(|e| (e.id, e))
             .collect();
-        // The tenant, once for all: deciding again needs it for each visitor's latest record.
+        // The tenant and when each visitor last decided, once for all: only a visitor who decided
+        // after the event needs deciding again.
         let tenant = crate::tenants::get(&self.db, config.tenant_id).await?;
+        let lookups = ds.iter().filter_map(|d| {
+            d.consent_lookup_id.as_deref().or(events.get(&d.event_id).and_then(|e| e.anonymous_id.as_deref()))
+        });
+        let decided = crate::consent::records::latest_times(&self.db, &tenant, lookups).await?;
         let mut keyed = Vec::new();
         for d in ds {
             let Some(event) = events.get(&d.event_id) else {
@@ -505,7 +510,9 @@ impl Worker {
                 done.push(self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await?);
                 continue;
             }
-            match self.item(provider, &tenant, &config, &d, event).await? {
+            let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
+            let decided_since = lookup.and_then(|l| decided.get(l)).is_some_and(|at| *at > event.received_at);
+            match self.item(provider, &tenant, &config, &d, event, decided_since).await? {
                 Ok((key, item)) => keyed.push((key, (Ready { delivery: d, occurred_at: event.occurred_at }, item))),
                 Err(outcome) => done.push(self.record(&d, &config, None, outcome, &[]).await?),
             }
@@ -549,6 +556,7 @@ impl Worker {
         config: &provider_config::Model,
         d: &delivery::Model,
         event: &analytics_event::Model,
+        decided_since: bool,
     ) -> Result<std::result::Result<(String, Item), Outcome>> {
         // An identity that cannot be read sends nothing identifying.
         let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
@@ -556,7 +564,9 @@ impl Worker {
         // A newer decision of the visitor can only take away: never more than ingest allowed.
         // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
         // falls back to the event's analytics id, which older sites sent as the same value.
-        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
+        // `decided_since`: the round's one query found a record of the visitor newer than the
+        // event; without one the ingest decision stands and nothing is read again.
+        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref()).filter(|_| decided_since);
         if let Some(now) = crate::ingest::redecide(&self.db, tenant, event, lookup, config, provider).await? {
             match now.decision.identity() {
                 None => {
