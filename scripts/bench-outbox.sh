@@ -20,7 +20,9 @@
 #    sustains: its delivered/s.
 #
 # Environment: as bench.sh (CARGO_TARGET_DIR, BENCH_PROFILE, BENCH_PG, BENCH_PG_URL), plus the
-# BENCH_OUTBOX_* above and BENCH_SKIP_BUILD=1 (bench.sh built the binaries already).
+# BENCH_OUTBOX_* above, BENCH_OUTBOX_LOG (the gateway's log filter, e.g.
+# warn,consentgate::outbox=debug for claim and preparation timings), BENCH_KEEP=1 (keep the logs)
+# and BENCH_SKIP_BUILD=1 (bench.sh built the binaries already).
 # `BENCH_PROFILE=dev BENCH_OUTBOX_FILL_SECS=1 BENCH_OUTBOX_SECS=2` checks the script itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
