@@ -2,7 +2,9 @@
 # Ingest at line rate (issue 14): the release gateway against a bare axum "parse JSON and discard"
 # ceiling, on this machine, in one run. Not a timed test; see docs/scaling.md for a run's table.
 #
-#   scripts/bench.sh
+#   scripts/bench.sh                 ingest table, then the outbox's (scripts/bench-outbox.sh)
+#   scripts/bench.sh --outbox-only   the outbox's drain and sustained rates only
+#   scripts/bench.sh --ingest-only   the ingest table only
 #
 # Builds the release binaries, then starts on 127.0.0.1 only: the fake providers, the ceiling
 # (tests/bench/ceiling.rs), the gateway on SQLite and — when BENCH_PG=1, by default when
@@ -21,6 +23,12 @@
 # script itself in seconds — its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  --outbox-only) exec scripts/bench-outbox.sh ;;
+  --ingest-only | "") ;;
+  *) echo "usage: scripts/bench.sh [--outbox-only | --ingest-only]" >&2; exit 2 ;;
+esac
 
 CONNS=${BENCH_CONNS:-64}
 SECS=${BENCH_SECS:-10}
@@ -149,3 +157,12 @@ for t in "${targets[@]}"; do
     echo; echo "$t logged errors (first lines):"; grep -iE "error|panic" "$work/$t.log" | head -n 5
   fi
 done
+
+# The outbox's drain and sustained rates (issue 14), with the ingest gateways above stopped.
+if [ "${1:-}" != --ingest-only ]; then
+  cleanup
+  pids=()
+  pg_db=""
+  echo
+  BENCH_SKIP_BUILD=1 BENCH_PG=$BENCH_PG scripts/bench-outbox.sh
+fi

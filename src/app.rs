@@ -60,11 +60,18 @@ impl App {
         let geo = Arc::new(Geo::open(&settings.geo)?);
         crate::outbox::log::set_horizon(settings.delivery.retry_horizon());
         for key in settings.delivery.deprecated_keys() {
-            tracing::warn!(
-                key,
-                "deprecated configuration key ignored: deliveries are retried until \
-                `delivery.retry_horizon_hours`, not for a number of attempts"
-            );
+            match key {
+                "delivery.concurrency_per_provider" => tracing::warn!(
+                    key,
+                    "deprecated configuration key: read as `delivery.in_flight_max` (the in-flight \
+                    window per provider config adapts between `in_flight_min` and `in_flight_max`)"
+                ),
+                _ => tracing::warn!(
+                    key,
+                    "deprecated configuration key ignored: deliveries are retried until \
+                    `delivery.retry_horizon_hours`, not for a number of attempts"
+                ),
+            }
         }
         let listener = TcpListener::bind(settings.server.bind)
             .await

@@ -177,10 +177,19 @@ pub struct DeliverySettings {
     /// How often an idle worker looks for due deliveries, in milliseconds.
     pub poll_interval_ms: u64,
     /// Requests a worker starts per round and provider, at most (each carrying up to the
-    /// provider's batch limit of deliveries); also bounded by the free concurrency slots.
+    /// provider's batch limit of deliveries); also bounded by the configs' free in-flight slots.
     pub batch_size: u64,
-    /// Requests in flight at once, per provider.
-    pub concurrency_per_provider: usize,
+    /// Requests in flight at once to one provider config, per worker: the adaptive window
+    /// starts at `in_flight_initial`, grows on answers up to `in_flight_max`, halves on
+    /// overload (429, 408, 5xx, timeouts, connection errors) down to `in_flight_min`, and a
+    /// `Retry-After` pauses the config (docs/delivery.md#in-flight-limits).
+    pub in_flight_initial: usize,
+    pub in_flight_min: usize,
+    pub in_flight_max: usize,
+    /// Deprecated: the fixed per-provider concurrency that the adaptive window replaced. When
+    /// set (and `in_flight_max` is not), it is read as `in_flight_max`; start-up warns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_per_provider: Option<usize>,
     /// Timeout of one provider request, in milliseconds.
     pub request_timeout_ms: u64,
     /// How long a claim is held before another worker may take it over, in seconds. Must exceed
@@ -223,7 +232,10 @@ impl Default for DeliverySettings {
             enabled: true,
             poll_interval_ms: 500,
             batch_size: 50,
-            concurrency_per_provider: 4,
+            in_flight_initial: 4,
+            in_flight_min: 1,
+            in_flight_max: 256,
+            concurrency_per_provider: None,
             request_timeout_ms: 10_000,
             lease_secs: 60,
             max_attempts: None,
@@ -247,7 +259,54 @@ impl DeliverySettings {
 
     /// The deprecated keys set in this configuration, for a start-up warning.
     pub fn deprecated_keys(&self) -> Vec<&'static str> {
-        self.max_attempts.map(|_| "delivery.max_attempts").into_iter().collect()
+        let mut keys = Vec::new();
+        if self.max_attempts.is_some() {
+            keys.push("delivery.max_attempts");
+        }
+        if self.concurrency_per_provider.is_some() {
+            keys.push("delivery.concurrency_per_provider");
+        }
+        keys
+    }
+
+    /// The bounds of each provider config's in-flight window. A deprecated
+    /// `concurrency_per_provider` caps it when `in_flight_max` is left at its default.
+    pub fn in_flight_bounds(&self) -> crate::outbox::inflight::Bounds {
+        let max = match self.concurrency_per_provider {
+            Some(n) if self.in_flight_max == Self::default().in_flight_max => n,
+            _ => self.in_flight_max,
+        };
+        crate::outbox::inflight::Bounds {
+            min: self.in_flight_min.min(max),
+            initial: self.in_flight_initial.min(max),
+            max,
+        }
+    }
+
+    /// `in_flight_*` keys that do not make a window: `Err` names the key and the rule.
+    fn check_in_flight(&self) -> Result<(), String> {
+        const MAX: usize = 10_000;
+        let range = |key: &str, v: usize| {
+            if (1..=MAX).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("key `delivery.{key}`: must be 1 to {MAX}, not {v}"))
+            }
+        };
+        range("in_flight_min", self.in_flight_min)?;
+        range("in_flight_initial", self.in_flight_initial)?;
+        range("in_flight_max", self.in_flight_max)?;
+        if let Some(n) = self.concurrency_per_provider {
+            range("concurrency_per_provider", n)?;
+        }
+        if self.in_flight_min > self.in_flight_initial || self.in_flight_initial > self.in_flight_max {
+            return Err(format!(
+                "keys `delivery.in_flight_min` ({}), `delivery.in_flight_initial` ({}) and `delivery.in_flight_max` ({}): \
+                 must be in that order (min <= initial <= max)",
+                self.in_flight_min, self.in_flight_initial, self.in_flight_max
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -374,9 +433,7 @@ impl Settings {
         if d.circuit_release_per_sec == 0 {
             return Err(ConfigError("key `delivery.circuit_release_per_sec`: must be at least 1".into()));
         }
-        if self.delivery.concurrency_per_provider == 0 {
-            return Err(ConfigError("key `delivery.concurrency_per_provider`: must be at least 1".into()));
-        }
+        self.delivery.check_in_flight().map_err(ConfigError)?;
         if self.server.header_read_timeout_secs == 0 {
             return Err(ConfigError("key `server.header_read_timeout_secs`: must be at least 1".into()));
         }
@@ -515,6 +572,34 @@ mod tests {
         assert_eq!(s.delivery.deprecated_keys(), ["delivery.max_attempts"]);
         assert!(from_toml("").unwrap().delivery.deprecated_keys().is_empty());
         assert_eq!(from_toml("").unwrap().delivery.retry_horizon(), chrono::Duration::hours(72));
+    }
+
+    #[test]
+    fn in_flight_bounds_are_checked_naming_the_key() {
+        let cases = [
+            ("in_flight_min = 0", "delivery.in_flight_min"),
+            ("in_flight_max = 0", "delivery.in_flight_max"),
+            ("in_flight_max = 20000", "delivery.in_flight_max"),
+            ("in_flight_initial = 0", "delivery.in_flight_initial"),
+            ("in_flight_initial = 300", "delivery.in_flight_initial"),
+            ("in_flight_min = 8\nin_flight_initial = 4", "delivery.in_flight_min"),
+            ("concurrency_per_provider = 0", "delivery.concurrency_per_provider"),
+        ];
+        for (toml, key) in cases {
+            let err = from_toml(&format!("[delivery]\n{toml}")).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let s = from_toml("[delivery]\nin_flight_min = 2\nin_flight_initial = 8\nin_flight_max = 64").unwrap();
+        assert_eq!(s.delivery.in_flight_bounds(), crate::outbox::inflight::Bounds { min: 2, initial: 8, max: 64 });
+    }
+
+    #[test]
+    fn concurrency_per_provider_is_deprecated_and_read_as_the_in_flight_max() {
+        let s = from_toml("[delivery]\nconcurrency_per_provider = 2").unwrap();
+        assert_eq!(s.delivery.deprecated_keys(), ["delivery.concurrency_per_provider"]);
+        assert_eq!(s.delivery.in_flight_bounds(), crate::outbox::inflight::Bounds { min: 1, initial: 2, max: 2 });
+        let s = from_toml("[delivery]\nconcurrency_per_provider = 2\nin_flight_max = 32").unwrap();
+        assert_eq!(s.delivery.in_flight_bounds().max, 32, "the new key wins");
     }
 
     #[test]

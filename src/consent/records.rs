@@ -220,6 +220,44 @@ fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<RecordedChoi
     Ok(view)
 }
 
+/// When each of `visitor_ids` (of `tenant`) last recorded a decision: the newest `created_at` of
+/// their records not erased, in one query per 500 visitors instead of one per visitor (the
+/// delivery worker asks for a round's visitors at once). Visitors without a record, or whose id
+/// is not a valid visitor id, are absent.
+pub async fn latest_times<'a>(
+    db: &impl ConnectionTrait,
+    tenant: &tenant::Model,
+    visitor_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+    let mut by_hash = std::collections::HashMap::new();
+    for id in visitor_ids {
+        if let Ok(v) = VisitorId::parse(id) {
+            by_hash.insert(visitor_hash(tenant, &v), id.to_string());
+        }
+    }
+    let hashes: Vec<String> = by_hash.keys().cloned().collect();
+    let mut out = std::collections::HashMap::new();
+    for part in hashes.chunks(500) {
+        let rows: Vec<(String, Option<DateTime<Utc>>)> = consent_record::Entity::find()
+            .select_only()
+            .column(consent_record::Column::VisitorHash)
+            .column_as(sea_orm::ExprTrait::max(Expr::col(consent_record::Column::CreatedAt)), "latest")
+            .filter(consent_record::Column::TenantId.eq(tenant.id))
+            .filter(consent_record::Column::VisitorHash.is_in(part.iter().cloned()))
+            .filter(consent_record::Column::VisitorId.is_not_null())
+            .group_by(consent_record::Column::VisitorHash)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (hash, latest) in rows {
+            if let (Some(id), Some(at)) = (by_hash.get(&hash), latest) {
+                out.insert(id.clone(), at);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The visitor's latest (not erased) record as the stored row, under whichever config.
 pub async fn latest_model(
     db: &impl ConnectionTrait,

@@ -273,17 +273,25 @@ pub async fn consent_inputs(
 /// effect for everything after it (GDPR Art. 7(3)), and sending is processing. `Ok(None)`:
 /// nothing newer, the ingest decision stands.
 /// `consent_lookup_id`: the one on the waiting delivery (it is never stored on the event).
+/// `tenant`: the event's (the delivery worker reads it once per config, not per delivery). One
+/// read per delivery: the visitor's latest record; the policy only when that record is newer.
 pub async fn redecide(
     db: &impl ConnectionTrait,
+    tenant: &entity::tenant::Model,
     event: &analytics_event::Model,
     consent_lookup_id: Option<&str>,
     config: &entity::provider_config::Model,
     provider: &dyn providers::AnyProvider,
 ) -> Result<Option<Redecision>> {
     let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
-    let tenant = crate::tenants::get(db, event.tenant_id).await?;
-    let (policy, record) = consent_inputs(db, &tenant, Some(consent_lookup_id)).await?;
+    // Most visitors decided before their events: one indexed read says so.
+    let latest = consent::records::latest_model(db, tenant, consent_lookup_id).await?;
+    if latest.is_none_or(|m| m.created_at <= event.received_at) {
+        return Ok(None);
+    }
+    let record = consent::records::latest_for_visitor(db, tenant, consent_lookup_id).await?;
     let Some(record) = record.filter(|r| r.created_at > event.received_at) else { return Ok(None) };
+    let policy = consent::policy_for(db, tenant.id).await?;
     let signals = Signals {
         dnt: event.dnt,
         gpc: event.gpc,

@@ -16,6 +16,8 @@
 //! A config whose circuit is open ([`super::circuit`]) has none of its deliveries claimed, but
 //! one (the oldest waiting, due or not) as the probe every `circuit_probe_secs`.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 use entity::{delivery, provider_config};
 use sea_orm::{
@@ -57,24 +59,28 @@ pub async fn claim(
     lease: Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<delivery::Model>> {
-    claim_probing(db, provider, owner, requests, lease, now, DEFAULT_PROBE_EVERY).await
+    Ok(claim_probing(db, provider, owner, requests, &|_| requests, lease, now, DEFAULT_PROBE_EVERY).await?.deliveries)
 }
 
 /// Leases deliveries of `provider` due at `now` to `owner` until `now + lease`, enough for
-/// `requests` requests: a probe for each config whose circuit is open and due a probe (every
-/// `probe_every`), then up to the remaining requests × the largest batch limit among its active
-/// configs with a closed circuit; returns them, oldest due first.
+/// `requests` requests at most, and for no more than `free(config)` requests of each config (its
+/// free in-flight slots, [`super::inflight`]): a probe for each config whose circuit is open and
+/// due a probe (every `probe_every`), then up to the remaining requests × the largest batch limit
+/// among the active configs with a closed circuit and a free slot; returns them, oldest due
+/// first. A config without a free slot has nothing claimed.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim_probing(
     db: &DatabaseConnection,
     provider: &dyn AnyProvider,
     owner: &str,
     requests: u64,
+    free: &(dyn Fn(Uuid) -> u64 + Sync),
     lease: Duration,
     now: DateTime<Utc>,
     probe_every: Duration,
-) -> Result<Vec<delivery::Model>> {
+) -> Result<Claimed> {
     if requests == 0 {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
     let txn = crate::db::begin_write(db).await?;
     type Row = (Uuid, serde_json::Value, String, Option<DateTime<Utc>>);
@@ -93,9 +99,19 @@ pub async fn claim_probing(
         .await?;
     let mut active = Vec::new();
     let mut ids: Vec<Uuid> = Vec::new();
+    let mut budget = 0u64;
+    let mut batch_limits = HashMap::new();
     for (config, settings, state, since) in rows {
+        let slots = free(config);
+        if slots == 0 {
+            continue;
+        }
+        batch_limits.insert(config, provider.batch_limit(&settings).max(1));
         match circuit::admits(CircuitState::stored(&state), since, now, probe_every) {
-            Admits::All => active.push((config, settings)),
+            Admits::All => {
+                budget = budget.saturating_add(slots);
+                active.push((config, settings));
+            }
             Admits::Nothing => {}
             Admits::Probe if (ids.len() as u64) < requests => {
                 let probe: Option<Uuid> = delivery::Entity::find()
@@ -118,7 +134,7 @@ pub async fn claim_probing(
             Admits::Probe => {}
         }
     }
-    let requests = requests - ids.len() as u64;
+    let requests = (requests - ids.len() as u64).min(budget);
     if !active.is_empty() && requests > 0 {
         let limit = active.iter().map(|(_, settings)| provider.batch_limit(settings)).max().unwrap_or(1) as u64;
         let active: Vec<Uuid> = active.into_iter().map(|(id, _)| id).collect();
@@ -127,7 +143,7 @@ pub async fn claim_probing(
     }
     if ids.is_empty() {
         txn.commit().await?;
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
     let until = now + lease;
     delivery::Entity::update_many()
@@ -146,7 +162,15 @@ pub async fn claim_probing(
         .all(&txn)
         .await?;
     txn.commit().await?;
-    Ok(claimed)
+    Ok(Claimed { deliveries: claimed, batch_limits })
+}
+
+/// What a claim leased: the deliveries, oldest due first, and the batch limit of each config
+/// they belong to (how many of them one request can carry).
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub deliveries: Vec<delivery::Model>,
+    pub batch_limits: HashMap<Uuid, usize>,
 }
 
 /// The ids of due deliveries of `provider` to the `active` configs, oldest due first, locked on
@@ -197,14 +221,17 @@ pub async fn renew(
         .await?)
 }
 
-/// Gives a claimed delivery back without an attempt (its config is no longer active, or the
-/// round claimed more requests' worth than it had free slots for).
-pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<()> {
+/// Gives claimed deliveries back without an attempt (their config is no longer active, or the
+/// round claimed more requests' worth than it had free slots for), in one statement.
+pub async fn release(db: &DatabaseConnection, ids: &[Uuid], owner: &str) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     delivery::Entity::update_many()
         .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
         .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(delivery::Column::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
-        .filter(delivery::Column::Id.eq(id))
+        .filter(delivery::Column::Id.is_in(ids.iter().copied()))
         .filter(delivery::Column::LeaseOwner.eq(owner))
         .exec(db)
         .await?;

@@ -7,9 +7,12 @@
 //!   SKIP LOCKED`, so many instances share the table; SQLite: one worker per process inside an
 //!   `IMMEDIATE` transaction, since SQLite ignores row locks). A crashed worker's claims are taken
 //!   over once their lease has passed.
-//! - [`worker`]: the loop, per-provider concurrency limits, sending, and recording the outcome;
+//! - [`worker`]: the loop, claiming into free in-flight slots, sending, and recording the outcome;
 //!   [`Worker::run_once`] runs one claim + send + record pass and says what it did (tests drive
 //!   the outbox with it instead of waiting for the loop).
+//! - [`inflight`]: the adaptive in-flight window per provider config (AIMD with slow start;
+//!   429/5xx/timeouts halve it, `Retry-After` pauses the config).
+//! - [`group`]: group commit — the outcomes of requests answered together, in one transaction.
 //! - [`backoff`]: exponential backoff with full jitter, capped; `Retry-After` honoured.
 //! - [`horizon`]: retrying by time — a delivery is tried until its horizon (72 h after the
 //!   event arrived by default; shorter for a provider with its own age limit), then
@@ -27,7 +30,9 @@ pub mod batch;
 pub mod circuit;
 pub mod claim;
 pub mod destination;
+pub mod group;
 pub mod horizon;
+pub mod inflight;
 pub mod log;
 pub mod stats;
 pub mod worker;

@@ -1,8 +1,10 @@
-//! The delivery worker: claims due deliveries provider by provider (no more than its free
-//! concurrency slots — one per request — can carry, so a lease only ever covers a request about
-//! to be sent or in flight), groups them into requests ([`super::batch`]: per config and batch
-//! key, at most the provider's batch limit), sends each with the request the provider module
-//! built, and records what the answer means for each delivery, one transaction per request.
+//! The delivery worker: claims due deliveries provider by provider (no more than the free slots
+//! of their configs' in-flight windows — one per request, [`super::inflight`] — can carry, so a
+//! lease only ever covers a request about to be sent or in flight), groups them into requests
+//! ([`super::batch`]: per config and batch key, at most the provider's batch limit), sends each
+//! with the request the provider module built, tells the window what the answer said, and
+//! records what it means for each delivery — the outcomes of the requests answered meanwhile
+//! together, one transaction for all ([`super::group`]).
 //!
 //! Retry policy. Timeouts, connection errors, 408, 429 and 5xx are retried with capped backoff
 //! until the delivery's retry horizon ([`super::horizon`]), then dead-lettered saying so; failed
@@ -25,14 +27,14 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
     Set,
 };
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    task::JoinSet,
-};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DeliveryStatus, Outbox, backoff, batch, circuit, claim, destination, horizon};
+use super::{
+    DeliveryStatus, Outbox, backoff, batch, circuit, claim, destination, horizon,
+    inflight::{self, Limit, Signal, Ticket},
+};
 use crate::{
     config::DeliverySettings,
     consent::Identity,
@@ -53,9 +55,13 @@ pub struct Worker {
     http: reqwest::Client,
     /// The lease owner name of this worker (unique per worker).
     owner: String,
-    /// Free concurrency slots per provider: a delivery is only claimed into a free slot, so a
-    /// lease only ever covers a request about to be sent or in flight.
-    slots: HashMap<&'static str, Arc<Semaphore>>,
+    /// The adaptive in-flight window of each provider config ([`inflight`]): a delivery is only
+    /// claimed into a free slot of its config, so a lease only ever covers a request about to be
+    /// sent or in flight.
+    limits: Limits,
+    bounds: inflight::Bounds,
+    /// Outcomes of requests answered at about the same time, written in one transaction.
+    outcomes: super::group::Group<Recorded, Option<Vec<Attempted>>>,
     /// Resolves the config's credential references before its requests are built.
     secrets: Arc<crate::secrets::Secrets>,
 }
@@ -128,12 +134,77 @@ enum Attempted {
     Failed,
 }
 
-/// A provider's deliveries leased by this worker in one claim, with the concurrency slots they
-/// were claimed into (one per request at most).
+/// A provider's deliveries leased by this worker in one claim, with the in-flight slots of their
+/// configs they were claimed into (one per request at most).
 struct Round {
     provider: &'static dyn AnyProvider,
     deliveries: Vec<delivery::Model>,
-    slots: Vec<OwnedSemaphorePermit>,
+    slots: HashMap<Uuid, Vec<Slot>>,
+}
+
+type Limits = Arc<std::sync::Mutex<HashMap<Uuid, Limit>>>;
+
+/// One request's place in its config's in-flight window: reserved at the claim, told the answer
+/// ([`Slot::answered`]), taken again for a part of a split request ([`Slot::again`]). Dropped
+/// unused, it is given back.
+struct Slot {
+    limits: Limits,
+    provider: &'static str,
+    config: Uuid,
+    ticket: Option<Ticket>,
+}
+
+impl Slot {
+    fn answered(&mut self, signal: Signal, max_pause: std::time::Duration) {
+        if let Some(ticket) = self.ticket.take()
+            && let Some(limit) = self.limits.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.config)
+        {
+            let before = limit.window();
+            limit.finish(ticket, signal, std::time::Instant::now(), max_pause);
+            let window = limit.window();
+            if window < before {
+                tracing::debug!(config = %self.config, window, "in-flight window shrunk");
+            }
+            if window != before {
+                metrics::gauge!("consentgate_delivery_in_flight_window", "provider" => self.provider,
+                    "config" => self.config.to_string())
+                .set(window as f64);
+            }
+        }
+    }
+
+    /// Waits while the config is paused (a `Retry-After`), also for a request claimed before the
+    /// answer that paused it.
+    async fn unpaused(&self) {
+        loop {
+            let until = {
+                let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+                limits.get(&self.config).and_then(|l| l.paused_until(std::time::Instant::now()))
+            };
+            match until {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => return,
+            }
+        }
+    }
+
+    fn again(&mut self) {
+        if self.ticket.is_none()
+            && let Some(limit) = self.limits.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.config)
+        {
+            self.ticket = Some(limit.start());
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.ticket.take().is_some()
+            && let Some(limit) = self.limits.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.config)
+        {
+            limit.cancel();
+        }
+    }
 }
 
 /// A delivery whose item is built, waiting for its request.
@@ -148,6 +219,16 @@ struct Chunk {
     config: Arc<provider_config::Model>,
     credentials: Arc<Credentials>,
     members: Vec<Ready>,
+    items: Vec<Item>,
+}
+
+/// A sent request's outcomes, waiting to be recorded with others ([`super::group`]).
+struct Recorded {
+    provider: &'static dyn AnyProvider,
+    members: Vec<Ready>,
+    config: Arc<provider_config::Model>,
+    answered: Answered,
+    outcomes: Vec<Outcome>,
     items: Vec<Item>,
 }
 
@@ -184,8 +265,12 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
             break;
         }
         let now = Utc::now();
+        let started = Instant::now();
         let (_, failed_expiry) = worker.expire(now).await;
+        let expired = started.elapsed();
         let (rounds, failed_claims) = worker.claim_due(now).await;
+        tracing::debug!(expire = ?expired, claim = ?(started.elapsed() - expired),
+            claimed = rounds.iter().map(|r| r.deliveries.len()).sum::<usize>(), "claim round");
         let claimed_any = !rounds.is_empty();
         let claim_failed = failed_claims + failed_expiry > 0;
         for round in rounds {
@@ -223,11 +308,17 @@ impl Worker {
             builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
         }
         let http = builder.build().map_err(anyhow::Error::from)?;
-        let slots = providers::all()
-            .iter()
-            .map(|p| (p.name(), Arc::new(Semaphore::new(settings.concurrency_per_provider))))
-            .collect();
-        Ok(Worker { db, owner: owner_name(Uuid::new_v4(), &instance()), settings, http, slots, secrets })
+        let bounds = settings.in_flight_bounds();
+        Ok(Worker {
+            db,
+            owner: owner_name(Uuid::new_v4(), &instance()),
+            settings,
+            http,
+            limits: Default::default(),
+            bounds,
+            outcomes: Default::default(),
+            secrets,
+        })
     }
 
     /// One pass: claims what is due at `now` (every provider, as many requests' worth as it has
@@ -263,31 +354,28 @@ impl Worker {
         }
     }
 
-    /// Leases the deliveries due at `now`, provider by provider, for as many requests as it has
-    /// free concurrency slots (taken before the claim, so concurrent rounds never lease more than
-    /// they can send). Returns them with the number of providers whose claim failed.
+    /// Leases the deliveries due at `now`, provider by provider, for as many requests as their
+    /// configs have free in-flight slots (reserved right after the claim, before anything else
+    /// can claim, so concurrent rounds never lease more than they can send). Returns them with
+    /// the number of providers whose claim failed.
     async fn claim_due(&self, now: DateTime<Utc>) -> (Vec<Round>, usize) {
         let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
         let probe_every = chrono::Duration::seconds(self.settings.circuit_probe_secs.max(1) as i64);
         let mut rounds = Vec::new();
         let mut errors = 0;
+        let requests = self.settings.batch_size.max(1);
         for provider in providers::all() {
-            let slot = &self.slots[provider.name()];
-            let mut free = Vec::new();
-            while (free.len() as u64) < self.settings.batch_size.max(1) {
-                let Ok(permit) = slot.clone().try_acquire_owned() else { break };
-                free.push(permit);
-            }
-            if free.is_empty() {
-                continue;
-            }
-            match claim::claim_probing(&self.db, *provider, &self.owner, free.len() as u64, lease, now, probe_every)
-                .await
+            let free = |config: Uuid| -> u64 {
+                let at = std::time::Instant::now();
+                let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+                limits.get(&config).map_or(self.bounds.initial, |l| l.free(at)) as u64
+            };
+            match claim::claim_probing(&self.db, *provider, &self.owner, requests, &free, lease, now, probe_every).await
             {
-                Ok(due) if due.is_empty() => {}
-                Ok(due) => {
-                    free.truncate(due.len());
-                    rounds.push(Round { provider: *provider, deliveries: due, slots: free });
+                Ok(claimed) if claimed.deliveries.is_empty() => {}
+                Ok(claimed) => {
+                    let slots = self.reserve(provider.name(), &claimed);
+                    rounds.push(Round { provider: *provider, deliveries: claimed.deliveries, slots });
                 }
                 Err(e) => {
                     errors += 1;
@@ -300,9 +388,32 @@ impl Worker {
         (rounds, errors)
     }
 
-    /// Sends one round: its deliveries grouped into requests, one request per slot; what has no
-    /// slot left goes back at once (due again, for the next round). Returns what became of each
-    /// delivery; the slots are free again when this returns.
+    /// Reserves, per config of `claimed`, a slot of its in-flight window for each request its
+    /// deliveries make at most (deliveries ÷ batch limit, rounded up), within its free slots.
+    fn reserve(&self, provider: &'static str, claimed: &claim::Claimed) -> HashMap<Uuid, Vec<Slot>> {
+        let mut per_config: HashMap<Uuid, usize> = HashMap::new();
+        for d in &claimed.deliveries {
+            *per_config.entry(d.config_id).or_default() += 1;
+        }
+        let at = std::time::Instant::now();
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        per_config
+            .into_iter()
+            .map(|(config, n)| {
+                let limit = limits.entry(config).or_insert_with(|| Limit::new(self.bounds));
+                let per_request = claimed.batch_limits.get(&config).copied().unwrap_or(1).max(1);
+                // A probe is claimed whatever the window: it gets a slot of its own.
+                let k = n.div_ceil(per_request).min(limit.free(at).max(1));
+                let slot = |ticket| Slot { limits: self.limits.clone(), provider, config, ticket: Some(ticket) };
+                let slots = (0..k).map(|_| slot(limit.start())).collect();
+                (config, slots)
+            })
+            .collect()
+    }
+
+    /// Sends one round: its deliveries grouped into requests, one request per slot of its
+    /// config; what has no slot left goes back at once (due again, for the next round). Returns
+    /// what became of each delivery; the slots are free again when this returns.
     async fn deliver(&self, round: Round) -> Vec<Attempted> {
         let Round { provider, deliveries, slots } = round;
         let mut done = Vec::new();
@@ -317,7 +428,10 @@ impl Worker {
         }
         for (config_id, ds) in by_config {
             let (count, before) = (ds.len(), done.len());
-            match self.prepare(provider, config_id, ds, &mut done).await {
+            let started = Instant::now();
+            let prepared = self.prepare(provider, config_id, ds, &mut done).await;
+            tracing::debug!(provider = provider.name(), deliveries = count, elapsed = ?started.elapsed(), "deliveries prepared");
+            match prepared {
                 Ok(ready) => chunks.push(ready),
                 Err(e) => {
                     tracing::warn!(config = %config_id, error = %e,
@@ -326,24 +440,25 @@ impl Worker {
                 }
             }
         }
-        let mut slots = slots.into_iter();
+        let mut slots = slots;
         let mut sends = Vec::new();
-        // The slots go round the configs (each one's first request, then each one's second, …),
-        // so a config with many one-event requests does not take every slot from the others.
+        let mut surplus = Vec::new();
+        // Requests go out config by config in turns (each one's first request, then each one's
+        // second, …); each takes a slot of its own config's window.
         for chunk in batch::round_robin(chunks) {
-            match slots.next() {
+            match slots.get_mut(&chunk.config.id).and_then(Vec::pop) {
                 Some(slot) => sends.push(self.send_chunk(provider, chunk, slot)),
-                None => {
-                    for m in chunk.members {
-                        done.push(match claim::release(&self.db, m.delivery.id, &self.owner).await {
-                            Ok(()) => Attempted::Released,
-                            Err(_) => Attempted::Failed,
-                        });
-                    }
-                }
+                None => surplus.extend(chunk.members.iter().map(|m| m.delivery.id)),
             }
         }
         drop(slots);
+        if !surplus.is_empty() {
+            let released = match claim::release(&self.db, &surplus, &self.owner).await {
+                Ok(()) => Attempted::Released,
+                Err(_) => Attempted::Failed,
+            };
+            done.extend(std::iter::repeat_n(released, surplus.len()));
+        }
         for sent in futures_util::future::join_all(sends).await {
             done.extend(sent);
         }
@@ -362,10 +477,9 @@ impl Worker {
     ) -> Result<Vec<Chunk>> {
         let config = provider_config::Entity::find_by_id(config_id).one(&self.db).await?;
         let Some(config) = config.filter(crate::providers::config::sends) else {
-            for d in ds {
-                claim::release(&self.db, d.id, &self.owner).await?;
-                done.push(Attempted::Released);
-            }
+            let ids: Vec<Uuid> = ds.iter().map(|d| d.id).collect();
+            claim::release(&self.db, &ids, &self.owner).await?;
+            done.extend(std::iter::repeat_n(Attempted::Released, ids.len()));
             return Ok(Vec::new());
         };
         let events: HashMap<Uuid, analytics_event::Model> = analytics_event::Entity::find()
@@ -375,6 +489,13 @@ impl Worker {
             .into_iter()
             .map(|e| (e.id, e))
             .collect();
+        // The tenant and when each visitor last decided, once for all: only a visitor who decided
+        // after the event needs deciding again.
+        let tenant = crate::tenants::get(&self.db, config.tenant_id).await?;
+        let lookups = ds.iter().filter_map(|d| {
+            d.consent_lookup_id.as_deref().or(events.get(&d.event_id).and_then(|e| e.anonymous_id.as_deref()))
+        });
+        let decided = crate::consent::records::latest_times(&self.db, &tenant, lookups).await?;
         let mut keyed = Vec::new();
         for d in ds {
             let Some(event) = events.get(&d.event_id) else {
@@ -389,7 +510,9 @@ impl Worker {
                 done.push(self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await?);
                 continue;
             }
-            match self.item(provider, &config, &d, event).await? {
+            let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
+            let decided_since = lookup.and_then(|l| decided.get(l)).is_some_and(|at| *at > event.received_at);
+            match self.item(provider, &tenant, &config, &d, event, decided_since).await? {
                 Ok((key, item)) => keyed.push((key, (Ready { delivery: d, occurred_at: event.occurred_at }, item))),
                 Err(outcome) => done.push(self.record(&d, &config, None, outcome, &[]).await?),
             }
@@ -429,9 +552,11 @@ impl Worker {
     async fn item(
         &self,
         provider: &'static dyn AnyProvider,
+        tenant: &entity::tenant::Model,
         config: &provider_config::Model,
         d: &delivery::Model,
         event: &analytics_event::Model,
+        decided_since: bool,
     ) -> Result<std::result::Result<(String, Item), Outcome>> {
         // An identity that cannot be read sends nothing identifying.
         let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
@@ -439,8 +564,10 @@ impl Worker {
         // A newer decision of the visitor can only take away: never more than ingest allowed.
         // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
         // falls back to the event's analytics id, which older sites sent as the same value.
-        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
-        if let Some(now) = crate::ingest::redecide(&self.db, event, lookup, config, provider).await? {
+        // `decided_since`: the round's one query found a record of the visitor newer than the
+        // event; without one the ingest decision stands and nothing is read again.
+        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref()).filter(|_| decided_since);
+        if let Some(now) = crate::ingest::redecide(&self.db, tenant, event, lookup, config, provider).await? {
             match now.decision.identity() {
                 None => {
                     let reason = format!("consent changed before delivery ({}); not sent", now.decision.reason());
@@ -474,13 +601,9 @@ impl Worker {
 
     /// Sends one request's worth and records the outcomes. A whole-request refusal of several
     /// items is split and the parts sent again at once (each under a renewed lease), so only the
-    /// item to blame ends dead. Holds `_slot` (one request in flight at a time) until it returns.
-    async fn send_chunk(
-        &self,
-        provider: &'static dyn AnyProvider,
-        chunk: Chunk,
-        _slot: OwnedSemaphorePermit,
-    ) -> Vec<Attempted> {
+    /// item to blame ends dead. Holds `slot` (one request in flight at a time) and tells it each
+    /// answer: whether the provider was overloaded, and its `Retry-After`.
+    async fn send_chunk(&self, provider: &'static dyn AnyProvider, chunk: Chunk, mut slot: Slot) -> Vec<Attempted> {
         let Chunk { config, mut credentials, members, items } = chunk;
         let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
         let mut done = Vec::new();
@@ -488,6 +611,7 @@ impl Worker {
         let mut first = true;
         while let Some((mut members, mut items)) = parts.pop_front() {
             if !std::mem::take(&mut first) {
+                slot.again();
                 let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
                 match claim::renew(&self.db, &ids, &self.owner, lease, Utc::now()).await {
                     Ok(kept) => {
@@ -514,8 +638,12 @@ impl Worker {
                 }
             }
             let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
-            let (next, answered) =
-                self.renewing(&ids, lease, self.exchange(provider, &config, &mut credentials, &items)).await;
+            let send = async {
+                slot.unpaused().await;
+                self.exchange(provider, &config, &mut credentials, &items).await
+            };
+            let (next, answered) = self.renewing(&ids, lease, send).await;
+            slot.answered(signal(&next, answered), std::time::Duration::from_millis(self.settings.backoff_max_ms));
             match next {
                 batch::Next::Split => {
                     tracing::debug!(
@@ -530,12 +658,10 @@ impl Worker {
                 }
                 batch::Next::Record(outcomes) => {
                     let n = members.len();
-                    match self.record_request(provider, &members, &config, answered, outcomes, &items, true).await {
-                        Ok(v) => done.extend(v),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "outcomes could not be recorded; the deliveries are retried after their lease");
-                            done.extend(std::iter::repeat_n(Attempted::Failed, n));
-                        }
+                    let recorded = Recorded { provider, members, config: config.clone(), answered, outcomes, items };
+                    match self.record_grouped(recorded).await {
+                        Some(v) => done.extend(v),
+                        None => done.extend(std::iter::repeat_n(Attempted::Failed, n)),
                     }
                 }
             }
@@ -649,8 +775,7 @@ impl Worker {
     }
 
     /// Records the outcomes of one request (or of deliveries that were not sent: `sent` false),
-    /// one per delivery, in one transaction, with the metrics of what was sent. A 401/403 counts
-    /// once towards the config's `error` status, however many deliveries the request carried.
+    /// one per delivery, in one transaction of its own. See [`Worker::record_in_batch`].
     #[allow(clippy::too_many_arguments)]
     async fn record_request(
         &self,
@@ -662,9 +787,73 @@ impl Worker {
         items: &[Item],
         sent: bool,
     ) -> Result<Vec<Attempted>> {
+        let txn = crate::db::begin_write(&self.db).await?;
+        let (done, change) =
+            self.record_request_in(&txn, provider, members, config, answered, outcomes, items, sent).await?;
+        txn.commit().await?;
+        self.circuit_changed(provider, config.id, change).await;
+        Ok(done)
+    }
+
+    /// Records the outcomes of a sent request together with those of the other requests answered
+    /// meanwhile: one write transaction for all of them ([`super::group`]). `None` if that
+    /// transaction failed (logged); the deliveries are then retried after their lease.
+    async fn record_grouped(&self, outcome: Recorded) -> Option<Vec<Attempted>> {
+        self.outcomes.submit(outcome, |batch| self.record_batch(batch)).await.flatten()
+    }
+
+    /// Writes a batch of requests' outcomes in one transaction; one answer per request.
+    async fn record_batch(&self, batch: Vec<Recorded>) -> Vec<Option<Vec<Attempted>>> {
+        let n = batch.len();
+        let deliveries: usize = batch.iter().map(|r| r.members.len()).sum();
+        metrics::histogram!("consentgate_delivery_outcomes_per_commit").record(deliveries as f64);
+        let written = async {
+            let txn = crate::db::begin_write(&self.db).await?;
+            let mut out = Vec::with_capacity(n);
+            for r in batch {
+                let (done, change) = self
+                    .record_request_in(&txn, r.provider, &r.members, &r.config, r.answered, r.outcomes, &r.items, true)
+                    .await?;
+                out.push((done, change, r.provider, r.config.id));
+            }
+            txn.commit().await?;
+            Ok::<_, crate::error::Error>(out)
+        }
+        .await;
+        match written {
+            Ok(out) => {
+                let mut answers = Vec::with_capacity(n);
+                for (done, change, provider, config) in out {
+                    self.circuit_changed(provider, config, change).await;
+                    answers.push(Some(done));
+                }
+                answers
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, requests = n, deliveries,
+                    "outcomes could not be recorded; the deliveries are retried after their lease");
+                (0..n).map(|_| None).collect()
+            }
+        }
+    }
+
+    /// Records the outcomes of one request inside `txn`, one per delivery, with the metrics of
+    /// what was sent, and the request on the config's circuit (when `sent`). A 401/403 counts
+    /// once towards the config's `error` status, however many deliveries the request carried.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_request_in(
+        &self,
+        txn: &DatabaseTransaction,
+        provider: &dyn AnyProvider,
+        members: &[Ready],
+        config: &provider_config::Model,
+        answered: Answered,
+        outcomes: Vec<Outcome>,
+        items: &[Item],
+        sent: bool,
+    ) -> Result<(Vec<Attempted>, circuit::Change)> {
         // The provider failed the whole request (its circuit counts it) or answered (closes it).
         let failed = !outcomes.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
-        let txn = crate::db::begin_write(&self.db).await?;
         let mut done = Vec::with_capacity(members.len());
         let mut auth_counted = false;
         for ((m, outcome), item) in members.iter().zip(outcomes).zip(items) {
@@ -679,32 +868,35 @@ impl Worker {
             tracing::debug!(delivery = %m.delivery.id, provider = provider.name(), outcome = outcome.label(), "delivery outcome");
             let counted = auth_counted;
             auth_counted |= matches!(outcome, Outcome::AuthFailure { .. });
-            done.push(self.record_in(&txn, &m.delivery, config, answered, outcome, &item.adjustments, !counted).await?);
+            done.push(self.record_in(txn, &m.delivery, config, answered, outcome, &item.adjustments, !counted).await?);
         }
-        let now = Utc::now();
         let change = if sent {
-            circuit::record(&txn, config.id, failed, self.settings.circuit_failures, now).await?
+            circuit::record(txn, config.id, failed, self.settings.circuit_failures, Utc::now()).await?
         } else {
             circuit::Change::Unchanged
         };
-        txn.commit().await?;
+        Ok((done, change))
+    }
+
+    /// After the commit that changed a config's circuit: logged; a closed circuit releases the
+    /// config's waiting deliveries.
+    async fn circuit_changed(&self, provider: &dyn AnyProvider, config: Uuid, change: circuit::Change) {
         match change {
-            circuit::Change::Opened => tracing::warn!(config = %config.id, provider = provider.name(),
+            circuit::Change::Opened => tracing::warn!(%config, provider = provider.name(),
                 failures = self.settings.circuit_failures, "circuit opened: deliveries held back, probing"),
             circuit::Change::Closed => {
                 // The outcomes are recorded; a release that fails leaves the deliveries on their
                 // own schedule (the circuit is closed), so it is only logged.
                 let per_sec = self.settings.circuit_release_per_sec;
-                match circuit::release(&self.db, config.id, per_sec, now).await {
-                    Ok(released) => tracing::info!(config = %config.id, provider = provider.name(), released,
+                match circuit::release(&self.db, config, per_sec, Utc::now()).await {
+                    Ok(released) => tracing::info!(%config, provider = provider.name(), released,
                         per_sec, "circuit closed: waiting deliveries released"),
-                    Err(e) => tracing::warn!(config = %config.id, error = %e,
+                    Err(e) => tracing::warn!(%config, error = %e,
                         "circuit closed, but its waiting deliveries could not be released; they keep their schedule"),
                 }
             }
             circuit::Change::Unchanged => {}
         }
-        Ok(done)
     }
 
     /// Records one delivery's outcome alone, in its own transaction.
@@ -851,6 +1043,19 @@ impl Worker {
             }
         };
         Ok(done)
+    }
+}
+
+/// What an answer says about the provider's capacity: overloaded when the whole request is to be
+/// retried (timeout, connection error, 408, 429, 5xx), with the `Retry-After` it gave.
+fn signal(next: &batch::Next, answered: Answered) -> Signal {
+    match next {
+        batch::Next::Record(outcomes)
+            if !outcomes.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. })) =>
+        {
+            Signal::Overloaded { retry_after: answered.and_then(|(_, ra)| ra) }
+        }
+        _ => Signal::Answered,
     }
 }
 

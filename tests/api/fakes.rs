@@ -142,3 +142,17 @@ impl FakeProviders {
         self.http.get(format!("{}/_fake/keyvault/requests", self.base)).send().await.unwrap().json().await.unwrap()
     }
 }
+
+impl FakeProviders {
+    /// What the fake saw of the traffic: requests in flight per provider, the most at once, and
+    /// a timeline (`arrived_ms`, `answered_ms`, `concurrent`, `status`, `provider`).
+    pub async fn traffic(&self) -> Value {
+        self.http.get(format!("{}/_fake/traffic", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Every provider request from now on is answered after `ms` milliseconds.
+    pub async fn latency(&self, ms: u64) {
+        let res = self.http.post(format!("{}/_fake/traffic", self.base)).json(&json!({"latency_ms": ms})).send().await;
+        assert!(res.unwrap().status().is_success());
+    }
+}

@@ -21,6 +21,7 @@ mod group_commit;
 mod http_edge;
 mod ingest;
 mod outbox;
+mod outbox_inflight;
 mod outbox_outage;
 mod posthog;
 mod privacy;

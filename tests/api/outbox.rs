@@ -22,7 +22,11 @@ async fn second_instance(app: &TestApp) -> App {
 /// concurrently as in production.
 #[tokio::test]
 async fn two_instances_send_each_delivery_exactly_once() {
-    let app = spawn_app_with(|s| s.delivery.concurrency_per_provider = 2).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.in_flight_initial = 2;
+        s.delivery.in_flight_max = 2;
+    })
+    .await;
     let other = second_instance(&app).await;
     let fakes = FakeProviders::start().await;
     let keys = site::site(&app).await;
@@ -122,7 +126,11 @@ async fn private_destinations_are_refused_by_default() {
 /// and no request over the limit.
 #[tokio::test]
 async fn two_instances_send_each_batched_delivery_exactly_once() {
-    let app = spawn_app_with(|s| s.delivery.concurrency_per_provider = 2).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.in_flight_initial = 2;
+        s.delivery.in_flight_max = 2;
+    })
+    .await;
     let other = second_instance(&app).await;
     let fakes = FakeProviders::start().await;
     let keys = site::site(&app).await;

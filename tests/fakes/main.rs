@@ -11,6 +11,9 @@
 //! - `GET /_fake/received` — every request received, with headers, body, answer and outcome (each
 //!   event of a batch on its own)
 //! - `GET /_fake/batches` — every batch request received: provider, path, size, status
+//! - `GET /_fake/traffic`, `POST /_fake/traffic` — requests in flight per provider, the most seen
+//!   at once, a timeline of arrivals and answers, and a latency added to every provider request
+//!   (`--latency-ms N` / `FAKE_LATENCY_MS` at start; see `traffic.rs`)
 //! - `POST /_fake/behaviour` — `{"plausible": {...}, "umami": {...}}`: `fail_next` + `status`
 //!   (answer the next n requests with that status), `status` alone (answer every request so until
 //!   changed; `null` clears), `retry_after`, `delay_ms`, `domains` (Plausible sites),
@@ -39,6 +42,7 @@ mod keyvault;
 mod plausible;
 mod posthog;
 mod state;
+mod traffic;
 mod umami;
 
 use std::{io::Write, net::SocketAddr, sync::Arc};
@@ -61,12 +65,20 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/keyvault/requests", get(vault_requests))
         .with_state(vault.clone());
     let posthog = posthog::PostHog::new(fakes.clone());
+    let traffic = traffic::Traffic::new(traffic::latency_from_env());
     let mut app = Router::new();
     let mut names = Vec::new();
     for (name, routes) in providers(&posthog) {
+        let t = traffic.clone();
+        let routes = routes.layer(axum::middleware::from_fn(move |req, next| {
+            let t = t.clone();
+            async move { t.track(name, req, next).await }
+        }));
         app = app.nest(&format!("/{name}"), routes);
         names.push(name);
     }
+    let traffic_routes =
+        Router::new().route("/_fake/traffic", get(traffic::get).post(traffic::post)).with_state(traffic);
     let app = app
         .route("/_fake/providers", get(move || async move { Json(json!(names)) }))
         .route("/_fake/received", get(received))
@@ -77,6 +89,7 @@ async fn main() -> std::io::Result<()> {
         .fallback(catch_all::page)
         .with_state(fakes.clone())
         .merge(control)
+        .merge(traffic_routes)
         .merge(posthog.control());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
