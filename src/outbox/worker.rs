@@ -610,8 +610,14 @@ impl Worker {
         let mut parts = VecDeque::from([(members, items)]);
         let mut first = true;
         while let Some((mut members, mut items)) = parts.pop_front() {
-            if !std::mem::take(&mut first) {
+            let again = !std::mem::take(&mut first);
+            if again {
                 slot.again();
+            }
+            // A part sent again, or a first send whose claim has aged past a third of the lease
+            // (a slow preparation, a starved CPU, a Retry-After pause): renew first and send only
+            // what is still this worker's, so that no other worker can be sending it too.
+            if again || lease_aging(members.iter().map(|m| m.delivery.lease_until), lease, Utc::now()) {
                 let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
                 match claim::renew(&self.db, &ids, &self.owner, lease, Utc::now()).await {
                     Ok(kept) => {
@@ -1048,6 +1054,16 @@ impl Worker {
 
 /// What an answer says about the provider's capacity: overloaded when the whole request is to be
 /// retried (timeout, connection error, 408, 429, 5xx), with the `Retry-After` it gave.
+/// True when some lease (of deliveries about to be sent) has less than two thirds of `lease` left
+/// at `now`, or is not there at all.
+fn lease_aging(
+    leases: impl IntoIterator<Item = Option<DateTime<Utc>>>,
+    lease: chrono::Duration,
+    now: DateTime<Utc>,
+) -> bool {
+    leases.into_iter().any(|until| until.is_none_or(|until| until - now < lease * 2 / 3))
+}
+
 fn signal(next: &batch::Next, answered: Answered) -> Signal {
     match next {
         batch::Next::Record(outcomes)
@@ -1108,6 +1124,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_older_than_a_third_of_its_lease_is_renewed_before_sending() {
+        let now = Utc::now();
+        let lease = chrono::Duration::seconds(60);
+        let left = |secs: i64| Some(now + chrono::Duration::seconds(secs));
+        for (leases, aging) in [
+            (vec![left(60)], false),
+            (vec![left(41)], false),
+            (vec![left(39)], true),
+            (vec![left(60), left(-1)], true),
+            (vec![left(60), None], true),
+            (vec![], false),
+        ] {
+            assert_eq!(lease_aging(leases.clone(), lease, now), aging, "{leases:?}");
+        }
+    }
 
     #[test]
     fn a_lease_owner_names_the_worker_and_its_instance() {
