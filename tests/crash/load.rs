@@ -228,6 +228,21 @@ pub async fn assert_all_delivered(ledger: &Ledger, gateway: &Gateway, admin: &st
     .await;
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A fake may have its request from before the kill while the restarted gateway is still
+    // sending it again (that answer was lost): wait until every delivery is recorded as ended.
+    helpers::eventually(60, || async {
+        for id in ledger.acked.values() {
+            let (_, event) =
+                helpers::send(http.get(gateway.tenant_url(&format!("/events/{id}"))).bearer_auth(admin)).await;
+            let pending =
+                event["decisions"].as_array().is_none_or(|ds| ds.iter().any(|d| d["delivery"]["status"] == "pending"));
+            if pending {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
     for (key, id) in &ledger.acked {
         let (s, event) = helpers::send(http.get(gateway.tenant_url(&format!("/events/{id}"))).bearer_auth(admin)).await;
         assert_eq!(s, StatusCode::OK, "acknowledged event {key} ({id}) is stored: {event}");
