@@ -130,13 +130,24 @@ async fn export_records(
     ApiQuery(ExportFormat { format }): ApiQuery<ExportFormat>,
 ) -> ApiResult<Response> {
     check_keys(raw.as_deref(), &["format"])?;
+    Ok(export_response(&state, caller.tenant, filter, format))
+}
+
+/// The export as a streamed download (`Content-Disposition: attachment`, never cached): the API's
+/// and the admin pages' (`/admin/records/export`).
+pub(crate) fn export_response(
+    state: &AppState,
+    tenant: entity::tenant::Model,
+    filter: RecordFilter,
+    format: Format,
+) -> Response {
     let disposition = format!(
         "attachment; filename=\"consent-records-{}-{}.{}\"",
-        caller.tenant.slug,
+        tenant.slug,
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
         format.extension()
     );
-    let body = Body::from_stream(export::stream(state.db.clone(), caller.tenant, filter, format));
+    let body = Body::from_stream(export::stream(state.db.clone(), tenant, filter, format));
     let mut res = body.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
@@ -144,7 +155,7 @@ async fn export_records(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(res)
+    res
 }
 
 /// Walk the tenant's hash chain and report the first record that does not fit.

@@ -334,6 +334,30 @@ async fn records_search_detail_with_proof_and_chain_verification() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(html.contains("action"), "{html}");
 
+    // The search's export: every matching record, the same bytes as the API's export.
+    let (_, html) = b.get("/admin/records?analytics=true&after=1").await;
+    assert!(html.contains(r#"href="/admin/records/export?format=csv&amp;analytics=true""#), "{html}");
+    for format in ["csv", "ndjson"] {
+        let (s, page_export) = b.get(&format!("/admin/records/export?format={format}&analytics=true")).await;
+        assert_eq!(s, StatusCode::OK);
+        let api_export = app
+            .http
+            .get(app.tenant_url(&format!("/consent-records/export?format={format}&analytics=true")))
+            .bearer_auth(&app.auditor)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(page_export, api_export, "{format}");
+        let lines = page_export.lines().count();
+        assert_eq!(lines, if format == "csv" { 3 } else { 2 }, "accept all and custom: {page_export}");
+    }
+    let (s, html) = b.get("/admin/records/export?format=xml").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(html.contains("format: must be csv or ndjson"), "{html}");
+
     let (_, list) = app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=v3", app.tenant), &app.auditor).await;
     let id = list["items"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(list["items"][0]["action"], third["action"]);

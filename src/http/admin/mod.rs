@@ -54,6 +54,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/deliveries/{id}/replay", post(replay_one))
         .route("/admin/records", get(records::search))
         .route("/admin/records/verify", get(records::verify))
+        .route("/admin/records/export", get(records::export))
         .route("/admin/records/{id}", get(records::detail))
         .route("/admin/consent", get(consent::index))
         .route("/admin/consent/{id}", get(consent::editor).post(consent::save))

@@ -1,5 +1,6 @@
 //! The auditor's pages on consent records: search (the API's filters), a record with its chain
-//! proof, and the verification of the whole chain.
+//! proof, the verification of the whole chain, and the export of a search's records (the API's
+//! export, as a download).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use crate::{
     app::AppState,
     consent::{
         chain,
+        export::Format,
         records::{self, RecordFilter, RecordItem},
     },
     error::Error,
@@ -64,7 +66,31 @@ pub async fn search(State(state): State<AppState>, page: Page, RawQuery(query): 
     ctx.insert("q", &fields);
     ctx.insert("records", &rows.into_iter().map(RecordItem::from).collect::<Vec<_>>());
     ctx.insert("next_query", &next_query);
+    let mut filters = fields.clone();
+    filters.remove("after");
+    ctx.insert("export_query", &serde_urlencoded::to_string(&filters).unwrap_or_default());
     render(StatusCode::OK, "records.html", &ctx)
+}
+
+/// `GET /admin/records/export?format=csv|ndjson&…`: every record matching the search's filters,
+/// streamed as the API's export (`GET …/consent-records/export`) is.
+pub async fn export(State(state): State<AppState>, page: Page, RawQuery(query): RawQuery) -> Response {
+    let (mut fields, _, _) = match parse(query.as_deref()) {
+        Ok(p) => p,
+        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid export", &m),
+    };
+    let format = match fields.remove("format").as_deref() {
+        Some("csv") => Format::Csv,
+        Some("ndjson") => Format::Ndjson,
+        _ => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid export", "format: must be csv or ndjson"),
+    };
+    fields.remove("after");
+    let query = serde_urlencoded::to_string(&fields).unwrap_or_default();
+    let filter = match parse(Some(&query)) {
+        Ok((_, filter, _)) => filter,
+        Err(m) => return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid export", &m),
+    };
+    crate::http::consent_records::export_response(&state, page.holder.tenant.clone(), filter, format)
 }
 
 pub async fn verify(State(state): State<AppState>, page: Page) -> Response {
