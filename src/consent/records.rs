@@ -415,11 +415,13 @@ impl RecordFilter {
             (Category::Marketing, self.marketing),
         ] {
             if let Some(wanted) = wanted {
-                // The category name comes from the enum, never from the request.
+                // The category name comes from the enum, never from the request. A JSON boolean
+                // only, on both backends: a malformed choice (the string "true", the number 1)
+                // matches neither `true` nor `false`, as the dashboard counts it (granting nothing).
                 let name = category.as_str();
                 let sql = match backend {
-                    DbBackend::Postgres => format!("(choices ->> '{name}') = '{wanted}'"),
-                    _ => format!("json_extract(choices, '$.{name}') = {}", u8::from(wanted)),
+                    DbBackend::Postgres => format!("(choices -> '{name}') = '{wanted}'::jsonb"),
+                    _ => format!("json_type(choices, '$.{name}') = '{wanted}'"),
                 };
                 q = q.filter(Expr::cust(sql));
             }

@@ -90,6 +90,33 @@ async fn an_auditor_sees_every_proof_field() {
     }
 }
 
+/// Filters by category match JSON booleans only: a stored choice the gateway cannot read as one
+/// (the string "true", the number 1) is neither granted nor refused — on both backends alike.
+#[tokio::test]
+async fn a_category_filter_matches_json_booleans_only() {
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    app.consent("alice", "accept_all", 1).await; // 1
+    app.consent("bob", "accept_all", 1).await; // 2
+    app.consent("carol", "accept_all", 1).await; // 3
+    let rows = entity::consent_record::Entity::find().all(&app.db).await.unwrap();
+    for row in rows {
+        let odd = match row.seq {
+            2 => json!("true"),
+            3 => json!(1),
+            _ => continue,
+        };
+        let mut choices = row.choices.clone();
+        choices["analytics"] = odd;
+        let mut m: entity::consent_record::ActiveModel = row.into();
+        m.choices = Set(choices);
+        m.update(&app.db).await.unwrap();
+    }
+    assert_eq!(seqs(&list(&app, "?analytics=true").await), [1]);
+    assert!(seqs(&list(&app, "?analytics=false").await).is_empty());
+}
+
 #[tokio::test]
 async fn records_are_filtered_and_paged_in_chain_order() {
     let app = spawn_app().await;
