@@ -96,21 +96,6 @@ pub fn fits(batch: usize, next: usize, max: usize) -> bool {
     batch == 0 || batch.saturating_add(next) <= max
 }
 
-/// How many of the jobs waiting (their row counts, in queue order) the next batch takes — pure:
-/// the leading ones while they [`fit`](fits); the queue's order is kept, so a large job is never
-/// overtaken.
-pub fn cut(waiting: &[usize], max: usize) -> usize {
-    let mut rows = 0;
-    waiting
-        .iter()
-        .take_while(|&&n| {
-            let ok = fits(rows, n, max);
-            rows += n;
-            ok
-        })
-        .count()
-}
-
 async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) {
     while let Some(batch) = next_batch(&inbox, max_rows).await {
         // A task per batch: were a commit to panic, its requests get a 503 (their answer channels
@@ -135,7 +120,7 @@ async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
     let mut rows = first.rows;
     let mut batch = vec![first];
     while let Ok(job) = inbox.rx.try_recv() {
-        if cut(&[rows, job.rows], max_rows) < 2 {
+        if !fits(rows, job.rows, max_rows) {
             inbox.held = Some(job);
             break;
         }
@@ -204,6 +189,21 @@ async fn store_alone(db: &DatabaseConnection, event: &PlannedEvent) -> Result<Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many of the jobs waiting (their row counts, in queue order) [`next_batch`] takes: the
+    /// leading ones while they [`fit`](fits); the queue's order is kept, so a large job is never
+    /// overtaken.
+    fn cut(waiting: &[usize], max: usize) -> usize {
+        let mut rows = 0;
+        waiting
+            .iter()
+            .take_while(|&&n| {
+                let ok = fits(rows, n, max);
+                rows += n;
+                ok
+            })
+            .count()
+    }
 
     #[test]
     fn a_batch_takes_the_waiting_jobs_in_order_while_they_fit() {
