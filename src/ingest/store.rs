@@ -17,7 +17,7 @@
 //! retry's read sees the committed first event. Legacy null-kind rows are never written again,
 //! so nothing can race with them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use entity::{analytics_event, delivery, forwarding_decision};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter, QueryOrder};
@@ -110,15 +110,12 @@ pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Resul
         .collect();
     insert_chunked(db, decision_rows).await?;
     insert_chunked(db, stored().flat_map(|e| e.deliveries.iter().cloned()).collect()).await?;
-    let mut denied: Vec<(Uuid, u64)> = Vec::new();
+    // In one order (a BTreeMap's) in every batch: PostgreSQL writers updating the same configs
+    // never deadlock.
+    let mut denied: BTreeMap<Uuid, u64> = BTreeMap::new();
     for config in stored().flat_map(|e| e.denied_by_consent.iter()) {
-        match denied.iter_mut().find(|(c, _)| c == config) {
-            Some((_, n)) => *n += 1,
-            None => denied.push((*config, 1)),
-        }
+        *denied.entry(*config).or_default() += 1;
     }
-    // In one order in every batch: PostgreSQL writers updating the same configs never deadlock.
-    denied.sort_unstable();
     for (config, n) in denied {
         usage::denied_by_consent_n(db, config, n).await.map_err(into_db)?;
     }
