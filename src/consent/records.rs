@@ -214,7 +214,9 @@ pub async fn latest_under(
     Ok(Some(under(&m, active)?))
 }
 
-fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<RecordedChoice> {
+/// `m` as the decision engine reads it, under the tenant's `active` config (a record made under
+/// another config is `other_config`).
+pub fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<RecordedChoice> {
     let mut view = recorded_choice(m)?;
     view.other_config = active.is_some_and(|a| a != m.config_id);
     Ok(view)

@@ -24,7 +24,7 @@ pub mod store;
 pub mod writer;
 
 use chrono::{DateTime, Utc};
-use entity::{analytics_event, tenant};
+use entity::analytics_event;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -38,10 +38,7 @@ use self::{
 };
 use crate::{
     cache::TenantConfig,
-    consent::{
-        self, ConsentPolicy, Decision, ProviderPolicy, ProviderStatus, Reason, RecordedChoice, RequiredCategory,
-        Signals,
-    },
+    consent::{self, Decision, ProviderPolicy, ProviderStatus, Reason, RequiredCategory, Signals},
     error::{Error, Result},
     geo::Geo,
     providers,
@@ -252,22 +249,6 @@ fn stored_event(
     }
 }
 
-/// The tenant's consent policy (its active cookie consent config) and the visitor's latest
-/// consent record under it, found by the consent-lookup id (see docs/glossary.md) — the consent
-/// module's answers, in the shape `consent::decide` takes.
-pub async fn consent_inputs(
-    db: &impl ConnectionTrait,
-    tenant: &tenant::Model,
-    consent_lookup_id: Option<&str>,
-) -> Result<(Option<ConsentPolicy>, Option<RecordedChoice>)> {
-    let policy = consent::policy_for(db, tenant.id).await?;
-    let record = match consent_lookup_id {
-        Some(v) => consent::records::latest_for_visitor(db, tenant, v).await?,
-        None => None,
-    };
-    Ok((policy, record))
-}
-
 /// At send time: a decision the visitor made *after* the event arrived overrides the one taken at
 /// ingest, for a delivery still waiting (a retry, a config in error, a replay). Withdrawal takes
 /// effect for everything after it (GDPR Art. 7(3)), and sending is processing. `Ok(None)`:
@@ -286,11 +267,9 @@ pub async fn redecide(
     let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
     // Most visitors decided before their events: one indexed read says so.
     let latest = consent::records::latest_model(db, tenant, consent_lookup_id).await?;
-    if latest.is_none_or(|m| m.created_at <= event.received_at) {
-        return Ok(None);
-    }
-    let record = consent::records::latest_for_visitor(db, tenant, consent_lookup_id).await?;
-    let Some(record) = record.filter(|r| r.created_at > event.received_at) else { return Ok(None) };
+    let Some(latest) = latest.filter(|m| m.created_at > event.received_at) else { return Ok(None) };
+    let active = consent::config::store::active_id(db, tenant.id).await?;
+    let record = consent::records::under(&latest, active)?;
     let policy = consent::policy_for(db, tenant.id).await?;
     let signals = Signals {
         dnt: event.dnt,
