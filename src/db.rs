@@ -141,9 +141,34 @@ fn postgres_unavailable(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "53300" | "53100" | "53200")
 }
 
+/// `items` padded to a power-of-two length by repeating the last one, for an `IN (…)` list: a
+/// statement's text depends on how many parameters it has, and the driver prepares (and keeps,
+/// per connection) each text it sees — with any length allowed, every batch size would be a
+/// statement of its own. A repeated value changes nothing in an `IN` list.
+pub fn padded_for_in<T: Clone>(mut items: Vec<T>) -> Vec<T> {
+    if let Some(last) = items.last().cloned() {
+        items.resize(items.len().next_power_of_two(), last);
+    }
+    items
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{postgres_unavailable, sqlite_unavailable};
+    use super::{padded_for_in, postgres_unavailable, sqlite_unavailable};
+
+    #[test]
+    fn in_lists_are_padded_to_powers_of_two_with_their_last_value() {
+        for (items, want) in [
+            (vec![], vec![]),
+            (vec![1], vec![1]),
+            (vec![1, 2], vec![1, 2]),
+            (vec![1, 2, 3], vec![1, 2, 3, 3]),
+            (vec![1, 2, 3, 4, 5], vec![1, 2, 3, 4, 5, 5, 5, 5]),
+        ] {
+            assert_eq!(padded_for_in(items.clone()), want, "{items:?}");
+        }
+        assert_eq!(padded_for_in((0..300).collect::<Vec<_>>()).len(), 512);
+    }
 
     #[test]
     fn sqlite_unavailable_codes() {

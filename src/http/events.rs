@@ -291,9 +291,9 @@ async fn ingest_body(
         }
         _ => None,
     };
-    let plan = async |item: Value, at: &str| -> Result<ingest::store::PlannedEvent, Error> {
+    let plan = async |item: Value, at: &str| -> Result<ingest::Prepared, Error> {
         let input: EventInput = json::from_value(item, at)?;
-        let planned = ingest::plan(&state.db, &state.geo, &key.config, &key.sender, provider, input).await;
+        let planned = ingest::prepare(&state.db, &state.geo, &key.config, &key.sender, provider, input).await;
         planned.map_err(|e| e.at(at))
     };
     let Some(items) = batch else {

@@ -1,13 +1,13 @@
 //! Ingestion: one posted event becomes one stored event, a forwarding decision per provider config
 //! and a delivery per allowed config — committed before the site gets its `202`.
 //!
-//! The read half, [`plan`]: validate ([`event`]) → enrich ([`enrich`]) → consent inputs → per
-//! config: `consent::decide`, then the provider's own acceptance (custom events switched off, a
-//! page on another domain, a name the provider refuses) → a [`store::PlannedEvent`] (the rows).
-//! The write half, [`writer`] (group commit): the plans of every request waiting go into one
-//! transaction ([`store`]: the events, their [`decisions`], `outbox::pending` deliveries, usage
-//! counts; a repeated idempotency key is found there, inside the writing transaction), and each
-//! request is answered once it is committed.
+//! At the edge, [`prepare`] (no database read): validate ([`event`]) → enrich ([`enrich`]) → a
+//! [`Prepared`] event. The write half, [`writer`] (group commit): the prepared events of every
+//! request waiting go into one transaction, which reads the latest consent record of every visitor
+//! of the batch in one query ([`records_of`]), [`decide`]s per config (`consent::decide`, then the
+//! provider's own acceptance) and stores the rows ([`store`]: the events, their [`decisions`],
+//! `outbox::pending` deliveries, usage counts; a repeated idempotency key is found there too).
+//! Each request is answered once it is committed.
 //!
 //! What is stored depends on the decisions: unless some config's decision grants full identity,
 //! the event is stored *unlinkable* — no analytics id, user id, session id, user agent or
@@ -22,6 +22,8 @@ pub mod fields;
 pub mod keys;
 pub mod store;
 pub mod writer;
+
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use entity::analytics_event;
@@ -55,21 +57,47 @@ pub struct Accepted {
     pub decisions: Vec<DecisionView>,
 }
 
-/// Validates and decides one event (parsed at the HTTP edge): the rows to store, for the
-/// [`writer`]. `provider` restricts forwarding to that provider's configs (the per-provider
-/// endpoint). Field names in errors are relative to the event. `cached`: the tenant's
-/// configuration from the config cache — the policy, the provider configs and the daily salt are
-/// not read from the database here. Whether the idempotency key was seen before is found when
-/// the rows are stored ([`store`]), not here.
-pub async fn plan(
+/// One event validated and enriched at the edge, waiting for its decisions: what a request hands
+/// the [`writer`]. Made without reading the database ([`prepare`]); the writer reads the latest
+/// consent record of every visitor of its batch in one query, inside its transaction, and
+/// [`decide`]s.
+pub struct Prepared {
+    /// The tenant's configuration from the config cache when the event arrived: the policy, the
+    /// provider configs and the daily salt are not read from the database.
+    pub cached: Arc<TenantConfig>,
+    /// Forwarding restricted to this provider's configs (the per-provider endpoint).
+    pub provider: Option<&'static str>,
+    /// The event as it will be stored, before [`make_unlinkable`].
+    pub event: analytics_event::Model,
+    /// The idempotency key as posted.
+    pub lookup_key: Option<String>,
+    pub key_kind: KeyKind,
+    /// Whose consent decides: the id the visitor's choice is remembered under.
+    pub consent_lookup_id: Option<String>,
+    signals: Signals,
+    client_ip: Option<std::net::IpAddr>,
+    user_agent: Option<String>,
+    /// The cookieless daily id, when some target may send it (computed now: the salt is the
+    /// day's, and a retry days later must not need it).
+    daily_id: Option<String>,
+    /// The rows this event writes at most (an event, and per config a decision and a delivery or
+    /// a usage count): what the writer's `max_batch_rows` counts.
+    pub rows: usize,
+    now: DateTime<Utc>,
+}
+
+/// Validates and enriches one event (parsed at the HTTP edge) — no database read but the daily
+/// salt's, once a day. `provider` restricts forwarding to that provider's configs (the
+/// per-provider endpoint). Field names in errors are relative to the event. Whether the
+/// idempotency key was seen before is found when the rows are stored ([`store`]), not here.
+pub async fn prepare(
     db: &DatabaseConnection,
     geo: &Geo,
-    cached: &TenantConfig,
+    cached: &Arc<TenantConfig>,
     sender: &Sender,
-    provider: Option<&str>,
+    provider: Option<&'static str>,
     input: EventInput,
-) -> Result<store::PlannedEvent> {
-    let tenant = &cached.tenant;
+) -> Result<Prepared> {
     let now = Utc::now();
     let mut ev = event::validate(input, sender, provider, now)?;
     // A server's visitor: located by the IP the server passed, unless it said the country.
@@ -89,31 +117,65 @@ pub async fn plan(
     let client_ip = ev.visitor.ip;
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
-    let mut model = stored_event(tenant.id, provider, key_kind, ev, &agent, now);
-    let policy = cached.policy();
-    let record = match consent_lookup_id.as_deref() {
-        Some(v) => consent::records::latest_under(db, tenant, v, cached.active_consent_config()).await?,
-        None => None,
+    let event = stored_event(cached.tenant.id, provider, key_kind, ev, &agent, now);
+    let targets = cached.targets(provider).count();
+    let cookieless = cached
+        .targets(provider)
+        .any(|c| providers::get(&c.provider).is_some_and(|p| p.cookieless_fallback(&c.settings)));
+    // An event without any visitor id counts as a visitor of its own.
+    let daily_id = if cookieless {
+        let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", event.id));
+        Some(cached.daily_id(db, &visitor, now).await?)
+    } else {
+        None
     };
+    Ok(Prepared {
+        cached: cached.clone(),
+        provider,
+        event,
+        lookup_key,
+        key_kind,
+        consent_lookup_id,
+        signals,
+        client_ip,
+        user_agent,
+        daily_id,
+        rows: 1 + 2 * targets,
+        now,
+    })
+}
+
+/// The rows of a prepared event, given the visitor's latest consent record (under the tenant's
+/// active config; `None`: none) — pure. Per config: `consent::decide`, then the provider's own
+/// acceptance (custom events switched off, a page on another domain, a name the provider
+/// refuses); a delivery for each allowed config; the event made unlinkable unless some decision
+/// grants full identity.
+pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::PlannedEvent {
+    let tenant = &p.cached.tenant;
+    let now = p.now;
+    let mut model = p.event.clone();
+    let policy = p.cached.policy();
     // The categories the visitor has granted, passed on with each delivery (GA4's consent fields).
-    let granted = consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices;
+    let granted = consent::effective(policy.as_ref(), record, &p.signals, now).choices;
 
     struct Planned {
         view: DecisionView,
         config_id: Uuid,
         identity: Option<consent::Identity>,
+        /// The delivery keeps the full IP and the user agent.
+        client_context: bool,
         denied_by_consent: bool,
         /// The delivery carries the cookieless daily id (see [`daily_id`]).
         pseudonymous: bool,
     }
     let mut planned = Vec::new();
-    for config in cached.targets(provider) {
-        let Some(p) = providers::get(&config.provider) else { continue };
-        let policy_for_config = provider_policy(config, p);
-        let mut decision = consent::decide(policy.as_ref(), record.as_ref(), &signals, &policy_for_config, now);
+    for config in p.cached.targets(p.provider) {
+        let Some(provider) = providers::get(&config.provider) else { continue };
+        let policy_for_config = provider_policy(config, provider);
+        let mut decision = consent::decide(policy.as_ref(), record, &p.signals, &policy_for_config, now);
         let denied_by_consent = decision.reason().is_consent_denial();
         if decision.is_allowed()
-            && let Err(why) = p.accepts(&config.settings, &model)
+            && let Err(why) = provider.accepts(&config.settings, &model)
         {
             decision = Decision::Deny { reason: Reason::Blocked(why) };
         }
@@ -121,23 +183,16 @@ pub async fn plan(
         // visitor's when the decision allows no identifiers, when the event has no id of its own,
         // or when a withdrawal before sending takes full identity away — so every delivery it
         // is allowed carries one.
-        let pseudonymous = decision.is_allowed() && p.cookieless_fallback(&config.settings);
+        let pseudonymous = decision.is_allowed() && provider.cookieless_fallback(&config.settings);
         planned.push(Planned {
-            view: DecisionView::new(config.id, p.name(), &decision),
+            view: DecisionView::new(config.id, provider.name(), &decision),
             config_id: config.id,
             identity: decision.identity(),
+            client_context: decision.identity().is_some_and(|i| provider.needs_client_context(i)),
             denied_by_consent,
             pseudonymous,
         });
     }
-    // Computed now, kept on the delivery: a retry days later needs no salt (it is gone by then).
-    // An event without any visitor id counts as a visitor of its own.
-    let pseudonymous_id = if planned.iter().any(|p| p.pseudonymous) {
-        let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", model.id));
-        Some(cached.daily_id(db, &visitor, now).await?)
-    } else {
-        None
-    };
 
     if !planned.iter().any(|p| p.identity == Some(consent::Identity::Full)) {
         make_unlinkable(&mut model);
@@ -146,29 +201,59 @@ pub async fn plan(
     let mut decisions = Vec::with_capacity(planned.len());
     let mut deliveries = Vec::new();
     let mut denied_by_consent = Vec::new();
-    for p in planned {
-        match p.identity {
+    for d in planned {
+        match d.identity {
             Some(identity) => deliveries.push(crate::outbox::pending(
                 crate::outbox::NewDelivery {
                     tenant_id: tenant.id,
                     event_id: model.id,
-                    config_id: p.config_id,
-                    provider: &p.view.provider,
+                    config_id: d.config_id,
+                    provider: &d.view.provider,
                     identity,
-                    client_ip,
-                    consent_lookup_id: consent_lookup_id.as_deref(),
-                    user_agent: user_agent.as_deref(),
+                    client_ip: p.client_ip.filter(|_| d.client_context),
+                    consent_lookup_id: p.consent_lookup_id.as_deref(),
+                    user_agent: p.user_agent.as_deref().filter(|_| d.client_context),
                     granted,
-                    pseudonymous_id: pseudonymous_id.as_deref().filter(|_| p.pseudonymous),
+                    pseudonymous_id: p.daily_id.as_deref().filter(|_| d.pseudonymous),
                 },
                 now,
             )),
-            None if p.denied_by_consent => denied_by_consent.push(p.config_id),
+            None if d.denied_by_consent => denied_by_consent.push(d.config_id),
             None => {}
         }
-        decisions.push(p.view);
+        decisions.push(d.view);
     }
-    Ok(store::PlannedEvent { event: model, lookup_key, key_kind, decisions, deliveries, denied_by_consent })
+    store::PlannedEvent {
+        event: model,
+        lookup_key: p.lookup_key.clone(),
+        key_kind: p.key_kind,
+        decisions,
+        deliveries,
+        denied_by_consent,
+    }
+}
+
+/// The latest consent record of each visitor of `events` (by tenant and consent-lookup id), as
+/// the decision engine reads it under the tenant's active config: one query per tenant of the
+/// batch, in the writer's transaction.
+pub async fn records_of(
+    db: &impl ConnectionTrait,
+    events: &[&Prepared],
+) -> Result<HashMap<(Uuid, String), consent::RecordedChoice>> {
+    let mut by_tenant: HashMap<Uuid, (&Arc<TenantConfig>, Vec<&str>)> = HashMap::new();
+    for p in events {
+        if let Some(v) = p.consent_lookup_id.as_deref() {
+            by_tenant.entry(p.cached.tenant.id).or_insert_with(|| (&p.cached, Vec::new())).1.push(v);
+        }
+    }
+    let mut out = HashMap::new();
+    for (tenant_id, (cached, visitors)) in by_tenant {
+        let active = cached.active_consent_config();
+        for (visitor, m) in consent::records::latest_models(db, &cached.tenant, visitors).await? {
+            out.insert((tenant_id, visitor), consent::records::under(&m, active)?);
+        }
+    }
+    Ok(out)
 }
 
 /// No provider may receive identifiers, so the stored event keeps none: nothing on it can be

@@ -42,14 +42,6 @@ pub struct PlannedEvent {
     pub denied_by_consent: Vec<Uuid>,
 }
 
-impl PlannedEvent {
-    /// Rows this event writes: the event, its decisions and deliveries, its usage counts — what
-    /// the writer's `max_batch_rows` counts.
-    pub fn rows(&self) -> usize {
-        1 + self.decisions.len() + self.deliveries.len() + self.denied_by_consent.len()
-    }
-}
-
 /// What becomes of one event of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fate {
@@ -151,8 +143,8 @@ async fn existing(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result
     tenants.sort_unstable();
     tenants.dedup();
     analytics_event::Entity::find()
-        .filter(analytics_event::Column::TenantId.is_in(tenants))
-        .filter(analytics_event::Column::IdempotencyKey.is_in(keys))
+        .filter(analytics_event::Column::TenantId.is_in(crate::db::padded_for_in(tenants)))
+        .filter(analytics_event::Column::IdempotencyKey.is_in(crate::db::padded_for_in(keys)))
         .order_by_asc(analytics_event::Column::Id)
         .all(db)
         .await
@@ -195,7 +187,7 @@ where
     Ok(())
 }
 
-fn into_db(e: crate::error::Error) -> DbErr {
+pub(super) fn into_db(e: crate::error::Error) -> DbErr {
     match e {
         crate::error::Error::Db(e) => e,
         other => DbErr::Custom(other.to_string()),

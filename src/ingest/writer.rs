@@ -1,10 +1,11 @@
-//! Group commit: requests plan their rows ([`plan`](super::plan)), hand them to a writer through a
-//! bounded queue ([`Writer::submit`]) and wait for the commit before answering — so a `202` still
+//! Group commit: requests prepare their events ([`prepare`](super::prepare)), hand them to a writer
+//! through a bounded queue ([`Writer::submit`]) and wait for the commit before answering — so a `202` still
 //! means "committed and fsynced", but one commit (one fsync, one write lock) serves every request
 //! that was waiting.
 //!
 //! - A writer takes whatever is waiting, up to `ingest.max_batch_rows` rows ([`fits`]), into one
-//!   transaction ([`store`]). No fixed linger: while one commit runs, the next batch gathers by
+//!   transaction: the visitors' latest consent records in one read ([`records_of`]), the
+//!   decisions ([`decide`]), the rows ([`store`]). No fixed linger: while one commit runs, the next batch gathers by
 //!   itself, so batches are small at low load and large under load.
 //! - One writer on SQLite (it has one write lock anyway); `ingest.pg_writers` on PostgreSQL, each
 //!   on its own connection, sharing the queue.
@@ -24,7 +25,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Accepted, store::PlannedEvent};
+use super::{Accepted, Prepared, decide, records_of, store::PlannedEvent};
 use crate::{
     config::IngestSettings,
     error::{Error, Result},
@@ -32,7 +33,7 @@ use crate::{
 
 /// One request's events and where to send their answers (in the same order).
 struct Job {
-    events: Vec<PlannedEvent>,
+    events: Vec<Prepared>,
     rows: usize,
     reply: oneshot::Sender<Vec<Result<Accepted>>>,
 }
@@ -68,11 +69,11 @@ impl Writer {
     /// Queues `events` (one request's) and waits for the commit: each event's answer, in order.
     /// `Err(Error::Busy)` at once when the queue is full; a `503` (`Error::Db`, unreachable) when
     /// the writers are gone.
-    pub async fn submit(&self, events: Vec<PlannedEvent>) -> Result<Vec<Result<Accepted>>> {
+    pub async fn submit(&self, events: Vec<Prepared>) -> Result<Vec<Result<Accepted>>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = events.iter().map(PlannedEvent::rows).sum();
+        let rows = events.iter().map(|e| e.rows).sum();
         let (reply, answer) = oneshot::channel();
         match self.queue.try_send(Job { events, rows, reply }) {
             Ok(()) => {}
@@ -132,7 +133,7 @@ async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
 
 async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
     let started = Instant::now();
-    let events: Vec<&PlannedEvent> = jobs.iter().flat_map(|j| &j.events).collect();
+    let events: Vec<&Prepared> = jobs.iter().flat_map(|j| &j.events).collect();
     let answers = match store_in_one_transaction(db, &events).await {
         Ok(answers) => answers,
         Err(e) if crate::db::is_unavailable(&e) => {
@@ -162,19 +163,30 @@ async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
     }
 }
 
+/// Decides and stores `events` in one transaction: the visitors' records are read inside it, so
+/// no consent record can land between the read and the events decided by it.
 async fn store_in_one_transaction(
     db: &DatabaseConnection,
-    events: &[&PlannedEvent],
+    events: &[&Prepared],
 ) -> Result<Vec<Result<Accepted>>, DbErr> {
     let txn = crate::db::begin_write(db).await?;
-    let answers = super::store::store(&txn, events).await?;
+    let records = records_of(&txn, events).await.map_err(super::store::into_db)?;
+    let planned: Vec<PlannedEvent> = events
+        .iter()
+        .map(|p| {
+            let record = p.consent_lookup_id.as_ref().and_then(|v| records.get(&(p.cached.tenant.id, v.clone())));
+            decide(p, record)
+        })
+        .collect();
+    let planned: Vec<&PlannedEvent> = planned.iter().collect();
+    let answers = super::store::store(&txn, &planned).await?;
     txn.commit().await?;
     Ok(answers)
 }
 
 /// One event in its own transaction (after its batch failed). A unique violation means a
 /// concurrent writer stored the same key meanwhile: once more, and the read finds it.
-async fn store_alone(db: &DatabaseConnection, event: &PlannedEvent) -> Result<Accepted> {
+async fn store_alone(db: &DatabaseConnection, event: &Prepared) -> Result<Accepted> {
     let mut tries = 0;
     loop {
         tries += 1;

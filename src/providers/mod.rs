@@ -81,6 +81,14 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether a delivery sent at `identity` needs the visitor's full IP and user agent, which are
+    /// kept on the pending delivery until it ends and never on the event. The default: it does —
+    /// Plausible and Umami count visitors by them, GA4 forwards them for its geography and device
+    /// reports. PostHog uses the IP only with full identity.
+    fn needs_client_context(_identity: Identity) -> bool {
+        true
+    }
+
     /// `Err(reason)` when this config must not receive the event whatever the consent, e.g.
     /// `denied:custom_events_disabled`. Checked at ingest (the reason goes into the forwarding
     /// decision) and again before [`Provider::item`] at send time, since settings may have changed.
@@ -281,6 +289,7 @@ pub trait AnyProvider: Send + Sync {
     fn cookieless_fallback(&self, settings: &Value) -> bool;
     /// Settings that cannot be read require a record (the stricter answer).
     fn requires_record(&self, settings: &Value) -> bool;
+    fn needs_client_context(&self, identity: Identity) -> bool;
     /// `Err(ConfigInvalid)` when the stored settings cannot be read.
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
     /// At least 1; 1 when the stored settings cannot be read.
@@ -321,6 +330,10 @@ impl<P: Provider> AnyProvider for P {
 
     fn requires_record(&self, settings: &Value) -> bool {
         stored_settings::<P>(settings).map(|s| P::requires_record(&s)).unwrap_or(true)
+    }
+
+    fn needs_client_context(&self, identity: Identity) -> bool {
+        P::needs_client_context(identity)
     }
 
     fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked> {

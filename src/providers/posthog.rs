@@ -128,6 +128,11 @@ impl Provider for PostHog {
         s.cookieless_fallback
     }
 
+    /// `$ip` only with full identity (without it, `$geoip_disable` and the country instead).
+    fn needs_client_context(identity: Identity) -> bool {
+        identity == Identity::Full
+    }
+
     fn accepts(_: &PostHogSettings, event: &analytics_event::Model) -> Result<(), Blocked> {
         accepts(event)
     }

@@ -525,3 +525,39 @@ async fn one_refused_event_never_dead_letters_its_batch_mates_and_batches_stay_w
     assert_eq!(stored.len(), 59);
     assert!(stored.iter().all(|s| s["copies"] == 1), "nothing was sent twice");
 }
+
+/// The full IP and the user agent wait on a pending delivery only where its provider uses them
+/// (issue 10): Plausible counts visitors by them; PostHog takes `$ip` only with full identity — so
+/// a refusing visitor's PostHog delivery holds neither.
+#[tokio::test]
+async fn the_full_ip_and_agent_wait_only_on_deliveries_whose_provider_uses_them() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let posthog = id(&posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await);
+    let plausible = id(&site::plausible(&app, &fakes, json!({})).await);
+    app.publish_consent_config(json!({})).await;
+    let (refused, accepted) = (visitor(), visitor());
+    app.consent(&refused, "reject_all", 1).await;
+    app.consent(&accepted, "accept_all", 1).await;
+    for (who, posthog_keeps) in [(&refused, false), (&accepted, true)] {
+        let (s, res) = track(&app, &keys, pageview(who, &visitor())).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+        let event = uuid::Uuid::parse_str(&id(&res)).unwrap();
+        let rows = entity::delivery::Entity::find().all(&app.db).await.unwrap();
+        let of = |config: &str| {
+            rows.iter()
+                .find(|d| d.event_id == event && d.config_id.to_string() == config)
+                .unwrap_or_else(|| panic!("no delivery to {config}: {res}"))
+        };
+        let (p, h) = (of(&plausible), of(&posthog));
+        assert_eq!(p.client_ip.as_deref(), Some(VISITOR_IP), "Plausible counts visitors by the IP");
+        assert_eq!(p.user_agent.as_deref(), Some(CHROME), "and the agent");
+        assert_eq!(h.client_ip.is_some(), posthog_keeps, "PostHog's delivery for {who}: {h:?}");
+        assert_eq!(h.user_agent.is_some(), posthog_keeps, "PostHog's delivery for {who}: {h:?}");
+    }
+    // Both still arrive as PostHog expects: `$ip` with consent, none without.
+    app.drain_outbox().await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    assert_eq!(stored.iter().filter(|s| s["properties"]["$ip"] == VISITOR_IP).count(), 1, "{stored:#?}");
+}
