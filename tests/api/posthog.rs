@@ -525,3 +525,55 @@ async fn one_refused_event_never_dead_letters_its_batch_mates_and_batches_stay_w
     assert_eq!(stored.len(), 59);
     assert!(stored.iter().all(|s| s["copies"] == 1), "nothing was sent twice");
 }
+
+/// The daily id is computed at ingest and kept on the delivery: a retry days later, after every
+/// salt of the day of ingest is gone, sends the id computed then — and makes no salt for the day
+/// of the retry.
+#[tokio::test]
+async fn a_retry_days_later_sends_the_id_of_the_day_of_ingest_without_any_salt() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "reject_all", 1).await;
+    let ingested = Utc::now();
+    let (s, res) = track(&app, &keys, pageview(&v, &visitor())).await;
+    assert_eq!((s, res["decisions"][0]["identity"].as_str()), (StatusCode::ACCEPTED, Some("anonymous")), "{res}");
+    let salts = entity::daily_salt::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(salts.len(), 1, "the salt of the day of ingest");
+    let tenant = salts[0].tenant_id;
+    let of_ingest_day = consentgate::ingest::daily_id::today(&app.db, tenant, &v, ingested).await.unwrap();
+
+    // PostHog is down: the first attempt fails and the delivery waits.
+    fakes.posthog(json!({"fail_next": 1, "status": 503})).await;
+    let first = app.run_outbox_at(Utc::now()).await;
+    assert_eq!((first.claimed, first.retried), (1, 1), "{first:?}");
+    let failed = batches(&fakes).await;
+    assert_eq!((failed.len(), failed[0]["status"].as_i64()), (1, Some(503)), "{failed:#?}");
+    assert_eq!(failed[0]["body"]["batch"][0]["distinct_id"], of_ingest_day.as_str());
+    site::delivery_in(&app, &id(&res), &id(&c), "pending").await;
+
+    // Two days later every past salt is gone — the day of ingest's too.
+    let later = Utc::now() + chrono::Duration::days(2);
+    let forgotten = consentgate::ingest::daily_id::forget_past_days(&app.db, later).await.unwrap();
+    assert_eq!(forgotten, 1);
+    assert!(entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty());
+
+    // The retry: delivered under the id of the day of ingest, with no salt made for it.
+    let retry = app.run_outbox_at(later).await;
+    assert_eq!((retry.claimed, retry.delivered), (1, 1), "{retry:?}");
+    site::delivery_in(&app, &id(&res), &id(&c), "delivered").await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 1, "{stored:#?}");
+    assert_eq!(stored[0]["uuid"], id(&res).as_str());
+    assert_eq!(stored[0]["distinct_id"], of_ingest_day.as_str(), "the id computed at ingest");
+    assert_eq!(stored[0]["properties"]["$process_person_profile"], false);
+    let sent = batches(&fakes).await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1]["body"]["batch"][0], failed[0]["body"]["batch"][0], "the retry sends the same event");
+    assert!(
+        entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty(),
+        "the retry made no salt for its own day"
+    );
+}
