@@ -577,3 +577,49 @@ async fn a_retry_days_later_sends_the_id_of_the_day_of_ingest_without_any_salt()
         "the retry made no salt for its own day"
     );
 }
+
+/// With `cookieless_fallback: false`, a visitor without analytics consent reaches PostHog not at
+/// all — not even under the daily id: refused, undecided and withdrawn visitors are denied with
+/// the reason `decide` gives, and PostHog received nothing of theirs (checked after a consenting
+/// visitor's later event was delivered); no daily salt is made for them.
+#[tokio::test]
+async fn without_the_cookieless_fallback_a_visitor_without_analytics_consent_sends_posthog_nothing() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"cookieless_fallback": false})).await;
+    assert_eq!(c["cookieless_fallback"], false, "{c}");
+    app.publish_consent_config(json!({})).await;
+    let (refused, undecided, withdrawn, granted) = (visitor(), visitor(), visitor(), visitor());
+    app.consent(&refused, "reject_all", 1).await;
+    app.consent(&withdrawn, "accept_all", 1).await;
+    app.consent(&withdrawn, "withdraw", 1).await;
+    app.consent(&granted, "accept_all", 1).await;
+    for (v, reason) in
+        [(&refused, "denied:rejected"), (&undecided, "denied:no_consent"), (&withdrawn, "denied:withdrawn")]
+    {
+        let (s, res) = track(&app, &keys, pageview(v, &format!("a-{v}"))).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+        let d = &res["decisions"][0];
+        assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some(reason)), "{res}");
+        assert!(d.get("identity").is_none_or(Value::is_null), "{res}");
+        assert!(site::deliveries_of(&app, &id(&res)).await.is_empty(), "a denied event has no delivery");
+    }
+    assert!(entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty(), "no salt was needed");
+
+    let (s, res) = track(&app, &keys, pageview(&granted, &format!("a-{granted}"))).await;
+    assert_eq!((s, res["decisions"][0]["reason"].as_str()), (StatusCode::ACCEPTED, Some("consent_granted:analytics")));
+    app.drain_outbox().await;
+    site::delivery_in(&app, &id(&res), &id(&c), "delivered").await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 1, "only the consenting visitor's event: {stored:#?}");
+    assert_eq!(
+        (stored[0]["uuid"].as_str(), stored[0]["distinct_id"].as_str()),
+        (Some(id(&res).as_str()), Some(format!("a-{granted}").as_str()))
+    );
+    let wire = serde_json::to_string(&fakes.received_by("posthog").await).unwrap();
+    for v in [&refused, &undecided, &withdrawn] {
+        assert!(!wire.contains(v.as_str()), "{v} reached PostHog");
+    }
+    assert!(!wire.contains("cgd_"), "no daily id was sent");
+    assert_eq!(site::config(&app, "posthog", &id(&c)).await["usage"]["events_denied_by_consent"], 3);
+}
