@@ -55,6 +55,11 @@ fn in_order(stored: Vec<Value>, ids: &[String]) -> Vec<Value> {
     out
 }
 
+/// Every request to PostHog's flags endpoint, in order.
+async fn flag_calls(fakes: &FakeProviders) -> Vec<Value> {
+    fakes.received_by("posthog").await.into_iter().filter(|r| r["path"] == "/flags").collect()
+}
+
 /// What every request to PostHog's capture carried, in order.
 async fn batches(fakes: &FakeProviders) -> Vec<Value> {
     fakes.received_by("posthog").await.into_iter().filter(|r| r["path"] == "/batch/").collect()
@@ -622,4 +627,67 @@ async fn without_the_cookieless_fallback_a_visitor_without_analytics_consent_sen
     }
     assert!(!wire.contains("cgd_"), "no daily id was sent");
     assert_eq!(site::config(&app, "posthog", &id(&c)).await["usage"]["events_denied_by_consent"], 3);
+}
+
+/// "Honours Do Not Track" means not tracked: under a DNT or GPC signal the tenant respects, a
+/// flags request never reaches PostHog — neither for the analytics id nor for the daily id — and
+/// answers the tracker's default (no flags) with the reason the visitor's events get. The same
+/// visitor without the signal is evaluated; a tenant that does not respect DNT evaluates under it.
+#[tokio::test]
+async fn flags_under_a_respected_dnt_or_gpc_never_reach_posthog() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
+    fakes.posthog(json!({"flags": {"new-checkout": true}})).await;
+    app.publish_consent_config(json!({})).await;
+    let (yes, no, undecided) = (visitor(), visitor(), visitor());
+    app.consent(&yes, "accept_all", 1).await;
+    app.consent(&no, "reject_all", 1).await;
+    let flags_with = |header: &'static str, v: String| {
+        send(
+            app.http
+                .post(app.tenant_url("/analytics/posthog/flags"))
+                .header("x-ingest-key", &keys.public_key)
+                .header("origin", ORIGIN)
+                .header("user-agent", CHROME)
+                .header(header, "1")
+                .json(&json!({"visitor_id": v, "anonymous_id": v})),
+        )
+    };
+    for (header, reason) in [("dnt", "denied:dnt"), ("sec-gpc", "denied:gpc")] {
+        for v in [&yes, &no, &undecided] {
+            let (s, got) = flags_with(header, v.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{got}");
+            assert_eq!(got, json!({"flags": {}, "identified": false, "reason": reason}), "{header} {v}");
+        }
+        // The visitor's events under the same signal: denied for the same reason.
+        let (_, res) = send(
+            app.http
+                .post(app.tenant_url("/events"))
+                .header("x-ingest-key", &keys.public_key)
+                .header("origin", ORIGIN)
+                .header("user-agent", CHROME)
+                .header(header, "1")
+                .json(&pageview(&yes, &yes)),
+        )
+        .await;
+        assert_eq!(res["decisions"][0]["reason"], reason, "{res}");
+    }
+    assert!(flag_calls(&fakes).await.is_empty(), "PostHog was asked about a visitor who is not tracked");
+    assert!(entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty(), "no daily id was made");
+
+    // Without the signal the same visitor's flags are evaluated (PostHog was reachable all along).
+    let (s, got) = flags(&app, &keys, json!({"visitor_id": yes, "anonymous_id": yes})).await;
+    assert_eq!((s, &got), (StatusCode::OK, &json!({"flags": {"new-checkout": true}, "identified": true})));
+    assert_eq!(flag_calls(&fakes).await.len(), 1);
+
+    // A tenant that does not respect DNT: DNT does not stop the evaluation (anonymously here).
+    app.publish_consent_config(json!({"respect_do_not_track": false})).await;
+    let (s, got) = flags_with("dnt", no.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!((got["identified"].as_bool(), got.get("reason")), (Some(false), None), "{got}");
+    assert_eq!(got["flags"], json!({"new-checkout": true}));
+    let calls = flag_calls(&fakes).await;
+    assert_eq!(calls.len(), 2);
+    assert!(calls[1]["body"]["distinct_id"].as_str().unwrap().starts_with("cgd_"), "{calls:#?}");
 }
