@@ -6,7 +6,11 @@
 //!   visitor's consent *record* grants analytics and the consent decision for the config allows
 //!   full identity (a respected DNT/GPC signal, an expired record or a withdrawal do not);
 //! - otherwise for the day's **cookieless id** ([`crate::ingest::daily_id`]): the same id the
-//!   visitor's anonymous events carry that day, unlinkable across days and tenants.
+//!   visitor's anonymous events carry that day, unlinkable across days and tenants;
+//! - **not at all** under a DNT/GPC signal the tenant respects (`respect_do_not_track`): "honours
+//!   Do Not Track" means not tracked, and a flags call — even under the daily id — tells PostHog
+//!   the visitor was there. The answer is then the tracker's default, no flags, with the reason
+//!   (`denied:dnt` / `denied:gpc`, as [`consent::decide`] gives it for events).
 //!
 //! Answers are cached in memory for [`CACHE_TTL`] per (config, distinct id) — a page that asks on
 //! every load does not become a PostHog request each time — and PostHog gets [`TIMEOUT`] to answer.
@@ -29,7 +33,7 @@ use uuid::Uuid;
 use crate::{
     cache::TenantConfig,
     config::DeliverySettings,
-    consent::{self, Identity, ProviderStatus, Signals},
+    consent::{self, Identity, ProviderStatus, Reason, Signals},
     error::{Error, Result},
     ingest::{self, fields::ClientId},
     outbox::destination,
@@ -67,8 +71,13 @@ pub struct FlagsAnswer {
     #[schema(value_type = Object, example = json!({"new-checkout": true, "pricing-test": "variant-b"}))]
     pub flags: Map<String, Value>,
     /// True when evaluated for the visitor's analytics id (analytics consent), false when for the
-    /// day's anonymous id.
+    /// day's anonymous id — or not evaluated at all (`reason`).
     pub identified: bool,
+    /// Present only when PostHog was not asked, and why: `denied:dnt` / `denied:gpc` — the
+    /// visitor's respected DNT/GPC signal. `flags` is then empty, the tracker's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "denied:gpc")]
+    pub reason: Option<Reason>,
 }
 
 /// Why flags could not be evaluated (beyond the caller's mistakes).
@@ -137,6 +146,9 @@ impl Flags {
         let now = Utc::now();
         let visitor = input.visitor_id.as_ref().ok_or_else(|| Error::validation("visitor_id", "is required"))?.as_str();
         let policy = cached.policy();
+        if let Some(signal) = consent::not_tracked(policy.as_ref(), signals) {
+            return Ok(FlagsAnswer { flags: Map::new(), identified: false, reason: Some(Reason::Denied(signal)) });
+        }
         let record = consent::records::latest_under(db, tenant, visitor, cached.active_consent_config()).await?;
         let provider_policy = ingest::provider_policy(config, &posthog::PostHog);
         let decision = consent::decide(policy.as_ref(), record.as_ref(), signals, &provider_policy, now);
@@ -148,7 +160,7 @@ impl Flags {
         };
         let key = (config.id, distinct_id.clone());
         if let Some(flags) = self.cached(&key) {
-            return Ok(FlagsAnswer { flags, identified });
+            return Ok(FlagsAnswer { flags, identified, reason: None });
         }
         // The caller may be any browser: reasons that name a reference stay in the log.
         let credentials = secrets.resolve_config(&config.credentials).await.map_err(|e| {
@@ -201,7 +213,7 @@ impl Flags {
             FlagsError::Upstream("the answer is not PostHog's flags answer; check the config's instance_url".into())
         })?;
         self.keep(key, flags.clone());
-        Ok(FlagsAnswer { flags, identified })
+        Ok(FlagsAnswer { flags, identified, reason: None })
     }
 }
 

@@ -175,6 +175,13 @@ fn respected_signal(policy: &ConsentPolicy, dnt: bool, gpc: bool) -> Option<Refu
     (policy.respect_do_not_track && (dnt || gpc)).then_some(if gpc { Refused::Gpc } else { Refused::Dnt })
 }
 
+/// The respected DNT/GPC signal that stops all tracking of this visitor under `policy`, if any —
+/// the first consent rule of [`decide`], and what keeps a flags evaluation from reaching PostHog
+/// (asking PostHog about a visitor is tracking them too).
+pub fn not_tracked(policy: Option<&ConsentPolicy>, signals: &Signals) -> Option<Refused> {
+    policy.and_then(|p| respected_signal(p, signals.dnt, signals.gpc))
+}
+
 /// The signal that locks `category` off: a respected DNT/GPC every optional category; GPC alone
 /// marketing, as a valid opt-out of sale/sharing under CCPA/CPRA (Cal. Code Regs. tit. 11
 /// § 7025), whatever the setting.
@@ -489,7 +496,7 @@ pub fn decide(
         ProviderStatus::Decommissioned => return blocked(Blocked::ConfigDecommissioned),
     }
     // Not tracked means no provider gets the event: not even anonymously, not cookie-free ones.
-    if let Some(signal) = policy.and_then(|p| respected_signal(p, signals.dnt, signals.gpc)) {
+    if let Some(signal) = not_tracked(policy, signals) {
         return Decision::Deny { reason: Reason::Denied(signal) };
     }
     let eff = effective(policy, record, signals, now);

@@ -16,7 +16,7 @@ pub mod visitors;
 pub use config::store::policy_for;
 pub use decide::{
     Action, Category, Choices, ConsentPolicy, Decision, Effective, Identity, ProviderPolicy, ProviderStatus,
-    RecordedChoice, RequiredCategory, Signals, Standing, Undecided, consent_required, decide, effective,
+    RecordedChoice, RequiredCategory, Signals, Standing, Undecided, consent_required, decide, effective, not_tracked,
 };
 pub use offer::ProviderChoices;
 pub use reason::{Blocked, Reason, Refused};

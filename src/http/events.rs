@@ -141,7 +141,7 @@ async fn post_events(
 /// configs, decided like `/events`.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/events", tag = "events",
-    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami or posthog"), KeyQuery),
+    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami, posthog or ga4"), KeyQuery),
     request_body(content = EventsBody, content_type = "application/json"),
     responses(
         (status = 202, body = Accepted), (status = 200, body = Accepted, description = "a repeat"),

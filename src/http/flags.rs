@@ -39,7 +39,8 @@ pub struct TenantPath {
 /// Evaluate the visitor's feature flags through the tenant's PostHog config with
 /// `enable_feature_flags`. PostHog sees the visitor's analytics id (`anonymous_id`) only when the
 /// visitor's consent record grants analytics (`identified: true`); otherwise the day's anonymous
-/// id. Answers are cached for 30 s; PostHog gets 2 s. 409 when no active PostHog config has
+/// id. Under a DNT/GPC signal the tenant respects PostHog is not asked: `200` with no flags and
+/// `reason` (`denied:dnt` / `denied:gpc`). Answers are cached for 30 s; PostHog gets 2 s. 409 when no active PostHog config has
 /// flags enabled; 502 when PostHog refuses (e.g. a wrong project key), fails or times out.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/posthog/flags", tag = "events",

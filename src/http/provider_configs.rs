@@ -54,7 +54,7 @@ pub(crate) fn provider(name: &str) -> ApiResult<&'static dyn AnyProvider> {
 /// List the tenant's configs of a provider.
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
-    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami or posthog")),
+    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami, posthog or ga4")),
     responses((status = 200, body = Vec<ProviderConfigView>), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
@@ -72,7 +72,7 @@ async fn list_configs(
 /// field. `warnings` lists references that work but should be fixed (a file others can read).
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/analytics/{provider}/configs", tag = "providers",
-    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami or posthog")),
+    params(("tenant" = String, Path), ("provider" = String, Path, description = "plausible, umami, posthog or ga4")),
     request_body = ProviderConfigInput,
     responses((status = 201, body = ProviderConfigView, description = "The config, plus `warnings` (strings) when a reference should be fixed"), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []))

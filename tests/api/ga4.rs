@@ -487,3 +487,142 @@ async fn the_fake_records_what_ga4_would_not_process() {
     );
     assert!(got[1]["reason"].as_str().unwrap().contains("VALUE_REQUIRED at api_secret"), "{}", got[1]["reason"]);
 }
+
+/// A page view from the browser by `v` on `page`, to `path` (below the tenant).
+async fn browser_pageview(app: &TestApp, keys: &Site, path: &str, v: &str, page: &str) -> Value {
+    let mut e = site::pageview(v);
+    e["page_url"] = json!(page);
+    let (s, a) = site::post_from_browser(app, path, &keys.public_key, e).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{a}");
+    a
+}
+
+/// The pages GA4 was sent, in order.
+async fn pages_sent(fakes: &FakeProviders) -> Vec<String> {
+    let got = ga4_requests(fakes).await;
+    assert_all_valid(&got);
+    got.iter()
+        .flat_map(|r| r["body"]["events"].as_array().unwrap().clone())
+        .map(|e| e["params"]["page_location"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// GA4 configs follow the shared status lifecycle — draft → active → paused → active →
+/// decommissioned; `error` is never set by hand, nothing returns to `draft` or leaves
+/// `decommissioned` — and the status decides what reaches GA4: only an active config is sent
+/// events; a paused one is decided `denied:config_paused`, a draft or decommissioned one is no
+/// target at all.
+#[tokio::test]
+async fn the_ga4_lifecycle_is_enforced_and_only_an_active_config_reaches_ga4() {
+    let (app, fakes, keys) = setup().await;
+    let (_dir, secret) = secret_file();
+    let c = ga4(&app, &fakes, &secret, json!({"status": null})).await;
+    assert_eq!(c["status"], "draft", "{c}");
+    app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let conflict = |got: (StatusCode, Value)| assert_error(&got, StatusCode::CONFLICT, "conflict", None);
+    let mut n = 0;
+    let mut expect_sent = Vec::new();
+    // Posts a page view in the config's present state; asserts the config's decision — none at
+    // all for a draft or decommissioned config, which is no forwarding target — and drains.
+    let mut step = async |reason: Option<&str>| {
+        n += 1;
+        let page = format!("{}/state/{n}", site::ORIGIN);
+        let a = browser_pageview(&app, &keys, "/events", &v, &page).await;
+        let decisions = a["decisions"].as_array().unwrap();
+        let decided = decisions.iter().find(|d| d["config_id"] == id(&c)).map(|d| d["reason"].as_str().unwrap());
+        assert_eq!(decided, reason, "{a}");
+        if reason.is_some_and(|r| r.starts_with("consent_granted")) {
+            expect_sent.push(page);
+        }
+        app.drain_outbox().await;
+    };
+
+    step(None).await;
+    conflict(patch_config(&app, "ga4", &id(&c), json!({"status": "paused"})).await);
+    conflict(patch_config(&app, "ga4", &id(&c), json!({"status": "error"})).await);
+    for (to, ok, reason) in [
+        ("active", true, Some("consent_granted:analytics")),
+        ("paused", true, Some("denied:config_paused")),
+        ("draft", false, Some("denied:config_paused")),
+        ("active", true, Some("consent_granted:analytics")),
+        ("error", false, Some("consent_granted:analytics")),
+    ] {
+        let got = patch_config(&app, "ga4", &id(&c), json!({"status": to})).await;
+        if ok {
+            assert_eq!((got.0, got.1["status"].as_str()), (StatusCode::OK, Some(to)), "{}", got.1);
+        } else {
+            conflict(got);
+        }
+        step(reason).await;
+    }
+    // Created paused: refused, as for every provider.
+    conflict(
+        app.post(
+            &configs_path(&app, "ga4"),
+            &app.admin,
+            json!({"display_name": "GA4 2", "measurement_id": "G-TEST123", "status": "paused",
+                   "credentials": {"api_secret_ref": secret}}),
+        )
+        .await,
+    );
+    // Decommissioned is final, and kept for the record.
+    let path = format!("{}/{}", configs_path(&app, "ga4"), id(&c));
+    let (s, gone) = app.delete(&path, &app.admin).await;
+    assert_eq!((s, gone["status"].as_str()), (StatusCode::OK, Some("decommissioned")), "{gone}");
+    step(None).await;
+    conflict(patch_config(&app, "ga4", &id(&c), json!({"status": "active"})).await);
+    conflict(patch_config(&app, "ga4", &id(&c), json!({"display_name": "again"})).await);
+    let (s, still) = app.get(&path, &app.auditor).await;
+    assert_eq!((s, still["status"].as_str()), (StatusCode::OK, Some("decommissioned")));
+
+    assert_eq!(pages_sent(&fakes).await, expect_sent, "GA4 got the events of the active config only");
+    assert_eq!(expect_sent.len(), 3);
+    let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
+    let actions: Vec<&str> = log["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"ga4_config.create") && actions.contains(&"ga4_config.update"), "{actions:?}");
+}
+
+/// The per-provider events endpoint `/analytics/ga4/events` forwards to GA4's configs only; the
+/// same event through `/events` reaches every provider (so the others were reachable).
+#[tokio::test]
+async fn the_ga4_events_endpoint_reaches_ga4_only() {
+    let (app, fakes, keys) = setup().await;
+    let (_dir, secret) = secret_file();
+    let g = ga4(&app, &fakes, &secret, json!({})).await;
+    site::plausible(&app, &fakes, json!({})).await;
+    site::umami(&app, &fakes, json!({})).await;
+    app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+
+    let only = format!("{}/ga4-only", site::ORIGIN);
+    let a = browser_pageview(&app, &keys, "/analytics/ga4/events", &v, &only).await;
+    let decisions = a["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1, "{a}");
+    assert_eq!(
+        (decisions[0]["provider"].as_str(), decisions[0]["config_id"].as_str()),
+        (Some("ga4"), Some(id(&g).as_str()))
+    );
+    assert_eq!(decisions[0]["reason"], "consent_granted:analytics");
+    app.drain_outbox().await;
+    delivery_in(&app, &id(&a), &id(&g), "delivered").await;
+    assert_eq!(pages_sent(&fakes).await, std::slice::from_ref(&only));
+    assert_eq!(ga4_requests(&fakes).await[0]["body"]["client_id"], v.as_str());
+    for other in ["plausible", "umami", "posthog"] {
+        assert!(fakes.received_by(other).await.is_empty(), "{other} got the GA4-only event");
+    }
+
+    let everyone = format!("{}/everyone", site::ORIGIN);
+    let a = browser_pageview(&app, &keys, "/events", &v, &everyone).await;
+    assert_eq!(a["decisions"].as_array().unwrap().len(), 3, "{a}");
+    app.drain_outbox().await;
+    assert_eq!(pages_sent(&fakes).await, [only, everyone]);
+    for other in ["plausible", "umami"] {
+        assert_eq!(fakes.received_by(other).await.len(), 1, "{other}");
+    }
+    // A provider the gateway does not know is no endpoint.
+    let (s, _) = site::post_from_browser(&app, "/analytics/matomo/events", &keys.public_key, site::pageview(&v)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -55,6 +55,11 @@ fn in_order(stored: Vec<Value>, ids: &[String]) -> Vec<Value> {
     out
 }
 
+/// Every request to PostHog's flags endpoint, in order.
+async fn flag_calls(fakes: &FakeProviders) -> Vec<Value> {
+    fakes.received_by("posthog").await.into_iter().filter(|r| r["path"] == "/flags").collect()
+}
+
 /// What every request to PostHog's capture carried, in order.
 async fn batches(fakes: &FakeProviders) -> Vec<Value> {
     fakes.received_by("posthog").await.into_iter().filter(|r| r["path"] == "/batch/").collect()
@@ -560,4 +565,165 @@ async fn the_full_ip_and_agent_wait_only_on_deliveries_whose_provider_uses_them(
     let stored = fakes.posthog_events().await;
     assert_eq!(stored.len(), 2, "{stored:#?}");
     assert_eq!(stored.iter().filter(|s| s["properties"]["$ip"] == VISITOR_IP).count(), 1, "{stored:#?}");
+}
+
+/// The daily id is computed at ingest and kept on the delivery: a retry days later, after every
+/// salt of the day of ingest is gone, sends the id computed then — and makes no salt for the day
+/// of the retry.
+#[tokio::test]
+async fn a_retry_days_later_sends_the_id_of_the_day_of_ingest_without_any_salt() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    app.publish_consent_config(json!({})).await;
+    let v = visitor();
+    app.consent(&v, "reject_all", 1).await;
+    let ingested = Utc::now();
+    let (s, res) = track(&app, &keys, pageview(&v, &visitor())).await;
+    assert_eq!((s, res["decisions"][0]["identity"].as_str()), (StatusCode::ACCEPTED, Some("anonymous")), "{res}");
+    let salts = entity::daily_salt::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(salts.len(), 1, "the salt of the day of ingest");
+    let tenant = salts[0].tenant_id;
+    let of_ingest_day = consentgate::ingest::daily_id::today(&app.db, tenant, &v, ingested).await.unwrap();
+
+    // PostHog is down: the first attempt fails and the delivery waits.
+    fakes.posthog(json!({"fail_next": 1, "status": 503})).await;
+    let first = app.run_outbox_at(Utc::now()).await;
+    assert_eq!((first.claimed, first.retried), (1, 1), "{first:?}");
+    let failed = batches(&fakes).await;
+    assert_eq!((failed.len(), failed[0]["status"].as_i64()), (1, Some(503)), "{failed:#?}");
+    assert_eq!(failed[0]["body"]["batch"][0]["distinct_id"], of_ingest_day.as_str());
+    site::delivery_in(&app, &id(&res), &id(&c), "pending").await;
+
+    // Two days later every past salt is gone — the day of ingest's too.
+    let later = Utc::now() + chrono::Duration::days(2);
+    let forgotten = consentgate::ingest::daily_id::forget_past_days(&app.db, later).await.unwrap();
+    assert_eq!(forgotten, 1);
+    assert!(entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty());
+
+    // The retry: delivered under the id of the day of ingest, with no salt made for it.
+    let retry = app.run_outbox_at(later).await;
+    assert_eq!((retry.claimed, retry.delivered), (1, 1), "{retry:?}");
+    site::delivery_in(&app, &id(&res), &id(&c), "delivered").await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 1, "{stored:#?}");
+    assert_eq!(stored[0]["uuid"], id(&res).as_str());
+    assert_eq!(stored[0]["distinct_id"], of_ingest_day.as_str(), "the id computed at ingest");
+    assert_eq!(stored[0]["properties"]["$process_person_profile"], false);
+    let sent = batches(&fakes).await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1]["body"]["batch"][0], failed[0]["body"]["batch"][0], "the retry sends the same event");
+    assert!(
+        entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty(),
+        "the retry made no salt for its own day"
+    );
+}
+
+/// With `cookieless_fallback: false`, a visitor without analytics consent reaches PostHog not at
+/// all — not even under the daily id: refused, undecided and withdrawn visitors are denied with
+/// the reason `decide` gives, and PostHog received nothing of theirs (checked after a consenting
+/// visitor's later event was delivered); no daily salt is made for them.
+#[tokio::test]
+async fn without_the_cookieless_fallback_a_visitor_without_analytics_consent_sends_posthog_nothing() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"cookieless_fallback": false})).await;
+    assert_eq!(c["cookieless_fallback"], false, "{c}");
+    app.publish_consent_config(json!({})).await;
+    let (refused, undecided, withdrawn, granted) = (visitor(), visitor(), visitor(), visitor());
+    app.consent(&refused, "reject_all", 1).await;
+    app.consent(&withdrawn, "accept_all", 1).await;
+    app.consent(&withdrawn, "withdraw", 1).await;
+    app.consent(&granted, "accept_all", 1).await;
+    for (v, reason) in
+        [(&refused, "denied:rejected"), (&undecided, "denied:no_consent"), (&withdrawn, "denied:withdrawn")]
+    {
+        let (s, res) = track(&app, &keys, pageview(v, &format!("a-{v}"))).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{res}");
+        let d = &res["decisions"][0];
+        assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some(reason)), "{res}");
+        assert!(d.get("identity").is_none_or(Value::is_null), "{res}");
+        assert!(site::deliveries_of(&app, &id(&res)).await.is_empty(), "a denied event has no delivery");
+    }
+    assert!(entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty(), "no salt was needed");
+
+    let (s, res) = track(&app, &keys, pageview(&granted, &format!("a-{granted}"))).await;
+    assert_eq!((s, res["decisions"][0]["reason"].as_str()), (StatusCode::ACCEPTED, Some("consent_granted:analytics")));
+    app.drain_outbox().await;
+    site::delivery_in(&app, &id(&res), &id(&c), "delivered").await;
+    let stored = fakes.posthog_events().await;
+    assert_eq!(stored.len(), 1, "only the consenting visitor's event: {stored:#?}");
+    assert_eq!(
+        (stored[0]["uuid"].as_str(), stored[0]["distinct_id"].as_str()),
+        (Some(id(&res).as_str()), Some(format!("a-{granted}").as_str()))
+    );
+    let wire = serde_json::to_string(&fakes.received_by("posthog").await).unwrap();
+    for v in [&refused, &undecided, &withdrawn] {
+        assert!(!wire.contains(v.as_str()), "{v} reached PostHog");
+    }
+    assert!(!wire.contains("cgd_"), "no daily id was sent");
+    assert_eq!(site::config(&app, "posthog", &id(&c)).await["usage"]["events_denied_by_consent"], 3);
+}
+
+/// "Honours Do Not Track" means not tracked: under a DNT or GPC signal the tenant respects, a
+/// flags request never reaches PostHog — neither for the analytics id nor for the daily id — and
+/// answers the tracker's default (no flags) with the reason the visitor's events get. The same
+/// visitor without the signal is evaluated; a tenant that does not respect DNT evaluates under it.
+#[tokio::test]
+async fn flags_under_a_respected_dnt_or_gpc_never_reach_posthog() {
+    let (app, fakes, keys) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
+    fakes.posthog(json!({"flags": {"new-checkout": true}})).await;
+    app.publish_consent_config(json!({})).await;
+    let (yes, no, undecided) = (visitor(), visitor(), visitor());
+    app.consent(&yes, "accept_all", 1).await;
+    app.consent(&no, "reject_all", 1).await;
+    let flags_with = |header: &'static str, v: String| {
+        send(
+            app.http
+                .post(app.tenant_url("/analytics/posthog/flags"))
+                .header("x-ingest-key", &keys.public_key)
+                .header("origin", ORIGIN)
+                .header("user-agent", CHROME)
+                .header(header, "1")
+                .json(&json!({"visitor_id": v, "anonymous_id": v})),
+        )
+    };
+    for (header, reason) in [("dnt", "denied:dnt"), ("sec-gpc", "denied:gpc")] {
+        for v in [&yes, &no, &undecided] {
+            let (s, got) = flags_with(header, v.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{got}");
+            assert_eq!(got, json!({"flags": {}, "identified": false, "reason": reason}), "{header} {v}");
+        }
+        // The visitor's events under the same signal: denied for the same reason.
+        let (_, res) = send(
+            app.http
+                .post(app.tenant_url("/events"))
+                .header("x-ingest-key", &keys.public_key)
+                .header("origin", ORIGIN)
+                .header("user-agent", CHROME)
+                .header(header, "1")
+                .json(&pageview(&yes, &yes)),
+        )
+        .await;
+        assert_eq!(res["decisions"][0]["reason"], reason, "{res}");
+    }
+    assert!(flag_calls(&fakes).await.is_empty(), "PostHog was asked about a visitor who is not tracked");
+    assert!(entity::daily_salt::Entity::find().all(&app.db).await.unwrap().is_empty(), "no daily id was made");
+
+    // Without the signal the same visitor's flags are evaluated (PostHog was reachable all along).
+    let (s, got) = flags(&app, &keys, json!({"visitor_id": yes, "anonymous_id": yes})).await;
+    assert_eq!((s, &got), (StatusCode::OK, &json!({"flags": {"new-checkout": true}, "identified": true})));
+    assert_eq!(flag_calls(&fakes).await.len(), 1);
+
+    // A tenant that does not respect DNT: DNT does not stop the evaluation (anonymously here).
+    app.publish_consent_config(json!({"respect_do_not_track": false})).await;
+    let (s, got) = flags_with("dnt", no.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!((got["identified"].as_bool(), got.get("reason")), (Some(false), None), "{got}");
+    assert_eq!(got["flags"], json!({"new-checkout": true}));
+    let calls = flag_calls(&fakes).await;
+    assert_eq!(calls.len(), 2);
+    assert!(calls[1]["body"]["distinct_id"].as_str().unwrap().starts_with("cgd_"), "{calls:#?}");
 }
