@@ -74,6 +74,7 @@ test('Swedish texts for a visitor whose browser prefers sv-SE', async () => {
   assert.equal(await u.host.getAttribute('lang'), 'sv');
   assert.equal(await u.host.getAttribute('dir'), 'ltr');
   await shot(page, 'swedish-banner');
+  await expectNoAxeViolations(page, 'Swedish first layer');
   await u.preferences.click();
   assert.ok(await u.toggle(/Statistik/).isVisible());
   assert.ok(await u.dialogButton('Spara val').isVisible());
@@ -164,6 +165,7 @@ test('Arabic is laid out right to left, the preferences too; axe clean', async (
   const [first, second] = [await u.banner.getByRole('button', { name: 'رفض الكل' }).boundingBox(), await u.banner.getByRole('button', { name: 'قبول الكل' }).boundingBox()];
   assert.ok(first.x > second.x, `Reject all right of Accept all: ${first.x} > ${second.x}`);
   await shot(page, 'arabic-banner');
+  await expectNoAxeViolations(page, 'Arabic first layer');
   await u.banner.getByRole('button', { name: 'التفضيلات' }).click();
   await u.dialog.waitFor();
   assert.equal(await u.dialog.evaluate((e) => getComputedStyle(e).direction), 'rtl');
