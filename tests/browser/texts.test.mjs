@@ -132,6 +132,15 @@ test('a pt-BR config key serves a pt-BR browser, and the record says pt-BR', asy
   assert.deepEqual(r, { title: pt.title, lang: 'pt-BR', dir: 'ltr', direction: 'ltr', posted: 'pt-BR', recorded: 'pt-BR' });
 });
 
+test('language keys match case-insensitively: a pt-br key serves a pt-BR browser, named as the config writes it', async () => {
+  // The banner picks the config's own key (banner.js `L`), so `lang`, the POST and the record all
+  // name exactly the texts shown: `pt-br`, not the browser's `pt-BR`.
+  const t = await gw.createTenant('lang-pt-br-lower', { site, config: { texts: { en: en(), 'pt-br': pt } } });
+  t.rejectLabel = 'Rejeitar todos';
+  const r = await shownAndRecorded(t, '/pt-br-lower', 'pt-BR');
+  assert.deepEqual(r, { title: pt.title, lang: 'pt-br', dir: 'ltr', direction: 'ltr', posted: 'pt-br', recorded: 'pt-br' });
+});
+
 test('a pt-BR browser falls back to pt, then to the default language', async () => {
   const t = await gw.createTenant('lang-pt', { site, config: { texts: { en: en(), pt } } });
   t.rejectLabel = 'Rejeitar todos';
