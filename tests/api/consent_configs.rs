@@ -134,6 +134,25 @@ async fn settings_against_regulator_guidance_are_saved_with_warnings() {
     assert_eq!(patched["warnings"], json!([]));
 }
 
+/// What each provider receives is the gateway's English: per-provider choices in a config that
+/// offers another language draw a warning naming it, and dropping that language clears it.
+#[tokio::test]
+async fn per_provider_choices_with_a_non_english_language_are_warned_about() {
+    let app = spawn_app().await;
+    let plain = create(&app, consent_config()).await;
+    assert!(!warned(&plain, "per_provider_choices"), "off by default: {}", plain["warnings"]);
+    let mut body = consent_config();
+    consent::config::store::merge_patch(&mut body, &json!({"per_provider_choices": true}));
+    let created = create(&app, body).await;
+    assert!(warned(&created, "per_provider_choices"), "{}", created["warnings"]);
+    let w = created["warnings"].as_array().unwrap().iter().filter_map(Value::as_str);
+    let w = w.filter(|w| w.starts_with("per_provider_choices:")).collect::<Vec<_>>();
+    assert!(w[0].contains("English only") && w[0].contains("visitors reading sv"), "{w:?}");
+    let (s, patched) = app.patch(&path(&app, &created["id"]), &app.admin, json!({"texts": {"sv": null}})).await;
+    assert_eq!(s, StatusCode::OK, "{patched}");
+    assert_eq!(patched["warnings"], json!([]));
+}
+
 #[tokio::test]
 async fn patch_merges_validates_and_keeps_what_it_does_not_mention() {
     let app = spawn_app().await;

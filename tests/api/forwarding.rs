@@ -3,7 +3,7 @@
 //! ([`TestApp::drain_outbox`]), so what it asserts was not sent had every chance to be.
 
 use consentgate::outbox::Pass;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
@@ -139,6 +139,76 @@ async fn a_respected_do_not_track_or_gpc_sends_nothing_even_to_cookie_free_provi
     for (provider, c) in [("plausible", &p), ("umami", &u)] {
         assert_eq!(site::config(&app, provider, &id(c)).await["usage"]["events_denied_by_consent"], 2);
     }
+}
+
+/// Records `action` for `visitor` as a browser sending `header: 1` (`dnt` or `sec-gpc`) would.
+async fn consent_under(app: &crate::helpers::TestApp, visitor: &str, action: &str, header: &str) -> Value {
+    let body = json!({"visitor_id": visitor, "action": action, "revision": 1, "language": "en"});
+    let (s, recorded) = send(app.public(Method::POST, &app.consent_path()).header(header, "1").json(&body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{recorded}");
+    recorded
+}
+
+/// "Accept all" under GPC, with `respect_do_not_track` off: the banner locked marketing off, so
+/// the record grants everything but marketing, and a marketing provider is refused *for GPC* —
+/// on a later event that sends no signal at all — while analytics stays granted.
+#[tokio::test]
+async fn accept_all_under_gpc_gives_gpc_as_the_reason_marketing_is_refused() {
+    let (app, fakes, keys) = setup().await;
+    let ads = site::umami(&app, &fakes, json!({"display_name": "Ads", "required_category": "marketing"})).await;
+    let stats = site::plausible(&app, &fakes, json!({"required_category": "analytics"})).await;
+    app.publish_consent_config(json!({"respect_do_not_track": false})).await;
+    let v = visitor();
+    let recorded = consent_under(&app, &v, "accept_all", "sec-gpc").await;
+    assert_eq!(
+        recorded["choices"],
+        json!({"necessary": true, "functional": true, "analytics": true, "marketing": false}),
+        "{recorded}"
+    );
+
+    let (s, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let d = decision_for(&accepted, &id(&ads));
+    assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some("denied:gpc")), "{d}");
+    let d = decision_for(&accepted, &id(&stats));
+    assert_eq!(
+        (d["decision"].as_str(), d["reason"].as_str()),
+        (Some("allow"), Some("consent_granted:analytics")),
+        "{d}"
+    );
+    // The stored event says the same.
+    let (_, event) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&accepted)), &app.auditor).await;
+    let stored = event["decisions"].as_array().unwrap().iter().find(|d| d["config_id"] == ads["id"]).cloned();
+    assert_eq!(stored.as_ref().map(|d| d["reason"].clone()), Some(json!("denied:gpc")), "{event}");
+}
+
+/// "Accept all" under DNT, with `respect_do_not_track` on: the banner locked every optional
+/// category off, so a provider that needs one is refused *for DNT* on a later event without the
+/// header, and a cookie-free one gets it anonymously, also for DNT.
+#[tokio::test]
+async fn accept_all_under_a_respected_dnt_gives_dnt_as_the_reason() {
+    let (app, fakes, keys) = setup().await;
+    let ads = site::umami(&app, &fakes, json!({"display_name": "Ads", "required_category": "marketing"})).await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    app.publish_consent_config(json!({"respect_do_not_track": true})).await;
+    let v = visitor();
+    let recorded = consent_under(&app, &v, "accept_all", "dnt").await;
+    assert_eq!(
+        recorded["choices"],
+        json!({"necessary": true, "functional": false, "analytics": false, "marketing": false}),
+        "{recorded}"
+    );
+
+    let (s, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let d = decision_for(&accepted, &id(&ads));
+    assert_eq!((d["decision"].as_str(), d["reason"].as_str()), (Some("deny"), Some("denied:dnt")), "{d}");
+    let d = decision_for(&accepted, &id(&p));
+    assert_eq!(
+        (d["decision"].as_str(), d["identity"].as_str(), d["reason"].as_str()),
+        (Some("allow"), Some("anonymous"), Some("anonymous:dnt")),
+        "{d}"
+    );
 }
 
 #[tokio::test]

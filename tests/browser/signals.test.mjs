@@ -2,7 +2,7 @@
 // the consent-required regions the defaults are pre-ticked but nothing runs before a decision.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { consentRequests, launchBrowser, lookedUpId, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
+import { consentRequests, expectNoAxeViolations, launchBrowser, lookedUpId, ran, shot, sitePage, startGateway, startSite, ui, visitor, visitorId } from './gateway.mjs';
 
 let gw, site, browser, tenant, url;
 
@@ -42,6 +42,7 @@ test('GPC: marketing shown as denied and locked; Accept all records marketing fa
   assert.equal(await u.toggle(/Marketing/).isDisabled(), true);
   assert.equal(await u.toggle(/Analytics/).isDisabled(), false);
   await shot(page, 'gpc-preferences');
+  await expectNoAxeViolations(page, 'preferences with marketing locked by GPC');
   await u.dialogButton('Accept all').click();
   await page.waitForFunction(() => window.__analyticsRan);
   assert.deepEqual(await ran(page), { functional: true, analytics: true, marketing: false });
@@ -125,6 +126,7 @@ test('a locked switch says why: necessary is always on, a privacy signal turned 
     assert.match(await description(u.toggle(name)), /^Off: your browser's privacy signal/, `${name}`);
   }
   await shot(page, 'dnt-preferences-reasons');
+  await expectNoAxeViolations(page, 'preferences locked by DNT, with the reasons');
   await context.close();
 });
 
@@ -152,6 +154,8 @@ test('show_reject_all: false hides Reject all only outside consent-required regi
     await page.goto(url2);
     await ui(page).banner.waitFor();
     assert.equal(await ui(page).reject.count(), shown ? 1 : 0, `${country}: Reject all ${shown ? 'shown' : 'hidden'}`);
+    await shot(page, `no-reject-setting-${country}-first-layer`);
+    await expectNoAxeViolations(page, `${country} first layer under show_reject_all: false`);
     if (shown) {
       const [r, a] = [await ui(page).reject.boundingBox(), await ui(page).accept.boundingBox()];
       assert.deepEqual([Math.round(r.width), Math.round(r.height)], [Math.round(a.width), Math.round(a.height)], 'as prominent as Accept all');

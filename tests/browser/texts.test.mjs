@@ -74,6 +74,7 @@ test('Swedish texts for a visitor whose browser prefers sv-SE', async () => {
   assert.equal(await u.host.getAttribute('lang'), 'sv');
   assert.equal(await u.host.getAttribute('dir'), 'ltr');
   await shot(page, 'swedish-banner');
+  await expectNoAxeViolations(page, 'Swedish first layer');
   await u.preferences.click();
   assert.ok(await u.toggle(/Statistik/).isVisible());
   assert.ok(await u.dialogButton('Spara val').isVisible());
@@ -131,6 +132,15 @@ test('a pt-BR config key serves a pt-BR browser, and the record says pt-BR', asy
   assert.deepEqual(r, { title: pt.title, lang: 'pt-BR', dir: 'ltr', direction: 'ltr', posted: 'pt-BR', recorded: 'pt-BR' });
 });
 
+test('language keys match case-insensitively: a pt-br key serves a pt-BR browser, named as the config writes it', async () => {
+  // The banner picks the config's own key (banner.js `L`), so `lang`, the POST and the record all
+  // name exactly the texts shown: `pt-br`, not the browser's `pt-BR`.
+  const t = await gw.createTenant('lang-pt-br-lower', { site, config: { texts: { en: en(), 'pt-br': pt } } });
+  t.rejectLabel = 'Rejeitar todos';
+  const r = await shownAndRecorded(t, '/pt-br-lower', 'pt-BR');
+  assert.deepEqual(r, { title: pt.title, lang: 'pt-br', dir: 'ltr', direction: 'ltr', posted: 'pt-br', recorded: 'pt-br' });
+});
+
 test('a pt-BR browser falls back to pt, then to the default language', async () => {
   const t = await gw.createTenant('lang-pt', { site, config: { texts: { en: en(), pt } } });
   t.rejectLabel = 'Rejeitar todos';
@@ -164,6 +174,7 @@ test('Arabic is laid out right to left, the preferences too; axe clean', async (
   const [first, second] = [await u.banner.getByRole('button', { name: 'رفض الكل' }).boundingBox(), await u.banner.getByRole('button', { name: 'قبول الكل' }).boundingBox()];
   assert.ok(first.x > second.x, `Reject all right of Accept all: ${first.x} > ${second.x}`);
   await shot(page, 'arabic-banner');
+  await expectNoAxeViolations(page, 'Arabic first layer');
   await u.banner.getByRole('button', { name: 'التفضيلات' }).click();
   await u.dialog.waitFor();
   assert.equal(await u.dialog.evaluate((e) => getComputedStyle(e).direction), 'rtl');

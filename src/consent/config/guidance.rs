@@ -89,6 +89,16 @@ pub fn warnings(spec: &ConfigSpec) -> Vec<String> {
             ));
         }
     }
+    // What each provider receives (`offer::receives`) is written by the gateway, in English only.
+    if spec.per_provider_choices {
+        let other: Vec<&str> = spec.texts.keys().map(|l| l.as_str()).filter(|l| !is_english(l)).collect();
+        if !other.is_empty() {
+            w.push(format!(
+                "per_provider_choices: what each provider receives is described in English only; visitors reading {} see that English text under each provider",
+                other.join(", ")
+            ));
+        }
+    }
     if spec.privacy_policy_url.is_none() {
         w.push("privacy_policy_url: not set; consent must be informed, and visitors look for the privacy policy in the banner".to_string());
     }
@@ -257,6 +267,23 @@ mod tests {
             warnings(&spec(json!({"texts": {"de": de, "fr": fr}, "default_language": "de"}))),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn per_provider_choices_warn_that_what_providers_receive_is_english_only() {
+        let en = json!({"title": "t", "body": "b", "accept_all": "A", "reject_all": "R"});
+        let full = |title: &str| json!({"title": title, "body": "b", "accept_all": "A", "reject_all": "R", "privacy_policy": "p", "close": "c", "always_on": "a", "signal_denied": "s"});
+        let texts = json!({"en": en, "sv": full("t"), "ar": full("t")});
+        // Off (the default): nothing to warn about, whatever the languages.
+        assert_eq!(warnings(&spec(json!({"texts": texts.clone()}))), Vec::<String>::new());
+        let w = warnings(&spec(json!({"texts": texts, "per_provider_choices": true})));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("per_provider_choices:") && w[0].contains("English only"), "{w:?}");
+        assert!(w[0].contains("visitors reading ar, sv see"), "names the other languages, not English: {w:?}");
+        // English variants only: nothing is out of language.
+        let en_only =
+            json!({"texts": {"en-GB": en.clone(), "en": en}, "default_language": "en", "per_provider_choices": true});
+        assert_eq!(warnings(&spec(en_only)), Vec::<String>::new());
     }
 
     #[test]
