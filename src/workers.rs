@@ -47,11 +47,9 @@ pub async fn salt_sweep(db: DatabaseConnection, shutdown: CancellationToken) {
         // The monotonic clock the timer runs on and the wall clock may disagree by a little:
         // never sweep before the wall clock has reached the wake time, or midnight's sweep would
         // find yesterday still "today".
-        loop {
-            let Ok(left) = (wake - Utc::now()).to_std() else { break };
-            if left.is_zero() {
-                break;
-            }
+        while let Ok(left) = (wake - Utc::now()).to_std()
+            && !left.is_zero()
+        {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(left) => {}

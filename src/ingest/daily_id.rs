@@ -10,7 +10,8 @@
 //!   it arrived: the salt of the day it happened may be gone);
 //! - `salt` is 32 random bytes for (tenant, day), made on the tenant's first such event of the
 //!   day and kept in the `daily_salt` table **for that day only**: the rows of past days are
-//!   deleted when any tenant's first salt of a new day is made, and by an hourly sweep. Once a
+//!   deleted when any tenant's first salt of a new day is made, and by a sweep at every UTC
+//!   midnight (`workers::salt_sweep`). Once a
 //!   day's salt is gone, nobody — operator, database backup or attacker with the server's secrets
 //!   — can compute that day's id of a visitor again, so ids of different days cannot be joined.
 //!   (A salt *derived* from a server secret would have been simpler and could never be deleted:
@@ -100,19 +101,6 @@ async fn find(db: &impl ConnectionTrait, tenant: Uuid, day: &str) -> Result<Opti
 pub async fn forget_past_days(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<u64> {
     let today = day_of(now).format("%Y-%m-%d").to_string();
     Ok(daily_salt::Entity::delete_many().filter(daily_salt::Column::Day.lt(today)).exec(db).await?.rows_affected)
-}
-
-/// Every hour: the salts of past days are deleted even on a day no event needs one.
-pub async fn sweep(db: sea_orm::DatabaseConnection, shutdown: tokio_util::sync::CancellationToken) {
-    loop {
-        if let Err(e) = forget_past_days(&db, Utc::now()).await {
-            tracing::warn!(error = %e, "deleting past days' cookieless salts failed; trying again in an hour");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-        }
-    }
 }
 
 /// The visitor's id for the tenant today (the salt made if needed).
