@@ -209,10 +209,17 @@ async fn a_successful_probe_releases_the_waiting_deliveries_paced() {
 
 /// A provider answering after 3 s and a worker lease of 1 s (start-up refuses such settings;
 /// the workers are built directly here): the worker renews its lease while the requests are in
-/// flight, so another worker finds nothing to claim and the provider gets every event once. The
-/// deliveries show meanwhile that they are in flight, and who sends them.
+/// flight, so another worker finds nothing to claim and the provider gets every event once — and
+/// the delivery metric counts each once (the symptom: 44 deliveries counted for 24
+/// events). The deliveries show meanwhile that they are in flight, and who sends them.
 #[tokio::test]
 async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
+    // `/metrics` is process-wide, shared with the tests running alongside in this binary, and
+    // `consentgate_deliveries_total` has no config label: this test counts with a recorder of its
+    // own instead, on its thread — the runtime is single-threaded, so both workers record there.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counted = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let (app, fakes, keys) = site::setup().await;
     site::umami(&app, &fakes, json!({})).await;
     pageviews(&app, &keys, 3).await;
@@ -244,6 +251,13 @@ async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
     let done = sending.await.unwrap();
     assert_eq!(done, Pass { claimed: 3, delivered: 3, ..Pass::default() });
     assert_eq!(fakes.received_by("umami").await.len(), 3, "nothing sent twice");
+    let text = counted.render();
+    let outcome =
+        |o: &str| metric(&text, &format!("consentgate_deliveries_total{{provider=\"umami\",outcome=\"{o}\"}}"));
+    assert_eq!(outcome("delivered"), Some(3.0), "one delivered delivery counted per event: {text}");
+    for other in ["retry", "dead", "dropped", "auth_failure"] {
+        assert_eq!(outcome(other), None, "{text}");
+    }
     let (stored, pages) = stored_pages(&fakes, "umami").await;
     assert_eq!((stored, pages.len()), (3, 3));
     let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?status=delivered", app.tenant), &app.admin).await;
