@@ -483,3 +483,37 @@ async fn a_ga4_delivery_ends_at_its_own_age_limit_under_a_longer_horizon() {
     assert_eq!(d["last_error"], "retry horizon reached (100 h after the event arrived); last: never attempted", "{d}");
     assert!(fakes.received_by("ga4").await.is_empty() && fakes.received_by("plausible").await.is_empty());
 }
+
+/// While a config's circuit is open, every one of its pending deliveries counts in
+/// `events_retrying` — also those never tried: held back by the circuit, they wait because of the
+/// provider's trouble too (events arriving during the outage, the rest of the first round). Once
+/// the circuit closes, only the ones that failed count until they are sent.
+#[tokio::test]
+async fn while_the_circuit_is_open_every_waiting_delivery_counts_as_retrying() {
+    let (app, fakes, keys) = site::setup_with(|s| {
+        s.delivery.circuit_failures = 2;
+        s.delivery.circuit_probe_secs = 60;
+    })
+    .await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    let usage = || async { site::config(&app, "umami", &id(&u)).await["usage"].clone() };
+    fakes.behaviour(json!({"umami": {"status": 503}})).await;
+    pageviews(&app, &keys, 6).await;
+    let failed = settle_at(&app, Utc::now()).await;
+    assert_eq!((failed.claimed, failed.retried), (4, 4), "one round, then the circuit opened: {failed:?}");
+    assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "open");
+    assert_eq!(usage().await["events_retrying"], 6, "4 failed, 2 held back by the circuit");
+    pageviews(&app, &keys, 3).await;
+    assert_eq!(usage().await["events_retrying"], 9, "arrivals during the outage count too");
+
+    fakes.behaviour(json!({"umami": {"status": null}})).await;
+    let probe = app.run_outbox_at(Utc::now() + Duration::seconds(61)).await;
+    assert_eq!(probe, Pass { claimed: 1, delivered: 1, ..Pass::default() }, "one probe");
+    assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "closed");
+    // The probe was one never tried (the earliest due); of the 8 left, the 4 that failed count.
+    assert_eq!(usage().await["events_retrying"], 4);
+    let rest = settle_at(&app, Utc::now() + Duration::seconds(2)).await;
+    assert_eq!((rest.delivered, rest.dead), (8, 0), "{rest:?}");
+    let u = usage().await;
+    assert_eq!((u["events_retrying"].as_i64(), u["events_sent"].as_i64()), (Some(0), Some(9)), "{u}");
+}
