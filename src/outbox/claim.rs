@@ -14,7 +14,8 @@
 //! never passes under a live request.
 //!
 //! A config whose circuit is open ([`super::circuit`]) has none of its deliveries claimed, but
-//! one (the oldest waiting, due or not) as the probe every `circuit_probe_secs`.
+//! one (the one due soonest — earliest `next_attempt_at` — due or not) as the probe every
+//! `circuit_probe_secs`.
 
 use std::collections::HashMap;
 

@@ -78,8 +78,9 @@ pub struct Pass {
     pub dropped: usize,
     /// Failed (a transient error or a 401/403) and due again after a backoff.
     pub retried: usize,
-    /// Ended in the dead letters: a final error, attempts used up, consent withdrawn since
-    /// ingest, or the event gone.
+    /// Ended in the dead letters: a final error, a failure at the retry horizon (the last
+    /// second before it), consent withdrawn since ingest, the event gone or older than the
+    /// provider accepts.
     pub dead: usize,
     /// Given back without an attempt: the config is no longer `active`, or the round claimed
     /// more requests' worth than it had free slots for (due again at once).

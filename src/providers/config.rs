@@ -69,8 +69,10 @@ pub struct Usage {
     pub events_failed: i64,
     pub events_denied_by_consent: i64,
     pub events_dropped: i64,
-    /// Deliveries waiting after at least one failed attempt, now (they end delivered, or dead
-    /// at the retry horizon): trouble shows here while it happens, not only in `events_failed`.
+    /// Deliveries waiting after at least one failed attempt, now — and, while the config's
+    /// circuit is open, every one of its pending deliveries, tried or not (they end delivered,
+    /// or dead at the retry horizon): trouble shows here while it happens, not only in
+    /// `events_failed`.
     pub events_retrying: i64,
     pub last_sent_at: Option<DateTime<Utc>>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -415,22 +417,30 @@ pub async fn list(
     with_retrying(db, rows.into_iter().map(ProviderConfigView::from).collect()).await
 }
 
-/// Fills `usage.events_retrying` of `views`: their pending deliveries with a failed attempt.
+/// Fills `usage.events_retrying` of `views`: their pending deliveries with a failed attempt and,
+/// while a config's circuit is not closed, all its pending deliveries — those never tried wait
+/// because of the provider's trouble too (an unreadable circuit state counts as open).
 async fn with_retrying(
     db: &impl ConnectionTrait,
     mut views: Vec<ProviderConfigView>,
 ) -> Result<Vec<ProviderConfigView>> {
+    use crate::outbox::circuit::CircuitState;
+    use entity::delivery;
     if views.is_empty() {
         return Ok(views);
     }
-    let counts: Vec<(Uuid, i64)> = entity::delivery::Entity::find()
+    let (tripped, closed): (Vec<&ProviderConfigView>, Vec<&ProviderConfigView>) =
+        views.iter().partition(|v| CircuitState::stored(&v.circuit.state) != CircuitState::Closed);
+    let retrying = sea_orm::Condition::any()
+        .add(delivery::Column::ConfigId.is_in(tripped.iter().map(|v| v.id)))
+        .add(delivery::Column::ConfigId.is_in(closed.iter().map(|v| v.id)).and(delivery::Column::Attempts.gt(0)));
+    let counts: Vec<(Uuid, i64)> = delivery::Entity::find()
         .select_only()
-        .column(entity::delivery::Column::ConfigId)
-        .column_as(Expr::col(entity::delivery::Column::Id).count(), "n")
-        .filter(entity::delivery::Column::ConfigId.is_in(views.iter().map(|v| v.id)))
-        .filter(entity::delivery::Column::Status.eq(crate::outbox::DeliveryStatus::Pending.as_str()))
-        .filter(entity::delivery::Column::Attempts.gt(0))
-        .group_by(entity::delivery::Column::ConfigId)
+        .column(delivery::Column::ConfigId)
+        .column_as(Expr::col(delivery::Column::Id).count(), "n")
+        .filter(delivery::Column::Status.eq(crate::outbox::DeliveryStatus::Pending.as_str()))
+        .filter(retrying)
+        .group_by(delivery::Column::ConfigId)
         .into_tuple()
         .all(db)
         .await?;

@@ -109,6 +109,8 @@ async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() 
             for (provider, config) in [("plausible", &p), ("umami", &u), ("posthog", &ph)] {
                 let c = site::config(&app, provider, &id(config)).await;
                 assert_eq!(c["circuit"]["state"], "open", "{c}");
+                // The circuit is the provider's trouble, not a lifecycle status: the config stays active.
+                assert_eq!((c["status"].as_str(), &c["status_reason"]), (Some("active"), &Value::Null), "{c}");
                 assert!(c["circuit"]["consecutive_failures"].as_i64().unwrap() >= 3, "{c}");
                 assert!(c["circuit"]["since"].is_string(), "{c}");
                 let usage = &c["usage"];
@@ -209,10 +211,17 @@ async fn a_successful_probe_releases_the_waiting_deliveries_paced() {
 
 /// A provider answering after 3 s and a worker lease of 1 s (start-up refuses such settings;
 /// the workers are built directly here): the worker renews its lease while the requests are in
-/// flight, so another worker finds nothing to claim and the provider gets every event once. The
-/// deliveries show meanwhile that they are in flight, and who sends them.
+/// flight, so another worker finds nothing to claim and the provider gets every event once — and
+/// the delivery metric counts each once (the symptom: 44 deliveries counted for 24
+/// events). The deliveries show meanwhile that they are in flight, and who sends them.
 #[tokio::test]
 async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
+    // `/metrics` is process-wide, shared with the tests running alongside in this binary, and
+    // `consentgate_deliveries_total` has no config label: this test counts with a recorder of its
+    // own instead, on its thread — the runtime is single-threaded, so both workers record there.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counted = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let (app, fakes, keys) = site::setup().await;
     site::umami(&app, &fakes, json!({})).await;
     pageviews(&app, &keys, 3).await;
@@ -244,6 +253,13 @@ async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
     let done = sending.await.unwrap();
     assert_eq!(done, Pass { claimed: 3, delivered: 3, ..Pass::default() });
     assert_eq!(fakes.received_by("umami").await.len(), 3, "nothing sent twice");
+    let text = counted.render();
+    let outcome =
+        |o: &str| metric(&text, &format!("consentgate_deliveries_total{{provider=\"umami\",outcome=\"{o}\"}}"));
+    assert_eq!(outcome("delivered"), Some(3.0), "one delivered delivery counted per event: {text}");
+    for other in ["retry", "dead", "dropped", "auth_failure"] {
+        assert_eq!(outcome(other), None, "{text}");
+    }
     let (stored, pages) = stored_pages(&fakes, "umami").await;
     assert_eq!((stored, pages.len()), (3, 3));
     let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?status=delivered", app.tenant), &app.admin).await;
@@ -302,20 +318,7 @@ async fn a_replay_past_the_providers_own_age_limit_is_refused_with_that_reason()
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
     let (app, fakes, keys) = site::setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("ga4-api-secret");
-    std::fs::write(&secret, "ga4-test-secret").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let g = site::create_config(
-        &app,
-        "ga4",
-        json!({"display_name": "GA4", "measurement_id": "G-TEST123", "endpoint_url": fakes.ga4_url(),
-               "status": "active", "credentials": {"api_secret_ref": format!("file:{}", secret.display())}}),
-    )
-    .await;
-    app.publish_consent_config(
-        json!({"categories": {"analytics": {"default_accepted": true}}, "respect_do_not_track": false}),
-    )
-    .await;
+    let g = ga4(&app, &fakes, &dir).await;
     let v = visitor();
     app.consent(&v, "accept_all", 1).await;
     let event = pageviews_of(&app, &keys, &v).await;
@@ -346,4 +349,171 @@ async fn pageviews_of(app: &TestApp, keys: &Site, v: &str) -> String {
     let (s, res) = track(app, keys, site::pageview(v)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{res}");
     id(&res)
+}
+
+/// An active GA4 config (its api secret in a file under `dir`), and a published consent config
+/// accepting analytics by default.
+async fn ga4(app: &TestApp, fakes: &FakeProviders, dir: &tempfile::TempDir) -> Value {
+    let secret = dir.path().join("ga4-api-secret");
+    std::fs::write(&secret, "ga4-test-secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let g = site::create_config(
+        app,
+        "ga4",
+        json!({"display_name": "GA4", "measurement_id": "G-TEST123", "endpoint_url": fakes.ga4_url(),
+               "status": "active", "credentials": {"api_secret_ref": format!("file:{}", secret.display())}}),
+    )
+    .await;
+    app.publish_consent_config(
+        json!({"categories": {"analytics": {"default_accepted": true}}, "respect_do_not_track": false}),
+    )
+    .await;
+    g
+}
+
+/// A config driven to `error` by repeated 401s sends nothing, and its deliveries wait against the
+/// same horizon as any: dead-lettered at it they say so, the 401 as the last error, and once the
+/// credentials are fixed a replay sends them.
+#[tokio::test]
+async fn deliveries_of_a_config_in_error_end_at_the_horizon_and_stay_replayable() {
+    let (app, fakes, keys) = site::setup().await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    fakes.behaviour(json!({"umami": {"status": 401}})).await;
+    let event = pageviews(&app, &keys, 1).await.remove(0);
+    // Retried until the third 401 in a row (`auth_failures_before_error`) puts the config in error.
+    assert_eq!(app.drain_outbox_with_retries().await, Pass { claimed: 3, retried: 3, ..Pass::default() });
+    let c = site::config(&app, "umami", &id(&u)).await;
+    assert_eq!(c["status"], "error", "{c}");
+    assert_eq!((c["usage"]["events_retrying"].as_i64(), c["usage"]["events_failed"].as_i64()), (Some(1), Some(0)));
+    let d = delivery_in(&app, &event, &id(&u), "pending").await;
+    let arrived: DateTime<Utc> = d["created_at"].as_str().unwrap().parse().unwrap();
+    let expires: DateTime<Utc> = d["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires, arrived + Duration::hours(72), "{d}");
+
+    assert_eq!(app.run_outbox_at(expires - Duration::minutes(1)).await, Pass::default(), "still waiting");
+    assert_eq!(app.run_outbox_at(expires + Duration::seconds(1)).await, Pass { expired: 1, ..Pass::default() });
+    assert_eq!(fakes.received_by("umami").await.len(), 3, "nothing sent while the config was in error");
+    let d = delivery_in(&app, &event, &id(&u), "dead").await;
+    let why = d["last_error"].as_str().unwrap();
+    assert!(
+        why.starts_with("retry horizon reached (72 h after the event arrived); last: ") && why.contains("401"),
+        "{d}"
+    );
+    let c = site::config(&app, "umami", &id(&u)).await;
+    assert_eq!((c["usage"]["events_retrying"].as_i64(), c["usage"]["events_failed"].as_i64()), (Some(0), Some(1)));
+
+    fakes.behaviour(json!({"umami": {"status": null}})).await;
+    let (s, c) = site::patch_config(&app, "umami", &id(&u), json!({"status": "active"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let (s, replayed) =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&d)), &app.admin, json!({})).await;
+    assert_eq!((s, replayed["status"].as_str()), (StatusCode::OK, Some("pending")), "{replayed}");
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, delivered: 1, ..Pass::default() });
+    assert_eq!(stored_pages(&fakes, "umami").await.0, 1);
+}
+
+/// The worker's own horizon check, not the sweep before the claim: a delivery whose attempt fails
+/// in the last second before its horizon is dead-lettered by the worker at once, saying so with
+/// the provider's answer — no retry is scheduled at or past the horizon.
+#[tokio::test]
+async fn a_failure_in_the_last_second_before_the_horizon_is_dead_lettered_by_the_worker() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let (app, fakes, keys) = site::setup().await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    fakes.behaviour(json!({"umami": {"status": 503}})).await;
+    let event = pageviews(&app, &keys, 1).await.remove(0);
+    // The event arrived 72 h ago, less a second: its horizon is a second away.
+    let horizon = Utc::now() + Duration::seconds(1);
+    entity::delivery::Entity::update_many()
+        .col_expr(entity::delivery::Column::CreatedAt, Expr::value(horizon - Duration::hours(72)))
+        .filter(entity::delivery::Column::EventId.eq(uuid::Uuid::parse_str(&event).unwrap()))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    // A pass just before the horizon: the sweep leaves the delivery (not past it), the claim
+    // takes it (due), and the 503 comes back within the last second.
+    let pass = app.run_outbox_at(horizon - Duration::milliseconds(1)).await;
+    assert_eq!(pass, Pass { claimed: 1, dead: 1, ..Pass::default() }, "dead by the worker, not expired by the sweep");
+    assert_eq!(fakes.received_by("umami").await.len(), 1, "it was tried");
+    let d = delivery_in(&app, &event, &id(&u), "dead").await;
+    let why = d["last_error"].as_str().unwrap();
+    assert!(
+        why.starts_with("retry horizon reached (72 h after the event arrived); last: ") && why.contains("503"),
+        "{d}"
+    );
+    assert_eq!(d["attempts"], 1, "{d}");
+    let usage = &site::config(&app, "umami", &id(&u)).await["usage"];
+    assert_eq!((usage["events_retrying"].as_i64(), usage["events_failed"].as_i64()), (Some(0), Some(1)), "{usage}");
+}
+
+/// GA4 refuses events older than 72 h: with `delivery.retry_horizon_hours = 100` its deliveries
+/// still end at 72 h, while a Plausible delivery of the same event waits the full 100 h.
+#[tokio::test]
+async fn a_ga4_delivery_ends_at_its_own_age_limit_under_a_longer_horizon() {
+    let (app, fakes, keys) = site::setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let g = ga4(&app, &fakes, &dir).await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let event = pageviews_of(&app, &keys, &v).await;
+    // Both wait (paused), so only the horizon ends them.
+    for (provider, c) in [("ga4", &g), ("plausible", &p)] {
+        let (s, c) = site::patch_config(&app, provider, &id(c), json!({"status": "paused"})).await;
+        assert_eq!(s, StatusCode::OK, "{c}");
+    }
+    let arrived: DateTime<Utc> =
+        delivery_in(&app, &event, &id(&g), "pending").await["created_at"].as_str().unwrap().parse().unwrap();
+    // The outbox with a 100 h horizon. (A worker of its own: the API shows `expires_at` with the
+    // horizon the first app of this test process started with, so the app keeps the default.)
+    let mut settings = app.app.state.settings.delivery.clone();
+    settings.retry_horizon_hours = 100;
+    let worker = Worker::new(app.db.clone(), settings, app.app.state.outbox.secrets()).unwrap();
+
+    let h72 = worker.run_once(arrived + Duration::hours(72) + Duration::seconds(1)).await;
+    assert_eq!(h72, Pass { expired: 1, ..Pass::default() }, "GA4's at 72 h");
+    let d = delivery_in(&app, &event, &id(&g), "dead").await;
+    assert_eq!(d["last_error"], "retry horizon reached (72 h after the event arrived); last: never attempted", "{d}");
+    delivery_in(&app, &event, &id(&p), "pending").await;
+
+    assert_eq!(worker.run_once(arrived + Duration::hours(100) - Duration::minutes(1)).await, Pass::default());
+    let h100 = worker.run_once(arrived + Duration::hours(100) + Duration::seconds(1)).await;
+    assert_eq!(h100, Pass { expired: 1, ..Pass::default() }, "Plausible's at 100 h");
+    let d = delivery_in(&app, &event, &id(&p), "dead").await;
+    assert_eq!(d["last_error"], "retry horizon reached (100 h after the event arrived); last: never attempted", "{d}");
+    assert!(fakes.received_by("ga4").await.is_empty() && fakes.received_by("plausible").await.is_empty());
+}
+
+/// While a config's circuit is open, every one of its pending deliveries counts in
+/// `events_retrying` — also those never tried: held back by the circuit, they wait because of the
+/// provider's trouble too (events arriving during the outage, the rest of the first round). Once
+/// the circuit closes, only the ones that failed count until they are sent.
+#[tokio::test]
+async fn while_the_circuit_is_open_every_waiting_delivery_counts_as_retrying() {
+    let (app, fakes, keys) = site::setup_with(|s| {
+        s.delivery.circuit_failures = 2;
+        s.delivery.circuit_probe_secs = 60;
+    })
+    .await;
+    let u = site::umami(&app, &fakes, json!({})).await;
+    let usage = || async { site::config(&app, "umami", &id(&u)).await["usage"].clone() };
+    fakes.behaviour(json!({"umami": {"status": 503}})).await;
+    pageviews(&app, &keys, 6).await;
+    let failed = settle_at(&app, Utc::now()).await;
+    assert_eq!((failed.claimed, failed.retried), (4, 4), "one round, then the circuit opened: {failed:?}");
+    assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "open");
+    assert_eq!(usage().await["events_retrying"], 6, "4 failed, 2 held back by the circuit");
+    pageviews(&app, &keys, 3).await;
+    assert_eq!(usage().await["events_retrying"], 9, "arrivals during the outage count too");
+
+    fakes.behaviour(json!({"umami": {"status": null}})).await;
+    let probe = app.run_outbox_at(Utc::now() + Duration::seconds(61)).await;
+    assert_eq!(probe, Pass { claimed: 1, delivered: 1, ..Pass::default() }, "one probe");
+    assert_eq!(site::config(&app, "umami", &id(&u)).await["circuit"]["state"], "closed");
+    // The probe was one never tried (the earliest due); of the 8 left, the 4 that failed count.
+    assert_eq!(usage().await["events_retrying"], 4);
+    let rest = settle_at(&app, Utc::now() + Duration::seconds(2)).await;
+    assert_eq!((rest.delivered, rest.dead), (8, 0), "{rest:?}");
+    let u = usage().await;
+    assert_eq!((u["events_retrying"].as_i64(), u["events_sent"].as_i64()), (Some(0), Some(9)), "{u}");
 }
