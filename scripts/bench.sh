@@ -19,7 +19,8 @@
 #
 # Environment: CARGO_TARGET_DIR (default target), BENCH_PG (0/1), BENCH_PG_URL (a server URL
 # whose user may create databases; default postgres://postgres@127.0.0.1:5432/postgres),
-# BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
+# BENCH_LOG (the gateways' log filter, e.g. warn,consentgate::ingest=debug for each commit's
+# timings), BENCH_KEEP=1 (keep the logs), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
 # script itself in seconds — its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +55,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   if [ -n "$pg_db" ]; then psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true; fi
-  rm -rf "$work"
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "the gateways' logs are kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -87,7 +88,7 @@ start_gateway() { # NAME DATABASE_URL
   port=$(free_port)
   export CONSENTGATE__DATABASE__URL=$db CONSENTGATE__SERVER__BIND=127.0.0.1:$port \
     CONSENTGATE__DELIVERY__ENABLED=false CONSENTGATE__DELIVERY__ALLOW_PRIVATE_DESTINATIONS=true \
-    CONSENTGATE__CONSENT__WRITES_PER_MINUTE_PER_IP=0 CONSENTGATE__LOG__LEVEL=warn
+    CONSENTGATE__CONSENT__WRITES_PER_MINUTE_PER_IP=0 CONSENTGATE__LOG__LEVEL=${BENCH_LOG:-warn}
   local admin
   admin=$("$BIN/consentgate" tenant create bench --name Bench 2>>"$work/$name.log" | jq -r .admin_token)
   "$BIN/consentgate" serve 2>>"$work/$name.log" &
@@ -137,6 +138,12 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: $t…" >&2
     out=$("$BIN/examples/bench_load" "${url[$t]}" "${key[$t]}" "$CONNS" "$SECS" "r$round-$$")
     printf '%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$out" >>"$results"
+    if [ "$t" != ceiling ]; then # the writer's batches so far: how many events a commit carried, how long it took
+      curl -sf "${url[$t]%/v1/*}/metrics" | awk -v t="$t" -v r="$round" '
+        /^consentgate_ingest_batch_events_(sum|count)/ { b[$1 ~ /sum/ ? "s" : "c"] = $2 }
+        /^consentgate_ingest_commit_seconds_(sum|count)/ { c[$1 ~ /sum/ ? "s" : "c"] = $2 }
+        END { if (b["c"] > 0) printf "round %s, %s: %d commits, %.1f events per commit, %.2f ms per commit (means so far)\n", r, t, b["c"], b["s"] / b["c"], 1000 * c["s"] / c["c"] }' >&2 || true
+    fi
   done
 done
 

@@ -31,12 +31,36 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
 /// survives a power loss or an OS crash, not only a crash of the process. `NORMAL` would fsync
 /// only at checkpoints: faster per commit, but the last commits before a power loss could be
 /// rolled back after they were acknowledged. Group commit (`ingest::writer`) pays the fsync once
-/// per batch of events (docs/scaling.md#durability).
+/// per batch of events (docs/scaling.md#durability). No connection checkpoints the WAL when it
+/// commits (`wal_autocheckpoint = 0`): [`wal_checkpoints`] does, in the background, so that a
+/// commit that happens to cross the WAL's threshold does not copy it into the database while
+/// every request of its batch waits (the writer's tail latency).
 fn sqlite_options(o: sqlx::sqlite::SqliteConnectOptions) -> sqlx::sqlite::SqliteConnectOptions {
     o.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .pragma("wal_autocheckpoint", "0")
+}
+
+/// SQLite: checkpoints the WAL every `every` (PASSIVE: it never waits for, nor blocks, a reader
+/// or the writer; what it cannot copy now it copies next time), until `shutdown`. The last
+/// connection to close checkpoints too, so a stopped gateway leaves no WAL behind. Nothing to do
+/// on PostgreSQL.
+pub async fn wal_checkpoints(db: DatabaseConnection, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        // A failure (the database busy or gone) only lets the WAL grow until the next one.
+        if let Err(e) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::debug!(error = %e, "WAL checkpoint failed; trying again at the next");
+        }
+    }
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {

@@ -146,12 +146,12 @@ impl Flags {
         let now = Utc::now();
         let visitor = input.visitor_id.as_ref().ok_or_else(|| Error::validation("visitor_id", "is required"))?.as_str();
         let policy = cached.policy();
-        if let Some(signal) = consent::not_tracked(policy.as_ref(), signals) {
+        if let Some(signal) = consent::not_tracked(policy, signals) {
             return Ok(FlagsAnswer { flags: Map::new(), identified: false, reason: Some(Reason::Denied(signal)) });
         }
         let record = consent::records::latest_under(db, tenant, visitor, cached.active_consent_config()).await?;
         let provider_policy = ingest::provider_policy(config, &posthog::PostHog);
-        let decision = consent::decide(policy.as_ref(), record.as_ref(), signals, &provider_policy, now);
+        let decision = consent::decide(policy, record.as_ref(), signals, &provider_policy, now);
         let record_grants = record.as_ref().is_some_and(|r| r.choices.analytics);
         let analytics_id = input.anonymous_id.as_ref().map(|a| a.as_str().to_string());
         let (distinct_id, identified) = match analytics_id {

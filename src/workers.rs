@@ -22,6 +22,12 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
         )));
     }
     workers.push(tokio::spawn(salt_sweep(state.db.clone(), shutdown.clone())));
+    // SQLite: the WAL is checkpointed here, not by the commit that crosses its threshold.
+    workers.push(tokio::spawn(crate::db::wal_checkpoints(
+        state.db.clone(),
+        std::time::Duration::from_millis(250),
+        shutdown.clone(),
+    )));
     // Changes made by other instances reach this one's config cache within `cache.refresh_ms`.
     workers.push(tokio::spawn(state.config_cache.clone().run(state.db.clone(), shutdown.clone())));
     if state.settings.retention.enabled {

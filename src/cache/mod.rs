@@ -76,6 +76,14 @@ pub struct ActiveConsent {
     pub policy: Option<ConsentPolicy>,
 }
 
+/// A forwarding target as the decision reads it.
+pub struct Target {
+    /// Index into the tenant's targets.
+    index: usize,
+    pub provider: &'static dyn crate::providers::AnyProvider,
+    pub policy: consent::ProviderPolicy,
+}
+
 /// A live ingest key, and when this instance last recorded its use.
 struct LiveKey {
     model: ingest_key::Model,
@@ -93,6 +101,9 @@ pub struct TenantConfig {
     pub consent: Option<ActiveConsent>,
     /// The forwarding targets ([`crate::providers::config::forwarding_targets`]), oldest first.
     targets: Vec<provider_config::Model>,
+    /// Per target of a registered provider (in the same order): the provider and what the decision
+    /// engine needs of the config, read once per load rather than per event.
+    forwarding: Vec<Target>,
     /// Today's cookieless salt, once an event needed it. Only one day's, ever.
     salt: Mutex<Option<(NaiveDate, Arc<daily_id::Salt>)>>,
 }
@@ -121,7 +132,24 @@ impl TenantConfig {
             None => None,
         };
         let targets = crate::providers::config::forwarding_targets(db, tenant.id, None).await?;
-        Ok(Some(TenantConfig { tenant, generation, loaded_at, keys, consent, targets, salt: Mutex::new(None) }))
+        let forwarding = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(index, config)| {
+                let provider = crate::providers::get(&config.provider)?;
+                Some(Target { index, provider, policy: crate::ingest::provider_policy(config, provider) })
+            })
+            .collect();
+        Ok(Some(TenantConfig {
+            tenant,
+            generation,
+            loaded_at,
+            keys,
+            consent,
+            targets,
+            forwarding,
+            salt: Mutex::new(None),
+        }))
     }
 
     /// The live key of this tenant behind `presented`, if any; records its use (at most once a
@@ -152,8 +180,8 @@ impl TenantConfig {
     }
 
     /// The consent policy of the active config (`None`: nothing optional is granted).
-    pub fn policy(&self) -> Option<ConsentPolicy> {
-        self.consent.as_ref().and_then(|c| c.policy.clone())
+    pub fn policy(&self) -> Option<&ConsentPolicy> {
+        self.consent.as_ref().and_then(|c| c.policy.as_ref())
     }
 
     /// The id of the active consent config.
@@ -164,6 +192,18 @@ impl TenantConfig {
     /// The configs an event may be forwarded to; only `provider`'s when given.
     pub fn targets<'a>(&'a self, provider: Option<&'a str>) -> impl Iterator<Item = &'a provider_config::Model> {
         self.targets.iter().filter(move |c| provider.is_none_or(|p| c.provider == p))
+    }
+
+    /// The targets of registered providers with their provider and decision inputs; only
+    /// `provider`'s when given.
+    pub fn forwarding<'a>(
+        &'a self,
+        provider: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a provider_config::Model, &'a Target)> {
+        self.forwarding
+            .iter()
+            .map(|t| (&self.targets[t.index], t))
+            .filter(move |(c, _)| provider.is_none_or(|p| c.provider == p))
     }
 
     /// The visitor's cookieless daily id ([`daily_id`]); the salt read (or made) once a day.

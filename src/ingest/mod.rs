@@ -118,10 +118,8 @@ pub async fn prepare(
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let event = stored_event(cached.tenant.id, provider, key_kind, ev, &agent, now);
-    let targets = cached.targets(provider).count();
-    let cookieless = cached
-        .targets(provider)
-        .any(|c| providers::get(&c.provider).is_some_and(|p| p.cookieless_fallback(&c.settings)));
+    let targets = cached.forwarding(provider).count();
+    let cookieless = cached.forwarding(provider).any(|(_, t)| t.policy.cookieless_fallback);
     // An event without any visitor id counts as a visitor of its own.
     let daily_id = if cookieless {
         let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", event.id));
@@ -156,7 +154,7 @@ pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::
     let mut model = p.event.clone();
     let policy = p.cached.policy();
     // The categories the visitor has granted, passed on with each delivery (GA4's consent fields).
-    let granted = consent::effective(policy.as_ref(), record, &p.signals, now).choices;
+    let granted = consent::effective(policy, record, &p.signals, now).choices;
 
     struct Planned {
         view: DecisionView,
@@ -169,10 +167,9 @@ pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::
         pseudonymous: bool,
     }
     let mut planned = Vec::new();
-    for config in p.cached.targets(p.provider) {
-        let Some(provider) = providers::get(&config.provider) else { continue };
-        let policy_for_config = provider_policy(config, provider);
-        let mut decision = consent::decide(policy.as_ref(), record, &p.signals, &policy_for_config, now);
+    for (config, target) in p.cached.forwarding(p.provider) {
+        let provider = target.provider;
+        let mut decision = consent::decide(policy, record, &p.signals, &target.policy, now);
         let denied_by_consent = decision.reason().is_consent_denial();
         if decision.is_allowed()
             && let Err(why) = provider.accepts(&config.settings, &model)
@@ -183,7 +180,7 @@ pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::
         // visitor's when the decision allows no identifiers, when the event has no id of its own,
         // or when a withdrawal before sending takes full identity away — so every delivery it
         // is allowed carries one.
-        let pseudonymous = decision.is_allowed() && provider.cookieless_fallback(&config.settings);
+        let pseudonymous = decision.is_allowed() && target.policy.cookieless_fallback;
         planned.push(Planned {
             view: DecisionView::new(config.id, provider.name(), &decision),
             config_id: config.id,
