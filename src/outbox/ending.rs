@@ -1,21 +1,26 @@
-//! Writing a batch of delivery outcomes ([`super::group`]'s one transaction): each delivery's
-//! row by a guarded `UPDATE` — no read before it: the claim already holds what the outcome
-//! needs, and `WHERE id = … AND lease_owner = … AND status = 'pending'` tells by its row count
-//! whether the lease was lost (then nothing of that delivery is written: another worker has it)
-//! — and each config's row once per batch: its usage counters summed
+//! Writing a batch of delivery outcomes ([`super::group`]'s one transaction): the deliveries'
+//! rows by guarded `UPDATE`s — no read before them: the claim already holds what the outcome
+//! needs, and `WHERE id IN (…) AND lease_owner = … AND status = 'pending'` tells by its row
+//! count (one delivery) or the ids it returns (`RETURNING id`, several whose rows end the same
+//! way: delivered without a warning, most often) whose lease was lost (then nothing of that
+//! delivery is written: another worker has it) — and each config's row once per batch: its usage counters summed
 //! ([`crate::providers::config::usage::Tally`]) and its circuit worked out request by request
 //! ([`super::circuit::record_all`]), in one `UPDATE`, configs in id order (a `BTreeMap`), so that
 //! two writers on PostgreSQL always lock config rows in the same order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::delivery;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryTrait, sea_query::Expr};
 use uuid::Uuid;
 
 use super::{DeliveryStatus, circuit};
 use crate::{error::Result, providers::config::usage::Tally};
+
+/// Ids in one multi-row `UPDATE` at most (far below SQLite's and PostgreSQL's limits on bound
+/// parameters).
+const MAX_IDS_PER_UPDATE: usize = 500;
 
 /// What becomes of one delivery's row: the values its guarded `UPDATE` sets (besides those every
 /// outcome sets: `attempts + 1`, the lease cleared, `updated_at`).
@@ -90,9 +95,35 @@ pub async fn write(
     thresholds: Thresholds,
     now: DateTime<Utc>,
 ) -> Result<Written> {
-    let mut written = Vec::with_capacity(endings.len());
-    for e in endings {
-        written.push(update(&e.row, now).filter(mine([e.id], owner)).exec(txn).await?.rows_affected == 1);
+    let mut written = vec![false; endings.len()];
+    // Deliveries whose rows end the same way (most often: delivered, no warning) in one
+    // statement; one alone by its row count, several by the ids it returns.
+    let mut groups: Vec<(&RowEnd, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<&RowEnd, usize> = HashMap::new();
+    for (i, e) in endings.iter().enumerate() {
+        let g = *group_of.entry(&e.row).or_insert_with(|| {
+            groups.push((&e.row, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    for (row, members) in groups {
+        for part in members.chunks(MAX_IDS_PER_UPDATE) {
+            let q = update(row, now).filter(mine(part.iter().map(|&i| endings[i].id), owner));
+            if let [i] = part {
+                written[*i] = q.exec(txn).await?.rows_affected == 1;
+                continue;
+            }
+            let mut stmt = q.into_query();
+            stmt.returning_col(delivery::Column::Id);
+            let mut ids = HashSet::with_capacity(part.len());
+            for r in txn.query_all(&stmt).await? {
+                ids.insert(r.try_get::<Uuid>("", "id")?);
+            }
+            for &i in part {
+                written[i] = ids.contains(&endings[i].id);
+            }
+        }
     }
     let mut tallies: BTreeMap<Uuid, Tally> = BTreeMap::new();
     let threshold = Ord::max(thresholds.auth_failures, 1);
