@@ -428,19 +428,30 @@ impl Worker {
                 None => by_config.push((d.config_id, vec![d])),
             }
         }
-        for (config_id, ds) in by_config {
-            let (count, before) = (ds.len(), done.len());
+        // The configs' preparations run concurrently (each reads its config, its events and its
+        // visitors' decisions, and may decide again): a round of several configs is ready when
+        // the slowest is, not after the sum of them.
+        let prepared = futures_util::future::join_all(by_config.into_iter().map(|(config_id, ds)| async move {
+            let count = ds.len();
             let started = Instant::now();
+            let mut done = Vec::new();
             let prepared = self.prepare(provider, config_id, ds, &mut done).await;
             tracing::debug!(provider = provider.name(), deliveries = count, elapsed = ?started.elapsed(), "deliveries prepared");
-            match prepared {
-                Ok(ready) => chunks.push(ready),
+            let ready = match prepared {
+                Ok(ready) => ready,
                 Err(e) => {
                     tracing::warn!(config = %config_id, error = %e,
                         "deliveries could not be prepared; they are retried after their lease");
-                    done.extend(std::iter::repeat_n(Attempted::Failed, count - (done.len() - before)));
+                    done.extend(std::iter::repeat_n(Attempted::Failed, count - done.len()));
+                    Vec::new()
                 }
-            }
+            };
+            (done, ready)
+        }))
+        .await;
+        for (d, ready) in prepared {
+            done.extend(d);
+            chunks.push(ready);
         }
         let mut slots = slots;
         let mut sends = Vec::new();
@@ -893,13 +904,18 @@ impl Worker {
         // Retried until the horizon: the last retry is scheduled just before it.
         let horizon = horizon::for_provider(self.settings.retry_horizon(), provider.max_event_age());
         let mut auth_counted = false;
+        // The metrics' handles once per request, not per delivery.
+        let mut counted: Vec<(&'static str, u64)> = Vec::new();
+        let lag =
+            r.sent.then(|| metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()));
         for ((m, outcome), adjusted) in r.members.iter().zip(&r.outcomes).zip(&r.adjusted) {
-            if r.sent {
-                metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome.label())
-                    .increment(1);
+            if let Some(lag) = &lag {
+                match counted.iter_mut().find(|(l, _)| *l == outcome.label()) {
+                    Some((_, n)) => *n += 1,
+                    None => counted.push((outcome.label(), 1)),
+                }
                 if matches!(outcome, Outcome::Delivered | Outcome::Dropped { .. }) {
-                    let lag = (now - m.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()).record(lag);
+                    lag.record((now - m.occurred_at).num_milliseconds().max(0) as f64 / 1000.0);
                 }
             }
             tracing::debug!(delivery = %m.delivery.id, provider = provider.name(), outcome = outcome.label(), "delivery outcome");
@@ -983,6 +999,10 @@ impl Worker {
             };
             endings.push(ending::Ending { id: d.id, config: r.config.id, row, usage });
             attempted.push(done);
+        }
+        for (outcome, n) in counted {
+            metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome)
+                .increment(n);
         }
     }
 
