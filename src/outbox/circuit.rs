@@ -15,7 +15,8 @@
 use chrono::{DateTime, Duration, Utc};
 use entity::{delivery, provider_config};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, SimpleExpr},
 };
 use uuid::Uuid;
 
@@ -90,14 +91,56 @@ pub enum Change {
     Closed,
 }
 
-/// Records a request's result on the config's circuit, inside the caller's transaction.
-pub async fn record(
+/// The circuit after a batch of requests, answered in order (`failed` each), from the stored
+/// `state` and `failures`: how each request changed it, and what to store — `None` when the row
+/// stays as it is (the usual case: closed, answered, no failures).
+fn after_all(state: &str, failures: i32, failed: &[bool], threshold: u32) -> (Vec<Change>, Option<Stored>) {
+    let mut changes = Vec::with_capacity(failed.len());
+    let (mut now_state, mut now_failures) = (CircuitState::stored(state), failures);
+    for &f in failed {
+        let was = now_state;
+        (now_state, now_failures) = after(was, now_failures, f, threshold);
+        changes.push(match (was, now_state) {
+            (CircuitState::Closed, CircuitState::Open) => Change::Opened,
+            (CircuitState::Open | CircuitState::HalfOpen, CircuitState::Closed) => Change::Closed,
+            _ => Change::Unchanged,
+        });
+    }
+    let since = changes.iter().any(|c| *c != Change::Unchanged);
+    // A failed probe (`half_open` → `open`) keeps `since`, the instant the probe was claimed:
+    // the probes keep their pace from one claim to the next.
+    let state = (state != now_state.as_str()).then_some(now_state);
+    let stored = (since || state.is_some() || now_failures != failures).then_some(Stored {
+        failures: now_failures,
+        state,
+        since,
+    });
+    (changes, stored)
+}
+
+/// What [`after_all`] stores: the failures in a row, the state if it changed, and whether
+/// `circuit_since` becomes the batch's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stored {
+    failures: i32,
+    state: Option<CircuitState>,
+    since: bool,
+}
+
+/// Records a batch's requests to a config on its circuit, in the order they were answered
+/// (`failed` each), inside the caller's transaction: the circuit read once, and the columns to
+/// set returned for the caller's one `UPDATE` of the config's row (none when nothing changed),
+/// with how each request changed the circuit.
+pub async fn record_all(
     db: &impl ConnectionTrait,
     config_id: Uuid,
-    failed: bool,
+    failed: &[bool],
     threshold: u32,
     now: DateTime<Utc>,
-) -> Result<Change> {
+) -> Result<(Vec<Change>, Vec<(provider_config::Column, SimpleExpr)>)> {
+    if failed.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let Some((state, failures)) = provider_config::Entity::find_by_id(config_id)
         .select_only()
         .column(provider_config::Column::CircuitState)
@@ -106,28 +149,20 @@ pub async fn record(
         .one(db)
         .await?
     else {
-        return Ok(Change::Unchanged);
+        return Ok((vec![Change::Unchanged; failed.len()], Vec::new()));
     };
-    let was = CircuitState::stored(&state);
-    let (next, failures_now) = after(was, failures, failed, threshold);
-    let mut q = provider_config::Entity::update_many()
-        .col_expr(provider_config::Column::CircuitFailures, Expr::value(failures_now))
-        .filter(provider_config::Column::Id.eq(config_id));
-    let change = match (was, next) {
-        (CircuitState::Closed, CircuitState::Open) => Change::Opened,
-        (CircuitState::Open | CircuitState::HalfOpen, CircuitState::Closed) => Change::Closed,
-        _ => Change::Unchanged,
-    };
-    if change != Change::Unchanged {
-        q = q.col_expr(provider_config::Column::CircuitSince, Expr::value(now));
+    let (changes, stored) = after_all(&state, failures, failed, threshold);
+    let mut set = Vec::new();
+    if let Some(stored) = stored {
+        set.push((provider_config::Column::CircuitFailures, Expr::value(stored.failures)));
+        if stored.since {
+            set.push((provider_config::Column::CircuitSince, Expr::value(now)));
+        }
+        if let Some(next) = stored.state {
+            set.push((provider_config::Column::CircuitState, Expr::value(next.as_str())));
+        }
     }
-    // A failed probe (`half_open` → `open`) keeps `since`, the instant the probe was claimed:
-    // the probes keep their pace from one claim to the next.
-    if state != next.as_str() {
-        q = q.col_expr(provider_config::Column::CircuitState, Expr::value(next.as_str()));
-    }
-    q.exec(db).await?;
-    Ok(change)
+    Ok((changes, set))
 }
 
 /// Takes the probe of an open circuit for a claim at `now`: marks it `half_open` since `now`,
@@ -202,6 +237,26 @@ mod tests {
         ];
         for ((s, f, failed, t), want) in table {
             assert_eq!(after(s, f, failed, t), want, "{s:?} {f} failed={failed} threshold={t}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_requests_is_the_same_requests_recorded_one_by_one() {
+        // (stored state, failures, requests' failed) → changes, what is stored.
+        let stored = |failures, state, since| Some(Stored { failures, state, since });
+        use Change::{Closed as C, Opened as O, Unchanged as U};
+        let table = [
+            (("closed", 0, vec![false, false]), (vec![U, U], None)),
+            (("closed", 0, vec![true, false]), (vec![U, U], None)),
+            (("closed", 1, vec![false]), (vec![U], stored(0, None, false))),
+            (("closed", 1, vec![true, true]), (vec![U, O], stored(3, Some(Open), true))),
+            (("closed", 1, vec![true, true, false]), (vec![U, O, C], stored(0, None, true))),
+            (("half_open", 3, vec![true]), (vec![U], stored(4, Some(Open), false))),
+            (("half_open", 3, vec![false, true]), (vec![C, U], stored(1, Some(Closed), true))),
+            (("garbled", 0, vec![true]), (vec![U], stored(1, Some(Open), false))),
+        ];
+        for ((state, failures, failed), want) in table {
+            assert_eq!(after_all(state, failures, &failed, 3), want, "{state} {failures} {failed:?}");
         }
     }
 

@@ -30,6 +30,7 @@ pub mod batch;
 pub mod circuit;
 pub mod claim;
 pub mod destination;
+mod ending;
 pub mod group;
 pub mod horizon;
 pub mod inflight;

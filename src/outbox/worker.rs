@@ -23,23 +23,20 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, delivery, provider_config};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
-    Set,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    DeliveryStatus, Outbox, backoff, batch, circuit, claim, destination, horizon,
+    DeliveryStatus, Outbox, backoff, batch, circuit, claim, destination, ending, horizon,
     inflight::{self, Limit, Signal, Ticket},
 };
 use crate::{
     config::DeliverySettings,
     consent::Identity,
     error::Result,
-    providers::{self, Answer, AnyProvider, Item, Outcome, Outgoing, ProviderRequest, ProviderResponse, config::usage},
+    providers::{self, Answer, AnyProvider, Item, Outcome, Outgoing, ProviderRequest, ProviderResponse},
     secrets::Credentials,
 };
 
@@ -223,19 +220,28 @@ struct Chunk {
     items: Vec<Item>,
 }
 
-/// A sent request's outcomes, waiting to be recorded with others ([`super::group`]).
+/// A request's outcomes (or those of deliveries that were not sent), waiting to be recorded with
+/// others ([`super::group`]).
 struct Recorded {
     provider: &'static dyn AnyProvider,
     members: Vec<Ready>,
     config: Arc<provider_config::Model>,
+    /// The request's answer; `None` with `sent` false: not sent (decided not to, refused at
+    /// mapping, its credentials did not resolve).
     answered: Answered,
+    sent: bool,
     outcomes: Vec<Outcome>,
-    items: Vec<Item>,
+    /// Per member, what the mapping adjusted to fit the provider's limits (its warning).
+    adjusted: Vec<Option<String>>,
 }
 
 /// What the HTTP exchange gave: the status and `Retry-After` when an answer came.
 type Answered = Option<(u16, Option<std::time::Duration>)>;
 
+/// How often the background loop dead-letters what waited past its retry horizon: a delivery
+/// claimed meanwhile is still refused by the provider's age limit (`horizon::too_old`) and a
+/// retry is never scheduled past the horizon.
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The longest wait between claim rounds while claiming fails.
 const CLAIM_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// One "claiming failed" line per minute at most, with the count of the ones folded into it.
@@ -260,6 +266,7 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
     // While claiming fails (the database is unreachable), wait longer each round, up to
     // `CLAIM_BACKOFF_MAX`, and log one line per period instead of one per provider and round.
     let mut claim_wait = poll;
+    let mut expired_at: Option<Instant> = None;
     tracing::info!(owner = %worker.owner, "delivery worker started");
     loop {
         if shutdown.is_cancelled() {
@@ -267,7 +274,14 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
         }
         let now = Utc::now();
         let started = Instant::now();
-        let (_, failed_expiry) = worker.expire(now).await;
+        // Looking for deliveries past their horizon reads every waiting one: once per
+        // `EXPIRE_EVERY` at most, not once per round (hundreds per second under load).
+        let failed_expiry = if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
+            expired_at = Some(started);
+            worker.expire(now).await.1
+        } else {
+            0
+        };
         let expired = started.elapsed();
         let (rounds, failed_claims) = worker.claim_due(now).await;
         tracing::debug!(expire = ?expired, claim = ?(started.elapsed() - expired),
@@ -427,19 +441,30 @@ impl Worker {
                 None => by_config.push((d.config_id, vec![d])),
             }
         }
-        for (config_id, ds) in by_config {
-            let (count, before) = (ds.len(), done.len());
+        // The configs' preparations run concurrently (each reads its config, its events and its
+        // visitors' decisions, and may decide again): a round of several configs is ready when
+        // the slowest is, not after the sum of them.
+        let prepared = futures_util::future::join_all(by_config.into_iter().map(|(config_id, ds)| async move {
+            let count = ds.len();
             let started = Instant::now();
+            let mut done = Vec::new();
             let prepared = self.prepare(provider, config_id, ds, &mut done).await;
             tracing::debug!(provider = provider.name(), deliveries = count, elapsed = ?started.elapsed(), "deliveries prepared");
-            match prepared {
-                Ok(ready) => chunks.push(ready),
+            let ready = match prepared {
+                Ok(ready) => ready,
                 Err(e) => {
                     tracing::warn!(config = %config_id, error = %e,
                         "deliveries could not be prepared; they are retried after their lease");
-                    done.extend(std::iter::repeat_n(Attempted::Failed, count - (done.len() - before)));
+                    done.extend(std::iter::repeat_n(Attempted::Failed, count - done.len()));
+                    Vec::new()
                 }
-            }
+            };
+            (done, ready)
+        }))
+        .await;
+        for (d, ready) in prepared {
+            done.extend(d);
+            chunks.push(ready);
         }
         let mut slots = slots;
         let mut sends = Vec::new();
@@ -483,6 +508,7 @@ impl Worker {
             done.extend(std::iter::repeat_n(Attempted::Released, ids.len()));
             return Ok(Vec::new());
         };
+        let config = Arc::new(config);
         let events: HashMap<Uuid, analytics_event::Model> = analytics_event::Entity::find()
             .filter(analytics_event::Column::Id.is_in(ds.iter().map(|d| d.event_id)))
             .all(&self.db)
@@ -498,46 +524,60 @@ impl Worker {
         });
         let decided = crate::consent::records::latest_times(&self.db, &tenant, lookups).await?;
         let mut keyed = Vec::new();
+        // What must not or cannot go, recorded together (with other requests' outcomes).
+        let mut unsent = Vec::new();
         for d in ds {
             let Some(event) = events.get(&d.event_id) else {
                 let gone = Outcome::Dead { reason: "the event no longer exists".into() };
-                done.push(self.record(&d, &config, None, gone, &[]).await?);
+                unsent.push((Ready { delivery: d, occurred_at: Utc::now() }, gone));
                 continue;
             };
+            let ready = |d| Ready { delivery: d, occurred_at: event.occurred_at };
             // Never an event older than the provider takes (it would refuse or misdate it).
             if let Some(reason) =
                 super::horizon::too_old(provider.name(), event.occurred_at, provider.max_event_age(), Utc::now())
             {
-                done.push(self.record(&d, &config, None, Outcome::Dead { reason }, &[]).await?);
+                unsent.push((ready(d), Outcome::Dead { reason }));
                 continue;
             }
             let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
             let decided_since = lookup.and_then(|l| decided.get(l)).is_some_and(|at| *at > event.received_at);
             match self.item(provider, &tenant, &config, &d, event, decided_since).await? {
-                Ok((key, item)) => keyed.push((key, (Ready { delivery: d, occurred_at: event.occurred_at }, item))),
-                Err(outcome) => done.push(self.record(&d, &config, None, outcome, &[]).await?),
+                Ok((key, item)) => keyed.push((key, (ready(d), item))),
+                Err(outcome) => unsent.push((ready(d), outcome)),
             }
-        }
-        if keyed.is_empty() {
-            return Ok(Vec::new());
         }
         // A reference that does not resolve counts like a refused credential: the deliveries
         // wait (backoff) and, persisting, the config goes to `error` naming the reference.
-        let credentials = match self.secrets.resolve_config(&config.credentials).await {
-            Ok(c) => Arc::new(c),
-            Err(unresolved) => {
-                let outcome = if unresolved.failure.transient {
-                    Outcome::Retry { reason: unresolved.to_string() }
-                } else {
-                    Outcome::AuthFailure { reason: unresolved.to_string() }
-                };
-                let (members, items): (Vec<Ready>, Vec<Item>) = keyed.into_iter().map(|(_, m)| m).unzip();
-                let outcomes = vec![outcome; members.len()];
-                done.extend(self.record_request(provider, &members, &config, None, outcomes, &items, false).await?);
-                return Ok(Vec::new());
+        let credentials = if keyed.is_empty() {
+            None
+        } else {
+            match self.secrets.resolve_config(&config.credentials).await {
+                Ok(c) => Some(Arc::new(c)),
+                Err(unresolved) => {
+                    let outcome = if unresolved.failure.transient {
+                        Outcome::Retry { reason: unresolved.to_string() }
+                    } else {
+                        Outcome::AuthFailure { reason: unresolved.to_string() }
+                    };
+                    // Counted once towards the config's `error` status, like a request's 401.
+                    unsent.extend(keyed.drain(..).map(|(_, (ready, _))| (ready, outcome.clone())));
+                    None
+                }
             }
         };
-        let config = Arc::new(config);
+        if !unsent.is_empty() {
+            let n = unsent.len();
+            let (members, outcomes): (Vec<Ready>, Vec<Outcome>) = unsent.into_iter().unzip();
+            let adjusted = vec![None; n];
+            let recorded =
+                Recorded { provider, members, config: config.clone(), answered: None, sent: false, outcomes, adjusted };
+            match self.record_grouped(recorded).await {
+                Some(v) => done.extend(v),
+                None => done.extend(std::iter::repeat_n(Attempted::Failed, n)),
+            }
+        }
+        let Some(credentials) = credentials else { return Ok(Vec::new()) };
         let limit = provider.batch_limit(&config.settings);
         Ok(batch::chunks(keyed, limit)
             .into_iter()
@@ -665,7 +705,18 @@ impl Worker {
                 }
                 batch::Next::Record(outcomes) => {
                     let n = members.len();
-                    let recorded = Recorded { provider, members, config: config.clone(), answered, outcomes, items };
+                    let adjusted =
+                        items.iter().map(|i| (!i.adjustments.is_empty()).then(|| i.adjustments.join("; "))).collect();
+                    drop(items);
+                    let recorded = Recorded {
+                        provider,
+                        members,
+                        config: config.clone(),
+                        answered,
+                        sent: true,
+                        outcomes,
+                        adjusted,
+                    };
                     match self.record_grouped(recorded).await {
                         Some(v) => done.extend(v),
                         None => done.extend(std::iter::repeat_n(Attempted::Failed, n)),
@@ -781,108 +832,191 @@ impl Worker {
         (provider.classify(&response, items), Some((status, retry_after)))
     }
 
-    /// Records the outcomes of one request (or of deliveries that were not sent: `sent` false),
-    /// one per delivery, in one transaction of its own. See [`Worker::record_in_batch`].
-    #[allow(clippy::too_many_arguments)]
-    async fn record_request(
-        &self,
-        provider: &dyn AnyProvider,
-        members: &[Ready],
-        config: &provider_config::Model,
-        answered: Answered,
-        outcomes: Vec<Outcome>,
-        items: &[Item],
-        sent: bool,
-    ) -> Result<Vec<Attempted>> {
-        let txn = crate::db::begin_write(&self.db).await?;
-        let (done, change) =
-            self.record_request_in(&txn, provider, members, config, answered, outcomes, items, sent).await?;
-        txn.commit().await?;
-        self.circuit_changed(provider, config.id, change).await;
-        Ok(done)
-    }
-
-    /// Records the outcomes of a sent request together with those of the other requests answered
+    /// Records the outcomes of a request together with those of the other requests answered
     /// meanwhile: one write transaction for all of them ([`super::group`]). `None` if that
     /// transaction failed (logged); the deliveries are then retried after their lease.
     async fn record_grouped(&self, outcome: Recorded) -> Option<Vec<Attempted>> {
         self.outcomes.submit(outcome, |batch| self.record_batch(batch)).await.flatten()
     }
 
-    /// Writes a batch of requests' outcomes in one transaction; one answer per request.
+    /// Writes a batch of requests' outcomes in one transaction ([`super::ending`]); one answer
+    /// per request.
     async fn record_batch(&self, batch: Vec<Recorded>) -> Vec<Option<Vec<Attempted>>> {
         let n = batch.len();
         let deliveries: usize = batch.iter().map(|r| r.members.len()).sum();
         metrics::histogram!("consentgate_delivery_outcomes_per_commit").record(deliveries as f64);
+        let now = Utc::now();
+        let mut endings = Vec::with_capacity(deliveries);
+        let mut attempted = Vec::with_capacity(deliveries);
+        let mut requests = Vec::with_capacity(n);
+        let mut providers: HashMap<Uuid, &'static dyn AnyProvider> = HashMap::new();
+        for r in &batch {
+            providers.insert(r.config.id, r.provider);
+            self.conclude(r, now, &mut endings, &mut attempted);
+            if r.sent {
+                // The provider failed the whole request (its circuit counts it) or answered
+                // (closes it).
+                let failed = !r.outcomes.is_empty() && r.outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+                requests.push((r.config.id, failed));
+            }
+        }
+        let thresholds = ending::Thresholds {
+            circuit_failures: self.settings.circuit_failures,
+            auth_failures: self.settings.auth_failures_before_error,
+        };
         let written = async {
             let txn = crate::db::begin_write(&self.db).await?;
-            let mut out = Vec::with_capacity(n);
-            for r in batch {
-                let (done, change) = self
-                    .record_request_in(&txn, r.provider, &r.members, &r.config, r.answered, r.outcomes, &r.items, true)
-                    .await?;
-                out.push((done, change, r.provider, r.config.id));
-            }
+            let written = ending::write(&txn, &self.owner, &endings, &requests, thresholds, now).await?;
             txn.commit().await?;
-            Ok::<_, crate::error::Error>(out)
+            Ok::<_, crate::error::Error>(written)
         }
         .await;
-        match written {
-            Ok(out) => {
-                let mut answers = Vec::with_capacity(n);
-                for (done, change, provider, config) in out {
-                    self.circuit_changed(provider, config, change).await;
-                    answers.push(Some(done));
-                }
-                answers
-            }
+        let written = match written {
+            Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, requests = n, deliveries,
                     "outcomes could not be recorded; the deliveries are retried after their lease");
-                (0..n).map(|_| None).collect()
+                return (0..n).map(|_| None).collect();
+            }
+        };
+        for (config, reason) in &written.to_error {
+            let provider = providers.get(config).map_or("?", |p| p.name());
+            tracing::warn!(%config, provider, %reason,
+                "provider config put into status error after repeated authentication failures");
+        }
+        for (config, changes) in &written.circuits {
+            if let Some(provider) = providers.get(config) {
+                for change in changes {
+                    self.circuit_changed(*provider, *config, *change).await;
+                }
             }
         }
+        let mut done = attempted.into_iter().zip(&written.written).zip(&endings).map(|((a, w), e)| {
+            if *w {
+                a
+            } else {
+                tracing::warn!(delivery = %e.id, "lease lost before the outcome was recorded");
+                Attempted::LeaseLost
+            }
+        });
+        batch.iter().map(|r| Some(done.by_ref().take(r.members.len()).collect())).collect()
     }
 
-    /// Records the outcomes of one request inside `txn`, one per delivery, with the metrics of
-    /// what was sent, and the request on the config's circuit (when `sent`). A 401/403 counts
-    /// once towards the config's `error` status, however many deliveries the request carried.
-    #[allow(clippy::too_many_arguments)]
-    async fn record_request_in(
+    /// What each outcome of `r` means for its delivery's row and its config's usage, at `now`
+    /// (pushed on `endings`, with what becomes of the delivery if written on `attempted`), with
+    /// the metrics of what was sent. A 401/403 counts once towards the config's `error` status,
+    /// however many deliveries the request carried.
+    fn conclude(
         &self,
-        txn: &DatabaseTransaction,
-        provider: &dyn AnyProvider,
-        members: &[Ready],
-        config: &provider_config::Model,
-        answered: Answered,
-        outcomes: Vec<Outcome>,
-        items: &[Item],
-        sent: bool,
-    ) -> Result<(Vec<Attempted>, circuit::Change)> {
-        // The provider failed the whole request (its circuit counts it) or answered (closes it).
-        let failed = !outcomes.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
-        let mut done = Vec::with_capacity(members.len());
+        r: &Recorded,
+        now: DateTime<Utc>,
+        endings: &mut Vec<ending::Ending>,
+        attempted: &mut Vec<Attempted>,
+    ) {
+        let provider = r.provider;
+        // Retried until the horizon: the last retry is scheduled just before it.
+        let horizon = horizon::for_provider(self.settings.retry_horizon(), provider.max_event_age());
         let mut auth_counted = false;
-        for ((m, outcome), item) in members.iter().zip(outcomes).zip(items) {
-            if sent {
-                metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome.label())
-                    .increment(1);
+        // The metrics' handles once per request, not per delivery.
+        let mut counted: Vec<(&'static str, u64)> = Vec::new();
+        let lag =
+            r.sent.then(|| metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()));
+        for ((m, outcome), adjusted) in r.members.iter().zip(&r.outcomes).zip(&r.adjusted) {
+            if let Some(lag) = &lag {
+                match counted.iter_mut().find(|(l, _)| *l == outcome.label()) {
+                    Some((_, n)) => *n += 1,
+                    None => counted.push((outcome.label(), 1)),
+                }
                 if matches!(outcome, Outcome::Delivered | Outcome::Dropped { .. }) {
-                    let lag = (Utc::now() - m.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()).record(lag);
+                    lag.record((now - m.occurred_at).num_milliseconds().max(0) as f64 / 1000.0);
                 }
             }
             tracing::debug!(delivery = %m.delivery.id, provider = provider.name(), outcome = outcome.label(), "delivery outcome");
-            let counted = auth_counted;
+            let counted = !auth_counted;
             auth_counted |= matches!(outcome, Outcome::AuthFailure { .. });
-            done.push(self.record_in(txn, &m.delivery, config, answered, outcome, &item.adjustments, !counted).await?);
+            let d = &m.delivery;
+            let deadline = horizon::deadline(d.expires_at, d.created_at, horizon);
+            let attempts = d.attempts + 1;
+            let retry_at = || -> DateTime<Utc> {
+                let wait = backoff::delay(
+                    attempts,
+                    self.settings.backoff_base_ms,
+                    self.settings.backoff_max_ms,
+                    backoff::unit_random(),
+                    r.answered.and_then(|(_, ra)| ra),
+                );
+                let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                at.min(deadline - chrono::Duration::seconds(1)).max(now)
+            };
+            let row = ending::RowEnd {
+                status: None,
+                last_status: r.answered.map(|(s, _)| s as i32),
+                last_error: None,
+                warning: None,
+                delivered: false,
+                next_attempt_at: None,
+            };
+            let end = |status, last_error| ending::RowEnd { status: Some(status), last_error, ..row.clone() };
+            let (row, usage, done) = match outcome {
+                Outcome::Delivered => (
+                    ending::RowEnd {
+                        delivered: true,
+                        warning: Some(adjusted.clone()),
+                        ..end(DeliveryStatus::Delivered, None)
+                    },
+                    ending::Usage::Sent,
+                    Attempted::Delivered,
+                ),
+                Outcome::Dropped { warning } => (
+                    ending::RowEnd {
+                        warning: Some(Some(match adjusted {
+                            Some(a) => format!("{warning}; {a}"),
+                            None => warning.clone(),
+                        })),
+                        ..end(DeliveryStatus::Dropped, None)
+                    },
+                    ending::Usage::Dropped { warning: warning.clone() },
+                    Attempted::Dropped,
+                ),
+                Outcome::Dead { reason } => (
+                    end(DeliveryStatus::Dead, Some(reason.clone())),
+                    ending::Usage::Failed { error: reason.clone(), dead: true },
+                    Attempted::Dead,
+                ),
+                // Ends like a dead letter (with its reason on the delivery), but counts as a
+                // consent denial and leaves the config's `last_error` alone: nothing is wrong
+                // with the config.
+                Outcome::ConsentDenied { reason } => {
+                    (end(DeliveryStatus::Dead, Some(reason.clone())), ending::Usage::DeniedByConsent, Attempted::Dead)
+                }
+                Outcome::Retry { reason } | Outcome::AuthFailure { reason }
+                    if now >= deadline - chrono::Duration::seconds(1) =>
+                {
+                    let reason = horizon::reached(horizon, Some(reason));
+                    (
+                        end(DeliveryStatus::Dead, Some(reason.clone())),
+                        ending::Usage::Failed { error: reason, dead: true },
+                        Attempted::Dead,
+                    )
+                }
+                Outcome::Retry { reason } => (
+                    ending::RowEnd { next_attempt_at: Some(retry_at()), last_error: Some(reason.clone()), ..row },
+                    ending::Usage::Failed { error: reason.clone(), dead: false },
+                    Attempted::Retried,
+                ),
+                Outcome::AuthFailure { reason } => (
+                    ending::RowEnd { next_attempt_at: Some(retry_at()), last_error: Some(reason.clone()), ..row },
+                    ending::Usage::AuthFailed { error: reason.clone(), counted },
+                    Attempted::Retried,
+                ),
+            };
+            endings.push(ending::Ending { id: d.id, config: r.config.id, row, usage });
+            attempted.push(done);
         }
-        let change = if sent {
-            circuit::record(txn, config.id, failed, self.settings.circuit_failures, Utc::now()).await?
-        } else {
-            circuit::Change::Unchanged
-        };
-        Ok((done, change))
+        for (outcome, n) in counted {
+            metrics::counter!("consentgate_deliveries_total", "provider" => provider.name(), "outcome" => outcome)
+                .increment(n);
+        }
     }
 
     /// After the commit that changed a config's circuit: logged; a closed circuit releases the
@@ -896,160 +1030,14 @@ impl Worker {
                 // own schedule (the circuit is closed), so it is only logged.
                 let per_sec = self.settings.circuit_release_per_sec;
                 match circuit::release(&self.db, config, per_sec, Utc::now()).await {
-                    Ok(released) => tracing::info!(%config, provider = provider.name(), released,
-                        per_sec, "circuit closed: waiting deliveries released"),
+                    Ok(released) => tracing::info!(%config, provider = provider.name(),
+                        released, per_sec, "circuit closed: waiting deliveries released"),
                     Err(e) => tracing::warn!(%config, error = %e,
                         "circuit closed, but its waiting deliveries could not be released; they keep their schedule"),
                 }
             }
             circuit::Change::Unchanged => {}
         }
-    }
-
-    /// Records one delivery's outcome alone, in its own transaction.
-    async fn record(
-        &self,
-        d: &delivery::Model,
-        config: &provider_config::Model,
-        answered: Answered,
-        outcome: Outcome,
-        adjustments: &[String],
-    ) -> Result<Attempted> {
-        let txn = crate::db::begin_write(&self.db).await?;
-        let done = self.record_in(&txn, d, config, answered, outcome, adjustments, true).await?;
-        txn.commit().await?;
-        Ok(done)
-    }
-
-    /// Records an attempt's outcome on the delivery (only while this worker holds its lease) and
-    /// the config's usage, inside `txn`; returns what became of the delivery. `count_auth`: a
-    /// 401/403 counts towards the config's `error` status (once per request).
-    #[allow(clippy::too_many_arguments)]
-    async fn record_in(
-        &self,
-        txn: &DatabaseTransaction,
-        d: &delivery::Model,
-        config: &provider_config::Model,
-        answer: Answered,
-        outcome: Outcome,
-        adjustments: &[String],
-        count_auth: bool,
-    ) -> Result<Attempted> {
-        let now = Utc::now();
-        let Some(current) = delivery::Entity::find_by_id(d.id)
-            .filter(delivery::Column::LeaseOwner.eq(self.owner.as_str()))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-            .one(txn)
-            .await?
-        else {
-            tracing::warn!(delivery = %d.id, "lease lost before the outcome was recorded");
-            return Ok(Attempted::LeaseLost);
-        };
-        let attempts = current.attempts + 1;
-        let mut row = current.into_active_model();
-        row.attempts = Set(attempts);
-        row.last_status = Set(answer.map(|(s, _)| s as i32));
-        row.lease_owner = Set(None);
-        row.lease_until = Set(None);
-        row.claimed_at = Set(None);
-        row.updated_at = Set(now);
-        let adjusted = (!adjustments.is_empty()).then(|| adjustments.join("; "));
-        let end = |row: &mut delivery::ActiveModel, st: DeliveryStatus| {
-            row.status = Set(st.as_str().into());
-            // The visitor's full IP, lookup id and agent were only needed to send; they go when
-            // the delivery ends.
-            row.client_ip = Set(None);
-            row.consent_lookup_id = Set(None);
-            row.user_agent = Set(None);
-            row.granted = Set(None);
-            row.pseudonymous_id = Set(None);
-        };
-        // Retried until the horizon: the last retry is scheduled just before it.
-        let horizon = horizon::for_provider(
-            self.settings.retry_horizon(),
-            providers::get(&config.provider).and_then(|p| p.max_event_age()),
-        );
-        let deadline = horizon::deadline(d.expires_at, d.created_at, horizon);
-        let retry_at = |ra: Option<std::time::Duration>| -> DateTime<Utc> {
-            let wait = backoff::delay(
-                attempts,
-                self.settings.backoff_base_ms,
-                self.settings.backoff_max_ms,
-                backoff::unit_random(),
-                ra,
-            );
-            let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
-            at.min(deadline - chrono::Duration::seconds(1)).max(now)
-        };
-        let retry_after = answer.and_then(|(_, ra)| ra);
-        let done = match &outcome {
-            Outcome::Delivered => {
-                end(&mut row, DeliveryStatus::Delivered);
-                row.delivered_at = Set(Some(now));
-                row.last_error = Set(None);
-                row.warning = Set(adjusted);
-                row.update(txn).await?;
-                usage::sent(txn, config.id, now).await?;
-                Attempted::Delivered
-            }
-            Outcome::Dropped { warning } => {
-                end(&mut row, DeliveryStatus::Dropped);
-                row.last_error = Set(None);
-                row.warning = Set(Some(match adjusted {
-                    Some(a) => format!("{warning}; {a}"),
-                    None => warning.clone(),
-                }));
-                row.update(txn).await?;
-                usage::dropped(txn, config.id, warning, now).await?;
-                Attempted::Dropped
-            }
-            Outcome::Dead { reason } => {
-                end(&mut row, DeliveryStatus::Dead);
-                row.last_error = Set(Some(reason.clone()));
-                row.update(txn).await?;
-                usage::failed(txn, config.id, reason, true, now).await?;
-                Attempted::Dead
-            }
-            Outcome::ConsentDenied { reason } => {
-                // Ends like a dead letter (with its reason on the delivery), but counts as a
-                // consent denial and leaves the config's `last_error` alone: nothing is wrong
-                // with the config.
-                end(&mut row, DeliveryStatus::Dead);
-                row.last_error = Set(Some(reason.clone()));
-                row.update(txn).await?;
-                usage::denied_by_consent(txn, config.id).await?;
-                Attempted::Dead
-            }
-            Outcome::Retry { reason } | Outcome::AuthFailure { reason }
-                if now >= deadline - chrono::Duration::seconds(1) =>
-            {
-                let reason = horizon::reached(horizon, Some(reason));
-                end(&mut row, DeliveryStatus::Dead);
-                row.last_error = Set(Some(reason.clone()));
-                row.update(txn).await?;
-                usage::failed(txn, config.id, &reason, true, now).await?;
-                Attempted::Dead
-            }
-            Outcome::Retry { reason } => {
-                row.next_attempt_at = Set(retry_at(retry_after));
-                row.last_error = Set(Some(reason.clone()));
-                row.update(txn).await?;
-                usage::failed(txn, config.id, reason, false, now).await?;
-                Attempted::Retried
-            }
-            Outcome::AuthFailure { reason } => {
-                row.next_attempt_at = Set(retry_at(retry_after));
-                row.last_error = Set(Some(reason.clone()));
-                row.update(txn).await?;
-                let threshold = self.settings.auth_failures_before_error.max(1);
-                if count_auth && usage::auth_failed(txn, config.id, reason, threshold, now).await? {
-                    tracing::warn!(config = %config.id, provider = %config.provider, %reason,
-                        "provider config put into status error after repeated authentication failures");
-                }
-                Attempted::Retried
-            }
-        };
-        Ok(done)
     }
 }
 

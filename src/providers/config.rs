@@ -652,10 +652,6 @@ pub async fn forwarding_targets(
 pub mod usage {
     use super::*;
 
-    pub async fn denied_by_consent(db: &impl ConnectionTrait, config_id: Uuid) -> Result<()> {
-        denied_by_consent_n(db, config_id, 1).await
-    }
-
     /// `n` events denied by consent at once (one commit of the ingest writer).
     pub async fn denied_by_consent_n(db: &impl ConnectionTrait, config_id: Uuid, n: u64) -> Result<()> {
         provider_config::Entity::update_many()
@@ -666,55 +662,6 @@ pub mod usage {
             .filter(provider_config::Column::Id.eq(config_id))
             .exec(db)
             .await?;
-        Ok(())
-    }
-
-    /// A delivery: also clears `last_error` (and its time), which describe the config's current
-    /// trouble — past failures stay in `events_failed` and the dead letters.
-    pub async fn sent(db: &impl ConnectionTrait, config_id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        provider_config::Entity::update_many()
-            .col_expr(provider_config::Column::EventsSent, Expr::col(provider_config::Column::EventsSent).add(1))
-            .col_expr(provider_config::Column::LastSentAt, Expr::value(at))
-            .col_expr(provider_config::Column::LastError, Expr::value(Option::<String>::None))
-            .col_expr(provider_config::Column::LastErrorAt, Expr::value(Option::<DateTime<Utc>>::None))
-            .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0))
-            .filter(provider_config::Column::Id.eq(config_id))
-            .exec(db)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn dropped(db: &impl ConnectionTrait, config_id: Uuid, warning: &str, at: DateTime<Utc>) -> Result<()> {
-        provider_config::Entity::update_many()
-            .col_expr(provider_config::Column::EventsDropped, Expr::col(provider_config::Column::EventsDropped).add(1))
-            .col_expr(provider_config::Column::LastErrorAt, Expr::value(at))
-            .col_expr(provider_config::Column::LastError, Expr::value(warning))
-            .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0))
-            .filter(provider_config::Column::Id.eq(config_id))
-            .exec(db)
-            .await?;
-        Ok(())
-    }
-
-    /// A failed attempt: `last_error` always, `events_failed` only when the delivery is dead.
-    pub async fn failed(
-        db: &impl ConnectionTrait,
-        config_id: Uuid,
-        error: &str,
-        dead: bool,
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        let mut q = provider_config::Entity::update_many()
-            .col_expr(provider_config::Column::LastErrorAt, Expr::value(at))
-            .col_expr(provider_config::Column::LastError, Expr::value(error))
-            .col_expr(provider_config::Column::ConsecutiveAuthFailures, Expr::value(0));
-        if dead {
-            q = q.col_expr(
-                provider_config::Column::EventsFailed,
-                Expr::col(provider_config::Column::EventsFailed).add(1),
-            );
-        }
-        q.filter(provider_config::Column::Id.eq(config_id)).exec(db).await?;
         Ok(())
     }
 
@@ -732,42 +679,334 @@ pub mod usage {
         Ok(())
     }
 
-    /// A 401/403: counts it, and puts an `active` config into `error` once `threshold` have come
-    /// in a row. Returns whether this call moved the config to `error`.
-    pub async fn auth_failed(
-        db: &impl ConnectionTrait,
-        config_id: Uuid,
-        error: &str,
-        threshold: u32,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        provider_config::Entity::update_many()
-            .col_expr(
-                provider_config::Column::ConsecutiveAuthFailures,
-                Expr::col(provider_config::Column::ConsecutiveAuthFailures).add(1),
-            )
-            .col_expr(provider_config::Column::LastErrorAt, Expr::value(at))
-            .col_expr(provider_config::Column::LastError, Expr::value(error))
-            .filter(provider_config::Column::Id.eq(config_id))
-            .exec(db)
-            .await?;
-        let moved = provider_config::Entity::update_many()
-            .col_expr(provider_config::Column::Status, Expr::value(ProviderStatus::Error.as_str()))
-            .col_expr(
-                provider_config::Column::StatusReason,
-                Expr::value(format!("{threshold} authentication failures in a row; last: {error}")),
-            )
-            .col_expr(provider_config::Column::UpdatedAt, Expr::value(at))
-            .filter(provider_config::Column::Id.eq(config_id))
-            .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
-            .filter(provider_config::Column::ConsecutiveAuthFailures.gte(threshold as i32))
-            .exec(db)
-            .await?;
-        if moved.rows_affected > 0 {
+    /// What a batch of delivery outcomes does to one config's usage, summed so that the batch
+    /// writes the config's row once ([`Tally::write`]) instead of once per delivery. Recorded in
+    /// the order the outcomes are written; the row ends as if each had been written in turn:
+    ///
+    /// - a delivery (`sent`) counts in `events_sent`, sets `last_sent_at` and clears `last_error`
+    ///   (and its time): they describe the config's current trouble, and past failures stay in
+    ///   `events_failed` and the dead letters;
+    /// - a dropped delivery sets `last_error` to the provider's warning; a failed attempt sets it
+    ///   always and counts in `events_failed` only when the delivery is dead;
+    /// - a consent denial counts in `events_denied_by_consent` and leaves `last_error` alone (a
+    ///   withdrawal is not the config's trouble);
+    /// - every outcome but a consent denial ends a run of 401/403s; a 401/403 extends it, and puts
+    ///   an `active` config into `error` when the run reaches the threshold.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Tally {
+        sent: i64,
+        dropped: i64,
+        failed: i64,
+        denied: i64,
+        last_sent_at: Option<DateTime<Utc>>,
+        /// `last_error` and its time as the batch leaves them: `None` untouched, `Some(None)`
+        /// cleared.
+        error: Option<Option<(String, DateTime<Utc>)>>,
+        /// The 401/403s before the first outcome that ends a run (they extend the stored run,
+        /// unknown until written), with their reasons and times.
+        auth_before_reset: Vec<(String, DateTime<Utc>)>,
+        /// The run's length after the last outcome that ended one; `None`: none did.
+        auth_since_reset: Option<i32>,
+        /// The first 401/403 after a reset whose run reached the threshold.
+        reached_after_reset: Option<(String, DateTime<Utc>)>,
+    }
+
+    impl Tally {
+        /// A delivery.
+        pub fn sent(&mut self, at: DateTime<Utc>) {
+            self.sent += 1;
+            self.last_sent_at = Some(at);
+            self.error = Some(None);
+            self.reset();
+        }
+
+        /// Answered with success but discarded by the provider.
+        pub fn dropped(&mut self, warning: &str, at: DateTime<Utc>) {
+            self.dropped += 1;
+            self.error = Some(Some((warning.to_string(), at)));
+            self.reset();
+        }
+
+        /// A failed attempt: `last_error` always, `events_failed` only when the delivery is dead.
+        pub fn failed(&mut self, error: &str, dead: bool, at: DateTime<Utc>) {
+            if dead {
+                self.failed += 1;
+            }
+            self.error = Some(Some((error.to_string(), at)));
+            self.reset();
+        }
+
+        /// Not sent: consent withdrawn since ingest.
+        pub fn denied_by_consent(&mut self) {
+            self.denied += 1;
+        }
+
+        /// A 401/403, counted towards the config's `error` status after `threshold` in a row.
+        pub fn auth_failed(&mut self, error: &str, threshold: u32, at: DateTime<Utc>) {
+            self.error = Some(Some((error.to_string(), at)));
+            match &mut self.auth_since_reset {
+                None => self.auth_before_reset.push((error.to_string(), at)),
+                Some(run) => {
+                    *run += 1;
+                    if *run >= threshold as i32 && self.reached_after_reset.is_none() {
+                        self.reached_after_reset = Some((error.to_string(), at));
+                    }
+                }
+            }
+        }
+
+        fn reset(&mut self) {
+            self.auth_since_reset = Some(0);
+        }
+
+        /// Nothing to write.
+        pub fn is_empty(&self) -> bool {
+            *self == Tally::default()
+        }
+
+        /// The run of 401/403s after the batch, given the stored one (`before`); `None`: unchanged.
+        fn run_after(&self, before: i32) -> Option<i32> {
+            match self.auth_since_reset {
+                Some(run) => Some(run),
+                None if self.auth_before_reset.is_empty() => None,
+                None => Some(before + self.auth_before_reset.len() as i32),
+            }
+        }
+
+        /// The 401/403 (reason, time) whose run first reached `threshold`, given the stored run
+        /// (`before`): the config goes to `error` then, if it is `active`.
+        fn reached(&self, before: i32, threshold: u32) -> Option<&(String, DateTime<Utc>)> {
+            let first = Ord::max(threshold as i32 - before, 1) as usize;
+            self.auth_before_reset.get(first - 1).or(self.reached_after_reset.as_ref())
+        }
+
+        /// Writes the tally on the config's row inside the caller's transaction, with `extra`
+        /// columns of the same row (the circuit's) in the same statement: one `UPDATE` — preceded
+        /// by a read of the row, locked, only when the batch had 401/403s that extend the stored
+        /// run. Returns the last 401/403's reason when the batch put the config into `error`
+        /// (every instance's config cache is told).
+        pub async fn write(
+            &self,
+            db: &impl ConnectionTrait,
+            config_id: Uuid,
+            threshold: u32,
+            extra: Vec<(provider_config::Column, sea_orm::sea_query::SimpleExpr)>,
+        ) -> Result<Option<String>> {
+            use provider_config::Column as C;
+            let mut q = provider_config::Entity::update_many().filter(C::Id.eq(config_id));
+            let mut empty = true;
+            let mut add = |q: sea_orm::UpdateMany<provider_config::Entity>, col: C, n: i64| {
+                if n == 0 {
+                    return q;
+                }
+                empty = false;
+                q.col_expr(col, Expr::col(col).add(n))
+            };
+            q = add(q, C::EventsSent, self.sent);
+            q = add(q, C::EventsDropped, self.dropped);
+            q = add(q, C::EventsFailed, self.failed);
+            q = add(q, C::EventsDeniedByConsent, self.denied);
+            let mut set = |q: sea_orm::UpdateMany<provider_config::Entity>, col: C, v: sea_orm::Value| {
+                empty = false;
+                q.col_expr(col, Expr::value(v))
+            };
+            if let Some(at) = self.last_sent_at {
+                q = set(q, C::LastSentAt, at.into());
+            }
+            match &self.error {
+                None => {}
+                Some(None) => {
+                    q = set(q, C::LastError, Option::<String>::None.into());
+                    q = set(q, C::LastErrorAt, Option::<DateTime<Utc>>::None.into());
+                }
+                Some(Some((e, at))) => {
+                    q = set(q, C::LastError, e.clone().into());
+                    q = set(q, C::LastErrorAt, (*at).into());
+                }
+            }
+            // A run the batch extends is read first (locked on PostgreSQL until the commit).
+            let before = if self.auth_before_reset.is_empty() {
+                0
+            } else {
+                let stored: Option<i32> = provider_config::Entity::find_by_id(config_id)
+                    .select_only()
+                    .column(C::ConsecutiveAuthFailures)
+                    .lock_exclusive()
+                    .into_tuple()
+                    .one(db)
+                    .await?;
+                let Some(stored) = stored else { return Ok(None) };
+                stored
+            };
+            if let Some(run) = self.run_after(before) {
+                q = set(q, C::ConsecutiveAuthFailures, run.into());
+            }
+            let reached = self.reached(before, threshold).cloned();
+            for (col, value) in extra {
+                empty = false;
+                q = q.col_expr(col, value);
+            }
+            if !empty {
+                q.exec(db).await?;
+            }
+            let Some((reason, at)) = reached else { return Ok(None) };
+            let moved = provider_config::Entity::update_many()
+                .col_expr(C::Status, Expr::value(ProviderStatus::Error.as_str()))
+                .col_expr(
+                    C::StatusReason,
+                    Expr::value(format!("{threshold} authentication failures in a row; last: {reason}")),
+                )
+                .col_expr(C::UpdatedAt, Expr::value(at))
+                .filter(C::Id.eq(config_id))
+                .filter(C::Status.eq(ProviderStatus::Active.as_str()))
+                .exec(db)
+                .await?;
+            if moved.rows_affected == 0 {
+                return Ok(None);
+            }
             // Every instance's config cache picks the status change up within its bound.
             crate::cache::generation::bump_for_provider_config(db, config_id).await?;
+            Ok(Some(reason))
         }
-        Ok(moved.rows_affected > 0)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The columns of a config's row the usage changes.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        struct Row {
+            sent: i64,
+            dropped: i64,
+            failed: i64,
+            denied: i64,
+            last_sent_at: Option<DateTime<Utc>>,
+            last_error: Option<(String, DateTime<Utc>)>,
+            run: i32,
+            active: bool,
+            status_reason: Option<(String, DateTime<Utc>)>,
+        }
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Sent,
+            Dropped(&'static str),
+            Failed(&'static str, bool),
+            Denied,
+            Auth(&'static str),
+        }
+
+        /// One outcome written alone, as the per-delivery statements did before the tally.
+        fn one_by_one(row: &mut Row, op: &Op, threshold: u32, at: DateTime<Utc>) {
+            match op {
+                Op::Sent => {
+                    row.sent += 1;
+                    row.last_sent_at = Some(at);
+                    row.last_error = None;
+                    row.run = 0;
+                }
+                Op::Dropped(w) => {
+                    row.dropped += 1;
+                    row.last_error = Some((w.to_string(), at));
+                    row.run = 0;
+                }
+                Op::Failed(e, dead) => {
+                    row.failed += *dead as i64;
+                    row.last_error = Some((e.to_string(), at));
+                    row.run = 0;
+                }
+                Op::Denied => row.denied += 1,
+                Op::Auth(e) => {
+                    row.run += 1;
+                    row.last_error = Some((e.to_string(), at));
+                    if row.active && row.run >= threshold as i32 {
+                        row.active = false;
+                        row.status_reason = Some((format!("{threshold} in a row; last: {e}"), at));
+                    }
+                }
+            }
+        }
+
+        /// The tally's single write, as [`Tally::write`] does it.
+        fn summed(row: &mut Row, tally: &Tally, threshold: u32) {
+            row.sent += tally.sent;
+            row.dropped += tally.dropped;
+            row.failed += tally.failed;
+            row.denied += tally.denied;
+            row.last_sent_at = tally.last_sent_at.or(row.last_sent_at);
+            if let Some(error) = &tally.error {
+                row.last_error = error.clone();
+            }
+            let before = row.run;
+            if let Some(run) = tally.run_after(before) {
+                row.run = run;
+            }
+            if let Some((e, at)) = tally.reached(before, threshold)
+                && row.active
+            {
+                row.active = false;
+                row.status_reason = Some((format!("{threshold} in a row; last: {e}"), *at));
+            }
+        }
+
+        #[test]
+        fn a_tally_leaves_the_row_as_its_outcomes_written_one_by_one_would() {
+            let ops = [
+                Op::Sent,
+                Op::Dropped("dropped"),
+                Op::Failed("retry", false),
+                Op::Failed("dead", true),
+                Op::Denied,
+                Op::Auth("401 a"),
+                Op::Auth("401 b"),
+            ];
+            let t0 = Utc::now();
+            // Every sequence of up to 5 outcomes, from stored runs of 0 to 3 and active or not.
+            let mut sequences: Vec<Vec<usize>> = vec![vec![]];
+            for _ in 0..5 {
+                let longer: Vec<Vec<usize>> = sequences
+                    .iter()
+                    .filter(|s| s.len() == sequences.last().unwrap().len())
+                    .flat_map(|s| (0..ops.len()).map(move |i| [s.clone(), vec![i]].concat()))
+                    .collect();
+                sequences.extend(longer);
+            }
+            let mut checked = 0;
+            for seq in &sequences {
+                for run in 0..4 {
+                    for active in [true, false] {
+                        for threshold in [1, 2, 3] {
+                            let start =
+                                Row { run, active, sent: 5, last_error: Some(("old".into(), t0)), ..Row::default() };
+                            let (mut expected, mut tally) = (start.clone(), Tally::default());
+                            for (k, &i) in seq.iter().enumerate() {
+                                let at = t0 + chrono::Duration::seconds(k as i64 + 1);
+                                one_by_one(&mut expected, &ops[i], threshold, at);
+                                match &ops[i] {
+                                    Op::Sent => tally.sent(at),
+                                    Op::Dropped(w) => tally.dropped(w, at),
+                                    Op::Failed(e, dead) => tally.failed(e, *dead, at),
+                                    Op::Denied => tally.denied_by_consent(),
+                                    Op::Auth(e) => tally.auth_failed(e, threshold, at),
+                                }
+                            }
+                            let mut got = start.clone();
+                            summed(&mut got, &tally, threshold);
+                            assert_eq!(
+                                got,
+                                expected,
+                                "{:?} from run {run}, active {active}, threshold {threshold}",
+                                seq.iter().map(|&i| &ops[i]).collect::<Vec<_>>()
+                            );
+                            assert_eq!(tally.is_empty(), seq.is_empty());
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+            assert!(checked > 100_000, "{checked}");
+        }
     }
 }
 

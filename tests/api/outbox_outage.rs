@@ -266,6 +266,61 @@ async fn a_slow_provider_with_a_short_lease_sends_nothing_twice() {
     assert!(page["items"].as_array().unwrap().iter().all(|d| d.get("in_flight").is_none()), "{page}");
 }
 
+/// A lease another worker took over while the request was in flight (this one stalled past it):
+/// the late answer is recorded only for the deliveries whose lease is still this worker's; the
+/// others stay the other worker's — pending, unattempted, not counted in the config's usage.
+#[tokio::test]
+async fn a_late_outcome_is_recorded_only_where_the_lease_is_still_held() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let (app, fakes, keys) = site::setup().await;
+    let umami = site::umami(&app, &fakes, json!({"endpoint": "batch"})).await;
+    pageviews(&app, &keys, 3).await;
+    fakes.behaviour(json!({"umami": {"delay_ms": 1500}})).await;
+    let worker =
+        Worker::new(app.db.clone(), app.app.state.settings.delivery.clone(), app.app.state.outbox.secrets()).unwrap();
+    let sending = tokio::spawn(async move { worker.run_once(Utc::now()).await });
+    let in_flight = eventually(5, || async {
+        let (_, page) = app.get(&format!("/v1/tenants/{}/deliveries?status=pending", app.tenant), &app.admin).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 3 && items.iter().all(|d| d["in_flight"].is_object())).then_some(items)
+    })
+    .await;
+    let taken: Vec<uuid::Uuid> = in_flight[..2].iter().map(|d| id(d).parse().unwrap()).collect();
+    let other = "worker-other@elsewhere:1";
+    entity::delivery::Entity::update_many()
+        .col_expr(entity::delivery::Column::LeaseOwner, Expr::value(other))
+        .filter(entity::delivery::Column::Id.is_in(taken.clone()))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let done = sending.await.unwrap();
+    assert_eq!(done, Pass { claimed: 3, delivered: 1, lease_lost: 2, ..Pass::default() });
+    assert_eq!(fakes.received_by("umami").await.len(), 3, "each sent once");
+    let list = |status: &'static str| {
+        let app = &app;
+        async move {
+            let (_, page) =
+                app.get(&format!("/v1/tenants/{}/deliveries?status={status}", app.tenant), &app.admin).await;
+            page["items"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let pending = list("pending").await;
+    let mut ids: Vec<uuid::Uuid> = pending.iter().map(|d| id(d).parse().unwrap()).collect();
+    ids.sort();
+    let mut expected = taken.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "{pending:?}");
+    for d in &pending {
+        assert_eq!((d["attempts"].as_i64(), d["in_flight"]["owner"].as_str()), (Some(0), Some(other)), "{d}");
+    }
+    let delivered = list("delivered").await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["attempts"], 1, "{delivered:?}");
+    assert!(delivered[0].get("in_flight").is_none(), "{delivered:?}");
+    let usage = &site::config(&app, "umami", &id(&umami)).await["usage"];
+    assert_eq!((usage["events_sent"].as_i64(), usage["events_failed"].as_i64()), (Some(1), Some(0)), "{usage}");
+}
+
 /// A paused config's deliveries wait against the same horizon; dead-lettered at it they say so,
 /// and a replay sends them with a new horizon.
 #[tokio::test]
