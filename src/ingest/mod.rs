@@ -119,7 +119,9 @@ pub async fn prepare(
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let event = stored_event(cached.tenant.id, provider, key_kind, ev, &agent, now);
     let targets = cached.forwarding(provider).count();
-    let cookieless = cached.forwarding(provider).any(|(_, t)| t.policy.cookieless_fallback);
+    // Not for a visitor whose respected DNT/GPC denies every provider: no salt is made for them.
+    let cookieless = cached.forwarding(provider).any(|(_, t)| t.policy.cookieless_fallback)
+        && consent::not_tracked(cached.policy(), &signals).is_none();
     // An event without any visitor id counts as a visitor of its own.
     let daily_id = if cookieless {
         let visitor = consent_lookup_id.clone().unwrap_or_else(|| format!("event:{}", event.id));
