@@ -58,7 +58,6 @@ impl App {
     pub async fn start_with(settings: Settings, db: DatabaseConnection) -> anyhow::Result<App> {
         crate::telemetry::init_metrics();
         let geo = Arc::new(Geo::open(&settings.geo)?);
-        crate::outbox::log::set_horizon(settings.delivery.retry_horizon());
         for key in settings.delivery.deprecated_keys() {
             match key {
                 "delivery.concurrency_per_provider" => tracing::warn!(

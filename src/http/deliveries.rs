@@ -65,7 +65,7 @@ async fn list_deliveries(
 ) -> ApiResult<Json<DeliveryPage>> {
     let limit = PageLimit::or_default(q.limit);
     let filter = Filter { status: q.status, config: q.config, event: q.event, before: q.cursor, limit };
-    let items = log::list(&state.db, caller.tenant.id, &filter).await?;
+    let items = log::list(&state.db, caller.tenant.id, &filter, state.settings.delivery.retry_horizon()).await?;
     let next_cursor = (items.len() as u64 == limit).then(|| items.last().map(|d| d.id)).flatten();
     Ok(Json(DeliveryPage { items, next_cursor }))
 }

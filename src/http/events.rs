@@ -206,7 +206,7 @@ async fn get_event(
     Reader(caller): Reader,
     ApiPath(EventPath { id, .. }): ApiPath<EventPath>,
 ) -> ApiResult<Json<EventView>> {
-    Ok(Json(ingest::event_view(&state.db, caller.tenant.id, id).await?))
+    Ok(Json(ingest::event_view(&state.db, caller.tenant.id, id, state.settings.delivery.retry_horizon()).await?))
 }
 
 pub(super) async fn preflight(

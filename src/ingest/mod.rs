@@ -410,13 +410,19 @@ pub struct EventDecision {
     pub delivery: Option<crate::outbox::log::DeliveryView>,
 }
 
-pub async fn event_view(db: &impl ConnectionTrait, tenant_id: Uuid, id: Uuid) -> Result<EventView> {
+/// `horizon`: the configured retry horizon, for a pending delivery's `expires_at`.
+pub async fn event_view(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    id: Uuid,
+    horizon: chrono::Duration,
+) -> Result<EventView> {
     let e = analytics_event::Entity::find_by_id(id)
         .filter(analytics_event::Column::TenantId.eq(tenant_id))
         .one(db)
         .await?
         .ok_or(Error::NotFound)?;
-    let mut deliveries = crate::outbox::log::for_event(db, tenant_id, id).await?;
+    let mut deliveries = crate::outbox::log::for_event(db, tenant_id, id, horizon).await?;
     let decisions = decisions::for_event(db, id)
         .await?
         .into_iter()

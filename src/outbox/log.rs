@@ -66,7 +66,8 @@ pub struct InFlight {
 }
 
 impl DeliveryView {
-    fn new(d: delivery::Model, decision: Option<DecisionView>) -> Self {
+    /// `horizon`: the configured retry horizon (`delivery.retry_horizon_hours`), for `expires_at`.
+    fn new(d: delivery::Model, decision: Option<DecisionView>, horizon: chrono::Duration) -> Self {
         let pending = d.status == DeliveryStatus::Pending.as_str();
         let in_flight = match (&d.lease_owner, d.lease_until) {
             (Some(owner), Some(until)) if pending && until > Utc::now() => {
@@ -76,10 +77,7 @@ impl DeliveryView {
         };
         let expires_at = pending.then(|| {
             let provider = crate::providers::get(&d.provider);
-            let horizon = super::horizon::for_provider(
-                HORIZON.get().copied().unwrap_or_else(|| chrono::Duration::hours(72)),
-                provider.and_then(|p| p.max_event_age()),
-            );
+            let horizon = super::horizon::for_provider(horizon, provider.and_then(|p| p.max_event_age()));
             super::horizon::deadline(d.expires_at, d.created_at, horizon)
         });
         DeliveryView {
@@ -114,8 +112,13 @@ pub struct Filter {
     pub limit: u64,
 }
 
-/// Newest first.
-pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid, f: &Filter) -> Result<Vec<DeliveryView>> {
+/// Newest first. `horizon`: the configured retry horizon, for each pending delivery's `expires_at`.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    f: &Filter,
+    horizon: chrono::Duration,
+) -> Result<Vec<DeliveryView>> {
     let mut q = delivery::Entity::find().filter(delivery::Column::TenantId.eq(tenant_id));
     if let Some(s) = f.status {
         q = q.filter(delivery::Column::Status.eq(s.as_str()));
@@ -130,39 +133,39 @@ pub async fn list(db: &impl ConnectionTrait, tenant_id: Uuid, f: &Filter) -> Res
         q = q.filter(delivery::Column::Id.lt(b));
     }
     let rows = q.order_by_desc(delivery::Column::Id).limit(f.limit).all(db).await?;
-    with_decisions(db, rows).await
+    with_decisions(db, rows, horizon).await
 }
 
-/// The deliveries of one event.
-pub async fn for_event(db: &impl ConnectionTrait, tenant_id: Uuid, event_id: Uuid) -> Result<Vec<DeliveryView>> {
+/// The deliveries of one event (`horizon` as for [`list`]).
+pub async fn for_event(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    event_id: Uuid,
+    horizon: chrono::Duration,
+) -> Result<Vec<DeliveryView>> {
     let rows = delivery::Entity::find()
         .filter(delivery::Column::TenantId.eq(tenant_id))
         .filter(delivery::Column::EventId.eq(event_id))
         .order_by_asc(delivery::Column::Id)
         .all(db)
         .await?;
-    with_decisions(db, rows).await
+    with_decisions(db, rows, horizon).await
 }
 
-async fn with_decisions(db: &impl ConnectionTrait, rows: Vec<delivery::Model>) -> Result<Vec<DeliveryView>> {
+async fn with_decisions(
+    db: &impl ConnectionTrait,
+    rows: Vec<delivery::Model>,
+    horizon: chrono::Duration,
+) -> Result<Vec<DeliveryView>> {
     let events: Vec<Uuid> = rows.iter().map(|d| d.event_id).collect();
     let mut found = decisions::for_events(db, &events).await?;
     Ok(rows
         .into_iter()
         .map(|d| {
             let decision = found.remove(&(d.event_id, d.config_id));
-            DeliveryView::new(d, decision)
+            DeliveryView::new(d, decision, horizon)
         })
         .collect())
-}
-
-/// The configured retry horizon, for showing `expires_at` (set once at start-up by [`set_horizon`];
-/// the default 72 h until then).
-static HORIZON: std::sync::OnceLock<chrono::Duration> = std::sync::OnceLock::new();
-
-/// Sets the horizon the log shows pending deliveries' `expires_at` with (first call wins).
-pub fn set_horizon(h: chrono::Duration) {
-    let _ = HORIZON.set(h);
 }
 
 /// Sends a dead or dropped delivery again, from a fresh attempt count, with a new retry horizon
@@ -202,7 +205,7 @@ pub async fn replay(
             return Err(Error::Conflict(format!("cannot replay: {why}")));
         }
     }
-    let before = DeliveryView::new(d.clone(), None);
+    let before = DeliveryView::new(d.clone(), None, horizon);
     reset(&txn, delivery::Column::Id.eq(id), horizon).await?;
     let after = delivery::Entity::find_by_id(id).one(&txn).await?.ok_or(Error::NotFound)?;
     audit::record(
@@ -219,7 +222,7 @@ pub async fn replay(
     )
     .await?;
     txn.commit().await?;
-    let mut views = with_decisions(db, vec![after]).await?;
+    let mut views = with_decisions(db, vec![after], horizon).await?;
     Ok(views.remove(0))
 }
 

@@ -572,3 +572,21 @@ async fn while_the_circuit_is_open_every_waiting_delivery_counts_as_retrying() {
     let u = usage().await;
     assert_eq!((u["events_retrying"].as_i64(), u["events_sent"].as_i64()), (Some(0), Some(9)), "{u}");
 }
+
+/// `expires_at` on a waiting delivery follows this app's `retry_horizon_hours`, in the delivery
+/// log and in the event view — not the first app's in the process (it was a process-wide value
+/// set by whichever app started first).
+#[tokio::test]
+async fn a_waiting_deliverys_expiry_follows_this_apps_retry_horizon() {
+    for hours in [100, 30] {
+        let (app, fakes, keys) = site::setup_with(|s| s.delivery.retry_horizon_hours = hours).await;
+        let p = site::plausible(&app, &fakes, json!({})).await;
+        let event = &pageviews(&app, &keys, 1).await[0];
+        let d = delivery_in(&app, event, &id(&p), "pending").await;
+        let at = |v: &Value| v.as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(at(&d["expires_at"]) - at(&d["created_at"]), Duration::hours(hours as i64), "{d}");
+        let (s, view) = app.get(&format!("/v1/tenants/{}/events/{event}", app.tenant), &app.admin).await;
+        assert_eq!(s, StatusCode::OK, "{view}");
+        assert_eq!(view["decisions"][0]["delivery"]["expires_at"], d["expires_at"], "{view}");
+    }
+}

@@ -383,15 +383,21 @@ async fn provider_page(
         let per_day = data::delivery_days(&state.db, tenant_id, model.id, days, now).await?;
         let lag = data::delivery_lag(&state.db, tenant_id, model.id, days, now).await?;
         let counts = data::delivery_counts(&state.db, tenant_id).await?.remove(&model.id).unwrap_or_default();
+        let horizon = state.settings.delivery.retry_horizon();
         let dead = log::list(
             &state.db,
             tenant_id,
             &Filter { status: Some(DeliveryStatus::Dead), config: Some(model.id), limit: 50, ..Filter::default() },
+            horizon,
         )
         .await?;
-        let recent =
-            log::list(&state.db, tenant_id, &Filter { config: Some(model.id), limit: 200, ..Filter::default() })
-                .await?;
+        let recent = log::list(
+            &state.db,
+            tenant_id,
+            &Filter { config: Some(model.id), limit: 200, ..Filter::default() },
+            horizon,
+        )
+        .await?;
         let errors: Vec<_> = recent.into_iter().filter(|d| d.last_error.is_some()).take(10).collect();
         Ok::<_, Error>((counts, dead, errors, per_day, lag))
     }
