@@ -23,7 +23,6 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::provider_config;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -31,11 +30,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    cache::TenantConfig,
+    cache::{Target, TenantConfig},
     config::DeliverySettings,
     consent::{self, Identity, ProviderStatus, Reason, Signals},
     error::{Error, Result},
-    ingest::{self, fields::ClientId},
+    ingest::fields::ClientId,
     outbox::destination,
     providers::{
         self,
@@ -142,7 +141,8 @@ impl Flags {
         input: &FlagsInput,
     ) -> std::result::Result<FlagsAnswer, FlagsError> {
         let tenant = &cached.tenant;
-        let (config, settings) = flags_config(cached)?;
+        let (target, settings) = flags_config(cached)?;
+        let config = &target.config;
         let now = Utc::now();
         let visitor = input.visitor_id.as_ref().ok_or_else(|| Error::validation("visitor_id", "is required"))?.as_str();
         let policy = cached.policy();
@@ -150,8 +150,7 @@ impl Flags {
             return Ok(FlagsAnswer { flags: Map::new(), identified: false, reason: Some(Reason::Denied(signal)) });
         }
         let record = consent::records::latest_under(db, tenant, visitor, cached.active_consent_config()).await?;
-        let provider_policy = ingest::provider_policy(config, &posthog::PostHog);
-        let decision = consent::decide(policy, record.as_ref(), signals, &provider_policy, now);
+        let decision = consent::decide(policy, record.as_ref(), signals, &target.policy, now);
         let record_grants = record.as_ref().is_some_and(|r| r.choices.analytics);
         let analytics_id = input.anonymous_id.as_ref().map(|a| a.as_str().to_string());
         let (distinct_id, identified) = match analytics_id {
@@ -219,22 +218,20 @@ impl Flags {
 
 /// The tenant's first active PostHog config with `enable_feature_flags` (from the config cache);
 /// 409 saying what is missing otherwise.
-fn flags_config(cached: &TenantConfig) -> Result<(&provider_config::Model, PostHogSettings)> {
-    let active: Vec<_> = cached
-        .targets(Some(posthog::NAME))
-        .filter(|c| ProviderStatus::parse(&c.status) == Some(ProviderStatus::Active))
-        .collect();
+fn flags_config(cached: &TenantConfig) -> Result<(&Target, PostHogSettings)> {
+    let active: Vec<_> =
+        cached.targets(Some(posthog::NAME)).filter(|t| t.policy.status == Some(ProviderStatus::Active)).collect();
     if active.is_empty() {
         return Err(Error::Conflict(
             "this tenant has no active PostHog config; create one with enable_feature_flags: true to serve flags"
                 .into(),
         ));
     }
-    for c in active {
-        if let Ok(s) = serde_json::from_value::<PostHogSettings>(c.settings.clone())
+    for t in active {
+        if let Ok(s) = serde_json::from_value::<PostHogSettings>(t.config.settings.clone())
             && s.enable_feature_flags
         {
-            return Ok((c, s));
+            return Ok((t, s));
         }
     }
     Err(Error::Conflict(

@@ -76,10 +76,10 @@ pub struct ActiveConsent {
     pub policy: Option<ConsentPolicy>,
 }
 
-/// A forwarding target as the decision reads it.
+/// A forwarding target as the decision reads it: the config, its provider, and what the decision
+/// engine needs of it — read once per load rather than parsed from the settings per event.
 pub struct Target {
-    /// Index into the tenant's targets.
-    index: usize,
+    pub config: provider_config::Model,
     pub provider: &'static dyn crate::providers::AnyProvider,
     pub policy: consent::ProviderPolicy,
 }
@@ -99,11 +99,9 @@ pub struct TenantConfig {
     /// Live (unrevoked) keys by the SHA-256 of the key.
     keys: HashMap<String, LiveKey>,
     pub consent: Option<ActiveConsent>,
-    /// The forwarding targets ([`crate::providers::config::forwarding_targets`]), oldest first.
-    targets: Vec<provider_config::Model>,
-    /// Per target of a registered provider (in the same order): the provider and what the decision
-    /// engine needs of the config, read once per load rather than per event.
-    forwarding: Vec<Target>,
+    /// The forwarding targets ([`crate::providers::config::forwarding_targets`]) of registered
+    /// providers, oldest first.
+    targets: Vec<Target>,
     /// Today's cookieless salt, once an event needed it. Only one day's, ever.
     salt: Mutex<Option<(NaiveDate, Arc<daily_id::Salt>)>>,
 }
@@ -131,25 +129,16 @@ impl TenantConfig {
             }
             None => None,
         };
-        let targets = crate::providers::config::forwarding_targets(db, tenant.id, None).await?;
-        let forwarding = targets
-            .iter()
-            .enumerate()
-            .filter_map(|(index, config)| {
+        let targets = crate::providers::config::forwarding_targets(db, tenant.id, None)
+            .await?
+            .into_iter()
+            .filter_map(|config| {
                 let provider = crate::providers::get(&config.provider)?;
-                Some(Target { index, provider, policy: crate::ingest::provider_policy(config, provider) })
+                let policy = crate::ingest::provider_policy(&config, provider);
+                Some(Target { config, provider, policy })
             })
             .collect();
-        Ok(Some(TenantConfig {
-            tenant,
-            generation,
-            loaded_at,
-            keys,
-            consent,
-            targets,
-            forwarding,
-            salt: Mutex::new(None),
-        }))
+        Ok(Some(TenantConfig { tenant, generation, loaded_at, keys, consent, targets, salt: Mutex::new(None) }))
     }
 
     /// The live key of this tenant behind `presented`, if any; records its use (at most once a
@@ -190,20 +179,8 @@ impl TenantConfig {
     }
 
     /// The configs an event may be forwarded to; only `provider`'s when given.
-    pub fn targets<'a>(&'a self, provider: Option<&'a str>) -> impl Iterator<Item = &'a provider_config::Model> {
-        self.targets.iter().filter(move |c| provider.is_none_or(|p| c.provider == p))
-    }
-
-    /// The targets of registered providers with their provider and decision inputs; only
-    /// `provider`'s when given.
-    pub fn forwarding<'a>(
-        &'a self,
-        provider: Option<&'a str>,
-    ) -> impl Iterator<Item = (&'a provider_config::Model, &'a Target)> {
-        self.forwarding
-            .iter()
-            .map(|t| (&self.targets[t.index], t))
-            .filter(move |(c, _)| provider.is_none_or(|p| c.provider == p))
+    pub fn targets<'a>(&'a self, provider: Option<&'a str>) -> impl Iterator<Item = &'a Target> {
+        self.targets.iter().filter(move |t| provider.is_none_or(|p| t.config.provider == p))
     }
 
     /// The visitor's cookieless daily id ([`daily_id`]); the salt read (or made) once a day.

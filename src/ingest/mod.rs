@@ -118,9 +118,9 @@ pub async fn prepare(
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let event = stored_event(cached.tenant.id, provider, key_kind, ev, &agent, now);
-    let targets = cached.forwarding(provider).count();
+    let targets = cached.targets(provider).count();
     // Not for a visitor whose respected DNT/GPC denies every provider: no salt is made for them.
-    let cookieless = cached.forwarding(provider).any(|(_, t)| t.policy.cookieless_fallback)
+    let cookieless = cached.targets(provider).any(|t| t.policy.cookieless_fallback)
         && consent::not_tracked(cached.policy(), &signals).is_none();
     // An event without any visitor id counts as a visitor of its own.
     let daily_id = if cookieless {
@@ -169,8 +169,8 @@ pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::
         pseudonymous: bool,
     }
     let mut planned = Vec::new();
-    for (config, target) in p.cached.forwarding(p.provider) {
-        let provider = target.provider;
+    for target in p.cached.targets(p.provider) {
+        let (config, provider) = (&target.config, target.provider);
         let mut decision = consent::decide(policy, record, &p.signals, &target.policy, now);
         let denied_by_consent = decision.reason().is_consent_denial();
         if decision.is_allowed()
