@@ -222,6 +222,17 @@ pub fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<Recorded
     Ok(view)
 }
 
+/// The valid ones of `visitor_ids` by their salted hash (what records are stored under).
+fn by_hash<'a>(
+    tenant: &tenant::Model,
+    visitor_ids: impl IntoIterator<Item = &'a str>,
+) -> std::collections::HashMap<String, String> {
+    visitor_ids
+        .into_iter()
+        .filter_map(|id| VisitorId::parse(id).ok().map(|v| (visitor_hash(tenant, &v), id.to_string())))
+        .collect()
+}
+
 /// When each of `visitor_ids` (of `tenant`) last recorded a decision: the newest `created_at` of
 /// their records not erased, in one query per 500 visitors instead of one per visitor (the
 /// delivery worker asks for a round's visitors at once). Visitors without a record, or whose id
@@ -231,12 +242,7 @@ pub async fn latest_times<'a>(
     tenant: &tenant::Model,
     visitor_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
-    let mut by_hash = std::collections::HashMap::new();
-    for id in visitor_ids {
-        if let Ok(v) = VisitorId::parse(id) {
-            by_hash.insert(visitor_hash(tenant, &v), id.to_string());
-        }
-    }
+    let by_hash = by_hash(tenant, visitor_ids);
     let hashes: Vec<String> = by_hash.keys().cloned().collect();
     let mut out = std::collections::HashMap::new();
     for part in hashes.chunks(500) {
@@ -289,12 +295,7 @@ pub async fn latest_models<'a>(
     tenant: &tenant::Model,
     visitor_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<std::collections::HashMap<String, consent_record::Model>> {
-    let mut by_hash = std::collections::HashMap::new();
-    for id in visitor_ids {
-        if let Ok(v) = VisitorId::parse(id) {
-            by_hash.insert(visitor_hash(tenant, &v), id.to_string());
-        }
-    }
+    let by_hash = by_hash(tenant, visitor_ids);
     let hashes: Vec<String> = by_hash.keys().cloned().collect();
     let mut out = std::collections::HashMap::with_capacity(hashes.len());
     for part in hashes.chunks(512) {
