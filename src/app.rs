@@ -77,7 +77,9 @@ impl App {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let addr = listener.local_addr()?;
         let secrets = Arc::new(crate::secrets::Secrets::new(&settings.secrets).map_err(anyhow::Error::msg)?);
-        let (ingest, writers) = crate::ingest::writer::Writer::start(db.clone(), &settings.ingest);
+        let (ingest, writers) =
+            crate::ingest::writer::Writer::start(db.clone(), &settings.database.url, &settings.ingest)
+                .map_err(|e| anyhow::anyhow!("cannot open the ingest writer's connection: {e}"))?;
         let state = AppState {
             ingest,
             db,

@@ -154,7 +154,7 @@ fn sqlx_unavailable(e: &sqlx::Error) -> bool {
 
 /// SQLite result codes that mean "not now": the primary code is the low byte of the extended
 /// one. BUSY, LOCKED, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
-fn sqlite_unavailable(extended: u32) -> bool {
+pub(crate) fn sqlite_unavailable(extended: u32) -> bool {
     matches!(extended & 0xff, 5 | 6 | 8 | 10 | 11 | 13 | 14 | 26)
 }
 

@@ -223,7 +223,7 @@ pub fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<Recorded
 }
 
 /// The valid ones of `visitor_ids` by their salted hash (what records are stored under).
-fn by_hash<'a>(
+pub(crate) fn by_hash<'a>(
     tenant: &tenant::Model,
     visitor_ids: impl IntoIterator<Item = &'a str>,
 ) -> std::collections::HashMap<String, String> {

@@ -20,6 +20,7 @@ pub mod enrich;
 pub mod event;
 pub mod fields;
 pub mod keys;
+pub mod sqlite;
 pub mod store;
 pub mod writer;
 
@@ -271,21 +272,23 @@ fn make_unlinkable(model: &mut analytics_event::Model) {
     }
 }
 
-/// A repeat of an accepted event. Reusing a key for an event sent elsewhere (another provider's
-/// endpoint, or all providers) is refused rather than answered as a repeat: silently answering
-/// "already have it" would mean that event never reaches the providers it was posted for.
-pub(crate) async fn duplicate(
-    db: &impl ConnectionTrait,
-    first: analytics_event::Model,
+/// The answer to a repeat of an accepted event (`first`, with its `decisions`) — pure. Reusing a
+/// key for an event sent elsewhere (another provider's endpoint, or all providers) is refused
+/// rather than answered as a repeat: silently answering "already have it" would mean that event
+/// never reaches the providers it was posted for.
+pub(crate) fn repeat(
+    first: Uuid,
+    first_target: Option<&str>,
     target: Option<&str>,
+    decisions: Vec<DecisionView>,
 ) -> Result<Accepted> {
-    if first.provider.as_deref() != target {
-        let sent_to = first.provider.as_deref().unwrap_or("every provider (/events)");
+    if first_target != target {
+        let sent_to = first_target.unwrap_or("every provider (/events)");
         return Err(Error::Conflict(format!(
             "idempotency_key was already used for an event sent to {sent_to}; use a new key for this one"
         )));
     }
-    Ok(Accepted { id: first.id, duplicate: true, decisions: decisions::for_event(db, first.id).await? })
+    Ok(Accepted { id: first, duplicate: true, decisions })
 }
 
 fn stored_event(

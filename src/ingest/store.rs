@@ -52,9 +52,32 @@ pub enum Fate {
     RepeatOfBatchMate(usize),
 }
 
+/// What a repeat is matched against: an event stored before, by the columns [`is_repeat_of`] and
+/// the answer read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub provider: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub key_kind: Option<String>,
+}
+
+impl From<analytics_event::Model> for StoredKey {
+    fn from(m: analytics_event::Model) -> Self {
+        StoredKey {
+            id: m.id,
+            tenant_id: m.tenant_id,
+            provider: m.provider,
+            idempotency_key: m.idempotency_key,
+            key_kind: m.key_kind,
+        }
+    }
+}
+
 /// Whether `row` is the first event of a repeat of `key` posted by a sender of `kind` to
 /// `tenant`: same tenant and key, and the same kind or none recorded (a legacy row).
-pub fn is_repeat_of(row: &analytics_event::Model, tenant: Uuid, key: &str, kind: KeyKind) -> bool {
+pub fn is_repeat_of(row: &StoredKey, tenant: Uuid, key: &str, kind: KeyKind) -> bool {
     row.tenant_id == tenant
         && row.idempotency_key.as_deref() == Some(key)
         && row.key_kind.as_deref().is_none_or(|k| k == kind.as_str())
@@ -63,7 +86,7 @@ pub fn is_repeat_of(row: &analytics_event::Model, tenant: Uuid, key: &str, kind:
 /// The fate of each event of a batch, in order — pure. `existing`: rows stored before with any of
 /// the batch's keys. A key is claimed by the first event storing it; an event whose posted key a
 /// stored row or an earlier batch-mate holds is a repeat.
-pub fn fates(events: &[&PlannedEvent], existing: &[analytics_event::Model]) -> Vec<Fate> {
+pub fn fates(events: &[&PlannedEvent], existing: &[StoredKey]) -> Vec<Fate> {
     let mut claimed: HashMap<(Uuid, &str, &'static str), usize> = HashMap::new();
     let mut out = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
@@ -102,37 +125,75 @@ pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Resul
         .collect();
     insert_chunked(db, decision_rows).await?;
     insert_chunked(db, stored().flat_map(|e| e.deliveries.iter().cloned()).collect()).await?;
-    // In one order (a BTreeMap's) in every batch: PostgreSQL writers updating the same configs
-    // never deadlock.
-    let mut denied: BTreeMap<Uuid, u64> = BTreeMap::new();
-    for config in stored().flat_map(|e| e.denied_by_consent.iter()) {
-        *denied.entry(*config).or_default() += 1;
-    }
-    for (config, n) in denied {
+    let mut denied = DeniedCounts::default();
+    stored().for_each(|e| denied.add(e));
+    for (config, n) in denied.in_order() {
         usage::denied_by_consent_n(db, config, n).await.map_err(into_db)?;
     }
-
-    let mut answers = Vec::with_capacity(events.len());
-    for (e, fate) in events.iter().zip(&fates) {
-        let first = match *fate {
-            Fate::Store => {
-                answers.push(Ok(Accepted { id: e.event.id, duplicate: false, decisions: e.decisions.clone() }));
-                continue;
-            }
-            Fate::RepeatOfStored(r) => existing[r].clone(),
-            Fate::RepeatOfBatchMate(i) => events[i].event.clone(),
-        };
-        // A 409 for a key reused elsewhere is this event's answer; a database error is the batch's.
-        answers.push(match super::duplicate(db, first, e.event.provider.as_deref()).await {
-            Err(crate::error::Error::Db(err)) => return Err(err),
-            other => other,
-        });
+    let mut earlier = HashMap::new();
+    for fate in &fates {
+        if let Fate::RepeatOfStored(r) = *fate
+            && !earlier.contains_key(&existing[r].id)
+        {
+            let id = existing[r].id;
+            earlier.insert(id, decisions::for_event(db, id).await.map_err(into_db)?);
+        }
     }
-    Ok(answers)
+    Ok(answers(events, &fates, &existing, &earlier))
+}
+
+/// How much each config's `events_denied_by_consent` grows in a batch, given out in one order
+/// (a `BTreeMap`'s) in every batch: PostgreSQL writers updating the same configs never deadlock.
+#[derive(Default)]
+pub struct DeniedCounts(BTreeMap<Uuid, u64>);
+
+impl DeniedCounts {
+    pub fn add(&mut self, event: &PlannedEvent) {
+        for config in &event.denied_by_consent {
+            *self.0.entry(*config).or_default() += 1;
+        }
+    }
+
+    pub fn in_order(self) -> impl Iterator<Item = (Uuid, u64)> {
+        self.0.into_iter()
+    }
+}
+
+/// Each event's answer, valid once its batch commits — pure. A stored event is answered with its
+/// decisions; a repeat with the first event's (`earlier`: those of the stored ones, by id), or a
+/// 409 when the key was used for an event sent elsewhere ([`super::repeat`]).
+pub fn answers(
+    events: &[&PlannedEvent],
+    fates: &[Fate],
+    existing: &[StoredKey],
+    earlier: &HashMap<Uuid, Vec<DecisionView>>,
+) -> Vec<Result<Accepted>> {
+    let target = |e: &PlannedEvent| e.event.provider.clone();
+    events
+        .iter()
+        .zip(fates)
+        .map(|(e, fate)| match *fate {
+            Fate::Store => Ok(Accepted { id: e.event.id, duplicate: false, decisions: e.decisions.clone() }),
+            Fate::RepeatOfStored(r) => {
+                let first = &existing[r];
+                let decisions = earlier.get(&first.id).cloned().unwrap_or_default();
+                super::repeat(first.id, first.provider.as_deref(), target(e).as_deref(), decisions)
+            }
+            Fate::RepeatOfBatchMate(i) => {
+                let first = events[i];
+                super::repeat(
+                    first.event.id,
+                    first.event.provider.as_deref(),
+                    target(e).as_deref(),
+                    first.decisions.clone(),
+                )
+            }
+        })
+        .collect()
 }
 
 /// Rows stored before with a key some event of the batch was posted with (one read).
-async fn existing(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result<Vec<analytics_event::Model>, DbErr> {
+async fn existing(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result<Vec<StoredKey>, DbErr> {
     let mut keys: Vec<&str> = events.iter().filter_map(|e| e.lookup_key.as_deref()).collect();
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -148,6 +209,7 @@ async fn existing(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result
         .order_by_asc(analytics_event::Column::Id)
         .all(db)
         .await
+        .map(|rows| rows.into_iter().map(StoredKey::from).collect())
 }
 
 /// Bound parameters per statement, at most: SQLite allows 32,766, PostgreSQL 65,535.
@@ -286,6 +348,7 @@ mod tests {
             ),
         ] {
             let refs: Vec<&PlannedEvent> = batch.iter().collect();
+            let stored: Vec<StoredKey> = stored.iter().cloned().map(StoredKey::from).collect();
             assert_eq!(fates(&refs, &stored), want, "{name}");
         }
     }

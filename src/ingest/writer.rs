@@ -7,8 +7,10 @@
 //!   transaction: the visitors' latest consent records in one read ([`records_of`]), the
 //!   decisions ([`decide`]), the rows ([`store`]). No fixed linger: while one commit runs, the next batch gathers by
 //!   itself, so batches are small at low load and large under load.
-//! - One writer on SQLite (it has one write lock anyway); `ingest.pg_writers` on PostgreSQL, each
-//!   on its own connection, sharing the queue.
+//! - One writer on SQLite (it has one write lock anyway), on a thread and a connection of its own
+//!   ([`sqlite`](super::sqlite): the same transaction, with prepared statements instead of
+//!   sea-orm's); `ingest.pg_writers` on PostgreSQL, each on its own connection of the pool,
+//!   sharing the queue.
 //! - A full queue is answered at once: `503` with `Retry-After: 1` ([`Error::Busy`]), counted in
 //!   `consentgate_ingest_rejected_total`, rather than latency growing without bound.
 //! - A batch that fails with the database unreachable answers each of its requests `503` (nothing
@@ -52,18 +54,29 @@ struct Inbox {
 }
 
 impl Writer {
-    /// Starts the writers on `db` and returns the handle and their tasks (they end when every
-    /// handle is dropped).
-    pub fn start(db: DatabaseConnection, settings: &IngestSettings) -> (Writer, Vec<JoinHandle<()>>) {
+    /// Starts the writers on `db` (whose URL is `url`) and returns the handle and their tasks
+    /// (they end when every handle is dropped).
+    pub fn start(
+        db: DatabaseConnection,
+        url: &str,
+        settings: &IngestSettings,
+    ) -> Result<(Writer, Vec<JoinHandle<()>>), DbErr> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
-        let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
-        let writers = match db.get_database_backend() {
-            DbBackend::Sqlite => 1,
-            _ => settings.pg_writers.max(1),
-        };
         let max_rows = settings.max_batch_rows.max(1);
-        let tasks = (0..writers).map(|_| tokio::spawn(run(db.clone(), inbox.clone(), max_rows))).collect();
-        (Writer { queue: tx }, tasks)
+        let tasks = match db.get_database_backend() {
+            DbBackend::Sqlite => {
+                let conn = super::sqlite::open(url)?;
+                let inbox = Inbox { rx, held: None };
+                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows))]
+            }
+            _ => {
+                let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
+                (0..settings.pg_writers.max(1))
+                    .map(|_| tokio::spawn(run(db.clone(), inbox.clone(), max_rows)))
+                    .collect()
+            }
+        };
+        Ok((Writer { queue: tx }, tasks))
     }
 
     /// Queues `events` (one request's) and waits for the commit: each event's answer, in order.
@@ -110,6 +123,50 @@ async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) 
     }
 }
 
+/// SQLite's writer, on a thread of its own: batches as [`next_batch`] cuts them, each committed
+/// on `conn` ([`sqlite::store_in_one_transaction`](super::sqlite::store_in_one_transaction)).
+/// Ends when every handle is gone and nothing waits.
+fn run_sqlite(mut conn: rusqlite::Connection, mut inbox: Inbox, max_rows: usize) {
+    while let Some(first) = inbox.held.take().or_else(|| inbox.rx.blocking_recv()) {
+        let batch = inbox.fill(first, max_rows);
+        // Were a commit to panic, its requests get a 503 (their answer channels close) and the
+        // writer goes on with the next batch instead of leaving ingest dead.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let started = Instant::now();
+            let events: Vec<&Prepared> = batch.iter().flat_map(|j| &j.events).collect();
+            let answers = match super::sqlite::store_in_one_transaction(&mut conn, &events) {
+                Ok(answers) => answers,
+                Err(e) => after_failure(e, &events, |event| {
+                    let mut answers = super::sqlite::store_in_one_transaction(&mut conn, &[event])?;
+                    Ok(answers.pop().unwrap_or_else(|| Err(stopped())))
+                }),
+            };
+            (answers, started)
+        }));
+        match outcome {
+            Ok((answers, started)) => reply(batch, answers, started),
+            Err(_) => tracing::error!("storing a batch of events panicked; its requests were answered 503"),
+        }
+    }
+}
+
+impl Inbox {
+    /// `first` and whatever else is waiting while it fits (the rest waits in `held`).
+    fn fill(&mut self, first: Job, max_rows: usize) -> Vec<Job> {
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while let Ok(job) = self.rx.try_recv() {
+            if !fits(rows, job.rows, max_rows) {
+                self.held = Some(job);
+                break;
+            }
+            rows += job.rows;
+            batch.push(job);
+        }
+        batch
+    }
+}
+
 /// Waits for a job, then takes whatever else is waiting while it fits. `None`: every handle is
 /// gone and nothing waits.
 async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
@@ -118,17 +175,30 @@ async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
         Some(job) => job,
         None => inbox.rx.recv().await?,
     };
-    let mut rows = first.rows;
-    let mut batch = vec![first];
-    while let Ok(job) = inbox.rx.try_recv() {
-        if !fits(rows, job.rows, max_rows) {
-            inbox.held = Some(job);
-            break;
-        }
-        rows += job.rows;
-        batch.push(job);
+    Some(inbox.fill(first, max_rows))
+}
+
+/// The answers after a batch's transaction failed with `e`: a `503` for each event when the
+/// database cannot be used now (nothing was acknowledged); otherwise each event stored alone
+/// (`alone`), so that one bad row does not fail its batch-mates.
+fn after_failure(
+    e: DbErr,
+    events: &[&Prepared],
+    mut alone: impl FnMut(&Prepared) -> Result<Result<Accepted>, DbErr>,
+) -> Vec<Result<Accepted>> {
+    if crate::db::is_unavailable(&e) {
+        return unavailable(&e, events.len());
     }
-    Some(batch)
+    if events.len() > 1 {
+        tracing::warn!(error = %e, events = events.len(), "a batch of events failed; storing them one by one");
+    }
+    events.iter().map(|event| alone(event).unwrap_or_else(|e| Err(e.into()))).collect()
+}
+
+/// A `503` for each of `n` events (each its own copy of the cause; the HTTP layer logs it once).
+fn unavailable(e: &DbErr, n: usize) -> Vec<Result<Accepted>> {
+    let cause = e.to_string();
+    (0..n).map(|_| Err(Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.clone()))))).collect()
 }
 
 async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
@@ -136,11 +206,7 @@ async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
     let events: Vec<&Prepared> = jobs.iter().flat_map(|j| &j.events).collect();
     let answers = match store_in_one_transaction(db, &events).await {
         Ok(answers) => answers,
-        Err(e) if crate::db::is_unavailable(&e) => {
-            // Each request gets the 503 (its own copy of the cause; the HTTP layer logs it once).
-            let cause = e.to_string();
-            events.iter().map(|_| Err(Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.clone()))))).collect()
-        }
+        Err(e) if crate::db::is_unavailable(&e) => unavailable(&e, events.len()),
         Err(e) => {
             if events.len() > 1 {
                 tracing::warn!(error = %e, events = events.len(), "a batch of events failed; storing them one by one");
@@ -152,9 +218,14 @@ async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
             answers
         }
     };
-    metrics::histogram!("consentgate_ingest_batch_events").record(events.len() as f64);
-    metrics::histogram!("consentgate_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
     drop(events);
+    reply(jobs, answers, started);
+}
+
+/// Sends each job its answers (in order) and records the batch's size and time.
+fn reply(jobs: Vec<Job>, answers: Vec<Result<Accepted>>, started: Instant) {
+    metrics::histogram!("consentgate_ingest_batch_events").record(answers.len() as f64);
+    metrics::histogram!("consentgate_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
     let mut answers = answers.into_iter();
     for job in jobs {
         let mine: Vec<_> = answers.by_ref().take(job.events.len()).collect();

@@ -245,7 +245,8 @@ fn reads_of_cached_tables(statements: &[String]) -> Vec<&String> {
 
 /// Counted at the database connection (sea-orm's statement hook, around the real driver): after
 /// the first event loaded the tenant, events read none of the cached tables — only the
-/// idempotency key and the visitor's consent record, and write the event.
+/// idempotency key and the visitor's consent record, and write the event (on PostgreSQL the hook
+/// sees the writer's statements too; SQLite's writer has a connection of its own).
 #[tokio::test]
 async fn events_read_none_of_the_cached_tables() {
     let (app, fakes, site) = site::setup_with(fast_cache).await;
@@ -290,7 +291,13 @@ async fn events_read_none_of_the_cached_tables() {
         events += ran.iter().filter(|s| s.contains("INSERT INTO \"analytics_event\"")).count();
         record_reads += ran.iter().filter(|s| s.contains("FROM \"consent_record\"")).count();
     }
-    assert_eq!(events, 20, "the hook saw every event's insert");
-    assert_eq!(record_reads, 20, "the visitor's record stays exact: read per event");
+    if crate::helpers::backend() == "sqlite" {
+        // SQLite's writer stores through a connection of its own (`ingest::sqlite`, fixed
+        // statements that read no cached table), which this hook does not see.
+        assert_eq!((events, record_reads), (0, 0), "the writer's statements went through sea-orm");
+    } else {
+        assert_eq!(events, 20, "the hook saw every event's insert");
+        assert_eq!(record_reads, 20, "the visitor's record stays exact: read per event");
+    }
     other.stop().await.unwrap();
 }
