@@ -15,7 +15,8 @@
 # connections (64) for BENCH_SECS seconds (10), ~450-byte page views with a secret key, each with
 # its own idempotency key; BENCH_ROUNDS rounds (2), each round going through every target in turn.
 # Prints one table: events/s, p50, p99, errors, peak RSS (the process's high-water mark so far)
-# and the ratio to the ceiling of the same round.
+# and the ratio to the ceiling of the same round; after each gateway round, the writer's batches
+# (events per commit, time per commit) and for SQLite the WAL file's largest size.
 #
 # Environment: CARGO_TARGET_DIR (default target), BENCH_PG (0/1), BENCH_PG_URL (a server URL
 # whose user may create databases; default postgres://postgres@127.0.0.1:5432/postgres),
@@ -143,6 +144,9 @@ for round in $(seq "$ROUNDS"); do
         /^consentgate_ingest_batch_events_(sum|count)/ { b[$1 ~ /sum/ ? "s" : "c"] = $2 }
         /^consentgate_ingest_commit_seconds_(sum|count)/ { c[$1 ~ /sum/ ? "s" : "c"] = $2 }
         END { if (b["c"] > 0) printf "round %s, %s: %d commits, %.1f events per commit, %.2f ms per commit (means so far)\n", r, t, b["c"], b["s"] / b["c"], 1000 * c["s"] / c["c"] }' >&2 || true
+    fi
+    if [ "$t" = sqlite ] && [ -f "$work/bench.db-wal" ]; then # the file never shrinks while open: its size is its peak
+      echo "round $round, sqlite: WAL file $(( $(stat -c %s "$work/bench.db-wal") / 1048576 )) MB at its largest so far" >&2
     fi
   done
 done

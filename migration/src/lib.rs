@@ -15,6 +15,7 @@ mod m20261130_000005_outbox_horizon;
 mod m20261130_000006_idempotency_by_key_kind;
 mod m20261130_000007_retention;
 mod m20261130_000011_config_generation;
+mod m20261130_000012_drop_duplicate_delivery_index;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_idempotency_by_key_kind::Migration),
             Box::new(m20261130_000007_retention::Migration),
             Box::new(m20261130_000011_config_generation::Migration),
+            Box::new(m20261130_000012_drop_duplicate_delivery_index::Migration),
         ]
     }
 }

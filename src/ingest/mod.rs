@@ -81,6 +81,10 @@ pub struct Prepared {
     /// The cookieless daily id, when some target may send it (computed now: the salt is the
     /// day's, and a retry days later must not need it).
     daily_id: Option<String>,
+    /// Per target (in `cached.targets(provider)` order), the provider's own refusal of the event,
+    /// if any (custom events switched off, a page on another domain, a name it refuses): checked
+    /// here, at the edge, since it depends on the event and the config only — not in the writer.
+    refused: Vec<Option<consent::Blocked>>,
     /// The rows this event writes at most (an event, and per config a decision and a delivery or
     /// a usage count): what the writer's `max_batch_rows` counts.
     pub rows: usize,
@@ -119,7 +123,9 @@ pub async fn prepare(
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let event = stored_event(cached.tenant.id, provider, key_kind, ev, &agent, now);
-    let targets = cached.targets(provider).count();
+    let refused: Vec<Option<consent::Blocked>> =
+        cached.targets(provider).map(|t| t.provider.accepts(&t.config.settings, &event).err()).collect();
+    let targets = refused.len();
     // Not for a visitor whose respected DNT/GPC denies every provider: no salt is made for them.
     let cookieless = cached.targets(provider).any(|t| t.policy.cookieless_fallback)
         && consent::not_tracked(cached.policy(), &signals).is_none();
@@ -141,6 +147,7 @@ pub async fn prepare(
         client_ip,
         user_agent,
         daily_id,
+        refused,
         rows: 1 + 2 * targets,
         now,
     })
@@ -149,8 +156,8 @@ pub async fn prepare(
 /// The rows of a prepared event, given the visitor's latest consent record (under the tenant's
 /// active config; `None`: none) — pure. Per config: `consent::decide`, then the provider's own
 /// acceptance (custom events switched off, a page on another domain, a name the provider
-/// refuses); a delivery for each allowed config; the event made unlinkable unless some decision
-/// grants full identity.
+/// refuses — checked by [`prepare`], see `Prepared::refused`); a delivery for each allowed
+/// config; the event made unlinkable unless some decision grants full identity.
 pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::PlannedEvent {
     let tenant = &p.cached.tenant;
     let now = p.now;
@@ -170,14 +177,14 @@ pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::
         pseudonymous: bool,
     }
     let mut planned = Vec::new();
-    for target in p.cached.targets(p.provider) {
+    for (target, refused) in p.cached.targets(p.provider).zip(&p.refused) {
         let (config, provider) = (&target.config, target.provider);
         let mut decision = consent::decide(policy, record, &p.signals, &target.policy, now);
         let denied_by_consent = decision.reason().is_consent_denial();
         if decision.is_allowed()
-            && let Err(why) = provider.accepts(&config.settings, &model)
+            && let Some(why) = refused
         {
-            decision = Decision::Deny { reason: Reason::Blocked(why) };
+            decision = Decision::Deny { reason: Reason::Blocked(*why) };
         }
         // A provider with a cookieless fallback (PostHog) sends the daily id instead of the
         // visitor's when the decision allows no identifiers, when the event has no id of its own,

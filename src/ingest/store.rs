@@ -312,7 +312,7 @@ mod tests {
         use Fate::*;
         use KeyKind::{Public, Secret};
         let (t, other) = (Uuid::now_v7(), Uuid::now_v7());
-        let stored = vec![
+        let stored = [
             row(t, Some("k-public"), Some("public")),
             // Stored before the kind was recorded: a repeat for either kind.
             row(t, Some("k-legacy"), None),

@@ -126,7 +126,11 @@ async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) 
 /// SQLite's writer, on a thread of its own: batches as [`next_batch`] cuts them, each committed
 /// on `conn` ([`sqlite::store_in_one_transaction`](super::sqlite::store_in_one_transaction)).
 /// Ends when every handle is gone and nothing waits.
+/// Between two batches, at most every [`CHECKPOINT_EVERY`](super::sqlite::CHECKPOINT_EVERY), it
+/// checkpoints the WAL ([`checkpoint`](super::sqlite::checkpoint)), which only the writer can do
+/// completely under sustained ingest.
 fn run_sqlite(mut conn: rusqlite::Connection, mut inbox: Inbox, max_rows: usize) {
+    let mut checkpointed = Instant::now();
     while let Some(first) = inbox.held.take().or_else(|| inbox.rx.blocking_recv()) {
         let batch = inbox.fill(first, max_rows);
         // Were a commit to panic, its requests get a 503 (their answer channels close) and the
@@ -146,6 +150,17 @@ fn run_sqlite(mut conn: rusqlite::Connection, mut inbox: Inbox, max_rows: usize)
         match outcome {
             Ok((answers, started)) => reply(batch, answers, started),
             Err(_) => tracing::error!("storing a batch of events panicked; its requests were answered 503"),
+        }
+        if checkpointed.elapsed() >= super::sqlite::CHECKPOINT_EVERY {
+            let started = Instant::now();
+            match super::sqlite::checkpoint(&conn) {
+                Ok((frames, copied)) => {
+                    tracing::debug!(frames, copied, us = started.elapsed().as_micros() as u64, "WAL checkpointed")
+                }
+                // The database busy or gone: the next one copies what this one could not.
+                Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed; trying again after the next batch"),
+            }
+            checkpointed = Instant::now();
         }
     }
 }
