@@ -29,7 +29,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    Accepted, Prepared, decide,
+    Accepted, CommitTimes, Prepared, decide_all,
     decisions::DecisionView,
     store::{self, Fate, PlannedEvent, StoredKey},
 };
@@ -58,19 +58,13 @@ pub fn store_in_one_transaction(
     conn: &mut Connection,
     events: &[&Prepared],
 ) -> Result<Vec<Result<Accepted, crate::error::Error>>, DbErr> {
-    let started = std::time::Instant::now();
+    let mut times = CommitTimes::start();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-    let begun = started.elapsed();
+    times.begun();
     let records = records_of(&tx, events)?;
-    let read = started.elapsed();
-    let planned: Vec<PlannedEvent> = events
-        .iter()
-        .map(|p| {
-            let record = p.consent_lookup_id.as_ref().and_then(|v| records.get(&(p.cached.tenant.id, v.clone())));
-            decide(p, record)
-        })
-        .collect();
-    let decided = started.elapsed();
+    times.read();
+    let planned = decide_all(events, &records);
+    times.decided();
     let planned: Vec<&PlannedEvent> = planned.iter().collect();
     let existing = existing(&tx, &planned)?;
     let fates = store::fates(&planned, &existing);
@@ -99,17 +93,9 @@ pub fn store_in_one_transaction(
         }
     }
     let answers = store::answers(&planned, &fates, &existing, &earlier);
-    let stored = started.elapsed();
+    times.stored();
     tx.commit().map_err(db_err)?;
-    tracing::debug!(
-        events = events.len(),
-        begin_us = begun.as_micros() as u64,
-        records_us = (read - begun).as_micros() as u64,
-        decide_us = (decided - read).as_micros() as u64,
-        store_us = (stored - decided).as_micros() as u64,
-        commit_us = (started.elapsed() - stored).as_micros() as u64,
-        "batch committed"
-    );
+    times.committed(events.len());
     Ok(answers)
 }
 

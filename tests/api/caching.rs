@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
 use crate::{
-    fakes::{FakeProviders, POSTHOG_PROJECT_KEY},
+    fakes::POSTHOG_PROJECT_KEY,
     helpers::{TestApp, eventually, send},
     site::{self, pageview, visitor},
 };
@@ -205,18 +205,6 @@ fn merge_country(mut event: Value, country: &str) -> Value {
     event
 }
 
-/// An active PostHog config on the fake (the project key in a file): its cookieless fallback
-/// needs the daily salt.
-async fn posthog(app: &TestApp, fakes: &FakeProviders, dir: &tempfile::TempDir) -> Value {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path().join("posthog-key");
-    std::fs::write(&path, POSTHOG_PROJECT_KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let body = json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
-                      "credentials": {"project_api_key_ref": format!("file:{}", path.display())}});
-    site::create_config(app, "posthog", body).await
-}
-
 /// Every statement the instance runs, as SQL text.
 #[derive(Clone, Default)]
 struct Statements(Arc<Mutex<Vec<String>>>);
@@ -253,7 +241,7 @@ async fn events_read_none_of_the_cached_tables() {
     let dir = tempfile::tempdir().unwrap();
     site::plausible(&app, &fakes, json!({})).await;
     site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
-    posthog(&app, &fakes, &dir).await;
+    site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let accepted = visitor();
     app.consent(&accepted, "accept_all", 1).await;

@@ -87,16 +87,7 @@ async fn a_two_hour_outage_ends_with_every_event_delivered_once_and_none_dead() 
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("posthog-key");
-    std::fs::write(&key, crate::fakes::POSTHOG_PROJECT_KEY).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let ph = site::create_config(
-        &app,
-        "posthog",
-        json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
-               "credentials": {"project_api_key_ref": format!("file:{}", key.display())}}),
-    )
-    .await;
+    let ph = site::posthog(&app, &fakes, &dir, crate::fakes::POSTHOG_PROJECT_KEY, json!({})).await;
     fakes.behaviour(json!({"plausible": {"status": 503}, "umami": {"status": 503}})).await;
     fakes.posthog(json!({"status": 503})).await;
     let t0 = Utc::now();

@@ -19,23 +19,6 @@ fn id(v: &Value) -> String {
     v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_string()
 }
 
-/// A file holding `content` (mode 600), for a `file:` reference.
-fn key_file(dir: &tempfile::TempDir, content: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path().join(format!("posthog-{}", uuid::Uuid::new_v4()));
-    std::fs::write(&path, content).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-/// An active PostHog config on the fake with the project key in a file; `extra` overrides fields.
-async fn posthog(app: &TestApp, fakes: &FakeProviders, dir: &tempfile::TempDir, key: &str, extra: Value) -> Value {
-    let file = key_file(dir, key);
-    let body = json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
-                      "credentials": {"project_api_key_ref": format!("file:{file}")}});
-    site::create_config(app, "posthog", crate::helpers::merged(body, extra)).await
-}
-
 /// A page view by a visitor as the banner's tracker sends it: the consent-lookup id and the
 /// analytics id apart.
 fn pageview(visitor: &str, analytics_id: &str) -> Value {
@@ -131,7 +114,7 @@ async fn configs_have_posthogs_fields_defaults_and_the_shared_lifecycle() {
 async fn events_go_in_batches_to_batch_with_the_event_id_as_uuid_and_full_identity_with_consent() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let v = visitor();
     app.consent(&v, "accept_all", 1).await;
@@ -198,7 +181,7 @@ async fn events_go_in_batches_to_batch_with_the_event_id_as_uuid_and_full_identi
 async fn without_consent_posthog_gets_the_daily_id_and_no_identifier_and_the_salt_stays_inside() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let (v, w) = (visitor(), visitor());
     app.consent(&v, "reject_all", 1).await;
@@ -261,7 +244,7 @@ async fn without_consent_posthog_gets_the_daily_id_and_no_identifier_and_the_sal
 async fn events_without_a_visitor_id_count_as_visitors_of_their_own() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     for _ in 0..2 {
         let (s, res) = send(
             app.http
@@ -284,7 +267,7 @@ async fn events_without_a_visitor_id_count_as_visitors_of_their_own() {
 async fn the_posthog_events_endpoint_reaches_posthog_only() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     site::plausible(&app, &fakes, json!({})).await;
     let body = json!({"event_name": "pageview", "page_url": PAGE, "visitor_id": visitor()});
     let (s, res) = site::post_from_browser(&app, "/analytics/posthog/events", &keys.public_key, body).await;
@@ -302,7 +285,7 @@ async fn the_posthog_events_endpoint_reaches_posthog_only() {
 async fn a_withdrawal_before_sending_sends_the_event_anonymously_under_the_daily_id() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let v = visitor();
     app.consent(&v, "accept_all", 1).await;
@@ -327,7 +310,7 @@ async fn a_withdrawal_before_sending_sends_the_event_anonymously_under_the_daily
 async fn a_worker_killed_mid_batch_resends_the_same_uuids_and_posthog_keeps_each_once() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let (granted, refused) = (visitor(), visitor());
     app.consent(&granted, "accept_all", 1).await;
@@ -362,7 +345,7 @@ async fn a_worker_killed_mid_batch_resends_the_same_uuids_and_posthog_keeps_each
 async fn a_wrong_project_key_is_answered_200_by_capture_and_caught_by_check() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let wrong = posthog(&app, &fakes, &dir, "phc_wellFormedButNoSuchProject000000000000", json!({})).await;
+    let wrong = site::posthog(&app, &fakes, &dir, "phc_wellFormedButNoSuchProject000000000000", json!({})).await;
     let (s, res) =
         track(&app, &keys, json!({"event_name": "pageview", "page_url": PAGE, "visitor_id": visitor()})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{res}");
@@ -384,7 +367,7 @@ async fn a_wrong_project_key_is_answered_200_by_capture_and_caught_by_check() {
         fakes.received_by("posthog").await.into_iter().filter(|r| r["path"] == "/flags").collect();
     assert_eq!(flags_calls.len(), 1);
 
-    let right = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let right = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     let (_, report) = app.post(&path(&right), &app.admin, json!({})).await;
     assert_eq!(report["status"], "ok", "{report}");
     assert_eq!(report["references"][0]["accepted_by_provider"], true);
@@ -398,7 +381,7 @@ async fn flags_are_identified_only_with_analytics_consent_cached_and_refused_wit
     // No PostHog config serving flags yet.
     let got = flags(&app, &keys, body("v", "a")).await;
     assert_error(&got, StatusCode::CONFLICT, "conflict", None);
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     let got = flags(&app, &keys, body("v", "a")).await;
     assert_error(&got, StatusCode::CONFLICT, "conflict", None);
     assert!(got.1["error"]["message"].as_str().unwrap().contains("enable_feature_flags"), "{}", got.1);
@@ -469,8 +452,14 @@ async fn flags_are_identified_only_with_analytics_consent_cached_and_refused_wit
 async fn flags_with_a_wrong_key_or_a_slow_posthog_are_a_502_naming_the_cause() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    posthog(&app, &fakes, &dir, "phc_wellFormedButNoSuchProject000000000000", json!({"enable_feature_flags": true}))
-        .await;
+    site::posthog(
+        &app,
+        &fakes,
+        &dir,
+        "phc_wellFormedButNoSuchProject000000000000",
+        json!({"enable_feature_flags": true}),
+    )
+    .await;
     let got = flags(&app, &keys, json!({"visitor_id": visitor()})).await;
     assert_error(&got, StatusCode::BAD_GATEWAY, "bad_gateway", None);
     let message = got.1["error"]["message"].as_str().unwrap();
@@ -478,7 +467,7 @@ async fn flags_with_a_wrong_key_or_a_slow_posthog_are_a_502_naming_the_cause() {
     assert!(!message.contains("phc_") && !message.contains("file:"), "{message}");
 
     let (app, fakes, keys) = setup().await;
-    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
+    site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
     fakes.posthog(json!({"delay_ms": 5_000})).await;
     let started = std::time::Instant::now();
     let got = flags(&app, &keys, json!({"visitor_id": visitor()})).await;
@@ -504,7 +493,7 @@ async fn flags_with_a_wrong_key_or_a_slow_posthog_are_a_502_naming_the_cause() {
 async fn one_refused_event_never_dead_letters_its_batch_mates_and_batches_stay_within_50() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     fakes.posthog(json!({"poison_events": ["unparsable"]})).await;
     let mut ids = Vec::new();
     for i in 0..60 {
@@ -538,7 +527,7 @@ async fn one_refused_event_never_dead_letters_its_batch_mates_and_batches_stay_w
 async fn the_full_ip_and_agent_wait_only_on_deliveries_whose_provider_uses_them() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let posthog = id(&posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await);
+    let posthog = id(&site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await);
     let plausible = id(&site::plausible(&app, &fakes, json!({})).await);
     app.publish_consent_config(json!({})).await;
     let (refused, accepted) = (visitor(), visitor());
@@ -574,7 +563,7 @@ async fn the_full_ip_and_agent_wait_only_on_deliveries_whose_provider_uses_them(
 async fn a_retry_days_later_sends_the_id_of_the_day_of_ingest_without_any_salt() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let v = visitor();
     app.consent(&v, "reject_all", 1).await;
@@ -627,7 +616,7 @@ async fn a_retry_days_later_sends_the_id_of_the_day_of_ingest_without_any_salt()
 async fn without_the_cookieless_fallback_a_visitor_without_analytics_consent_sends_posthog_nothing() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"cookieless_fallback": false})).await;
+    let c = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"cookieless_fallback": false})).await;
     assert_eq!(c["cookieless_fallback"], false, "{c}");
     app.publish_consent_config(json!({})).await;
     let (refused, undecided, withdrawn, granted) = (visitor(), visitor(), visitor(), visitor());
@@ -673,7 +662,7 @@ async fn without_the_cookieless_fallback_a_visitor_without_analytics_consent_sen
 async fn flags_under_a_respected_dnt_or_gpc_never_reach_posthog() {
     let (app, fakes, keys) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
+    site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({"enable_feature_flags": true})).await;
     fakes.posthog(json!({"flags": {"new-checkout": true}})).await;
     app.publish_consent_config(json!({})).await;
     let (yes, no, undecided) = (visitor(), visitor(), visitor());

@@ -48,18 +48,6 @@ pub(crate) async fn dump(app: &TestApp, table: &str) -> String {
     serde_json::to_string(&rows).unwrap()
 }
 
-/// An active PostHog config (needs analytics consent, so an accepting visitor's events keep their
-/// analytics id) with its project key in a file.
-async fn posthog(app: &TestApp, fakes: &FakeProviders, dir: &tempfile::TempDir) -> Value {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path().join("posthog-key");
-    std::fs::write(&path, POSTHOG_PROJECT_KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let body = json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
-                      "credentials": {"project_api_key_ref": format!("file:{}", path.display())}});
-    site::create_config(app, "posthog", body).await
-}
-
 fn visitor_path(app: &TestApp, v: &str, rest: &str) -> String {
     format!("/v1/tenants/{}/visitors/{v}{rest}", app.tenant)
 }
@@ -87,7 +75,7 @@ pub(crate) struct Scene {
 pub(crate) async fn scene() -> Scene {
     let (app, fakes, keys): (TestApp, FakeProviders, Site) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let ph = posthog(&app, &fakes, &dir).await;
+    let ph = site::posthog(&app, &fakes, &dir, POSTHOG_PROJECT_KEY, json!({})).await;
     let pl = site::plausible(&app, &fakes, json!({})).await;
     app.publish_consent_config(json!({})).await;
     let (v, other) = (visitor(), visitor());

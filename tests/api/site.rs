@@ -150,6 +150,25 @@ pub async fn patch_config(app: &TestApp, provider: &str, id: &str, body: Value) 
     app.call(Method::PATCH, &format!("{}/{id}", configs_path(app, provider)), &app.admin, Some(body)).await
 }
 
+/// A file holding `content` (a PostHog project key), readable by its owner only, as a
+/// `file:` secret reference wants it; its path.
+pub fn key_file(dir: &tempfile::TempDir, content: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(format!("posthog-{}", Uuid::new_v4()));
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// An active PostHog config on the fake with the project key `key` in a file under `dir`;
+/// `extra` overrides fields.
+pub async fn posthog(app: &TestApp, fakes: &FakeProviders, dir: &tempfile::TempDir, key: &str, extra: Value) -> Value {
+    let file = key_file(dir, key);
+    let body = json!({"display_name": "PostHog", "instance_url": fakes.posthog_url(), "status": "active",
+                      "credentials": {"project_api_key_ref": format!("file:{file}")}});
+    create_config(app, "posthog", merged(body, extra)).await
+}
+
 /// A new visitor id (what the banner stores in `cg_vid`).
 pub fn visitor() -> String {
     Uuid::new_v4().to_string()
