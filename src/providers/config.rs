@@ -420,7 +420,7 @@ pub async fn list(
 /// Fills `usage.events_retrying` of `views`: their pending deliveries with a failed attempt and,
 /// while a config's circuit is not closed, all its pending deliveries — those never tried wait
 /// because of the provider's trouble too (an unreadable circuit state counts as open).
-async fn with_retrying(
+pub async fn with_retrying(
     db: &impl ConnectionTrait,
     mut views: Vec<ProviderConfigView>,
 ) -> Result<Vec<ProviderConfigView>> {

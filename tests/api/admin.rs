@@ -16,18 +16,18 @@ use crate::{
 };
 
 /// A browser of the admin pages: no redirects followed, the session cookie kept by hand.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     app: &'a TestApp,
     http: reqwest::Client,
     cookie: Option<String>,
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub(crate) fn new(app: &'a TestApp) -> Self {
         Browser { app, http: reqwest::Client::builder().redirect(Policy::none()).build().unwrap(), cookie: None }
     }
 
-    async fn sign_in(&mut self, token: &str) -> reqwest::Response {
+    pub(crate) async fn sign_in(&mut self, token: &str) -> reqwest::Response {
         let res = self
             .http
             .post(self.app.url("/admin/sign-in"))
@@ -42,7 +42,7 @@ impl<'a> Browser<'a> {
         res
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, String) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, String) {
         let mut req = self.http.get(self.app.url(path));
         if let Some(c) = &self.cookie {
             req = req.header(header::COOKIE, c);

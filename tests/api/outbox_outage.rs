@@ -551,6 +551,16 @@ async fn while_the_circuit_is_open_every_waiting_delivery_counts_as_retrying() {
     assert_eq!(usage().await["events_retrying"], 6, "4 failed, 2 held back by the circuit");
     pageviews(&app, &keys, 3).await;
     assert_eq!(usage().await["events_retrying"], 9, "arrivals during the outage count too");
+    // The admin pages say the same as the API: the providers' table and the config's own page
+    // (delivered, dropped, waiting, retrying, then dead).
+    let mut b = crate::admin::Browser::new(&app);
+    b.sign_in(&app.auditor).await;
+    let counts = "<td>0</td><td>0</td><td>9</td><td>9</td><td";
+    for page in ["/admin/providers".to_string(), format!("/admin/providers/umami/{}", id(&u))] {
+        let (s, html) = b.get(&page).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        assert!(html.contains(counts), "{page}: {html}");
+    }
 
     fakes.behaviour(json!({"umami": {"status": null}})).await;
     let probe = app.run_outbox_at(Utc::now() + Duration::seconds(61)).await;

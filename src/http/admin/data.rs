@@ -15,7 +15,9 @@ use uuid::Uuid;
 use super::sql;
 use crate::{error::Result, outbox::log::DeliveryStatus};
 
-/// Deliveries of one config by state. `retrying` are the pending ones that failed at least once.
+/// Deliveries of one config by state. `retrying` are the pending ones that failed at least once;
+/// the pages then set it from the API's `usage.events_retrying` (the same, and while the
+/// config's circuit is not closed, every pending one).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct DeliveryCounts {
     pub pending: i64,

@@ -302,7 +302,10 @@ async fn provider_rows(state: &AppState, tenant_id: Uuid) -> Result<Vec<serde_js
     let mut rows = Vec::new();
     for p in providers::all() {
         for c in provider_configs::list(&state.db, tenant_id, *p).await? {
-            let n = counts.get(&c.id).cloned().unwrap_or_default();
+            let mut n = counts.get(&c.id).cloned().unwrap_or_default();
+            // The API's rule (`usage.events_retrying`): while the circuit is not closed, every
+            // waiting delivery waits because of the provider's trouble.
+            n.retrying = c.usage.events_retrying;
             rows.push(json!({"config": c, "counts": n}));
         }
     }
@@ -382,7 +385,9 @@ async fn provider_page(
     let result = async {
         let per_day = data::delivery_days(&state.db, tenant_id, model.id, days, now).await?;
         let lag = data::delivery_lag(&state.db, tenant_id, model.id, days, now).await?;
-        let counts = data::delivery_counts(&state.db, tenant_id).await?.remove(&model.id).unwrap_or_default();
+        let view = provider_configs::with_retrying(&state.db, vec![model.clone().into()]).await?.remove(0);
+        let mut counts = data::delivery_counts(&state.db, tenant_id).await?.remove(&model.id).unwrap_or_default();
+        counts.retrying = view.usage.events_retrying;
         let horizon = state.settings.delivery.retry_horizon();
         let dead = log::list(
             &state.db,
@@ -399,17 +404,17 @@ async fn provider_page(
         )
         .await?;
         let errors: Vec<_> = recent.into_iter().filter(|d| d.last_error.is_some()).take(10).collect();
-        Ok::<_, Error>((counts, dead, errors, per_day, lag))
+        Ok::<_, Error>((view, counts, dead, errors, per_day, lag))
     }
     .await;
-    let (counts, dead, errors, per_day, lag) = match result {
+    let (view, counts, dead, errors, per_day, lag) = match result {
         Ok(r) => r,
         Err(e) => return domain_error(&page, e),
     };
     let status = model.status.clone();
     let mut ctx = page.context();
     ctx.insert("nav", "providers");
-    ctx.insert("config", &provider_configs::ProviderConfigView::from(model));
+    ctx.insert("config", &view);
     ctx.insert("counts", &counts);
     ctx.insert("dead", &dead);
     ctx.insert("errors", &errors);
