@@ -302,6 +302,18 @@ impl CommitTimes {
     }
 }
 
+/// The consent-lookup ids of `events` by tenant, with the tenant's cached configuration: what a
+/// batch's records read asks for, one query per tenant (`records_of`, `sqlite::records_of`).
+pub(crate) fn visitors_by_tenant<'a>(events: &[&'a Prepared]) -> HashMap<Uuid, (&'a TenantConfig, Vec<&'a str>)> {
+    let mut by_tenant: HashMap<Uuid, (&TenantConfig, Vec<&str>)> = HashMap::new();
+    for p in events {
+        if let Some(v) = p.consent_lookup_id.as_deref() {
+            by_tenant.entry(p.cached.tenant.id).or_insert_with(|| (&p.cached, Vec::new())).1.push(v);
+        }
+    }
+    by_tenant
+}
+
 /// The latest consent record of each visitor of `events` (by tenant and consent-lookup id), as
 /// the decision engine reads it under the tenant's active config: one query per tenant of the
 /// batch, in the writer's transaction.
@@ -309,14 +321,8 @@ pub async fn records_of(
     db: &impl ConnectionTrait,
     events: &[&Prepared],
 ) -> Result<HashMap<(Uuid, String), consent::RecordedChoice>> {
-    let mut by_tenant: HashMap<Uuid, (&Arc<TenantConfig>, Vec<&str>)> = HashMap::new();
-    for p in events {
-        if let Some(v) = p.consent_lookup_id.as_deref() {
-            by_tenant.entry(p.cached.tenant.id).or_insert_with(|| (&p.cached, Vec::new())).1.push(v);
-        }
-    }
     let mut out = HashMap::new();
-    for (tenant_id, (cached, visitors)) in by_tenant {
+    for (tenant_id, (cached, visitors)) in visitors_by_tenant(events) {
         let active = cached.active_consent_config();
         for (visitor, m) in consent::records::latest_models(db, &cached.tenant, visitors).await? {
             out.insert((tenant_id, visitor), consent::records::under(&m, active)?);

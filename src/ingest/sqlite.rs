@@ -105,15 +105,9 @@ fn records_of(
     tx: &Connection,
     events: &[&Prepared],
 ) -> Result<HashMap<(Uuid, String), consent::RecordedChoice>, DbErr> {
-    let mut by_tenant: HashMap<Uuid, (&Prepared, Vec<&str>)> = HashMap::new();
-    for p in events {
-        if let Some(v) = p.consent_lookup_id.as_deref() {
-            by_tenant.entry(p.cached.tenant.id).or_insert_with(|| (p, Vec::new())).1.push(v);
-        }
-    }
     let mut out = HashMap::new();
-    for (tenant_id, (first, visitors)) in by_tenant {
-        let by_hash = consent::records::by_hash(&first.cached.tenant, visitors);
+    for (tenant_id, (cached, visitors)) in super::visitors_by_tenant(events) {
+        let by_hash = consent::records::by_hash(&cached.tenant, visitors);
         if by_hash.is_empty() {
             continue;
         }
@@ -130,7 +124,7 @@ fn records_of(
             )
             .map_err(db_err)?;
         let mut rows = stmt.query(params![tenant_id.as_bytes(), hashes]).map_err(db_err)?;
-        let active = first.cached.active_consent_config();
+        let active = cached.active_consent_config();
         while let Some(row) = rows.next().map_err(db_err)? {
             let m = consent_record_of(row)?;
             if let Some(id) = by_hash.get(&m.visitor_hash) {

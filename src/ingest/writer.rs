@@ -140,9 +140,12 @@ fn run_sqlite(mut conn: rusqlite::Connection, mut inbox: Inbox, max_rows: usize)
             let events: Vec<&Prepared> = batch.iter().flat_map(|j| &j.events).collect();
             let answers = match super::sqlite::store_in_one_transaction(&mut conn, &events) {
                 Ok(answers) => answers,
-                Err(e) => after_failure(e, &events, |event| {
-                    let mut answers = super::sqlite::store_in_one_transaction(&mut conn, &[event])?;
-                    Ok(answers.pop().unwrap_or_else(|| Err(stopped())))
+                Err(e) => batch_failed(&e, events.len()).unwrap_or_else(|| {
+                    let mut alone = |event: &Prepared| -> Result<Accepted> {
+                        let mut answers = super::sqlite::store_in_one_transaction(&mut conn, &[event])?;
+                        answers.pop().unwrap_or_else(|| Err(stopped()))
+                    };
+                    events.iter().map(|event| alone(event)).collect()
                 }),
             };
             (answers, started)
@@ -193,27 +196,19 @@ async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
     Some(inbox.fill(first, max_rows))
 }
 
-/// The answers after a batch's transaction failed with `e`: a `503` for each event when the
-/// database cannot be used now (nothing was acknowledged); otherwise each event stored alone
-/// (`alone`), so that one bad row does not fail its batch-mates.
-fn after_failure(
-    e: DbErr,
-    events: &[&Prepared],
-    mut alone: impl FnMut(&Prepared) -> Result<Result<Accepted>, DbErr>,
-) -> Vec<Result<Accepted>> {
-    if crate::db::is_unavailable(&e) {
-        return unavailable(&e, events.len());
+/// After a batch's transaction failed with `e`: a `503` for each of its `n` events when the
+/// database cannot be used now (nothing was acknowledged; each its own copy of the cause, the HTTP
+/// layer logs it once). `None` otherwise: the caller stores each event alone, so that one bad row
+/// does not fail its batch-mates.
+fn batch_failed(e: &DbErr, n: usize) -> Option<Vec<Result<Accepted>>> {
+    if crate::db::is_unavailable(e) {
+        let cause = e.to_string();
+        return Some((0..n).map(|_| Err(Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.clone()))))).collect());
     }
-    if events.len() > 1 {
-        tracing::warn!(error = %e, events = events.len(), "a batch of events failed; storing them one by one");
+    if n > 1 {
+        tracing::warn!(error = %e, events = n, "a batch of events failed; storing them one by one");
     }
-    events.iter().map(|event| alone(event).unwrap_or_else(|e| Err(e.into()))).collect()
-}
-
-/// A `503` for each of `n` events (each its own copy of the cause; the HTTP layer logs it once).
-fn unavailable(e: &DbErr, n: usize) -> Vec<Result<Accepted>> {
-    let cause = e.to_string();
-    (0..n).map(|_| Err(Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.clone()))))).collect()
+    None
 }
 
 async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
@@ -221,17 +216,16 @@ async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
     let events: Vec<&Prepared> = jobs.iter().flat_map(|j| &j.events).collect();
     let answers = match store_in_one_transaction(db, &events).await {
         Ok(answers) => answers,
-        Err(e) if crate::db::is_unavailable(&e) => unavailable(&e, events.len()),
-        Err(e) => {
-            if events.len() > 1 {
-                tracing::warn!(error = %e, events = events.len(), "a batch of events failed; storing them one by one");
+        Err(e) => match batch_failed(&e, events.len()) {
+            Some(answers) => answers,
+            None => {
+                let mut answers = Vec::with_capacity(events.len());
+                for e in &events {
+                    answers.push(store_alone(db, e).await);
+                }
+                answers
             }
-            let mut answers = Vec::with_capacity(events.len());
-            for e in &events {
-                answers.push(store_alone(db, e).await);
-            }
-            answers
-        }
+        },
     };
     drop(events);
     reply(jobs, answers, started);
