@@ -22,6 +22,7 @@ pub mod fields;
 pub mod keys;
 pub mod sqlite;
 pub mod store;
+pub mod wal_sync;
 pub mod writer;
 
 use std::{collections::HashMap, sync::Arc};

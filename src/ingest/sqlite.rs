@@ -37,19 +37,28 @@ use crate::consent;
 
 /// Opens the writer's connection to the database of `url` (a `sqlite:` URL, already migrated by
 /// the pool), with the settings every connection of the pool has (`db::sqlite_options`).
+///
+/// One setting differs: `synchronous = NORMAL` instead of `FULL`. Its commits are made durable by
+/// [`wal_sync`](super::wal_sync) (the WAL's fsync off the write lock) before any request is
+/// answered.
 pub fn open(url: &str) -> Result<Connection, DbErr> {
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| DbErr::Custom(e.to_string()))?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(options.get_filename(), flags).map_err(db_err)?;
+    let conn = Connection::open_with_flags(database_path(url)?, flags).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(db_err)?;
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;")
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
         .map_err(db_err)?;
     // The pages the writer keeps going back to (the indexes' right edges and hot leaves): 16 MiB
     // instead of SQLite's 2 MiB default, kept across its transactions while no other connection
     // writes.
     conn.execute_batch(&format!("PRAGMA cache_size = -{}", WRITER_CACHE_KIB)).map_err(db_err)?;
     Ok(conn)
+}
+
+/// The database file of a `sqlite:` URL.
+pub fn database_path(url: &str) -> Result<std::path::PathBuf, DbErr> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| DbErr::Custom(e.to_string()))?;
+    Ok(options.get_filename().to_path_buf())
 }
 
 /// Decides and stores `events` in one transaction on `conn` and returns each one's answer (see
@@ -413,11 +422,12 @@ mod tests {
 
     use super::*;
 
-    const SETTINGS: [&str; 5] = ["journal_mode", "synchronous", "foreign_keys", "busy_timeout", "wal_autocheckpoint"];
+    const SETTINGS: [&str; 4] = ["journal_mode", "foreign_keys", "busy_timeout", "wal_autocheckpoint"];
 
-    /// The writer's connection is set up as every connection of the pool (`db::connect`):
-    /// `synchronous = FULL` (a `202` survives a power loss), WAL, foreign keys, the busy timeout,
-    /// no checkpoint at commit.
+    /// The writer's connection is set up as every connection of the pool (`db::connect`): WAL,
+    /// foreign keys, the busy timeout, no checkpoint at commit — but `synchronous = NORMAL`, where
+    /// the pool's are `FULL`: the writer's commits are fsynced by `wal_sync` before anyone is
+    /// answered (a `202` survives a power loss), off the write lock.
     #[tokio::test]
     async fn the_writers_connection_has_the_pools_settings() {
         let dir = tempfile::tempdir().unwrap();
@@ -445,7 +455,9 @@ mod tests {
             assert_eq!(own, pooled, "PRAGMA {name}");
         }
         let sync: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
-        assert_eq!(sync, 2, "2 = FULL");
+        assert_eq!(sync, 1, "1 = NORMAL: the commit's fsync is wal_sync's");
+        let pooled = pool.query_one_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA synchronous")).await.unwrap();
+        assert_eq!(pooled.unwrap().try_get_by_index::<i64>(0).unwrap(), 2, "2 = FULL on the pool's connections");
     }
 
     /// A checkpoint between two batches copies the whole WAL (no one else writes meanwhile), so

@@ -9,7 +9,8 @@
 //!   itself, so batches are small at low load and large under load.
 //! - One writer on SQLite (it has one write lock anyway), on a thread and a connection of its own
 //!   ([`sqlite`](super::sqlite): the same transaction, with prepared statements instead of
-//!   sea-orm's); `ingest.pg_writers` on PostgreSQL, each on its own connection of the pool,
+//!   sea-orm's), whose fsync runs on another thread ([`wal_sync`]) so that the next batch is
+//!   written while the disk syncs the last one; `ingest.pg_writers` on PostgreSQL, each on its own connection of the pool,
 //!   sharing the queue.
 //! - A full queue is answered at once: `503` with `Retry-After: 1` ([`Error::Busy`]), counted in
 //!   `consentgate_ingest_rejected_total`, rather than latency growing without bound.
@@ -27,7 +28,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Accepted, CommitTimes, Prepared, decide_all, records_of, store::PlannedEvent};
+use super::{Accepted, CommitTimes, Prepared, decide_all, records_of, store::PlannedEvent, wal_sync};
 use crate::{
     config::IngestSettings,
     error::{Error, Result},
@@ -66,8 +67,14 @@ impl Writer {
         let tasks = match db.get_database_backend() {
             DbBackend::Sqlite => {
                 let conn = super::sqlite::open(url)?;
+                let wal = wal_sync::WalFile::of(&super::sqlite::database_path(url)?);
+                let (synced, _thread) =
+                    wal_sync::start(wal, |(jobs, answers, started), synced: std::result::Result<(), &std::io::Error>| {
+                        reply(jobs, if synced.is_ok() { answers } else { unsynced(answers) }, started)
+                    })
+                    .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
                 let inbox = Inbox { rx, held: None };
-                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows))]
+                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced))]
             }
             _ => {
                 let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
@@ -123,13 +130,22 @@ async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) 
     }
 }
 
+/// A committed batch on its way to its fsync: its jobs, their answers, when it started.
+type Committed = (Vec<Job>, Vec<Result<Accepted>>, Instant);
+
 /// SQLite's writer, on a thread of its own: batches as [`next_batch`] cuts them, each committed
-/// on `conn` ([`sqlite::store_in_one_transaction`](super::sqlite::store_in_one_transaction)).
-/// Ends when every handle is gone and nothing waits.
+/// on `conn` ([`sqlite::store_in_one_transaction`](super::sqlite::store_in_one_transaction)) and
+/// handed to [`wal_sync`] (`synced`), which answers it once the WAL is fsynced — while the writer
+/// goes on with the next batch. Ends when every handle is gone and nothing waits.
 /// Between two batches, at most every [`CHECKPOINT_EVERY`](super::sqlite::CHECKPOINT_EVERY), it
 /// checkpoints the WAL ([`checkpoint`](super::sqlite::checkpoint)), which only the writer can do
 /// completely under sustained ingest.
-fn run_sqlite(mut conn: rusqlite::Connection, mut inbox: Inbox, max_rows: usize) {
+fn run_sqlite(
+    mut conn: rusqlite::Connection,
+    mut inbox: Inbox,
+    max_rows: usize,
+    synced: std::sync::mpsc::SyncSender<Committed>,
+) {
     let mut checkpointed = Instant::now();
     while let Some(first) = inbox.held.take().or_else(|| inbox.rx.blocking_recv()) {
         let batch = inbox.fill(first, max_rows);
@@ -151,7 +167,13 @@ fn run_sqlite(mut conn: rusqlite::Connection, mut inbox: Inbox, max_rows: usize)
             (answers, started)
         }));
         match outcome {
-            Ok((answers, started)) => reply(batch, answers, started),
+            Ok((answers, started)) => {
+                // The fsync thread gone (it cannot panic short of a bug): the batch's requests
+                // get a 503 as their answer channels close; nothing is answered unsynced.
+                if synced.send((batch, answers, started)).is_err() {
+                    tracing::error!("the WAL's fsync thread is gone; ingest answers 503");
+                }
+            }
             Err(_) => tracing::error!("storing a batch of events panicked; its requests were answered 503"),
         }
         if checkpointed.elapsed() >= super::sqlite::CHECKPOINT_EVERY {
@@ -209,6 +231,18 @@ fn batch_failed(e: &DbErr, n: usize) -> Option<Vec<Result<Accepted>>> {
         tracing::warn!(error = %e, events = n, "a batch of events failed; storing them one by one");
     }
     None
+}
+
+/// The answers of a batch whose fsync failed: each stored event's becomes a `503` (its rows may
+/// not survive a power loss; a retry is a repeat if they did), other answers stay as they are.
+fn unsynced(answers: Vec<Result<Accepted>>) -> Vec<Result<Accepted>> {
+    answers
+        .into_iter()
+        .map(|a| match a {
+            Ok(_) => Err(Error::Db(DbErr::Conn(RuntimeErr::Internal("the database could not sync its log".into())))),
+            other => other,
+        })
+        .collect()
 }
 
 async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
