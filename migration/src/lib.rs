@@ -16,6 +16,7 @@ mod m20261130_000006_idempotency_by_key_kind;
 mod m20261130_000007_retention;
 mod m20261130_000011_config_generation;
 mod m20261130_000012_drop_duplicate_delivery_index;
+mod m20261130_000013_drop_unused_delivery_due_index;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_retention::Migration),
             Box::new(m20261130_000011_config_generation::Migration),
             Box::new(m20261130_000012_drop_duplicate_delivery_index::Migration),
+            Box::new(m20261130_000013_drop_unused_delivery_due_index::Migration),
         ]
     }
 }
