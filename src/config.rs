@@ -325,11 +325,15 @@ pub struct IngestSettings {
     /// Writers on PostgreSQL, each committing its own batches on its own connection (SQLite has
     /// one writer whatever this says). Must be below `database.max_connections`.
     pub pg_writers: usize,
+    /// On SQLite, how often at most (milliseconds, 10–60000) the writer copies the WAL into the
+    /// database between two batches (docs/scaling.md#durability): shorter, each pause is shorter
+    /// but hot pages are copied more often; longer, the WAL grows larger between copies.
+    pub sqlite_checkpoint_ms: u64,
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        Self { queue_capacity: 512, max_batch_rows: 2000, pg_writers: 2 }
+        Self { queue_capacity: 512, max_batch_rows: 2000, pg_writers: 2, sqlite_checkpoint_ms: 200 }
     }
 }
 
@@ -463,6 +467,12 @@ impl Settings {
                 return Err(ConfigError(format!("key `ingest.{key}`: must be at least 1")));
             }
         }
+        if !(10..=60_000).contains(&i.sqlite_checkpoint_ms) {
+            return Err(ConfigError(format!(
+                "key `ingest.sqlite_checkpoint_ms` ({}): must be between 10 and 60000",
+                i.sqlite_checkpoint_ms
+            )));
+        }
         if !url.starts_with("sqlite:") && i.pg_writers >= self.database.max_connections as usize {
             return Err(ConfigError(format!(
                 "key `ingest.pg_writers` ({}) must be below `database.max_connections` ({}): requests need \
@@ -562,6 +572,11 @@ mod tests {
         assert!(from_toml(&format!("{pg} 3")).is_ok());
         // SQLite has one writer whatever pg_writers says.
         assert!(from_toml("[database]\nmax_connections = 1\n[ingest]\npg_writers = 4").is_ok());
+        for ms in [0, 9, 60_001] {
+            let err = from_toml(&format!("[ingest]\nsqlite_checkpoint_ms = {ms}")).unwrap_err().to_string();
+            assert!(err.contains("ingest.sqlite_checkpoint_ms") && err.contains("between 10 and 60000"), "{ms}: {err}");
+        }
+        assert_eq!(from_toml("[ingest]\nsqlite_checkpoint_ms = 50").unwrap().ingest.sqlite_checkpoint_ms, 50);
         let s = from_toml("[ingest]\nqueue_capacity = 8\nmax_batch_rows = 100").unwrap();
         assert_eq!((s.ingest.queue_capacity, s.ingest.max_batch_rows), (8, 100));
     }

@@ -353,9 +353,6 @@ fn insert_delivery(tx: &Connection, m: &delivery::Model) -> Result<(), DbErr> {
 /// The writer's page cache (KiB).
 const WRITER_CACHE_KIB: u32 = 16 * 1024;
 
-/// How often, at most, the writer checkpoints the WAL between two batches ([`checkpoint`]).
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-
 /// Copies the WAL into the database file, run by the writer between two batches (PASSIVE: it
 /// never waits for a reader). Only here can a checkpoint catch up: one on another connection
 /// (`db::wal_checkpoints`) copies what was committed when it started while the writer goes on

@@ -74,7 +74,8 @@ impl Writer {
                     })
                     .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
                 let inbox = Inbox { rx, held: None };
-                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced))]
+                let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
+                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every))]
             }
             _ => {
                 let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
@@ -137,7 +138,7 @@ type Committed = (Vec<Job>, Vec<Result<Accepted>>, Instant);
 /// on `conn` ([`sqlite::store_in_one_transaction`](super::sqlite::store_in_one_transaction)) and
 /// handed to [`wal_sync`] (`synced`), which answers it once the WAL is fsynced — while the writer
 /// goes on with the next batch. Ends when every handle is gone and nothing waits.
-/// Between two batches, at most every [`CHECKPOINT_EVERY`](super::sqlite::CHECKPOINT_EVERY), it
+/// Between two batches, at most every `checkpoint_every` (`ingest.sqlite_checkpoint_ms`), it
 /// checkpoints the WAL ([`checkpoint`](super::sqlite::checkpoint)), which only the writer can do
 /// completely under sustained ingest.
 fn run_sqlite(
@@ -145,6 +146,7 @@ fn run_sqlite(
     mut inbox: Inbox,
     max_rows: usize,
     synced: std::sync::mpsc::SyncSender<Committed>,
+    checkpoint_every: std::time::Duration,
 ) {
     let mut checkpointed = Instant::now();
     while let Some(first) = inbox.held.take().or_else(|| inbox.rx.blocking_recv()) {
@@ -176,7 +178,7 @@ fn run_sqlite(
             }
             Err(_) => tracing::error!("storing a batch of events panicked; its requests were answered 503"),
         }
-        if checkpointed.elapsed() >= super::sqlite::CHECKPOINT_EVERY {
+        if checkpointed.elapsed() >= checkpoint_every {
             let started = Instant::now();
             match super::sqlite::checkpoint(&conn) {
                 Ok((frames, copied)) => {
