@@ -17,6 +17,7 @@ mod m20261130_000007_retention;
 mod m20261130_000011_config_generation;
 mod m20261130_000012_drop_duplicate_delivery_index;
 mod m20261130_000013_drop_unused_delivery_due_index;
+mod m20261130_000014_outbox_indexes_that_answer;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000011_config_generation::Migration),
             Box::new(m20261130_000012_drop_duplicate_delivery_index::Migration),
             Box::new(m20261130_000013_drop_unused_delivery_due_index::Migration),
+            Box::new(m20261130_000014_outbox_indexes_that_answer::Migration),
         ]
     }
 }
