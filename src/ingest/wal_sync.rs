@@ -76,9 +76,8 @@ where
     A: FnMut(T, Result<(), &io::Error>) + Send + 'static,
 {
     let (tx, rx) = sync_channel(WAITING_BATCHES);
-    let thread = std::thread::Builder::new()
-        .name("consentgate-wal-sync".into())
-        .spawn(move || run(rx, flush, answer))?;
+    let thread =
+        std::thread::Builder::new().name("consentgate-wal-sync".into()).spawn(move || run(rx, flush, answer))?;
     Ok((tx, thread))
 }
 
@@ -125,20 +124,16 @@ mod tests {
         }
     }
 
-    fn gated() -> (
-        SyncSender<u32>,
-        Sender<io::Result<()>>,
-        Receiver<()>,
-        Arc<Mutex<Vec<(u32, bool)>>>,
-        JoinHandle<()>,
-    ) {
+    fn gated() -> (SyncSender<u32>, Sender<io::Result<()>>, Receiver<()>, Arc<Mutex<Vec<(u32, bool)>>>, JoinHandle<()>)
+    {
         let (go_tx, go) = channel();
         let (calls, calls_rx) = channel();
         let answered = Arc::new(Mutex::new(Vec::new()));
         let seen = answered.clone();
-        let (tx, thread) =
-            start(Gate { go, calls }, move |n, synced: Result<(), &io::Error>| seen.lock().unwrap().push((n, synced.is_ok())))
-                .unwrap();
+        let (tx, thread) = start(Gate { go, calls }, move |n, synced: Result<(), &io::Error>| {
+            seen.lock().unwrap().push((n, synced.is_ok()))
+        })
+        .unwrap();
         (tx, go_tx, calls_rx, answered, thread)
     }
 

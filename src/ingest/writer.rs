@@ -68,11 +68,13 @@ impl Writer {
             DbBackend::Sqlite => {
                 let conn = super::sqlite::open(url)?;
                 let wal = wal_sync::WalFile::of(&super::sqlite::database_path(url)?);
-                let (synced, _thread) =
-                    wal_sync::start(wal, |(jobs, answers, started), synced: std::result::Result<(), &std::io::Error>| {
+                let (synced, _thread) = wal_sync::start(
+                    wal,
+                    |(jobs, answers, started), synced: std::result::Result<(), &std::io::Error>| {
                         reply(jobs, if synced.is_ok() { answers } else { unsynced(answers) }, started)
-                    })
-                    .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
+                    },
+                )
+                .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
                 let inbox = Inbox { rx, held: None };
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
                 vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every))]

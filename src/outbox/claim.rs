@@ -254,4 +254,18 @@ mod tests {
         let lite = q.build(DbBackend::Sqlite).to_string();
         assert!(!lite.contains("FOR UPDATE"), "SQLite has no row locks: {lite}");
     }
+
+    /// The due deliveries are read in `ix_delivery_provider_due_lease`, which holds the config and
+    /// the lease too: the in-flight ones, oldest due and so first in the range, are skipped without
+    /// a table lookup each (SQLite defers the lookup to the rows it returns).
+    #[tokio::test]
+    async fn due_deliveries_are_found_in_the_index_that_holds_their_lease() {
+        let q = due_ids("plausible", vec![Uuid::nil(), Uuid::max()], Utc::now(), 5).build(DbBackend::Sqlite);
+        let plan = crate::outbox::stats::tests::sqlite_plan(q.to_string()).await;
+        assert!(
+            plan.contains("USING INDEX ix_delivery_provider_due_lease (provider=? AND status=? AND next_attempt_at<?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "oldest due first, in index order: {plan}");
+    }
 }
