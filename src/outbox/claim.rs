@@ -83,18 +83,25 @@ pub async fn claim_probing(
     if requests == 0 {
         return Ok(Claimed::default());
     }
+    // Nothing to claim for a provider without an active config that has a free slot: known from
+    // a read, without taking SQLite's write lock (a claim round goes through every provider, and
+    // each write transaction may wait in SQLite's busy handler for the outbox's and ingest's
+    // commits). The configs are read again inside the transaction, which decides.
+    let candidates: Vec<Uuid> =
+        configs(provider).select_only().column(provider_config::Column::Id).into_tuple().all(db).await?;
+    if candidates.into_iter().all(|config| free(config) == 0) {
+        return Ok(Claimed::default());
+    }
+    let begun = std::time::Instant::now();
     let txn = crate::db::begin_write(db).await?;
+    tracing::trace!(provider = provider.name(), waited = ?begun.elapsed(), "claim: write transaction begun");
     type Row = (Uuid, serde_json::Value, String, Option<DateTime<Utc>>);
-    let rows: Vec<Row> = provider_config::Entity::find()
+    let rows: Vec<Row> = configs(provider)
         .select_only()
         .column(provider_config::Column::Id)
         .column(provider_config::Column::Settings)
         .column(provider_config::Column::CircuitState)
         .column(provider_config::Column::CircuitSince)
-        .filter(provider_config::Column::Provider.eq(provider.name()))
-        .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
-        // An invalid config (unreadable category) sends nothing: its deliveries are not claimed.
-        .filter(provider_config::Column::RequiredCategory.is_in(RequiredCategory::ALL.iter().map(|c| c.as_str())))
         .into_tuple()
         .all(&txn)
         .await?;
@@ -164,6 +171,15 @@ pub async fn claim_probing(
         .await?;
     txn.commit().await?;
     Ok(Claimed { deliveries: claimed, batch_limits })
+}
+
+/// The active configs of `provider` that can send (an invalid config — an unreadable category —
+/// sends nothing: its deliveries are not claimed).
+fn configs(provider: &dyn AnyProvider) -> sea_orm::Select<provider_config::Entity> {
+    provider_config::Entity::find()
+        .filter(provider_config::Column::Provider.eq(provider.name()))
+        .filter(provider_config::Column::Status.eq(ProviderStatus::Active.as_str()))
+        .filter(provider_config::Column::RequiredCategory.is_in(RequiredCategory::ALL.iter().map(|c| c.as_str())))
 }
 
 /// What a claim leased: the deliveries, oldest due first, and the batch limit of each config
