@@ -22,11 +22,69 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         .sqlx_logging(false)
         // SQLite's settings are per connection: set on every connection the pool opens.
         .map_sqlx_sqlite_opts(sqlite_options);
+    opts.map_sqlx_sqlite_pool_opts(|pool| {
+        pool.after_connect(|conn, _| {
+            Box::pin(async move {
+                let mut handle = conn.lock_handle().await?;
+                // SAFETY: the handle is this connection's open database, locked for the call;
+                // the callback is a plain function that keeps no pointer.
+                let rc = unsafe {
+                    rusqlite::ffi::sqlite3_busy_handler(
+                        handle.as_raw_handle().as_ptr(),
+                        Some(sqlite_busy_callback),
+                        std::ptr::null_mut(),
+                    )
+                };
+                if rc != rusqlite::ffi::SQLITE_OK {
+                    return Err(sqlx::Error::Protocol(format!("setting SQLite's busy handler failed ({rc})")));
+                }
+                Ok(())
+            })
+        })
+    });
     Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact_url(&settings.url)))
 }
 
+/// How long a connection waits for SQLite's write lock in all before `SQLITE_BUSY`.
+pub const SQLITE_BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// The pause before a connection tries SQLite's write lock again, after `tries` failed tries;
+/// `None` once [`SQLITE_BUSY_WAIT`] is spent (the statement then fails `SQLITE_BUSY`, a `503`).
+///
+/// SQLite's own busy handler (what `busy_timeout` installs) sleeps 1, 2, 5, 10, 15, 20, 25 … ms
+/// between tries: a writer that finds the lock taken sleeps at least 1 ms, 3 ms after two tries,
+/// while the transactions holding it here last well under a millisecond to a few (an ingest
+/// batch, a claim, a batch of outcomes) — so every collision cost more than the lock was held,
+/// and the outbox's claims, one after the other, waited in that lottery behind ingest's and the
+/// outcomes' commits (docs/scaling.md#the-outbox). Here: 100 µs pauses for the first 20 ms, then
+/// 1 ms ones.
+pub fn sqlite_busy_pause(tries: i32) -> Option<Duration> {
+    const SHORT: Duration = Duration::from_micros(100);
+    const SHORT_TRIES: i32 = 200;
+    let tries = tries.max(0);
+    let waited = SHORT * tries.min(SHORT_TRIES) as u32 + Duration::from_millis((tries - tries.min(SHORT_TRIES)) as u64);
+    let pause = if tries < SHORT_TRIES { SHORT } else { Duration::from_millis(1) };
+    (waited + pause <= SQLITE_BUSY_WAIT).then_some(pause)
+}
+
+/// [`sqlite_busy_pause`] as SQLite's busy handler: sleeps and says "try again", or gives up.
+pub fn sqlite_busy(tries: i32) -> bool {
+    match sqlite_busy_pause(tries) {
+        Some(pause) => {
+            std::thread::sleep(pause);
+            true
+        }
+        None => false,
+    }
+}
+
+unsafe extern "C" fn sqlite_busy_callback(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
+    std::ffi::c_int::from(sqlite_busy(tries))
+}
+
 /// Every SQLite connection: WAL lets readers proceed while the single writer commits; the busy
-/// timeout makes a writer wait for the lock instead of failing with `SQLITE_BUSY`; and
+/// handler ([`sqlite_busy`], installed by [`connect`] on each connection in place of this busy
+/// timeout's) makes a writer wait for the lock instead of failing with `SQLITE_BUSY`; and
 /// `synchronous = FULL` fsyncs the WAL at every commit, so a `202` (answered after the commit)
 /// survives a power loss or an OS crash, not only a crash of the process. `NORMAL` would fsync
 /// only at checkpoints: faster per commit, but the last commits before a power loss could be
@@ -178,7 +236,27 @@ pub fn padded_for_in<T: Clone>(mut items: Vec<T>) -> Vec<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{padded_for_in, postgres_unavailable, sqlite_unavailable};
+    use std::time::Duration;
+
+    use super::{SQLITE_BUSY_WAIT, padded_for_in, postgres_unavailable, sqlite_busy_pause, sqlite_unavailable};
+
+    #[test]
+    fn a_busy_connection_retries_in_short_pauses_then_longer_ones_and_gives_up_after_the_wait() {
+        let us = |n: u64| Some(Duration::from_micros(n));
+        for (tries, pause) in [(0, us(100)), (1, us(100)), (199, us(100)), (200, us(1000)), (5000, us(1000))] {
+            assert_eq!(sqlite_busy_pause(tries), pause, "after {tries} tries");
+        }
+        assert_eq!(sqlite_busy_pause(-1), us(100), "a negative count is read as none");
+        // In all: the pauses before giving up add up to the wait, not beyond.
+        let mut waited = Duration::ZERO;
+        let mut tries = 0;
+        while let Some(p) = sqlite_busy_pause(tries) {
+            waited += p;
+            tries += 1;
+        }
+        assert!(waited <= SQLITE_BUSY_WAIT && waited + Duration::from_millis(1) >= SQLITE_BUSY_WAIT, "{waited:?}");
+        assert_eq!(sqlite_busy_pause(i32::MAX), None);
+    }
 
     #[test]
     fn in_lists_are_padded_to_powers_of_two_with_their_last_value() {

@@ -19,7 +19,7 @@
 //! in one query ([`store::fates`]), one row per event, decision and delivery, the usage counts,
 //! `COMMIT`. The connection's settings are the pool's ([`open`]; a test compares them).
 
-use std::{collections::HashMap, str::FromStr, time::Duration};
+use std::{collections::HashMap, str::FromStr};
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::{analytics_event, consent_record, delivery};
@@ -44,7 +44,7 @@ use crate::consent;
 pub fn open(url: &str) -> Result<Connection, DbErr> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(database_path(url)?, flags).map_err(db_err)?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+    conn.busy_handler(Some(crate::db::sqlite_busy)).map_err(db_err)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(db_err)?;
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
         .map_err(db_err)?;
@@ -422,7 +422,7 @@ mod tests {
     const SETTINGS: [&str; 4] = ["journal_mode", "foreign_keys", "busy_timeout", "wal_autocheckpoint"];
 
     /// The writer's connection is set up as every connection of the pool (`db::connect`): WAL,
-    /// foreign keys, the busy timeout, no checkpoint at commit — but `synchronous = NORMAL`, where
+    /// foreign keys, the busy handler, no checkpoint at commit — but `synchronous = NORMAL`, where
     /// the pool's are `FULL`: the writer's commits are fsynced by `wal_sync` before anyone is
     /// answered (a `202` survives a power loss), off the write lock.
     #[tokio::test]
@@ -451,6 +451,8 @@ mod tests {
             };
             assert_eq!(own, pooled, "PRAGMA {name}");
         }
+        let busy: i64 = writer.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
+        assert_eq!(busy, 0, "both wait with db::sqlite_busy, which replaces SQLite's timeout handler");
         let sync: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(sync, 1, "1 = NORMAL: the commit's fsync is wal_sync's");
         let pooled = pool.query_one_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA synchronous")).await.unwrap();
