@@ -124,22 +124,31 @@ mod tests {
         }
     }
 
-    fn gated() -> (SyncSender<u32>, Sender<io::Result<()>>, Receiver<()>, Arc<Mutex<Vec<(u32, bool)>>>, JoinHandle<()>)
-    {
-        let (go_tx, go) = channel();
-        let (calls, calls_rx) = channel();
+    /// The syncer under test: send committed batches to `tx`, release each fsync through `go`,
+    /// see each fsync start on `calls` and each answer in `answered`.
+    struct Gated {
+        tx: SyncSender<u32>,
+        go: Sender<io::Result<()>>,
+        calls: Receiver<()>,
+        answered: Arc<Mutex<Vec<(u32, bool)>>>,
+        thread: JoinHandle<()>,
+    }
+
+    fn gated() -> Gated {
+        let (go, go_rx) = channel();
+        let (calls_tx, calls) = channel();
         let answered = Arc::new(Mutex::new(Vec::new()));
         let seen = answered.clone();
-        let (tx, thread) = start(Gate { go, calls }, move |n, synced: Result<(), &io::Error>| {
+        let (tx, thread) = start(Gate { go: go_rx, calls: calls_tx }, move |n, synced: Result<(), &io::Error>| {
             seen.lock().unwrap().push((n, synced.is_ok()))
         })
         .unwrap();
-        (tx, go_tx, calls_rx, answered, thread)
+        Gated { tx, go, calls, answered, thread }
     }
 
     #[test]
     fn no_batch_is_answered_before_an_fsync_after_its_commit_returned() {
-        let (tx, go, calls, answered, thread) = gated();
+        let Gated { tx, go, calls, answered, thread } = gated();
         tx.send(1).unwrap();
         calls.recv_timeout(Duration::from_secs(5)).expect("an fsync for batch 1");
         // Committed while that fsync runs: not covered by it.
@@ -161,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_failed_fsync_answers_its_batches_unsynced_and_the_next_one_is_tried_again() {
-        let (tx, go, calls, answered, thread) = gated();
+        let Gated { tx, go, calls, answered, thread } = gated();
         tx.send(1).unwrap();
         calls.recv_timeout(Duration::from_secs(5)).unwrap();
         go.send(Err(io::Error::other("EIO"))).unwrap();
