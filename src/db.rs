@@ -95,7 +95,7 @@ unsafe extern "C" fn sqlite_busy_callback(_: *mut std::ffi::c_void, tries: std::
 /// every request of its batch waits (the writer's tail latency).
 fn sqlite_options(o: sqlx::sqlite::SqliteConnectOptions) -> sqlx::sqlite::SqliteConnectOptions {
     o.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(SQLITE_BUSY_WAIT)
         .foreign_keys(true)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
         .pragma("wal_autocheckpoint", "0")

@@ -68,12 +68,12 @@ pub const WAITING_BATCHES: usize = 4;
 
 /// Starts the thread that syncs and answers: send it each committed batch, in commit order;
 /// `answer(batch, synced)` is called for each, in that order, once an fsync that started after
-/// its commit returned (`synced` is that fsync's outcome).
+/// its commit returned (`synced`: whether that fsync succeeded; a failure is logged here).
 pub fn start<T, F, A>(flush: F, answer: A) -> io::Result<(SyncSender<T>, JoinHandle<()>)>
 where
     T: Send + 'static,
     F: Flush,
-    A: FnMut(T, Result<(), &io::Error>) + Send + 'static,
+    A: FnMut(T, bool) + Send + 'static,
 {
     let (tx, rx) = sync_channel(WAITING_BATCHES);
     let thread =
@@ -83,7 +83,7 @@ where
 
 /// Until every sender is gone: waits for a committed batch, takes every other one that committed
 /// meanwhile, fsyncs once for all of them, answers them in order.
-fn run<T>(rx: Receiver<T>, mut flush: impl Flush, mut answer: impl FnMut(T, Result<(), &io::Error>)) {
+fn run<T>(rx: Receiver<T>, mut flush: impl Flush, mut answer: impl FnMut(T, bool)) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         batches.extend(rx.try_iter());
@@ -94,7 +94,7 @@ fn run<T>(rx: Receiver<T>, mut flush: impl Flush, mut answer: impl FnMut(T, Resu
             tracing::error!(error = %e, batches = batches.len(), "the WAL's fsync failed; its batches' events are answered 503");
         }
         for batch in batches {
-            answer(batch, synced.as_ref().map(|_| ()));
+            answer(batch, synced.is_ok());
         }
     }
 }
@@ -139,10 +139,9 @@ mod tests {
         let (calls_tx, calls) = channel();
         let answered = Arc::new(Mutex::new(Vec::new()));
         let seen = answered.clone();
-        let (tx, thread) = start(Gate { go: go_rx, calls: calls_tx }, move |n, synced: Result<(), &io::Error>| {
-            seen.lock().unwrap().push((n, synced.is_ok()))
-        })
-        .unwrap();
+        let (tx, thread) =
+            start(Gate { go: go_rx, calls: calls_tx }, move |n, synced| seen.lock().unwrap().push((n, synced)))
+                .unwrap();
         Gated { tx, go, calls, answered, thread }
     }
 

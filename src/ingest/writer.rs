@@ -10,8 +10,8 @@
 //! - One writer on SQLite (it has one write lock anyway), on a thread and a connection of its own
 //!   ([`sqlite`](super::sqlite): the same transaction, with prepared statements instead of
 //!   sea-orm's), whose fsync runs on another thread ([`wal_sync`]) so that the next batch is
-//!   written while the disk syncs the last one; `ingest.pg_writers` on PostgreSQL, each on its own connection of the pool,
-//!   sharing the queue.
+//!   written while the disk syncs the last one; `ingest.pg_writers` on PostgreSQL, each on its
+//!   own connection of the pool, sharing the queue.
 //! - A full queue is answered at once: `503` with `Retry-After: 1` ([`Error::Busy`]), counted in
 //!   `consentgate_ingest_rejected_total`, rather than latency growing without bound.
 //! - A batch that fails with the database unreachable answers each of its requests `503` (nothing
@@ -68,12 +68,9 @@ impl Writer {
             DbBackend::Sqlite => {
                 let conn = super::sqlite::open(url)?;
                 let wal = wal_sync::WalFile::of(&super::sqlite::database_path(url)?);
-                let (synced, _thread) = wal_sync::start(
-                    wal,
-                    |(jobs, answers, started), synced: std::result::Result<(), &std::io::Error>| {
-                        reply(jobs, if synced.is_ok() { answers } else { unsynced(answers) }, started)
-                    },
-                )
+                let (synced, _thread) = wal_sync::start(wal, |(jobs, answers, started), synced| {
+                    reply(jobs, if synced { answers } else { unsynced(answers) }, started)
+                })
                 .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
                 let inbox = Inbox { rx, held: None };
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
@@ -111,7 +108,12 @@ impl Writer {
 }
 
 fn stopped() -> Error {
-    Error::Db(DbErr::Conn(RuntimeErr::Internal("the ingest writer stopped".into())))
+    unavailable("the ingest writer stopped")
+}
+
+/// A `503` for an event (`DbErr::Conn`, which the HTTP layer answers `503` with `Retry-After`).
+fn unavailable(cause: impl Into<String>) -> Error {
+    Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.into())))
 }
 
 /// Whether a job of `next` rows joins a batch of `batch` rows under a cap of `max` rows — pure.
@@ -229,7 +231,7 @@ async fn next_batch(inbox: &Mutex<Inbox>, max_rows: usize) -> Option<Vec<Job>> {
 fn batch_failed(e: &DbErr, n: usize) -> Option<Vec<Result<Accepted>>> {
     if crate::db::is_unavailable(e) {
         let cause = e.to_string();
-        return Some((0..n).map(|_| Err(Error::Db(DbErr::Conn(RuntimeErr::Internal(cause.clone()))))).collect());
+        return Some((0..n).map(|_| Err(unavailable(cause.clone()))).collect());
     }
     if n > 1 {
         tracing::warn!(error = %e, events = n, "a batch of events failed; storing them one by one");
@@ -243,7 +245,7 @@ fn unsynced(answers: Vec<Result<Accepted>>) -> Vec<Result<Accepted>> {
     answers
         .into_iter()
         .map(|a| match a {
-            Ok(_) => Err(Error::Db(DbErr::Conn(RuntimeErr::Internal("the database could not sync its log".into())))),
+            Ok(_) => Err(unavailable("the database could not sync its log")),
             other => other,
         })
         .collect()
