@@ -209,7 +209,7 @@ pub async fn release(db: &impl ConnectionTrait, config_id: Uuid, per_sec: u64, n
         let res = delivery::Entity::update_many()
             .col_expr(delivery::Column::NextAttemptAt, Expr::value(due))
             .filter(delivery::Column::Id.is_in(ids.iter().copied()))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+            .filter(super::pending_by_id())
             .exec(db)
             .await?;
         released += res.rows_affected;

@@ -163,7 +163,7 @@ fn mine(ids: impl IntoIterator<Item = Uuid>, owner: &str) -> sea_orm::Condition 
     sea_orm::Condition::all()
         .add(delivery::Column::Id.is_in(ids))
         .add(delivery::Column::LeaseOwner.eq(owner))
-        .add(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+        .add(super::pending_by_id())
 }
 
 /// The `UPDATE` that writes `row` (to be filtered by [`mine`]).
@@ -199,4 +199,30 @@ fn update(row: &RowEnd, now: DateTime<Utc>) -> sea_orm::UpdateMany<delivery::Ent
         q = q.col_expr(C::NextAttemptAt, Expr::value(at));
     }
     q
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, QueryTrait};
+
+    use super::*;
+
+    /// A batch of outcomes finds its deliveries by id, not by scanning every waiting delivery
+    /// (`super::pending_by_id`).
+    #[tokio::test]
+    async fn outcomes_find_their_deliveries_by_id() {
+        let row = RowEnd {
+            status: Some(DeliveryStatus::Delivered),
+            last_status: Some(202),
+            last_error: None,
+            warning: None,
+            delivered: true,
+            next_attempt_at: None,
+        };
+        // A round's worth: with more ids than SQLite's guess of the rows one status matches (10),
+        // its planner preferred the status index.
+        let ids: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+        let q = update(&row, Utc::now()).filter(mine(ids, "w")).build(DbBackend::Sqlite);
+        crate::outbox::claim::tests::found_by_id(q.to_string()).await;
+    }
 }

@@ -104,7 +104,7 @@ pub async fn expire(db: &DatabaseConnection, configured: Duration, now: DateTime
         let reason = Expr::cust(format!("'{}' || COALESCE(last_error, 'never attempted')", prefix.replace('\'', "''")));
         let res = super::end_as_dead(reason, Utc::now())
             .filter(delivery::Column::Id.is_in(ids))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+            .filter(super::pending_by_id())
             .filter(unheld())
             .exec(&txn)
             .await?;
