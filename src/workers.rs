@@ -25,6 +25,7 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
     // SQLite: the WAL is checkpointed here, not by the commit that crosses its threshold.
     workers.push(tokio::spawn(crate::db::wal_checkpoints(
         state.db.clone(),
+        state.settings.database.url.clone(),
         std::time::Duration::from_millis(250),
         shutdown.clone(),
     )));
