@@ -865,9 +865,14 @@ impl Worker {
             auth_failures: self.settings.auth_failures_before_error,
         };
         let written = async {
+            let started = Instant::now();
             let txn = crate::db::begin_write(&self.db).await?;
+            let begun = started.elapsed();
             let written = ending::write(&txn, &self.owner, &endings, &requests, thresholds, now).await?;
+            let wrote = started.elapsed();
             txn.commit().await?;
+            tracing::debug!(requests = n, deliveries, begin = ?begun, write = ?(wrote - begun),
+                commit = ?(started.elapsed() - wrote), "outcomes committed");
             Ok::<_, crate::error::Error>(written)
         }
         .await;
