@@ -1,6 +1,8 @@
 //! Connecting to the database and migrating it. SQLite is the embedded default (a file in WAL
 //! mode, created on first start); PostgreSQL is for scale-out. Both run the same migrations.
 
+pub mod wal;
+
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -90,7 +92,7 @@ unsafe extern "C" fn sqlite_busy_callback(_: *mut std::ffi::c_void, tries: std::
 /// only at checkpoints: faster per commit, but the last commits before a power loss could be
 /// rolled back after they were acknowledged. Group commit (`ingest::writer`) pays the fsync once
 /// per batch of events (docs/scaling.md#durability). No connection checkpoints the WAL when it
-/// commits (`wal_autocheckpoint = 0`): [`wal_checkpoints`] does, in the background, so that a
+/// commits (`wal_autocheckpoint = 0`): [`wal::run`] does, in the background, so that a
 /// commit that happens to cross the WAL's threshold does not copy it into the database while
 /// every request of its batch waits (the writer's tail latency).
 fn sqlite_options(o: sqlx::sqlite::SqliteConnectOptions) -> sqlx::sqlite::SqliteConnectOptions {
@@ -99,98 +101,6 @@ fn sqlite_options(o: sqlx::sqlite::SqliteConnectOptions) -> sqlx::sqlite::Sqlite
         .foreign_keys(true)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
         .pragma("wal_autocheckpoint", "0")
-}
-
-/// SQLite: checkpoints the WAL every `every` on a connection of its own ([`checkpoint`]), until
-/// `shutdown`. The last connection to close checkpoints too, so a stopped gateway leaves no WAL
-/// behind. Nothing to do on PostgreSQL. A failure (the database busy or gone) only lets the WAL
-/// grow until the next one.
-pub async fn wal_checkpoints(
-    db: DatabaseConnection,
-    url: String,
-    every: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
-        return;
-    }
-    let mut conn = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let url = url.clone();
-        let run = tokio::task::spawn_blocking(move || {
-            let conn = match conn {
-                Some(c) => c,
-                None => checkpoint_connection(&url)?,
-            };
-            let done = checkpoint(&conn);
-            Ok::<_, rusqlite::Error>((conn, done))
-        });
-        conn = match run.await {
-            Ok(Ok((c, Ok((frames, true))))) => {
-                tracing::debug!(frames, "WAL copied completely; it starts over at the next write");
-                Some(c)
-            }
-            Ok(Ok((c, Ok(_)))) => Some(c),
-            Ok(Ok((c, Err(e)))) => {
-                tracing::debug!(error = %e, "WAL checkpoint failed; trying again at the next");
-                Some(c)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot open the WAL checkpoint's connection; trying again at the next");
-                None
-            }
-            Err(_) => None,
-        };
-    }
-}
-
-/// How long [`checkpoint`]'s RESTART waits for the writer and the readers in the WAL (its
-/// connection's busy timeout), holding off other writers meanwhile.
-pub const WAL_RESTART_WAIT: Duration = Duration::from_millis(50);
-
-/// WAL frames (4 KiB pages: 16 MiB) past which [`checkpoint`] makes the WAL start over.
-pub const WAL_RESTART_FRAMES: i64 = 4096;
-
-/// The background checkpoint's own connection: the busy timeout bounds how long a RESTART holds
-/// off writers ([`WAL_RESTART_WAIT`]), where the pool's connections wait up to
-/// [`SQLITE_BUSY_WAIT`].
-pub fn checkpoint_connection(url: &str) -> rusqlite::Result<rusqlite::Connection> {
-    let path = crate::ingest::sqlite::database_path(url)
-        .map_err(|e| rusqlite::Error::InvalidPath(std::path::PathBuf::from(e.to_string())))?;
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(WAL_RESTART_WAIT)?;
-    Ok(conn)
-}
-
-/// One background checkpoint: PASSIVE (it never waits for, nor blocks, a reader or a writer;
-/// what it cannot copy now it copies next time), then RESTART when the WAL has grown past
-/// [`WAL_RESTART_FRAMES`]. A WAL starts over only at a write that finds it copied completely and
-/// no reader in it. While the delivery worker's claims, reads and outcome commits followed each
-/// other without a pause (the outbox draining, ingest idle, so no checkpoint of the ingest
-/// writer's), that moment never came: the WAL grew by ~10 MB/s, 370 MB in 36 s of the
-/// benchmark's drain. RESTART holds off writers, waits for the readers still in the WAL, copies
-/// what PASSIVE could not, and the next write starts the WAL over — all within
-/// [`WAL_RESTART_WAIT`] (a long reader, an export, makes it give up rather than hold writers
-/// off). Returns the WAL's frames and whether it will start over.
-pub fn checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, bool)> {
-    // (1 when it could not finish — a reader or a writer held on past the busy timeout —, the
-    // WAL's frames, the frames copied)
-    let run = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get::<_, i64>(0)? != 0, r.get::<_, i64>(1)?))
-        })
-    };
-    let (_, frames) = run("PASSIVE")?;
-    if frames < WAL_RESTART_FRAMES {
-        return Ok((frames, false));
-    }
-    let (busy, _) = run("RESTART")?;
-    Ok((frames, !busy))
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
@@ -376,63 +286,5 @@ mod tests {
         ] {
             assert_eq!(postgres_unavailable(code), unavailable, "{code}");
         }
-    }
-
-    /// A database in WAL mode, its WAL past the restart threshold: 20 MiB written by a second
-    /// connection (the pool's, say), which stays open.
-    fn grown_wal(dir: &std::path::Path) -> (String, rusqlite::Connection) {
-        let url = format!("sqlite://{}?mode=rwc", dir.join("w.db").display());
-        let writer = rusqlite::Connection::open(dir.join("w.db")).unwrap();
-        writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
-        writer.execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x BLOB)").unwrap();
-        for _ in 0..5 {
-            writer
-                .execute_batch("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) INSERT INTO t SELECT randomblob(4000) FROM n")
-                .unwrap();
-        }
-        (url, writer)
-    }
-
-    /// Past the threshold the checkpoint waits for a reader that finishes within its wait
-    /// (holding off writers meanwhile), copies the whole WAL and says so, and the next write goes
-    /// to the WAL's start. (That a PASSIVE copy alone leaves the WAL growing needs writers and
-    /// readers that never pause — the benchmark's drain, docs/scaling.md#the-outbox —, which a
-    /// unit test does not reproduce.)
-    #[test]
-    fn a_wal_past_the_threshold_starts_over_at_the_next_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let (url, writer) = grown_wal(dir.path());
-        let reader = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
-        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").unwrap();
-        writer.execute_batch("INSERT INTO t VALUES (randomblob(4000))").unwrap();
-        let done = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(10));
-            reader.execute_batch("COMMIT").unwrap();
-        });
-        let conn = super::checkpoint_connection(&url).unwrap();
-        let (frames, restarted) = super::checkpoint(&conn).unwrap();
-        done.join().unwrap();
-        assert!(frames >= super::WAL_RESTART_FRAMES && restarted, "{frames} frames, restarted {restarted}");
-        writer.execute_batch("INSERT INTO t VALUES (randomblob(10))").unwrap();
-        let (after, restarted) = super::checkpoint(&conn).unwrap();
-        assert!(after < 10 && !restarted, "the write went to the WAL start: {after} frames");
-    }
-
-    /// A reader that stays in the WAL (a long export) makes the RESTART give up within its short
-    /// wait — writers are held off that long at most, not the pool's 10 s — and the WAL is
-    /// still copied as far as the reader allows.
-    #[test]
-    fn a_long_reader_makes_the_restart_give_up_within_its_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let (url, _writer) = grown_wal(dir.path());
-        let reader = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
-        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").unwrap();
-        let conn = super::checkpoint_connection(&url).unwrap();
-        let started = std::time::Instant::now();
-        let (frames, restarted) = super::checkpoint(&conn).unwrap();
-        let waited = started.elapsed();
-        assert!(frames >= super::WAL_RESTART_FRAMES && !restarted, "{frames} frames, restarted {restarted}");
-        assert!(waited < Duration::from_secs(2), "gave up after {waited:?}, not the pool's {SQLITE_BUSY_WAIT:?}");
-        reader.execute_batch("COMMIT").unwrap();
     }
 }

@@ -23,7 +23,7 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
     }
     workers.push(tokio::spawn(salt_sweep(state.db.clone(), shutdown.clone())));
     // SQLite: the WAL is checkpointed here, not by the commit that crosses its threshold.
-    workers.push(tokio::spawn(crate::db::wal_checkpoints(
+    workers.push(tokio::spawn(crate::db::wal::run(
         state.db.clone(),
         state.settings.database.url.clone(),
         std::time::Duration::from_millis(250),

@@ -355,7 +355,7 @@ const WRITER_CACHE_KIB: u32 = 16 * 1024;
 
 /// Copies the WAL into the database file, run by the writer between two batches (PASSIVE: it
 /// never waits for a reader). Only here can a checkpoint catch up: one on another connection
-/// (`db::wal_checkpoints`) copies what was committed when it started while the writer goes on
+/// (`db::wal::run`) copies what was committed when it started while the writer goes on
 /// appending, so under sustained ingest the WAL was never fully copied, never started over, and
 /// grew by ~130 MB/s in the benchmark — every page read searching an ever larger WAL index, every
 /// append extending the file. Copied completely while no one writes, the WAL starts over at the
