@@ -217,6 +217,19 @@ mod tests {
         (url, writer)
     }
 
+    /// A connection in a read transaction on the database of [`grown_wal`]: it holds its
+    /// snapshot of the WAL until it commits.
+    fn reading(dir: &std::path::Path) -> Connection {
+        let reader = Connection::open(dir.join("w.db")).unwrap();
+        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").unwrap();
+        reader
+    }
+
+    /// A policy that calls for a RESTART at the first reading past the threshold.
+    fn due_now() -> Restarts {
+        Restarts { needed: 1, ..Restarts::default() }
+    }
+
     /// A RESTART due waits for a reader that finishes within its wait, copies the whole WAL and
     /// says so, and the next write goes to the WAL's start. (That PASSIVE copies alone leave
     /// the WAL growing needs writers and readers that never pause — the benchmark's drain —,
@@ -226,15 +239,14 @@ mod tests {
     fn a_restart_waits_for_the_readers_and_the_wal_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let (url, writer) = grown_wal(dir.path());
-        let reader = Connection::open(dir.path().join("w.db")).unwrap();
-        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").unwrap();
+        let reader = reading(dir.path());
         writer.execute_batch("INSERT INTO t VALUES (randomblob(4000))").unwrap();
         let done = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(10));
             reader.execute_batch("COMMIT").unwrap();
         });
         let conn = connection(&url, Duration::from_secs(5)).unwrap();
-        let mut due = Restarts { needed: 1, ..Restarts::default() };
+        let mut due = due_now();
         let tried = checkpoint(&conn, &mut due).unwrap();
         done.join().unwrap();
         assert!(matches!(tried, Some((frames, true)) if frames >= RESTART_FRAMES), "{tried:?}");
@@ -250,10 +262,9 @@ mod tests {
     fn a_long_reader_makes_the_restart_give_up_within_its_wait() {
         let dir = tempfile::tempdir().unwrap();
         let (url, _writer) = grown_wal(dir.path());
-        let reader = Connection::open(dir.path().join("w.db")).unwrap();
-        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").unwrap();
+        let reader = reading(dir.path());
         let conn = connection(&url, RESTART_WAIT).unwrap();
-        let mut due = Restarts { needed: 1, ..Restarts::default() };
+        let mut due = due_now();
         let started = std::time::Instant::now();
         let tried = checkpoint(&conn, &mut due).unwrap();
         let waited = started.elapsed();

@@ -187,14 +187,6 @@ fn lease_to(
         .filter(unleased(now))
 }
 
-/// The deliveries `ids` still pending and leased to `owner`, found by id.
-fn held_by(ids: &[Uuid], owner: &str) -> Condition {
-    Condition::all()
-        .add(delivery::Column::Id.is_in(ids.iter().copied()))
-        .add(delivery::Column::LeaseOwner.eq(owner))
-        .add(super::pending_by_id())
-}
-
 /// The active configs of `provider` that can send (an invalid config — an unreadable category —
 /// sends nothing: its deliveries are not claimed).
 fn configs(provider: &dyn AnyProvider) -> sea_orm::Select<provider_config::Entity> {
@@ -237,7 +229,7 @@ pub async fn renew(
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>> {
     let until = now + lease;
-    let mine = || held_by(ids, owner);
+    let mine = || super::held_by(ids.iter().copied(), owner);
     delivery::Entity::update_many()
         .col_expr(delivery::Column::LeaseUntil, Expr::value(until))
         .filter(mine())
@@ -328,7 +320,7 @@ pub(crate) mod tests {
         found_by_id(lease_to("w", ids.clone(), now, now).build(DbBackend::Sqlite).to_string()).await;
         let renewal = delivery::Entity::update_many()
             .col_expr(delivery::Column::LeaseUntil, Expr::value(now))
-            .filter(held_by(&ids, "w"));
+            .filter(super::super::held_by(ids, "w"));
         found_by_id(renewal.build(DbBackend::Sqlite).to_string()).await;
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::delivery;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryTrait, sea_query::Expr};
+use sea_orm::{ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryTrait, sea_query::Expr};
 use uuid::Uuid;
 
 use super::{DeliveryStatus, circuit};
@@ -109,7 +109,7 @@ pub async fn write(
     }
     for (row, members) in groups {
         for part in members.chunks(MAX_IDS_PER_UPDATE) {
-            let q = update(row, now).filter(mine(part.iter().map(|&i| endings[i].id), owner));
+            let q = update(row, now).filter(super::held_by(part.iter().map(|&i| endings[i].id), owner));
             if let [i] = part {
                 written[*i] = q.exec(txn).await?.rows_affected == 1;
                 continue;
@@ -158,15 +158,7 @@ pub async fn write(
     Ok(out)
 }
 
-/// The deliveries of `ids` still leased by `owner` and pending.
-fn mine(ids: impl IntoIterator<Item = Uuid>, owner: &str) -> sea_orm::Condition {
-    sea_orm::Condition::all()
-        .add(delivery::Column::Id.is_in(ids))
-        .add(delivery::Column::LeaseOwner.eq(owner))
-        .add(super::pending_by_id())
-}
-
-/// The `UPDATE` that writes `row` (to be filtered by [`mine`]).
+/// The `UPDATE` that writes `row` (to be filtered by [`super::held_by`]).
 fn update(row: &RowEnd, now: DateTime<Utc>) -> sea_orm::UpdateMany<delivery::Entity> {
     use delivery::Column as C;
     let null = || Expr::value(Option::<String>::None);
@@ -222,7 +214,7 @@ mod tests {
         // A round's worth: with more ids than SQLite's guess of the rows one status matches (10),
         // its planner preferred the status index.
         let ids: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
-        let q = update(&row, Utc::now()).filter(mine(ids, "w")).build(DbBackend::Sqlite);
+        let q = update(&row, Utc::now()).filter(super::super::held_by(ids, "w")).build(DbBackend::Sqlite);
         crate::outbox::claim::tests::found_by_id(q.to_string()).await;
     }
 }

@@ -166,6 +166,16 @@ pub(crate) fn pending_by_id() -> SimpleExpr {
         .eq(DeliveryStatus::Pending.as_str())
 }
 
+/// The deliveries `ids` still pending and leased to `owner` — found by id
+/// ([`pending_by_id`]): what a lease's renewal and an outcome may write, nothing of a delivery
+/// whose lease passed to another worker.
+pub(crate) fn held_by(ids: impl IntoIterator<Item = Uuid>, owner: &str) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(delivery::Column::Id.is_in(ids))
+        .add(delivery::Column::LeaseOwner.eq(owner))
+        .add(pending_by_id())
+}
+
 /// A config became `active` again: its waiting deliveries are due now, not at the end of a
 /// backoff that grew while the config was broken.
 pub async fn resume_config(db: &impl ConnectionTrait, config_id: Uuid) -> Result<()> {
