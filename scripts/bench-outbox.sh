@@ -91,8 +91,8 @@ for p in sorted(depth): print(p, int(depth[p]), int(done.get(p, 0)))
 }
 
 # Polls /metrics every 0.2 s until every provider's outbox depth is 0 or DRAIN_SECS pass; prints
-# per provider: waiting at the first reading, seconds until its depth first read 0 (- if never),
-# what was left at the end, and the seconds polled.
+# per provider: its drain rate (deliveries/s), what waited at the first reading, the seconds
+# until its depth first read 0 (or, not drained, the seconds polled) and a note.
 drain_poll() { # BASE
   python3 - "$1" "$DRAIN_SECS" <<'PY'
 import re, sys, time, urllib.request
@@ -116,7 +116,12 @@ while True:
         break
     time.sleep(0.2)
 for p in sorted(waiting):
-    print(p, waiting[p], "%.3f" % drained[p] if p in drained else "-", left.get(p, 0), "%.3f" % elapsed)
+    n = waiting[p]
+    if p in drained:
+        secs, done, note = drained[p], n, ""
+    else:
+        secs, done, note = elapsed, n - left.get(p, 0), " (not drained: %d left)" % left.get(p, 0)
+    print(p, int(done / max(secs, 0.001)), n, "%.3f" % secs, note)
 PY
 }
 
@@ -168,19 +173,10 @@ run() { # BACKEND DATABASE_URL LATENCY_MS
   serve "$name" "$db" "$port" true
   wait_http "$base/readyz"
   # One poller for the whole drain (a process per reading, through pyenv's shims, took a
-  # quarter of these 2 cores from the gateway it measured): /metrics every 0.2 s, timed from
-  # the first reading; per provider `waiting drained_after_s left elapsed_s`.
-  local p n secs left elapsed rate note
-  while read -r p n secs left elapsed; do
-    note=""
-    if [ "$secs" != - ]; then
-      rate=$(python3 -c "print(int($n / max($secs, 0.001)))")
-    else
-      secs=$elapsed
-      rate=$(python3 -c "print(int(($n - $left) / max($secs, 0.001)))")
-      note=" (not drained: $left left)"
-    fi
-    printf 'drain\t%s\t%s\t%s\t%s\t%s deliveries in %.1f s%s\n' "$backend" "$latency" "$p" "$rate" "$n" "$secs" "$note" >>"$results"
+  # quarter of these 2 cores from the gateway it measured), timed from the first reading.
+  local p rate n secs note
+  while read -r p rate n secs note; do
+    printf 'drain\t%s\t%s\t%s\t%s\t%s deliveries in %.1f s%s\n' "$backend" "$latency" "$p" "$rate" "$n" "$secs" "${note:+ $note}" >>"$results"
   done < <(drain_poll "$base")
 
   echo "$name: sustain ($SUSTAIN_SECS s of ingest, workers on)…" >&2
