@@ -48,6 +48,14 @@ pub struct Model {
     /// The kind of ingest key that posted it (`public`: a page, `secret`: a server); idempotency
     /// keys are unique per tenant *and* kind. `null` for events stored before this was recorded.
     pub key_kind: Option<String>,
+    /// The forwarding decisions made when it was received: one per provider config considered,
+    /// a JSON array of `{config_id, provider, decision, identity, reason}` in the order they
+    /// were made (`DecisionView`). Stored with the event rather than as rows of their own: they
+    /// are written once, never change, and are read only with their event. The API shows them
+    /// beside the event, with their deliveries.
+    #[sea_orm(column_type = "JsonBinary")]
+    #[serde(skip)]
+    pub decisions: Json,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,7 +11,6 @@ pub mod consent_record;
 pub mod cookie_consent_config;
 pub mod daily_salt;
 pub mod delivery;
-pub mod forwarding_decision;
 pub mod ingest_key;
 pub mod provider_config;
 pub mod retention_policy;

@@ -18,6 +18,8 @@ mod m20261130_000011_config_generation;
 mod m20261130_000012_drop_duplicate_delivery_index;
 mod m20261130_000013_drop_unused_delivery_due_index;
 mod m20261130_000014_outbox_indexes_that_answer;
+mod m20261130_000015_decisions_with_the_event;
+mod m20261130_000016_identifier_indexes_where_set;
 
 pub struct Migrator;
 
@@ -39,6 +41,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000012_drop_duplicate_delivery_index::Migration),
             Box::new(m20261130_000013_drop_unused_delivery_due_index::Migration),
             Box::new(m20261130_000014_outbox_indexes_that_answer::Migration),
+            Box::new(m20261130_000015_decisions_with_the_event::Migration),
+            Box::new(m20261130_000016_identifier_indexes_where_set::Migration),
         ]
     }
 }

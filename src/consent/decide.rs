@@ -437,7 +437,7 @@ pub struct ProviderPolicy {
 }
 
 string_enum! {
-    /// What a decision lets through (`delivery.identity`, `forwarding_decision.identity`).
+    /// What a decision lets through (`delivery.identity`, a decision's `identity` in `analytics_event.decisions`).
     pub enum Identity {
         /// Identifiers (user id, visitor id, session id) may be sent.
         Full = "full",

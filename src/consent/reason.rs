@@ -1,5 +1,5 @@
 //! Why an event was or was not forwarded to a provider config: the machine-readable reason
-//! stored with every forwarding decision (`forwarding_decision.reason`).
+//! stored with every forwarding decision (a `reason` in `analytics_event.decisions`).
 //!
 //! The strings are audit history — an auditor reads decisions stored years ago — so the
 //! serialised form of every variant is fixed: `consent_granted:<category>`,

@@ -231,6 +231,7 @@ pub fn decide(p: &Prepared, record: Option<&consent::RecordedChoice>) -> store::
         }
         decisions.push(d.view);
     }
+    model.decisions = decisions::column(&decisions);
     store::PlannedEvent {
         event: model,
         lookup_key: p.lookup_key.clone(),
@@ -409,6 +410,7 @@ fn stored_event(
         gpc: visitor.signals.gpc,
         idempotency_key: idempotency_key.map(String::from),
         key_kind: Some(key_kind.as_str().to_string()),
+        decisions: json!([]),
     }
 }
 
@@ -502,8 +504,7 @@ pub async fn event_view(
         .await?
         .ok_or(Error::NotFound)?;
     let mut deliveries = crate::outbox::log::for_event(db, tenant_id, id, horizon).await?;
-    let decisions = decisions::for_event(db, id)
-        .await?
+    let decisions = decisions::stored(&e.decisions)?
         .into_iter()
         .map(|d| {
             let delivery = deliveries.iter().position(|x| x.config_id == d.config_id).map(|i| {

@@ -16,7 +16,7 @@
 //! **Same transaction.** What [`writer`](super::writer) does on PostgreSQL through sea-orm:
 //! `BEGIN IMMEDIATE` (the write lock first, so the records read cannot go stale), the batch's
 //! latest consent records in one query, [`decide`](super::decide), the batch's idempotency keys
-//! in one query ([`store::fates`]), one row per event, decision and delivery, the usage counts,
+//! in one query ([`store::fates`]), one row per event (its decisions in it) and delivery, the usage counts,
 //! `COMMIT`. The connection's settings are the pool's ([`open`]; a test compares them).
 
 use std::{collections::HashMap, str::FromStr};
@@ -211,32 +211,18 @@ fn existing(tx: &Connection, events: &[&PlannedEvent]) -> Result<Vec<StoredKey>,
 
 /// The decisions stored with an earlier event (`decisions::for_event`).
 fn decisions_of(tx: &Connection, event_id: Uuid) -> Result<Vec<DecisionView>, DbErr> {
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT config_id, provider, decision, identity, reason FROM forwarding_decision \
-             WHERE event_id = ?1 ORDER BY id",
-        )
+    let column = tx
+        .prepare_cached("SELECT decisions FROM analytics_event WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row(params![event_id.as_bytes()], |r| r.get::<_, String>(0))
         .map_err(db_err)?;
-    let mut rows = stmt.query(params![event_id.as_bytes()]).map_err(db_err)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(db_err)? {
-        out.push(DecisionView {
-            config_id: uuid_at(r, 0)?,
-            provider: get(r, 1)?,
-            decision: get(r, 2)?,
-            identity: get(r, 3)?,
-            reason: get(r, 4)?,
-        });
-    }
-    Ok(out)
+    let column: Value = serde_json::from_str(&column).map_err(|e| DbErr::Json(e.to_string()))?;
+    super::decisions::stored(&column).map_err(|e| DbErr::Json(e.to_string()))
 }
 
-/// One event's rows: the event, its decisions, its deliveries.
+/// One event's rows: the event (its decisions in it), its deliveries.
 fn insert(tx: &Connection, e: &PlannedEvent) -> Result<(), DbErr> {
     insert_event(tx, &e.event)?;
-    for d in &e.decisions {
-        insert_decision(tx, e.event.tenant_id, e.event.id, d, e.event.received_at)?;
-    }
     for d in &e.deliveries {
         let d = d.clone().try_into_model()?;
         insert_delivery(tx, &d)?;
@@ -248,9 +234,9 @@ fn insert_event(tx: &Connection, m: &analytics_event::Model) -> Result<(), DbErr
     tx.prepare_cached(
         "INSERT INTO analytics_event (id, tenant_id, provider, event_name, event_properties, user_id, \
          anonymous_id, session_id, page_url, referrer, title, user_agent, language, screen, revenue, context, \
-         occurred_at, received_at, ip_truncated, country, dnt, gpc, idempotency_key, key_kind) \
+         occurred_at, received_at, ip_truncated, country, dnt, gpc, idempotency_key, key_kind, decisions) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
-         ?22, ?23, ?24)",
+         ?22, ?23, ?24, ?25)",
     )
     .map_err(db_err)?
     .execute(params![
@@ -278,34 +264,7 @@ fn insert_event(tx: &Connection, m: &analytics_event::Model) -> Result<(), DbErr
         m.gpc,
         m.idempotency_key,
         m.key_kind,
-    ])
-    .map_err(db_err)?;
-    Ok(())
-}
-
-fn insert_decision(
-    tx: &Connection,
-    tenant_id: Uuid,
-    event_id: Uuid,
-    d: &DecisionView,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    // The row `decisions::row` makes for sea-orm, bound directly.
-    tx.prepare_cached(
-        "INSERT INTO forwarding_decision (id, tenant_id, event_id, config_id, provider, decision, identity, \
-         reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        Uuid::now_v7().as_bytes(),
-        tenant_id.as_bytes(),
-        event_id.as_bytes(),
-        d.config_id.as_bytes(),
-        d.provider,
-        d.decision,
-        d.identity,
-        d.reason,
-        time_text(&now),
+        json_text(&m.decisions),
     ])
     .map_err(db_err)?;
     Ok(())

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use entity::{analytics_event, delivery, forwarding_decision};
+use entity::{analytics_event, delivery};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
@@ -120,10 +120,6 @@ pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Resul
     let stored = || events.iter().zip(&fates).filter(|(_, f)| **f == Fate::Store).map(|(e, _)| *e);
 
     insert_chunked(db, stored().map(|e| analytics_event::ActiveModel::from(e.event.clone())).collect()).await?;
-    let decision_rows: Vec<forwarding_decision::ActiveModel> = stored()
-        .flat_map(|e| e.decisions.iter().map(|d| decisions::row(e.event.tenant_id, e.event.id, d, e.event.received_at)))
-        .collect();
-    insert_chunked(db, decision_rows).await?;
     insert_chunked(db, stored().flat_map(|e| e.deliveries.iter().cloned()).collect()).await?;
     let mut denied = DeniedCounts::default();
     stored().for_each(|e| denied.add(e));
@@ -290,6 +286,7 @@ mod tests {
             gpc: false,
             idempotency_key: key.map(String::from),
             key_kind: kind.map(String::from),
+            decisions: serde_json::json!([]),
         }
     }
 

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use entity::{analytics_event, consent_record, delivery, forwarding_decision, tenant};
+use entity::{analytics_event, consent_record, delivery, tenant};
 use futures_util::{Stream, StreamExt, stream};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
@@ -32,6 +32,7 @@ use crate::{
         records::{self, RecordFilter, RecordItem, VisitorId},
     },
     error::Result,
+    ingest::decisions::{self, DecisionView},
 };
 
 /// Consent records per page.
@@ -182,11 +183,13 @@ pub async fn summary(db: &impl ConnectionTrait, tenant: &tenant::Model, visitor:
     let events = linked_event_ids(db, tenant.id, visitor).await?;
     let mut forwarding_decisions = 0;
     for chunk in events.chunks(CHUNK) {
-        forwarding_decisions += forwarding_decision::Entity::find()
-            .filter(forwarding_decision::Column::TenantId.eq(tenant.id))
-            .filter(forwarding_decision::Column::EventId.is_in(chunk.iter().copied()))
-            .count(db)
-            .await?;
+        forwarding_decisions += decisions::count(
+            db,
+            analytics_event::Entity::find()
+                .filter(analytics_event::Column::TenantId.eq(tenant.id))
+                .filter(analytics_event::Column::Id.is_in(chunk.iter().copied())),
+        )
+        .await?;
     }
     let deliveries = tally_deliveries(db, tenant.id, &events).await?;
     Ok(Summary {
@@ -221,33 +224,28 @@ async fn events_with_outcomes(db: &DatabaseConnection, tenant_id: Uuid, ids: &[U
         .order_by_asc(analytics_event::Column::Id)
         .all(db)
         .await?;
-    let decisions = forwarding_decision::Entity::find()
-        .filter(forwarding_decision::Column::TenantId.eq(tenant_id))
-        .filter(forwarding_decision::Column::EventId.is_in(ids.iter().copied()))
-        .order_by_asc(forwarding_decision::Column::CreatedAt)
-        .all(db)
-        .await?;
     let deliveries = delivery::Entity::find()
         .filter(delivery::Column::TenantId.eq(tenant_id))
         .filter(delivery::Column::EventId.is_in(ids.iter().copied()))
         .order_by_asc(delivery::Column::CreatedAt)
         .all(db)
         .await?;
-    Ok(events
+    events
         .into_iter()
         .map(|e| {
             let mut v = serde_json::to_value(&e).unwrap_or_default();
-            v["decisions"] = decisions.iter().filter(|d| d.event_id == e.id).map(decision_json).collect();
+            v["decisions"] = decisions::stored(&e.decisions)?.iter().map(|d| decision_json(d, &e)).collect();
             v["deliveries"] = deliveries.iter().filter(|d| d.event_id == e.id).map(delivery_json).collect();
-            v
+            Ok(v)
         })
-        .collect())
+        .collect()
 }
 
-fn decision_json(d: &forwarding_decision::Model) -> Value {
+/// A decision as exported: made when its event was received.
+fn decision_json(d: &DecisionView, event: &analytics_event::Model) -> Value {
     json!({
         "config_id": d.config_id, "provider": d.provider, "decision": d.decision,
-        "identity": d.identity, "reason": d.reason, "created_at": d.created_at,
+        "identity": d.identity, "reason": d.reason, "created_at": event.received_at,
     })
 }
 

@@ -6,7 +6,7 @@
 //! that already received their data, so the controller can pass the request on (Art. 19).
 
 use chrono::{DateTime, Utc};
-use entity::{analytics_event, delivery, forwarding_decision, tenant};
+use entity::{analytics_event, delivery, tenant};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -17,6 +17,7 @@ use crate::{
     audit,
     consent::records::{self, VisitorId},
     error::Result,
+    ingest::decisions,
     outbox::DeliveryStatus,
 };
 
@@ -79,12 +80,12 @@ pub async fn erase(
             .exec(&txn)
             .await?
             .rows_affected;
-        report.forwarding_decisions += forwarding_decision::Entity::delete_many()
-            .filter(forwarding_decision::Column::TenantId.eq(tenant.id))
-            .filter(forwarding_decision::Column::EventId.is_in(chunk.iter().copied()))
-            .exec(&txn)
-            .await?
-            .rows_affected;
+        let events = || {
+            analytics_event::Entity::find()
+                .filter(analytics_event::Column::TenantId.eq(tenant.id))
+                .filter(analytics_event::Column::Id.is_in(chunk.iter().copied()))
+        };
+        report.forwarding_decisions += decisions::count(&txn, events()).await?;
         report.events += analytics_event::Entity::delete_many()
             .filter(analytics_event::Column::TenantId.eq(tenant.id))
             .filter(analytics_event::Column::Id.is_in(chunk.iter().copied()))

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use entity::{analytics_event, delivery, provider_config};
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Select};
 use uuid::Uuid;
 
 use self::erase::Recipient;
@@ -25,29 +25,37 @@ use crate::{consent::records::VisitorId, error::Result, outbox::DeliveryStatus};
 /// The ids of every event linked to the visitor, oldest first (event ids are UUIDv7).
 pub async fn linked_event_ids(db: &impl ConnectionTrait, tenant_id: Uuid, visitor: &VisitorId) -> Result<Vec<Uuid>> {
     let v = visitor.as_str();
-    let mut ids: BTreeSet<Uuid> = analytics_event::Entity::find()
+    let mut ids = BTreeSet::new();
+    for column in IDENTIFIERS {
+        ids.extend(events_holding(tenant_id, column, v).into_tuple::<Uuid>().all(db).await?);
+    }
+    ids.extend(events_waiting_for(tenant_id, v).into_tuple::<Uuid>().all(db).await?);
+    Ok(ids.into_iter().collect())
+}
+
+/// The event columns that link an event to a visitor.
+const IDENTIFIERS: [analytics_event::Column; 2] =
+    [analytics_event::Column::AnonymousId, analytics_event::Column::UserId];
+
+/// The events that hold `v` in `column`. One query per column: SQLite's planner reads
+/// `anonymous_id = ? OR user_id = ?` through one index's `tenant_id` alone — every event of the
+/// tenant, for one visitor's erasure.
+fn events_holding(tenant_id: Uuid, column: analytics_event::Column, v: &str) -> Select<analytics_event::Entity> {
+    analytics_event::Entity::find()
         .select_only()
         .column(analytics_event::Column::Id)
         .filter(analytics_event::Column::TenantId.eq(tenant_id))
-        .filter(
-            Condition::any().add(analytics_event::Column::AnonymousId.eq(v)).add(analytics_event::Column::UserId.eq(v)),
-        )
-        .into_tuple::<Uuid>()
-        .all(db)
-        .await?
-        .into_iter()
-        .collect();
-    ids.extend(
-        delivery::Entity::find()
-            .select_only()
-            .column(delivery::Column::EventId)
-            .filter(delivery::Column::TenantId.eq(tenant_id))
-            .filter(delivery::Column::ConsentLookupId.eq(v))
-            .into_tuple::<Uuid>()
-            .all(db)
-            .await?,
-    );
-    Ok(ids.into_iter().collect())
+        .filter(column.eq(v))
+}
+
+/// The events with a delivery still waiting under `v`'s consent (stored unlinkable, their
+/// pending deliveries hold the id until they end).
+fn events_waiting_for(tenant_id: Uuid, v: &str) -> Select<delivery::Entity> {
+    delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::EventId)
+        .filter(delivery::Column::TenantId.eq(tenant_id))
+        .filter(delivery::Column::ConsentLookupId.eq(v))
 }
 
 /// Event ids are handled in chunks of this many (an `IN (…)` list stays small).
@@ -104,4 +112,31 @@ pub async fn tally_deliveries(db: &impl ConnectionTrait, tenant_id: Uuid, events
     }
     tally.received_by = received.into_values().collect();
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, QueryTrait};
+
+    use super::*;
+
+    /// A visitor's rows are found through the identifier indexes — the tenant's other events are
+    /// not read — which hold only the rows that have an identifier (migration 000016): asking for
+    /// one id implies it is set.
+    #[tokio::test]
+    async fn a_visitors_rows_are_found_by_index() {
+        let plan = |q: String| crate::outbox::stats::tests::sqlite_plan(q);
+        for (column, index) in IDENTIFIERS.into_iter().zip(["anonymous_id", "user_id"]) {
+            let events = plan(events_holding(Uuid::nil(), column, "v-1").build(DbBackend::Sqlite).to_string()).await;
+            assert_eq!(
+                events,
+                format!("SEARCH analytics_event USING INDEX ix_analytics_event_{index} (tenant_id=? AND {index}=?)")
+            );
+        }
+        let waiting = plan(events_waiting_for(Uuid::nil(), "v-1").build(DbBackend::Sqlite).to_string()).await;
+        assert!(
+            waiting.contains("USING INDEX ix_delivery_consent_lookup_id (tenant_id=? AND consent_lookup_id=?)"),
+            "{waiting}"
+        );
+    }
 }

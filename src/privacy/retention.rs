@@ -20,9 +20,7 @@
 use std::ops::RangeInclusive;
 
 use chrono::{DateTime, Utc};
-use entity::{
-    analytics_event, consent_chain_checkpoint, consent_record, delivery, forwarding_decision, retention_policy, tenant,
-};
+use entity::{analytics_event, consent_chain_checkpoint, consent_record, delivery, retention_policy, tenant};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Set, sea_query::Expr,
@@ -36,6 +34,7 @@ use crate::{
     config::RetentionSettings,
     consent::chain::{self, Verifier},
     error::{Error, Result},
+    ingest::decisions,
     outbox::DeliveryStatus,
 };
 
@@ -201,11 +200,14 @@ async fn purge_events(db: &DatabaseConnection, tenant_id: Uuid, cutoff: DateTime
             .exec(&txn)
             .await?
             .rows_affected;
-        purged.forwarding_decisions += forwarding_decision::Entity::delete_many()
-            .filter(forwarding_decision::Column::EventId.is_in(chunk.iter().copied()))
-            .exec(&txn)
-            .await?
-            .rows_affected;
+        // The decisions go with their event (they are a column of it): counted first.
+        purged.forwarding_decisions += decisions::count(
+            &txn,
+            analytics_event::Entity::find()
+                .filter(analytics_event::Column::Id.is_in(chunk.iter().copied()))
+                .filter(Expr::cust(NOTHING_PENDING)),
+        )
+        .await?;
         purged.events += analytics_event::Entity::delete_many()
             .filter(analytics_event::Column::Id.is_in(chunk.iter().copied()))
             .filter(Expr::cust(NOTHING_PENDING))

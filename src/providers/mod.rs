@@ -730,6 +730,7 @@ pub(crate) mod testing {
             gpc: false,
             idempotency_key: None,
             key_kind: Some("public".into()),
+            decisions: serde_json::json!([]),
         }
     }
 
