@@ -21,7 +21,9 @@
 # Environment: CARGO_TARGET_DIR (default target), BENCH_PG (0/1), BENCH_PG_URL (a server URL
 # whose user may create databases; default postgres://postgres@127.0.0.1:5432/postgres),
 # BENCH_LOG (the gateways' log filter, e.g. warn,consentgate::ingest=debug for each commit's
-# timings), BENCH_KEEP=1 (keep the logs), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
+# timings), BENCH_KEEP=1 (keep the logs), BENCH_BASELINE (the path of another build's consentgate
+# binary, e.g. a copy of main's: a third gateway on SQLite, measured in each round beside this
+# build's — the only fair comparison of two builds on a machine this noisy), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
 # script itself in seconds — its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,15 +86,15 @@ url[ceiling]="$ceiling/v1/tenants/bench/events"
 pid[ceiling]=$ceiling_pid
 key[ceiling]="sk_ceiling"
 
-start_gateway() { # NAME DATABASE_URL
-  local name=$1 db=$2 port
+start_gateway() { # NAME DATABASE_URL [BINARY]
+  local name=$1 db=$2 bin=${3:-$BIN/consentgate} port
   port=$(free_port)
   export CONSENTGATE__DATABASE__URL=$db CONSENTGATE__SERVER__BIND=127.0.0.1:$port \
     CONSENTGATE__DELIVERY__ENABLED=false CONSENTGATE__DELIVERY__ALLOW_PRIVATE_DESTINATIONS=true \
     CONSENTGATE__CONSENT__WRITES_PER_MINUTE_PER_IP=0 CONSENTGATE__LOG__LEVEL=${BENCH_LOG:-warn}
   local admin
-  admin=$("$BIN/consentgate" tenant create bench --name Bench 2>>"$work/$name.log" | jq -r .admin_token)
-  "$BIN/consentgate" serve 2>>"$work/$name.log" &
+  admin=$("$bin" tenant create bench --name Bench 2>>"$work/$name.log" | jq -r .admin_token)
+  "$bin" serve 2>>"$work/$name.log" &
   pids+=($!)
   pid[$name]=$!
   local base="http://127.0.0.1:$port"
@@ -123,6 +125,10 @@ start_gateway() { # NAME DATABASE_URL
 
 targets=(ceiling sqlite)
 start_gateway sqlite "sqlite://$work/bench.db?mode=rwc"
+if [ -n "${BENCH_BASELINE:-}" ]; then # another build's binary, on SQLite too: A/B within each round
+  start_gateway baseline "sqlite://$work/baseline.db?mode=rwc" "$BENCH_BASELINE"
+  targets+=(baseline)
+fi
 if [ "$BENCH_PG" = 1 ]; then
   pg_db="cgbench_$$"
   psql -q "$PG_SERVER" -c "CREATE DATABASE $pg_db" >/dev/null
@@ -145,8 +151,9 @@ for round in $(seq "$ROUNDS"); do
         /^consentgate_ingest_commit_seconds_(sum|count)/ { c[$1 ~ /sum/ ? "s" : "c"] = $2 }
         END { if (b["c"] > 0) printf "round %s, %s: %d commits, %.1f events per commit, %.2f ms per commit (means so far)\n", r, t, b["c"], b["s"] / b["c"], 1000 * c["s"] / c["c"] }' >&2 || true
     fi
-    if [ "$t" = sqlite ] && [ -f "$work/bench.db-wal" ]; then # the file never shrinks while open: its size is its peak
-      echo "round $round, sqlite: WAL file $(( $(stat -c %s "$work/bench.db-wal") / 1048576 )) MB at its largest so far" >&2
+    wal="$work/$([ "$t" = baseline ] && echo baseline || echo bench).db-wal"
+    if [ "$t" != ceiling ] && [ "$t" != postgres ] && [ -f "$wal" ]; then # it never shrinks while open: its size is its peak
+      echo "round $round, $t: WAL file $(( $(stat -c %s "$wal") / 1048576 )) MB at its largest so far" >&2
     fi
   done
 done
