@@ -20,7 +20,9 @@
 #
 # Environment: CARGO_TARGET_DIR (default target), BENCH_PG (0/1), BENCH_PG_URL (a server URL
 # whose user may create databases; default postgres://postgres@127.0.0.1:5432/postgres),
-# BENCH_LOG (the gateways' log filter, e.g. warn,consentgate::ingest=debug for each commit's
+# BENCH_PG_INSTANCES (1; with N > 1 a further target runs N instances of the gateway on the same
+# PostgreSQL database, the connections spread over them: one row, their sum; its RSS is the first
+# instance's), BENCH_LOG (the gateways' log filter, e.g. warn,consentgate::ingest=debug for each commit's
 # timings), BENCH_KEEP=1 (keep the logs), BENCH_BASELINE (the path of another build's consentgate
 # binary, e.g. a copy of main's: a third gateway on SQLite, measured in each round beside this
 # build's — the only fair comparison of two builds on a machine this noisy), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
@@ -134,6 +136,23 @@ if [ "$BENCH_PG" = 1 ]; then
   psql -q "$PG_SERVER" -c "CREATE DATABASE $pg_db" >/dev/null
   start_gateway postgres "${PG_SERVER%/*}/$pg_db"
   targets+=(postgres)
+  instances=${BENCH_PG_INSTANCES:-1}
+  if [ "$instances" -gt 1 ]; then # more instances of the gateway on the same database, loaded together
+    name="postgres-x$instances"
+    url[$name]=${url[postgres]}
+    for i in $(seq 2 "$instances"); do
+      port=$(free_port)
+      CONSENTGATE__DATABASE__URL="${PG_SERVER%/*}/$pg_db" CONSENTGATE__SERVER__BIND=127.0.0.1:$port \
+        CONSENTGATE__DELIVERY__ENABLED=false CONSENTGATE__CONSENT__WRITES_PER_MINUTE_PER_IP=0 \
+        CONSENTGATE__LOG__LEVEL=${BENCH_LOG:-warn} "$BIN/consentgate" serve 2>>"$work/$name.log" &
+      pids+=($!)
+      wait_http "http://127.0.0.1:$port/readyz"
+      url[$name]+=",http://127.0.0.1:$port/v1/tenants/bench/events"
+    done
+    pid[$name]=${pid[postgres]}
+    key[$name]=${key[postgres]}
+    targets+=("$name")
+  fi
 fi
 
 rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
@@ -146,13 +165,14 @@ for round in $(seq "$ROUNDS"); do
     out=$("$BIN/examples/bench_load" "${url[$t]}" "${key[$t]}" "$CONNS" "$SECS" "r$round-$$")
     printf '%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$out" >>"$results"
     if [ "$t" != ceiling ]; then # the writer's batches so far: how many events a commit carried, how long it took
-      curl -sf "${url[$t]%/v1/*}/metrics" | awk -v t="$t" -v r="$round" '
+      first=${url[$t]%%,*}
+      curl -sf "${first%/v1/*}/metrics" | awk -v t="$t" -v r="$round" '
         /^consentgate_ingest_batch_events_(sum|count)/ { b[$1 ~ /sum/ ? "s" : "c"] = $2 }
         /^consentgate_ingest_commit_seconds_(sum|count)/ { c[$1 ~ /sum/ ? "s" : "c"] = $2 }
         END { if (b["c"] > 0) printf "round %s, %s: %d commits, %.1f events per commit, %.2f ms per commit (means so far)\n", r, t, b["c"], b["s"] / b["c"], 1000 * c["s"] / c["c"] }' >&2 || true
     fi
     wal="$work/$([ "$t" = baseline ] && echo baseline || echo bench).db-wal"
-    if [ "$t" != ceiling ] && [ "$t" != postgres ] && [ -f "$wal" ]; then # it never shrinks while open: its size is its peak
+    if { [ "$t" = sqlite ] || [ "$t" = baseline ]; } && [ -f "$wal" ]; then # it never shrinks while open: its size is its peak
       echo "round $round, $t: WAL file $(( $(stat -c %s "$wal") / 1048576 )) MB at its largest so far" >&2
     fi
   done

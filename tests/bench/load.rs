@@ -6,7 +6,9 @@
 //! runs on one thread).
 //!
 //! `bench_load URL KEY [CONNS] [SECS] [TAG]` — URL `http://127.0.0.1:PORT/path`, KEY a secret
-//! ingest key (sent as a bearer token), TAG makes the idempotency keys unique across runs.
+//! ingest key (sent as a bearer token), TAG makes the idempotency keys unique across runs. URL
+//! may be several, comma-separated (instances of one gateway on one database): the connections
+//! are spread over them in turn, and the line sums them all.
 //!
 //! Each event is a realistic page view of ~450 bytes: its own idempotency key, one of 100
 //! visitors (the script records consent for them), one of 500 pages with UTM parameters, a
@@ -47,22 +49,29 @@ fn main() {
         eprintln!("usage: bench_load URL KEY [CONNS=64] [SECS=10] [TAG]");
         std::process::exit(2);
     }
-    let url = args[1].strip_prefix("http://").expect("an http:// URL");
-    let (host, path) = url.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((url, "/".into()));
     let conns: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(64);
     let secs: u64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(10);
-    let target = Arc::new(Target {
-        addr: host.to_string(),
-        host: host.to_string(),
-        path,
-        key: args[2].clone(),
-        tag: args.get(5).cloned().unwrap_or_else(|| format!("{}", std::process::id())),
-    });
+    let tag = args.get(5).cloned().unwrap_or_else(|| format!("{}", std::process::id()));
+    let targets: Vec<Arc<Target>> = args[1]
+        .split(',')
+        .map(|url| {
+            let url = url.strip_prefix("http://").expect("an http:// URL");
+            let (host, path) = url.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((url, "/".into()));
+            Arc::new(Target {
+                addr: host.to_string(),
+                host: host.to_string(),
+                path,
+                key: args[2].clone(),
+                tag: tag.clone(),
+            })
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let started = Instant::now();
         let until = started + Duration::from_secs(secs);
-        let tasks: Vec<_> = (0..conns).map(|c| tokio::spawn(connection(target.clone(), c, until))).collect();
+        let tasks: Vec<_> =
+            (0..conns).map(|c| tokio::spawn(connection(targets[c % targets.len()].clone(), c, until))).collect();
         let mut all = Tally::default();
         for t in tasks {
             let t = t.await.unwrap();
