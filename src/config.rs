@@ -325,8 +325,9 @@ pub struct IngestSettings {
     /// Writers on PostgreSQL, each committing its own batches on its own connection (SQLite has
     /// one writer whatever this says). Must be below `database.max_connections`.
     pub pg_writers: usize,
-    /// On SQLite, how often at most (milliseconds, 10–60000) the writer copies the WAL into the
-    /// database between two batches (docs/scaling.md#durability): shorter, each pause is shorter
+    /// On SQLite, how often (milliseconds, 10–60000) a thread of its own copies the WAL into the
+    /// database (`ingest::copy_ahead`), after which the writer checkpoints, between two batches,
+    /// what was appended meanwhile (docs/scaling.md#durability): shorter, each pause is shorter
     /// but hot pages are copied more often; longer, the WAL grows larger between copies.
     pub sqlite_checkpoint_ms: u64,
 }

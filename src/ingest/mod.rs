@@ -14,6 +14,7 @@
 //! identity-derived idempotency key. The consent-lookup id, the user agent and the full IP travel
 //! only on the pending deliveries that need them, and are erased when those end.
 
+pub mod copy_ahead;
 pub mod daily_id;
 pub mod decisions;
 pub mod enrich;

@@ -74,7 +74,9 @@ impl Writer {
                 .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
                 let inbox = Inbox { rx, held: None };
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
-                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every))]
+                let ahead = super::copy_ahead::CopyAhead::start(super::sqlite::open(url)?, every)
+                    .map_err(|e| DbErr::Custom(format!("starting the WAL's copy thread: {e}")))?;
+                vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every, ahead))]
             }
             _ => {
                 let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
@@ -142,15 +144,19 @@ type Committed = (Vec<Job>, Vec<Result<Accepted>>, Instant);
 /// on `conn` ([`sqlite::store_in_one_transaction`](super::sqlite::store_in_one_transaction)) and
 /// handed to [`wal_sync`] (`synced`), which answers it once the WAL is fsynced — while the writer
 /// goes on with the next batch. Ends when every handle is gone and nothing waits.
-/// Between two batches, at most every `checkpoint_every` (`ingest.sqlite_checkpoint_ms`), it
-/// checkpoints the WAL ([`checkpoint`](super::sqlite::checkpoint)), which only the writer can do
-/// completely under sustained ingest.
+/// Between two batches it checkpoints the WAL ([`checkpoint`](super::sqlite::checkpoint)), which
+/// only the writer can do completely under sustained ingest: each time [`copy_ahead`] has copied
+/// most of it meanwhile (every `checkpoint_every`, `ingest.sqlite_checkpoint_ms`), so that its
+/// own copy is short; alone if that thread falls four periods behind.
+///
+/// [`copy_ahead`]: super::copy_ahead
 fn run_sqlite(
     mut conn: rusqlite::Connection,
     mut inbox: Inbox,
     max_rows: usize,
     synced: std::sync::mpsc::SyncSender<Committed>,
     checkpoint_every: std::time::Duration,
+    ahead: super::copy_ahead::CopyAhead,
 ) {
     let mut checkpointed = Instant::now();
     while let Some(first) = inbox.held.take().or_else(|| inbox.rx.blocking_recv()) {
@@ -182,7 +188,7 @@ fn run_sqlite(
             }
             Err(_) => tracing::error!("storing a batch of events panicked; its requests were answered 503"),
         }
-        if checkpointed.elapsed() >= checkpoint_every {
+        if ahead.due() || checkpointed.elapsed() >= 4 * checkpoint_every {
             let started = Instant::now();
             match super::sqlite::checkpoint(&conn) {
                 Ok((frames, copied)) => {
