@@ -14,15 +14,21 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use rusqlite::Connection;
 
-/// The writer's side: whether a copy ran since the writer last checkpointed.
+/// The writer's side: whether a copy ran since the writer last checkpointed. Dropped, it stops
+/// the thread and waits for it (one copy at most), so that its connection is closed when the
+/// writer's is: the last connection to close checkpoints, and a stopped gateway leaves no WAL.
 pub struct CopyAhead {
     copied: Arc<AtomicBool>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl CopyAhead {
@@ -30,11 +36,10 @@ impl CopyAhead {
     /// dropped. `conn` is a connection of its own (`sqlite::open`).
     pub fn start(conn: Connection, every: Duration) -> std::io::Result<CopyAhead> {
         let copied = Arc::new(AtomicBool::new(false));
-        let flag = Arc::downgrade(&copied);
-        std::thread::Builder::new().name("consentgate-wal-copy".into()).spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(flag) = flag.upgrade() else { return };
+        let flag = copied.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("consentgate-wal-copy".into()).spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 let started = Instant::now();
                 match super::sqlite::checkpoint(&conn) {
                     Ok((frames, copied)) => {
@@ -47,13 +52,22 @@ impl CopyAhead {
                 flag.store(true, Ordering::Release);
             }
         })?;
-        Ok(CopyAhead { copied })
+        Ok(CopyAhead { copied, stop: Some(stop), thread: Some(thread) })
     }
 
     /// Whether a copy ran since the last time this said so: the writer's checkpoint is due, and
     /// short.
     pub fn due(&self) -> bool {
         self.copied.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Drop for CopyAhead {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -75,6 +89,10 @@ mod tests {
         let file = dir.path().join("a.db");
         let before = std::fs::metadata(&file).unwrap().len();
         let ahead = CopyAhead::start(crate::ingest::sqlite::open(&url).unwrap(), Duration::from_millis(20)).unwrap();
+        let slow = CopyAhead::start(crate::ingest::sqlite::open(&url).unwrap(), Duration::from_secs(3600)).unwrap();
+        let dropped = Instant::now();
+        drop(slow);
+        assert!(dropped.elapsed() < Duration::from_secs(1), "a drop does not wait out the period");
         for _ in 0..10 {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
             for _ in 0..100 {
@@ -94,5 +112,9 @@ mod tests {
         }
         let after = std::fs::metadata(&file).unwrap().len();
         assert!(after >= before + 1_000 * 2_000, "the rows are in the database file: {before} → {after} bytes");
+        // Dropped, it stops at once (not after its period) and closes its connection.
+        let dropped = Instant::now();
+        drop(ahead);
+        assert!(dropped.elapsed() < Duration::from_secs(1), "stopped in {:?}", dropped.elapsed());
     }
 }
