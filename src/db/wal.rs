@@ -1,7 +1,8 @@
 //! SQLite's background WAL checkpoint, on a connection of its own.
 //!
 //! No connection checkpoints when it commits (`wal_autocheckpoint = 0`, [`super::connect`]); the
-//! ingest writer copies its WAL between its batches (`ingest::sqlite::checkpoint`), and this task
+//! ingest writer copies its WAL between its batches (`ingest::sqlite::checkpoint`, after
+//! `ingest::copy_ahead` has copied most of it on a connection like this one), and this task
 //! copies what the other writers committed — the delivery worker, the API — every 250 ms with a
 //! PASSIVE checkpoint, which never waits for nor blocks anyone: what it cannot copy now it copies
 //! next time.

@@ -33,7 +33,8 @@ pub struct CopyAhead {
 
 impl CopyAhead {
     /// Starts copying the WAL of `conn`'s database every `every`, until the returned handle is
-    /// dropped. `conn` is a connection of its own (`sqlite::open`).
+    /// dropped. `conn` is a connection of its own, as the background checkpoint's
+    /// (`db::wal::connection`).
     pub fn start(conn: Connection, every: Duration) -> std::io::Result<CopyAhead> {
         let copied = Arc::new(AtomicBool::new(false));
         let flag = copied.clone();
@@ -77,6 +78,10 @@ mod tests {
 
     use super::*;
 
+    fn copier(url: &str) -> Connection {
+        crate::db::wal::connection(url, crate::db::wal::RESTART_WAIT).unwrap()
+    }
+
     /// While the writer keeps its WAL (no checkpoint of its own), the thread copies it into the
     /// database file, then says the writer's checkpoint is due.
     #[tokio::test]
@@ -88,8 +93,8 @@ mod tests {
         writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
         let file = dir.path().join("a.db");
         let before = std::fs::metadata(&file).unwrap().len();
-        let ahead = CopyAhead::start(crate::ingest::sqlite::open(&url).unwrap(), Duration::from_millis(20)).unwrap();
-        let slow = CopyAhead::start(crate::ingest::sqlite::open(&url).unwrap(), Duration::from_secs(3600)).unwrap();
+        let ahead = CopyAhead::start(copier(&url), Duration::from_millis(20)).unwrap();
+        let slow = CopyAhead::start(copier(&url), Duration::from_secs(3600)).unwrap();
         let dropped = Instant::now();
         drop(slow);
         assert!(dropped.elapsed() < Duration::from_secs(1), "a drop does not wait out the period");

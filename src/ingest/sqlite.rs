@@ -211,12 +211,10 @@ fn existing(tx: &Connection, events: &[&PlannedEvent]) -> Result<Vec<StoredKey>,
 
 /// The decisions stored with an earlier event (`decisions::for_event`).
 fn decisions_of(tx: &Connection, event_id: Uuid) -> Result<Vec<DecisionView>, DbErr> {
-    let column = tx
-        .prepare_cached("SELECT decisions FROM analytics_event WHERE id = ?1")
-        .map_err(db_err)?
-        .query_row(params![event_id.as_bytes()], |r| r.get::<_, String>(0))
-        .map_err(db_err)?;
-    let column: Value = serde_json::from_str(&column).map_err(|e| DbErr::Json(e.to_string()))?;
+    let mut stmt = tx.prepare_cached("SELECT decisions FROM analytics_event WHERE id = ?1").map_err(db_err)?;
+    let mut rows = stmt.query(params![event_id.as_bytes()]).map_err(db_err)?;
+    let Some(row) = rows.next().map_err(db_err)? else { return Ok(Vec::new()) };
+    let column = json_at(row, 0)?.unwrap_or(Value::Null);
     super::decisions::stored(&column).map_err(|e| DbErr::Json(e.to_string()))
 }
 

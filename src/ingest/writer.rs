@@ -74,7 +74,9 @@ impl Writer {
                 .map_err(|e| DbErr::Custom(format!("starting the WAL's fsync thread: {e}")))?;
                 let inbox = Inbox { rx, held: None };
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
-                let ahead = super::copy_ahead::CopyAhead::start(super::sqlite::open(url)?, every)
+                let copier =
+                    crate::db::wal::connection(url, crate::db::wal::RESTART_WAIT).map_err(super::sqlite::db_err)?;
+                let ahead = super::copy_ahead::CopyAhead::start(copier, every)
                     .map_err(|e| DbErr::Custom(format!("starting the WAL's copy thread: {e}")))?;
                 vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every, ahead))]
             }
