@@ -1,6 +1,7 @@
 //! Connecting to the database and migrating it. SQLite is the embedded default (a file in WAL
 //! mode, created on first start); PostgreSQL is for scale-out. Both run the same migrations.
 
+pub mod statistics;
 pub mod wal;
 
 use std::time::Duration;

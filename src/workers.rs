@@ -29,6 +29,9 @@ pub fn spawn(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<(
         std::time::Duration::from_millis(250),
         shutdown.clone(),
     )));
+    // PostgreSQL: statistics for the tables ingest writes while they are young (plans made at a
+    // few hundred rows are not kept at a million).
+    workers.push(tokio::spawn(crate::db::statistics::run(state.db.clone(), shutdown.clone())));
     // Changes made by other instances reach this one's config cache within `cache.refresh_ms`.
     workers.push(tokio::spawn(state.config_cache.clone().run(state.db.clone(), shutdown.clone())));
     if state.settings.retention.enabled {

@@ -32,4 +32,5 @@ mod rate_limits;
 mod registry;
 mod secrets;
 mod site;
+mod statistics;
 mod upgrade;
