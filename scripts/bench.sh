@@ -24,8 +24,9 @@
 # PostgreSQL database, the connections spread over them: one row, their sum; its RSS is the first
 # instance's), BENCH_LOG (the gateways' log filter, e.g. warn,consentgate::ingest=debug for each commit's
 # timings), BENCH_KEEP=1 (keep the logs), BENCH_BASELINE (the path of another build's consentgate
-# binary, e.g. a copy of main's: a third gateway on SQLite, measured in each round beside this
-# build's — the only fair comparison of two builds on a machine this noisy), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
+# binary, e.g. a copy of main's: a third gateway on SQLite — and with BENCH_PG=1 one more on a
+# PostgreSQL database of its own, row postgres-baseline —, measured in each round beside this
+# build's: the only fair comparison of two builds on a machine this noisy), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
 # script itself in seconds — its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,11 +56,11 @@ BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 work=$(mktemp -d)
 pids=()
-pg_db=""
+pg_dbs=""
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [ -n "$pg_db" ]; then psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true; fi
+  for d in $pg_dbs; do psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
   if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "the gateways' logs are kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -133,9 +134,16 @@ if [ -n "${BENCH_BASELINE:-}" ]; then # another build's binary, on SQLite too: A
 fi
 if [ "$BENCH_PG" = 1 ]; then
   pg_db="cgbench_$$"
+  pg_dbs=$pg_db
   psql -q "$PG_SERVER" -c "CREATE DATABASE $pg_db" >/dev/null
   start_gateway postgres "${PG_SERVER%/*}/$pg_db"
   targets+=(postgres)
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    psql -q "$PG_SERVER" -c "CREATE DATABASE ${pg_db}_baseline" >/dev/null
+    pg_dbs+=" ${pg_db}_baseline"
+    start_gateway postgres-baseline "${PG_SERVER%/*}/${pg_db}_baseline" "$BENCH_BASELINE"
+    targets+=(postgres-baseline)
+  fi
   instances=${BENCH_PG_INSTANCES:-1}
   if [ "$instances" -gt 1 ]; then # more instances of the gateway on the same database, loaded together
     name="postgres-x$instances"
@@ -200,7 +208,7 @@ done
 if [ "${1:-}" != --ingest-only ]; then
   cleanup
   pids=()
-  pg_db=""
+  pg_dbs=""
   echo
   BENCH_SKIP_BUILD=1 BENCH_PG=$BENCH_PG scripts/bench-outbox.sh
 fi
