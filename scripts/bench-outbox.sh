@@ -9,8 +9,9 @@
 # For each backend (SQLite; PostgreSQL as in bench.sh when BENCH_PG=1) and each fake latency
 # (BENCH_OUTBOX_LATENCIES, "0 50" ms), on 127.0.0.1 only:
 # 1. fill: the gateway with delivery workers OFF, two active provider configs (Plausible — no
-#    batch endpoint, one event per request — and Umami, batched), BENCH_OUTBOX_FILL_SECS (5) of
-#    the ingest load (tests/bench/load.rs, 16 connections): N deliveries wait per config;
+#    batch endpoint, one event per request — and Umami through /api/batch, BENCH_UMAMI_ENDPOINT),
+#    BENCH_OUTBOX_FILL_SECS (5) of the ingest load (tests/bench/load.rs, 16 connections): N
+#    deliveries wait per config;
 # 2. drain: the gateway restarted with its workers ON; /metrics' outbox depth per config read every
 #    0.2 s until it is 0 (at most BENCH_OUTBOX_DRAIN_SECS, 120): deliveries/s per provider =
 #    N ÷ time to empty (or what left ÷ the time, marked "not drained");
@@ -32,6 +33,9 @@ FILL_SECS=${BENCH_OUTBOX_FILL_SECS:-5}
 DRAIN_SECS=${BENCH_OUTBOX_DRAIN_SECS:-120}
 SUSTAIN_SECS=${BENCH_OUTBOX_SECS:-10}
 CONNS=${BENCH_OUTBOX_CONNS:-16}
+# Umami's endpoint: `batch` (/api/batch, up to 20 events a request; Umami v3.0.2 or later) or
+# `send` (/api/send, one event a request, as older Umami needs).
+UMAMI_ENDPOINT=${BENCH_UMAMI_ENDPOINT:-batch}
 PG_SERVER=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 if [ -z "${BENCH_PG:-}" ]; then
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then BENCH_PG=1; else BENCH_PG=0; fi
@@ -154,7 +158,7 @@ run() { # BACKEND DATABASE_URL LATENCY_MS
   cc=$(api POST /analytics/cookie-consent/configs "$(cat banner/sample-config.json)" | jq -r .id)
   api POST "/analytics/cookie-consent/configs/$cc/publish" '{"requires_reconsent": false}' >/dev/null
   api POST /analytics/plausible/configs "{\"display_name\": \"Plausible\", \"site_id\": \"shop.example.com\", \"instance_url\": \"$fake/plausible\", \"status\": \"active\"}" >/dev/null
-  api POST /analytics/umami/configs "{\"display_name\": \"Umami\", \"website_id\": \"5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11\", \"instance_url\": \"$fake/umami\", \"status\": \"active\", \"required_category\": \"analytics\"}" >/dev/null
+  api POST /analytics/umami/configs "{\"display_name\": \"Umami\", \"website_id\": \"5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11\", \"instance_url\": \"$fake/umami\", \"status\": \"active\", \"required_category\": \"analytics\", \"endpoint\": \"$UMAMI_ENDPOINT\"}" >/dev/null
   curl -sf "$fake/_fake/behaviour" -H 'content-type: application/json' \
     -d '{"plausible": {"domains": ["shop.example.com"]}, "umami": {"websites": ["5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11"]}}' >/dev/null
   for v in $(seq 0 99); do
