@@ -26,7 +26,8 @@
 # timings), BENCH_KEEP=1 (keep the logs), BENCH_BASELINE (the path of another build's consentgate
 # binary, e.g. a copy of main's: a third gateway on SQLite — and with BENCH_PG=1 one more on a
 # PostgreSQL database of its own, row postgres-baseline —, measured in each round beside this
-# build's: the only fair comparison of two builds on a machine this noisy), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
+# build's, the two swapping places in even rounds: the only fair comparison of two builds on a
+# machine this noisy; use an even BENCH_ROUNDS), BENCH_PROFILE (default release; `BENCH_PROFILE=dev BENCH_SECS=2 BENCH_ROUNDS=1` checks the
 # script itself in seconds — its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -168,7 +169,20 @@ rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 echo "load: $CONNS connections, $SECS s per target, $ROUNDS rounds; $(nproc) cores; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 results="$work/results.tsv"
 for round in $(seq "$ROUNDS"); do
-  for t in "${targets[@]}"; do
+  # With a baseline, each build and its baseline swap places in even rounds: an A/A run (the same
+  # binary as both) measured whichever ran first after the ceiling 9-14 % slower in every round.
+  round_targets=("${targets[@]}")
+  if [ -n "${BENCH_BASELINE:-}" ] && [ $((round % 2)) = 0 ]; then
+    for i in "${!round_targets[@]}"; do
+      case ${round_targets[$i]} in
+        sqlite) round_targets[i]=baseline ;;
+        baseline) round_targets[i]=sqlite ;;
+        postgres) round_targets[i]=postgres-baseline ;;
+        postgres-baseline) round_targets[i]=postgres ;;
+      esac
+    done
+  fi
+  for t in "${round_targets[@]}"; do
     echo "round $round: $t…" >&2
     out=$("$BIN/examples/bench_load" "${url[$t]}" "${key[$t]}" "$CONNS" "$SECS" "r$round-$$")
     printf '%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$out" >>"$results"
