@@ -61,9 +61,30 @@ pub async fn list(
         q = q.filter(audit_log::Column::Id.lt(b));
     }
     let rows = q.order_by_desc(audit_log::Column::Id).limit(limit).all(db).await?;
-    Ok(rows
-        .into_iter()
-        .map(|m| AuditEntry {
+    Ok(rows.into_iter().map(AuditEntry::from).collect())
+}
+
+/// The tenant's newest entry of `action` on `entity_id` (e.g. a visitor's erasure, kept under the
+/// visitor's hash).
+pub async fn latest(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    action: &str,
+    entity_id: &str,
+) -> Result<Option<AuditEntry>> {
+    let row = audit_log::Entity::find()
+        .filter(audit_log::Column::TenantId.eq(tenant_id))
+        .filter(audit_log::Column::Action.eq(action))
+        .filter(audit_log::Column::EntityId.eq(entity_id))
+        .order_by_desc(audit_log::Column::Id)
+        .one(db)
+        .await?;
+    Ok(row.map(AuditEntry::from))
+}
+
+impl From<audit_log::Model> for AuditEntry {
+    fn from(m: audit_log::Model) -> Self {
+        AuditEntry {
             id: m.id,
             actor: m.actor,
             action: m.action,
@@ -72,6 +93,6 @@ pub async fn list(
             before: m.before,
             after: m.after,
             created_at: m.created_at,
-        })
-        .collect())
+        }
+    }
 }

@@ -871,13 +871,36 @@ async fn erasure_from_the_page_leaves_nothing_but_hashes_and_is_audited_like_the
     assert!(res.text().await.unwrap().contains("Auditor tokens may only read"));
     assert!(dump(app, "analytics_event").await.contains(&sc.v), "nothing was erased");
 
+    // The erasure answers with a redirect to its report (post, redirect, get): reloading the
+    // report shows it again and erases nothing more.
     let csrf = b.csrf().await;
     let res = b.post("/admin/visitors/erase", &[("csrf", &csrf), ("visitor_id", &sc.v)]).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let html = res.text().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let report = res.headers()[header::LOCATION].to_str().unwrap().to_string();
+    let hash = report.strip_prefix("/admin/visitors/erased?hash=").expect("the report's address");
+    assert_eq!(hash.len(), 64, "the visitor's hash, never the id: {report}");
     let said = "2 event(s), 4 forwarding decision(s) and 4 deliveries (2 still waiting, never to be sent) deleted; the id removed from 1 consent record(s)";
-    assert!(html.contains(said), "{html}");
-    assert!(html.contains(r#"id="received-by""#) && html.contains("PostHog") && html.contains("plausible"), "{html}");
+    for _ in 0..2 {
+        let (s, html) = b.get(&report).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(html.contains(said) && html.contains(hash), "{html}");
+        assert!(
+            html.contains(r#"id="received-by""#) && html.contains("PostHog") && html.contains("plausible"),
+            "{html}"
+        );
+        assert!(!html.contains(&sc.v), "the report does not show the erased id: {html}");
+    }
+    let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
+    let erasures = log["items"].as_array().unwrap().iter().filter(|e| e["action"] == "visitor.erase").count();
+    assert_eq!(erasures, 1, "reloading the report erased nothing again: {log}");
+    // Auditors read the report as they read the audit log; a hash that is not one, or that no
+    // erasure was recorded under, is refused naming the field, or not found.
+    assert_eq!(auditor.get(&report).await.0, StatusCode::OK);
+    let (s, html) = b.get("/admin/visitors/erased?hash=abc").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(html.contains("hash: must be 64 lowercase hex digits"), "{html}");
+    let (s, _) = b.get(&format!("/admin/visitors/erased?hash={}", "0".repeat(64))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 
     // As the API's erasure: nothing about the visitor is left anywhere but hashes.
     for table in TABLES {

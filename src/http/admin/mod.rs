@@ -68,6 +68,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/visitors", get(visitors::find))
         .route("/admin/visitors/export", get(visitors::export))
         .route("/admin/visitors/erase", get(visitors::confirm).post(visitors::erase))
+        .route("/admin/visitors/erased", get(visitors::erased))
         .route("/admin/admin.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }

@@ -9,12 +9,13 @@ use axum::{
     body::{Body, Bytes},
     extract::{RawQuery, State},
     http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
 };
 
 use super::{Page, domain_error, form, message, render};
 use crate::{
     app::AppState,
+    audit,
     consent::records::VisitorId,
     privacy::{dsar, erase},
 };
@@ -100,7 +101,8 @@ pub async fn confirm(State(state): State<AppState>, page: Page, RawQuery(raw): R
     render(StatusCode::OK, "visitor.html", &ctx)
 }
 
-/// `POST /admin/visitors/erase`: the erasure, with the report.
+/// `POST /admin/visitors/erase`: the erasure, then a redirect to its report (so that reloading
+/// the page the browser shows does not post the erasure again).
 pub async fn erase(State(state): State<AppState>, page: Page, body: Bytes) -> Response {
     let fields = form(&body);
     if let Some(res) = page.refusal(&fields) {
@@ -111,20 +113,61 @@ pub async fn erase(State(state): State<AppState>, page: Page, body: Bytes) -> Re
         Ok(None) => return invalid(&page, "visitor_id: required"),
         Err(rule) => return invalid(&page, &rule),
     };
-    let report = match erase::erase(&state.db, &page.holder.tenant, &visitor, &page.holder.actor()).await {
-        Ok(r) => r,
+    match erase::erase(&state.db, &page.holder.tenant, &visitor, &page.holder.actor()).await {
+        Ok(report) => Redirect::to(&report_url(&report.visitor_hash)).into_response(),
+        Err(e) => domain_error(&page, e),
+    }
+}
+
+/// Where the report of the erasure of the visitor with `hash` is shown.
+fn report_url(hash: &str) -> String {
+    format!("/admin/visitors/erased?{}", serde_urlencoded::to_string([("hash", hash)]).unwrap_or_default())
+}
+
+/// `GET /admin/visitors/erased?hash=…`: the report of a visitor's erasure, as its audit entry
+/// (`visitor.erase`, under the visitor's hash — the id itself is gone) keeps it. Readable by
+/// auditors, like the audit log.
+pub async fn erased(State(state): State<AppState>, page: Page, RawQuery(raw): RawQuery) -> Response {
+    let fields = query(raw.as_deref());
+    let hash = fields.get("hash").map(|h| h.trim()).unwrap_or_default();
+    if !is_visitor_hash(hash) {
+        let rule = if hash.is_empty() { "hash: required" } else { "hash: must be 64 lowercase hex digits" };
+        return message(StatusCode::BAD_REQUEST, Some(&page), "Invalid visitor hash", rule);
+    }
+    let entry = match audit::latest(&state.db, page.holder.tenant.id, "visitor.erase", hash).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => {
+            return message(StatusCode::NOT_FOUND, Some(&page), "Not found", "No visitor was erased under this hash.");
+        }
         Err(e) => return domain_error(&page, e),
     };
     let mut ctx = page.context();
     ctx.insert("nav", "visitors");
-    ctx.insert("visitor_id", visitor.as_str());
-    ctx.insert("erased", &report);
+    ctx.insert("erased", &entry.after);
+    ctx.insert("erased_at", &entry.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    ctx.insert("erased_by", &entry.actor);
     render(StatusCode::OK, "visitor.html", &ctx)
+}
+
+/// A visitor's hash as `consent::records::visitor_hash` makes it: SHA-256 in lowercase hex.
+fn is_visitor_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_visitor_hash_is_64_lowercase_hex_digits() {
+        let hash = crate::crypto::sha256_hex("salt:visitor");
+        assert!(is_visitor_hash(&hash));
+        assert!(!is_visitor_hash(&hash.to_uppercase()));
+        assert!(!is_visitor_hash(&hash[1..]));
+        assert!(!is_visitor_hash(&format!("{}g", &hash[1..])));
+        assert!(!is_visitor_hash(""));
+        assert_eq!(report_url(&hash), format!("/admin/visitors/erased?hash={hash}"));
+    }
 
     #[test]
     fn the_visitor_id_is_optional_trimmed_and_checked() {
