@@ -166,11 +166,24 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 /// SQLite's file unreadable, locked or full), as opposed to a fault in the statement or the
 /// data. Requests failing this way get 503 with `Retry-After`, not 500.
 pub fn is_unavailable(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
+    matches!(e, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_))
+        || sqlx_error(e).is_some_and(sqlx_unavailable)
+}
+
+/// The driver's error behind a failed statement, if that is what `e` is.
+fn sqlx_error(e: &sea_orm::DbErr) -> Option<&sqlx::Error> {
+    use sea_orm::{DbErr, RuntimeErr::SqlxError};
     match e {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_unavailable(e),
-        _ => false,
+        DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// The SQLSTATE (PostgreSQL) or result code (SQLite) of a statement the database refused.
+pub fn database_code(e: &sea_orm::DbErr) -> Option<String> {
+    match sqlx_error(e)? {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
     }
 }
 
@@ -222,6 +235,21 @@ mod tests {
     use std::time::Duration;
 
     use super::{SQLITE_BUSY_WAIT, padded_for_in, postgres_unavailable, sqlite_busy_pause, sqlite_unavailable};
+
+    /// The code of a statement the database refused, read through sea-orm's error: SQLite's
+    /// extended result code here (PostgreSQL's SQLSTATE the same way); none for other failures.
+    #[tokio::test]
+    async fn a_refused_statement_says_its_code() {
+        use sea_orm::ConnectionTrait;
+        let settings = crate::config::DatabaseSettings { url: "sqlite::memory:".into(), max_connections: 1 };
+        let db = super::connect(&settings).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (x INTEGER UNIQUE); INSERT INTO t VALUES (1)").await.unwrap();
+        let e = db.execute_unprepared("INSERT INTO t VALUES (1)").await.unwrap_err();
+        assert_eq!(super::database_code(&e).as_deref(), Some("2067"), "SQLITE_CONSTRAINT_UNIQUE: {e}");
+        assert!(!super::is_unavailable(&e), "a client's mistake, not an outage");
+        let e = sea_orm::DbErr::Custom("not from the driver".into());
+        assert_eq!(super::database_code(&e), None);
+    }
 
     #[test]
     fn a_busy_connection_retries_in_short_pauses_then_longer_ones_and_gives_up_after_the_wait() {

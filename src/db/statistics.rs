@@ -115,13 +115,7 @@ pub async fn run(db: DatabaseConnection, shutdown: tokio_util::sync::Cancellatio
 
 /// Whether `e` is PostgreSQL's `insufficient_privilege` (42501).
 fn is_refused(e: &DbErr) -> bool {
-    use sea_orm::RuntimeErr::SqlxError;
-    match e {
-        DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) => {
-            matches!(&**e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501"))
-        }
-        _ => false,
-    }
+    super::database_code(e).as_deref() == Some("42501")
 }
 
 #[cfg(test)]
