@@ -66,15 +66,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() { # URL: until it answers (30 s at most)
-  for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "no answer from $1" >&2; exit 1
-}
-first_line() { # FILE: its first line, once written (10 s at most)
-  for _ in $(seq 100); do [ -s "$1" ] && { head -n1 "$1"; return 0; }; sleep 0.1; done
-  echo "nothing printed to $1" >&2; exit 1
-}
+. scripts/bench-common.sh
 
 "$BIN/fake-providers" >"$work/fakes.out" &
 pids+=($!)
@@ -104,19 +96,8 @@ start_gateway() { # NAME DATABASE_URL [BINARY]
   local base="http://127.0.0.1:$port"
   wait_http "$base/readyz"
   local t="$base/v1/tenants/bench"
-  api() { curl -sf -X "$1" "$t$2" -H "authorization: Bearer $admin" -H 'content-type: application/json' ${3:+-d "$3"}; }
-  local cc
-  cc=$(api POST /analytics/cookie-consent/configs "$(cat banner/sample-config.json)" | jq -r .id)
-  api POST "/analytics/cookie-consent/configs/$cc/publish" '{"requires_reconsent": false}' >/dev/null
-  api POST /analytics/plausible/configs "{\"display_name\": \"Plausible\", \"site_id\": \"shop.example.com\", \"instance_url\": \"$fake/plausible\", \"status\": \"active\"}" >/dev/null
-  api POST /analytics/umami/configs "{\"display_name\": \"Umami\", \"website_id\": \"5b4b1a52-2f46-4e4a-9a0c-2b7c5a0a1f11\", \"instance_url\": \"$fake/umami\", \"status\": \"active\", \"required_category\": \"analytics\"}" >/dev/null
-  for v in $(seq 0 99); do
-    local action=accept_all
-    [ $((v % 2)) = 1 ] && action=reject_all
-    curl -sf "$t/consent" -H 'content-type: application/json' \
-      -d "{\"visitor_id\": \"visitor-$v\", \"action\": \"$action\", \"revision\": 1}" >/dev/null
-  done
-  key[$name]=$(api POST /ingest-keys '{"kind": "secret", "name": "bench"}' | jq -r .key)
+  bench_tenant "$t" "$admin" "$fake" batch
+  key[$name]=$BENCH_KEY
   url[$name]="$t/events"
   # One event of each consent path, to show what the load's events are decided as.
   for v in 0 1; do
