@@ -197,7 +197,11 @@ test('after Reject all no event carries an analytics id; after Accept all events
     await waitForRequests(requests, (rs) => events(rs).length >= 1, 'the first page view');
     await choose(ui(page)).click();
     const vid = await visitorId(page);
-    await tenant.waitForRecord(vid, choose === refuse ? 'reject_all' : 'accept_all');
+    const action = choose === refuse ? 'reject_all' : 'accept_all';
+    await tenant.waitForRecord(vid, action);
+    // The page applies the choice once the gateway's answer is in (nothing is granted before the
+    // record is stored), which may be just after the record is readable: wait for that too.
+    await page.waitForFunction((a) => window.consentgate.getConsent()?.action === a, action);
     const from = requests.length;
     await page.evaluate(() => history.pushState({}, '', '/refuse/step-2'));
     await page.evaluate(() => window.consentgate.track('signup', { plan: 'pro' }));
