@@ -13,7 +13,9 @@ use consentgate::{
 use secrecy::ExposeSecret;
 
 /// mimalloc instead of glibc's malloc: allocation was ~15% of the gateway's CPU under ingest load
-/// (docs/scaling.md).
+/// (docs/scaling.md). Built with `no_thp`: otherwise mimalloc asks the kernel for transparent huge
+/// pages on its arenas, and every 2 MiB page it touched counted whole in the peak RSS (105 MB
+/// against 79 in the benchmark's fourth round, docs/scaling.md#peak-rss-and-mimallocs-huge-pages).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
