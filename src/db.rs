@@ -251,6 +251,30 @@ mod tests {
         assert_eq!(super::database_code(&e), None);
     }
 
+    /// The last migrations undo and redo cleanly (a deploy rolled back with `down`): here the
+    /// index swap of migration 000017, whose `down` restores the index by visitor.
+    #[tokio::test]
+    async fn the_latest_migration_goes_down_and_up_again() {
+        use migration::{Migrator, MigratorTrait};
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let db = super::connect(&crate::config::DatabaseSettings { url, max_connections: 1 }).await.unwrap();
+        let indexes = async || -> Vec<String> {
+            let sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'delivery' \
+                       AND name LIKE 'ix_delivery_%lookup%' ORDER BY name";
+            let rows = db.query_all_raw(Statement::from_string(DbBackend::Sqlite, sql)).await.unwrap();
+            rows.iter().map(|r| r.try_get_by_index::<String>(0).unwrap()).collect()
+        };
+        super::migrate(&db).await.unwrap();
+        assert_eq!(indexes().await, ["ix_delivery_lookup_waiting"]);
+        Migrator::down(&db, Some(1)).await.unwrap();
+        assert_eq!(indexes().await, ["ix_delivery_consent_lookup_id"]);
+        super::migrate(&db).await.unwrap();
+        assert_eq!(indexes().await, ["ix_delivery_lookup_waiting"]);
+        assert!(super::is_migrated(&db).await.unwrap());
+    }
+
     #[test]
     fn a_busy_connection_retries_in_short_pauses_then_longer_ones_and_gives_up_after_the_wait() {
         let us = |n: u64| Some(Duration::from_micros(n));
