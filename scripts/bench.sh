@@ -57,11 +57,11 @@ BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 work=$(mktemp -d)
 pids=()
-pg_dbs=""
+pg_dbs=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for d in $pg_dbs; do psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
+  for d in "${pg_dbs[@]}"; do psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
   if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "the gateways' logs are kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -116,13 +116,13 @@ if [ -n "${BENCH_BASELINE:-}" ]; then # another build's binary, on SQLite too: A
 fi
 if [ "$BENCH_PG" = 1 ]; then
   pg_db="cgbench_$$"
-  pg_dbs=$pg_db
+  pg_dbs+=("$pg_db")
   psql -q "$PG_SERVER" -c "CREATE DATABASE $pg_db" >/dev/null
   start_gateway postgres "${PG_SERVER%/*}/$pg_db"
   targets+=(postgres)
   if [ -n "${BENCH_BASELINE:-}" ]; then
     psql -q "$PG_SERVER" -c "CREATE DATABASE ${pg_db}_baseline" >/dev/null
-    pg_dbs+=" ${pg_db}_baseline"
+    pg_dbs+=("${pg_db}_baseline")
     start_gateway postgres-baseline "${PG_SERVER%/*}/${pg_db}_baseline" "$BENCH_BASELINE"
     targets+=(postgres-baseline)
   fi
@@ -203,7 +203,7 @@ done
 if [ "${1:-}" != --ingest-only ]; then
   cleanup
   pids=()
-  pg_dbs=""
+  pg_dbs=()
   echo
   BENCH_SKIP_BUILD=1 BENCH_PG=$BENCH_PG scripts/bench-outbox.sh
 fi

@@ -218,7 +218,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// A `\u0000` escape outside an escaped backslash (raw NUL bytes are not valid JSON anyway).
-fn contains_nul_escape(b: &[u8]) -> bool {
+pub(crate) fn contains_nul_escape(b: &[u8]) -> bool {
     let mut i = 0;
     while i < b.len() {
         if b[i] != b'\\' {
