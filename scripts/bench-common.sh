@@ -1,5 +1,21 @@
-# Sourced by scripts/bench.sh and scripts/bench-outbox.sh: waiting for what they start, and the
-# tenant every benchmarked gateway gets.
+# Sourced by scripts/bench.sh and scripts/bench-outbox.sh: their working directory and clean-up,
+# waiting for what they start, and the tenant every benchmarked gateway gets.
+
+# bench_start: a working directory in `work`; the processes a benchmark starts go on `pids` and
+# the PostgreSQL databases it creates (on PG_SERVER) on `pg_dbs`, all ended and dropped on exit
+# (`cleanup`), the directory removed unless BENCH_KEEP=1.
+bench_start() {
+  work=$(mktemp -d)
+  pids=()
+  pg_dbs=()
+  trap cleanup EXIT
+}
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for d in "${pg_dbs[@]}"; do psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "the gateways' logs are kept in $work" >&2; else rm -rf "$work"; fi
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_http() { # URL: until it answers (30 s at most)

@@ -52,18 +52,8 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
 fi
 BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
-work=$(mktemp -d)
-pids=()
-pg_dbs=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for db in "${pg_dbs[@]}"; do psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
 . scripts/bench-common.sh
+bench_start
 stop() { # PID: ends it and waits
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true

@@ -55,18 +55,8 @@ echo "building the $PROFILE binaries (release, cold: 10+ minutes on 2 cores)…"
 cargo build --profile "$PROFILE" --quiet --bin consentgate --bin fake-providers --example bench_ceiling --example bench_load
 BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
-work=$(mktemp -d)
-pids=()
-pg_dbs=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for d in "${pg_dbs[@]}"; do psql -q "$PG_SERVER" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "the gateways' logs are kept in $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
 . scripts/bench-common.sh
+bench_start
 
 "$BIN/fake-providers" >"$work/fakes.out" &
 pids+=($!)
