@@ -7,7 +7,8 @@
 #   scripts/bench.sh --ingest-only   the ingest table only
 #
 # Builds the release binaries, then starts on 127.0.0.1 only: the fake providers, the ceiling
-# (tests/bench/ceiling.rs), the gateway on SQLite and — when BENCH_PG=1, by default when
+# (tests/bench/ceiling.rs), the durable floor (tests/bench/durable.rs: the ceiling storing each
+# event in one SQLite table with group commit and an fsync before answering), the gateway on SQLite and — when BENCH_PG=1, by default when
 # PostgreSQL answers on 127.0.0.1:5432 — a second gateway on a fresh PostgreSQL database. Each
 # gateway has a published consent config, two active provider configs (Plausible and Umami on the
 # fakes), 100 visitors of whom half accepted and half rejected, and delivery workers OFF (ingest is
@@ -52,7 +53,7 @@ done
 TARGET=${CARGO_TARGET_DIR:-target}
 PROFILE=${BENCH_PROFILE:-release}
 echo "building the $PROFILE binaries (release, cold: 10+ minutes on 2 cores)…" >&2
-cargo build --profile "$PROFILE" --quiet --bin consentgate --bin fake-providers --example bench_ceiling --example bench_load
+cargo build --profile "$PROFILE" --quiet --bin consentgate --bin fake-providers --example bench_ceiling --example bench_durable --example bench_load
 BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 . scripts/bench-common.sh
@@ -67,10 +68,20 @@ pids+=($!)
 ceiling_pid=$!
 ceiling="http://127.0.0.1:$(first_line "$work/ceiling.out" | jq -r .port)"
 
+# The durable floor: the ceiling that also stores each event (one table, its idempotency key
+# unique) with group commit and an fsync before answering — what durability alone costs here.
+BENCH_PORT=$(free_port) "$BIN/examples/bench_durable" "$work/durable.db" >"$work/durable.out" &
+pids+=($!)
+durable_pid=$!
+durable="http://127.0.0.1:$(first_line "$work/durable.out" | jq -r .port)"
+
 declare -A url pid key
 url[ceiling]="$ceiling/v1/tenants/bench/events"
 pid[ceiling]=$ceiling_pid
 key[ceiling]="sk_ceiling"
+url[durable]="$durable/v1/tenants/bench/events"
+pid[durable]=$durable_pid
+key[durable]="sk_durable"
 
 start_gateway() { # NAME DATABASE_URL [BINARY]
   local name=$1 db=$2 bin=${3:-$BIN/consentgate} port
@@ -98,7 +109,7 @@ start_gateway() { # NAME DATABASE_URL [BINARY]
   unset CONSENTGATE__DATABASE__URL CONSENTGATE__SERVER__BIND
 }
 
-targets=(ceiling sqlite)
+targets=(ceiling durable sqlite)
 start_gateway sqlite "sqlite://$work/bench.db?mode=rwc"
 if [ -n "${BENCH_BASELINE:-}" ]; then # another build's binary, on SQLite too: A/B within each round
   start_gateway baseline "sqlite://$work/baseline.db?mode=rwc" "$BENCH_BASELINE"
@@ -157,7 +168,7 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: $t…" >&2
     out=$("$BIN/examples/bench_load" "${url[$t]}" "${key[$t]}" "$CONNS" "$SECS" "r$round-$$")
     printf '%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$out" >>"$results"
-    if [ "$t" != ceiling ]; then # the writer's batches so far: how many events a commit carried, how long it took
+    if [ "$t" != ceiling ] && [ "$t" != durable ]; then # the writer's batches so far: how many events a commit carried, how long it took
       first=${url[$t]%%,*}
       curl -sf "${first%/v1/*}/metrics" | awk -v t="$t" -v r="$round" '
         /^consentgate_ingest_batch_events_(sum|count)/ { b[$1 ~ /sum/ ? "s" : "c"] = $2 }
@@ -183,7 +194,7 @@ while IFS=$'\t' read -r round t rss json; do
     '"| \($r) | \($t) | \(.events_per_sec | floor) | \(.p50_ms) | \(.p99_ms) | \(.errors) | \($rss) | \($ratio) |"' <<<"$json"
 done <"$results"
 for t in "${targets[@]}"; do
-  [ "$t" = ceiling ] && continue
+  case $t in ceiling | durable) continue ;; esac
   if grep -qiE "error|panic" "$work/$t.log"; then
     echo; echo "$t logged errors (first lines):"; grep -iE "error|panic" "$work/$t.log" | head -n 5
   fi

@@ -81,6 +81,8 @@ pub struct ActiveConsent {
 pub struct Target {
     pub config: provider_config::Model,
     pub provider: &'static dyn crate::providers::AnyProvider,
+    /// The config's settings as its provider reads them.
+    pub settings: crate::providers::StoredSettings,
     pub policy: consent::ProviderPolicy,
 }
 
@@ -135,7 +137,8 @@ impl TenantConfig {
             .filter_map(|config| {
                 let provider = crate::providers::get(&config.provider)?;
                 let policy = crate::ingest::provider_policy(&config, provider);
-                Some(Target { config, provider, policy })
+                let settings = provider.read_settings(&config.settings);
+                Some(Target { config, provider, settings, policy })
             })
             .collect();
         Ok(Some(TenantConfig { tenant, generation, loaded_at, keys, consent, targets, salt: Mutex::new(None) }))

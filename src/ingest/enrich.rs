@@ -1,5 +1,11 @@
 //! Enrichment of an accepted event: campaign (UTM) parameters from the page URL and the parsed user
-//! agent with a bot flag (the IP is truncated for storage by `crate::ip`). Pure functions.
+//! agent with a bot flag (the IP is truncated for storage by `crate::ip`). Pure functions, and
+//! [`agent_of`], which remembers the agents it parsed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -14,6 +20,31 @@ pub struct Agent {
     pub device: Option<String>,
     /// A known crawler, or a non-browser client — stored, never forwarded (`denied:bot`).
     pub bot: bool,
+}
+
+/// How many distinct user agents [`agent_of`] remembers before it starts over: a site's visitors
+/// send a few hundred; a client sending a new one with every event only empties it more often.
+const AGENTS_REMEMBERED: usize = 4096;
+
+static AGENTS: LazyLock<Mutex<HashMap<Box<str>, Arc<Agent>>>> = LazyLock::new(Default::default);
+
+/// [`parse_agent`], remembering each user agent's result: woothee's parse was ~2.5 % of ingest's
+/// CPU in the benchmark (docs/scaling.md), and the same few agents come back with most events.
+pub fn agent_of(ua: Option<&str>) -> Arc<Agent> {
+    let Some(ua) = ua.filter(|u| u.len() <= 1024) else {
+        return Arc::new(parse_agent(ua));
+    };
+    let remembered = || AGENTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(agent) = remembered().get(ua) {
+        return agent.clone();
+    }
+    let agent = Arc::new(parse_agent(Some(ua)));
+    let mut agents = remembered();
+    if agents.len() >= AGENTS_REMEMBERED {
+        agents.clear();
+    }
+    agents.insert(ua.into(), agent.clone());
+    agent
 }
 
 /// Parses a user agent with `woothee`. A bare `product/version` agent (`curl/8.5.0`,
@@ -104,6 +135,28 @@ pub fn utm(page_url: &str) -> Map<String, Value> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_remembered_agent_is_the_one_parsed() {
+        for ua in [
+            Some(
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            ),
+            Some("curl/8.5.0"),
+            Some("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+            Some(""),
+            None,
+        ] {
+            let first = super::agent_of(ua);
+            assert_eq!(*first, super::parse_agent(ua), "{ua:?}");
+            assert_eq!(*super::agent_of(ua), *first, "{ua:?} again");
+        }
+        let many = (0..super::AGENTS_REMEMBERED + 10).map(|i| format!("Mozilla/5.0 Firefox/{i}.0"));
+        for ua in many {
+            assert_eq!(*super::agent_of(Some(&ua)), super::parse_agent(Some(&ua)));
+        }
+        assert!(super::AGENTS.lock().unwrap().len() <= super::AGENTS_REMEMBERED, "bounded");
+    }
+
     use super::*;
 
     const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";

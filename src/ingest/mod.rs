@@ -119,14 +119,14 @@ pub async fn prepare(
     let key_kind = sender.key_kind();
     let lookup_key = ev.idempotency_key.as_ref().map(|k| k.as_str().to_string());
 
-    let agent = enrich::parse_agent(ev.visitor.user_agent.as_deref());
+    let agent = enrich::agent_of(ev.visitor.user_agent.as_deref());
     let signals = Signals { bot: agent.bot, ..ev.visitor.signals.clone() };
     let client_ip = ev.visitor.ip;
     let user_agent = ev.visitor.user_agent.clone();
     let consent_lookup_id = ev.posted.lookup_id().map(|v| v.as_str().to_string());
     let event = stored_event(cached.tenant.id, provider, key_kind, ev, &agent, now);
     let refused: Vec<Option<consent::Blocked>> =
-        cached.targets(provider).map(|t| t.provider.accepts(&t.config.settings, &event).err()).collect();
+        cached.targets(provider).map(|t| t.provider.accepts(&t.settings, &event).err()).collect();
     let targets = refused.len();
     // Not for a visitor whose respected DNT/GPC denies every provider: no salt is made for them.
     let cookieless = cached.targets(provider).any(|t| t.policy.cookieless_fallback)

@@ -117,7 +117,7 @@ pub async fn claim_probing(
         if slots == 0 {
             continue;
         }
-        batch_limits.insert(config, provider.batch_limit(&settings).max(1));
+        batch_limits.insert(config, provider.batch_limit(&provider.read_settings(&settings)));
         match circuit::admits(CircuitState::stored(&state), since, now, probe_every) {
             Admits::All => {
                 budget = budget.saturating_add(slots);
@@ -147,7 +147,8 @@ pub async fn claim_probing(
     }
     let requests = (requests - ids.len() as u64).min(budget);
     if !active.is_empty() && requests > 0 {
-        let limit = active.iter().map(|(_, settings)| provider.batch_limit(settings)).max().unwrap_or(1) as u64;
+        let limit =
+            active.iter().map(|(config, _)| batch_limits.get(config).copied().unwrap_or(1)).max().unwrap_or(1) as u64;
         let active: Vec<Uuid> = active.into_iter().map(|(id, _)| id).collect();
         let n = requests.saturating_mul(limit.max(1));
         ids.extend(due_ids(provider.name(), active, now, n).into_tuple::<Uuid>().all(&txn).await?);

@@ -36,7 +36,9 @@ use crate::{
     config::DeliverySettings,
     consent::Identity,
     error::Result,
-    providers::{self, Answer, AnyProvider, Item, Outcome, Outgoing, ProviderRequest, ProviderResponse},
+    providers::{
+        self, Answer, AnyProvider, Item, Outcome, Outgoing, ProviderRequest, ProviderResponse, StoredSettings,
+    },
     secrets::Credentials,
 };
 
@@ -215,6 +217,7 @@ struct Ready {
 /// with their items in the same order.
 struct Chunk {
     config: Arc<provider_config::Model>,
+    settings: StoredSettings,
     credentials: Arc<Credentials>,
     members: Vec<Ready>,
     items: Vec<Item>,
@@ -509,6 +512,7 @@ impl Worker {
             return Ok(Vec::new());
         };
         let config = Arc::new(config);
+        let settings = provider.read_settings(&config.settings);
         let events: HashMap<Uuid, analytics_event::Model> = analytics_event::Entity::find()
             .filter(analytics_event::Column::Id.is_in(ds.iter().map(|d| d.event_id)))
             .all(&self.db)
@@ -542,7 +546,7 @@ impl Worker {
             }
             let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
             let decided_since = lookup.and_then(|l| decided.get(l)).is_some_and(|at| *at > event.received_at);
-            match self.item(provider, &tenant, &config, &d, event, decided_since).await? {
+            match self.item((provider, &config, &settings), &tenant, &d, event, decided_since).await? {
                 Ok((key, item)) => keyed.push((key, (ready(d), item))),
                 Err(outcome) => unsent.push((ready(d), outcome)),
             }
@@ -578,23 +582,24 @@ impl Worker {
             }
         }
         let Some(credentials) = credentials else { return Ok(Vec::new()) };
-        let limit = provider.batch_limit(&config.settings);
+        let limit = provider.batch_limit(&settings);
         Ok(batch::chunks(keyed, limit)
             .into_iter()
             .map(|c| {
                 let (members, items) = c.into_iter().unzip();
-                Chunk { config: config.clone(), credentials: credentials.clone(), members, items }
+                let (config, settings) = (config.clone(), settings.clone());
+                Chunk { config, settings, credentials: credentials.clone(), members, items }
             })
             .collect())
     }
 
     /// The delivery decided again (consent may have changed since ingest) and mapped to its item
-    /// and batch key; `Err` is the outcome to record instead (a withdrawal, a refused item).
+    /// and batch key (for the config, its provider and its settings read once for the round);
+    /// `Err` is the outcome to record instead (a withdrawal, a refused item).
     async fn item(
         &self,
-        provider: &'static dyn AnyProvider,
+        (provider, config, settings): (&'static dyn AnyProvider, &provider_config::Model, &StoredSettings),
         tenant: &entity::tenant::Model,
-        config: &provider_config::Model,
         d: &delivery::Model,
         event: &analytics_event::Model,
         decided_since: bool,
@@ -634,8 +639,8 @@ impl Worker {
             client_ip,
             user_agent,
         };
-        Ok(match provider.item(&config.settings, &out) {
-            Ok(item) => Ok((provider.batch_key(&config.settings, &out), item)),
+        Ok(match provider.item(settings, &out) {
+            Ok(item) => Ok((provider.batch_key(settings, &out), item)),
             Err(reason) => Err(Outcome::Dead { reason }),
         })
     }
@@ -645,7 +650,7 @@ impl Worker {
     /// item to blame ends dead. Holds `slot` (one request in flight at a time) and tells it each
     /// answer: whether the provider was overloaded, and its `Retry-After`.
     async fn send_chunk(&self, provider: &'static dyn AnyProvider, chunk: Chunk, mut slot: Slot) -> Vec<Attempted> {
-        let Chunk { config, mut credentials, members, items } = chunk;
+        let Chunk { config, settings, mut credentials, members, items } = chunk;
         let lease = chrono::Duration::seconds(self.settings.lease_secs.max(1) as i64);
         let mut done = Vec::new();
         let mut parts = VecDeque::from([(members, items)]);
@@ -687,7 +692,7 @@ impl Worker {
             let ids: Vec<Uuid> = members.iter().map(|m| m.delivery.id).collect();
             let send = async {
                 slot.unpaused().await;
-                self.exchange(provider, &config, &mut credentials, &items).await
+                self.exchange(provider, &config, &settings, &mut credentials, &items).await
             };
             let (next, answered) = self.renewing(&ids, lease, send).await;
             slot.answered(signal(&next, answered), std::time::Duration::from_millis(self.settings.backoff_max_ms));
@@ -757,11 +762,12 @@ impl Worker {
         &self,
         provider: &dyn AnyProvider,
         config: &provider_config::Model,
+        settings: &StoredSettings,
         credentials: &mut Arc<Credentials>,
         items: &[Item],
     ) -> (batch::Next, Answered) {
         let n = items.len();
-        let build = |c: &Credentials| provider.request(&config.settings, c, items);
+        let build = |c: &Credentials| provider.request(settings, c, items);
         let request = match build(credentials) {
             Ok(r) => r,
             Err(reason) => return (batch::judge(Answer::All(Outcome::Dead { reason }), n, provider.name()), None),

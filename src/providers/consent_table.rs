@@ -104,7 +104,7 @@ fn cell(provider: &dyn AnyProvider, settings: &Value, r: &Option<RecordedChoice>
         client_ip: FULL_IP.parse().ok(),
         user_agent: e.user_agent.as_deref(),
     };
-    let item = match provider.item(settings, &out) {
+    let item = match provider.item(&provider.read_settings(settings), &out) {
         Ok(item) => item,
         Err(why) => return format!("nothing: {why}"),
     };

@@ -24,7 +24,7 @@ pub mod plausible;
 pub mod posthog;
 pub mod umami;
 
-use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
+use std::{any::Any, borrow::Cow, collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use entity::analytics_event;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
@@ -55,7 +55,7 @@ pub trait Provider: Send + Sync + 'static {
     /// The provider's fields of a config (`site_id`, `website_id`, `instance_url`, toggles),
     /// stored in `provider_config.settings`. Deserialising must validate (parse, don't validate)
     /// and fill defaults, and must refuse unknown fields.
-    type Settings: Serialize + DeserializeOwned + Send + Sync;
+    type Settings: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// Secret *references* the config may hold (`credentials`), refusing unknown fields.
     type Credentials: Serialize + DeserializeOwned + Default + Send + Sync;
 
@@ -290,15 +290,22 @@ pub trait AnyProvider: Send + Sync {
     /// Settings that cannot be read require a record (the stricter answer).
     fn requires_record(&self, settings: &Value) -> bool;
     fn needs_client_context(&self, identity: Identity) -> bool;
+    /// A config's stored settings read into this provider's type, once for the calls below.
+    fn read_settings(&self, settings: &Value) -> StoredSettings;
     /// `Err(ConfigInvalid)` when the stored settings cannot be read.
-    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked>;
-    /// At least 1; 1 when the stored settings cannot be read.
+    fn accepts(&self, settings: &StoredSettings, event: &analytics_event::Model) -> Result<(), Blocked>;
     fn max_event_age(&self) -> Option<chrono::Duration>;
-    fn batch_limit(&self, settings: &Value) -> usize;
-    fn batch_key(&self, settings: &Value, out: &Outgoing<'_>) -> String;
+    /// At least 1; 1 when the stored settings cannot be read.
+    fn batch_limit(&self, settings: &StoredSettings) -> usize;
+    fn batch_key(&self, settings: &StoredSettings, out: &Outgoing<'_>) -> String;
     /// [`Provider::accepts`] again (settings may have changed since ingest), then [`Provider::item`].
-    fn item(&self, settings: &Value, out: &Outgoing<'_>) -> Result<Item, String>;
-    fn request(&self, settings: &Value, credentials: &Credentials, items: &[Item]) -> Result<ProviderRequest, String>;
+    fn item(&self, settings: &StoredSettings, out: &Outgoing<'_>) -> Result<Item, String>;
+    fn request(
+        &self,
+        settings: &StoredSettings,
+        credentials: &Credentials,
+        items: &[Item],
+    ) -> Result<ProviderRequest, String>;
     fn classify(&self, response: &ProviderResponse<'_>, items: usize) -> Answer;
     fn checks(&self, settings: &Value, credentials: &Credentials) -> Vec<AuthCheck>;
     #[cfg(test)]
@@ -336,32 +343,40 @@ impl<P: Provider> AnyProvider for P {
         P::needs_client_context(identity)
     }
 
-    fn accepts(&self, settings: &Value, event: &analytics_event::Model) -> Result<(), Blocked> {
-        let settings = stored_settings::<P>(settings).map_err(|_| Blocked::ConfigInvalid)?;
-        P::accepts(&settings, event)
+    fn read_settings(&self, settings: &Value) -> StoredSettings {
+        StoredSettings(stored_settings::<P>(settings).map(|s| Arc::new(s) as Arc<dyn Any + Send + Sync>))
+    }
+
+    fn accepts(&self, settings: &StoredSettings, event: &analytics_event::Model) -> Result<(), Blocked> {
+        let settings = settings.of::<P>().map_err(|_| Blocked::ConfigInvalid)?;
+        P::accepts(settings, event)
     }
 
     fn max_event_age(&self) -> Option<chrono::Duration> {
         P::max_event_age()
     }
 
-    fn batch_limit(&self, settings: &Value) -> usize {
-        stored_settings::<P>(settings).map(|s| P::batch_limit(&s)).unwrap_or(1).max(1)
+    fn batch_limit(&self, settings: &StoredSettings) -> usize {
+        settings.of::<P>().map(P::batch_limit).unwrap_or(1).max(1)
     }
 
-    fn batch_key(&self, settings: &Value, out: &Outgoing<'_>) -> String {
-        stored_settings::<P>(settings).map(|s| P::batch_key(&s, out)).unwrap_or_default()
+    fn batch_key(&self, settings: &StoredSettings, out: &Outgoing<'_>) -> String {
+        settings.of::<P>().map(|s| P::batch_key(s, out)).unwrap_or_default()
     }
 
-    fn item(&self, settings: &Value, out: &Outgoing<'_>) -> Result<Item, String> {
-        let settings = stored_settings::<P>(settings)?;
-        P::accepts(&settings, out.event).map_err(|why| Reason::Blocked(why).to_string())?;
-        P::item(&settings, out)
+    fn item(&self, settings: &StoredSettings, out: &Outgoing<'_>) -> Result<Item, String> {
+        let settings = settings.of::<P>()?;
+        P::accepts(settings, out.event).map_err(|why| Reason::Blocked(why).to_string())?;
+        P::item(settings, out)
     }
 
-    fn request(&self, settings: &Value, credentials: &Credentials, items: &[Item]) -> Result<ProviderRequest, String> {
-        let settings = stored_settings::<P>(settings)?;
-        P::request(&settings, credentials, items)
+    fn request(
+        &self,
+        settings: &StoredSettings,
+        credentials: &Credentials,
+        items: &[Item],
+    ) -> Result<ProviderRequest, String> {
+        P::request(settings.of::<P>()?, credentials, items)
     }
 
     fn classify(&self, response: &ProviderResponse<'_>, items: usize) -> Answer {
@@ -380,6 +395,23 @@ impl<P: Provider> AnyProvider for P {
 
 fn stored_settings<P: Provider>(settings: &Value) -> Result<P::Settings, String> {
     serde_json::from_value(settings.clone()).map_err(|e| format!("the stored {} settings are invalid: {e}", P::NAME))
+}
+
+/// A config's stored settings read once into its provider's own type ([`AnyProvider::read_settings`]),
+/// for the calls made per event and per delivery — reading them (a URL parsed, defaults filled)
+/// on each call was ~2 % of ingest's CPU (docs/scaling.md). Settings that could not be read keep
+/// the reason, and every call through them refuses or takes the stricter answer (fail closed), as
+/// do settings read by another provider.
+#[derive(Clone)]
+pub struct StoredSettings(std::result::Result<Arc<dyn Any + Send + Sync>, String>);
+
+impl StoredSettings {
+    fn of<P: Provider>(&self) -> std::result::Result<&P::Settings, String> {
+        match &self.0 {
+            Ok(any) => any.downcast_ref().ok_or_else(|| format!("these settings are not {}'s", P::NAME)),
+            Err(reason) => Err(reason.clone()),
+        }
+    }
 }
 
 /// Every provider the gateway can forward to. Adding one is a module and a line here.
@@ -852,6 +884,7 @@ pub(crate) mod testing {
                 user_agent: c.event.user_agent.as_deref(),
             };
             let credentials = Credentials::for_tests(&c.credentials);
+            let settings = p.read_settings(&settings);
             let req = p
                 .item(&settings, &out)
                 .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)));
@@ -901,6 +934,7 @@ pub(crate) mod testing {
                 user_agent: None,
             };
             let credentials = Credentials::for_tests(&c.credentials);
+            let settings = p.read_settings(&settings);
             let Ok(req) = p
                 .item(&settings, &out)
                 .and_then(|item| p.request(&settings, &credentials, std::slice::from_ref(&item)))
@@ -940,6 +974,31 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Settings read once stay as strict as settings read per call: unreadable ones, or another
+    /// provider's, refuse every event (fail closed) and send one item per request.
+    #[test]
+    fn settings_read_once_refuse_when_unreadable_or_another_providers() {
+        let event = testing::event("pageview");
+        for p in all() {
+            let unreadable = p.read_settings(&serde_json::json!({"no_such_field": true}));
+            assert_eq!(p.accepts(&unreadable, &event), Err(Blocked::ConfigInvalid), "{}", p.name());
+            assert_eq!(p.batch_limit(&unreadable), 1, "{}", p.name());
+            for other in all().iter().filter(|o| o.name() != p.name()) {
+                for case in other.mapping_cases() {
+                    let Ok(valid) = other.parse_settings(case.settings.clone()) else { continue };
+                    let theirs = other.read_settings(&valid);
+                    assert_eq!(
+                        p.accepts(&theirs, &event),
+                        Err(Blocked::ConfigInvalid),
+                        "{} with {}'s",
+                        p.name(),
+                        other.name()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_provider_has_a_documented_config_body() {
