@@ -4,8 +4,6 @@
 //!
 //! Listens on 127.0.0.1 (`BENCH_PORT`, else a free port) and prints `{"port": N}` on stdout.
 
-use std::io::Write;
-
 use axum::{
     Router,
     body::Bytes,
@@ -13,17 +11,13 @@ use axum::{
     routing::post,
 };
 
+#[path = "listen.rs"]
+mod listen;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let app = Router::new().route("/v1/tenants/{tenant}/events", post(event));
-    let port: u16 = std::env::var("BENCH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{{\"port\": {}}}", listener.local_addr()?.port())?;
-        out.flush()?;
-    }
-    axum::serve(listener, app).await
+    axum::serve(listen::listen().await?, app).await
 }
 
 /// Refuses what the gateway would refuse before its own work (no key, not JSON); answers `202`

@@ -11,10 +11,7 @@
 //! `bench_durable DATABASE_FILE`: listens on 127.0.0.1 (`BENCH_PORT`, else a free port) and
 //! prints `{"port": N}` on stdout.
 
-use std::{
-    io::Write,
-    sync::mpsc::{Receiver, SyncSender, sync_channel},
-};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use axum::{
     Router,
@@ -31,6 +28,9 @@ struct Job {
     body: Bytes,
     reply: oneshot::Sender<Option<bool>>,
 }
+
+#[path = "listen.rs"]
+mod listen;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -49,14 +49,7 @@ async fn main() -> std::io::Result<()> {
     std::thread::spawn(move || write(conn, rx, synced_tx));
 
     let app = Router::new().route("/v1/tenants/{tenant}/events", post(event)).with_state(tx);
-    let port: u16 = std::env::var("BENCH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{{\"port\": {}}}", listener.local_addr()?.port())?;
-        out.flush()?;
-    }
-    axum::serve(listener, app).await
+    axum::serve(listen::listen().await?, app).await
 }
 
 /// The ceiling's checks, then the event stored: `202` once its batch is fsynced, `409` for a key
