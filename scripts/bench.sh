@@ -15,7 +15,9 @@
 # measured alone: what a site waits for). The load (tests/bench/load.rs): BENCH_CONNS keep-alive
 # connections (64) for BENCH_SECS seconds (10), ~450-byte page views with a secret key, each with
 # its own idempotency key; BENCH_ROUNDS rounds (2), each round going through every target in turn.
-# Prints one table: events/s, p50, p99, errors, peak RSS (the process's high-water mark so far)
+# Prints one table: events/s, p50, p99, errors, peak RSS (the process's high-water mark so far),
+# the server process's CPU time per event answered (user + system; not the load generator's, nor
+# PostgreSQL's: steadier than events/s on a shared machine)
 # and the ratio to the ceiling of the same round; after each gateway round, the writer's batches
 # (events per commit, time per commit) and for SQLite the WAL file's largest size.
 #
@@ -147,6 +149,12 @@ if [ "$BENCH_PG" = 1 ]; then
 fi
 
 rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+# The CPU time (user + system, in clock ticks) the process has used so far: its difference over a
+# load, per event answered, is the server's own cost of an event — far steadier than events/s on
+# a machine shared with other work (a busy neighbour slows the events/s of a round, not the CPU
+# an event takes). Only the process's own: not the load generator's, nor PostgreSQL's.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
 
 echo "load: $CONNS connections, $SECS s per target, $ROUNDS rounds; $(nproc) cores; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 results="$work/results.tsv"
@@ -166,8 +174,12 @@ for round in $(seq "$ROUNDS"); do
   fi
   for t in "${round_targets[@]}"; do
     echo "round $round: $t…" >&2
+    before=$(cpu_ticks "${pid[$t]}")
     out=$("$BIN/examples/bench_load" "${url[$t]}" "${key[$t]}" "$CONNS" "$SECS" "r$round-$$")
-    printf '%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$out" >>"$results"
+    cpu=$(( $(cpu_ticks "${pid[$t]}") - before ))
+    # Several instances (postgres-xN): the first one's CPU is not theirs all, so none is shown.
+    [[ ${url[$t]} == *,* ]] && cpu=-
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$(rss_mb "${pid[$t]}")" "$cpu" "$out" >>"$results"
     if [ "$t" != ceiling ] && [ "$t" != durable ]; then # the writer's batches so far: how many events a commit carried, how long it took
       first=${url[$t]%%,*}
       curl -sf "${first%/v1/*}/metrics" | awk -v t="$t" -v r="$round" '
@@ -184,14 +196,16 @@ done
 
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every row; compare within a round)"
-echo "| round | target | events/s | p50 ms | p99 ms | errors | peak RSS MB | vs ceiling |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|"
-while IFS=$'\t' read -r round t rss json; do
+echo "| round | target | events/s | p50 ms | p99 ms | errors | peak RSS MB | CPU µs/event | vs ceiling |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+while IFS=$'\t' read -r round t rss cpu json; do
   rate=$(jq -r .events_per_sec <<<"$json")
   [ "$t" = ceiling ] && ceiling_rate=$rate
   ratio=$(python3 -c "print(f'{$rate / $ceiling_rate:.3f}')")
-  jq -r --arg r "$round" --arg t "$t" --arg rss "$rss" --arg ratio "$ratio" \
-    '"| \($r) | \($t) | \(.events_per_sec | floor) | \(.p50_ms) | \(.p99_ms) | \(.errors) | \($rss) | \($ratio) |"' <<<"$json"
+  per_event=$(jq -r --arg cpu "$cpu" --argjson tck "$CLK_TCK" \
+    'if $cpu == "-" or .ok == 0 then "-" else ($cpu | tonumber) / $tck * 1e6 / .ok | floor end' <<<"$json")
+  jq -r --arg r "$round" --arg t "$t" --arg rss "$rss" --arg ratio "$ratio" --arg cpu "$per_event" \
+    '"| \($r) | \($t) | \(.events_per_sec | floor) | \(.p50_ms) | \(.p99_ms) | \(.errors) | \($rss) | \($cpu) | \($ratio) |"' <<<"$json"
 done <"$results"
 for t in "${targets[@]}"; do
   case $t in ceiling | durable) continue ;; esac

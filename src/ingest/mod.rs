@@ -21,6 +21,7 @@ pub mod enrich;
 pub mod event;
 pub mod fields;
 pub mod keys;
+pub mod remembered;
 pub mod sqlite;
 pub mod store;
 pub mod wal_sync;

@@ -31,6 +31,7 @@ use uuid::Uuid;
 use super::{
     Accepted, CommitTimes, Prepared, decide_all,
     decisions::DecisionView,
+    remembered::Remembered,
     store::{self, Fate, PlannedEvent, StoredKey},
 };
 use crate::consent;
@@ -66,11 +67,12 @@ pub fn database_path(url: &str) -> Result<std::path::PathBuf, DbErr> {
 pub fn store_in_one_transaction(
     conn: &mut Connection,
     events: &[&Prepared],
+    remembered: &mut Remembered,
 ) -> Result<Vec<Result<Accepted, crate::error::Error>>, DbErr> {
     let mut times = CommitTimes::start();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
     times.begun();
-    let records = records_of(&tx, events)?;
+    let records = records_of(&tx, events, remembered)?;
     times.read();
     let planned = decide_all(events, &records);
     times.decided();
@@ -109,14 +111,29 @@ pub fn store_in_one_transaction(
 }
 
 /// The latest consent record of each visitor of `events`, as [`super::records_of`] reads them
-/// through sea-orm (`consent::records::latest_models`): one query per tenant of the batch.
+/// through sea-orm (`consent::records::latest_models`): what `remembered` holds of them (checked
+/// first, in this transaction), the others in one query per tenant of the batch — then remembered.
 fn records_of(
     tx: &Connection,
     events: &[&Prepared],
+    remembered: &mut Remembered,
 ) -> Result<HashMap<(Uuid, String), consent::RecordedChoice>, DbErr> {
+    let usable = remembered.check(tx);
     let mut out = HashMap::new();
     for (tenant_id, (cached, visitors)) in super::visitors_by_tenant(events) {
-        let by_hash = consent::records::by_hash(&cached.tenant, visitors);
+        let mut by_hash = consent::records::by_hash(&cached.tenant, visitors);
+        let active = cached.active_consent_config();
+        if usable {
+            by_hash.retain(|hash, id| match remembered.get(tenant_id, hash, active) {
+                Some(latest) => {
+                    if let Some(choice) = latest {
+                        out.insert((tenant_id, id.clone()), choice);
+                    }
+                    false
+                }
+                None => true,
+            });
+        }
         if by_hash.is_empty() {
             continue;
         }
@@ -133,12 +150,20 @@ fn records_of(
             )
             .map_err(db_err)?;
         let mut rows = stmt.query(params![tenant_id.as_bytes(), hashes]).map_err(db_err)?;
-        let active = cached.active_consent_config();
         while let Some(row) = rows.next().map_err(db_err)? {
             let m = consent_record_of(row)?;
-            if let Some(id) = by_hash.get(&m.visitor_hash) {
+            if let Some(id) = by_hash.remove(&m.visitor_hash) {
                 let choice = consent::records::under(&m, active).map_err(store::into_db)?;
-                out.insert((tenant_id, id.clone()), choice);
+                out.insert((tenant_id, id), choice);
+                if usable {
+                    remembered.put(tenant_id, m.visitor_hash.clone(), Some(&m)).map_err(store::into_db)?;
+                }
+            }
+        }
+        // The visitors left have no record (none, or every one erased).
+        if usable {
+            for hash in by_hash.into_keys() {
+                remembered.put(tenant_id, hash, None).map_err(store::into_db)?;
             }
         }
     }

@@ -161,6 +161,7 @@ fn run_sqlite(
     ahead: super::copy_ahead::CopyAhead,
 ) {
     let mut checkpointed = Instant::now();
+    let mut remembered = super::remembered::Remembered::default();
     while let Some(first) = inbox.held.take().or_else(|| inbox.rx.blocking_recv()) {
         let batch = inbox.fill(first, max_rows);
         // Were a commit to panic, its requests get a 503 (their answer channels close) and the
@@ -168,11 +169,12 @@ fn run_sqlite(
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let started = Instant::now();
             let events: Vec<&Prepared> = batch.iter().flat_map(|j| &j.events).collect();
-            let answers = match super::sqlite::store_in_one_transaction(&mut conn, &events) {
+            let answers = match super::sqlite::store_in_one_transaction(&mut conn, &events, &mut remembered) {
                 Ok(answers) => answers,
                 Err(e) => batch_failed(&e, events.len()).unwrap_or_else(|| {
                     let mut alone = |event: &Prepared| -> Result<Accepted> {
-                        let mut answers = super::sqlite::store_in_one_transaction(&mut conn, &[event])?;
+                        let mut answers =
+                            super::sqlite::store_in_one_transaction(&mut conn, &[event], &mut remembered)?;
                         answers.pop().unwrap_or_else(|| Err(stopped()))
                     };
                     events.iter().map(|event| alone(event)).collect()

@@ -61,6 +61,7 @@ async fn verify(app: &TestApp) -> Value {
 /// waiting, beside another visitor who stays.
 pub(crate) struct Scene {
     pub app: TestApp,
+    keys: Site,
     _fakes: FakeProviders,
     _dir: tempfile::TempDir,
     pub v: String,
@@ -88,6 +89,7 @@ pub(crate) async fn scene() -> Scene {
     app.drain_outbox().await;
     let (_, pending) = track(&app, &keys, site::pageview(&v)).await;
     Scene {
+        keys,
         v,
         other,
         delivered: id(&delivered),
@@ -98,6 +100,51 @@ pub(crate) async fn scene() -> Scene {
         _fakes: fakes,
         _dir: dir,
     }
+}
+
+/// Each decision of an ingest answer: provider, decision, reason, identity — sorted by provider.
+fn decided(answer: &Value) -> Vec<String> {
+    let mut out: Vec<String> = answer["decisions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no decisions: {answer}"))
+        .iter()
+        .map(|d| format!("{} {} {} {}", d["provider"], d["decision"], d["reason"], d["identity"]))
+        .collect();
+    out.sort();
+    out
+}
+
+/// SQLite's ingest writer remembers the visitors' latest records between its batches: an
+/// erasure is seen by the very next event, decided like a stranger's and never under the erased
+/// record; a new decision of a visitor it remembers is seen by the next event too.
+#[tokio::test]
+async fn the_next_event_is_decided_under_the_visitors_record_as_it_is_now() {
+    let sc = scene().await;
+    let app = &sc.app;
+    let post = async |v: &str| {
+        let (s, answer) = track(app, &sc.keys, site::pageview(v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{answer}");
+        decided(&answer)
+    };
+    let accepted = post(&sc.v).await;
+    assert!(accepted.iter().any(|d| d.ends_with("\"full\"")), "{accepted:?}");
+    let stranger = post(&visitor()).await;
+    assert_ne!(accepted, stranger);
+
+    let (s, report) = app.delete(&visitor_path(app, &sc.v, ""), &app.admin).await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!(post(&sc.v).await, stranger, "decided as if the visitor had never chosen");
+    assert_eq!(post(&sc.other).await, accepted, "the other visitor's record stands");
+
+    // A visitor who changes their mind: each next event follows.
+    let w = visitor();
+    app.consent(&w, "accept_all", 1).await;
+    assert_eq!(post(&w).await, accepted);
+    app.consent(&w, "reject_all", 1).await;
+    let rejected = post(&w).await;
+    assert!(!rejected.iter().any(|d| d.ends_with("\"full\"")), "{rejected:?}");
+    app.consent(&w, "accept_all", 1).await;
+    assert_eq!(post(&w).await, accepted);
 }
 
 #[tokio::test]
