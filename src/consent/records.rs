@@ -217,9 +217,13 @@ pub async fn latest_under(
 /// `m` as the decision engine reads it, under the tenant's `active` config (a record made under
 /// another config is `other_config`).
 pub fn under(m: &consent_record::Model, active: Option<Uuid>) -> Result<RecordedChoice> {
-    let mut view = recorded_choice(m)?;
-    view.other_config = active.is_some_and(|a| a != m.config_id);
-    Ok(view)
+    Ok(under_config(recorded_choice(m)?, m.config_id, active))
+}
+
+/// A record's choice (made under `config`), read under the tenant's `active` config.
+pub fn under_config(mut view: RecordedChoice, config: Uuid, active: Option<Uuid>) -> RecordedChoice {
+    view.other_config = active.is_some_and(|a| a != config);
+    view
 }
 
 /// The valid ones of `visitor_ids` by their salted hash (what records are stored under).

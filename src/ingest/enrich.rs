@@ -135,6 +135,8 @@ pub fn utm(page_url: &str) -> Map<String, Value> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_remembered_agent_is_the_one_parsed() {
         for ua in [
@@ -156,8 +158,6 @@ mod tests {
         }
         assert!(super::AGENTS.lock().unwrap().len() <= super::AGENTS_REMEMBERED, "bounded");
     }
-
-    use super::*;
 
     const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
     const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";

@@ -97,26 +97,13 @@ impl Remembered {
     /// `None` when nothing is (read it), `Some(None)` when the visitor has no record.
     pub fn get(&self, tenant: Uuid, hash: &str, active: Option<Uuid>) -> Option<Option<RecordedChoice>> {
         let latest = self.latest.get(&tenant)?.get(hash)?;
-        Some(latest.as_ref().map(|(config, choice)| {
-            let mut choice = choice.clone();
-            choice.other_config = active.is_some_and(|a| a != *config);
-            choice
-        }))
+        Some(latest.as_ref().map(|(config, choice)| consent::records::under_config(choice.clone(), *config, active)))
     }
 
-    /// Remembers what was read of the visitor `hash`: its latest record, or none.
-    pub fn put(
-        &mut self,
-        tenant: Uuid,
-        hash: String,
-        latest: Option<&entity::consent_record::Model>,
-    ) -> crate::error::Result<()> {
-        let latest = match latest {
-            Some(m) => Some((m.config_id, consent::records::recorded_choice(m)?)),
-            None => None,
-        };
+    /// Remembers what was read of the visitor `hash`: their latest record's config and choice as
+    /// recorded ([`consent::records::recorded_choice`]), or none.
+    pub fn put(&mut self, tenant: Uuid, hash: String, latest: Option<(Uuid, RecordedChoice)>) {
         self.latest.entry(tenant).or_default().insert(hash, latest);
-        Ok(())
     }
 }
 
@@ -172,7 +159,7 @@ mod tests {
         let mut r = Remembered::default();
         assert!(r.check(&conn));
         for (tenant, hash) in [(t, "a"), (t, "b"), (other, "a")] {
-            r.put(tenant, hash.into(), None).unwrap();
+            r.put(tenant, hash.into(), None);
         }
         assert!(r.check(&conn));
         assert!(held(&r, t, "a") && held(&r, t, "b") && held(&r, other, "a"), "nothing changed");
@@ -184,17 +171,17 @@ mod tests {
         assert!(!held(&r, t, "a") && held(&r, t, "b") && held(&r, other, "a"));
 
         // An update (an erasure) or a deletion (retention) of any record: everything is.
-        r.put(t, "a".into(), None).unwrap();
+        r.put(t, "a".into(), None);
         conn.execute("UPDATE consent_record SET visitor_id = NULL", []).unwrap();
         assert!(r.check(&conn));
         assert!(!held(&r, t, "a") && !held(&r, t, "b") && !held(&r, other, "a"));
-        r.put(t, "b".into(), None).unwrap();
+        r.put(t, "b".into(), None);
         conn.execute("DELETE FROM consent_record", []).unwrap();
         assert!(r.check(&conn));
         assert!(!held(&r, t, "b"));
 
         // The count unreadable: nothing is used (fail closed: every record is read).
-        r.put(t, "b".into(), None).unwrap();
+        r.put(t, "b".into(), None);
         conn.execute_batch("DELETE FROM consent_record_changes").unwrap();
         assert!(!r.check(&conn));
         assert!(!held(&r, t, "b"));
@@ -207,7 +194,7 @@ mod tests {
         let mut r = Remembered::default();
         assert!(r.check(&conn));
         for i in 0..REMEMBERED_MAX {
-            r.put(t, format!("v{i}"), None).unwrap();
+            r.put(t, format!("v{i}"), None);
         }
         assert!(held(&r, t, "v0"));
         assert!(r.check(&conn));

@@ -153,17 +153,17 @@ fn records_of(
         while let Some(row) = rows.next().map_err(db_err)? {
             let m = consent_record_of(row)?;
             if let Some(id) = by_hash.remove(&m.visitor_hash) {
-                let choice = consent::records::under(&m, active).map_err(store::into_db)?;
-                out.insert((tenant_id, id), choice);
+                let recorded = consent::records::recorded_choice(&m).map_err(store::into_db)?;
+                out.insert((tenant_id, id), consent::records::under_config(recorded.clone(), m.config_id, active));
                 if usable {
-                    remembered.put(tenant_id, m.visitor_hash.clone(), Some(&m)).map_err(store::into_db)?;
+                    remembered.put(tenant_id, m.visitor_hash, Some((m.config_id, recorded)));
                 }
             }
         }
         // The visitors left have no record (none, or every one erased).
         if usable {
             for hash in by_hash.into_keys() {
-                remembered.put(tenant_id, hash, None).map_err(store::into_db)?;
+                remembered.put(tenant_id, hash, None);
             }
         }
     }

@@ -121,7 +121,7 @@ pub async fn claim_probing(
         match circuit::admits(CircuitState::stored(&state), since, now, probe_every) {
             Admits::All => {
                 budget = budget.saturating_add(slots);
-                active.push((config, settings));
+                active.push(config);
             }
             Admits::Nothing => {}
             Admits::Probe if (ids.len() as u64) < requests => {
@@ -148,8 +148,7 @@ pub async fn claim_probing(
     let requests = (requests - ids.len() as u64).min(budget);
     if !active.is_empty() && requests > 0 {
         let limit =
-            active.iter().map(|(config, _)| batch_limits.get(config).copied().unwrap_or(1)).max().unwrap_or(1) as u64;
-        let active: Vec<Uuid> = active.into_iter().map(|(id, _)| id).collect();
+            active.iter().map(|config| batch_limits.get(config).copied().unwrap_or(1)).max().unwrap_or(1) as u64;
         let n = requests.saturating_mul(limit.max(1));
         ids.extend(due_ids(provider.name(), active, now, n).into_tuple::<Uuid>().all(&txn).await?);
     }
