@@ -188,13 +188,36 @@ impl From<Properties> for Map<String, Value> {
 }
 
 /// A purchase's value. `amount` may be posted as a number or a decimal string (`"12.50"`); it is
-/// stored as a number.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// stored as a number. An object only: derived, serde would also read it from an array of its
+/// fields in order (`[5, "EUR"]`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct Revenue {
     #[schema(value_type = f64, example = 12.5)]
     pub amount: Amount,
     pub currency: Currency,
+}
+
+impl<'de> Deserialize<'de> for Revenue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            amount: Amount,
+            currency: Currency,
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with amount and currency")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Fields, A::Error> {
+                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        let Fields { amount, currency } = d.deserialize_map(Object)?;
+        Ok(Revenue { amount, currency })
+    }
 }
 
 /// A finite number.

@@ -209,6 +209,15 @@ async fn a_keys_rate_limit_is_enforced() {
     assert_eq!(body["error"]["code"], "rate_limited");
 }
 
+/// An event as an array of its fields in `EventInput`'s order, which serde would read as the
+/// event (a unit test checks that it does).
+fn positional(name: &str) -> Value {
+    let mut fields = vec![Value::Null; 19];
+    fields[0] = json!(name);
+    fields[6] = json!(PAGE);
+    Value::Array(fields)
+}
+
 #[tokio::test]
 async fn bad_events_name_the_field() {
     let app = spawn_app().await;
@@ -227,6 +236,9 @@ async fn bad_events_name_the_field() {
         (json!({"event_name": "e", "page_url": PAGE, "ip": "1.2.3.4"}), "ip"),
         (json!({"event_name": "e", "page_url": PAGE, "screen": 1080}), "screen"),
         (json!({"event_name": "e", "page_url": PAGE, "unknown": 1}), "unknown"),
+        // serde reads a struct from an array of its fields in order: an event is an object only.
+        (positional("pageview"), "body"),
+        (json!({"event_name": "e", "page_url": PAGE, "revenue": [5, "EUR"]}), "revenue"),
     ] {
         let got = track(&app, &keys, body.clone()).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
@@ -264,13 +276,15 @@ async fn a_batch_stores_its_valid_items_and_reports_each() {
         {"event_name": "signup", "page_url": "ftp://example.com/"},
         {"event_name": "signup", "page_url": PAGE, "idempotency_key": "b-1"},
         {"event_name": "signup", "page_url": PAGE, "idempotency_key": "b-1"},
+        positional("signup"),
     ]});
     let (s, res) = track(&app, &keys, batch).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{res}");
     let r = res["results"].as_array().unwrap();
     let statuses: Vec<u64> = r.iter().map(|i| i["status"].as_u64().unwrap()).collect();
-    assert_eq!(statuses, [202, 422, 202, 200]);
+    assert_eq!(statuses, [202, 422, 202, 200, 422]);
     assert_eq!(r[1]["error"]["field"], "batch[1].page_url");
+    assert_eq!(r[4]["error"]["field"], "batch[4]", "an array is not an event: {res}");
     assert_eq!(r[2]["id"], r[3]["id"]);
     for i in [0, 2] {
         let (s, _) =
