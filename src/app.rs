@@ -12,7 +12,7 @@ use crate::{config::Settings, db, geo::Geo, http};
 
 /// What every request and worker shares, behind one `Arc`: axum clones the state for each
 /// extractor of each request, and cloning this is one counter, not one per field (the field-wise
-/// clone and drop were ~1 % of the process's time under the benchmark's load).
+/// clone and drop were 1–2 % of the process's time under the benchmark's load).
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
