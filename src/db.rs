@@ -23,7 +23,8 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         .acquire_timeout(Duration::from_secs(10))
         // sqlx logs every statement at INFO; statements are not what an operator wants to read.
         .sqlx_logging(false)
-        // SQLite's settings are per connection: set on every connection the pool opens.
+        // SQLite's settings are per connection: set on every connection the pool opens. Besides
+        // the pragmas, each gets the busy handler and stable plans (`after_connect`, below).
         .map_sqlx_sqlite_opts(sqlite_options);
     opts.map_sqlx_sqlite_pool_opts(|pool| {
         pool.after_connect(|conn, _| {
@@ -41,12 +42,34 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
                 if rc != rusqlite::ffi::SQLITE_OK {
                     return Err(sqlx::Error::Protocol(format!("setting SQLite's busy handler failed ({rc})")));
                 }
+                // SAFETY: as above; the option takes an int and a null out-pointer.
+                let rc = unsafe {
+                    rusqlite::ffi::sqlite3_db_config(
+                        handle.as_raw_handle().as_ptr(),
+                        rusqlite::ffi::SQLITE_DBCONFIG_ENABLE_QPSG,
+                        1 as std::ffi::c_int,
+                        std::ptr::null_mut::<std::ffi::c_int>(),
+                    )
+                };
+                if rc != rusqlite::ffi::SQLITE_OK {
+                    return Err(sqlx::Error::Protocol(format!("setting SQLite's stable plans failed ({rc})")));
+                }
                 Ok(())
             })
         })
     });
     Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact_url(&settings.url)))
 }
+
+/// **Stable plans** (`SQLITE_DBCONFIG_ENABLE_QPSG`), on every SQLite connection — the pool's
+/// ([`connect`]) and the ingest writer's (`ingest::sqlite::open`). Without it SQLite (3.51, as
+/// bundled) plans `LIMIT ?` with the bound value as a constant, and so marks the statement to be
+/// prepared again whenever that parameter is bound anew: every execution of every statement
+/// with a `LIMIT` (sea-orm binds it) was parsed and planned again — the outbox's claims and
+/// horizon checks on each round. Measured on the outbox's drain: `sqlite3Reprepare` ~3 % of the
+/// process (docs/scaling.md). With it a plan never depends on a bound value; nothing here relies
+/// on that (no `ANALYZE` on SQLite, so no value statistics either).
+pub const STABLE_PLANS: rusqlite::config::DbConfig = rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG;
 
 /// How long a connection waits for SQLite's write lock in all before `SQLITE_BUSY`.
 pub const SQLITE_BUSY_WAIT: Duration = Duration::from_secs(10);
@@ -249,6 +272,47 @@ mod tests {
         assert!(!super::is_unavailable(&e), "a client's mistake, not an outage");
         let e = sea_orm::DbErr::Custom("not from the driver".into());
         assert_eq!(super::database_code(&e), None);
+    }
+
+    /// Without stable plans SQLite prepares a statement with `LIMIT ?` again at each new binding
+    /// (the prepare counter of the statement counts it); with them, never. Every SQLite connection
+    /// the gateway opens has them: the pool's and the ingest writer's.
+    #[tokio::test]
+    async fn sqlite_connections_plan_once_whatever_the_limit_bound() {
+        use rusqlite::StatementStatus::RePrepare;
+        let reprepares = |stable: bool| {
+            let conn = rusqlite::Connection::open_in_memory().unwrap();
+            conn.set_db_config(super::STABLE_PLANS, stable).unwrap();
+            conn.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1), (2), (3)").unwrap();
+            let mut stmt = conn.prepare("SELECT x FROM t ORDER BY x LIMIT ?1").unwrap();
+            for n in [1, 2, 3, 1, 2] {
+                let rows: Vec<i64> = stmt.query_map([n], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+                assert_eq!(rows.len(), n as usize);
+            }
+            stmt.get_status(RePrepare)
+        };
+        assert!(reprepares(false) >= 4, "SQLite's default: prepared again at each binding");
+        assert_eq!(reprepares(true), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+        let db =
+            super::connect(&crate::config::DatabaseSettings { url: url.clone(), max_connections: 2 }).await.unwrap();
+        let mut conn = db.get_sqlite_connection_pool().acquire().await.unwrap();
+        let mut handle = conn.lock_handle().await.unwrap();
+        let mut on: std::ffi::c_int = -1;
+        // SAFETY: the handle is the connection's open database, locked; -1 reads the option.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_config(
+                handle.as_raw_handle().as_ptr(),
+                rusqlite::ffi::SQLITE_DBCONFIG_ENABLE_QPSG,
+                -1 as std::ffi::c_int,
+                &mut on as *mut std::ffi::c_int,
+            )
+        };
+        assert_eq!((rc, on), (rusqlite::ffi::SQLITE_OK, 1), "the pool's connections");
+        let writer = crate::ingest::sqlite::open(&url).unwrap();
+        assert!(writer.db_config(super::STABLE_PLANS).unwrap(), "the ingest writer's");
     }
 
     /// Migration 000017 undoes and redoes cleanly (a deploy rolled back with `down`): its
