@@ -24,45 +24,35 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         // sqlx logs every statement at INFO; statements are not what an operator wants to read.
         .sqlx_logging(false)
         // SQLite's settings are per connection: set on every connection the pool opens. Besides
-        // the pragmas, each gets the busy handler and stable plans (`after_connect`, below).
+        // the pragmas, each gets [`sqlite_connection_setup`] (`after_connect`, below).
         .map_sqlx_sqlite_opts(sqlite_options);
     opts.map_sqlx_sqlite_pool_opts(|pool| {
         pool.after_connect(|conn, _| {
             Box::pin(async move {
                 let mut handle = conn.lock_handle().await?;
-                // SAFETY: the handle is this connection's open database, locked for the call;
-                // the callback is a plain function that keeps no pointer.
-                let rc = unsafe {
-                    rusqlite::ffi::sqlite3_busy_handler(
-                        handle.as_raw_handle().as_ptr(),
-                        Some(sqlite_busy_callback),
-                        std::ptr::null_mut(),
-                    )
-                };
-                if rc != rusqlite::ffi::SQLITE_OK {
-                    return Err(sqlx::Error::Protocol(format!("setting SQLite's busy handler failed ({rc})")));
-                }
-                // SAFETY: as above; the option takes an int and a null out-pointer.
-                let rc = unsafe {
-                    rusqlite::ffi::sqlite3_db_config(
-                        handle.as_raw_handle().as_ptr(),
-                        rusqlite::ffi::SQLITE_DBCONFIG_ENABLE_QPSG,
-                        1 as std::ffi::c_int,
-                        std::ptr::null_mut::<std::ffi::c_int>(),
-                    )
-                };
-                if rc != rusqlite::ffi::SQLITE_OK {
-                    return Err(sqlx::Error::Protocol(format!("setting SQLite's stable plans failed ({rc})")));
-                }
-                Ok(())
+                // SAFETY: the handle is this connection's open database, locked for the call; the
+                // rusqlite connection borrows it (`from_handle` never closes it) and is dropped here.
+                let borrowed = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) };
+                borrowed
+                    .and_then(|c| sqlite_connection_setup(&c))
+                    .map_err(|e| sqlx::Error::Protocol(format!("setting up SQLite's connection failed: {e}")))
             })
         })
     });
     Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact_url(&settings.url)))
 }
 
-/// **Stable plans** (`SQLITE_DBCONFIG_ENABLE_QPSG`), on every SQLite connection — the pool's
-/// ([`connect`]) and the ingest writer's (`ingest::sqlite::open`). Without it SQLite (3.51, as
+/// What every SQLite connection gets besides its pragmas, the pool's ([`connect`]) and the ingest
+/// writer's (`ingest::sqlite::open`) alike: the busy handler ([`sqlite_busy`]) and stable plans
+/// ([`STABLE_PLANS`]).
+pub fn sqlite_connection_setup(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.busy_handler(Some(sqlite_busy))?;
+    conn.set_db_config(STABLE_PLANS, true)?;
+    Ok(())
+}
+
+/// **Stable plans** (`SQLITE_DBCONFIG_ENABLE_QPSG`), on every SQLite connection
+/// ([`sqlite_connection_setup`]). Without it SQLite (3.51, as
 /// bundled) plans `LIMIT ?` with the bound value as a constant, and so marks the statement to be
 /// prepared again whenever that parameter is bound anew: every execution of every statement
 /// with a `LIMIT` (sea-orm binds it) was parsed and planned again — the outbox's claims and
@@ -102,10 +92,6 @@ pub fn sqlite_busy(tries: i32) -> bool {
         }
         None => false,
     }
-}
-
-unsafe extern "C" fn sqlite_busy_callback(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
-    std::ffi::c_int::from(sqlite_busy(tries))
 }
 
 /// Every SQLite connection: WAL lets readers proceed while the single writer commits; the busy
@@ -300,17 +286,9 @@ mod tests {
             super::connect(&crate::config::DatabaseSettings { url: url.clone(), max_connections: 2 }).await.unwrap();
         let mut conn = db.get_sqlite_connection_pool().acquire().await.unwrap();
         let mut handle = conn.lock_handle().await.unwrap();
-        let mut on: std::ffi::c_int = -1;
-        // SAFETY: the handle is the connection's open database, locked; -1 reads the option.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_db_config(
-                handle.as_raw_handle().as_ptr(),
-                rusqlite::ffi::SQLITE_DBCONFIG_ENABLE_QPSG,
-                -1 as std::ffi::c_int,
-                &mut on as *mut std::ffi::c_int,
-            )
-        };
-        assert_eq!((rc, on), (rusqlite::ffi::SQLITE_OK, 1), "the pool's connections");
+        // SAFETY: the handle is the connection's open database, locked; borrowed, not closed.
+        let pooled = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }.unwrap();
+        assert!(pooled.db_config(super::STABLE_PLANS).unwrap(), "the pool's connections");
         let writer = crate::ingest::sqlite::open(&url).unwrap();
         assert!(writer.db_config(super::STABLE_PLANS).unwrap(), "the ingest writer's");
     }

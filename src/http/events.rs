@@ -362,9 +362,7 @@ async fn ingest_body(
 /// the full path ([`parse_json_object`], [`json::from_value`]), whose answer names the field. What
 /// this accepts, the full path reads the same way (a test compares them).
 fn one_well_formed_event(bytes: &[u8]) -> Option<EventInput> {
-    // Only an object: serde also reads a struct from an array of its fields in order, a body the
-    // full path refuses.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || super::extract::contains_nul_escape(bytes) {
+    if !super::extract::opens_object(bytes) || super::extract::contains_nul_escape(bytes) {
         return None;
     }
     serde_json::from_slice(bytes).ok()

@@ -178,8 +178,14 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// [`parse_json`] for a body that must be a JSON object: every typed request body is one. A
 /// well-formed body of another kind is a 422 naming `body` — serde alone would read a
 /// two-element array as a struct of two fields (`[null, null]` as `{"a": null, "b": null}`).
+/// Whether a JSON text is an object (its first non-blank byte opens one): serde reads a struct
+/// from an array of its fields in order too, which no body here is.
+pub fn opens_object(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !opens_object(bytes) {
         // Malformed JSON stays a 400 (from `parse_json`); well-formed, it is the wrong kind.
         parse_json::<serde::de::IgnoredAny>(bytes)?;
         return Err(ApiError::Unprocessable { field: Some("body".into()), message: "must be a JSON object".into() });

@@ -45,8 +45,7 @@ use crate::consent;
 pub fn open(url: &str) -> Result<Connection, DbErr> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(database_path(url)?, flags).map_err(db_err)?;
-    conn.busy_handler(Some(crate::db::sqlite_busy)).map_err(db_err)?;
-    conn.set_db_config(crate::db::STABLE_PLANS, true).map_err(db_err)?;
+    crate::db::sqlite_connection_setup(&conn).map_err(db_err)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(db_err)?;
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
         .map_err(db_err)?;
