@@ -1,17 +1,21 @@
 //! Deserialising JSON values into domain types with the failing field named, for bodies that are
 //! taken apart before they are typed (provider configs, event batches); and the one JSON merge
-//! patch both config stores apply.
+//! patch both config stores apply; [`ObjectsOnly`], which every body and stored config is read
+//! through, so that a struct is never taken from an array of its fields.
+
+mod objects_only;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub use self::objects_only::ObjectsOnly;
 use crate::error::{Error, Result};
 
 /// Deserialises `raw`; on failure the error names the field as a dotted path below `prefix`
 /// (`credentials.api_key_ref`, `batch[2].event_name`), including unknown and missing fields,
-/// which serde reports at their parent.
+/// which serde reports at their parent. A struct must be an object ([`ObjectsOnly`]).
 pub fn from_value<T: DeserializeOwned>(raw: Value, prefix: &str) -> Result<T> {
-    serde_path_to_error::deserialize(raw).map_err(|e| {
+    serde_path_to_error::deserialize(ObjectsOnly(raw)).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
         let mut field = if path == "." { String::new() } else { path };

@@ -365,7 +365,10 @@ fn one_well_formed_event(bytes: &[u8]) -> Option<EventInput> {
     if !super::extract::opens_object(bytes) || super::extract::contains_nul_escape(bytes) {
         return None;
     }
-    serde_json::from_slice(bytes).ok()
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let input = EventInput::deserialize(crate::json::ObjectsOnly(&mut *de)).ok()?;
+    de.end().ok()?;
+    Some(input)
 }
 
 /// One event, stored (or found a repeat): its answer.

@@ -175,15 +175,14 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// [`parse_json`] for a body that must be a JSON object: every typed request body is one. A
-/// well-formed body of another kind is a 422 naming `body` — serde alone would read a
-/// two-element array as a struct of two fields (`[null, null]` as `{"a": null, "b": null}`).
-/// Whether a JSON text is an object (its first non-blank byte opens one): serde reads a struct
-/// from an array of its fields in order too, which no body here is.
+/// Whether a JSON text is an object (its first non-blank byte opens one).
 pub fn opens_object(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// [`parse_json`] for a body that must be a JSON object: every typed request body is one. A
+/// well-formed body of another kind is a 422 naming `body` ("must be a JSON object", where serde
+/// would name the Rust type it expected).
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !opens_object(bytes) {
         // Malformed JSON stays a 400 (from `parse_json`); well-formed, it is the wrong kind.
@@ -193,6 +192,9 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     parse_json(bytes)
 }
 
+/// A JSON body as `T`, a struct anywhere in it only from a JSON object
+/// ([`ObjectsOnly`](crate::json::ObjectsOnly)): a 400 for malformed JSON, a 422 naming the field
+/// for a value of the wrong type.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // U+0000 is valid JSON but no database text type stores it (PostgreSQL refuses it), and no
     // legitimate field needs it: refuse it here, once, for every JSON body, naming the field.
@@ -204,7 +206,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(crate::json::ObjectsOnly(&mut *de)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());

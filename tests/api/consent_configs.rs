@@ -83,6 +83,13 @@ async fn invalid_configs_are_refused_naming_the_field() {
         (with("categories", json!({"marketing": {"required": true}})), "categories.marketing.required"),
         (with("texts", json!({"en": {"title": ""}})), "texts.en.title"),
         (with("status", json!("active")), "status"),
+        // serde reads a struct from an array of its fields in order: a nested object is an object.
+        (with("banner", json!(["bottom", "bar", "#1a73e8", "#ffffff", "#202124", true, true])), "banner"),
+        (with("categories", json!({"analytics": [true, false, false, "Analytics", "", []]})), "categories.analytics"),
+        (
+            with("texts", json!({"en": ["Cookies", "We use cookies.", "Accept", "Reject", "Settings", "Save"]})),
+            "texts.en",
+        ),
     ];
     for (body, field) in table {
         let got = app.post(&app.consent_configs_path(), &app.admin, body).await;

@@ -166,6 +166,12 @@ async fn a_patch_merges_and_is_validated_like_a_creation() {
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("website_id"));
     let got = patch_config(&app, "umami", id, json!({"display_name": null})).await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("display_name"));
+    // serde reads a struct from an array of its fields in order: credentials are an object only.
+    let got = patch_config(&app, "umami", id, json!({"credentials": ["env:A", "env:U", null]})).await;
+    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("credentials"));
+    let array = json!({"display_name": "y", "website_id": WEBSITE_ID, "credentials": ["env:A"]});
+    let got = app.post(&configs_path(&app, "umami"), &app.admin, array).await;
+    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("credentials"));
     // A config of another provider is not found under this one.
     let got = patch_config(&app, "plausible", id, json!({"display_name": "y"})).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);

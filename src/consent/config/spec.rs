@@ -468,7 +468,7 @@ impl ConfigSpec {
     /// beside its field. A type error is the only problem (the rest cannot be checked without
     /// the value); its field is `""` when it is the whole body.
     pub fn check(value: serde_json::Value) -> std::result::Result<Self, Vec<(String, String)>> {
-        let mut spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut spec: ConfigSpec = serde_path_to_error::deserialize(crate::json::ObjectsOnly(value)).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
             vec![(if path == "." { String::new() } else { path }, message)]
