@@ -76,7 +76,8 @@ impl Writer {
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
                 let copier =
                     crate::db::wal::connection(url, crate::db::wal::RESTART_WAIT).map_err(super::sqlite::db_err)?;
-                let ahead = super::copy_ahead::CopyAhead::start(copier, every)
+                let db_file = super::copy_ahead::DatabaseFile(super::sqlite::database_path(url)?);
+                let ahead = super::copy_ahead::CopyAhead::start(copier, db_file, every)
                     .map_err(|e| DbErr::Custom(format!("starting the WAL's copy thread: {e}")))?;
                 vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every, ahead))]
             }
