@@ -14,9 +14,9 @@
 //! syncs the database file only when it copied the whole WAL, which a copy made while the writer
 //! appends never does: the pages it copied stayed dirty in the page cache, and the writer's own
 //! checkpoint then fsynced all of them (those of thousands of frames every 200 ms) while it held
-//! ingest — 20 ms each
-//! in the benchmark (mean; p90 25 ms, max 45), ~9 % of the writer's time and most of the ingest
-//! p99. Synced here, off the writer's thread, the writer's checkpoint syncs only what it copied.
+//! ingest — 20 ms each in the benchmark (mean; p90 25 ms, max 45), ~9 % of the writer's time and
+//! most of the ingest p99. Synced here, off the writer's thread, the writer's checkpoint syncs
+//! only what it copied.
 //! Measured: the writer's checkpoint 20–22 ms → 8–12 ms (mean), the ingest p99 40–45 ms → 31–35
 //! on a slow day; events/s unchanged (the writer is not what bounds them: docs/scaling.md).
 //! Copying again before the writer's turn, so as to leave it less, was tried and not kept: three
