@@ -1,6 +1,6 @@
 //! Deserialising JSON values into domain types with the failing field named, for bodies that are
 //! taken apart before they are typed (provider configs, event batches); and the one JSON merge
-//! patch both config stores apply; [`ObjectsOnly`], which every body and stored config is read
+//! patch both config stores apply; [`ObjectsOnly`], which every request body and config is read
 //! through, so that a struct is never taken from an array of its fields.
 
 mod objects_only;

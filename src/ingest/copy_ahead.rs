@@ -10,7 +10,7 @@
 //! is left with what was appended meanwhile: the benchmark's p99 fell to 19–23 ms
 //! (docs/scaling.md). A PASSIVE checkpoint never waits for nor blocks a writer or a reader.
 //!
-//! **It also syncs the database file** after each copy ([`DatabaseFile`]). SQLite's checkpoint
+//! **It also syncs the database file** after each copy (`wal_sync::SyncedFile::database`). SQLite's checkpoint
 //! syncs the database file only when it copied the whole WAL, which a copy made while the writer
 //! appends never does: the pages it copied stayed dirty in the page cache, and the writer's own
 //! checkpoint then fsynced all of them (those of thousands of frames every 200 ms) while it held
@@ -18,7 +18,8 @@
 //! most of the ingest p99. Synced here, off the writer's thread, the writer's checkpoint syncs
 //! only what it copied.
 //! Measured: the writer's checkpoint 20–22 ms → 8–12 ms (mean), the ingest p99 40–45 ms → 31–35
-//! on a slow day; events/s unchanged (the writer is not what bounds them: docs/scaling.md).
+//! on a slow day; events/s ×0.88–1.02 in the same rounds, within the benchmark's noise (the
+//! writer is not what bounds them: docs/scaling.md).
 //! Copying again before the writer's turn, so as to leave it less, was tried and not kept: three
 //! copies and syncs in a row every 200 ms left the writer's checkpoint at 8–12 ms all the same.
 
@@ -36,16 +37,6 @@ use rusqlite::Connection;
 
 use super::wal_sync::Flush;
 
-/// The database file at `path`, synced after each copy (`fdatasync`; an extra sync is always
-/// safe: SQLite syncs it again after its own checkpoints).
-pub struct DatabaseFile(pub std::path::PathBuf);
-
-impl Flush for DatabaseFile {
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::fs::File::open(&self.0)?.sync_data()
-    }
-}
-
 /// The writer's side: whether a copy ran since the writer last checkpointed. Dropped, it stops
 /// the thread and waits for it (one copy at most), so that its connection is closed when the
 /// writer's is: the last connection to close checkpoints, and a stopped gateway leaves no WAL.
@@ -57,7 +48,8 @@ pub struct CopyAhead {
 
 impl CopyAhead {
     /// Starts copying the WAL of `conn`'s database every `every`, each copy followed by a sync of
-    /// the database file (`db_file`), until the returned handle is dropped. `conn` is a connection
+    /// the database file (`db_file`; an extra sync is always safe: SQLite syncs it again after its
+    /// own checkpoints), until the returned handle is dropped. `conn` is a connection
     /// of its own, as the background checkpoint's (`db::wal::connection`).
     pub fn start(conn: Connection, mut db_file: impl Flush, every: Duration) -> std::io::Result<CopyAhead> {
         let copied = Arc::new(AtomicBool::new(false));

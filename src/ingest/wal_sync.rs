@@ -40,23 +40,31 @@ pub trait Flush: Send + 'static {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// The WAL of the database file at `database` (`<database>-wal`).
-pub struct WalFile {
+/// A file of the database synced by path: its WAL ([`SyncedFile::wal_of`], what this thread
+/// syncs), or the database file itself ([`SyncedFile::database`], what `copy_ahead` syncs after
+/// each copy).
+pub struct SyncedFile {
     path: PathBuf,
 }
 
-impl WalFile {
-    pub fn of(database: &std::path::Path) -> WalFile {
+impl SyncedFile {
+    /// The WAL of the database file at `database` (`<database>-wal`).
+    pub fn wal_of(database: &std::path::Path) -> SyncedFile {
         let mut path = database.as_os_str().to_owned();
         path.push("-wal");
-        WalFile { path: path.into() }
+        SyncedFile { path: path.into() }
+    }
+
+    /// The database file at `database`.
+    pub fn database(database: &std::path::Path) -> SyncedFile {
+        SyncedFile { path: database.to_path_buf() }
     }
 }
 
-impl Flush for WalFile {
+impl Flush for SyncedFile {
     fn flush(&mut self) -> io::Result<()> {
-        // Opened per fsync (a few microseconds against the fsync's milliseconds), so that a WAL
-        // file SQLite deleted and made again is the one synced. Missing, it is an error: never
+        // Opened per fsync (a few microseconds against the fsync's milliseconds), so that a
+        // file SQLite deleted and made again (the WAL) is the one synced. Missing, it is an error: never
         // answer as durable what could not be synced.
         File::open(&self.path)?.sync_data()
     }
@@ -185,7 +193,7 @@ mod tests {
     fn the_wal_file_is_the_databases_with_its_suffix_and_a_missing_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("g.db");
-        let mut wal = WalFile::of(&db);
+        let mut wal = SyncedFile::wal_of(&db);
         assert_eq!(wal.path, dir.path().join("g.db-wal"));
         assert_eq!(wal.flush().unwrap_err().kind(), io::ErrorKind::NotFound, "never durable by default");
         std::fs::write(dir.path().join("g.db-wal"), b"frames").unwrap();

@@ -67,7 +67,8 @@ impl Writer {
         let tasks = match db.get_database_backend() {
             DbBackend::Sqlite => {
                 let conn = super::sqlite::open(url)?;
-                let wal = wal_sync::WalFile::of(&super::sqlite::database_path(url)?);
+                let path = super::sqlite::database_path(url)?;
+                let wal = wal_sync::SyncedFile::wal_of(&path);
                 let (synced, _thread) = wal_sync::start(wal, |(jobs, answers, started), synced| {
                     reply(jobs, if synced { answers } else { unsynced(answers) }, started)
                 })
@@ -76,8 +77,7 @@ impl Writer {
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
                 let copier =
                     crate::db::wal::connection(url, crate::db::wal::RESTART_WAIT).map_err(super::sqlite::db_err)?;
-                let db_file = super::copy_ahead::DatabaseFile(super::sqlite::database_path(url)?);
-                let ahead = super::copy_ahead::CopyAhead::start(copier, db_file, every)
+                let ahead = super::copy_ahead::CopyAhead::start(copier, wal_sync::SyncedFile::database(&path), every)
                     .map_err(|e| DbErr::Custom(format!("starting the WAL's copy thread: {e}")))?;
                 vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every, ahead))]
             }
