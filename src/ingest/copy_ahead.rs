@@ -10,7 +10,7 @@
 //! is left with what was appended meanwhile: the benchmark's p99 fell to 19–23 ms
 //! (docs/scaling.md). A PASSIVE checkpoint never waits for nor blocks a writer or a reader.
 //!
-//! **It also syncs the database file** after each copy (`wal_sync::SyncedFile::database`). SQLite's checkpoint
+//! **It also syncs the database file** after each copy ([`OwnDescriptor`]). SQLite's checkpoint
 //! syncs the database file only when it copied the whole WAL, which a copy made while the writer
 //! appends never does: the pages it copied stayed dirty in the page cache, and the writer's own
 //! checkpoint then fsynced all of them (those of thousands of frames every 200 ms) while it held
@@ -33,9 +33,59 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ffi};
 
-use super::wal_sync::Flush;
+/// Makes the database file durable after a copy (a test stands in its own to count or fail it).
+pub trait SyncDatabase: Send + 'static {
+    fn sync(&mut self, conn: &Connection) -> std::io::Result<()>;
+}
+
+/// The database file synced through the copying connection's own file descriptor
+/// ([`sync_database_file`]).
+pub struct OwnDescriptor;
+
+impl SyncDatabase for OwnDescriptor {
+    fn sync(&mut self, conn: &Connection) -> std::io::Result<()> {
+        sync_database_file(conn)
+    }
+}
+
+/// Syncs `conn`'s database file with SQLite's own descriptor of it: the VFS's `xSync` on the
+/// file `SQLITE_FCNTL_FILE_POINTER` names.
+///
+/// **Never by opening the file again.** Closing *any* descriptor of a file releases every POSIX
+/// lock the process holds on it — SQLite's own included (the shared lock each connection keeps
+/// on the database file in WAL mode, which tells another process it is not alone). With them
+/// gone, the next process to open and close the database (the `sqlite3` shell, a backup script,
+/// `consentgate tenant create` while the gateway serves) believes it is the last connection,
+/// checkpoints and *deletes the WAL* the gateway is still writing to: every later commit lands
+/// in a deleted file — ingest answers `503` until a restart, and what the pool's connections
+/// acknowledged meanwhile (consent records) is gone after it. Measured: a sync by
+/// `File::open(path)?.sync_data()` every 200 ms did exactly that (tests/crash/sqlite.rs).
+pub fn sync_database_file(conn: &Connection) -> std::io::Result<()> {
+    let fail = |what: &str, rc: i32| std::io::Error::other(format!("syncing the database file: {what} ({rc})"));
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is open and used by this thread only for the call's duration (it is
+    // borrowed); `FILE_POINTER` writes the `sqlite3_file*` of the main database, owned by the
+    // connection and valid while it is open, into `file`. `xSync` is called on that file with a
+    // valid flag, as SQLite's pager calls it, between two statements of this connection.
+    unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+            return Err(fail("no file", rc));
+        }
+        let Some(x_sync) = (*(*file).pMethods).xSync else { return Err(fail("no xSync", 0)) };
+        match x_sync(file, ffi::SQLITE_SYNC_NORMAL) {
+            ffi::SQLITE_OK => Ok(()),
+            rc => Err(fail("xSync failed", rc)),
+        }
+    }
+}
 
 /// The writer's side: whether a copy ran since the writer last checkpointed. Dropped, it stops
 /// the thread and waits for it (one copy at most), so that its connection is closed when the
@@ -48,10 +98,11 @@ pub struct CopyAhead {
 
 impl CopyAhead {
     /// Starts copying the WAL of `conn`'s database every `every`, each copy followed by a sync of
-    /// the database file (`db_file`; an extra sync is always safe: SQLite syncs it again after its
-    /// own checkpoints), until the returned handle is dropped. `conn` is a connection
-    /// of its own, as the background checkpoint's (`db::wal::connection`).
-    pub fn start(conn: Connection, mut db_file: impl Flush, every: Duration) -> std::io::Result<CopyAhead> {
+    /// the database file (`db_file`, [`OwnDescriptor`] but in tests; an extra sync is always
+    /// safe: SQLite syncs it again after its own checkpoints), until the returned handle is
+    /// dropped. `conn` is a connection of its own, as the background checkpoint's
+    /// (`db::wal::connection`).
+    pub fn start(conn: Connection, mut db_file: impl SyncDatabase, every: Duration) -> std::io::Result<CopyAhead> {
         let copied = Arc::new(AtomicBool::new(false));
         let flag = copied.clone();
         let (stop, stopped) = mpsc::channel::<()>();
@@ -61,7 +112,7 @@ impl CopyAhead {
                 match super::sqlite::checkpoint(&conn) {
                     Ok((frames, copied)) => {
                         let copy_us = started.elapsed().as_micros() as u64;
-                        if let Err(e) = db_file.flush() {
+                        if let Err(e) = db_file.sync(&conn) {
                             // The writer's checkpoint syncs the file all the same, only slower.
                             tracing::warn!(error = %e, "syncing the database file after copying the WAL failed");
                         }
@@ -110,11 +161,25 @@ mod tests {
         fail: bool,
     }
 
-    impl Flush for Counted {
-        fn flush(&mut self) -> std::io::Result<()> {
+    impl SyncDatabase for Counted {
+        fn sync(&mut self, _: &Connection) -> std::io::Result<()> {
             self.syncs.fetch_add(1, Ordering::SeqCst);
             if self.fail { Err(std::io::Error::other("the disk is gone")) } else { Ok(()) }
         }
+    }
+
+    /// The database file is synced through the connection's own descriptor; a connection without
+    /// a file (in memory) is an error, not a sync that did nothing.
+    #[tokio::test]
+    async fn the_database_file_is_synced_through_the_connections_own_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        crate::db::connect(&crate::config::DatabaseSettings { url: url.clone(), max_connections: 1 }).await.unwrap();
+        let conn = copier(&url);
+        sync_database_file(&conn).unwrap();
+        OwnDescriptor.sync(&conn).unwrap();
+        let memory = Connection::open_in_memory().unwrap();
+        assert!(sync_database_file(&memory).is_err());
     }
 
     /// While the writer keeps its WAL (no checkpoint of its own), the thread copies it into the

@@ -40,32 +40,28 @@ pub trait Flush: Send + 'static {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// A file of the database synced by path: its WAL ([`SyncedFile::wal_of`], what this thread
-/// syncs), or the database file itself ([`SyncedFile::database`], what `copy_ahead` syncs after
-/// each copy).
-pub struct SyncedFile {
+/// The WAL of a database, synced by path: what this thread syncs.
+///
+/// Opened per fsync (a few microseconds against the fsync's milliseconds), so that a WAL SQLite
+/// deleted and made again is the one synced; missing, it is an error (never answer as durable
+/// what could not be synced). Closing a descriptor of the WAL is harmless, unlike one of the
+/// database file (see `copy_ahead::sync_database_file`): SQLite holds no lock on the WAL file
+/// (its locks are on the database file and the `-shm` index).
+pub struct WalFile {
     path: PathBuf,
 }
 
-impl SyncedFile {
+impl WalFile {
     /// The WAL of the database file at `database` (`<database>-wal`).
-    pub fn wal_of(database: &std::path::Path) -> SyncedFile {
+    pub fn of(database: &std::path::Path) -> WalFile {
         let mut path = database.as_os_str().to_owned();
         path.push("-wal");
-        SyncedFile { path: path.into() }
-    }
-
-    /// The database file at `database`.
-    pub fn database(database: &std::path::Path) -> SyncedFile {
-        SyncedFile { path: database.to_path_buf() }
+        WalFile { path: path.into() }
     }
 }
 
-impl Flush for SyncedFile {
+impl Flush for WalFile {
     fn flush(&mut self) -> io::Result<()> {
-        // Opened per fsync (a few microseconds against the fsync's milliseconds), so that a
-        // file SQLite deleted and made again (the WAL) is the one synced. Missing, it is an error: never
-        // answer as durable what could not be synced.
         File::open(&self.path)?.sync_data()
     }
 }
@@ -193,7 +189,7 @@ mod tests {
     fn the_wal_file_is_the_databases_with_its_suffix_and_a_missing_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("g.db");
-        let mut wal = SyncedFile::wal_of(&db);
+        let mut wal = WalFile::of(&db);
         assert_eq!(wal.path, dir.path().join("g.db-wal"));
         assert_eq!(wal.flush().unwrap_err().kind(), io::ErrorKind::NotFound, "never durable by default");
         std::fs::write(dir.path().join("g.db-wal"), b"frames").unwrap();

@@ -68,7 +68,7 @@ impl Writer {
             DbBackend::Sqlite => {
                 let conn = super::sqlite::open(url)?;
                 let path = super::sqlite::database_path(url)?;
-                let wal = wal_sync::SyncedFile::wal_of(&path);
+                let wal = wal_sync::WalFile::of(&path);
                 let (synced, _thread) = wal_sync::start(wal, |(jobs, answers, started), synced| {
                     reply(jobs, if synced { answers } else { unsynced(answers) }, started)
                 })
@@ -77,7 +77,7 @@ impl Writer {
                 let every = std::time::Duration::from_millis(settings.sqlite_checkpoint_ms);
                 let copier =
                     crate::db::wal::connection(url, crate::db::wal::RESTART_WAIT).map_err(super::sqlite::db_err)?;
-                let ahead = super::copy_ahead::CopyAhead::start(copier, wal_sync::SyncedFile::database(&path), every)
+                let ahead = super::copy_ahead::CopyAhead::start(copier, super::copy_ahead::OwnDescriptor, every)
                     .map_err(|e| DbErr::Custom(format!("starting the WAL's copy thread: {e}")))?;
                 vec![tokio::task::spawn_blocking(move || run_sqlite(conn, inbox, max_rows, synced, every, ahead))]
             }
