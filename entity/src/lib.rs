@@ -12,6 +12,7 @@ pub mod cookie_consent_config;
 pub mod daily_salt;
 pub mod delivery;
 pub mod ingest_key;
+pub mod ingest_usage;
 pub mod provider_config;
 pub mod retention_policy;
 pub mod tenant;

@@ -22,6 +22,7 @@ mod m20261130_000015_decisions_with_the_event;
 mod m20261130_000016_identifier_indexes_where_set;
 mod m20261130_000017_waiting_lookup_ids_by_time;
 mod m20261201_000018_consent_record_changes;
+mod m20261201_000019_ingest_usage;
 
 pub struct Migrator;
 
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000016_identifier_indexes_where_set::Migration),
             Box::new(m20261130_000017_waiting_lookup_ids_by_time::Migration),
             Box::new(m20261201_000018_consent_record_changes::Migration),
+            Box::new(m20261201_000019_ingest_usage::Migration),
         ]
     }
 }

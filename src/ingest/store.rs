@@ -113,8 +113,14 @@ pub fn fates(events: &[&PlannedEvent], existing: &[StoredKey]) -> Vec<Fate> {
 
 /// Stores `events` in `db` (the writer's transaction) and returns each one's answer, valid once
 /// the transaction commits: `Ok` stored or a repeat, or a 409 for a key reused for another target.
-/// A database error fails the whole batch (the writer then retries event by event).
-pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Result<Vec<Result<Accepted>>, DbErr> {
+/// A database error fails the whole batch (the writer then retries event by event). `shard`: the
+/// writer's row of each config in `ingest_usage`, where its consent denials are counted
+/// (`usage::denied_by_consent_n`).
+pub async fn store(
+    db: &impl ConnectionTrait,
+    events: &[&PlannedEvent],
+    shard: i32,
+) -> Result<Vec<Result<Accepted>>, DbErr> {
     let existing = existing(db, events).await?;
     let fates = fates(events, &existing);
     let stored = || events.iter().zip(&fates).filter(|(_, f)| **f == Fate::Store).map(|(e, _)| *e);
@@ -124,7 +130,7 @@ pub async fn store(db: &impl ConnectionTrait, events: &[&PlannedEvent]) -> Resul
     let mut denied = DeniedCounts::default();
     stored().for_each(|e| denied.add(e));
     for (config, n) in denied.in_order() {
-        usage::denied_by_consent_n(db, config, n).await.map_err(into_db)?;
+        usage::denied_by_consent_n(db, shard, config, n).await.map_err(into_db)?;
     }
     let mut earlier = HashMap::new();
     for fate in &fates {

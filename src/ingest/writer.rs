@@ -83,8 +83,12 @@ impl Writer {
             }
             _ => {
                 let inbox = Arc::new(Mutex::new(Inbox { rx, held: None }));
+                let first = (uuid::Uuid::new_v4().as_u128() % USAGE_SHARDS as u128) as i32;
                 (0..settings.pg_writers.max(1))
-                    .map(|_| tokio::spawn(run(db.clone(), inbox.clone(), max_rows)))
+                    .map(|i| {
+                        let shard = (first + i as i32) % USAGE_SHARDS;
+                        tokio::spawn(run(db.clone(), inbox.clone(), max_rows, shard))
+                    })
                     .collect()
             }
         };
@@ -112,6 +116,12 @@ impl Writer {
     }
 }
 
+/// How many rows of each config in `ingest_usage` PostgreSQL's writers count their consent
+/// denials in: each writer of an instance its own (consecutive from a random first one), so that
+/// no two wait on one row; writers of other instances meet on one only by chance, and then merely
+/// take turns as every writer did on the config's own row before.
+const USAGE_SHARDS: i32 = 64;
+
 fn stopped() -> Error {
     unavailable("the ingest writer stopped")
 }
@@ -127,12 +137,12 @@ pub fn fits(batch: usize, next: usize, max: usize) -> bool {
     batch == 0 || batch.saturating_add(next) <= max
 }
 
-async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize) {
+async fn run(db: DatabaseConnection, inbox: Arc<Mutex<Inbox>>, max_rows: usize, shard: i32) {
     while let Some(batch) = next_batch(&inbox, max_rows).await {
         // A task per batch: were a commit to panic, its requests get a 503 (their answer channels
         // close) and the writer goes on with the next batch instead of leaving ingest dead.
         let db = db.clone();
-        if let Err(e) = tokio::spawn(async move { commit(&db, batch).await }).await
+        if let Err(e) = tokio::spawn(async move { commit(&db, batch, shard).await }).await
             && e.is_panic()
         {
             tracing::error!("storing a batch of events panicked; its requests were answered 503");
@@ -262,17 +272,17 @@ fn unsynced(answers: Vec<Result<Accepted>>) -> Vec<Result<Accepted>> {
         .collect()
 }
 
-async fn commit(db: &DatabaseConnection, jobs: Vec<Job>) {
+async fn commit(db: &DatabaseConnection, jobs: Vec<Job>, shard: i32) {
     let started = Instant::now();
     let events: Vec<&Prepared> = jobs.iter().flat_map(|j| &j.events).collect();
-    let answers = match store_in_one_transaction(db, &events).await {
+    let answers = match store_in_one_transaction(db, &events, shard).await {
         Ok(answers) => answers,
         Err(e) => match batch_failed(&e, events.len()) {
             Some(answers) => answers,
             None => {
                 let mut answers = Vec::with_capacity(events.len());
                 for e in &events {
-                    answers.push(store_alone(db, e).await);
+                    answers.push(store_alone(db, e, shard).await);
                 }
                 answers
             }
@@ -299,6 +309,7 @@ fn reply(jobs: Vec<Job>, answers: Vec<Result<Accepted>>, started: Instant) {
 async fn store_in_one_transaction(
     db: &DatabaseConnection,
     events: &[&Prepared],
+    shard: i32,
 ) -> Result<Vec<Result<Accepted>>, DbErr> {
     let mut times = CommitTimes::start();
     let txn = crate::db::begin_write(db).await?;
@@ -308,7 +319,7 @@ async fn store_in_one_transaction(
     let planned = decide_all(events, &records);
     times.decided();
     let planned: Vec<&PlannedEvent> = planned.iter().collect();
-    let answers = super::store::store(&txn, &planned).await?;
+    let answers = super::store::store(&txn, &planned, shard).await?;
     times.stored();
     txn.commit().await?;
     times.committed(events.len());
@@ -317,11 +328,11 @@ async fn store_in_one_transaction(
 
 /// One event in its own transaction (after its batch failed). A unique violation means a
 /// concurrent writer stored the same key meanwhile: once more, and the read finds it.
-async fn store_alone(db: &DatabaseConnection, event: &Prepared) -> Result<Accepted> {
+async fn store_alone(db: &DatabaseConnection, event: &Prepared, shard: i32) -> Result<Accepted> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match store_in_one_transaction(db, &[event]).await {
+        match store_in_one_transaction(db, &[event], shard).await {
             Ok(mut answers) => return answers.pop().unwrap_or_else(|| Err(stopped())),
             Err(e) if tries < 3 && matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
             Err(e) => return Err(e.into()),

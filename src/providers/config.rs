@@ -190,7 +190,7 @@ impl From<provider_config::Model> for ProviderConfigView {
                 events_failed: m.events_failed,
                 events_denied_by_consent: m.events_denied_by_consent,
                 events_dropped: m.events_dropped,
-                // Counted from the deliveries: see `with_retrying`.
+                // Counted from the deliveries: see `with_counts`.
                 events_retrying: 0,
                 last_sent_at: m.last_sent_at,
                 last_error_at: m.last_error_at,
@@ -414,13 +414,15 @@ pub async fn list(
         .order_by_asc(provider_config::Column::CreatedAt)
         .all(db)
         .await?;
-    with_retrying(db, rows.into_iter().map(ProviderConfigView::from).collect()).await
+    with_counts(db, rows.into_iter().map(ProviderConfigView::from).collect()).await
 }
 
-/// Fills `usage.events_retrying` of `views`: their pending deliveries with a failed attempt and,
-/// while a config's circuit is not closed, all its pending deliveries — those never tried wait
-/// because of the provider's trouble too (an unreadable circuit state counts as open).
-pub async fn with_retrying(
+/// Completes the usage of `views` with what is counted outside the config's row:
+/// `events_retrying`, their pending deliveries with a failed attempt and, while a config's
+/// circuit is not closed, all its pending deliveries — those never tried wait because of the
+/// provider's trouble too (an unreadable circuit state counts as open); and the consent denials
+/// PostgreSQL's ingest writers counted in `ingest_usage` ([`usage::denied_by_consent_n`]).
+pub async fn with_counts(
     db: &impl ConnectionTrait,
     mut views: Vec<ProviderConfigView>,
 ) -> Result<Vec<ProviderConfigView>> {
@@ -444,8 +446,19 @@ pub async fn with_retrying(
         .into_tuple()
         .all(db)
         .await?;
+    let denied: Vec<(Uuid, i64)> = entity::ingest_usage::Entity::find()
+        .select_only()
+        .column(entity::ingest_usage::Column::ConfigId)
+        .column_as(Expr::cust("CAST(COALESCE(SUM(events_denied_by_consent), 0) AS BIGINT)"), "n")
+        .filter(entity::ingest_usage::Column::ConfigId.is_in(views.iter().map(|v| v.id)))
+        .group_by(entity::ingest_usage::Column::ConfigId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let of = |counts: &[(Uuid, i64)], id: Uuid| counts.iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| *n);
     for v in &mut views {
-        v.usage.events_retrying = counts.iter().find(|(c, _)| *c == v.id).map_or(0, |(_, n)| *n);
+        v.usage.events_retrying = of(&counts, v.id);
+        v.usage.events_denied_by_consent += of(&denied, v.id);
     }
     Ok(views)
 }
@@ -471,7 +484,7 @@ pub async fn get(
     id: Uuid,
 ) -> Result<ProviderConfigView> {
     let view = find(db, tenant_id, provider.name(), id).await?.into();
-    Ok(with_retrying(db, vec![view]).await?.remove(0))
+    Ok(with_counts(db, vec![view]).await?.remove(0))
 }
 
 /// The writable representation of a stored config, onto which a PATCH is merged.
@@ -563,7 +576,7 @@ pub async fn patch(
     audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
     crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
-    Ok(with_retrying(db, vec![view]).await?.remove(0))
+    Ok(with_counts(db, vec![view]).await?.remove(0))
 }
 
 /// The audit entry of an admin's change to a config: `<provider>_config.<verb>`.
@@ -652,15 +665,23 @@ pub async fn forwarding_targets(
 pub mod usage {
     use super::*;
 
-    /// `n` events denied by consent at once (one commit of the ingest writer).
-    pub async fn denied_by_consent_n(db: &impl ConnectionTrait, config_id: Uuid, n: u64) -> Result<()> {
-        provider_config::Entity::update_many()
-            .col_expr(
-                provider_config::Column::EventsDeniedByConsent,
-                Expr::col(provider_config::Column::EventsDeniedByConsent).add(n as i64),
+    /// `n` events denied by consent at once (one commit of PostgreSQL's ingest writer `shard`):
+    /// added to the config's row of that shard in `ingest_usage`, not to the config's own row —
+    /// which every writer's batch and the outbox's outcomes would otherwise take turns on, each
+    /// waiting for the other's commit (migration 000019). Read back by [`with_counts`].
+    pub async fn denied_by_consent_n(db: &impl ConnectionTrait, shard: i32, config_id: Uuid, n: u64) -> Result<()> {
+        use entity::ingest_usage::{ActiveModel, Column, Entity};
+        let row = ActiveModel { config_id: Set(config_id), shard: Set(shard), events_denied_by_consent: Set(n as i64) };
+        Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::columns([Column::ConfigId, Column::Shard])
+                    .value(
+                        Column::EventsDeniedByConsent,
+                        Expr::col((Entity, Column::EventsDeniedByConsent)).add(n as i64),
+                    )
+                    .to_owned(),
             )
-            .filter(provider_config::Column::Id.eq(config_id))
-            .exec(db)
+            .exec_without_returning(db)
             .await?;
         Ok(())
     }

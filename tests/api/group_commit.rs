@@ -89,9 +89,11 @@ async fn a_concurrent_burst_is_stored_with_its_decisions_and_deliveries_and_each
     };
     assert_eq!(count(&app.db, decisions).await, 2 * N as i64, "each event holds its two decisions");
     assert_eq!(count(&app.db, "SELECT COUNT(*) FROM delivery").await, (N + N / 2) as i64);
-    // Usage counts summed per batch: one denial by consent per rejected visitor's event.
-    let umami = count(&app.db, "SELECT CAST(COALESCE(SUM(events_denied_by_consent), 0) AS BIGINT) FROM provider_config WHERE provider = 'umami'").await;
-    assert_eq!(umami, (N / 2) as i64);
+    // Usage counts summed per batch (on PostgreSQL in each writer's own row of `ingest_usage`), as
+    // the config shows them: one denial by consent per rejected visitor's event.
+    let (s, umami) = app.get(&format!("/v1/tenants/{}/analytics/umami/configs", app.tenant), &app.auditor).await;
+    assert_eq!(s, StatusCode::OK, "{umami}");
+    assert_eq!(umami[0]["usage"]["events_denied_by_consent"], json!(N / 2), "{umami}");
 }
 
 #[tokio::test]
