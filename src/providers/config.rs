@@ -549,7 +549,8 @@ pub async fn patch(
         }
     }
     let moved = from != Some(to);
-    let before = ProviderConfigView::from(current.clone());
+    // The snapshots carry the usage the API shows, counted rows included.
+    let before = with_counts(&txn, vec![current.clone().into()]).await?.remove(0);
     let mut active = current.into_active_model();
     active.display_name = Set(input.display_name);
     active.status = Set(to.as_str().into());
@@ -572,11 +573,11 @@ pub async fn patch(
         }
         _ => {}
     }
-    let view = ProviderConfigView::from(model);
+    let view = with_counts(&txn, vec![model.into()]).await?.remove(0);
     audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
     crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
-    Ok(with_counts(db, vec![view]).await?.remove(0))
+    Ok(view)
 }
 
 /// The audit entry of an admin's change to a config: `<provider>_config.<verb>`.
@@ -616,7 +617,7 @@ pub async fn decommission(
 ) -> Result<ProviderConfigView> {
     let current = find(db, tenant_id, provider.name(), id).await?;
     match state(&current) {
-        Ok((ProviderStatus::Decommissioned, _)) => Ok(current.into()),
+        Ok((ProviderStatus::Decommissioned, _)) => Ok(with_counts(db, vec![current.into()]).await?.remove(0)),
         Ok(_) => {
             let mut fields = Map::new();
             fields.insert("status".into(), ProviderStatus::Decommissioned.as_str().into());
@@ -626,11 +627,11 @@ pub async fn decommission(
         // unreadable), and retiring it must not need a repair first: only the status changes.
         Err(_) => {
             let txn = crate::db::begin_write(db).await?;
-            let before = ProviderConfigView::from(current.clone());
+            let before = with_counts(&txn, vec![current.clone().into()]).await?.remove(0);
             let mut active = current.into_active_model();
             active.status = Set(ProviderStatus::Decommissioned.as_str().into());
             active.updated_at = Set(Utc::now());
-            let view = ProviderConfigView::from(active.update(&txn).await?);
+            let view = with_counts(&txn, vec![active.update(&txn).await?.into()]).await?.remove(0);
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
             audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
             crate::cache::generation::bump(&txn, tenant_id).await?;

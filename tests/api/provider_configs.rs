@@ -181,3 +181,27 @@ async fn a_patch_merges_and_is_validated_like_a_creation() {
     assert_eq!(actions, ["umami_config.update", "umami_config.create"]);
     assert_eq!(log["items"][0]["before"]["credentials"]["password_ref"], "env:B", "references only, never values");
 }
+
+/// An audit snapshot shows a config's usage as the API does: on PostgreSQL the ingest writers
+/// count consent denials in rows of their own (`ingest_usage`), not in the config's row.
+#[tokio::test]
+async fn the_audit_trail_shows_a_configs_usage_as_the_api_does() {
+    use crate::site;
+    let (app, fakes, keys) = site::setup().await;
+    let umami = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
+    app.publish_consent_config(json!({})).await;
+    let visitor = site::visitor();
+    app.consent(&visitor, "reject_all", 1).await;
+    let (s, accepted) = site::track(&app, &keys, site::pageview(&visitor)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let id = umami["id"].as_str().unwrap();
+    let (s, renamed) = patch_config(&app, "umami", id, json!({"display_name": "Umami, renamed"})).await;
+    assert_eq!(s, StatusCode::OK, "{renamed}");
+    assert_eq!(renamed["usage"]["events_denied_by_consent"], 1, "{renamed}");
+    let (_, log) = app.get(&format!("/v1/tenants/{}/audit-log", app.tenant), &app.auditor).await;
+    let entry = &log["items"][0];
+    assert_eq!(entry["action"], "umami_config.update", "{log}");
+    for side in ["before", "after"] {
+        assert_eq!(entry[side]["usage"]["events_denied_by_consent"], 1, "{side}: {entry}");
+    }
+}
