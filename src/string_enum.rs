@@ -8,7 +8,7 @@
 //! and shown to its admin, the others keep working.
 //!
 //! So the entity columns stay `String`, and each value set is an enum declared with
-//! [`string_enum!`]: the code writes only [`as_str`](#method.as_str) of a variant (a value outside
+//! `string_enum!`: the code writes only [`as_str`](#method.as_str) of a variant (a value outside
 //! the enum cannot be written), and reads each row with `parse` / `read`, whose `None` / `Err`
 //! the caller turns into the fail-closed outcome that fits (deny, show as invalid, dead-letter).
 //! The string of each variant is written once, in the declaration; serde uses the same strings.

@@ -430,7 +430,7 @@ pub struct ProviderPolicy {
     pub cookieless_fallback: bool,
     /// Allowed only when the visitor's valid consent *record* grants the required category
     /// (GA4's `require_cookie_consent`): a config default outside the consent-required regions
-    /// is not enough, and there is no cookieless fallback. See [`needs_a_record`].
+    /// is not enough, and there is no cookieless fallback. See `needs_a_record`.
     pub requires_record: bool,
     /// The provider config's id: what a visitor's per-provider choices name.
     pub config_id: uuid::Uuid,

@@ -132,7 +132,7 @@ fn pragma(conn: &Connection, mode: &str) -> rusqlite::Result<(bool, i64)> {
 
 /// When a RESTART is worth holding writers off: the WAL past [`RESTART_FRAMES`] and larger at
 /// each of the last readings (it did not start over in between), `needed` readings in a row —
-/// [`GROWING_READINGS`], doubled after each RESTART that gave up.
+/// `GROWING_READINGS`, doubled after each RESTART that gave up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Restarts {
     previous: i64,

@@ -71,7 +71,7 @@ pub struct Prepared {
     pub cached: Arc<TenantConfig>,
     /// Forwarding restricted to this provider's configs (the per-provider endpoint).
     pub provider: Option<&'static str>,
-    /// The event as it will be stored, before [`make_unlinkable`].
+    /// The event as it will be stored, before `make_unlinkable`.
     pub event: analytics_event::Model,
     /// The idempotency key as posted.
     pub lookup_key: Option<String>,

@@ -1,4 +1,4 @@
-//! The write half of ingestion: the rows [`plan`](super::plan) made for a batch of events, stored
+//! The write half of ingestion: the rows [`decide`](super::decide) planned for a batch of events, stored
 //! in the caller's transaction with one multi-row insert per table (chunked below the databases'
 //! bound-parameter limits), and what each event's sender is answered once it commits.
 //!
@@ -163,7 +163,7 @@ impl DeniedCounts {
 
 /// Each event's answer, valid once its batch commits — pure. A stored event is answered with its
 /// decisions; a repeat with the first event's (`earlier`: those of the stored ones, by id), or a
-/// 409 when the key was used for an event sent elsewhere ([`super::repeat`]).
+/// 409 when the key was used for an event sent elsewhere (`repeat`).
 pub fn answers(
     events: &[&PlannedEvent],
     fates: &[Fate],

@@ -6,7 +6,7 @@
 //! **Why.** With `synchronous = FULL` the fsync ran inside `COMMIT`, on the writer's thread,
 //! while it held SQLite's one write lock: ~1.4 ms of a ~4 ms commit of ~30 events in the
 //! benchmark (docs/scaling.md), during which no batch could be written. Here one fsync covers
-//! every batch committed before it started ([`run`] takes whatever has committed meanwhile), and
+//! every batch committed before it started (`run` takes whatever has committed meanwhile), and
 //! the writer builds the next transaction while the disk works.
 //!
 //! **Why it is as durable.** An fsync of the WAL file makes durable every frame written to it

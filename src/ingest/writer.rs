@@ -5,7 +5,7 @@
 //!
 //! - A writer takes whatever is waiting, up to `ingest.max_batch_rows` rows ([`fits`]), into one
 //!   transaction: the visitors' latest consent records in one read ([`records_of`]), the
-//!   decisions ([`decide`]), the rows ([`store`]). No fixed linger: while one commit runs, the next batch gathers by
+//!   decisions ([`decide`](super::decide)), the rows ([`store`](super::store)). No fixed linger: while one commit runs, the next batch gathers by
 //!   itself, so batches are small at low load and large under load.
 //! - One writer on SQLite (it has one write lock anyway), on a thread and a connection of its own
 //!   ([`sqlite`](super::sqlite): the same transaction, with prepared statements instead of

@@ -65,7 +65,7 @@ pub struct Ending {
     pub usage: Usage,
 }
 
-/// What [`write`] did.
+/// What [`write`](fn@write) did.
 #[derive(Debug, Default)]
 pub struct Written {
     /// Per ending, in order: whether its row was written (false: the lease was lost).

@@ -170,7 +170,7 @@ impl Summary {
     }
 }
 
-/// Counts what [`stream`] would export for the visitor.
+/// Counts what [`stream`](fn@stream) would export for the visitor.
 pub async fn summary(db: &impl ConnectionTrait, tenant: &tenant::Model, visitor: &VisitorId) -> Result<Summary> {
     let visitor_hash = records::visitor_hash(tenant, visitor);
     let records = || {

@@ -1,7 +1,7 @@
 //! Rate limits: how fast a client may write. Every limit is "N per minute, bursts of N" (a token
 //! bucket; in Redis the same thing as GCRA), and 0 disables it.
 //!
-//! - [`memory`]: a counter in this instance's memory. Consent writes always use it; ingestion uses
+//! - `memory`: a counter in this instance's memory. Consent writes always use it; ingestion uses
 //!   it unless `[rate_limit] redis_url` is set, and while Redis cannot be reached.
 //! - [`shared`]: the same limits counted in Redis, so that every instance naming it shares them.
 //! - [`IngestLimits`]: the limits an event post meets (per ingest key, per client IP for public

@@ -1,7 +1,7 @@
 //! Rate limits shared by every instance, counted in Redis.
 //!
 //! One Lua script checks all the limits of a request atomically (GCRA: per key, the "theoretical
-//! arrival time" of the next request, which is the token bucket of [`super::memory`] written as
+//! arrival time" of the next request, which is the token bucket of `memory` written as
 //! one number): it takes from every limit or from none, on Redis's clock (instances' clocks do not
 //! matter), and each key expires when its bucket would be full again.
 //!
@@ -21,7 +21,7 @@ use redis::{AsyncConnectionConfig, Client, Script, aio::MultiplexedConnection};
 use super::Check;
 use crate::telemetry::LogThrottle;
 
-/// ARGV[i]: limit i per minute. Returns `{0, 0}` when every limit had room (and took one from
+/// `ARGV[i]`: limit i per minute. Returns `{0, 0}` when every limit had room (and took one from
 /// each), else `{i, wait_µs}`: the 1-based limit that waits longest, and how long.
 const GCRA: &str = r"
 local t = redis.call('TIME')

@@ -1,7 +1,7 @@
 //! Credentials: provider configs hold secret *references* ([`SecretRef`]); this module turns them
 //! into values when a request needs one.
 //!
-//! - one [`Resolver`] per scheme: [`env`], [`file`], [`keyvault`] (Azure Key Vault through the SDK);
+//! - one [`Resolver`] per scheme: [`env`](mod@env), [`file`](mod@file), [`keyvault`] (Azure Key Vault through the SDK);
 //! - [`Secrets`], the service the outbox and the `check` endpoint use: the operator's scheme
 //!   switches (`[secrets]`), a cache per reference with a TTL ([`cache`]: one lookup in flight per
 //!   reference, failures kept briefly), and a refresh for a value a provider refused;

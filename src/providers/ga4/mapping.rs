@@ -1,5 +1,5 @@
 //! One delivery mapped to its part of a Measurement Protocol request: the request-level fields
-//! it needs (`client_id`, `user_id`, `consent`, …: [`Shared`], one value per request) and its
+//! it needs (`client_id`, `user_id`, `consent`, …: [`shared`], one value per request) and its
 //! event (`{"name", "params"}`), with every change made to fit GA4's rules recorded.
 
 use std::collections::BTreeSet;

@@ -270,7 +270,7 @@ impl Provider for Ga4 {
 
     /// `/mp/collect` answers `2xx` (usually `204`, no body) whatever it makes of the events:
     /// delivered. The validation server's answer (`validationMessages`, only ever from
-    /// `debug_mode`) is per event: an event a message names (`events[i]…`, or "index: [i]") is
+    /// `debug_mode`) is per event: an event a message names (`events[i]…`, or `index: [i]`) is
     /// dead-lettered with its messages — GA4 would drop it; the others end `dropped` with a
     /// warning saying they were validated, not collected (they never reach reports). A message
     /// that names no event applies to every event.
@@ -526,7 +526,7 @@ fn describe_message(m: &Value) -> String {
 }
 
 /// The event a message is about: `events[3].params…` / `events.3…` in its field path, or
-/// "index: [3]" in its description (Google's example: "Event at index: [0] has invalid name").
+/// `index: [3]` in its description (Google's example: `Event at index: [0] has invalid name`).
 fn event_index(m: &Value) -> Option<usize> {
     let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
     let path = m["fieldPath"].as_str().unwrap_or("");
