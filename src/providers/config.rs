@@ -463,6 +463,11 @@ pub async fn with_counts(
     Ok(views)
 }
 
+/// [`with_counts`] of one config, from its row.
+pub async fn counted(db: &impl ConnectionTrait, model: provider_config::Model) -> Result<ProviderConfigView> {
+    Ok(with_counts(db, vec![model.into()]).await?.remove(0))
+}
+
 pub async fn find(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
@@ -483,8 +488,7 @@ pub async fn get(
     provider: &dyn AnyProvider,
     id: Uuid,
 ) -> Result<ProviderConfigView> {
-    let view = find(db, tenant_id, provider.name(), id).await?.into();
-    Ok(with_counts(db, vec![view]).await?.remove(0))
+    counted(db, find(db, tenant_id, provider.name(), id).await?).await
 }
 
 /// The writable representation of a stored config, onto which a PATCH is merged.
@@ -550,7 +554,7 @@ pub async fn patch(
     }
     let moved = from != Some(to);
     // The snapshots carry the usage the API shows, counted rows included.
-    let before = with_counts(&txn, vec![current.clone().into()]).await?.remove(0);
+    let before = counted(&txn, current.clone()).await?;
     let mut active = current.into_active_model();
     active.display_name = Set(input.display_name);
     active.status = Set(to.as_str().into());
@@ -573,7 +577,7 @@ pub async fn patch(
         }
         _ => {}
     }
-    let view = with_counts(&txn, vec![model.into()]).await?.remove(0);
+    let view = counted(&txn, model).await?;
     audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
     crate::cache::generation::bump(&txn, tenant_id).await?;
     txn.commit().await?;
@@ -617,7 +621,7 @@ pub async fn decommission(
 ) -> Result<ProviderConfigView> {
     let current = find(db, tenant_id, provider.name(), id).await?;
     match state(&current) {
-        Ok((ProviderStatus::Decommissioned, _)) => Ok(with_counts(db, vec![current.into()]).await?.remove(0)),
+        Ok((ProviderStatus::Decommissioned, _)) => counted(db, current).await,
         Ok(_) => {
             let mut fields = Map::new();
             fields.insert("status".into(), ProviderStatus::Decommissioned.as_str().into());
@@ -627,11 +631,11 @@ pub async fn decommission(
         // unreadable), and retiring it must not need a repair first: only the status changes.
         Err(_) => {
             let txn = crate::db::begin_write(db).await?;
-            let before = with_counts(&txn, vec![current.clone().into()]).await?.remove(0);
+            let before = counted(&txn, current.clone()).await?;
             let mut active = current.into_active_model();
             active.status = Set(ProviderStatus::Decommissioned.as_str().into());
             active.updated_at = Set(Utc::now());
-            let view = with_counts(&txn, vec![active.update(&txn).await?.into()]).await?.remove(0);
+            let view = counted(&txn, active.update(&txn).await?).await?;
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
             audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
             crate::cache::generation::bump(&txn, tenant_id).await?;

@@ -386,7 +386,7 @@ async fn provider_page(
     let result = async {
         let per_day = data::delivery_days(&state.db, tenant_id, model.id, days, now).await?;
         let lag = data::delivery_lag(&state.db, tenant_id, model.id, days, now).await?;
-        let view = provider_configs::with_counts(&state.db, vec![model.clone().into()]).await?.remove(0);
+        let view = provider_configs::counted(&state.db, model.clone()).await?;
         let mut counts = data::delivery_counts(&state.db, tenant_id).await?.remove(&model.id).unwrap_or_default();
         counts.retrying = view.usage.events_retrying;
         let horizon = state.settings.delivery.retry_horizon();
