@@ -635,8 +635,10 @@ pub async fn decommission(
             let mut active = current.into_active_model();
             active.status = Set(ProviderStatus::Decommissioned.as_str().into());
             active.updated_at = Set(Utc::now());
-            let view = counted(&txn, active.update(&txn).await?).await?;
+            let model = active.update(&txn).await?;
             crate::outbox::end_for_config(&txn, id, "the config was decommissioned").await?;
+            // After its deliveries ended, as `patch` counts: none is retrying any more.
+            let view = counted(&txn, model).await?;
             audit_change(&txn, tenant_id, provider, actor, "update", Some(&before), &view).await?;
             crate::cache::generation::bump(&txn, tenant_id).await?;
             txn.commit().await?;
