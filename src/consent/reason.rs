@@ -52,7 +52,8 @@ string_enum! {
         EventNameUnsafePrefix = "event_name_unsafe_prefix",
         /// Umami with outbound-link tracking switched off.
         OutboundLinksDisabled = "outbound_links_disabled",
-        /// PostHog: names starting with `$` are PostHog's own events (`$identify`, `$create_alias`).
+        /// PostHog: names starting with `$` are PostHog's own events (`$identify`, `$create_alias`);
+        /// Plausible: `engagement`, its tracker's own (refused without the tracker's fields).
         EventNameReserved = "event_name_reserved",
     }
 }

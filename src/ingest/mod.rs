@@ -423,20 +423,30 @@ fn stored_event(
 /// `consent_lookup_id`: the one on the waiting delivery (it is never stored on the event).
 /// `tenant`: the event's (the delivery worker reads it once per config, not per delivery). One
 /// read per delivery: the visitor's latest record; the policy only when that record is newer.
+///
+/// `afresh` (a replayed delivery, which lost what it held of the visitor when it first ended):
+/// decided now whatever is found — under the latest record however old, or as a visitor who never
+/// chose when none is found under `consent_lookup_id` — instead of only after a newer record.
 pub async fn redecide(
     db: &impl ConnectionTrait,
     tenant: &entity::tenant::Model,
     event: &analytics_event::Model,
     consent_lookup_id: Option<&str>,
+    afresh: bool,
     config: &entity::provider_config::Model,
     provider: &dyn providers::AnyProvider,
 ) -> Result<Option<Redecision>> {
-    let Some(consent_lookup_id) = consent_lookup_id else { return Ok(None) };
-    // Most visitors decided before their events: one indexed read says so.
-    let latest = consent::records::latest_model(db, tenant, consent_lookup_id).await?;
-    let Some(latest) = latest.filter(|m| m.created_at > event.received_at) else { return Ok(None) };
+    let latest = match consent_lookup_id {
+        Some(id) => consent::records::latest_model(db, tenant, id).await?,
+        None => None,
+    };
+    // Most visitors decided before their events: one indexed read says so, and the ingest
+    // decision stands.
+    if !afresh && latest.as_ref().is_none_or(|m| m.created_at <= event.received_at) {
+        return Ok(None);
+    }
     let active = consent::config::store::active_id(db, tenant.id).await?;
-    let record = consent::records::under(&latest, active)?;
+    let record = latest.as_ref().map(|m| consent::records::under(m, active)).transpose()?;
     let policy = consent::policy_for(db, tenant.id).await?;
     let signals = Signals {
         dnt: event.dnt,
@@ -448,8 +458,8 @@ pub async fn redecide(
     let provider_policy = provider_policy(config, provider);
     let now = Utc::now();
     Ok(Some(Redecision {
-        decision: consent::decide(policy.as_ref(), Some(&record), &signals, &provider_policy, now),
-        granted: consent::effective(policy.as_ref(), Some(&record), &signals, now).choices,
+        decision: consent::decide(policy.as_ref(), record.as_ref(), &signals, &provider_policy, now),
+        granted: consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices,
     }))
 }
 

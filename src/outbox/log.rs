@@ -178,8 +178,12 @@ pub async fn replay(
     horizon: chrono::Duration,
 ) -> Result<DeliveryView> {
     let txn = crate::db::begin_write(db).await?;
+    // Locked until the replay commits (PostgreSQL; SQLite's write transaction holds the whole
+    // database): a replay sent twice at once resets the delivery once, and the second sees it
+    // pending — never resetting one a worker has claimed since.
     let d = delivery::Entity::find_by_id(id)
         .filter(delivery::Column::TenantId.eq(tenant_id))
+        .lock_exclusive()
         .one(&txn)
         .await?
         .ok_or(Error::NotFound)?;
@@ -188,6 +192,12 @@ pub async fn replay(
             "only dead or dropped deliveries can be replayed; this one is {}",
             d.status
         )));
+    }
+    if ended_by_consent(d.last_error.as_deref()) {
+        return Err(Error::Conflict(
+            "the delivery ended because the visitor's consent changed before it was sent; it is never sent again"
+                .into(),
+        ));
     }
     let config = provider_config::Entity::find_by_id(d.config_id).one(&txn).await?.ok_or(Error::NotFound)?;
     if config.status == ProviderStatus::Decommissioned.as_str() {
@@ -239,7 +249,13 @@ pub async fn replay_dead_letters(
     let mut which = delivery::Column::TenantId
         .eq(tenant_id)
         .and(delivery::Column::ConfigId.eq(config_id))
-        .and(delivery::Column::Status.eq(DeliveryStatus::Dead.as_str()));
+        .and(delivery::Column::Status.eq(DeliveryStatus::Dead.as_str()))
+        // Not those the visitor's consent ended (see `replay`).
+        .and(
+            delivery::Column::LastError
+                .is_null()
+                .or(delivery::Column::LastError.not_like(format!("{}%", super::CONSENT_CHANGED))),
+        );
     let provider: Option<String> = provider_config::Entity::find_by_id(config_id)
         .select_only()
         .column(provider_config::Column::Provider)
@@ -270,6 +286,11 @@ pub async fn replay_dead_letters(
     .await?;
     txn.commit().await?;
     Ok(n)
+}
+
+/// Whether a delivery's `last_error` says the visitor's consent ended it.
+fn ended_by_consent(last_error: Option<&str>) -> bool {
+    last_error.is_some_and(|e| e.starts_with(super::CONSENT_CHANGED))
 }
 
 async fn reset(

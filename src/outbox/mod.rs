@@ -203,6 +203,10 @@ pub async fn end_for_config(db: &impl ConnectionTrait, config_id: Uuid, reason: 
     Ok(())
 }
 
+/// How the `last_error` of a delivery ended by the visitor's consent (withdrawn, or expired, before
+/// it was sent) begins: such a delivery is never replayed (`log::replay`).
+pub const CONSENT_CHANGED: &str = "consent changed before delivery";
+
 /// An update ending deliveries as dead with `last_error` = `reason`: what they held of the
 /// visitor (client IP, consent-lookup id, user agent, granted categories, pseudonymous id) and
 /// their lease are erased. The caller adds which deliveries.

@@ -608,15 +608,23 @@ impl Worker {
         let mut identity = Identity::parse(&d.identity).unwrap_or(Identity::Anonymous);
         let mut granted = super::read_granted(d.granted.as_deref());
         // A newer decision of the visitor can only take away: never more than ingest allowed.
-        // The lookup id is on the waiting delivery; a replayed one (erased when it first ended)
-        // falls back to the event's analytics id, which older sites sent as the same value.
-        // `decided_since`: the round's one query found a record of the visitor newer than the
-        // event; without one the ingest decision stands and nothing is read again.
-        let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref()).filter(|_| decided_since);
-        if let Some(now) = crate::ingest::redecide(&self.db, tenant, event, lookup, config, provider).await? {
+        // The lookup id is on the waiting delivery. `decided_since`: the round's one query found
+        // a record of the visitor newer than the event; without one the ingest decision stands
+        // and nothing is read again.
+        // A replayed delivery lost its lookup id and granted categories when it first ended
+        // (ingest always writes the categories): it is decided afresh under the event's analytics
+        // id, the only id left — a visitor not found under it (a site whose consent-lookup id is
+        // another value) is decided as one who never chose, so a replay never sends more than a
+        // decision made now allows, a withdrawal included.
+        let replayed = d.granted.is_none();
+        let lookup = match replayed {
+            true => event.anonymous_id.as_deref(),
+            false => d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref()).filter(|_| decided_since),
+        };
+        if let Some(now) = crate::ingest::redecide(&self.db, tenant, event, lookup, replayed, config, provider).await? {
             match now.decision.identity() {
                 None => {
-                    let reason = format!("consent changed before delivery ({}); not sent", now.decision.reason());
+                    let reason = format!("{} ({}); not sent", super::CONSENT_CHANGED, now.decision.reason());
                     return Ok(Err(Outcome::ConsentDenied { reason }));
                 }
                 Some(Identity::Anonymous) => identity = Identity::Anonymous,

@@ -94,6 +94,9 @@ fn yes() -> bool {
     true
 }
 
+/// The event name Plausible keeps for its tracker's engagement events.
+const RESERVED_NAME: &str = "engagement";
+
 impl PlausibleSettings {
     fn allows_host(&self, host: &str) -> bool {
         if self.allowed_domains.is_empty() {
@@ -112,6 +115,11 @@ impl Provider for Plausible {
     fn accepts(s: &PlausibleSettings, event: &entity::analytics_event::Model) -> Result<(), Blocked> {
         if event.event_name != PAGEVIEW && !s.enable_custom_events {
             return Err(Blocked::CustomEventsDisabled);
+        }
+        // Plausible's tracker's own event: refused (400) without its scroll depth and engaged
+        // time, and never a custom event (request.ex; docs/providers.md).
+        if event.event_name == RESERVED_NAME {
+            return Err(Blocked::EventNameReserved);
         }
         match page_host(event) {
             Some(host) if s.allows_host(&host) => Ok(()),
@@ -426,6 +434,10 @@ mod tests {
         assert_eq!(Plausible::accepts(&s, &e), Err(Blocked::DomainNotAllowed));
         let s = settings(json!({"site_id": "other.org"}));
         assert_eq!(Plausible::accepts(&s, &e), Err(Blocked::DomainNotAllowed));
+        // The tracker's own engagement event is not a custom event Plausible takes.
+        let s = settings(json!({"site_id": "example.com"}));
+        assert_eq!(Plausible::accepts(&s, &event("engagement")), Err(Blocked::EventNameReserved));
+        assert_eq!(Plausible::accepts(&s, &event("Engagement")), Ok(()));
     }
 
     #[test]

@@ -701,6 +701,56 @@ async fn a_withdrawal_reaches_deliveries_still_waiting() {
     assert!(usage["last_error"].as_str().unwrap().contains("503"), "the provider's last error stays: {usage}");
 }
 
+/// A replay never sends more than consent allows now. A delivery the visitor's withdrawal ended
+/// is never sent again; a dead letter whose visitor withdrew after it died is decided again when
+/// replayed — also on a site whose consent-lookup id is not its analytics id, although the
+/// delivery lost the lookup id when it first ended.
+#[tokio::test]
+async fn a_replay_never_sends_more_than_consent_allows_now() {
+    let (app, fakes, keys) = setup().await;
+    app.publish_consent_config(json!({})).await;
+    // A website the Umami instance does not know yet: its deliveries die with a 400.
+    let unknown = "0b8e9c3a-51f0-4d5c-8a52-8f1f6f5b7c11";
+    let u = site::umami(&app, &fakes, json!({"website_id": unknown, "required_category": "analytics"})).await;
+    let (v, w) = (visitor(), visitor());
+    let mut events = Vec::new();
+    for x in [&v, &w] {
+        app.consent(x, "accept_all", 1).await;
+        let mut event = site::pageview(&format!("analytics-{x}"));
+        event["visitor_id"] = json!(x);
+        let (s, accepted) = track(&app, &keys, event).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+        assert_eq!(decision_for(&accepted, &id(&u))["identity"], "full", "{accepted}");
+        events.push(id(&accepted));
+    }
+    // Umami is down; w withdraws; Umami answers again: w's delivery ends by consent, v's dies
+    // on the unknown website. Then v withdraws too.
+    fakes.behaviour(json!({"umami": {"status": 503}})).await;
+    app.drain_outbox().await;
+    app.consent(&w, "withdraw", 1).await;
+    fakes.behaviour(json!({"umami": {"status": null}})).await;
+    app.drain_outbox_with_retries().await;
+    let died = delivery_in(&app, &events[0], &id(&u), "dead").await;
+    assert!(died["last_error"].as_str().unwrap().contains("Website not found."), "{died}");
+    let ended = delivery_in(&app, &events[1], &id(&u), "dead").await;
+    assert!(ended["last_error"].as_str().unwrap().contains("consent changed before delivery"), "{ended}");
+    app.consent(&v, "withdraw", 1).await;
+
+    // The admin registers the website and replays: w's is not replayed, one by one or all.
+    fakes.behaviour(json!({"umami": {"websites": [WEBSITE_ID, unknown]}})).await;
+    let got =
+        app.post(&format!("/v1/tenants/{}/deliveries/{}/replay", app.tenant, id(&ended)), &app.admin, json!({})).await;
+    crate::helpers::assert_error(&got, StatusCode::CONFLICT, "conflict", None);
+    let path = format!("{}/{}/replay-dead-letters", site::configs_path(&app, "umami"), id(&u));
+    let (s, replayed) = app.post(&path, &app.admin, json!({})).await;
+    assert_eq!((s, replayed["replayed"].as_u64()), (StatusCode::OK, Some(1)), "{replayed}");
+    // v's is decided again, and v is found nowhere under the analytics id: not sent.
+    app.drain_outbox_with_retries().await;
+    let again = delivery_in(&app, &events[0], &id(&u), "dead").await;
+    assert!(again["last_error"].as_str().unwrap().contains("consent changed before delivery"), "{again}");
+    assert!(fakes.stored("umami").await.is_empty(), "a replay sent an event its visitor withdrew");
+}
+
 /// Everything stored about events, as one text per row (every column of every event — its
 /// decisions included —, delivery and audit entry): what anyone with the database could join on.
 async fn stored_rows(app: &crate::helpers::TestApp) -> Vec<String> {

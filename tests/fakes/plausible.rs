@@ -94,6 +94,11 @@ fn answer(fakes: &Fakes, headers: &HeaderMap, body: &[u8], ip: &str) -> (Respons
     if name.chars().count() > 120 {
         return reject(json!({"name": ["should be at most 120 character(s)"]}), "name too long");
     }
+    // The tracker's own engagement event needs its scroll depth or engaged time (request.ex).
+    let tracker_int = |long: &str, short: &str| field(long, short).is_some_and(|v| v.is_i64() || v.is_u64());
+    if name == "engagement" && !tracker_int("sd", "sd") && !tracker_int("e", "e") {
+        return reject(json!({"name": ["engagement events need sd or e"]}), "engagement without sd/e");
+    }
     let url = match field("url", "u") {
         Some(Value::String(s)) if !s.is_empty() => s,
         _ => return reject(json!({"url": ["is required"]}), "no url"),
