@@ -18,8 +18,8 @@
 use chrono::{DateTime, Utc};
 use entity::provider_config;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, ExprTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 use serde::{
     Deserialize, Deserializer, Serialize,
@@ -482,6 +482,26 @@ pub async fn find(
         .ok_or(Error::NotFound)
 }
 
+/// [`find`] inside a write transaction, the row locked until it ends (`FOR UPDATE` on
+/// PostgreSQL; SQLite's write transaction holds the whole database): a change is made to the row
+/// as it is, not as another transaction left it meanwhile — two admins' edits, or an edit and a
+/// decommission at once, must not undo each other (last writer wins would revive a
+/// decommissioned config).
+async fn find_for_update(
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    provider: &str,
+    id: Uuid,
+) -> Result<provider_config::Model> {
+    provider_config::Entity::find_by_id(id)
+        .filter(provider_config::Column::TenantId.eq(tenant_id))
+        .filter(provider_config::Column::Provider.eq(provider))
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(Error::NotFound)
+}
+
 pub async fn get(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
@@ -522,7 +542,7 @@ pub async fn patch(
     actor: &str,
 ) -> Result<ProviderConfigView> {
     let txn = crate::db::begin_write(db).await?;
-    let current = find(&txn, tenant_id, provider.name(), id).await?;
+    let current = find_for_update(&txn, tenant_id, provider.name(), id).await?;
     // `None`: the stored row cannot be read (invalid); see the module docs.
     let from = state(&current).ok().map(|(s, _)| s);
     if from == Some(ProviderStatus::Decommissioned) {
@@ -631,6 +651,10 @@ pub async fn decommission(
         // unreadable), and retiring it must not need a repair first: only the status changes.
         Err(_) => {
             let txn = crate::db::begin_write(db).await?;
+            let current = find_for_update(&txn, tenant_id, provider.name(), id).await?;
+            if current.status == ProviderStatus::Decommissioned.as_str() {
+                return counted(&txn, current).await;
+            }
             let before = counted(&txn, current.clone()).await?;
             let mut active = current.into_active_model();
             active.status = Set(ProviderStatus::Decommissioned.as_str().into());

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{
     fakes::FakeProviders,
-    helpers::{TestApp, manual_delivery, send, spawn_app, spawn_app_with},
+    helpers::{TestApp, assert_error, manual_delivery, send, spawn_app, spawn_app_with},
     privacy::{TABLES, dump, scene},
     site,
 };
@@ -488,6 +488,57 @@ async fn an_invalid_field_in_the_editor_is_shown_beside_it_and_changes_nothing()
     assert!(b.get(&editor).await.1.contains("Nothing to save"));
     assert_eq!(app.get(&api, &app.admin).await.1, before, "the form round-trips the config unchanged");
     assert!(audit_actions(&app).await.iter().all(|(a, _)| a != "cookie_consent_config.update"));
+}
+
+/// Two admins at once: a form opened before someone else's save does not write its older values
+/// over theirs. It is refused (409), nothing saved, and the editor shows the config as it is now
+/// with the refused form's values beside the fields where they differ; saved from there, both
+/// changes stand.
+#[tokio::test]
+async fn a_form_opened_before_someone_elses_save_does_not_undo_it() {
+    let app = spawn_app().await;
+    let id = app.publish_consent_config(json!({})).await;
+    let editor = format!("/admin/consent/{id}");
+    let api = format!("{}/{id}", app.consent_configs_path());
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.admin).await;
+    let (_, html) = b.get(&editor).await;
+    let stale = form_fields(&html, &editor);
+    assert!(stale.iter().any(|(k, _)| k == "updated_at"), "{stale:?}");
+
+    let (s, _) = app.call(Method::PATCH, &api, &app.admin, Some(json!({"banner": {"primary_color": "#0b57d0"}}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let res = b.post_fields(&editor, &with(stale, &[("texts.sv.title", "Kakor här")])).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Not saved") && html.contains("changed since it was read"), "{html}");
+    let (_, now) = app.get(&api, &app.admin).await;
+    assert_eq!(
+        (now["banner"]["primary_color"].as_str(), now["texts"]["sv"]["title"].as_str()),
+        (Some("#0b57d0"), Some("Kakor")),
+        "{now}"
+    );
+
+    // The form shown again holds the config as it is now, the refused values beside their fields.
+    let fresh = form_fields(&html, &editor);
+    assert!(fresh.contains(&("banner.primary_color".into(), "#0b57d0".into())), "{fresh:?}");
+    assert!(fresh.contains(&("texts.sv.title".into(), "Kakor".into())), "{fresh:?}");
+    assert!(html.contains("not saved: this form had Kakor här"), "{html}");
+    assert!(html.contains("not saved: this form had #1a73e8"), "{html}");
+    let fresh = with(fresh, &[("texts.sv.title", "Kakor här")]);
+    assert_eq!(b.post_fields(&editor, &fresh).await.status(), StatusCode::SEE_OTHER);
+    let (_, now) = app.get(&api, &app.admin).await;
+    assert_eq!(
+        (now["banner"]["primary_color"].as_str(), now["texts"]["sv"]["title"].as_str()),
+        (Some("#0b57d0"), Some("Kakor här")),
+        "{now}"
+    );
+
+    // Over the API, an echoed `updated_at` that is no longer the config's is the same 409.
+    let got = app
+        .call(Method::PATCH, &api, &app.admin, Some(json!({"updated_at": "2020-01-01T00:00:00Z", "display_name": "x"})))
+        .await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None);
 }
 
 #[tokio::test]

@@ -139,6 +139,42 @@ async fn the_status_lifecycle_is_enforced() {
     assert_eq!((s, still["status"].as_str()), (StatusCode::OK, Some("decommissioned")), "kept for the record");
 }
 
+/// An edit racing a decommission never revives the config, and two edits at once both count:
+/// each change is made to the row as the other left it (on PostgreSQL, where transactions run
+/// at once, the row is locked for the change; SQLite runs them one after the other).
+#[tokio::test]
+async fn an_edit_racing_a_decommission_does_not_undo_it() {
+    let app = spawn_app().await;
+    for round in 0..6 {
+        let c = create_config(&app, "plausible", json!({"display_name": "x", "site_id": "a.org", "status": "active"}))
+            .await;
+        let id = c["id"].as_str().unwrap();
+        let path = format!("{}/{id}", configs_path(&app, "plausible"));
+        let (edited, deleted) = tokio::join!(
+            patch_config(&app, "plausible", id, json!({"display_name": format!("renamed {round}")})),
+            app.delete(&path, &app.admin),
+        );
+        assert_eq!(deleted.0, StatusCode::OK, "{}", deleted.1);
+        assert!([StatusCode::OK, StatusCode::CONFLICT].contains(&edited.0), "{}", edited.1);
+        let (_, now) = app.get(&path, &app.auditor).await;
+        assert_eq!(now["status"], "decommissioned", "round {round}: the edit undid the decommission: {now}");
+
+        let c = create_config(&app, "plausible", json!({"display_name": "y", "site_id": "a.org"})).await;
+        let id = c["id"].as_str().unwrap();
+        let (a, b) = tokio::join!(
+            patch_config(&app, "plausible", id, json!({"display_name": "both"})),
+            patch_config(&app, "plausible", id, json!({"enable_revenue_tracking": true})),
+        );
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{} {}", a.1, b.1);
+        let (_, now) = app.get(&format!("{}/{id}", configs_path(&app, "plausible")), &app.auditor).await;
+        assert_eq!(
+            (now["display_name"].as_str(), now["enable_revenue_tracking"].as_bool()),
+            (Some("both"), Some(true)),
+            "{now}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_patch_merges_and_is_validated_like_a_creation() {
     let app = spawn_app().await;

@@ -326,6 +326,14 @@ pub async fn patch(
     let before_json = serde_json::to_value(&before).unwrap_or_default();
     for (key, v) in echoed {
         if Some(&v) != before_json.get(&key) {
+            // An `updated_at` echoed from an earlier read: someone saved in between, and this
+            // change was made to what they replaced (optimistic concurrency).
+            if key == "updated_at" {
+                return Err(Error::Conflict(format!(
+                    "the config was changed since it was read (updated_at is now {}); read it again and reapply the change",
+                    before_json.get(&key).unwrap_or(&Value::Null)
+                )));
+            }
             return Err(Error::validation(key, "is read-only"));
         }
     }

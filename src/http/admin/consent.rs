@@ -186,7 +186,13 @@ pub async fn save(State(state): State<AppState>, page: Page, Path(id): Path<Stri
         return editor_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, &view, &shown, &problems).await;
     }
     let tenant_id = page.holder.tenant.id;
-    match store::patch(&state.db, tenant_id, view.id, &page.holder.actor(), ConsentConfigPatch::changes(patch)).await {
+    // The form carries the `updated_at` it was made from: a save over someone else's later one
+    // is refused (409), not written over it with this form's older values.
+    let mut patch = ConsentConfigPatch::changes(patch);
+    if let Some((_, at)) = form.iter().find(|(k, _)| k == "updated_at") {
+        patch.echoed.insert("updated_at".into(), Value::String(at.clone()));
+    }
+    match store::patch(&state.db, tenant_id, view.id, &page.holder.actor(), patch).await {
         Ok(after) => {
             let flash = if after.updated_at == view.updated_at {
                 "Nothing to save: the draft is unchanged.".to_string()
@@ -199,6 +205,22 @@ pub async fn save(State(state): State<AppState>, page: Page, Path(id): Path<Stri
         Err(Error::Validation { field, message }) => {
             let problems = [(field.unwrap_or_default(), message)];
             editor_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, &view, &shown, &problems).await
+        }
+        // Saved by someone else since this form was opened: nothing saved, and the editor shows
+        // the config as it is now, with this form's value beside each field where it differs —
+        // the form cannot tell its own edits from the other save's, so the admin chooses again.
+        Err(Error::Conflict(message)) => {
+            let now = match config(&state, &page, &id).await {
+                Ok(v) => v,
+                Err(res) => return res,
+            };
+            let saved = serde_json::to_value(&now.spec).unwrap_or_default();
+            let Edit { shown: yours, .. } = merged(&now, &form);
+            let mut problems = vec![(String::new(), format!("Not saved: {message}"))];
+            problems.extend(diff::diff(&saved, &yours).into_iter().map(|c| {
+                (c.path, format!("not saved: this form had {}", c.after.unwrap_or_else(|| "nothing".into())))
+            }));
+            editor_page(&state, &page, StatusCode::CONFLICT, &now, &saved, &problems).await
         }
         Err(e) => domain_error(&page, e),
     }

@@ -48,7 +48,7 @@ const TEXTS: [(&str, &str, Kind); 12] = [
 pub fn patch_of(form: &[(String, String)]) -> (Map<String, Value>, Vec<(String, String)>) {
     let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
     for (k, v) in form {
-        if k != "csrf" && k != "view" {
+        if k != "csrf" && k != "view" && k != "updated_at" {
             fields.insert(k, v);
         }
     }
