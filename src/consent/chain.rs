@@ -25,18 +25,22 @@
 //! purged record are kept as the tenant's **checkpoint** (`consent_chain_checkpoint`); the first
 //! remaining record links to it, so verification starts there instead of at [`GENESIS`].
 //!
+//! **The visitor id** is outside the hash (so it can be erased), but [`verify`] checks it against
+//! the hashed `visitor_hash`: a record whose id was changed to another visitor's, or an erased id
+//! put back, is `visitor_id_mismatch`.
+//!
 //! The chain shows tampering *within* the records; a truncated tail looks like a shorter valid
 //! chain. Auditors who need that too record the `head` that `verify` reports and compare later.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use entity::{consent_chain_checkpoint, consent_record};
+use entity::{consent_chain_checkpoint, consent_record, tenant};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::canonical;
+use super::{canonical, records::VisitorId};
 use crate::{crypto::sha256_hex, error::Result};
 
 /// `prev_hash` of a tenant's first record.
@@ -106,7 +110,8 @@ pub struct Broken {
     pub seq: i64,
     pub id: Uuid,
     /// `seq_gap` (a record is missing or out of place), `prev_hash_mismatch` (the link to the
-    /// previous record is broken) or `hash_mismatch` (the record was altered).
+    /// previous record is broken), `hash_mismatch` (the record was altered) or
+    /// `visitor_id_mismatch` (its visitor id is not the one its `visitor_hash` was made from).
     pub reason: String,
 }
 
@@ -137,11 +142,13 @@ pub struct Verifier {
     prev_hash: String,
     checked: u64,
     checkpoint: Option<Head>,
+    /// The records' tenant, to check each visitor id against its hash ([`Verifier::with_visitor_ids`]).
+    tenant: Option<tenant::Model>,
 }
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { expected_seq: 1, prev_hash: GENESIS.to_string(), checked: 0, checkpoint: None }
+        Verifier { expected_seq: 1, prev_hash: GENESIS.to_string(), checked: 0, checkpoint: None, tenant: None }
     }
 }
 
@@ -150,8 +157,19 @@ impl Verifier {
     pub fn from_checkpoint(checkpoint: Option<Head>) -> Self {
         match checkpoint {
             None => Verifier::default(),
-            Some(c) => Verifier { expected_seq: c.seq + 1, prev_hash: c.hash.clone(), checked: 0, checkpoint: Some(c) },
+            Some(c) => Verifier {
+                expected_seq: c.seq + 1,
+                prev_hash: c.hash.clone(),
+                checkpoint: Some(c),
+                ..Default::default()
+            },
         }
+    }
+
+    /// Also checks that each record's visitor id (when not erased) is the one its `visitor_hash`
+    /// was made from, with `tenant`'s salt.
+    pub fn with_visitor_ids(self, tenant: tenant::Model) -> Self {
+        Verifier { tenant: Some(tenant), ..self }
     }
 
     pub fn check(&mut self, m: &consent_record::Model) -> Result<(), Broken> {
@@ -165,6 +183,12 @@ impl Verifier {
         }
         if link_hash(m) != m.hash {
             return Err(broken("hash_mismatch"));
+        }
+        if let (Some(tenant), Some(id)) = (&self.tenant, &m.visitor_id) {
+            let hashed = VisitorId::parse(id).is_ok_and(|v| super::records::visitor_hash(tenant, &v) == m.visitor_hash);
+            if !hashed {
+                return Err(broken("visitor_id_mismatch"));
+            }
         }
         self.expected_seq += 1;
         self.prev_hash = m.hash.clone();
@@ -192,9 +216,11 @@ pub async fn checkpoint(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Op
         .map(|c| Head { seq: c.seq, hash: c.hash }))
 }
 
-/// Walks the tenant's whole chain, a page at a time (never all records in memory).
-pub async fn verify(db: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Verification> {
-    let mut v = Verifier::from_checkpoint(checkpoint(db, tenant_id).await?);
+/// Walks the tenant's whole chain, a page at a time (never all records in memory), the visitor
+/// ids checked against their hashes.
+pub async fn verify(db: &impl ConnectionTrait, tenant: &tenant::Model) -> Result<Verification> {
+    let tenant_id = tenant.id;
+    let mut v = Verifier::from_checkpoint(checkpoint(db, tenant_id).await?).with_visitor_ids(tenant.clone());
     let mut after = 0i64;
     loop {
         let page = consent_record::Entity::find()

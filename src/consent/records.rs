@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use entity::{consent_record, tenant};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Select, SqlErr, TransactionTrait, sea_query::Expr,
+    QueryOrder, QuerySelect, Select, SqlErr, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -493,17 +493,10 @@ pub async fn page(
         .await?)
 }
 
-/// Erases a visitor id from all of the tenant's records (GDPR Art. 17). The records stay —
-/// they are the proof of what was consented to, under the pseudonymous `visitor_hash` — and
-/// the chain still verifies. Returns how many records were changed.
-pub async fn erase_visitor(db: &DatabaseConnection, tenant: &tenant::Model, visitor: &VisitorId) -> Result<u64> {
-    let txn = db.begin().await?;
-    let erased = erase_visitor_in(&txn, tenant, visitor).await?;
-    txn.commit().await?;
-    Ok(erased)
-}
-
-/// [`erase_visitor`] within the caller's transaction (a whole-visitor erasure, `privacy::erase`).
+/// Erases a visitor id from all of the tenant's records (GDPR Art. 17), within the caller's
+/// transaction (which writes the audit entry too, or erases the whole visitor: `privacy::erase`).
+/// The records stay — they are the proof of what was consented to, under the pseudonymous
+/// `visitor_hash` — and the chain still verifies. Returns how many records were changed.
 pub async fn erase_visitor_in(db: &impl ConnectionTrait, tenant: &tenant::Model, visitor: &VisitorId) -> Result<u64> {
     let res = consent_record::Entity::update_many()
         .col_expr(consent_record::Column::VisitorId, Expr::value(Option::<String>::None))

@@ -27,6 +27,8 @@ pub struct Submission {
     pub choices: Option<Choices>,
     /// The revision the visitor was shown. Needed except for `withdraw`.
     pub revision: Option<i32>,
+    /// The config the visitor was shown (revision numbers are counted per config).
+    pub config_id: Option<Uuid>,
     pub language: Option<String>,
     pub source: Option<String>,
     /// Per-provider switches the banner showed (config id → on), when the config offers them.
@@ -168,7 +170,14 @@ fn offered(choices: Choices, policy: &ConsentPolicy, dnt: bool, gpc: bool) -> Ch
 ///
 /// A refusal (withdraw, reject all, or custom granting nothing) is recorded whatever revision the
 /// banner showed: banners are cached for a while after a publish, and refusing must never fail —
-/// a visitor's "no" that the gateway did not store would let defaults apply later.
+/// a visitor's "no" that the gateway did not store would let defaults apply later. A refusal
+/// made under another config is recorded under the active config's revision.
+///
+/// Anything else must have been made under the active revision of the active config. Revision
+/// numbers are counted per config (config A's revision 1 is not config B's), so the config the
+/// banner showed decides too: another config's is refused; without one, a revision number that
+/// another config of the tenant has as well is refused as ambiguous — a stale banner of the old
+/// config must not record a grant under the new config's texts.
 async fn shown_revision(db: &DatabaseConnection, p: &Published, s: &Submission) -> Result<(i32, String)> {
     let active = p.config.revision;
     let refusal = match s.action {
@@ -176,18 +185,38 @@ async fn shown_revision(db: &DatabaseConnection, p: &Published, s: &Submission) 
         Action::Custom => s.choices.is_some_and(|c| c == Choices::none()),
         Action::AcceptAll => false,
     };
-    match (refusal, s.revision) {
-        (true, Some(r)) if r != active => match store::texts_hash_of(db, p.config.id, r).await? {
-            Some(hash) => Ok((r, hash)),
-            None => Ok((active, p.texts_hash.clone())),
-        },
-        (true, _) => Ok((active, p.texts_hash.clone())),
-        (_, None) => Err(Error::validation("revision", "required: the config revision the visitor was shown")),
-        (_, Some(r)) if r != active => Err(Error::Conflict(format!(
-            "revision {r} is not the active revision {active} of the cookie consent config; reload the banner and ask again"
-        ))),
-        (_, Some(r)) => Ok((r, p.texts_hash.clone())),
+    let other_config = s.config_id.filter(|c| *c != p.config.id);
+    if refusal {
+        return match s.revision {
+            Some(r) if r != active && other_config.is_none() => match store::texts_hash_of(db, p.config.id, r).await? {
+                Some(hash) => Ok((r, hash)),
+                None => Ok((active, p.texts_hash.clone())),
+            },
+            _ => Ok((active, p.texts_hash.clone())),
+        };
     }
+    let reload = "reload the banner and ask again";
+    let Some(r) = s.revision else {
+        return Err(Error::validation("revision", "required: the config revision the visitor was shown"));
+    };
+    if let Some(shown) = other_config {
+        return Err(Error::Conflict(format!(
+            "config {shown} is not the tenant's active cookie consent config {}; {reload}",
+            p.config.id
+        )));
+    }
+    if r != active {
+        return Err(Error::Conflict(format!(
+            "revision {r} is not the active revision {active} of the cookie consent config; {reload}"
+        )));
+    }
+    if s.config_id.is_none() && store::another_config_has_revision(db, p.config.tenant_id, p.config.id, r).await? {
+        return Err(Error::Conflict(format!(
+            "revision {r} is a revision of more than one of the tenant's cookie consent configs: send config_id, \
+             the config the visitor was shown"
+        )));
+    }
+    Ok((r, p.texts_hash.clone()))
 }
 
 /// The language the visitor read: the submitted one when the config has texts for it (tags
@@ -231,6 +260,13 @@ pub struct VisitorState {
     pub action: Option<Action>,
     /// The revision the latest record was made under; the active revision when there is none.
     pub revision: Option<i32>,
+    /// The tenant's active cookie consent config: a choice is made under it (send it back as
+    /// `config_id`, with the active revision).
+    pub config_id: Option<Uuid>,
+    /// When the latest record was made.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// When the latest record stops counting: its own expiry or, if sooner, its time plus the
+    /// active config's `consent_expiry_days` (a shortened lifetime applies to choices made).
     pub expires_at: Option<DateTime<Utc>>,
     /// The per-provider choices of the visitor's latest record, while their decision is valid;
     /// absent otherwise.
@@ -269,7 +305,12 @@ pub async fn state(
         granted: e.choices,
         action: view.as_ref().map(|r| r.action),
         revision: view.as_ref().map(|r| r.revision).or(policy.as_ref().map(|p| p.revision)),
-        expires_at: view.as_ref().map(|r| r.expires_at),
+        config_id: store::active_id(db, tenant.id).await?,
+        decided_at: view.as_ref().map(|r| r.created_at),
+        expires_at: view.as_ref().map(|r| match &policy {
+            Some(p) => r.expires_at.min(r.created_at + chrono::Duration::days(i64::from(p.expiry_days))),
+            None => r.expires_at,
+        }),
         provider_choices: if decided { view.and_then(|r| r.providers) } else { None },
     })
 }

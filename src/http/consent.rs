@@ -67,6 +67,11 @@ pub struct NewConsent {
     choices: Option<Choices>,
     /// The config revision the visitor was shown (from the banner config). Not needed to withdraw.
     revision: Option<i32>,
+    /// The cookie consent config the visitor was shown (`config_id` of the banner config): a
+    /// revision number is counted per config, so without it a banner of another config could pass
+    /// for the active one. A choice granting anything under another config is refused (409); so
+    /// is one without it whose revision number another config of the tenant has too.
+    config_id: Option<uuid::Uuid>,
     /// The language the banner was shown in.
     language: Option<String>,
     /// `banner` (default from browsers), `api` (default otherwise), or a short label of your own.
@@ -209,6 +214,7 @@ async fn record_consent(
             action: body.action,
             choices: body.choices,
             revision: body.revision,
+            config_id: body.config_id,
             language: body.language,
             source: body.source,
             providers: body.providers,
@@ -271,6 +277,7 @@ async fn withdraw_consent(
             action: Action::Withdraw,
             choices: None,
             revision: None,
+            config_id: None,
             language: None,
             source: None,
             providers: None,

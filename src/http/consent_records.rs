@@ -166,7 +166,7 @@ pub(crate) fn export_response(
     security(("bearer" = []))
 )]
 async fn verify_chain(State(state): State<AppState>, Reader(caller): Reader) -> ApiResult<Json<Verification>> {
-    Ok(Json(chain::verify(&state.db, caller.tenant.id).await?))
+    Ok(Json(chain::verify(&state.db, &caller.tenant).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -201,11 +201,13 @@ async fn erase_visitor(
     Admin(caller): Admin,
     ApiQuery(EraseQuery { visitor_id }): ApiQuery<EraseQuery>,
 ) -> ApiResult<Json<Erased>> {
-    let erased = records::erase_visitor(&state.db, &caller.tenant, &visitor_id).await?;
+    // The erasure and its audit entry commit together: neither stands without the other.
+    let txn = crate::db::begin_write(&state.db).await?;
+    let erased = records::erase_visitor_in(&txn, &caller.tenant, &visitor_id).await?;
     let visitor_hash = records::visitor_hash(&caller.tenant, &visitor_id);
     // The audit entry names the pseudonym only: writing the erased id here would undo the erasure.
     audit::record(
-        &state.db,
+        &txn,
         audit::Change {
             tenant_id: caller.tenant.id,
             actor: &caller.actor(),
@@ -217,5 +219,6 @@ async fn erase_visitor(
         },
     )
     .await?;
+    txn.commit().await?;
     Ok(Json(Erased { erased, visitor_hash }))
 }

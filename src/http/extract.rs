@@ -17,6 +17,7 @@ use super::error::ApiError;
 use crate::{
     app::AppState,
     consent::Signals,
+    geo::Location,
     ingest::event::VisitorFacts,
     tokens::{self, Role, TokenHolder},
 };
@@ -304,22 +305,11 @@ impl FromRequestParts<AppState> for Visitor {
             text(ip_header).and_then(|v| v.split(',').next().and_then(|s| s.trim().parse().ok())).or(peer)
         };
         let looked_up = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
-        let country = text(&state.settings.geo.country_header)
-            .map(|c| c.to_ascii_uppercase())
-            // Placeholders such as Cloudflare's `XX` (unknown) and `T1` (Tor) are not countries:
-            // they must count as unknown, which is consent-required, not as "outside the list".
-            .filter(|c| crate::consent::regions::is_country(c))
-            .or(looked_up.country.clone());
-        let region = text(&state.settings.geo.region_header).and_then(|r| {
-            let r = r.to_ascii_uppercase();
-            match (&country, r.contains('-')) {
-                (_, true) => Some(r),
-                (Some(c), false) => Some(format!("{c}-{r}")),
-                (None, false) => None,
-            }
-        });
-        // A subdivision from the database only counts with the country it belongs to.
-        let region = region.or(looked_up.region.filter(|r| country.as_deref().is_some_and(|c| r.starts_with(c))));
+        let Location { country, region } = crate::geo::locate(
+            text(&state.settings.geo.country_header).as_deref(),
+            text(&state.settings.geo.region_header).as_deref(),
+            looked_up,
+        );
         Ok(Visitor {
             facts: VisitorFacts {
                 ip,

@@ -10,7 +10,6 @@ use super::{
 };
 use crate::{
     app::AppState,
-    audit,
     privacy::retention::{self, Overrides, Policy},
 };
 
@@ -42,20 +41,8 @@ async fn put_retention(
     Admin(caller): Admin,
     ApiJson(overrides): ApiJson<Overrides>,
 ) -> ApiResult<Json<Policy>> {
-    let before = retention::policy(&state.db, &state.settings.retention, caller.tenant.id).await?;
-    let after = retention::set_overrides(&state.db, &state.settings.retention, caller.tenant.id, overrides).await?;
-    audit::record(
-        &state.db,
-        audit::Change {
-            tenant_id: caller.tenant.id,
-            actor: &caller.actor(),
-            action: "retention.update",
-            entity_type: "retention",
-            entity_id: None,
-            before: serde_json::to_value(before.overrides).ok(),
-            after: serde_json::to_value(after.overrides).ok(),
-        },
-    )
-    .await?;
-    Ok(Json(after))
+    Ok(Json(
+        retention::set_overrides(&state.db, &state.settings.retention, caller.tenant.id, overrides, &caller.actor())
+            .await?,
+    ))
 }

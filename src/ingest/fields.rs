@@ -75,10 +75,20 @@ pub fn referrer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PageUrl>, D::E
 
 text_field!(
     /// An identifier a client chose (user, session, consent-lookup id): 1–200 characters, no
-    /// control characters.
+    /// control characters. A UUID is kept lower-case, as a visitor id is
+    /// (`consent::records::VisitorId`): in either case it is one visitor to the consent lookup,
+    /// the erasure and the export, which compare ids exactly.
     ClientId, "3f2c9a",
-    |s| checked(s, 1, MAX_ID_CHARS)
+    |s| checked(s, 1, MAX_ID_CHARS).map(lower_case_uuid)
 );
+
+/// `s` in lower case when it is a hyphenated UUID; as it is otherwise.
+fn lower_case_uuid(s: String) -> String {
+    match uuid::Uuid::parse_str(&s) {
+        Ok(u) if s.len() == 36 => u.hyphenated().to_string(),
+        _ => s,
+    }
+}
 
 text_field!(
     /// A client's idempotency key: like a [`ClientId`], but not in the gateway's own `auto:`
@@ -283,6 +293,15 @@ mod tests {
         assert!(Screen::parse("1920x1080").is_ok() && Screen::parse("big").is_err());
         assert_eq!(Currency::parse(" eur").unwrap().as_str(), "EUR");
         assert!(Currency::parse("euro").is_err());
+    }
+
+    #[test]
+    fn a_uuid_client_id_is_kept_lower_case_and_any_other_id_as_posted() {
+        let id = |s: &str| ClientId::parse(s).unwrap().as_str().to_string();
+        assert_eq!(id("3F2504E0-4F89-41D3-9A0C-0305E82C3301"), "3f2504e0-4f89-41d3-9a0c-0305e82c3301");
+        for kept in ["User-42", "3F2504E04F8941D39A0C0305E82C3301", "{3F2504E0-4F89-41D3-9A0C-0305E82C3301}"] {
+            assert_eq!(id(kept), kept);
+        }
     }
 
     #[test]

@@ -341,6 +341,10 @@ pub async fn records_of(
 /// price: a repeat of such an event (a server's beacon sent twice without its own key) is stored
 /// and forwarded again — a rare double count, never a link. Clients that need exactly-once send
 /// their own `idempotency_key`, as the banner's tracker does.
+///
+/// Identifier properties (`email`, `customer_id`, an email address as a value: what
+/// [`providers::properties_for`] strips for an anonymous delivery) go too, and the stored
+/// `context.properties_removed` names them (their paths, not their values).
 fn make_unlinkable(model: &mut analytics_event::Model) {
     model.user_id = None;
     model.anonymous_id = None;
@@ -348,6 +352,13 @@ fn make_unlinkable(model: &mut analytics_event::Model) {
     model.user_agent = None;
     if model.idempotency_key.as_deref().is_some_and(|k| k.starts_with(fields::DERIVED_PREFIX)) {
         model.idempotency_key = None;
+    }
+    let (kept, removed) = providers::properties_for(model, consent::Identity::Anonymous);
+    if !removed.is_empty() {
+        model.event_properties = Value::Object(kept);
+        if let Value::Object(context) = &mut model.context {
+            context.insert("properties_removed".into(), json!(removed));
+        }
     }
 }
 

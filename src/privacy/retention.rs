@@ -91,11 +91,14 @@ pub async fn policy(db: &impl ConnectionTrait, settings: &RetentionSettings, ten
 }
 
 /// Replaces the tenant's overrides (`null`: back to the default).
+///
+/// The change and its audit entry (`retention.update`, by `actor`) commit together.
 pub async fn set_overrides(
     db: &DatabaseConnection,
     settings: &RetentionSettings,
     tenant_id: Uuid,
     overrides: Overrides,
+    actor: &str,
 ) -> Result<Policy> {
     overrides.check()?;
     let row = retention_policy::ActiveModel {
@@ -105,14 +108,28 @@ pub async fn set_overrides(
         updated_at: Set(Utc::now()),
     };
     let txn = crate::db::begin_write(db).await?;
+    let before = policy(&txn, settings, tenant_id).await?;
     if retention_policy::Entity::find_by_id(tenant_id).one(&txn).await?.is_some() {
         row.update(&txn).await?;
     } else {
         row.insert(&txn).await?;
     }
-    let policy = policy(&txn, settings, tenant_id).await?;
+    let after = policy(&txn, settings, tenant_id).await?;
+    crate::audit::record(
+        &txn,
+        crate::audit::Change {
+            tenant_id,
+            actor,
+            action: "retention.update",
+            entity_type: "retention",
+            entity_id: None,
+            before: serde_json::to_value(before.overrides).ok(),
+            after: serde_json::to_value(after.overrides).ok(),
+        },
+    )
+    .await?;
     txn.commit().await?;
-    Ok(policy)
+    Ok(after)
 }
 
 /// What one round purged.

@@ -390,9 +390,15 @@ async fn dnt_and_gpc_limit_what_is_granted_and_are_recorded() {
         json!({"necessary": true, "functional": false, "analytics": false, "marketing": false})
     );
 
-    // GPC always refuses marketing, even where DNT is not respected.
-    app.publish_consent_config(json!({"respect_do_not_track": false})).await;
-    app.consent("v-gpc2", "accept_all", 1).await;
+    // GPC always refuses marketing, even where DNT is not respected. (A second config: its
+    // revision 1 is named with its id — the first config has a revision 1 too.)
+    let second = app.publish_consent_config(json!({"respect_do_not_track": false})).await;
+    let (s, recorded) = send(
+        app.public(Method::POST, &app.consent_path())
+            .json(&json!({"visitor_id": "v-gpc2", "action": "accept_all", "revision": 1, "config_id": second})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{recorded}");
     let st = state_with(&app, "v-gpc2", &[("sec-gpc", "1")]).await;
     assert_eq!(st["granted"], json!({"necessary": true, "functional": true, "analytics": true, "marketing": false}));
 
@@ -400,7 +406,7 @@ async fn dnt_and_gpc_limit_what_is_granted_and_are_recorded() {
     let (s, recorded) = send(
         app.public(Method::POST, &app.consent_path())
             .header("sec-gpc", "1")
-            .json(&json!({"visitor_id": "v-gpc3", "action": "accept_all", "revision": 1})),
+            .json(&json!({"visitor_id": "v-gpc3", "action": "accept_all", "revision": 1, "config_id": second})),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{recorded}");
@@ -450,6 +456,72 @@ async fn geo_decides_whether_consent_is_required() {
     let (_, records) = app.get(&format!("/v1/tenants/{}/consent-records", app.tenant), &app.auditor).await;
     assert_eq!(records["items"][0]["country"], "SE");
     assert_eq!(records["items"][0]["ip_truncated"], "127.0.0.0");
+}
+
+/// With a GeoIP file as well, the country header still decides when a request carries it: a
+/// Tor visitor (`T1`) is unknown — consent required —, not in the country the file places the
+/// exit node in. Without the header, the file decides.
+#[tokio::test]
+async fn a_placeholder_in_the_country_header_is_not_looked_up_in_the_geoip_file() {
+    let app = spawn_app_with(|s| {
+        s.geo.country_header = "CF-IPCountry".into();
+        s.geo.mmdb_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/geoip-test.mmdb").into();
+        s.server.client_ip_header = "X-Forwarded-For".into();
+    })
+    .await;
+    app.publish_consent_config(json!({"categories": {"analytics": {"default_accepted": true}}})).await;
+    // 203.0.113.0/24 is Texas in the test file: outside every consent region.
+    let texas = [("x-forwarded-for", "203.0.113.9")];
+    let st = state_with(&app, "v", &texas).await;
+    assert_eq!((st["country"].as_str(), st["consent_required"].as_bool()), (Some("US"), Some(false)), "{st}");
+    assert_eq!(st["granted"]["analytics"], true, "{st}");
+    for placeholder in ["T1", "XX"] {
+        let st = state_with(&app, "v", &[texas[0], ("cf-ipcountry", placeholder)]).await;
+        assert_eq!(
+            (st["country"].clone(), st["consent_required"].as_bool()),
+            (Value::Null, Some(true)),
+            "{placeholder}: {st}"
+        );
+        assert_eq!(st["granted"]["analytics"], false, "{placeholder}: {st}");
+    }
+}
+
+/// Revision numbers are counted per config: config B's revision 1 is not config A's. A banner
+/// of the old config (cached for a while after B is published) cannot record a grant under B's
+/// texts: it says which config it showed, and a grant without the config whose revision number
+/// two configs have is refused as ambiguous. A refusal is recorded whatever the banner showed.
+#[tokio::test]
+async fn a_grant_made_on_another_configs_banner_is_refused() {
+    let app = spawn_app().await;
+    let old = app.publish_consent_config(json!({"display_name": "Old"})).await;
+    let new = app.publish_consent_config(json!({"display_name": "New"})).await;
+    assert_ne!(old, new);
+    // What a server-side caller reads to name the config it asks under.
+    assert_eq!(state(&app, "v").await["config_id"], json!(new));
+    let post = async |body: Value| send(app.public(Method::POST, &app.consent_path()).json(&body)).await;
+    let grant = |config: Option<&str>| {
+        let mut b = json!({"visitor_id": "v", "action": "accept_all", "revision": 1});
+        if let Some(c) = config {
+            b["config_id"] = json!(c);
+        }
+        b
+    };
+    for (body, why) in
+        [(grant(Some(&old)), "the old config's banner"), (grant(None), "no config: revision 1 is both's")]
+    {
+        let got = post(body).await;
+        assert_error(&got, StatusCode::CONFLICT, "conflict", None);
+        assert!(state(&app, "v").await["decision_needed"].as_bool().unwrap(), "{why}: nothing was recorded");
+    }
+    let (s, recorded) = post(grant(Some(&new))).await;
+    assert_eq!((s, recorded["revision"].as_i64()), (StatusCode::CREATED, Some(1)), "{recorded}");
+    assert_eq!(state(&app, "v").await["granted"]["analytics"], true);
+
+    // A refusal from the old config's banner stands, recorded under the active config.
+    let (s, refused) = post(json!({"visitor_id": "w", "action": "reject_all", "revision": 1, "config_id": old})).await;
+    assert_eq!(s, StatusCode::CREATED, "{refused}");
+    let (_, records) = app.get(&format!("/v1/tenants/{}/consent-records?visitor_id=w", app.tenant), &app.auditor).await;
+    assert_eq!(records["items"][0]["config_id"], json!(new), "{records}");
 }
 
 #[tokio::test]

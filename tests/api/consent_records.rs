@@ -313,6 +313,30 @@ async fn an_edited_record_breaks_the_chain_and_verify_says_where() {
     assert!(v["head"].is_null());
 }
 
+/// The visitor id is outside the hash (so it can be erased), yet it cannot be swapped: a record
+/// given another visitor's id, or an erased id put back, no longer matches its hashed
+/// `visitor_hash`.
+#[tokio::test]
+async fn a_visitor_id_swapped_in_a_record_breaks_the_chain() {
+    let app = spawn_app().await;
+    app.publish_consent_config(json!({})).await;
+    for v in ["a", "b", "c"] {
+        app.consent(v, "accept_all", 1).await;
+    }
+    app.db.execute_unprepared("UPDATE consent_record SET visitor_id = 'c' WHERE seq = 2").await.unwrap();
+    let v = verify(&app).await;
+    assert_eq!((v["ok"].as_bool(), v["checked"].as_u64()), (Some(false), Some(2)), "{v}");
+    assert_eq!(
+        (v["first_broken"]["seq"].as_i64(), v["first_broken"]["reason"].as_str()),
+        (Some(2), Some("visitor_id_mismatch"))
+    );
+    // An erased id (null) is no mismatch; putting it back as it was makes the chain whole again.
+    app.db.execute_unprepared("UPDATE consent_record SET visitor_id = NULL WHERE seq = 2").await.unwrap();
+    assert_eq!(verify(&app).await["ok"], true);
+    app.db.execute_unprepared("UPDATE consent_record SET visitor_id = 'b' WHERE seq = 2").await.unwrap();
+    assert_eq!(verify(&app).await["ok"], true);
+}
+
 #[tokio::test]
 async fn a_deleted_record_breaks_the_chain() {
     let app = spawn_app().await;

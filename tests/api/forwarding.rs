@@ -780,7 +780,9 @@ async fn after_reject_all_no_stored_event_can_be_joined_to_the_visitor() {
     let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
     let event = |lookup: Value, analytics: Value, who: &str| {
         json!({"event_name": "signup", "page_url": PAGE, "visitor_id": lookup, "anonymous_id": analytics,
-               "user_id": format!("user-{who}"), "session_id": format!("sess-{who}"), "occurred_at": at})
+               "user_id": format!("user-{who}"), "session_id": format!("sess-{who}"), "occurred_at": at,
+               "event_properties": {"plan": "pro", "customer_id": format!("cust-{who}"),
+                                    "form": {"contact": format!("{who}@example.com")}}})
     };
     // The tracker after a refusal: the consent-lookup id only. An older site: `anonymous_id` only,
     // which the gateway looks consent up under.
@@ -822,6 +824,9 @@ async fn after_reject_all_no_stored_event_can_be_joined_to_the_visitor() {
             assert!(e[field].is_null(), "{field}: {e}");
         }
         assert_eq!((e["event_name"].as_str(), e["ip_truncated"].as_str()), (Some("signup"), Some("203.0.113.0")));
+        // Identifier properties go too; the event says which (not what they held).
+        assert_eq!(e["event_properties"], json!({"plan": "pro", "form": {}}), "{e}");
+        assert_eq!(e["context"]["properties_removed"], json!(["customer_id", "form.contact"]), "{e}");
     }
     // With analytics consent: kept, as the providers that were allowed them received them.
     let (_, e) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&c)), &app.auditor).await;
@@ -835,6 +840,8 @@ async fn after_reject_all_no_stored_event_can_be_joined_to_the_visitor() {
         ),
         "{e}"
     );
+    assert_eq!(e["event_properties"]["customer_id"], format!("cust-{granted}"), "{e}");
+    assert!(e["context"].get("properties_removed").is_none(), "{e}");
     let umami = exactly(&fakes, "umami", 1).await;
     assert_eq!(umami[0]["body"]["payload"]["id"], format!("user-{granted}"));
 }

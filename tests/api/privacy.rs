@@ -222,6 +222,43 @@ async fn erasing_a_visitor_leaves_nothing_but_hashes_and_names_who_received_thei
     assert_eq!((s, again["events"].as_u64(), again["consent_records"].as_u64()), (StatusCode::OK, Some(0), Some(0)));
 }
 
+/// A UUID is one visitor in either case (a server may print them upper-case): the consent given
+/// under it, the events posted under it, and their erasure in the other case all meet — the
+/// events are not left behind, nor their waiting deliveries sent after the erasure.
+#[tokio::test]
+async fn a_uuid_visitor_id_is_the_same_visitor_in_either_case() {
+    let (app, fakes, keys) = setup().await;
+    site::plausible(&app, &fakes, json!({})).await;
+    site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
+    app.publish_consent_config(json!({})).await;
+    let lower = visitor();
+    let upper = lower.to_uppercase();
+    assert_ne!(lower, upper);
+    app.consent(&upper, "accept_all", 1).await;
+    let mut event = site::pageview(&upper);
+    event["visitor_id"] = json!(upper);
+    event["user_id"] = json!(upper);
+    let (s, accepted) = track(&app, &keys, event).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    assert!(accepted["decisions"].as_array().unwrap().iter().any(|d| d["identity"] == "full"), "{accepted}");
+    let (_, e) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&accepted)), &app.auditor).await;
+    assert_eq!(
+        (e["anonymous_id"].as_str(), e["user_id"].as_str()),
+        (Some(lower.as_str()), Some(lower.as_str())),
+        "{e}"
+    );
+
+    // Erased under the id as the consent was given: the event and its waiting deliveries go.
+    let (s, report) = app.delete(&visitor_path(&app, &upper, ""), &app.admin).await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!((report["events"].as_u64(), report["pending_deliveries"].as_u64()), (Some(1), Some(2)), "{report}");
+    for table in TABLES {
+        let rows = dump(&app, table).await.to_lowercase();
+        assert!(!rows.contains(&lower), "{table} still holds the visitor id: {rows}");
+    }
+    assert_eq!(app.drain_outbox().await.claimed, 0, "nothing is sent after the erasure");
+}
+
 #[tokio::test]
 async fn the_export_holds_records_with_proof_events_decisions_and_deliveries() {
     let sc = scene().await;

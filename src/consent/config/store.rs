@@ -646,6 +646,26 @@ pub async fn texts_hash_of(db: &impl ConnectionTrait, config_id: Uuid, number: i
         .map(|r| r.texts_hash))
 }
 
+/// Whether a config of `tenant_id` other than `config_id` has published a revision numbered
+/// `number` (revision numbers are counted per config).
+pub async fn another_config_has_revision(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    number: i32,
+) -> Result<bool> {
+    Ok(revision::Entity::find()
+        .select_only()
+        .column(revision::Column::Id)
+        .filter(revision::Column::TenantId.eq(tenant_id))
+        .filter(revision::Column::ConfigId.ne(config_id))
+        .filter(revision::Column::Revision.eq(number))
+        .into_tuple::<Uuid>()
+        .one(db)
+        .await?
+        .is_some())
+}
+
 /// The banner config JSON (contract, "Banner") of the tenant's active config and the build it is
 /// rendered with; `None` when the tenant has none (banner.js answers 404 then). Only enabled
 /// categories are included. `providers`: the tenant's provider configs (the offer, when the

@@ -94,7 +94,7 @@ pub async fn export(State(state): State<AppState>, page: Page, RawQuery(query): 
 }
 
 pub async fn verify(State(state): State<AppState>, page: Page) -> Response {
-    let v = match chain::verify(&state.db, page.holder.tenant.id).await {
+    let v = match chain::verify(&state.db, &page.holder.tenant).await {
         Ok(v) => v,
         Err(e) => return domain_error(&page, e),
     };
