@@ -21,8 +21,7 @@ const G = x => x ? 'granted' : 'denied';
 // the config's own key, so `lang` and the record name exactly the texts shown.
 const LK = Object.keys(T);
 const L = [...n.languages, C.default_language].flatMap(l => [l, l.split('-')[0]]).map(l => LK.find(k => k.toLowerCase() == l.toLowerCase())).find(l => l);
-const DEF = { privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', always_on: 'Always on', signal_denied: "Off: your browser's privacy signal" };
-const tx = k => T[L][k] || T[C.default_language][k] || DEF[k] || '';
+const tx = k => T[L][k] || T[C.default_language][k] || '';
 // A category's label and description: the language's own, else the category's (the gateway sends
 // those as `label` and `description`, and only when some language lacks its own).
 const ctx = (k, f) => T[L].categories?.[k]?.[f] || K[k][f] || '';
@@ -44,12 +43,15 @@ const pre = {}; CATS.forEach(k => pre[k] = K[k].default_accepted);
 if (C.geo_targeting_enabled && C.consent_required_regions.length) gtag('consent', 'default', cm({}, { region: C.consent_required_regions }));
 gtag('consent', 'default', cm(C.geo_targeting_enabled ? eff(pre) : {}));
 
-// The choice kept on the site {vid, cfg, rev, choices, exp, act}: a first-party cookie, so the
-// site's server can read it too. A valid one decides without any request.
+// The choice kept on the site {vid, cfg, rev, choices, act, t, exp, p}: a first-party cookie, so
+// the site's server can read it too. A valid one decides without any request. t: when it was
+// made — it counts for the config's current expiry_days from then, so shortening that lifetime
+// applies to choices already made (as on the gateway; a choice without t is looked up again).
+// p: a refusal the gateway has not stored yet (sent again until it is).
 let st; try { st = JSON.parse(decodeURIComponent(d.cookie.match(/(^|; )cg_consent=([^;]*)/)?.[2])) } catch (e) {}
 // With per-provider choices, a choice made on another offer (the provider configs listed) is
 // asked about again: the gateway refuses configs the visitor was not offered until they choose.
-const valid = s => (PP ? s?.off == C.offer : 1) && s?.choices && s.rev >= C.reconsent_revision && s.exp > now() && s.cfg == C.config_id;
+const valid = s => (PP ? s?.off == C.offer : 1) && s?.choices && s.rev >= C.reconsent_revision && Math.min(s.exp, s.t + C.expiry_days * 864e5) > now() && s.cfg == C.config_id;
 const save = s => d.cookie = `cg_consent=${encodeURIComponent(JSON.stringify(s))}; Path=/; Max-Age=${C.expiry_days * 86400}; SameSite=Lax` + (location.protocol == 'https:' ? '; Secure' : '');
 // The consent-lookup id: written only when the visitor decides (ePrivacy Art. 5(3): storing it
 // is strictly necessary to remember a choice, and there is none before). Until then it lives in
@@ -90,16 +92,17 @@ function apply(s) {
   });
 }
 
-// DOM builder: properties where the element has them, attributes otherwise. Children are nodes
-// or strings, and strings become text nodes, never markup.
+// DOM builder: properties where the element has them, attributes otherwise (p may be 0: none).
+// Children are nodes or strings, and strings become text nodes, never markup.
 const h = (t, p, ...c) => { const e = d.createElement(t); for (const k in p) k in e ? e[k] = p[k] : e.setAttribute(k, p[k]); e.append(...c); return e };
-const btn = (k, onclick, className = 'pr') => h('button', { type: 'button', className, onclick }, tx(k));
+// Outside any form (in the shadow root), a button submits nothing: no type needed.
+const btn = (k, onclick, className = 'pr') => h('button', { className, onclick }, tx(k));
 const act = a => () => decide(a);
 
 function mount() {
   if (host) return;
-  // The gateway gives each language its writing direction (texts.{lang}.dir: ltr or rtl).
-  d.body.append(host = h('div', { id: 'consentgate', lang: L, dir: T[L].dir }));
+  // The gateway marks the languages written right to left (texts.{lang}.dir: rtl).
+  d.body.append(host = h('div', { id: 'consentgate', lang: L, dir: T[L].dir || 'ltr' }));
   root = host.attachShadow({ mode: 'open' });
   // A <style> element carrying the nonce the site gave us works under a strict style-src CSP.
   // The gateway put the config's colours at its top (--cg-p, --cg-b, --cg-t).
@@ -125,7 +128,7 @@ function show(required) {
     mount();
     root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1 },
       h('div', { className: 'tx' }, h('h2', { id: 't' }, tx('title')), h('p', { id: 'd' }, tx('body')),
-        ...['privacy', 'cookie'].filter(k => C[k + '_policy_url']).map(k => h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')))),
+        ...['privacy', 'cookie'].map(k => C[k + '_policy_url'] ? h('a', { href: C[k + '_policy_url'], target: '_blank' }, tx(k + '_policy')) : '')),
       // Where consent is required, refusing is always one click away, whatever the setting.
       h('div', { className: 'bt' }, B.show_reject_all != 0 || required ? btn('reject_all', act('reject_all')) : '', btn('accept_all', act('accept_all')),
         B.show_preferences != 0 ? btn('preferences', () => prefs(init), 'sc') : '')));
@@ -152,14 +155,14 @@ function prefs(c) {
   mount(); dlg?.open && dlg.close();
   if (PP) pb = {};
   const back = root.activeElement || d.activeElement, box = {}, D = dlg = h('dialog', { className: 'pf', 'aria-labelledby': 'pt' },
-    h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { type: 'button', className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
+    h('div', { className: 'hd' }, h('h2', { id: 'pt' }, tx('preferences')), h('button', { className: 'x', 'aria-label': tx('close'), onclick: () => D.close() }, '×')),
     ...CATS.map(k => {
       // A locked switch says why: always on (necessary), or off by the browser's privacy signal.
       const lock = k == 'necessary', off = blocked(k), why = lock ? tx('always_on') : off ? tx('signal_denied') : '';
       const row = h('div', { className: 'ct' },
-        h('label', {}, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
-          h('span', {}, ctx(k, 'label'))),
-        h('p', { id: k }, h('em', {}, why), ctx(k, 'description')));
+        h('label', 0, box[k] = h('input', { type: 'checkbox', role: 'switch', checked: lock || c?.[k] && !off, disabled: lock || off, 'aria-describedby': k }),
+          h('span', 0, ctx(k, 'label'))),
+        h('p', { id: k }, h('em', 0, why), ctx(k, 'description')));
       if (PP) {
         // Under the category, each provider config that needs it: its name, what it receives, its
         // privacy policy, and its own switch — as last chosen (one not chosen on before is off:
@@ -167,8 +170,8 @@ function prefs(c) {
         // switching one on switches the category on.
         const ps = C.providers.filter(p => p.category == k), was = cur ? cur.pc : pw;
         for (const p of ps) row.append(h('div', { className: 'pv' },
-          h('label', {}, pb[p.id] = h('input', { type: 'checkbox', role: 'switch', checked: (was ? !!was[p.id] : c?.[k]) && !off, disabled: off, 'aria-describedby': 'p' + p.id,
-            onchange: e => e.target.checked && (box[k].checked = true) }), h('span', {}, p.name)),
+          h('label', 0, pb[p.id] = h('input', { type: 'checkbox', role: 'switch', checked: (was ? !!was[p.id] : c?.[k]) && !off, disabled: off, 'aria-describedby': 'p' + p.id,
+            onchange: e => e.target.checked && (box[k].checked = true) }), h('span', 0, p.name)),
           h('p', { id: 'p' + p.id }, p.receives + ' ', p.privacy_policy_url ? h('a', { href: p.privacy_policy_url, target: '_blank' }, tx('privacy_policy')) : '')));
         box[k].onchange = () => ps.forEach(p => pb[p.id].checked = box[k].checked);
       }
@@ -194,13 +197,15 @@ function decide(action, c) {
   // PP: every provider shown, with its switch (the gateway derives them for the other actions).
   const providers = PP && Object.fromEntries(C.providers.map(p => [p.id, action == 'custom' ? !!pb[p.id]?.checked : action == 'accept_all']));
   fetch(API + '/consent', { method: 'POST', keepalive: true,
-    body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, language: L, source: 'banner', ...PP && { providers } }) })
+    body: JSON.stringify({ visitor_id: vid, action, choices, revision: C.revision, config_id: C.config_id, language: L, ...PP && { providers } }) })
     .then(r => r.ok && r.json()).catch(() => 0).then(r => {
-      const s = { vid, cfg: C.config_id, rev: r?.revision ?? C.revision, choices: r?.choices || choices, act: action, exp: Date.parse(r?.expires_at) || now() + C.expiry_days * 864e5 };
+      const s = { vid, cfg: C.config_id, rev: r?.revision || C.revision, choices: r?.choices || choices, act: action, t: now(), exp: Date.parse(r?.expires_at) || now() + C.expiry_days * 864e5, p: !r };
       // The offer chosen on and the per-provider choices, as recorded.
       if (PP) s.off = r?.provider_choices?.offer ?? C.offer, s.pc = r?.provider_choices?.providers || providers;
-      // Without a record on the gateway there is no proof of consent (GDPR Art. 7(1)): keep and
-      // apply only the refusals; nothing is granted until a decision is stored.
+      // Without a record on the gateway there is no proof of consent (GDPR Art. 7(1)): nothing
+      // is granted until a decision is stored, and only a refusal is kept — marked unsent (p) and
+      // made again on every later page until the gateway stores it: a "no" it never heard of
+      // would let its defaults apply.
       if (r || !O.some(k => choices[k])) save(s);
       apply(r ? s : { ...s, choices: {} });
     });
@@ -219,9 +224,9 @@ if (FLAGS) api.flags = () => fetch(API + '/analytics/posthog/flags?key=' + encod
   body: JSON.stringify({ visitor_id: vid, ...eff(cur?.choices).analytics && { anonymous_id: vid } }) })
   .then(r => r.json()).then(r => r.flags?.constructor == Object ? r.flags : {}, () => ({}));
 
-if (valid(st)) apply(st);
+if (valid(st)) apply(st), st.p && ready(() => decide(st.act, st.choices));
 else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r => {
-  const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, exp: Date.parse(r.expires_at) };
+  const s = { vid, cfg: C.config_id, rev: r.revision, choices: r.choices, t: Date.parse(r.decided_at), exp: Date.parse(r.expires_at) };
   // The gateway asks again (decision_needed) when the offer changed, so a valid answer is on this one.
   if (PP) s.off = C.offer, s.pc = r.provider_choices?.providers;
   if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
@@ -237,7 +242,7 @@ else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r
 // queued, posted in batches, retried with exponential backoff and jitter; each event has its own
 // idempotency key so a retry never counts twice. What is left goes by sendBeacon on page hide.
 const EV = API + '/events?key=' + encodeURIComponent(ds.key), Q = [];
-const red = u => u.replace(/([?&#])([^=&#]*(token|secret|passw|pwd|auth|key|sig)[^=&#]*)=[^&#]*/gi, '$1$2=REDACTED');
+const red = u => u.replace(/([?&#][^=&#]*(token|secret|passw|pwd|auth|key|sig)[^=&#]*=)[^&#]*/gi, '$1REDACTED');
 let ref = d.referrer, last, timer, tries = 0;
 function track(event_name, event_properties = {}) {
   if (!ds.key) return;

@@ -18,6 +18,12 @@ export const direction = (lang) => {
   return ['ar', 'dv', 'fa', 'he', 'ps', 'sd', 'ug', 'ur', 'yi', 'ckb', 'iw'].includes(primary) ? 'rtl' : 'ltr';
 };
 
+/** The built-in English a config may leave out (`BUILTIN_ENGLISH` in src/consent/config/guidance.rs). */
+export const BUILTIN_ENGLISH = {
+  privacy_policy: 'Privacy policy', cookie_policy: 'Cookie policy', close: 'Close', always_on: 'Always on',
+  signal_denied: "Off: your browser's privacy signal",
+};
+
 /** The banner config the gateway builds from a tenant's active cookie-consent config
  * (`browser_config` in src/banner/mod.rs): only what the browser reads. */
 export function bannerConfig(config, { id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0e', revision = 1, reconsentRevision = 1 } = {}) {
@@ -35,7 +41,10 @@ export function bannerConfig(config, { id = '01936f7c-2a4e-7b1d-9c3f-5e6a7b8c9d0
   }
   const banner = { ...config.banner };
   for (const k of ['show_reject_all', 'show_preferences']) if (banner[k] !== false) delete banner[k];
-  const texts = Object.fromEntries(Object.entries(config.texts).map(([l, t]) => [l, { ...t, dir: direction(l) }]));
+  // Only a right-to-left language says so; the default language carries the built-in English of
+  // the texts it leaves out (BUILTIN_ENGLISH).
+  const texts = Object.fromEntries(Object.entries(config.texts).map(([l, t]) => [l, direction(l) === 'rtl' ? { ...t, dir: 'rtl' } : t]));
+  texts[config.default_language] = { ...BUILTIN_ENGLISH, ...texts[config.default_language] };
   return {
     config_id: id, revision, reconsent_revision: reconsentRevision,
     expiry_days: config.consent_expiry_days, respect_do_not_track: config.respect_do_not_track,
@@ -63,7 +72,8 @@ export function renderBanner(bannerCfg, variant = {}) {
   const cfg = bannerCfg.banner ? { ...bannerCfg, banner } : bannerCfg;
   const vars = {
     config_json: scriptJson(cfg),
-    css: scriptJson(`:host{all:initial;${colours}}` + read('banner.css') + (variant.pp ? read('banner-pp.css') : '')),
+    // One rule a line in the source; no line breaks served.
+    css: scriptJson(`:host{all:initial;${colours}}` + (read('banner.css') + (variant.pp ? read('banner-pp.css') : '')).replace(/\n/g, '')),
     script: read(variantFile(variant)),
   };
   return read('../templates/banner.js.tera').replace(/\{\{\s*(\w+)\s*\|\s*safe\s*\}\}/g, (_, k) => vars[k]);

@@ -11,7 +11,10 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tera::{Context, Tera};
 
-use crate::consent::config::spec::{ConfigSpec, HexColor};
+use crate::consent::config::{
+    guidance::BUILTIN_ENGLISH,
+    spec::{ConfigSpec, HexColor},
+};
 
 const TEMPLATE: &str = include_str!("../../templates/banner.js.tera");
 /// The default build: what every tenant gets unless an option below needs more.
@@ -93,7 +96,8 @@ pub fn provider_key(configs: &[entity::provider_config::Model]) -> String {
 /// without `enabled` and `required` (only `necessary` is required, and it is always on), and
 /// without a category's own name (as `label`) and description when every language has its own;
 /// settings at their default (`show_*: true`, `default_accepted: false`, no cookie names) are
-/// left out. Each language gets its writing direction (`texts.{lang}.dir`).
+/// left out. A right-to-left language says so (`texts.{lang}.dir`), and the default language
+/// carries the built-in English of the texts it leaves out ([`BUILTIN_ENGLISH`]).
 pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, reconsent_revision: i64) -> Value {
     let mut categories = Map::new();
     for (name, c) in spec.categories.iter() {
@@ -128,7 +132,19 @@ pub fn browser_config(spec: &ConfigSpec, config_id: uuid::Uuid, revision: i64, r
     let mut texts = Map::new();
     for (lang, t) in &spec.texts {
         let mut v = serde_json::to_value(t).unwrap_or_default();
-        v["dir"] = direction(lang.as_str()).into();
+        // Only `rtl` is said: the banner reads no `dir` as `ltr`.
+        if direction(lang.as_str()) == "rtl" {
+            v["dir"] = "rtl".into();
+        }
+        // The default language carries the built-in English of the texts it leaves out, which
+        // every language falls back to.
+        if *lang == spec.default_language
+            && let Some(v) = v.as_object_mut()
+        {
+            for (key, text) in BUILTIN_ENGLISH {
+                v.entry(key).or_insert_with(|| text.into());
+            }
+        }
         texts.insert(lang.to_string(), v);
     }
     // The first layer's buttons are shown unless switched off.
@@ -358,9 +374,10 @@ pub fn render_script(config: &serde_json::Value, variant: Variant) -> Result<Str
         }
     }
     css.push('}');
-    css.push_str(CSS);
+    // One rule a line in the source; no line breaks served (every byte counts against the budget).
+    css.extend(CSS.lines());
     if variant.per_provider {
-        css.push_str(CSS_PP);
+        css.extend(CSS_PP.lines());
     }
     let mut ctx = Context::new();
     ctx.insert("config_json", &script_json(&config));
@@ -426,13 +443,9 @@ mod tests {
     fn colours_go_into_the_stylesheet_and_only_as_colours() {
         let r = render(&json!({"revision": 1, "banner": {"style": "bar", "primary_color": "#1a56db", "background_color": "#ffffff", "text_color": "red;}*{x:y"}}))
             .unwrap();
+        assert!(r.body.contains("CG_CSS=\":host{all:initial;--cg-p:#1a56db;--cg-b:#ffffff;}"), "{}", &r.body[..300]);
         assert!(
-            r.body.contains("var CG_CSS = \":host{all:initial;--cg-p:#1a56db;--cg-b:#ffffff;}"),
-            "{}",
-            &r.body[..300]
-        );
-        assert!(
-            r.body.contains("var CG_CONFIG = {\"banner\":{\"style\":\"bar\"},\"revision\":1};"),
+            r.body.contains("var CG_CONFIG={\"banner\":{\"style\":\"bar\"},\"revision\":1},"),
             "{}",
             &r.body[..300]
         );
@@ -471,8 +484,14 @@ mod tests {
         assert_eq!(c["revision"], 3);
         assert_eq!(c["reconsent_revision"], 2);
         assert_eq!(c["texts"]["ar"]["dir"], "rtl");
-        assert_eq!(c["texts"]["sv"]["dir"], "ltr");
+        assert!(c["texts"]["sv"].get("dir").is_none(), "left to right needs no word");
         assert_eq!(c["texts"]["sv"]["accept_all"], "Godkänn alla");
+        // The built-in English the banner falls back to: with the default language, once.
+        assert_eq!(
+            (c["texts"]["en"]["close"].as_str(), c["texts"]["en"]["always_on"].as_str()),
+            (Some("Close"), Some("Always on"))
+        );
+        assert!(c["texts"]["sv"].get("close").is_none());
         let cats = c["categories"].as_object().unwrap();
         assert_eq!(cats.keys().collect::<Vec<_>>(), ["analytics", "functional", "necessary"], "enabled ones only");
         assert!(cats["necessary"].get("default_accepted").is_none() && cats["necessary"].get("cookie_names").is_none());
@@ -505,8 +524,8 @@ mod tests {
     fn the_rendered_banner_embeds_the_config_and_changes_etag_with_it() {
         let a = render(&json!({"revision": 1, "tenant": "demo"})).unwrap();
         let b = render(&json!({"revision": 2, "tenant": "demo"})).unwrap();
-        assert!(a.body.contains("var CG_CONFIG = {\"revision\":1,\"tenant\":\"demo\"};"), "{}", &a.body[..200]);
-        assert!(a.body.contains("var CG_CSS = \":host{all:initial;}"), "no colours, no custom properties");
+        assert!(a.body.contains("var CG_CONFIG={\"revision\":1,\"tenant\":\"demo\"},"), "{}", &a.body[..200]);
+        assert!(a.body.contains("CG_CSS=\":host{all:initial;}"), "no colours, no custom properties");
         assert!(a.body.contains(SCRIPT.trim()));
         assert_ne!(a.etag, b.etag);
         assert_eq!(a.etag, render(&json!({"revision": 1, "tenant": "demo"})).unwrap().etag);

@@ -143,6 +143,40 @@ describe('decisions', () => {
     await context.close();
   });
 
+  test('a refusal the gateway could not store is kept, and posted again on the next page until it is', async () => {
+    // Outside the region where consent is required, the gateway's defaults would apply to a
+    // visitor whose "no" it never heard of: the refusal must reach it.
+    const { page, context, requests } = await firstVisit();
+    const refuse = (route) => route.abort('connectionrefused');
+    const isConsent = (u) => u.pathname.endsWith('/consent');
+    await page.route(isConsent, refuse);
+    await ui(page).reject.click();
+    await page.waitForFunction(() => window.__gtag?.some((c) => c[0] === 'consent' && c[1] === 'update'));
+    const kept = await storedChoice(page);
+    assert.equal(kept?.p, true, `kept, marked unsent: ${JSON.stringify(kept)}`);
+    assert.deepEqual(await ran(page), { functional: false, analytics: false, marketing: false });
+    const vid = await visitorId(page);
+    assert.deepEqual(await tenant.records(vid), [], 'nothing reached the gateway');
+
+    await page.unroute(isConsent, refuse);
+    requests.length = 0;
+    await page.goto(url);
+    await ui(page).settings.waitFor();
+    assert.equal(await ui(page).banner.count(), 0, 'the kept refusal decides: no banner');
+    const rec = await tenant.waitForRecord(vid, 'reject_all');
+    assert.deepEqual({ ...rec.choices }, { necessary: true, functional: false, analytics: false, marketing: false });
+    const posted = JSON.parse(consentRequests(requests).find((r) => r.method === 'POST').body);
+    assert.equal(posted.config_id, tenant.configId, 'the config shown is named');
+    await page.waitForFunction(() => document.cookie.includes('cg_consent') && !JSON.parse(decodeURIComponent(document.cookie.match(/(^|; )cg_consent=([^;]*)/)[2])).p);
+    // Stored now: the next page posts nothing.
+    requests.length = 0;
+    await page.goto(url);
+    await ui(page).settings.waitFor();
+    assert.deepEqual(consentRequests(requests), []);
+    assert.equal((await tenant.records(vid)).length, 1);
+    await context.close();
+  });
+
   test('custom preferences: only analytics granted', async () => {
     const { page, context } = await firstVisit();
     const u = ui(page);
@@ -213,6 +247,26 @@ describe('later visits', () => {
     await ui(page).reject.click();
     await tenant.waitForRecord(vid, 'reject_all');
     await context.close();
+  });
+
+  test('a choice older than the config\'s lifetime now shows the banner again, even before its own expiry', async () => {
+    // Made when the config kept choices longer (its own exp is months away), but the config now
+    // keeps them 180 days (sample config), and it was made 181 days ago: shortening the lifetime
+    // applies to choices already made, as on the gateway. A choice kept without its time (an
+    // older banner's) is looked up again.
+    const day = 864e5;
+    for (const t of [Date.now() - 181 * day, undefined]) {
+      const { page, context, requests } = await visitor(browser, { country: SWEDEN });
+      const vid = crypto.randomUUID();
+      const old = { vid, cfg: tenant.configId, rev: tenant.revision, act: 'accept_all', t, exp: Date.now() + 300 * day,
+        choices: { necessary: true, functional: true, analytics: true, marketing: true } };
+      await context.addCookies([{ name: 'cg_consent', value: encodeURIComponent(JSON.stringify(old)), url: site.origin }]);
+      await page.goto(url);
+      await ui(page).banner.waitFor();
+      assert.equal(consentRequests(requests).filter((r) => r.method === 'GET').length, 1, 'asked the gateway');
+      assert.deepEqual(await ran(page), { functional: false, analytics: false, marketing: false }, `t: ${t}`);
+      await context.close();
+    }
   });
 
   test('a revision published with requires_reconsent shows the banner again; one without does not', async () => {

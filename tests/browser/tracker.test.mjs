@@ -99,6 +99,25 @@ test('data-no-pageview: no automatic page view, consentgate.track still works', 
   await context.close();
 });
 
+test('the tag twice on a page (hard-coded, and again through a tag manager): one banner, one page view', async () => {
+  const again = `<script src="${tenant.bannerSrc()}" data-key="${tenant.publicKey}"></script>`;
+  const url = site.page('/twice', sitePage(tenant, { head: again }));
+  const { page, context, requests } = await visitor(browser, { country: 'SE' });
+  await page.clock.install();
+  await page.goto(url);
+  await ui(page).banner.waitFor();
+  await page.waitForLoadState('load');
+  assert.equal(await page.evaluate(() => document.querySelectorAll('#consentgate').length), 1);
+  // Every timer either copy could have set runs now; the control request is seen after anything
+  // they posted.
+  await page.clock.runFor(10_000);
+  await waitForRequests(requests, (rs) => events(rs).length >= 1, 'a page view');
+  await page.evaluate(() => fetch('/after-the-tracker', { method: 'POST', body: 'control' }));
+  assert.ok(requests.some((r) => r.url.endsWith('/after-the-tracker')), 'the control request was seen');
+  assert.deepEqual(events(requests).map((e) => e.event_name), ['pageview'], 'counted once');
+  await context.close();
+});
+
 test('without data-key the tracker sends nothing (the banner still works)', async () => {
   const url = site.page('/no-key', sitePage(tenant, { tag: { 'data-key': false } }));
   const { page, context, requests } = await visitor(browser, { country: 'SE' });

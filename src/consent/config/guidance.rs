@@ -138,14 +138,18 @@ fn builtin_texts_used(spec: &ConfigSpec) -> Vec<&'static str> {
     keys
 }
 
+/// The banner's built-in English for the texts a config may leave out: what a language without
+/// its own shows (the gateway adds them to the default language's texts in the banner config).
+pub const BUILTIN_ENGLISH: [(&str, &str); 5] = [
+    ("privacy_policy", "Privacy policy"),
+    ("cookie_policy", "Cookie policy"),
+    ("close", "Close"),
+    ("always_on", "Always on"),
+    ("signal_denied", "Off: your browser's privacy signal"),
+];
+
 fn builtin_english(key: &str) -> &'static str {
-    match key {
-        "privacy_policy" => "Privacy policy",
-        "cookie_policy" => "Cookie policy",
-        "close" => "Close",
-        "always_on" => "Always on",
-        _ => "Off: your browser's privacy signal",
-    }
+    BUILTIN_ENGLISH.iter().find(|(k, _)| *k == key).map_or("", |(_, text)| text)
 }
 
 fn has_text(t: &Texts, key: &str) -> bool {
