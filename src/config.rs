@@ -36,10 +36,14 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Header carrying the client IP when the gateway runs behind a proxy
-    /// (e.g. `X-Forwarded-For`; its first entry is used). Empty: the socket peer address.
-    /// Only set this behind a proxy that overwrites the header, or clients can forge their IP.
+    /// Header carrying the client IP when the gateway runs behind a proxy (e.g.
+    /// `X-Forwarded-For`). Empty: the socket peer address. Only set it when every request comes
+    /// through the proxy, or clients can forge their IP.
     pub client_ip_header: String,
+    /// How many proxies in front of the gateway add an entry to `client_ip_header`: the client
+    /// IP is the entry this many from the right (1: the last one, which the nearest proxy
+    /// wrote). Entries further left come from the client and are never trusted.
+    pub client_ip_hops: usize,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
     /// Seconds a client has to send a complete request head (request line and headers), counted
@@ -60,6 +64,7 @@ impl Default for ServerSettings {
             public_url: String::new(),
             max_body_bytes: 64 * 1024,
             client_ip_header: String::new(),
+            client_ip_hops: 1,
             shutdown_grace_secs: 20,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,

@@ -162,7 +162,7 @@ impl Flags {
             return Ok(FlagsAnswer { flags, identified, reason: None });
         }
         // The caller may be any browser: reasons that name a reference stay in the log.
-        let credentials = secrets.resolve_config(&config.credentials).await.map_err(|e| {
+        let credentials = secrets.resolve_config(&tenant.slug, &config.credentials).await.map_err(|e| {
             tracing::warn!(config = %config.id, error = %e, "feature flags: the PostHog credentials cannot be resolved");
             FlagsError::Upstream("the PostHog config's project key cannot be resolved now".into())
         })?;

@@ -31,9 +31,39 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The client's address in a forwarding header's value (`X-Forwarded-For: client, proxy1`)
+/// written by `hops` proxies that each add an entry: the entry `hops` from the right. Entries
+/// further left were sent by the client itself — a proxy that appends keeps them — so taking the
+/// first would let any client choose its address (its rate-limit budget, its country). `None`
+/// when that entry is missing or not an address (the caller falls back to the socket peer).
+pub fn forwarded_client(value: &str, hops: usize) -> Option<IpAddr> {
+    let entries: Vec<&str> = value.split(',').map(str::trim).collect();
+    let at = entries.len().checked_sub(hops.max(1))?;
+    entries[at].parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_entry_the_proxies_wrote() {
+        #[rustfmt::skip]
+        let cases: [(&str, usize, Option<&str>); 7] = [
+            ("203.0.113.9", 1, Some("203.0.113.9")),
+            // A client-sent entry before the one the load balancer appended is ignored.
+            ("6.6.6.6, 203.0.113.9", 1, Some("203.0.113.9")),
+            ("6.6.6.6, 203.0.113.9, 198.51.100.1", 2, Some("203.0.113.9")),
+            ("2001:db8::1 ,  198.51.100.1", 2, Some("2001:db8::1")),
+            // Fewer entries than proxies: the header did not come through them all.
+            ("203.0.113.9", 2, None),
+            ("203.0.113.9, not-an-ip", 1, None),
+            ("203.0.113.9", 0, Some("203.0.113.9")),
+        ];
+        for (value, hops, want) in cases {
+            assert_eq!(forwarded_client(value, hops), want.map(|w| w.parse().unwrap()), "{value} / {hops}");
+        }
+    }
 
     #[test]
     fn truncation() {

@@ -302,7 +302,7 @@ impl FromRequestParts<AppState> for Visitor {
         let ip = if ip_header.is_empty() {
             peer
         } else {
-            text(ip_header).and_then(|v| v.split(',').next().and_then(|s| s.trim().parse().ok())).or(peer)
+            text(ip_header).and_then(|v| crate::ip::forwarded_client(&v, state.settings.server.client_ip_hops)).or(peer)
         };
         let looked_up = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
         let Location { country, region } = crate::geo::locate(

@@ -84,7 +84,7 @@ async fn create_config(
     ApiJson(body): ApiJson<NewProviderConfig>,
 ) -> ApiResult<(StatusCode, Json<Saved>)> {
     let p = provider(&path.provider)?;
-    state.secrets.refuse_disabled(body.credentials())?;
+    state.secrets.refuse_unusable(&caller.tenant.slug, body.credentials())?;
     let input = config::ConfigInput::new(p, body)?;
     let view = config::create(&state.db, caller.tenant.id, p, input, &caller.actor()).await?;
     state.config_cache.forget(caller.tenant.id);
@@ -124,7 +124,7 @@ async fn patch_config(
     ApiJson(patch): ApiJson<ProviderConfigPatch>,
 ) -> ApiResult<Json<Saved>> {
     let p = provider(&path.provider)?;
-    state.secrets.refuse_disabled(patch.credentials())?;
+    state.secrets.refuse_unusable(&caller.tenant.slug, patch.credentials())?;
     let view = config::patch(&state.db, caller.tenant.id, p, path.id, patch, &caller.actor()).await?;
     state.config_cache.forget(caller.tenant.id);
     if view.status == ProviderStatus::Active.as_str() {
@@ -221,5 +221,7 @@ async fn check_config(
 ) -> ApiResult<Json<CheckReport>> {
     let p = provider(&path.provider)?;
     let config = config::find(&state.db, caller.tenant.id, p.name(), path.id).await?;
-    Ok(Json(crate::secrets::check::check(&state.secrets, p, &config, &state.settings.delivery).await))
+    Ok(Json(
+        crate::secrets::check::check(&state.secrets, &caller.tenant.slug, p, &config, &state.settings.delivery).await,
+    ))
 }

@@ -15,14 +15,31 @@ use std::{
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// Whether `ip` is an address on the public internet.
+/// Whether `ip` is an address on the public internet. An IPv6 address that carries an IPv4 one
+/// (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is
+/// as public as the IPv4 address it leads to: on a network with NAT64, `64:ff9b::a00:5` is
+/// 10.0.0.5. The local-use NAT64 prefix `64:ff9b:1::/48` is never public.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => is_public_v4(a),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+        IpAddr::V6(a) => match embedded_v4(a) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(a),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, if it is of a kind that reaches one.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    let low = Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, ..] => Some(low),
+        // IPv4-compatible (deprecated), but not :: and ::1.
+        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::from(((hi as u32) << 16) | lo as u32)),
+        _ => None,
     }
 }
 
@@ -48,6 +65,7 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         || a.is_multicast()
         || (s0 & 0xfe00) == 0xfc00 // fc00::/7, unique local
         || (s0 & 0xffc0) == 0xfe80 // fe80::/10, link local
+        || (s0 == 0x64 && a.segments()[1] == 0xff9b && a.segments()[2] == 1) // 64:ff9b:1::/48, local-use NAT64
         || (s0 == 0x2001 && a.segments()[1] == 0x0db8)) // 2001:db8::/32, documentation
 }
 
@@ -115,7 +133,15 @@ mod tests {
 
     #[test]
     fn public_and_private_addresses() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2a00:1450:4001::1", "::ffff:8.8.8.8", "100.128.0.1"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2a00:1450:4001::1",
+            "::ffff:8.8.8.8",
+            "100.128.0.1",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip} is public");
         }
         for ip in [
@@ -134,6 +160,11 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            // NAT64, 6to4 and IPv4-compatible forms of private addresses.
+            "64:ff9b::a00:5",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:a00:1::1",
+            "::a00:1",
             "2001:db8::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} is not public");

@@ -321,7 +321,10 @@ impl Worker {
         let mut builder = reqwest::Client::builder()
             // Provider URLs come from config; a redirect would turn the POST into a GET elsewhere.
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_millis(settings.request_timeout_ms));
+            .timeout(std::time::Duration::from_millis(settings.request_timeout_ms))
+            // No HTTP(S)_PROXY from the environment: a proxy resolves the name itself, past the
+            // private-address guard below (a tenant's instance_url could reach internal hosts).
+            .no_proxy();
         if !settings.allow_private_destinations {
             builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
         }
@@ -556,7 +559,7 @@ impl Worker {
         let credentials = if keyed.is_empty() {
             None
         } else {
-            match self.secrets.resolve_config(&config.credentials).await {
+            match self.secrets.resolve_config(&tenant.slug, &config.credentials).await {
                 Ok(c) => Some(Arc::new(c)),
                 Err(unresolved) => {
                     let outcome = if unresolved.failure.transient {

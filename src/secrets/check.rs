@@ -82,6 +82,7 @@ pub struct ReferenceCheck {
 
 pub async fn check(
     secrets: &Secrets,
+    tenant: &str,
     provider: &dyn AnyProvider,
     config: &provider_config::Model,
     delivery: &DeliverySettings,
@@ -89,7 +90,7 @@ pub async fn check(
     let warnings = secrets.warnings(Some(&config.credentials));
     let mut rows: BTreeMap<String, ReferenceCheck> = BTreeMap::new();
     let mut resolved = Credentials::default();
-    for (field, reference, result) in secrets.resolve_each_now(&config.credentials).await {
+    for (field, reference, result) in secrets.resolve_each_now(tenant, &config.credentials).await {
         let prefix = format!("credentials.{field}: ");
         let row = ReferenceCheck {
             field: format!("credentials.{field}"),
@@ -130,12 +131,13 @@ pub async fn check(
     CheckReport { config_id: config.id, status, references }
 }
 
-/// The same rules as the delivery worker's client: no redirects, a timeout, and (unless the
-/// operator allows private destinations) only public addresses.
+/// The same rules as the delivery worker's client: no redirects, a timeout, no proxy from the
+/// environment, and (unless the operator allows private destinations) only public addresses.
 fn client(settings: &DeliverySettings) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_millis(settings.request_timeout_ms));
+        .timeout(Duration::from_millis(settings.request_timeout_ms))
+        .no_proxy();
     if !settings.allow_private_destinations {
         builder = builder.dns_resolver(Arc::new(destination::PublicOnly));
     }

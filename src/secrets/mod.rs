@@ -17,6 +17,7 @@ pub mod env;
 pub mod file;
 pub mod keyvault;
 mod reference;
+pub mod scope;
 pub mod settings;
 
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
@@ -63,6 +64,8 @@ pub trait Resolver: Send + Sync {
 pub struct Credentials {
     /// By field name (`api_key_ref`).
     fields: BTreeMap<String, Resolved>,
+    /// The tenant they were resolved for (its slug): a refresh resolves for the same one.
+    tenant: String,
 }
 
 #[derive(Clone)]
@@ -93,7 +96,7 @@ impl Credentials {
                 ((*field).to_string(), Resolved { reference, value: SecretString::from(*value), generation: 0 })
             })
             .collect();
-        Credentials { fields }
+        Credentials { fields, tenant: String::new() }
     }
 }
 
@@ -154,13 +157,13 @@ impl Secrets {
         self.settings.allows(scheme)
     }
 
-    /// On save: a reference to a scheme the operator switched off is a 422 naming the field.
-    /// `credentials` is the request's (already parsed) credentials object.
-    pub fn refuse_disabled(&self, credentials: Option<&Value>) -> Result<(), Error> {
+    /// On save: a reference to a scheme the operator switched off, or to a secret outside the
+    /// tenant's namespace ([`scope`]), is a 422 naming the field. `credentials` is the request's
+    /// (already parsed) credentials object; `tenant` the slug of the tenant saving it.
+    pub fn refuse_unusable(&self, tenant: &str, credentials: Option<&Value>) -> Result<(), Error> {
         for (field, r) in references(credentials) {
-            if let Ok(r) = r
-                && !self.allows(r.scheme())
-            {
+            let Ok(r) = r else { continue };
+            if !self.allows(r.scheme()) {
                 return Err(Error::validation(
                     format!("credentials.{field}"),
                     format!(
@@ -171,8 +174,14 @@ impl Secrets {
                     ),
                 ));
             }
+            self.in_scope(tenant, &r).map_err(|why| Error::validation(format!("credentials.{field}"), why))?;
         }
         Ok(())
+    }
+
+    /// Whether the tenant `tenant` (its slug) may name `r` ([`scope`]).
+    fn in_scope(&self, tenant: &str, r: &SecretRef) -> Result<(), String> {
+        scope::check(self.settings.scope, &self.settings.file_root, tenant, r)
     }
 
     fn allowed_list(&self) -> String {
@@ -223,9 +232,11 @@ impl Secrets {
         self.cache.get(&r.to_string(), refresh, || resolver.resolve(r)).await
     }
 
-    /// Every reference of a stored `credentials` object, resolved (from the cache when fresh).
-    pub async fn resolve_config(&self, credentials: &Value) -> Result<Credentials, Unresolved> {
-        self.resolve_all(credentials, |_| Refresh::No).await
+    /// Every reference of a stored `credentials` object of the tenant `tenant` (its slug),
+    /// resolved (from the cache when fresh). A reference outside the tenant's namespace
+    /// ([`scope`]) is not looked up.
+    pub async fn resolve_config(&self, tenant: &str, credentials: &Value) -> Result<Credentials, Unresolved> {
+        self.resolve_all(tenant, credentials, |_| Refresh::No).await
     }
 
     /// After a provider refused `used`: the same references looked up again, unless another
@@ -236,7 +247,7 @@ impl Secrets {
         used: &Credentials,
     ) -> Result<Option<Credentials>, Unresolved> {
         let fresh = self
-            .resolve_all(credentials, |field| match used.fields.get(field) {
+            .resolve_all(&used.tenant, credentials, |field| match used.fields.get(field) {
                 Some(r) => Refresh::Replacing(r.generation),
                 None => Refresh::Always,
             })
@@ -249,13 +260,21 @@ impl Secrets {
         Ok(changed.then_some(fresh))
     }
 
-    /// Each reference looked up now, bypassing the cache (and refreshing it): what `check` shows.
-    pub async fn resolve_each_now(&self, credentials: &Value) -> Vec<(String, String, Result<SecretString, Failure>)> {
+    /// Each reference of the tenant `tenant` looked up now, bypassing the cache (and refreshing
+    /// it): what `check` shows.
+    pub async fn resolve_each_now(
+        &self,
+        tenant: &str,
+        credentials: &Value,
+    ) -> Vec<(String, String, Result<SecretString, Failure>)> {
         let mut out = Vec::new();
         for (field, r) in references(Some(credentials)) {
             match r {
                 Ok(r) => {
-                    let result = self.lookup(&r, Refresh::Always).await.map(|c| c.value);
+                    let result = match self.in_scope(tenant, &r) {
+                        Ok(()) => self.lookup(&r, Refresh::Always).await.map(|c| c.value),
+                        Err(why) => Err(Failure::permanent(why)),
+                    };
                     out.push((field, r.to_string(), result));
                 }
                 Err(raw) => out.push((field, raw, Err(Failure::permanent("the stored reference is not valid")))),
@@ -266,6 +285,7 @@ impl Secrets {
 
     async fn resolve_all(
         &self,
+        tenant: &str,
         credentials: &Value,
         refresh: impl Fn(&str) -> Refresh,
     ) -> Result<Credentials, Unresolved> {
@@ -276,6 +296,11 @@ impl Secrets {
                 reference: raw,
                 failure: Failure::permanent("the stored reference is not valid"),
             })?;
+            self.in_scope(tenant, &r).map_err(|why| Unresolved {
+                field: field.clone(),
+                reference: r.to_string(),
+                failure: Failure::permanent(why),
+            })?;
             let cached = self.lookup(&r, refresh(&field)).await.map_err(|failure| Unresolved {
                 field: field.clone(),
                 reference: r.to_string(),
@@ -283,7 +308,7 @@ impl Secrets {
             })?;
             fields.insert(field, Resolved { reference: r, value: cached.value, generation: cached.generation });
         }
-        Ok(Credentials { fields })
+        Ok(Credentials { fields, tenant: tenant.to_string() })
     }
 }
 
@@ -356,6 +381,11 @@ mod tests {
         }
     }
 
+    /// Any reference: these tests are about the schemes and the cache, not the tenant scope.
+    fn gateway() -> SecretsSettings {
+        SecretsSettings { scope: scope::Scope::Gateway, ..Default::default() }
+    }
+
     fn service(settings: SecretsSettings) -> (Secrets, Arc<Source>) {
         let src = Arc::new(Source::default());
         (Secrets::with_resolvers(&settings, src.clone(), src.clone(), src.clone()), src)
@@ -363,39 +393,67 @@ mod tests {
 
     #[test]
     fn a_disabled_scheme_is_refused_on_save_naming_the_field() {
-        let (s, _) = service(SecretsSettings { allow_file: false, ..Default::default() });
+        let (s, _) = service(SecretsSettings { allow_file: false, ..gateway() });
         let creds = json!({"api_key_ref": "env:K", "password_ref": "file:/run/secrets/p"});
-        match s.refuse_disabled(Some(&creds)).unwrap_err() {
+        match s.refuse_unusable("acme", Some(&creds)).unwrap_err() {
             Error::Validation { field, message } => {
                 assert_eq!(field.as_deref(), Some("credentials.password_ref"));
                 assert!(message.contains("secrets.allow_file = false") && message.contains("env:"), "{message}");
             }
             other => panic!("{other:?}"),
         }
-        assert!(s.refuse_disabled(Some(&json!({"api_key_ref": "env:K"}))).is_ok());
-        assert!(s.refuse_disabled(None).is_ok());
+        assert!(s.refuse_unusable("acme", Some(&json!({"api_key_ref": "env:K"}))).is_ok());
+        assert!(s.refuse_unusable("acme", None).is_ok());
     }
 
     #[tokio::test]
     async fn a_stored_reference_to_a_disabled_scheme_does_not_resolve() {
-        let (s, src) = service(SecretsSettings { allow_keyvault: false, ..Default::default() });
+        let (s, src) = service(SecretsSettings { allow_keyvault: false, ..gateway() });
         let r = "keyvault://myvault.vault.azure.net/secrets/k";
         src.set(r, "v");
-        let err = s.resolve_config(&json!({"api_key_ref": r})).await.unwrap_err();
+        let err = s.resolve_config("acme", &json!({"api_key_ref": r})).await.unwrap_err();
         assert!(err.to_string().contains("credentials.api_key_ref (keyvault://"), "{err}");
         assert!(err.to_string().contains("switched off"), "{err}");
         assert_eq!(src.calls.load(Ordering::SeqCst), 0);
     }
 
+    /// A tenant's reference outside its namespace is refused on save and, stored anyway, never
+    /// looked up: neither for a delivery nor for `check`.
+    #[tokio::test]
+    async fn a_reference_outside_the_tenants_namespace_is_never_looked_up() {
+        let (s, src) = service(SecretsSettings::default());
+        let theirs = json!({"api_key_ref": "env:CONSENTGATE__DATABASE__URL"});
+        src.set("env:CONSENTGATE__DATABASE__URL", "postgres://gateway:pw@db/prod");
+        match s.refuse_unusable("acme", Some(&theirs)).unwrap_err() {
+            Error::Validation { field, message } => {
+                assert_eq!(field.as_deref(), Some("credentials.api_key_ref"));
+                assert!(message.contains("env:CONSENTGATE_TENANT_ACME__<NAME>"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = s.resolve_config("acme", &theirs).await.unwrap_err();
+        assert!(err.to_string().contains("is not tenant acme's"), "{err}");
+        let checked = s.resolve_each_now("acme", &theirs).await;
+        assert!(checked[0].2.as_ref().is_err_and(|f| f.reason.contains("not tenant acme's")));
+        assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing was looked up");
+        let own = json!({"api_key_ref": "env:CONSENTGATE_TENANT_ACME__PLAUSIBLE_KEY"});
+        src.set("env:CONSENTGATE_TENANT_ACME__PLAUSIBLE_KEY", "k");
+        assert!(s.refuse_unusable("acme", Some(&own)).is_ok());
+        let used = s.resolve_config("acme", &own).await.unwrap();
+        assert_eq!(used.get("api_key_ref").unwrap().expose_secret(), "k");
+        // A refresh resolves for the tenant the values were resolved for.
+        assert!(s.refresh_config(&theirs, &used).await.is_err());
+    }
+
     #[tokio::test]
     async fn a_config_resolves_every_reference_and_names_the_one_that_fails() {
-        let (s, src) = service(SecretsSettings::default());
+        let (s, src) = service(gateway());
         src.set("env:USER_NAME", "ann");
-        let ok = s.resolve_config(&json!({"username_ref": "env:USER_NAME"})).await.unwrap();
+        let ok = s.resolve_config("acme", &json!({"username_ref": "env:USER_NAME"})).await.unwrap();
         assert_eq!(ok.get("username_ref").unwrap().expose_secret(), "ann");
         assert!(!format!("{ok:?}").contains("ann"), "{ok:?}");
         let err = s
-            .resolve_config(&json!({"username_ref": "env:USER_NAME", "password_ref": "env:PASSWORD"}))
+            .resolve_config("acme", &json!({"username_ref": "env:USER_NAME", "password_ref": "env:PASSWORD"}))
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "credentials.password_ref (env:PASSWORD) could not be resolved: not there");
@@ -403,25 +461,28 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_value_is_looked_up_once_more_and_reported_only_when_it_changed() {
-        let (s, src) = service(SecretsSettings::default());
+        let (s, src) = service(gateway());
         let creds = json!({"api_key_ref": "env:K"});
         src.set("env:K", "old");
-        let used = s.resolve_config(&creds).await.unwrap();
+        let used = s.resolve_config("acme", &creds).await.unwrap();
         // Unchanged: nothing to send again with.
         assert!(s.refresh_config(&creds, &used).await.unwrap().is_none());
         src.set("env:K", "rotated");
         // Still cached (TTL 5 min) for a plain lookup…
-        assert_eq!(s.resolve_config(&creds).await.unwrap().get("api_key_ref").unwrap().expose_secret(), "old");
+        assert_eq!(s.resolve_config("acme", &creds).await.unwrap().get("api_key_ref").unwrap().expose_secret(), "old");
         // …but a refusal of the old value looks up again.
-        let stale = s.resolve_config(&creds).await.unwrap();
+        let stale = s.resolve_config("acme", &creds).await.unwrap();
         let fresh = s.refresh_config(&creds, &stale).await.unwrap().expect("changed");
         assert_eq!(fresh.get("api_key_ref").unwrap().expose_secret(), "rotated");
-        assert_eq!(s.resolve_config(&creds).await.unwrap().get("api_key_ref").unwrap().expose_secret(), "rotated");
+        assert_eq!(
+            s.resolve_config("acme", &creds).await.unwrap().get("api_key_ref").unwrap().expose_secret(),
+            "rotated"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_rotated_file_is_read_again_once_its_ttl_is_over() {
-        let settings = SecretsSettings { cache_ttl_secs: 300, ..Default::default() };
+        let settings = SecretsSettings { cache_ttl_secs: 300, ..gateway() };
         let (env, file): (Arc<dyn Resolver>, Arc<dyn Resolver>) =
             (Arc::new(env::EnvResolver), Arc::new(file::FileResolver));
         let s = Secrets::with_resolvers(&settings, env, file.clone(), file);
@@ -430,12 +491,12 @@ mod tests {
         std::fs::write(&path, "first\n").unwrap();
         let creds = json!({"api_key_ref": format!("file:{}", path.display())});
         let value = |c: Credentials| c.get("api_key_ref").unwrap().expose_secret().to_string();
-        assert_eq!(value(s.resolve_config(&creds).await.unwrap()), "first");
+        assert_eq!(value(s.resolve_config("acme", &creds).await.unwrap()), "first");
         std::fs::write(&path, "second\n").unwrap();
         tokio::time::advance(Duration::from_secs(299)).await;
-        assert_eq!(value(s.resolve_config(&creds).await.unwrap()), "first", "within the TTL");
+        assert_eq!(value(s.resolve_config("acme", &creds).await.unwrap()), "first", "within the TTL");
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(value(s.resolve_config(&creds).await.unwrap()), "second", "after the TTL");
+        assert_eq!(value(s.resolve_config("acme", &creds).await.unwrap()), "second", "after the TTL");
     }
 
     #[test]

@@ -3,15 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Scheme, SecretRef};
+use super::{Scheme, SecretRef, scope::Scope};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsSettings {
+    /// Whose secrets a tenant's references may name: `tenant` (default: only its own namespace,
+    /// see `secrets::scope`) or `gateway` (any — a single-tenant gateway).
+    pub scope: Scope,
+    /// The directory holding one directory of secret files per tenant (`<file_root>/<slug>/…`),
+    /// for `file:` references under `scope = "tenant"`. Empty: tenants name no files.
+    pub file_root: String,
     /// Allow `env:NAME` references (the gateway process's environment).
     pub allow_env: bool,
-    /// Allow `file:/path` references. Switch off in a shared deployment, where a tenant admin
-    /// could otherwise name any file the gateway can read.
+    /// Allow `file:/path` references.
     pub allow_file: bool,
     /// Allow `keyvault://…` references.
     pub allow_keyvault: bool,
@@ -27,6 +32,8 @@ pub struct SecretsSettings {
 impl Default for SecretsSettings {
     fn default() -> Self {
         Self {
+            scope: Scope::Tenant,
+            file_root: String::new(),
             allow_env: true,
             allow_file: true,
             allow_keyvault: true,

@@ -63,6 +63,9 @@ pub async fn start_app(database: TestDatabase, configure: impl FnOnce(&mut Setti
     settings.delivery.request_timeout_ms = 2_000;
     // The fake providers listen on 127.0.0.1.
     settings.delivery.allow_private_destinations = true;
+    // References anywhere (temporary files, plain variable names): the tests of other features
+    // name secrets freely. The tenant scope, the default, is tested in secrets.rs.
+    settings.secrets.scope = consentgate::secrets::scope::Scope::Gateway;
     configure(&mut settings);
     let app = App::start(settings).await.expect("app starts");
     let db = app.state.db.clone();

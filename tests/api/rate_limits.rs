@@ -39,6 +39,10 @@ async fn post_secret(app: &TestApp, base: &str, key: &str) -> (StatusCode, Value
     (status, res.json().await.unwrap(), retry)
 }
 
+fn rand_octet() -> u8 {
+    uuid::Uuid::new_v4().as_bytes()[0] % 200
+}
+
 async fn post_public(app: &TestApp, key: &str, from: &str) -> (StatusCode, Value) {
     let req = app
         .http
@@ -73,6 +77,9 @@ async fn client_address_and_tenant_limits() {
     assert_eq!(post_public(&app, &keys.public_key, v1).await.0, StatusCode::ACCEPTED);
     let refused = post_public(&app, &keys.public_key, v1).await;
     assert_limited(&refused, "client ip");
+    // A client writing addresses of its own before the one the proxy appended gains nothing.
+    let forged = format!("198.51.100.{}, {v1}", 1 + rand_octet());
+    assert_limited(&post_public(&app, &keys.public_key, &forged).await, "client ip");
     // Another visitor (IPv6: counted per /64) has its own budget.
     assert_eq!(post_public(&app, &keys.public_key, "2001:db8:0:1::1").await.0, StatusCode::ACCEPTED);
     assert_eq!(post_public(&app, &keys.public_key, "2001:db8:0:1::2").await.0, StatusCode::ACCEPTED);

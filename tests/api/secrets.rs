@@ -260,6 +260,75 @@ async fn a_wrong_client_secret_is_reported_without_any_secret() {
     assert!(!report.to_string().contains("a-wrong-client-secret"), "{report}");
 }
 
+/// On a gateway shared by tenants (the default scope) a tenant's admin names only the tenant's own
+/// secrets: a reference to the gateway's database URL (which `check` would send to the
+/// admin's own instance_url) is refused on save, one stored anyway is never looked up, and a file
+/// in the tenant's directory under `secrets.file_root` works.
+#[tokio::test]
+async fn a_tenant_names_only_its_own_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use sea_orm::{ActiveModelTrait, Set};
+    let fakes = FakeProviders::start().await;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("acme")).unwrap();
+    let own = root.path().join("acme").join("plausible-key");
+    std::fs::write(&own, "tenant-key\n").unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let theirs = secret_file(&outside, "gateway-secret", "gateway-secret-value\n");
+    let root_path = root.path().to_string_lossy().into_owned();
+    let app = app_with(|s| {
+        s.secrets.scope = consentgate::secrets::scope::Scope::Tenant;
+        s.secrets.file_root = root_path;
+    })
+    .await;
+    let keys = site::site(&app).await;
+
+    for reference in ["env:CONSENTGATE__DATABASE__URL".to_string(), format!("file:{theirs}")] {
+        let got = app
+            .post(
+                &configs_path(&app, "plausible"),
+                &app.admin,
+                json!({"display_name": "x", "site_id": SITE, "credentials": {"api_key_ref": reference}}),
+            )
+            .await;
+        crate::helpers::assert_error(
+            &got,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("credentials.api_key_ref"),
+        );
+        assert!(got.1["error"]["message"].as_str().unwrap().contains("not tenant acme's"), "{}", got.1);
+    }
+
+    // The tenant's own file: used.
+    fakes.behaviour(json!({"plausible": {"api_keys": ["tenant-key"]}})).await;
+    let config =
+        site::plausible(&app, &fakes, json!({"credentials": {"api_key_ref": format!("file:{}", own.display())}})).await;
+    let (_, event) = track(&app, &keys, site::pageview(&visitor())).await;
+    delivered(&app, &id(&event), &id(&config)).await;
+
+    // A reference stored behind the API's back is never looked up: check says why, deliveries wait.
+    let row = entity::provider_config::ActiveModel {
+        id: Set(id(&config).parse().unwrap()),
+        credentials: Set(json!({"api_key_ref": format!("file:{theirs}")})),
+        ..Default::default()
+    };
+    row.update(&app.db).await.unwrap();
+    let (s, report) = check(&app, "plausible", &config).await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    let r = reference(&report, "api_key_ref");
+    assert_eq!(r["resolved"], false, "{report}");
+    assert!(r["detail"].as_str().unwrap().contains("not tenant acme's"), "{report}");
+    assert!(!report.to_string().contains("gateway-secret-value"));
+    let sent = fakes.received_by("plausible").await.len();
+    let (_, waiting) = track(&app, &keys, site::pageview(&visitor())).await;
+    let d = delivery_once(&app, &id(&waiting), &id(&config), |d| d["attempts"].as_i64() >= Some(1)).await;
+    assert!(d["last_error"].as_str().unwrap_or_default().contains("not tenant acme's"), "{d}");
+    assert_eq!(fakes.received_by("plausible").await.len(), sent, "nothing was sent with it");
+}
+
 #[tokio::test]
 async fn a_rotated_file_secret_is_used_after_a_401_without_restart() {
     let fakes = FakeProviders::start().await;

@@ -107,7 +107,9 @@ describe('against the gateway (PostHog flags endpoint)', () => {
     });
     await new Promise((r) => fake.listen(port, '127.0.0.1', r));
     fake.url = `http://127.0.0.1:${port}`;
-    gw = await startGateway({ env: { CONSENTGATE__DELIVERY__ALLOW_PRIVATE_DESTINATIONS: 'true', CG_TEST_POSTHOG_KEY: 'phc_testkey' } });
+    // Each tenant's key in its own namespace (secrets.scope = "tenant", the default).
+    gw = await startGateway({ env: { CONSENTGATE__DELIVERY__ALLOW_PRIVATE_DESTINATIONS: 'true',
+      CONSENTGATE_TENANT_FLAGS_ON__POSTHOG_KEY: 'phc_testkey', CONSENTGATE_TENANT_FLAGS_OFF__POSTHOG_KEY: 'phc_testkey' } });
   });
   after(async () => {
     await gw?.stop();
@@ -119,11 +121,11 @@ describe('against the gateway (PostHog flags endpoint)', () => {
     const plain = await gw.createTenant('flags-off', { site });
     await tenant.api('POST', '/analytics/posthog/configs', {
       display_name: 'PostHog', instance_url: fake.url, status: 'active', required_category: 'analytics',
-      enable_feature_flags: true, credentials: { project_api_key_ref: 'env:CG_TEST_POSTHOG_KEY' },
+      enable_feature_flags: true, credentials: { project_api_key_ref: 'env:CONSENTGATE_TENANT_FLAGS_ON__POSTHOG_KEY' },
     }, [201]);
     await plain.api('POST', '/analytics/posthog/configs', {
       display_name: 'PostHog', instance_url: fake.url, status: 'active', required_category: 'analytics',
-      credentials: { project_api_key_ref: 'env:CG_TEST_POSTHOG_KEY' },
+      credentials: { project_api_key_ref: 'env:CONSENTGATE_TENANT_FLAGS_OFF__POSTHOG_KEY' },
     }, [201]);
     // A desktop Chrome's agent: headless Chromium's own counts as a bot, never identified.
     const { page, context, requests } = await visitor(browser, { country: 'SE', headers: { 'user-agent': CHROME } });

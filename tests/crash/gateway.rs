@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use crate::{fakes::FakeProviders, helpers};
 
-/// The environment variable the gateway reads the PostHog project key from (`env:` reference).
-const POSTHOG_KEY_VAR: &str = "CRASH_TEST_POSTHOG_KEY";
+/// The environment variable the gateway reads the PostHog project key from (`env:` reference), in
+/// the tenant `crash`'s namespace (`secrets.scope = "tenant"`, the default: docs/secrets.md).
+const POSTHOG_KEY_VAR: &str = "CONSENTGATE_TENANT_CRASH__POSTHOG_KEY";
 
 /// One `consentgate serve` process. Killed (SIGKILL) and reaped when dropped, so no test leaves
 /// one behind, even when an assertion fails; its log is printed then.

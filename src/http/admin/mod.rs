@@ -253,7 +253,9 @@ async fn sign_in(
     if cross_site(&headers, &state.public_url) {
         return message(StatusCode::FORBIDDEN, None, "Form refused", "Sign in from this gateway's own sign-in page.");
     }
-    if let Err(wait) = state.admin_sessions.sign_ins.check(visitor.ip, session::SIGN_INS_PER_MINUTE) {
+    if let Err(wait) =
+        state.admin_sessions.sign_ins.check(visitor.ip.map(crate::ip::client_key), session::SIGN_INS_PER_MINUTE)
+    {
         ctx.insert(
             "error",
             &format!("Too many sign-in attempts from your address. Try again in {} seconds.", wait.as_secs() + 1),
@@ -490,7 +492,14 @@ async fn provider_action(
             }
         }
         "check" => {
-            let report = crate::secrets::check::check(&state.secrets, p, &model, &state.settings.delivery).await;
+            let report = crate::secrets::check::check(
+                &state.secrets,
+                &page.holder.tenant.slug,
+                p,
+                &model,
+                &state.settings.delivery,
+            )
+            .await;
             let lines: Vec<String> = report
                 .references
                 .iter()

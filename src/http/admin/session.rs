@@ -23,6 +23,9 @@ pub const SIGN_INS_PER_MINUTE: u32 = 10;
 pub const COOKIE: &str = "cg_admin";
 /// Sessions kept at most; past it the oldest expiring are dropped.
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions of one token at most (browsers and tabs); a new one ends that token's oldest, so one
+/// token signing in over and over cannot push everyone else's sessions out.
+const MAX_SESSIONS_PER_TOKEN: usize = 20;
 
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -48,6 +51,14 @@ impl Sessions {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
+        // A token signing in again and again ends its own oldest sessions, not other people's.
+        let own: Vec<(String, Instant)> =
+            map.iter().filter(|(_, s)| s.token_id == token_id).map(|(k, s)| (k.clone(), s.expires)).collect();
+        if own.len() >= MAX_SESSIONS_PER_TOKEN
+            && let Some((oldest, _)) = own.into_iter().min_by_key(|(_, expires)| *expires)
+        {
+            map.remove(&oldest);
+        }
         if map.len() >= MAX_SESSIONS
             && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
         {
@@ -149,5 +160,25 @@ mod tests {
         assert!(sessions.find(&headers).is_none());
         headers.insert(header::COOKIE, format!("{COOKIE}=forged").parse().unwrap());
         assert!(sessions.find(&headers).is_none());
+    }
+
+    #[test]
+    fn a_token_signing_in_over_and_over_ends_only_its_own_sessions() {
+        let sessions = Sessions::default();
+        let cookie = |id: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());
+            headers
+        };
+        let someone_else = sessions.start(Uuid::now_v7());
+        let noisy = Uuid::now_v7();
+        let first = sessions.start(noisy);
+        for _ in 0..MAX_SESSIONS_PER_TOKEN * 3 {
+            sessions.start(noisy);
+        }
+        assert!(sessions.find(&cookie(&someone_else)).is_some(), "another token's session stays");
+        assert!(sessions.find(&cookie(&first)).is_none(), "the noisy token's oldest went");
+        let map = sessions.map.lock().unwrap();
+        assert_eq!(map.values().filter(|s| s.token_id == noisy).count(), MAX_SESSIONS_PER_TOKEN);
     }
 }
