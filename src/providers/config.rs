@@ -474,12 +474,14 @@ pub async fn find(
     provider: &str,
     id: Uuid,
 ) -> Result<provider_config::Model> {
+    by_id(tenant_id, provider, id).one(db).await?.ok_or(Error::NotFound)
+}
+
+/// The tenant's config `id` of `provider`.
+fn by_id(tenant_id: Uuid, provider: &str, id: Uuid) -> sea_orm::Select<provider_config::Entity> {
     provider_config::Entity::find_by_id(id)
         .filter(provider_config::Column::TenantId.eq(tenant_id))
         .filter(provider_config::Column::Provider.eq(provider))
-        .one(db)
-        .await?
-        .ok_or(Error::NotFound)
 }
 
 /// [`find`] inside a write transaction, the row locked until it ends (`FOR UPDATE` on
@@ -493,13 +495,7 @@ async fn find_for_update(
     provider: &str,
     id: Uuid,
 ) -> Result<provider_config::Model> {
-    provider_config::Entity::find_by_id(id)
-        .filter(provider_config::Column::TenantId.eq(tenant_id))
-        .filter(provider_config::Column::Provider.eq(provider))
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or(Error::NotFound)
+    by_id(tenant_id, provider, id).lock_exclusive().one(txn).await?.ok_or(Error::NotFound)
 }
 
 pub async fn get(
