@@ -139,6 +139,9 @@ pub struct Purged {
     pub forwarding_decisions: u64,
     pub deliveries: u64,
     pub consent_records: u64,
+    /// Refusals carried over: a purged record that was its visitor's latest and refused a
+    /// category, appended again to the chain (`source: retention`) so the refusal still stands.
+    pub refusals_carried_over: u64,
     /// Ended deliveries whose visitor data (full IP and the rest) was cleared.
     pub delivery_visitor_data: u64,
 }
@@ -153,6 +156,7 @@ impl Purged {
         self.forwarding_decisions += o.forwarding_decisions;
         self.deliveries += o.deliveries;
         self.consent_records += o.consent_records;
+        self.refusals_carried_over += o.refusals_carried_over;
         self.delivery_visitor_data += o.delivery_visitor_data;
     }
 
@@ -162,6 +166,7 @@ impl Purged {
             ("forwarding_decisions", self.forwarding_decisions),
             ("deliveries", self.deliveries),
             ("consent_records", self.consent_records),
+            ("refusals_carried_over", self.refusals_carried_over),
             ("delivery_visitor_data", self.delivery_visitor_data),
         ] {
             metrics::counter!("consentgate_retention_purged_total", "what" => what).increment(n);
@@ -181,7 +186,9 @@ pub async fn run_once(db: &DatabaseConnection, settings: &RetentionSettings, now
         let events_cutoff = now - chrono::Duration::days(i64::from(p.events_days));
         purged.add(purge_events(db, tenant_id, events_cutoff, settings.batch_size).await?);
         let records_cutoff = now - chrono::Duration::days(i64::from(p.consent_records_days));
-        purged.consent_records += purge_records(db, tenant_id, records_cutoff, now, settings.batch_size).await?;
+        let (records, carried) = purge_records(db, tenant_id, records_cutoff, now, settings.batch_size).await?;
+        purged.consent_records += records;
+        purged.refusals_carried_over += carried;
     }
     purged.delivery_visitor_data += clear_ended_deliveries(db, settings.batch_size).await?;
     purged.count_in_metrics();
@@ -238,13 +245,23 @@ async fn purge_events(db: &DatabaseConnection, tenant_id: Uuid, cutoff: DateTime
 
 /// Purges the oldest records of the chain that are past `cutoff` and expired at `now`, never the
 /// newest, never past a record that does not link up; moves the checkpoint to the last purged.
+/// Returns how many were purged and how many refusals were carried over.
+///
+/// **A refusal stands** (docs/consent-model.md): outside consent regions an expired record that
+/// refused a category keeps it refused — and no record at all lets the defaults apply. So a
+/// purged record that was its visitor's latest (no later record, erased or not) and refused some
+/// optional category is appended again at the head of the chain, as it was but for `source`
+/// (`retention`), the request's IP and user agent (left out: not needed to honour it) and its
+/// `created_at` (now, so that it is not purged again at once; its `expires_at` stays past, so it
+/// reads as the expired refusal it was). An erased visitor's record is not carried over: an
+/// erased visitor counts as undecided.
 async fn purge_records(
     db: &DatabaseConnection,
     tenant_id: Uuid,
     cutoff: DateTime<Utc>,
     now: DateTime<Utc>,
     batch: u64,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     // Anything due at all? Asked without the chain's lock, which consent writes wait for.
     let any_due = consent_record::Entity::find()
         .filter(consent_record::Column::TenantId.eq(tenant_id))
@@ -253,7 +270,7 @@ async fn purge_records(
         .one(db)
         .await?;
     if any_due.is_none() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let txn = crate::db::begin_tenant_write(db, tenant_id).await?;
     let checkpoint = chain::checkpoint(&txn, tenant_id).await?;
@@ -263,7 +280,7 @@ async fn purge_records(
         .one(&txn)
         .await?
     else {
-        return Ok(0);
+        return Ok((0, 0));
     };
     let oldest = consent_record::Entity::find()
         .filter(consent_record::Column::TenantId.eq(tenant_id))
@@ -286,7 +303,8 @@ async fn purge_records(
         }
         last = Some(m);
     }
-    let Some(last) = last else { return Ok(0) };
+    let Some(last) = last else { return Ok((0, 0)) };
+    let carried = carry_refusals_over(&txn, &oldest, last.seq, &head, now).await?;
     let purged = consent_record::Entity::delete_many()
         .filter(consent_record::Column::TenantId.eq(tenant_id))
         .filter(consent_record::Column::Seq.lte(last.seq))
@@ -307,7 +325,78 @@ async fn purge_records(
         row.insert(&txn).await?;
     }
     txn.commit().await?;
-    Ok(purged)
+    Ok((purged, carried))
+}
+
+/// Appends, after `head`, the refusals among `oldest` up to `last` (the records about to be
+/// purged) that are their visitor's latest — see [`purge_records`]. Returns how many.
+async fn carry_refusals_over(
+    txn: &impl ConnectionTrait,
+    oldest: &[consent_record::Model],
+    last: i64,
+    head: &consent_record::Model,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let purged: Vec<&consent_record::Model> = oldest.iter().filter(|m| m.seq <= last).collect();
+    // Each visitor's latest purged record (they come in `seq` order).
+    let mut latest: std::collections::HashMap<&str, &consent_record::Model> = Default::default();
+    for m in &purged {
+        latest.insert(m.visitor_hash.as_str(), m);
+    }
+    let hashes: Vec<String> = latest.keys().map(|h| h.to_string()).collect();
+    let mut later = std::collections::HashSet::new();
+    for chunk in hashes.chunks(super::CHUNK) {
+        let found: Vec<String> = consent_record::Entity::find()
+            .select_only()
+            .column(consent_record::Column::VisitorHash)
+            .filter(consent_record::Column::TenantId.eq(head.tenant_id))
+            .filter(consent_record::Column::Seq.gt(last))
+            .filter(consent_record::Column::VisitorHash.is_in(chunk.iter().cloned()))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        later.extend(found);
+    }
+    let mut standing: Vec<&consent_record::Model> = latest
+        .into_values()
+        .filter(|m| {
+            m.visitor_id.is_some()
+                && !later.contains(&m.visitor_hash)
+                && m.action != crate::consent::Action::AcceptAll.as_str()
+                && refuses_something(&m.choices)
+        })
+        .collect();
+    standing.sort_by_key(|m| m.seq);
+    let (mut seq, mut prev_hash) = (head.seq, head.hash.clone());
+    // Microseconds, as every stored record's: the hash recomputes from the stored row.
+    let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    for m in &standing {
+        seq += 1;
+        let mut again = consent_record::Model {
+            id: Uuid::now_v7(),
+            seq,
+            source: "retention".into(),
+            ip_truncated: None,
+            user_agent: None,
+            created_at,
+            prev_hash: prev_hash.clone(),
+            hash: String::new(),
+            canonical_version: chain::CANONICAL_VERSION,
+            ..(*m).clone()
+        };
+        again.hash = chain::link_hash(&again);
+        prev_hash = again.hash.clone();
+        consent_record::ActiveModel::from(again).insert(txn).await?;
+    }
+    Ok(standing.len() as u64)
+}
+
+/// Whether a record's choices refuse some optional category; an unreadable one counts as a
+/// refusal (fail closed: it is read as refusing everything).
+fn refuses_something(choices: &serde_json::Value) -> bool {
+    ["functional", "analytics", "marketing"]
+        .iter()
+        .any(|k| choices.get(*k).and_then(serde_json::Value::as_bool) != Some(true))
 }
 
 /// Clears what ended deliveries still hold of the visitor.

@@ -387,6 +387,61 @@ async fn retention_purges_ended_events_and_expired_records_and_the_chain_still_v
     assert!(metrics.contains(r#"consentgate_retention_purged_total{what="events"}"#), "{metrics}");
 }
 
+/// A refusal stands past retention: outside consent regions, a visitor whose latest record
+/// refused analytics is not switched back to the defaults when retention purges that record —
+/// it is carried over to the head of the chain (`source: retention`, without the request's IP and
+/// agent), and the chain still verifies. A visitor who accepted later, or only accepted, is not.
+#[tokio::test]
+async fn a_visitors_latest_refusal_is_carried_over_when_retention_purges_it() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.retention.enabled = false;
+        s.geo.country_header = "CF-IPCountry".into();
+    })
+    .await;
+    let settings = app.app.state.settings.retention.clone();
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &format!("/v1/tenants/{}/retention", app.tenant),
+            &app.admin,
+            Some(json!({"consent_records_days": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    app.publish_consent_config(json!({"categories": {"analytics": {"default_accepted": true}}})).await;
+    let (refused, accepted, changed, last) = (visitor(), visitor(), visitor(), visitor());
+    app.consent(&refused, "reject_all", 1).await;
+    app.consent(&accepted, "accept_all", 1).await;
+    app.consent(&changed, "reject_all", 1).await;
+    app.consent(&changed, "accept_all", 1).await;
+    app.consent(&last, "accept_all", 1).await;
+    let analytics = async |v: &str| {
+        let res =
+            app.http.get(app.tenant_url(&format!("/consent/{v}"))).header("cf-ipcountry", "US").send().await.unwrap();
+        res.json::<Value>().await.unwrap()["granted"]["analytics"].clone()
+    };
+
+    // After expiry and the retention period: the four oldest go, one refusal is carried over.
+    let now = Utc::now() + Duration::days(182);
+    let purged = retention::run_once(&app.db, &settings, now).await.unwrap();
+    assert_eq!((purged.consent_records, purged.refusals_carried_over), (4, 1), "{purged:?}");
+    assert_eq!(analytics(&refused).await, false, "the refusal stands; the defaults do not apply");
+    assert_eq!(analytics(&changed).await, true, "expired, accepted: the defaults apply again");
+    let (_, records) =
+        app.get(&format!("/v1/tenants/{}/consent-records?visitor_id={refused}", app.tenant), &app.auditor).await;
+    let items = records["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{records}");
+    assert_eq!((items[0]["action"].as_str(), items[0]["source"].as_str()), (Some("reject_all"), Some("retention")));
+    assert!(items[0]["ip_truncated"].is_null() && items[0]["user_agent"].is_null(), "{records}");
+    let chain = verify(&app).await;
+    assert_eq!((chain["ok"].as_bool(), chain["checked"].as_u64()), (Some(true), Some(2)), "{chain}");
+    // Carried over now: the record that was the head goes (the carried one follows it), the
+    // carried refusal stays — not purged again at once, nor carried twice.
+    let again = retention::run_once(&app.db, &settings, now).await.unwrap();
+    assert_eq!((again.consent_records, again.refusals_carried_over), (1, 0), "{again:?}");
+    assert_eq!(analytics(&refused).await, false);
+}
+
 /// Retention never purges past a record that does not link up: the tampering stays visible.
 #[tokio::test]
 async fn retention_stops_at_a_tampered_record_and_leaves_the_evidence() {
