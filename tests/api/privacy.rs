@@ -387,6 +387,19 @@ async fn retention_purges_ended_events_and_expired_records_and_the_chain_still_v
     assert!(metrics.contains(r#"consentgate_retention_purged_total{what="events"}"#), "{metrics}");
 }
 
+/// The tenant keeps consent records one day (past their expiry).
+async fn keep_records_one_day(app: &TestApp) {
+    let (s, body) = app
+        .call(
+            Method::PUT,
+            &format!("/v1/tenants/{}/retention", app.tenant),
+            &app.admin,
+            Some(json!({"consent_records_days": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
 /// A refusal stands past retention: outside consent regions, a visitor whose latest record
 /// refused analytics is not switched back to the defaults when retention purges that record —
 /// it is carried over to the head of the chain (`source: retention`, without the request's IP and
@@ -399,15 +412,7 @@ async fn a_visitors_latest_refusal_is_carried_over_when_retention_purges_it() {
     })
     .await;
     let settings = app.app.state.settings.retention.clone();
-    let (s, _) = app
-        .call(
-            Method::PUT,
-            &format!("/v1/tenants/{}/retention", app.tenant),
-            &app.admin,
-            Some(json!({"consent_records_days": 1})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    keep_records_one_day(&app).await;
     app.publish_consent_config(json!({"categories": {"analytics": {"default_accepted": true}}})).await;
     let (refused, accepted, changed, last) = (visitor(), visitor(), visitor(), visitor());
     app.consent(&refused, "reject_all", 1).await;
@@ -447,15 +452,7 @@ async fn a_visitors_latest_refusal_is_carried_over_when_retention_purges_it() {
 async fn retention_stops_at_a_tampered_record_and_leaves_the_evidence() {
     let app = crate::helpers::spawn_app_with(|s| s.retention.enabled = false).await;
     let settings = app.app.state.settings.retention.clone();
-    let (s, _) = app
-        .call(
-            Method::PUT,
-            &format!("/v1/tenants/{}/retention", app.tenant),
-            &app.admin,
-            Some(json!({"consent_records_days": 1})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    keep_records_one_day(&app).await;
     app.publish_consent_config(json!({})).await;
     for _ in 0..4 {
         app.consent(&visitor(), "reject_all", 1).await;
