@@ -35,10 +35,8 @@ parsed_string!(VisitorId, newtype);
 
 impl VisitorId {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if let Ok(u) = Uuid::parse_str(s)
-            && s.len() == 36
-        {
-            return Ok(VisitorId(u.hyphenated().to_string()));
+        if let Some(uuid) = lower_case_uuid(s) {
+            return Ok(VisitorId(uuid));
         }
         let safe = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
         if (1..=64).contains(&s.len()) && s.bytes().all(safe) {
@@ -52,6 +50,12 @@ impl VisitorId {
     pub fn generate() -> Self {
         VisitorId(Uuid::new_v4().hyphenated().to_string())
     }
+}
+
+/// `s` in lower case when it is a hyphenated UUID (how visitor ids, and the client ids of events,
+/// are kept: the same visitor in either case).
+pub(crate) fn lower_case_uuid(s: &str) -> Option<String> {
+    Uuid::parse_str(s).ok().filter(|_| s.len() == 36).map(|u| u.hyphenated().to_string())
 }
 
 /// The pseudonym a visitor's records are chained and found under: `sha256_hex(salt ":" id)`
@@ -149,7 +153,8 @@ async fn try_append(db: &DatabaseConnection, tenant: &tenant::Model, new: &NewRe
     Ok(stored)
 }
 
-fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+/// `t` to the microsecond: what both databases store, so a hash over it recomputes from the row.
+pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     use chrono::DurationRound;
     t.duration_trunc(chrono::Duration::microseconds(1)).unwrap_or(t)
 }

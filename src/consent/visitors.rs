@@ -283,7 +283,9 @@ pub async fn state(
     signals: &Signals,
     now: DateTime<Utc>,
 ) -> Result<VisitorState> {
-    let policy = store::policy_for(db, tenant.id).await?;
+    // The active config, once: its policy decides, its id is what a choice is made under.
+    let active = store::active(db, tenant.id).await?;
+    let policy = active.as_ref().map(|p| p.policy());
     let view = records::latest_for_visitor(db, tenant, visitor.as_str()).await?;
     let e = effective(policy.as_ref(), view.as_ref(), signals, now);
     let decided = e.undecided.is_none();
@@ -305,7 +307,7 @@ pub async fn state(
         granted: e.choices,
         action: view.as_ref().map(|r| r.action),
         revision: view.as_ref().map(|r| r.revision).or(policy.as_ref().map(|p| p.revision)),
-        config_id: store::active_id(db, tenant.id).await?,
+        config_id: active.map(|p| p.config.id),
         decided_at: view.as_ref().map(|r| r.created_at),
         expires_at: view.as_ref().map(|r| match &policy {
             Some(p) => r.expires_at.min(r.created_at + chrono::Duration::days(i64::from(p.expiry_days))),

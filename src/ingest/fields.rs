@@ -79,16 +79,8 @@ text_field!(
     /// (`consent::records::VisitorId`): in either case it is one visitor to the consent lookup,
     /// the erasure and the export, which compare ids exactly.
     ClientId, "3f2c9a",
-    |s| checked(s, 1, MAX_ID_CHARS).map(lower_case_uuid)
+    |s| checked(s, 1, MAX_ID_CHARS).map(|s| crate::consent::records::lower_case_uuid(&s).unwrap_or(s))
 );
-
-/// `s` in lower case when it is a hyphenated UUID; as it is otherwise.
-fn lower_case_uuid(s: String) -> String {
-    match uuid::Uuid::parse_str(&s) {
-        Ok(u) if s.len() == 36 => u.hyphenated().to_string(),
-        _ => s,
-    }
-}
 
 text_field!(
     /// A client's idempotency key: like a [`ClientId`], but not in the gateway's own `auto:`

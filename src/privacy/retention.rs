@@ -337,10 +337,9 @@ async fn carry_refusals_over(
     head: &consent_record::Model,
     now: DateTime<Utc>,
 ) -> Result<u64> {
-    let purged: Vec<&consent_record::Model> = oldest.iter().filter(|m| m.seq <= last).collect();
     // Each visitor's latest purged record (they come in `seq` order).
     let mut latest: std::collections::HashMap<&str, &consent_record::Model> = Default::default();
-    for m in &purged {
+    for m in oldest.iter().filter(|m| m.seq <= last) {
         latest.insert(m.visitor_hash.as_str(), m);
     }
     let hashes: Vec<String> = latest.keys().map(|h| h.to_string()).collect();
@@ -368,8 +367,7 @@ async fn carry_refusals_over(
         .collect();
     standing.sort_by_key(|m| m.seq);
     let (mut seq, mut prev_hash) = (head.seq, head.hash.clone());
-    // Microseconds, as every stored record's: the hash recomputes from the stored row.
-    let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    let created_at = crate::consent::records::micros(now);
     for m in &standing {
         seq += 1;
         let mut again = consent_record::Model {
