@@ -37,9 +37,14 @@ pub struct ServerSettings {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Header carrying the client IP when the gateway runs behind a proxy (e.g.
-    /// `X-Forwarded-For`). Empty: the socket peer address. Only set it when every request comes
-    /// through the proxy, or clients can forge their IP.
+    /// `X-Forwarded-For`). Empty: the socket peer address. Read only on requests whose socket peer
+    /// is in `trusted_proxies`; from any other peer it is ignored and the peer is the client.
     pub client_ip_header: String,
+    /// The networks the proxies that write `client_ip_header` connect from. Default: loopback
+    /// and the private ranges (`10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, `fc00::/7`). A
+    /// request from elsewhere reached the gateway around the proxy, and its header is the
+    /// client's own word.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How many proxies in front of the gateway add an entry to `client_ip_header`: the client
     /// IP is the entry this many from the right (1: the last one, which the nearest proxy
     /// wrote). Entries further left come from the client and are never trusted.
@@ -64,6 +69,10 @@ impl Default for ServerSettings {
             public_url: String::new(),
             max_body_bytes: 64 * 1024,
             client_ip_header: String::new(),
+            trusted_proxies: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+                .into_iter()
+                .map(|n| n.parse().expect("a valid network"))
+                .collect(),
             client_ip_hops: 1,
             shutdown_grace_secs: 20,
             header_read_timeout_secs: 10,
@@ -256,6 +265,9 @@ impl Default for DeliverySettings {
     }
 }
 
+/// The longest retry delay `delivery.backoff_max_ms` may set: a day.
+const MAX_BACKOFF_MS: u64 = 24 * 3600 * 1000;
+
 impl DeliverySettings {
     /// The retry horizon, counted from an event's arrival.
     pub fn retry_horizon(&self) -> chrono::Duration {
@@ -437,6 +449,15 @@ impl Settings {
         if d.retry_horizon_hours == 0 {
             return Err(ConfigError("key `delivery.retry_horizon_hours`: must be at least 1".into()));
         }
+        // 0 would retry a failing provider in a tight loop; beyond a day, one answer would park
+        // a delivery for most of its horizon.
+        if d.backoff_base_ms == 0 || d.backoff_base_ms > d.backoff_max_ms || d.backoff_max_ms > MAX_BACKOFF_MS {
+            return Err(ConfigError(format!(
+                "keys `delivery.backoff_base_ms` ({}) and `delivery.backoff_max_ms` ({}): must be \
+                 1 <= backoff_base_ms <= backoff_max_ms <= {MAX_BACKOFF_MS} (a day)",
+                d.backoff_base_ms, d.backoff_max_ms
+            )));
+        }
         if d.circuit_probe_secs == 0 {
             return Err(ConfigError("key `delivery.circuit_probe_secs`: must be at least 1".into()));
         }
@@ -564,6 +585,17 @@ mod tests {
             assert!(err.contains("delivery.lease_secs") && err.contains("delivery.request_timeout_ms"), "{err}");
         }
         assert!(from_toml("[delivery]\nlease_secs = 11\nrequest_timeout_ms = 10000").is_ok());
+    }
+
+    #[test]
+    fn a_backoff_that_would_spin_or_overflow_is_refused_naming_both_keys() {
+        for (base, max) in [(0, 900_000), (5_000, 1_000), (1_000, 86_400_001), (1_000, i64::MAX as u64)] {
+            let err = from_toml(&format!("[delivery]\nbackoff_base_ms = {base}\nbackoff_max_ms = {max}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("delivery.backoff_base_ms") && err.contains("delivery.backoff_max_ms"), "{err}");
+        }
+        assert!(from_toml("[delivery]\nbackoff_base_ms = 1\nbackoff_max_ms = 86400000").is_ok());
     }
 
     #[test]

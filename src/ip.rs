@@ -42,6 +42,13 @@ pub fn forwarded_client(value: &str, hops: usize) -> Option<IpAddr> {
     entries[at].parse().ok()
 }
 
+/// Whether `peer` is one of the proxies whose forwarding header is believed. IPv4-mapped IPv6
+/// peers (a dual-stack socket) count as IPv4.
+pub fn is_trusted_proxy(peer: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|net| net.contains(&peer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +70,20 @@ mod tests {
         for (value, hops, want) in cases {
             assert_eq!(forwarded_client(value, hops), want.map(|w| w.parse().unwrap()), "{value} / {hops}");
         }
+    }
+
+    #[test]
+    fn only_listed_peers_are_proxies() {
+        let nets: Vec<ipnet::IpNet> = ["10.0.0.0/8", "2001:db8:1::/48"].iter().map(|n| n.parse().unwrap()).collect();
+        #[rustfmt::skip]
+        let cases = [
+            ("10.1.2.3", true), ("::ffff:10.1.2.3", true), ("2001:db8:1:5::9", true),
+            ("11.0.0.1", false), ("127.0.0.1", false), ("2001:db8:2::1", false), ("::a01:203", false),
+        ];
+        for (peer, want) in cases {
+            assert_eq!(is_trusted_proxy(peer.parse().unwrap(), &nets), want, "{peer}");
+        }
+        assert!(!is_trusted_proxy("10.1.2.3".parse().unwrap(), &[]), "an empty list trusts no one");
     }
 
     #[test]

@@ -268,7 +268,7 @@ fn strip_position(message: &str) -> String {
 }
 
 /// What the request says about the visitor behind it: the client IP (the configured proxy
-/// header's first entry, else the socket peer), user agent, `DNT`/`Sec-GPC`, the country (the
+/// header's entry the proxies wrote, when the peer is a trusted proxy; else the socket peer), user agent, `DNT`/`Sec-GPC`, the country (the
 /// configured trusted header, else the GeoIP file; placeholders are unknown) and subdivision —
 /// and the page it came from.
 #[derive(Clone, Debug)]
@@ -298,11 +298,19 @@ impl FromRequestParts<AppState> for Visitor {
             headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(String::from)
         };
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let ip_header = &state.settings.server.client_ip_header;
-        let ip = if ip_header.is_empty() {
-            peer
-        } else {
-            text(ip_header).and_then(|v| crate::ip::forwarded_client(&v, state.settings.server.client_ip_hops)).or(peer)
+        let server = &state.settings.server;
+        let ip = match peer {
+            Some(p) if !server.client_ip_header.is_empty() => match text(&server.client_ip_header) {
+                Some(v) if crate::ip::is_trusted_proxy(p, &server.trusted_proxies) => {
+                    crate::ip::forwarded_client(&v, server.client_ip_hops).or(peer)
+                }
+                Some(_) => {
+                    metrics::counter!("consentgate_client_ip_header_ignored_total").increment(1);
+                    peer
+                }
+                None => peer,
+            },
+            _ => peer,
         };
         let looked_up = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
         let Location { country, region } = crate::geo::locate(

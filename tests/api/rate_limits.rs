@@ -101,6 +101,38 @@ async fn client_address_and_tenant_limits() {
     }
 }
 
+/// A client that reaches the gateway around its proxy (from a peer outside
+/// `server.trusted_proxies`) cannot choose its address with the header: each post names a new
+/// one, and all count as the peer's — and the peer is what the consent record keeps.
+#[tokio::test]
+async fn the_forwarding_header_is_believed_only_from_a_trusted_proxy() {
+    let app = spawn_app_with(|s| {
+        s.server.client_ip_header = "X-Forwarded-For".into();
+        s.server.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        s.rate_limit.per_ip_per_minute = 2;
+    })
+    .await;
+    let keys = site::site(&app).await;
+    for n in 1..=2 {
+        let got = post_public(&app, &keys.public_key, &format!("203.0.113.{n}")).await;
+        assert_eq!(got.0, StatusCode::ACCEPTED, "{}", got.1);
+    }
+    assert_limited(&post_public(&app, &keys.public_key, "203.0.113.3").await, "client ip");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("consentgate_client_ip_header_ignored_total 3"), "{metrics}");
+
+    app.publish_consent_config(json!({})).await;
+    let (s, _) = send(
+        app.public(reqwest::Method::POST, &app.consent_path())
+            .header("x-forwarded-for", "203.0.113.9")
+            .json(&json!({"visitor_id": "v", "action": "reject_all", "revision": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, records) = app.get(&format!("/v1/tenants/{}/consent-records", app.tenant), &app.auditor).await;
+    assert_eq!(records["items"][0]["ip_truncated"], "127.0.0.0", "{records}");
+}
+
 /// The configured per-key default applies to keys without a limit of their own; a key's own
 /// limit wins.
 #[tokio::test]
