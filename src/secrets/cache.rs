@@ -73,7 +73,10 @@ impl Cache {
                 Refresh::Replacing(g) => slot.generation != g,
             };
         if reuse && let Some((result, _)) = &slot.entry {
-            return result.clone().map(|value| Cached { value, generation: slot.generation });
+            return match result {
+                Ok(value) => Ok(Cached { value: value.clone(), generation: slot.generation }),
+                Err(f) => Err(Failure { replayed: true, ..f.clone() }),
+            };
         }
         let result = lookup().await;
         let keep = match &result {
@@ -147,10 +150,11 @@ mod tests {
         let calls = AtomicU32::new(0);
         let fail = |retry_after| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async move { Err(Failure { reason: "throttled".into(), transient: true, retry_after }) }
+            async move { Err(Failure { retry_after, ..Failure::transient("throttled") }) }
         };
-        assert!(cache.get("k", Refresh::No, || fail(None)).await.is_err());
-        assert!(cache.get("k", Refresh::No, || fail(None)).await.is_err());
+        let replayed = |r: Result<Cached, Failure>| r.err().map(|f| f.replayed);
+        assert_eq!(replayed(cache.get("k", Refresh::No, || fail(None)).await), Some(false), "a lookup's own failure");
+        assert_eq!(replayed(cache.get("k", Refresh::No, || fail(None)).await), Some(true), "the stored one, again");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(16)).await;
         assert!(cache.get("k", Refresh::No, || fail(Some(Duration::from_secs(60)))).await.is_err());

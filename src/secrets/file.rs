@@ -25,14 +25,14 @@ impl Resolver for FileResolver {
 
 async fn read(path: &Path) -> Result<SecretString, Failure> {
     // The io error's text names the path and the OS reason, never the contents.
-    let meta = tokio::fs::metadata(path).await.map_err(|e| Failure::permanent(format!("cannot read the file: {e}")))?;
+    let meta = tokio::fs::metadata(path).await.map_err(io_failure)?;
     if !meta.is_file() {
         return Err(Failure::permanent("the path is not a regular file"));
     }
     if meta.len() > MAX_BYTES {
         return Err(Failure::permanent(format!("the file is larger than {MAX_BYTES} bytes; not a credential")));
     }
-    let bytes = tokio::fs::read(path).await.map_err(|e| Failure::permanent(format!("cannot read the file: {e}")))?;
+    let bytes = tokio::fs::read(path).await.map_err(io_failure)?;
     let Ok(text) = String::from_utf8(bytes) else {
         return Err(Failure::permanent("the file is not valid UTF-8"));
     };
@@ -42,6 +42,19 @@ async fn read(path: &Path) -> Result<SecretString, Failure> {
         return Err(Failure::permanent("the file is empty"));
     }
     Ok(SecretString::from(value.to_string()))
+}
+
+/// A missing file or one the gateway may not read stays wrong until someone fixes it; any other
+/// I/O error (a busy or briefly unavailable mount) is worth trying again.
+fn io_failure(e: std::io::Error) -> Failure {
+    let reason = format!("cannot read the file: {e}");
+    match e.kind() {
+        std::io::ErrorKind::NotFound
+        | std::io::ErrorKind::PermissionDenied
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::IsADirectory => Failure::permanent(reason),
+        _ => Failure::transient(reason),
+    }
 }
 
 /// One trailing `\n` or `\r\n`.
@@ -94,6 +107,7 @@ mod tests {
         assert_eq!(resolve(path("key")).await.unwrap().expose_secret(), "s3cr3t-file-value");
         for (name, why) in [
             ("missing", "No such file"),
+            ("key/below-a-file", "Not a directory"),
             ("empty", "empty"),
             ("big", "larger than"),
             ("binary", "UTF-8"),
@@ -101,6 +115,7 @@ mod tests {
         ] {
             let err = resolve(path(name)).await.unwrap_err();
             assert!(err.reason.contains(why), "{name}: {}", err.reason);
+            assert!(!err.transient, "{name}: wrong until someone fixes it");
         }
     }
 

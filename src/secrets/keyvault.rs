@@ -185,11 +185,13 @@ fn failure(e: &azure_core::Error, vault: &str, name: &str) -> Failure {
                     reason: format!("Key Vault {vault} is throttling the gateway (429{code})"),
                     transient: true,
                     retry_after,
+                    replayed: false,
                 },
                 500..=599 => Failure {
                     reason: format!("Key Vault {vault} answered {status}{code}"),
                     transient: true,
                     retry_after,
+                    replayed: false,
                 },
                 _ => Failure::permanent(format!("Key Vault {vault} answered {status}{code} for secret {name}")),
             }

@@ -42,15 +42,19 @@ pub struct Failure {
     pub transient: bool,
     /// How long the source asked us to wait (Key Vault's `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// Handed out again from the cache (kept for `failure_ttl_secs`) rather than found by a
+    /// lookup now: it says nothing new, so it must not count again towards a config's `error`
+    /// status (one bad read, replayed for every round until the entry expires, would).
+    pub replayed: bool,
 }
 
 impl Failure {
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), transient: false, retry_after: None }
+        Failure { reason: reason.into(), transient: false, retry_after: None, replayed: false }
     }
 
     pub fn transient(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), transient: true, retry_after: None }
+        Failure { reason: reason.into(), transient: true, retry_after: None, replayed: false }
     }
 }
 

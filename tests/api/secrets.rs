@@ -367,12 +367,55 @@ async fn a_rotated_file_secret_is_used_after_a_401_without_restart() {
     assert_eq!(c["status"], "active", "{c}");
 }
 
+/// A file secret read while it was being rewritten (`cp` truncates, then writes) is one failed
+/// lookup, however many rounds the cache hands that failure to before it expires: the config
+/// stays `active`, and once the file is whole again every waiting event goes out.
+#[tokio::test]
+async fn a_file_caught_mid_rewrite_counts_once_and_the_config_stays_active() {
+    let fakes = FakeProviders::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret_file(&dir, "plausible-key", "the-key\n");
+    let app = app_with(|s| {
+        crate::helpers::manual_delivery(s);
+        s.delivery.auth_failures_before_error = 3;
+        s.secrets.failure_ttl_secs = 3;
+    })
+    .await;
+    let keys = site::site(&app).await;
+    let config = site::plausible(&app, &fakes, json!({"credentials": {"api_key_ref": format!("file:{file}")}})).await;
+    std::fs::write(&file, "").unwrap();
+    // Five rounds, each with a new event to send, within the failure's 3 s in the cache.
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let (s, e) = track(&app, &keys, site::pageview(&visitor())).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{e}");
+        events.push(id(&e));
+        let pass = app.drain_outbox().await;
+        assert_eq!(pass.delivered, 0, "{pass:?}");
+    }
+    let c = site::config(&app, "plausible", &id(&config)).await;
+    assert_eq!(c["status"], "active", "one empty read counted once per round: {c}");
+    let d = site::delivery_in(&app, &events[4], &id(&config), "pending").await;
+    assert!(d["last_error"].as_str().unwrap_or_default().contains("the file is empty"), "{d}");
+    assert!(fakes.received_by("plausible").await.is_empty(), "nothing is sent without the credential");
+
+    std::fs::write(&file, "the-key\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    app.drain_outbox_with_retries().await;
+    for e in &events {
+        site::delivery_in(&app, e, &id(&config), "delivered").await;
+    }
+    assert_eq!(fakes.stored("plausible").await.len(), 5);
+    assert_eq!(site::config(&app, "plausible", &id(&config)).await["status"], "active");
+}
+
 #[tokio::test]
 async fn an_unresolvable_reference_keeps_deliveries_pending_and_puts_the_config_in_error() {
     let fakes = FakeProviders::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-yet-mounted").to_string_lossy().into_owned();
-    let app = app_with(|_| {}).await;
+    // Each lookup's failure counts once (the cache's replays do not): lookups a second apart.
+    let app = app_with(|s| s.secrets.failure_ttl_secs = 1).await;
     let keys = site::site(&app).await;
     let config = site::plausible(&app, &fakes, json!({"credentials": {"api_key_ref": format!("file:{file}")}})).await;
     let (_, accepted) = track(&app, &keys, site::pageview(&visitor())).await;
