@@ -94,7 +94,7 @@ pub async fn expire(db: &DatabaseConnection, configured: Duration, now: DateTime
         by_config.entry((config, provider)).or_default().push(id);
     }
     let txn = crate::db::begin_write(db).await?;
-    let mut total = 0;
+    let (mut total, mut ended) = (0, Vec::new());
     for ((config, provider), ids) in by_config {
         let age = crate::providers::get(&provider).and_then(|p| p.max_event_age());
         let horizon = for_provider(configured, age);
@@ -111,10 +111,15 @@ pub async fn expire(db: &DatabaseConnection, configured: Duration, now: DateTime
         if res.rows_affected > 0 {
             crate::providers::config::usage::failed_many(&txn, config, res.rows_affected).await?;
             tracing::warn!(config = %config, provider, n = res.rows_affected, "deliveries dead-lettered at the retry horizon");
+            ended.push((provider, res.rows_affected));
         }
         total += res.rows_affected;
     }
     txn.commit().await?;
+    // Counted once committed, like the outcomes of the deliveries that were sent.
+    for (provider, n) in ended {
+        metrics::counter!("consentgate_deliveries_total", "provider" => provider, "outcome" => "dead").increment(n);
+    }
     Ok(total)
 }
 

@@ -42,7 +42,14 @@ use crate::{
     secrets::Credentials,
 };
 
-/// Bytes of a provider's answer read at most (enough for any error message).
+/// The first and last waits before writing a batch of outcomes again (50 ms, 200 ms, 800 ms,
+/// 3.2 s: about 4 s in all, far within any lease).
+const OUTCOME_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const OUTCOME_RETRY_LAST: std::time::Duration = std::time::Duration::from_millis(3_200);
+
+/// Bytes of a provider's answer read at most: enough for any error message, and for a batch's
+/// per-item answer (Umami's for 20 events, each failure with its error, stays far below), while
+/// a catch-all page at a wrong URL cannot fill memory, request after request.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Sends claimed deliveries and records their outcomes. The background loop ([`run`]) and
@@ -236,6 +243,9 @@ struct Recorded {
     outcomes: Vec<Outcome>,
     /// Per member, what the mapping adjusted to fit the provider's limits (its warning).
     adjusted: Vec<Option<String>>,
+    /// Its 401/403s repeat a failure already counted (a failed credential lookup the cache
+    /// handed out again): they neither count towards the config's `error` status nor end a run.
+    auth_repeated: bool,
 }
 
 /// What the HTTP exchange gave: the status and `Retry-After` when an answer came.
@@ -296,7 +306,9 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
             in_flight.spawn(async move { w.deliver(round).await });
         }
         claim_wait = if claim_failed { (claim_wait * 2).min(CLAIM_BACKOFF_MAX.max(poll)) } else { poll };
-        while in_flight.try_join_next().is_some() {}
+        while let Some(joined) = in_flight.try_join_next() {
+            log_if_panicked(joined);
+        }
         if claimed_any {
             continue;
         }
@@ -304,7 +316,7 @@ pub async fn run(db: DatabaseConnection, settings: DeliverySettings, outbox: Out
             _ = shutdown.cancelled() => break,
             _ = outbox.woken().notified() => {}
             _ = tokio::time::sleep(claim_wait) => {}
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_if_panicked(joined),
         }
     }
     while in_flight.join_next().await.is_some() {}
@@ -555,13 +567,17 @@ impl Worker {
             }
         }
         // A reference that does not resolve counts like a refused credential: the deliveries
-        // wait (backoff) and, persisting, the config goes to `error` naming the reference.
+        // wait (backoff) and, persisting, the config goes to `error` naming the reference. Only a
+        // lookup's own failure counts: the cache hands a failure out again for every round until
+        // it expires, and one bad read (a file caught mid-rewrite) must not count three times.
+        let mut auth_repeated = false;
         let credentials = if keyed.is_empty() {
             None
         } else {
             match self.secrets.resolve_config(&tenant.slug, &config.credentials).await {
                 Ok(c) => Some(Arc::new(c)),
                 Err(unresolved) => {
+                    auth_repeated = unresolved.failure.replayed;
                     let outcome = if unresolved.failure.transient {
                         Outcome::Retry { reason: unresolved.to_string() }
                     } else {
@@ -577,8 +593,16 @@ impl Worker {
             let n = unsent.len();
             let (members, outcomes): (Vec<Ready>, Vec<Outcome>) = unsent.into_iter().unzip();
             let adjusted = vec![None; n];
-            let recorded =
-                Recorded { provider, members, config: config.clone(), answered: None, sent: false, outcomes, adjusted };
+            let recorded = Recorded {
+                provider,
+                members,
+                config: config.clone(),
+                answered: None,
+                sent: false,
+                outcomes,
+                adjusted,
+                auth_repeated,
+            };
             match self.record_grouped(recorded).await {
                 Some(v) => done.extend(v),
                 None => done.extend(std::iter::repeat_n(Attempted::Failed, n)),
@@ -732,6 +756,7 @@ impl Worker {
                         sent: true,
                         outcomes,
                         adjusted,
+                        auth_repeated: false,
                     };
                     match self.record_grouped(recorded).await {
                         Some(v) => done.extend(v),
@@ -844,7 +869,7 @@ impl Worker {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| backoff::parse_retry_after(v, Utc::now()));
-        let body = read_limited(response).await;
+        let body = read_limited(response, MAX_ANSWER_BYTES).await;
         let response = ProviderResponse { status, headers: &headers.iter().collect(), body: &body };
         (provider.classify(&response, items), Some((status, retry_after)))
     }
@@ -881,7 +906,7 @@ impl Worker {
             circuit_failures: self.settings.circuit_failures,
             auth_failures: self.settings.auth_failures_before_error,
         };
-        let written = async {
+        let write = || async {
             let started = Instant::now();
             let txn = crate::db::begin_write(&self.db).await?;
             let begun = started.elapsed();
@@ -891,14 +916,28 @@ impl Worker {
             tracing::debug!(requests = n, deliveries, begin = ?begun, write = ?(wrote - begun),
                 commit = ?(started.elapsed() - wrote), "outcomes committed");
             Ok::<_, crate::error::Error>(written)
-        }
-        .await;
-        let written = match written {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, requests = n, deliveries,
-                    "outcomes could not be recorded; the deliveries are retried after their lease");
-                return (0..n).map(|_| None).collect();
+        };
+        // The requests were answered: an outcome not written now is sent again once the lease
+        // ends — a duplicate wherever the provider has no idempotency key. A failed write (a lock
+        // conflict, a deadlock PostgreSQL broke, a connection dropped) is rolled back whole and
+        // its `UPDATE`s are guarded by the lease, so writing it again is safe: tried again while
+        // the lease is young, then left to the lease.
+        let mut wait = OUTCOME_RETRY_FIRST;
+        let written = loop {
+            match write().await {
+                Ok(w) => break w,
+                Err(e) if wait <= OUTCOME_RETRY_LAST => {
+                    tracing::warn!(error = %e, requests = n, deliveries, retry_in = ?wait,
+                        "outcomes could not be recorded; writing them again");
+                    metrics::counter!("consentgate_delivery_outcome_write_retries_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, requests = n, deliveries,
+                        "outcomes could not be recorded; the deliveries are sent again after their lease");
+                    return (0..n).map(|_| None).collect();
+                }
             }
         };
         for (config, reason) in &written.to_error {
@@ -927,7 +966,8 @@ impl Worker {
     /// What each outcome of `r` means for its delivery's row and its config's usage, at `now`
     /// (pushed on `endings`, with what becomes of the delivery if written on `attempted`), with
     /// the metrics of what was sent. A 401/403 counts once towards the config's `error` status,
-    /// however many deliveries the request carried.
+    /// however many deliveries the request carried, and not at all when it repeats a failed
+    /// credential lookup the cache handed out again.
     fn conclude(
         &self,
         r: &Recorded,
@@ -938,26 +978,30 @@ impl Worker {
         let provider = r.provider;
         // Retried until the horizon: the last retry is scheduled just before it.
         let horizon = horizon::for_provider(self.settings.retry_horizon(), provider.max_event_age());
-        let mut auth_counted = false;
+        let mut auth_counted = r.auth_repeated;
         // The metrics' handles once per request, not per delivery.
         let mut counted: Vec<(&'static str, u64)> = Vec::new();
         let lag =
             r.sent.then(|| metrics::histogram!("consentgate_delivery_lag_seconds", "provider" => provider.name()));
         for ((m, outcome), adjusted) in r.members.iter().zip(&r.outcomes).zip(&r.adjusted) {
+            let d = &m.delivery;
+            let deadline = horizon::deadline(d.expires_at, d.created_at, horizon);
+            // A failure at the horizon ends the delivery: counted as what it became.
+            let at_horizon = matches!(outcome, Outcome::Retry { .. } | Outcome::AuthFailure { .. })
+                && now >= deadline - chrono::Duration::seconds(1);
+            let label = if at_horizon { "dead" } else { outcome.label() };
             if let Some(lag) = &lag {
-                match counted.iter_mut().find(|(l, _)| *l == outcome.label()) {
+                match counted.iter_mut().find(|(l, _)| *l == label) {
                     Some((_, n)) => *n += 1,
-                    None => counted.push((outcome.label(), 1)),
+                    None => counted.push((label, 1)),
                 }
                 if matches!(outcome, Outcome::Delivered | Outcome::Dropped { .. }) {
                     lag.record((now - m.occurred_at).num_milliseconds().max(0) as f64 / 1000.0);
                 }
             }
-            tracing::debug!(delivery = %m.delivery.id, provider = provider.name(), outcome = outcome.label(), "delivery outcome");
+            tracing::debug!(delivery = %d.id, provider = provider.name(), outcome = label, "delivery outcome");
             let counted = !auth_counted;
             auth_counted |= matches!(outcome, Outcome::AuthFailure { .. });
-            let d = &m.delivery;
-            let deadline = horizon::deadline(d.expires_at, d.created_at, horizon);
             let attempts = d.attempts + 1;
             let retry_at = || -> DateTime<Utc> {
                 let wait = backoff::delay(
@@ -1011,9 +1055,7 @@ impl Worker {
                 Outcome::ConsentDenied { reason } => {
                     (end(DeliveryStatus::Dead, Some(reason.clone())), ending::Usage::DeniedByConsent, Attempted::Dead)
                 }
-                Outcome::Retry { reason } | Outcome::AuthFailure { reason }
-                    if now >= deadline - chrono::Duration::seconds(1) =>
-                {
+                Outcome::Retry { reason } | Outcome::AuthFailure { reason } if at_horizon => {
                     let reason = horizon::reached(horizon, Some(reason));
                     (
                         end(DeliveryStatus::Dead, Some(reason.clone())),
@@ -1097,19 +1139,41 @@ fn instance() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// A delivery task that panicked: its deliveries stay leased until their lease ends, then another
+/// round takes them — said in the log, not lost silently.
+fn log_if_panicked<T>(joined: Result<T, tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a delivery task panicked; its deliveries are retried once their lease ends");
+    }
+}
+
 /// A worker's lease owner name: unique per worker (`worker-<uuid>`), naming the instance it runs
 /// in (`@<host>:<pid>`), so that a delivery's `in_flight.owner` says where it is being sent from.
 fn owner_name(id: Uuid, instance: &str) -> String {
     format!("worker-{id}@{instance}")
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
+/// The first `limit` bytes of the answer. A body cut short (by the limit or a broken connection)
+/// is what a provider's parser then refuses: a batch is retried, never guessed delivered.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_ANSWER_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ANSWER_BYTES {
-            break;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= limit {
+                    tracing::debug!(limit, status = response.status().as_u16(), "answer cut at the limit");
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %describe(e), read = body.len(), "answer cut short");
+                break;
+            }
         }
     }
     body

@@ -68,6 +68,27 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// A metrics recorder of the test's own, on its thread (`/metrics` is process-wide, shared with
+/// the tests running alongside): the runtime is single-threaded, so the workers record there.
+fn own_recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+}
+
+/// `consentgate_deliveries_total` of `provider` by outcome, as `recorder` counted them.
+fn deliveries_counted(
+    recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    provider: &str,
+) -> Vec<(String, f64)> {
+    let text = recorder.handle().render();
+    ["delivered", "dropped", "retry", "auth_failure", "dead"]
+        .iter()
+        .filter_map(|o| {
+            let series = format!("consentgate_deliveries_total{{provider=\"{provider}\",outcome=\"{o}\"}}");
+            metric(&text, &series).map(|n| (o.to_string(), n))
+        })
+        .collect()
+}
+
 /// Two hours of 503s from Plausible, Umami and PostHog (batched; it deduplicates), the outbox run
 /// every minute: nothing is dead, the open circuits send one probe a minute instead of every
 /// backoff, the operator sees the trouble, and when the providers are back every event reaches
@@ -316,6 +337,8 @@ async fn a_late_outcome_is_recorded_only_where_the_lease_is_still_held() {
 /// and a replay sends them with a new horizon.
 #[tokio::test]
 async fn deliveries_of_a_paused_config_end_at_the_horizon_and_stay_replayable() {
+    let recorder = own_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let (app, fakes, keys) = site::setup().await;
     let p = site::plausible(&app, &fakes, json!({})).await;
     let event = pageviews(&app, &keys, 1).await.remove(0);
@@ -330,6 +353,7 @@ async fn deliveries_of_a_paused_config_end_at_the_horizon_and_stay_replayable() 
     let d = delivery_in(&app, &event, &id(&p), "dead").await;
     assert_eq!(d["last_error"], "retry horizon reached (72 h after the event arrived); last: never attempted");
     assert_eq!(site::config(&app, "plausible", &id(&p)).await["usage"]["events_failed"], 1);
+    assert_eq!(deliveries_counted(&recorder, "plausible"), [("dead".to_string(), 1.0)], "/metrics counts it too");
 
     site::patch_config(&app, "plausible", &id(&p), json!({"status": "active"})).await;
     let (s, replayed) =
@@ -464,6 +488,8 @@ async fn deliveries_of_a_config_in_error_end_at_the_horizon_and_stay_replayable(
 #[tokio::test]
 async fn a_failure_in_the_last_second_before_the_horizon_is_dead_lettered_by_the_worker() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let recorder = own_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let (app, fakes, keys) = site::setup().await;
     let u = site::umami(&app, &fakes, json!({})).await;
     fakes.behaviour(json!({"umami": {"status": 503}})).await;
@@ -488,6 +514,7 @@ async fn a_failure_in_the_last_second_before_the_horizon_is_dead_lettered_by_the
         "{d}"
     );
     assert_eq!(d["attempts"], 1, "{d}");
+    assert_eq!(deliveries_counted(&recorder, "umami"), [("dead".to_string(), 1.0)], "counted as what it became");
     let usage = &site::config(&app, "umami", &id(&u)).await["usage"];
     assert_eq!((usage["events_retrying"].as_i64(), usage["events_failed"].as_i64()), (Some(0), Some(1)), "{usage}");
 }
@@ -590,4 +617,50 @@ async fn a_waiting_deliverys_expiry_follows_this_apps_retry_horizon() {
         assert_eq!(s, StatusCode::OK, "{view}");
         assert_eq!(view["decisions"][0]["delivery"]["expires_at"], d["expires_at"], "{view}");
     }
+}
+
+/// For the next second, the database refuses every write of a delivery's outcome (an `UPDATE`
+/// of `attempts`): a trigger, as a lock conflict, a deadlock PostgreSQL broke or a dropped
+/// connection would refuse it. Claims still work.
+async fn refuse_outcome_writes_for_a_second(app: &TestApp) {
+    use sea_orm::ConnectionTrait;
+    let sql: &[&str] = if crate::helpers::backend() == "postgres" {
+        &[
+            "CREATE TABLE refuse_until AS SELECT clock_timestamp() + interval '1 second' AS t",
+            "CREATE FUNCTION refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF clock_timestamp() < (SELECT t FROM refuse_until) THEN RAISE EXCEPTION 'injected: outcome refused'; \
+             END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF attempts ON delivery \
+             FOR EACH ROW EXECUTE FUNCTION refuse_outcome()",
+        ]
+    } else {
+        &[
+            "CREATE TABLE refuse_until AS SELECT julianday('now') + 1.0 / 86400 AS t",
+            "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF attempts ON delivery \
+             WHEN julianday('now') < (SELECT t FROM refuse_until) \
+             BEGIN SELECT RAISE(ABORT, 'injected: outcome refused'); END",
+        ]
+    };
+    for s in sql {
+        app.db.execute_unprepared(s).await.unwrap();
+    }
+}
+
+/// Plausible stored the event, then the outcome's write fails for a moment: the worker writes it
+/// again, so the delivery is recorded `delivered` by the same pass — and a pass past every lease
+/// does not send the event a second time (Plausible has no idempotency key: a duplicate visit).
+#[tokio::test]
+async fn an_outcome_write_that_fails_for_a_moment_is_written_again_not_resent() {
+    let recorder = own_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let (app, fakes, keys) = site::setup().await;
+    let p = site::plausible(&app, &fakes, json!({})).await;
+    let event = pageviews(&app, &keys, 1).await.remove(0);
+    refuse_outcome_writes_for_a_second(&app).await;
+    assert_eq!(app.run_outbox_at(Utc::now()).await, Pass { claimed: 1, delivered: 1, ..Pass::default() });
+    let retries = metric(&recorder.handle().render(), "consentgate_delivery_outcome_write_retries_total");
+    assert!(retries >= Some(1.0), "the write was refused at least once: {retries:?}");
+    delivery_in(&app, &event, &id(&p), "delivered").await;
+    assert_eq!(app.run_outbox_at(Utc::now() + Duration::minutes(5)).await, Pass::default(), "nothing left to send");
+    assert_eq!(fakes.received_by("plausible").await.len(), 1, "sent once");
 }
