@@ -20,8 +20,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit_log))
 }
 
+/// Unknown parameters are refused (400 naming the parameter): a misspelt filter
+/// (`config_id=` for `config=`) must not silently widen the list.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Page size, 1–500 (default 100).
     #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]

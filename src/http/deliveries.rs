@@ -21,8 +21,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_deliveries)).routes(routes!(replay_delivery))
 }
 
+/// Unknown parameters are refused (400 naming the parameter): a misspelt filter
+/// (`config_id=` for `config=`) must not silently widen the list.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryQuery {
     /// `pending`, `delivered`, `dropped` or `dead` (the dead letters).
     status: Option<DeliveryStatus>,

@@ -92,10 +92,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
             let path = e.path().to_string();
-            let field = (path != ".").then_some(path);
-            ApiError::BadRequest { message: format!("invalid query string: {}", e.into_inner()), field }
+            let message = e.into_inner().to_string();
+            // A parameter the endpoint does not know (its query type denies unknown fields): a
+            // misspelt filter would otherwise widen the result silently.
+            let field = (path != ".").then_some(path).or_else(|| unknown_field(&message));
+            ApiError::BadRequest { message: format!("invalid query string: {message}"), field }
         })
     }
+}
+
+/// The name in serde's "unknown field `name`, expected …".
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
 }
 
 /// A JSON body. `application/json` and `text/plain` are both accepted (browsers send
@@ -153,13 +162,17 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
 /// The request body within `DefaultBodyLimit`; over it, 413 in the API's error shape (axum's
 /// own rejection is plain text).
 pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest { field: None, message: e.body_text() }
-        }
-    })
+    Bytes::from_request(req, state).await.map_err(body_rejected)
+}
+
+/// A body that could not be read: `413` over the router's limit, `400` otherwise. Every handler
+/// taking `Result<Bytes, BytesRejection>` maps its rejection here, so "too large" is one answer.
+pub fn body_rejected(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::BadRequest { field: None, message: e.body_text() }
+    }
 }
 
 /// A JSON body may come as `application/json`, `*+json` or `text/plain` (or without a type).

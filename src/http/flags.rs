@@ -71,7 +71,7 @@ async fn flags(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     check_json_content_type(headers)?;
-    let bytes = body.map_err(|e| ApiError::BadRequest { field: None, message: e.body_text() })?;
+    let bytes = body.map_err(super::extract::body_rejected)?;
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge);
     }

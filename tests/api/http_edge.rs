@@ -1,5 +1,6 @@
 //! The HTTP edge as a client meets it: timeouts and the connection cap, one error shape for
-//! malformed bodies on every write route, paging limits, 503 when the database is gone, and an
+//! malformed bodies on every write route, paging limits and unknown list parameters, 503 when the
+//! database is gone, and an
 //! OpenAPI document a generated client can use.
 
 use std::time::{Duration, Instant};
@@ -379,4 +380,26 @@ async fn an_outage_is_logged_once_not_per_request() {
         errors <= 1 && repeated.is_empty() && per_source.len() <= 5,
         "{errors} ERROR lines, WARN lines per source {per_source:?}, for 50 requests:\n{log}"
     );
+}
+
+/// The deliveries and the audit log refuse a parameter they do not know, naming it, rather than
+/// answer with everything (`config_id=` is `/consent-records`' spelling; `/deliveries` says
+/// `config=`).
+#[tokio::test]
+async fn an_unknown_list_parameter_is_refused_by_name() {
+    let app = spawn_app().await;
+    let tenant = format!("/v1/tenants/{}", app.tenant);
+    let config = uuid::Uuid::new_v4();
+    for (query, field) in [
+        (format!("/deliveries?config_id={config}&status=dead"), "config_id"),
+        ("/deliveries?stauts=dead".into(), "stauts"),
+        ("/audit-log?action=token.create".into(), "action"),
+    ] {
+        let got = app.get(&format!("{tenant}{query}"), &app.auditor).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", Some(field));
+    }
+    for known in [format!("/deliveries?config={config}&status=dead&limit=500"), "/audit-log?limit=500".into()] {
+        let (s, page) = app.get(&format!("{tenant}{known}"), &app.admin).await;
+        assert_eq!(s, StatusCode::OK, "{known}: {page}");
+    }
 }

@@ -436,6 +436,11 @@ async fn flags_are_identified_only_with_analytics_consent_cached_and_refused_wit
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("visitor_id"));
     let got = flags(&app, &keys, json!({"visitor_id": "v", "extra": 1})).await;
     assert_eq!(got.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", got.1);
+    // Too large is 413 whether over the endpoint's limit or the server's.
+    for pad in [5_000, 70_000] {
+        let got = flags(&app, &keys, json!({"visitor_id": "v", "pad": "x".repeat(pad)})).await;
+        assert_error(&got, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None);
+    }
     let (s, got) = send(
         app.http
             .post(app.tenant_url("/analytics/posthog/flags"))
