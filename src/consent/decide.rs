@@ -276,13 +276,19 @@ const OPTIONAL: [Category; 3] = [Category::Functional, Category::Analytics, Cate
 ///
 /// Unknown location counts as required: without knowing where the visitor is, the gateway must
 /// assume the strictest law applies (GDPR Art. 3(2) reaches visitors in the EU wherever the site is).
+/// So does an unknown subdivision of a country with a listed one: a visitor from `US` whose state
+/// is unknown (a country header alone, a Country database) may be in `US-CA`.
 pub fn consent_required(policy: &ConsentPolicy, signals: &Signals) -> bool {
     if !policy.geo_targeting_enabled {
         return true;
     }
     let Some(country) = signals.country.as_deref() else { return true };
-    policy.consent_required_regions.iter().any(|r| {
-        r.eq_ignore_ascii_case(country) || signals.region.as_deref().is_some_and(|sub| r.eq_ignore_ascii_case(sub))
+    policy.consent_required_regions.iter().any(|r| match r.split_once('-') {
+        Some((of, _)) if of.eq_ignore_ascii_case(country) => {
+            signals.region.as_deref().is_none_or(|sub| r.eq_ignore_ascii_case(sub))
+        }
+        Some(_) => false,
+        None => r.eq_ignore_ascii_case(country),
     })
 }
 
@@ -622,6 +628,11 @@ mod tests {
         Signals { country: Some(country.into()), ..Default::default() }
     }
 
+    /// Outside the policy's regions: in the US (which has `US-CA` listed), the state known.
+    fn texan() -> Signals {
+        Signals { region: Some("US-TX".into()), ..from("US") }
+    }
+
     fn provider(required: RequiredCategory) -> ProviderPolicy {
         ProviderPolicy {
             status: Some(ProviderStatus::Active),
@@ -670,8 +681,8 @@ mod tests {
         let lengthened = ConsentPolicy { expiry_days: 730, ..p.clone() };
         let dnt = Signals { dnt: true, ..from("SE") };
         let gpc = Signals { gpc: true, ..from("SE") };
-        let gpc_us = Signals { gpc: true, ..from("US") };
-        let californian = Signals { region: Some("US-CA".into()), ..from("US") };
+        let gpc_us = Signals { gpc: true, ..texan() };
+        let californian = Signals { region: Some("US-CA".into()), ..texan() };
         let bot = Signals { bot: true, ..from("SE") };
         // Reasons are written as their stored strings, which the reason table test pins.
         let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
@@ -689,20 +700,22 @@ mod tests {
             ("custom: marketing no", Some(&p), Some(&analytics_only), from("SE"), ads, deny("denied:rejected")),
             ("no record in consent region", Some(&p), None, from("SE"), ga4, deny("denied:no_consent")),
             ("no record, unknown country", Some(&p), None, Signals::default(), ga4, deny("denied:no_consent")),
-            ("no record, geo targeting off", Some(&no_geo), None, from("US"), ga4, deny("denied:no_consent")),
-            ("no record outside region: default on", Some(&p), None, from("US"), ga4, allow(Full, "consent_default:analytics")),
-            ("no record outside region: default off", Some(&p), None, from("US"), ads, deny("denied:no_consent")),
+            ("no record, geo targeting off", Some(&no_geo), None, texan(), ga4, deny("denied:no_consent")),
+            ("no record outside region: default on", Some(&p), None, texan(), ga4, allow(Full, "consent_default:analytics")),
+            ("no record outside region: default off", Some(&p), None, texan(), ads, deny("denied:no_consent")),
             ("subdivision in the list (US-CA)", Some(&p), None, californian, ga4, deny("denied:no_consent")),
+            ("US-CA listed, the US state unknown", Some(&p), None, from("US"), ga4, deny("denied:no_consent")),
+            ("no subdivision listed for the country", Some(&p), None, from("BR"), ga4, allow(Full, "consent_default:analytics")),
             ("expired record", Some(&p), Some(&expired), from("SE"), ga4, deny("denied:expired")),
-            ("expired record outside region: defaults", Some(&p), Some(&expired), from("US"), ga4, allow(Full, "consent_default:analytics")),
+            ("expired record outside region: defaults", Some(&p), Some(&expired), texan(), ga4, allow(Full, "consent_default:analytics")),
             ("older than a since shortened expiry", Some(&shortened), Some(&accepted), from("SE"), ga4, deny("denied:expired")),
             ("a lengthened expiry does not stretch a record", Some(&lengthened), Some(&expired), from("SE"), ga4, deny("denied:expired")),
             ("record before a re-consent revision", Some(&p), Some(&stale_revision), from("SE"), ga4, deny("denied:reconsent")),
             ("a record under another config is asked again", Some(&p), Some(&other_config), from("SE"), ga4, deny("denied:reconsent")),
-            ("a refusal outlives a re-consent revision (opt-out region)", Some(&p), Some(&stale_reject), from("US"), ga4, deny("denied:rejected")),
-            ("a withdrawal outlives its expiry (opt-out region)", Some(&p), Some(&expired_withdrawal), from("US"), ga4, deny("denied:withdrawn")),
-            ("a refusal outlives a config switch (opt-out region)", Some(&p), Some(&rejected_elsewhere), from("US"), ga4, deny("denied:rejected")),
-            ("a stale acceptance falls back to the defaults", Some(&p), Some(&stale_revision), from("US"), ga4, allow(Full, "consent_default:analytics")),
+            ("a refusal outlives a re-consent revision (opt-out region)", Some(&p), Some(&stale_reject), texan(), ga4, deny("denied:rejected")),
+            ("a withdrawal outlives its expiry (opt-out region)", Some(&p), Some(&expired_withdrawal), texan(), ga4, deny("denied:withdrawn")),
+            ("a refusal outlives a config switch (opt-out region)", Some(&p), Some(&rejected_elsewhere), texan(), ga4, deny("denied:rejected")),
+            ("a stale acceptance falls back to the defaults", Some(&p), Some(&stale_revision), texan(), ga4, allow(Full, "consent_default:analytics")),
             ("record at the re-consent revision", Some(&p), Some(&current_after_reconsent), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
             ("dnt respected", Some(&p), Some(&accepted), dnt.clone(), ga4, deny("denied:dnt")),
             ("dnt respected: not even cookie-free providers", Some(&p), Some(&accepted), dnt.clone(), plausible, deny("denied:dnt")),
@@ -730,7 +743,7 @@ mod tests {
             ("posthog cookieless fallback", Some(&p), Some(&rejected), from("SE"), posthog, allow(Anonymous, "anonymous:rejected")),
             ("posthog with consent", Some(&p), Some(&accepted), from("SE"), posthog, allow(Full, "consent_granted:analytics")),
             ("no consent config at all", None, Some(&accepted), from("SE"), ga4, deny("denied:no_consent")),
-            ("no consent config: plausible anonymous", None, None, from("US"), plausible, allow(Anonymous, "anonymous:no_consent")),
+            ("no consent config: plausible anonymous", None, None, texan(), plausible, allow(Anonymous, "anonymous:no_consent")),
         ];
         for (scenario, policy, record, signals, provider, expected) in cases {
             assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
@@ -757,8 +770,8 @@ mod tests {
         let other_config = RecordedChoice { other_config: true, ..accepted.clone() };
         let ignore_dnt = ConsentPolicy { respect_do_not_track: false, ..p.clone() };
         let everything_on = ConsentPolicy { default_accepted: Choices::all(), ..p.clone() };
-        let gpc_us = Signals { gpc: true, ..from("US") };
-        let dnt = Signals { dnt: true, ..from("US") };
+        let gpc_us = Signals { gpc: true, ..texan() };
+        let dnt = Signals { dnt: true, ..texan() };
         let reason = |r: &str| Reason::parse(r).unwrap_or_else(|| panic!("not a reason: {r}"));
         let allow = |identity, r: &str| Decision::Allow { identity, reason: reason(r) };
         let deny = |r: &str| Decision::Deny { reason: reason(r) };
@@ -766,28 +779,28 @@ mod tests {
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("record grants, consent region", Some(&p), Some(&accepted), from("SE"), ga4, allow(Full, "consent_granted:analytics")),
-            ("record grants, opt-out region", Some(&p), Some(&accepted), from("US"), ga4, allow(Full, "consent_granted:analytics")),
-            ("custom record with analytics", Some(&p), Some(&analytics_only), from("US"), ga4, allow(Full, "consent_granted:analytics")),
-            ("no record outside consent regions: defaults are not enough", Some(&p), None, from("US"), ga4, deny("denied:no_record")),
-            ("... where a config without the rule goes by the default", Some(&p), None, from("US"), plain, allow(Full, "consent_default:analytics")),
-            ("every default on is still not a record", Some(&everything_on), None, from("US"), ga4, deny("denied:no_record")),
+            ("record grants, opt-out region", Some(&p), Some(&accepted), texan(), ga4, allow(Full, "consent_granted:analytics")),
+            ("custom record with analytics", Some(&p), Some(&analytics_only), texan(), ga4, allow(Full, "consent_granted:analytics")),
+            ("no record outside consent regions: defaults are not enough", Some(&p), None, texan(), ga4, deny("denied:no_record")),
+            ("... where a config without the rule goes by the default", Some(&p), None, texan(), plain, allow(Full, "consent_default:analytics")),
+            ("every default on is still not a record", Some(&everything_on), None, texan(), ga4, deny("denied:no_record")),
             ("no record in a consent region", Some(&p), None, from("SE"), ga4, deny("denied:no_consent")),
             ("no record, unknown country", Some(&p), None, Signals::default(), ga4, deny("denied:no_consent")),
-            ("expired record outside consent regions", Some(&p), Some(&expired), from("US"), ga4, deny("denied:expired")),
-            ("record before a re-consent revision, outside", Some(&p), Some(&stale_revision), from("US"), ga4, deny("denied:reconsent")),
-            ("record under another config, outside", Some(&p), Some(&other_config), from("US"), ga4, deny("denied:reconsent")),
-            ("rejected", Some(&p), Some(&rejected), from("US"), ga4, deny("denied:rejected")),
+            ("expired record outside consent regions", Some(&p), Some(&expired), texan(), ga4, deny("denied:expired")),
+            ("record before a re-consent revision, outside", Some(&p), Some(&stale_revision), texan(), ga4, deny("denied:reconsent")),
+            ("record under another config, outside", Some(&p), Some(&other_config), texan(), ga4, deny("denied:reconsent")),
+            ("rejected", Some(&p), Some(&rejected), texan(), ga4, deny("denied:rejected")),
             ("withdrawn", Some(&p), Some(&withdrawn), from("SE"), ga4, deny("denied:withdrawn")),
-            ("no cookieless fallback without a record", Some(&p), None, from("US"), with_fallback, deny("denied:no_record")),
+            ("no cookieless fallback without a record", Some(&p), None, texan(), with_fallback, deny("denied:no_record")),
             ("no cookieless fallback after a refusal", Some(&p), Some(&rejected), from("SE"), with_fallback, deny("denied:rejected")),
-            ("requiring no category: analytics must be recorded", Some(&p), None, from("US"), no_category, deny("denied:no_record")),
+            ("requiring no category: analytics must be recorded", Some(&p), None, texan(), no_category, deny("denied:no_record")),
             ("requiring no category: refused analytics is not anonymous", Some(&p), Some(&rejected), from("SE"), no_category, deny("denied:rejected")),
-            ("requiring no category: recorded analytics", Some(&p), Some(&accepted), from("US"), no_category, allow(Full, "consent_granted:analytics")),
-            ("no consent config at all", None, Some(&accepted), from("US"), ga4, deny("denied:no_consent")),
+            ("requiring no category: recorded analytics", Some(&p), Some(&accepted), texan(), no_category, allow(Full, "consent_granted:analytics")),
+            ("no consent config at all", None, Some(&accepted), texan(), ga4, deny("denied:no_consent")),
             ("dnt respected comes first", Some(&p), Some(&accepted), dnt, ga4, deny("denied:dnt")),
             ("gpc not respected: analytics still recorded", Some(&ignore_dnt), Some(&accepted), gpc_us, ga4, allow(Full, "consent_granted:analytics")),
-            ("bot", Some(&p), Some(&accepted), Signals { bot: true, ..from("US") }, ga4, deny("denied:bot")),
-            ("paused", Some(&p), Some(&accepted), from("US"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4 }, deny("denied:config_paused")),
+            ("bot", Some(&p), Some(&accepted), Signals { bot: true, ..texan() }, ga4, deny("denied:bot")),
+            ("paused", Some(&p), Some(&accepted), texan(), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4 }, deny("denied:config_paused")),
         ];
         for (scenario, policy, record, signals, provider, expected) in cases {
             assert_eq!(decide(policy, record, &signals, &provider, now()), expected, "{scenario}");
@@ -846,9 +859,9 @@ mod tests {
             ("no per-provider choices: the category decides", Some(&p), Some(&category_only), from("SE"), ga4_added, allow(Full, "consent_granted:analytics")),
             ("a respected signal first", Some(&p), Some(&analytics_only), dnt, ga4, deny("denied:dnt")),
             ("expired, consent region: asked again", Some(&p), Some(&expired), from("SE"), ga4, deny("denied:expired")),
-            ("expired, opt-out region: a switched-off config stays off", Some(&p), Some(&expired), from("US"), ga4_refused, deny("denied:provider_refused")),
-            ("expired, opt-out region: others get the defaults", Some(&p), Some(&expired), from("US"), ga4_added, allow(Full, "consent_default:analytics")),
-            ("stale acceptance, opt-out region: defaults cover configs not shown", Some(&p), Some(&stale_accept), from("US"), ga4_added, allow(Full, "consent_default:analytics")),
+            ("expired, opt-out region: a switched-off config stays off", Some(&p), Some(&expired), texan(), ga4_refused, deny("denied:provider_refused")),
+            ("expired, opt-out region: others get the defaults", Some(&p), Some(&expired), texan(), ga4_added, allow(Full, "consent_default:analytics")),
+            ("stale acceptance, opt-out region: defaults cover configs not shown", Some(&p), Some(&stale_accept), texan(), ga4_added, allow(Full, "consent_default:analytics")),
             ("paused config: its state first", Some(&p), Some(&analytics_only), from("SE"), ProviderPolicy { status: Some(ProviderStatus::Paused), ..ga4_refused }, deny("denied:config_paused")),
         ];
         for (scenario, policy, record, signals, provider, expected) in cases {
@@ -906,7 +919,7 @@ mod tests {
         let p = policy();
         let e = effective(Some(&p), None, &from("SE"), now());
         assert_eq!((e.undecided, e.consent_required, e.choices), (Some(Undecided::NoRecord), true, Choices::none()));
-        let e = effective(Some(&p), None, &from("US"), now());
+        let e = effective(Some(&p), None, &texan(), now());
         assert_eq!((e.undecided, e.consent_required), (Some(Undecided::NoRecord), false));
         assert_eq!(e.choices, p.default_accepted);
         let e = effective(Some(&p), Some(&record(ANALYTICS_ONLY, Action::Custom)), &from("SE"), now());

@@ -425,7 +425,7 @@ mod tests {
         }
         // An array in the fields' order would be read as the event by serde; both paths refuse it.
         let positional = r#"["a", null, null, null, null, null, "https://x.example/", null, null, null, null, null, null,
-            null, null, null, null, null, null]"#;
+            null, null, null, null, null, null, null]"#;
         assert!(serde_json::from_str::<EventInput>(positional).is_ok(), "serde reads it");
         assert_eq!(fast(positional), None);
         assert_eq!(full(positional), None);

@@ -13,7 +13,11 @@ use super::fields::{
 };
 use super::keys::KeyKind;
 use crate::{
-    consent::{Signals, config::spec::LanguageTag, regions::CountryCode},
+    consent::{
+        Signals,
+        config::spec::LanguageTag,
+        regions::{CountryCode, RegionCode},
+    },
     crypto,
     error::{Error, Result},
 };
@@ -67,6 +71,11 @@ pub struct EventInput {
     pub gpc: Option<bool>,
     /// Secret keys only: ISO 3166-1 alpha-2.
     pub country: Option<CountryCode>,
+    /// Secret keys only, with `country`: the ISO 3166-2 subdivision (`US-CA`). Where a consent
+    /// region is a subdivision of the visitor's country, a visitor whose subdivision is not
+    /// given counts as in it.
+    #[schema(value_type = Option<String>, example = "US-CA")]
+    pub region: Option<RegionCode>,
 }
 
 /// What a request says about the visitor behind it. For a browser, its own request headers (and
@@ -161,6 +170,7 @@ pub fn validate(
                 ("dnt", input.dnt.is_some()),
                 ("gpc", input.gpc.is_some()),
                 ("country", input.country.is_some()),
+                ("region", input.region.is_some()),
             ] {
                 if given {
                     return Err(Error::validation(
@@ -171,19 +181,31 @@ pub fn validate(
             }
             facts.clone()
         }
-        Sender::Server => VisitorFacts {
-            ip: input.ip.take().map(|ip| ip.0),
-            user_agent: input.user_agent.take().map(String::from).filter(|u| !u.is_empty()),
-            signals: Signals {
-                dnt: input.dnt.take().unwrap_or(false),
-                gpc: input.gpc.take().unwrap_or(false),
-                country: input.country.take().map(String::from),
-                // A server's visitor is located by its IP later, in `accept`, unless it said the
-                // country.
-                region: None,
-                bot: false,
-            },
-        },
+        Sender::Server => {
+            let country = input.country.take().map(String::from);
+            let region = input.region.take().map(String::from);
+            let of_the_country =
+                |r: &str| country.as_deref().is_some_and(|c| r.split_once('-').is_some_and(|(of, _)| of == c));
+            if region.as_deref().is_some_and(|r| !of_the_country(r)) {
+                return Err(Error::validation(
+                    "region",
+                    "must be an ISO 3166-2 subdivision (US-CA) of the event's country, given with it",
+                ));
+            }
+            VisitorFacts {
+                ip: input.ip.take().map(|ip| ip.0),
+                user_agent: input.user_agent.take().map(String::from).filter(|u| !u.is_empty()),
+                signals: Signals {
+                    dnt: input.dnt.take().unwrap_or(false),
+                    gpc: input.gpc.take().unwrap_or(false),
+                    // A server's visitor is located by its IP later, in `accept`, unless it said
+                    // the country.
+                    country,
+                    region,
+                    bot: false,
+                },
+            }
+        }
     };
     Ok(ValidEvent { posted: input, page_url, occurred_at: client_time.unwrap_or(now), idempotency_key, visitor })
 }
@@ -253,6 +275,19 @@ mod tests {
         assert_eq!(field_of(ok(json!({"ip": "1.2.3"})), &Sender::Server), "ip");
         assert_eq!(field_of(ok(json!({"country": "Sweden"})), &Sender::Server), "country");
         assert_eq!(field_of(ok(json!({"country": "XX"})), &Sender::Server), "country", "a placeholder is no country");
+        for region in [
+            json!({"region": "US-CA"}),
+            json!({"country": "SE", "region": "US-CA"}),
+            json!({"country": "US", "region": "US"}),
+        ] {
+            assert_eq!(field_of(ok(region.clone()), &Sender::Server), "region", "{region}");
+        }
+        assert_eq!(field_of(ok(json!({"region": "US-CA"})), &browser()), "region", "a browser's headers say that");
+        let e = check(ok(json!({"country": "us", "region": "us-ca"})), &Sender::Server).unwrap();
+        assert_eq!(
+            (e.visitor.signals.country.as_deref(), e.visitor.signals.region.as_deref()),
+            (Some("US"), Some("US-CA"))
+        );
     }
 
     #[test]

@@ -380,15 +380,11 @@ pub fn event_item(v: &Visit<'_>) -> Result<(Value, Vec<String>), String> {
     if let Some(language) = event.language.as_deref() {
         properties.insert("$browser_language".into(), json!(language));
     }
-    for (param, to) in [
-        ("utm_source", "utm_source"),
-        ("utm_medium", "utm_medium"),
-        ("utm_campaign", "utm_campaign"),
-        ("utm_term", "utm_term"),
-        ("utm_content", "utm_content"),
-    ] {
-        if let Some(s) = event.context["utm"][param].as_str() {
-            properties.insert(to.into(), json!(s));
+    // Capture does not read them from `$current_url` (only posthog-js sets them). Ingest keeps
+    // them without the prefix (`ingest::enrich::utm`: `{"source": …}`).
+    for name in ["source", "medium", "campaign", "term", "content"] {
+        if let Some(s) = event.context["utm"][name].as_str() {
+            properties.insert(format!("utm_{name}"), json!(s));
         }
     }
     match v.client_ip.filter(|_| full) {
@@ -537,8 +533,9 @@ mod tests {
         e.id = Uuid::parse_str("0192f0c2-8d6e-7cc3-9c1e-4b5a8f0e1d2c").unwrap();
         e.anonymous_id = Some("visitor-analytics-id".into());
         e.session_id = Some("0192f0c2-0000-7000-8000-000000000001".into());
-        e.context = json!({"agent": {"browser": "Chrome", "os": "Linux", "device": "desktop"},
-                           "utm": {"utm_source": "news"}});
+        // What ingest stores for the page URL the mapping cases use.
+        let utm = crate::ingest::enrich::utm("https://www.example.com/pricing?utm_source=news");
+        e.context = json!({"agent": {"browser": "Chrome", "os": "Linux", "device": "desktop"}, "utm": utm});
         e.event_properties = json!({"plan": "pro", "email": "ann@example.com", "$set": {"x": 1}, "token": "t"});
         e
     }

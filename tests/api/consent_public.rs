@@ -355,11 +355,12 @@ async fn a_refusal_outlives_a_reconsent_revision_outside_consent_regions() {
     app.consent("v-no", "reject_all", 1).await;
     app.consent("v-yes", "accept_all", 1).await;
     app.publish(&id, true).await;
-    let us = [("cf-ipcountry", "US")];
-    let refused = state_with(&app, "v-no", &us).await;
+    // Brazil: outside the consent regions (none of them is in it).
+    let outside = [("cf-ipcountry", "BR")];
+    let refused = state_with(&app, "v-no", &outside).await;
     assert_eq!((refused["decision_needed"].as_bool(), refused["reason"].as_str()), (Some(true), Some("reconsent")));
     assert_eq!(refused["granted"]["analytics"], false, "the refusal stands: {refused}");
-    let accepted = state_with(&app, "v-yes", &us).await;
+    let accepted = state_with(&app, "v-yes", &outside).await;
     assert_eq!(accepted["granted"]["analytics"], true, "the defaults apply to a stale acceptance");
 }
 
@@ -441,6 +442,12 @@ async fn geo_decides_whether_consent_is_required() {
     assert_eq!(us["granted"]["analytics"], true, "defaults apply outside consent regions");
     let ca = from("US", Some("CA")).await;
     assert_eq!(ca["consent_required"], true);
+    // US-CA is a consent region: a US visitor whose state is unknown may be in it.
+    let us_somewhere = from("US", None).await;
+    assert_eq!(
+        (us_somewhere["consent_required"].as_bool(), us_somewhere["granted"]["analytics"].as_bool()),
+        (Some(true), Some(false))
+    );
     // Placeholders for "unknown" count as unknown: consent required.
     for unknown in ["XX", "T1", "zz"] {
         let st = from(unknown, None).await;

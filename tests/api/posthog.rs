@@ -298,6 +298,9 @@ async fn a_withdrawal_before_sending_sends_the_event_anonymously_under_the_daily
     let stored = fakes.posthog_events().await;
     assert_eq!(stored.len(), 1);
     assert!(stored[0]["distinct_id"].as_str().unwrap().starts_with("cgd_"), "{stored:?}");
+    // The page's campaign, which capture does not read from `$current_url`.
+    let p = &stored[0]["properties"];
+    assert_eq!((&p["utm_source"], &p["utm_campaign"]), (&json!("newsletter"), &json!("bf")), "{p}");
     assert_eq!(stored[0]["properties"]["$process_person_profile"], false);
     assert!(stored[0]["properties"].get("$ip").is_none());
     assert!(!serde_json::to_string(&batches(&fakes).await).unwrap().contains(&analytics_id));

@@ -422,7 +422,7 @@ async fn a_visitors_latest_refusal_is_carried_over_when_retention_purges_it() {
     app.consent(&last, "accept_all", 1).await;
     let analytics = async |v: &str| {
         let res =
-            app.http.get(app.tenant_url(&format!("/consent/{v}"))).header("cf-ipcountry", "US").send().await.unwrap();
+            app.http.get(app.tenant_url(&format!("/consent/{v}"))).header("cf-ipcountry", "BR").send().await.unwrap();
         res.json::<Value>().await.unwrap()["granted"]["analytics"].clone()
     };
 
