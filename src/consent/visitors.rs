@@ -107,6 +107,14 @@ pub async fn submit(db: &DatabaseConnection, tenant: &tenant::Model, s: Submissi
             if !ok {
                 return Err(Error::validation("source", "must be 1-32 characters of a-z, 0-9, _ . -"));
             }
+            // The labels an auditor reads as the gateway's own: a browser's write (it came with
+            // an Origin) and the retention job's carry-over of a refusal.
+            if src == "retention" || (src == "banner" && !ctx.from_browser) {
+                return Err(Error::validation(
+                    "source",
+                    "is reserved: `banner` is recorded for a browser's write (with an Origin), `retention` for the gateway's own carry-over",
+                ));
+            }
             src
         }
         None if ctx.from_browser => "banner".into(),

@@ -134,6 +134,9 @@ async fn bad_input_is_refused_clearly() {
         (json!({"visitor_id": "v", "action": "accept_all"}), "revision"),
         (json!({"visitor_id": "v", "action": "accept_all", "revision": 1, "language": "english!"}), "language"),
         (json!({"visitor_id": "v", "action": "accept_all", "revision": 1, "source": "Banner <b>"}), "source"),
+        // Labels the gateway sets itself; a server (no Origin) cannot claim them.
+        (json!({"visitor_id": "v", "action": "accept_all", "revision": 1, "source": "banner"}), "source"),
+        (json!({"visitor_id": "v", "action": "reject_all", "revision": 1, "source": "retention"}), "source"),
     ];
     for (body, field) in table {
         assert_error(
