@@ -122,8 +122,6 @@ addEventListener('resize', pad);
 
 // First layer. Reject all looks exactly like Accept all (EDPB cookie banner taskforce 2023).
 function show(required) {
-  // No pre-ticked boxes where consent is required (CJEU C-673/17 Planet49).
-  init = eff(!required && pre);
   ready(() => {
     mount();
     root.append(bn = h('div', { className: `bn s-${B.style} p-${B.position}`, role: 'dialog', 'aria-labelledby': 't', 'aria-describedby': 'd', tabIndex: -1 },
@@ -203,11 +201,14 @@ function decide(action, c) {
       // The offer chosen on and the per-provider choices, as recorded.
       if (PP) s.off = r?.provider_choices?.offer ?? C.offer, s.pc = r?.provider_choices?.providers || providers;
       // Without a record on the gateway there is no proof of consent (GDPR Art. 7(1)): nothing
-      // is granted until a decision is stored, and only a refusal is kept — marked unsent (p) and
-      // made again on every later page until the gateway stores it: a "no" it never heard of
-      // would let its defaults apply.
-      if (r || !O.some(k => choices[k])) save(s);
-      apply(r ? s : { ...s, choices: {} });
+      // is granted beyond the choice it already holds (cur) until a decision is stored. What
+      // narrows that choice, or refuses, is kept — marked unsent (p) and made again on every
+      // later page until the gateway stores it: a "no" it never heard of would let the old "yes"
+      // or its defaults apply.
+      const keep = r || cur || !O.some(k => choices[k]);
+      r || O.forEach(k => choices[k] &&= cur?.choices[k]);
+      keep && save(s);
+      apply(s);
     });
 }
 
@@ -230,11 +231,16 @@ else fetch(`${API}/consent/${vid}`).then(r => r.json()).catch(() => ({})).then(r
   // The gateway asks again (decision_needed) when the offer changed, so a valid answer is on this one.
   if (PP) s.off = C.offer, s.pc = r.provider_choices?.providers;
   if (r.decision_needed == 0 && valid(s)) save(s), apply(s);
-  // Unknown region (or no answer) counts as consent required.
+  // Unknown region (or no answer) counts as consent required. The preferences start from what
+  // the gateway grants meanwhile: nothing where consent is required (no pre-ticked boxes, CJEU
+  // C-673/17 Planet49), the defaults elsewhere — but a refusal stands while the banner asks
+  // again, so with a record Consent Mode is told what stands (its default granted the defaults).
   else {
     show(r.consent_required != 0);
-    // Asked again because the offer changed: the preferences start from the visitor's choice.
-    if (PP && r.reason == 'offer_changed') init = eff(r.choices), pw = r.provider_choices?.providers;
+    init = eff(r.granted);
+    r.decided_at && gtag('consent', 'update', cm(init));
+    // Asked again because the offer changed: the per-provider switches start from the choice.
+    if (PP && r.reason == 'offer_changed') pw = r.provider_choices?.providers;
   }
 });
 
@@ -261,12 +267,12 @@ function flush() {
     .then(() => { Q.splice(0, Q.length - 50); if (Q.length) timer = setTimeout(flush, tries && Math.min(6e4, 1e3 * 2 ** tries) * (.5 + Math.random() / 2)) });
 }
 d.addEventListener('visibilitychange', () => d.hidden && Q.length && n.sendBeacon(EV, JSON.stringify({ batch: Q })) && (Q.length = 0));
+// The gateway reads the campaign (utm_*) from page_url itself.
 const pv = () => {
-  const u = location.href.split('#')[0], p = {};
+  const u = location.href.split('#')[0];
   if (u == last) return;
   ref = last || ref; last = u;
-  new URLSearchParams(location.search).forEach((v, k) => /^utm_/.test(k) && (p[k] = v));
-  track('pageview', p);
+  track('pageview');
 };
 if (!('noPageview' in ds)) {
   for (const m of ['pushState', 'replaceState']) { const o = history[m]; history[m] = function () { o.apply(this, arguments); pv() } }

@@ -177,6 +177,37 @@ describe('decisions', () => {
     await context.close();
   });
 
+  test('a narrowed choice the gateway could not store is kept: the earlier grant does not come back', async () => {
+    const { page, context } = await firstVisit();
+    const u = ui(page);
+    await u.accept.click();
+    await page.waitForFunction(() => window.__analyticsRan && window.__marketingRan);
+    const vid = await visitorId(page);
+    await tenant.waitForRecord(vid, 'accept_all');
+    const refuse = (route) => route.abort('connectionrefused');
+    const isConsent = (u2) => u2.pathname.endsWith('/consent');
+    await page.route(isConsent, refuse);
+    // Marketing off: it ran, so the page loads again without it.
+    await u.settings.click();
+    await u.toggle(/Marketing/).uncheck();
+    await Promise.all([page.waitForEvent('load'), u.dialogButton('Save choices').click()]);
+    await page.waitForFunction(() => window.__analyticsRan);
+    assert.deepEqual(await ran(page), { functional: true, analytics: true, marketing: false }, 'marketing stays off');
+    const kept = await storedChoice(page);
+    assert.equal(kept?.p, true, `kept, marked unsent: ${JSON.stringify(kept)}`);
+    assert.equal(kept.choices.marketing, false);
+    const update = await page.evaluate(() => window.__gtag.filter((c) => c[1] === 'update').at(-1)[2]);
+    assert.equal(update.ad_storage, 'denied');
+
+    // The gateway reachable again: the next page tells it.
+    await page.unroute(isConsent, refuse);
+    await page.goto(url);
+    const rec = await tenant.waitForRecord(vid, 'custom');
+    assert.deepEqual({ ...rec.choices }, { necessary: true, functional: true, analytics: true, marketing: false });
+    assert.equal((await ran(page)).marketing, false);
+    await context.close();
+  });
+
   test('custom preferences: only analytics granted', async () => {
     const { page, context } = await firstVisit();
     const u = ui(page);

@@ -101,6 +101,27 @@ test('outside the consent-required regions defaults are pre-ticked, yet nothing 
   await context.close();
 });
 
+test('outside the consent-required regions a refusal stands while the banner asks again', async () => {
+  // Its own tenant: publishing a re-consent revision would ask the other tests' visitors again.
+  const t = await gw.createTenant('refusal-stands', { site });
+  const page1 = site.page('/refusal-stands', sitePage(t));
+  const { page, context } = await visitor(browser, { country: 'BR' });
+  await page.goto(page1);
+  const u = ui(page);
+  await u.reject.click();
+  await t.waitForRecord(await visitorId(page), 'reject_all');
+  await t.publish(true);
+  await page.reload();
+  await u.banner.waitFor();
+  // The Consent Mode default granted analytics (the sample's default); the refusal overrides it.
+  const update = await page.evaluate(() => window.__gtag.filter((c) => c[0] === 'consent' && c[1] === 'update').at(-1)?.[2]);
+  assert.equal(update?.analytics_storage, 'denied', `told what stands: ${JSON.stringify(update)}`);
+  await u.preferences.click();
+  assert.equal(await u.toggle(/Analytics/).isChecked(), false, 'not pre-ticked against the refusal');
+  assert.deepEqual(await ran(page), { functional: false, analytics: false, marketing: false });
+  await context.close();
+});
+
 test('Consent Mode defaults are region-aware and set before any tag fires', async () => {
   const { page, context } = await open({});
   const defaults = await page.evaluate(() => window.__gtag.filter((c) => c[0] === 'consent' && c[1] === 'default').map((c) => c[2]));
