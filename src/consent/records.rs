@@ -242,6 +242,19 @@ pub(crate) fn by_hash<'a>(
         .collect()
 }
 
+/// Whether a record made at `created_at` may have been unseen by the ingest decision of an event
+/// received at `received_at`, and the event must be decided again before it is sent. A record's
+/// time is taken before its transaction commits, and on PostgreSQL the ingest writer does not wait
+/// for a consent write: a withdrawal committing just after the writer read the visitor's records
+/// can carry a time before the event's. Records up to [`UNSEEN_MARGIN`] older than the event count
+/// (deciding again what was already seen decides the same).
+pub fn maybe_unseen(created_at: DateTime<Utc>, received_at: DateTime<Utc>) -> bool {
+    created_at > received_at - UNSEEN_MARGIN
+}
+
+/// Far longer than a consent write takes from its `created_at` to its commit.
+pub const UNSEEN_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
 /// When each of `visitor_ids` (of `tenant`) last recorded a decision: the newest `created_at` of
 /// their records not erased, in one query per 500 visitors instead of one per visitor (the
 /// delivery worker asks for a round's visitors at once). Visitors without a record, or whose id

@@ -427,8 +427,9 @@ fn stored_event(
     }
 }
 
-/// At send time: a decision the visitor made *after* the event arrived overrides the one taken at
-/// ingest, for a delivery still waiting (a retry, a config in error, a replay). Withdrawal takes
+/// At send time: a decision the visitor made *after* the event arrived (or shortly before it:
+/// it may not have been committed when ingest decided, [`consent::records::maybe_unseen`])
+/// overrides the one taken at ingest, for a delivery still waiting (a retry, a config in error, a replay). Withdrawal takes
 /// effect for everything after it (GDPR Art. 7(3)), and sending is processing. `Ok(None)`:
 /// nothing newer, the ingest decision stands.
 /// `consent_lookup_id`: the one on the waiting delivery (it is never stored on the event).
@@ -453,7 +454,7 @@ pub async fn redecide(
     };
     // Most visitors decided before their events: one indexed read says so, and the ingest
     // decision stands.
-    if !afresh && latest.as_ref().is_none_or(|m| m.created_at <= event.received_at) {
+    if !afresh && latest.as_ref().is_none_or(|m| !consent::records::maybe_unseen(m.created_at, event.received_at)) {
         return Ok(None);
     }
     let active = consent::config::store::active_id(db, tenant.id).await?;

@@ -560,7 +560,9 @@ impl Worker {
                 continue;
             }
             let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
-            let decided_since = lookup.and_then(|l| decided.get(l)).is_some_and(|at| *at > event.received_at);
+            let decided_since = lookup
+                .and_then(|l| decided.get(l))
+                .is_some_and(|at| crate::consent::records::maybe_unseen(*at, event.received_at));
             match self.item((provider, &config, &settings), &tenant, &d, event, decided_since).await? {
                 Ok((key, item)) => keyed.push((key, (ready(d), item))),
                 Err(outcome) => unsent.push((ready(d), outcome)),

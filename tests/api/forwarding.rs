@@ -659,6 +659,37 @@ async fn deliveries_are_listed_by_status_config_and_event_with_cursor_pages() {
     crate::helpers::assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", None);
 }
 
+/// A withdrawal whose time is just before the event's but that was not committed when ingest
+/// decided (on PostgreSQL the ingest writer does not wait for consent writes): the event is
+/// decided again before it is sent, and not sent where the config needs the withdrawn category.
+#[tokio::test]
+async fn a_withdrawal_committed_after_the_ingest_decision_still_stops_the_event() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let (app, fakes, keys) = setup().await;
+    app.publish_consent_config(json!({})).await;
+    let needs_analytics = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
+    let v = visitor();
+    app.consent(&v, "accept_all", 1).await;
+    let (_, accepted) = track(&app, &keys, site::pageview(&v)).await;
+    assert_eq!(decision_for(&accepted, &id(&needs_analytics))["reason"], "consent_granted:analytics", "{accepted}");
+    // The withdrawal as the race leaves it: stored after the decision, its time a moment before
+    // the event's.
+    let withdrawal = app.consent(&v, "withdraw", 1).await;
+    let (_, event) = app.get(&format!("/v1/tenants/{}/events/{}", app.tenant, id(&accepted)), &app.admin).await;
+    let received: chrono::DateTime<chrono::Utc> = event["received_at"].as_str().unwrap().parse().unwrap();
+    let record = uuid::Uuid::parse_str(withdrawal["record_id"].as_str().unwrap()).unwrap();
+    entity::consent_record::Entity::update_many()
+        .col_expr(entity::consent_record::Column::CreatedAt, Expr::value(received - chrono::Duration::milliseconds(1)))
+        .filter(entity::consent_record::Column::Id.eq(record))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(app.drain_outbox().await, Pass { claimed: 1, dead: 1, ..Pass::default() });
+    let ended = delivery_in(&app, &id(&accepted), &id(&needs_analytics), "dead").await;
+    assert!(ended["last_error"].as_str().unwrap().contains("consent changed before delivery"), "{ended}");
+    assert!(fakes.stored("umami").await.is_empty());
+}
+
 /// Withdrawal takes effect for everything after it (GDPR Art. 7(3)), including deliveries still
 /// waiting for a provider: they go without identifiers, or not at all where the config needs the
 /// withdrawn category.
