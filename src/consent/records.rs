@@ -252,8 +252,10 @@ pub fn maybe_unseen(created_at: DateTime<Utc>, received_at: DateTime<Utc>) -> bo
     created_at > received_at - UNSEEN_MARGIN
 }
 
-/// Far longer than a consent write takes from its `created_at` to its commit.
-pub const UNSEEN_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// Longer than a consent write takes from its `created_at` to its commit, short enough that the
+/// events right after a visitor's decision (each decided again, three reads) stay few. A commit
+/// slower than this could still slip through.
+pub const UNSEEN_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// When each of `visitor_ids` (of `tenant`) last recorded a decision: the newest `created_at` of
 /// their records not erased, in one query per 500 visitors instead of one per visitor (the

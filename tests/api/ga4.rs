@@ -450,6 +450,9 @@ async fn the_fake_records_what_ga4_would_not_process() {
             {"name": "error", "params": {"ga_x": 1, "v": "x".repeat(101), "page_title": "t".repeat(300)}},
             {"name": "purchase", "params": {"transaction_id": ""}, "timestamp_micros": old},
             {"name": "2fa", "params": {"items": [{"price": 1}], "nested": {"a": 1}}},
+            {"name": "add_to_cart", "params": {"items": [
+                {"item_id": "a", "item_brand": "b", "c0": 0, "c1": 1, "c2": 2, "c3": 3, "c4": 4, "c5": 5,
+                 "c6": 6, "c7": 7, "c8": 8, "c9": 9, "c10": 10}]}},
         ]
     });
     let collect = |path: &str, query: &str| http.post(format!("{}{path}?{query}", fakes.ga4_url())).json(&bad).send();
@@ -476,6 +479,7 @@ async fn the_fake_records_what_ga4_would_not_process() {
         ("events", "NAME_INVALID"),
         ("events[2].params.items[0]", "VALUE_REQUIRED"),
         ("events[2].params.nested", "VALUE_INVALID"),
+        ("events[3].params.items[0]", "EXCEEDED_MAX_ENTITIES"),
     ] {
         assert!(codes.contains(&expected), "{expected:?} not in {codes:?}");
     }

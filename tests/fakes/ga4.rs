@@ -324,6 +324,37 @@ fn item_problems(path: &str, item: &Value) -> Vec<Value> {
     if !fields.contains_key("item_id") && !fields.contains_key("item_name") {
         out.push(message(path, "an item needs item_id or item_name", "VALUE_REQUIRED"));
     }
+    // "≤ 10 custom item params" (sending-events, Limitations): those beyond GA4's own (the
+    // ecommerce `items` reference) — the fake's own list, not the gateway's.
+    const OWN: [&str; 23] = [
+        "item_id",
+        "item_name",
+        "affiliation",
+        "coupon",
+        "discount",
+        "index",
+        "item_brand",
+        "item_category",
+        "item_category2",
+        "item_category3",
+        "item_category4",
+        "item_category5",
+        "item_list_id",
+        "item_list_name",
+        "item_variant",
+        "location_id",
+        "price",
+        "quantity",
+        "promotion_id",
+        "promotion_name",
+        "creative_name",
+        "creative_slot",
+        "google_business_vertical",
+    ];
+    let custom = fields.keys().filter(|k| !OWN.contains(&k.as_str())).count();
+    if custom > 10 {
+        out.push(message(path, format!("{custom} custom item parameters; at most 10"), "EXCEEDED_MAX_ENTITIES"));
+    }
     for (k, v) in fields {
         if !valid_name(k) {
             out.push(message(format!("{path}.{k}"), format!("Item parameter name [{k}] is invalid."), "NAME_INVALID"));

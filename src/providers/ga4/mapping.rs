@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Ga4Settings,
-    rules::{self, MAX_ITEMS, MAX_PARAMS, MAX_USER_ID_CHARS, MAX_VALUE_CHARS, ga4_name, max_value_chars},
+    rules::{
+        self, ITEM_PARAMS, MAX_CUSTOM_ITEM_PARAMS, MAX_ITEMS, MAX_PARAMS, MAX_USER_ID_CHARS, MAX_VALUE_CHARS, ga4_name,
+        max_value_chars,
+    },
 };
 use crate::{
     consent::Identity,
@@ -332,6 +335,21 @@ fn ecommerce_items(items: &Value, adj: &mut Vec<String>) -> Option<Value> {
         if !kept.contains_key("item_id") && !kept.contains_key("item_name") {
             note(&mut changed, format!("item {i} left out: it has neither item_id nor item_name"));
             continue;
+        }
+        // GA4's own parameters, then the first custom ones by name, up to its limit.
+        let custom: Vec<String> = kept.keys().filter(|k| !ITEM_PARAMS.contains(&k.as_str())).cloned().collect();
+        if custom.len() > MAX_CUSTOM_ITEM_PARAMS {
+            let dropped = &custom[MAX_CUSTOM_ITEM_PARAMS..];
+            for k in dropped {
+                kept.remove(k);
+            }
+            note(
+                &mut changed,
+                format!(
+                    "item fields beyond GA4's {MAX_CUSTOM_ITEM_PARAMS} custom item parameters left out: {}",
+                    dropped.join(", ")
+                ),
+            );
         }
         if out.len() == MAX_ITEMS {
             note(&mut changed, format!("items beyond GA4's {MAX_ITEMS} left out"));

@@ -23,6 +23,35 @@ pub const MAX_PAGE_TITLE_CHARS: usize = 300;
 pub const MAX_USER_ID_CHARS: usize = 256;
 /// Items of an ecommerce event.
 pub const MAX_ITEMS: usize = 200;
+/// Custom parameters of one item ("≤ 10 custom item params"): those not in [`ITEM_PARAMS`].
+pub const MAX_CUSTOM_ITEM_PARAMS: usize = 10;
+/// GA4's own item parameters (the ecommerce events' `items` reference), which do not count
+/// towards [`MAX_CUSTOM_ITEM_PARAMS`].
+pub const ITEM_PARAMS: [&str; 23] = [
+    "affiliation",
+    "coupon",
+    "creative_name",
+    "creative_slot",
+    "discount",
+    "index",
+    "item_brand",
+    "item_category",
+    "item_category2",
+    "item_category3",
+    "item_category4",
+    "item_category5",
+    "item_id",
+    "item_list_id",
+    "item_list_name",
+    "item_name",
+    "item_variant",
+    "location_id",
+    "price",
+    "promotion_id",
+    "promotion_name",
+    "quantity",
+    "google_business_vertical",
+];
 /// The POST body ("must be smaller than 130KB").
 pub const MAX_BODY_BYTES: usize = 130_000;
 /// `timestamp_micros` may be at most this far in the past ("events can be backdated up to 72

@@ -286,6 +286,20 @@ fn purchases_always_carry_a_transaction_id_and_revenue_goes_with_ecommerce() {
         assert_eq!(m.event["params"]["transaction_id"], expected, "an empty id would merge purchases");
     }
 
+    // GA4 takes 10 custom parameters per item besides its own: the first 10 by name are kept.
+    let mut item = json!({"item_id": "SKU-1", "item_brand": "Acme", "price": 1, "quantity": 2});
+    for i in 0..12 {
+        item[format!("c{i:02}")] = json!(i);
+    }
+    e.event_properties = json!({"items": [item]});
+    let m = map(&shop, &full(&e));
+    let kept = m.event["params"]["items"][0].as_object().unwrap();
+    assert_eq!(kept.len(), 4 + 10, "{kept:?}");
+    assert!(kept.contains_key("c09") && !kept.contains_key("c10") && !kept.contains_key("c11"), "{kept:?}");
+    let all = m.adjustments.join("\n");
+    assert!(all.contains("item fields beyond GA4's 10 custom item parameters left out: c10, c11"), "{all}");
+    e.event_properties = json!({"transaction_id": "T-1"});
+
     let plain = map(&base(), &full(&e));
     assert!(plain.event["params"].get("value").is_none() && plain.event["params"].get("items").is_none());
     assert!(plain.event["params"]["transaction_id"].is_string(), "a purchase without ecommerce still has one");
@@ -517,6 +531,10 @@ proptest! {
                 Value::Array(items) => {
                     prop_assert_eq!(k.as_str(), "items");
                     prop_assert!(items.len() <= MAX_ITEMS);
+                    for item in items {
+                        let custom = item.as_object().unwrap().keys().filter(|k| !ITEM_PARAMS.contains(&k.as_str())).count();
+                        prop_assert!(custom <= MAX_CUSTOM_ITEM_PARAMS, "{item}");
+                    }
                 }
                 other => prop_assert!(false, "{k}: {other}"),
             }
