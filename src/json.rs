@@ -4,11 +4,12 @@
 //! through, so that a struct is never taken from an array of its fields.
 
 mod objects_only;
+mod unique_keys;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use self::objects_only::ObjectsOnly;
+pub use self::{objects_only::ObjectsOnly, unique_keys::UniqueKeys};
 use crate::error::{Error, Result};
 
 /// Deserialises `raw`; on failure the error names the field as a dotted path below `prefix`

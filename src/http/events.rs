@@ -97,7 +97,8 @@ enum EventsBody {
 #[derive(Serialize, ToSchema)]
 pub struct BatchItem {
     index: usize,
-    /// 202 stored, 200 a repeat of an earlier event, 4xx refused.
+    /// 202 stored, 200 a repeat of an earlier event, 4xx refused, 503 not stored for now (the
+    /// database failed it; the whole answer is then 503 with `Retry-After`: send it again).
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<Uuid>,
@@ -124,7 +125,7 @@ pub struct BatchResult {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "idempotency_key used for another target"),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "too many events waiting to be stored (Retry-After: 1), or the database is unreachable")
+        (status = 503, body = ErrorBody, description = "too many events waiting to be stored (Retry-After: 1), or the database is unreachable; for a batch of which nothing could be stored, its `results`")
     )
 )]
 async fn post_events(
@@ -254,7 +255,7 @@ async fn ingest_body(
     if let Some(input) = one_well_formed_event(&bytes) {
         return one_event(state, key, provider, input).await;
     }
-    let value: Value = parse_json_object(&bytes)?;
+    let crate::json::UniqueKeys(value) = parse_json_object(&bytes)?;
     let batch = match &value {
         Value::Object(m) if m.contains_key("batch") => {
             if m.len() > 1 {
@@ -345,6 +346,15 @@ async fn ingest_body(
             }
         })
         .collect();
+    // Nothing of the batch stored, and not for the client's fault (the database or the disk
+    // failed it): the request as a whole failed, and says so — a 202 would tell a client that
+    // checks only the status (the banner's tracker) to drop events it must send again. The same
+    // idempotency keys make the retry safe.
+    if results.iter().all(|r| r.status >= 400) && results.iter().any(|r| r.status >= 500) {
+        let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(BatchResult { results })).into_response();
+        res.headers_mut().insert(header::RETRY_AFTER, super::error::RETRY_AFTER_SECS.into());
+        return Ok(res);
+    }
     state.outbox.wake();
     Ok((StatusCode::ACCEPTED, Json(BatchResult { results })).into_response())
 }

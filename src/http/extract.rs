@@ -226,7 +226,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = strip_position(&inner.to_string());
         match inner.classify() {
             serde_json::error::Category::Data => {
-                ApiError::Unprocessable { field: (path != ".").then_some(path), message }
+                // A repeated key is refused at its object: the field is the key below it.
+                let repeated = message.strip_prefix("duplicate field `").and_then(|r| r.split('`').next());
+                let field = match (path.as_str(), repeated) {
+                    (".", Some(key)) => Some(key.to_string()),
+                    (_, Some(key)) => Some(format!("{path}.{key}")),
+                    (".", None) => None,
+                    (_, None) => Some(path),
+                };
+                ApiError::Unprocessable { field, message }
             }
             _ => ApiError::BadRequest { field: None, message: format!("invalid JSON: {message}") },
         }

@@ -254,7 +254,9 @@ async fn every_sqlite_connection_fsyncs_each_commit() {
 }
 
 /// The database becomes unavailable while requests wait for their batch: each gets a 503 (never a
-/// 500), and nothing was acknowledged. SQLite: the write lock is held past the busy timeout (10 s);
+/// 500), and nothing was acknowledged — a batch request too, as a whole (with `Retry-After` and
+/// each item's answer), not a 202 whose items say 503: a client that reads only the status (the
+/// banner's tracker) would drop them. SQLite: the write lock is held past the busy timeout (10 s);
 /// a retry with the same key, once the lock is free, stores each event once. PostgreSQL: the
 /// database is dropped under the waiting writer.
 #[tokio::test]
@@ -264,9 +266,12 @@ async fn requests_waiting_when_the_database_fails_mid_batch_get_503_and_a_retry_
     assert_eq!(s, StatusCode::ACCEPTED);
     let (other, lock) = hold_the_write_lock(&app).await;
     let waiting = join_all((1..=3).map(|n| post(&app, &keys, "/events", server_event("v", n, &format!("lost-{n}")))));
+    // One valid event and one the gateway refuses on its own (no page_url).
+    let batch = json!({"batch": [server_event("v", 4, "lost-4"), {"event_name": "x"}]});
+    let batch_post = app.http.post(app.tenant_url("/events")).bearer_auth(&keys.secret_key).json(&batch).send();
     let sqlite = app.db.get_database_backend() == DbBackend::Sqlite;
-    let answers = if sqlite {
-        let answers = waiting.await;
+    let (answers, batch_answer) = if sqlite {
+        let answers = tokio::join!(waiting, batch_post);
         lock.rollback().await.unwrap();
         answers
     } else {
@@ -278,21 +283,29 @@ async fn requests_waiting_when_the_database_fails_mid_batch_get_503_and_a_retry_
             admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
             admin.close().await.ok();
         };
-        let (answers, ()) = tokio::join!(waiting, fail);
+        let (answers, batch_answer, ()) = tokio::join!(waiting, batch_post, fail);
         drop(lock);
-        answers
+        (answers, batch_answer)
     };
     other.close().await.ok();
     for (s, body) in &answers {
         assert_eq!(*s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
     }
+    let batch_answer = batch_answer.unwrap();
+    assert_eq!(batch_answer.status(), StatusCode::SERVICE_UNAVAILABLE, "nothing of the batch was stored");
+    assert!(batch_answer.headers().contains_key("retry-after"));
+    let body: Value = batch_answer.json().await.unwrap();
+    let statuses: Vec<_> = body["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64()).collect();
+    assert_eq!(statuses, [Some(503), Some(422)], "{body}");
     if sqlite {
         for n in 1..=3 {
             let (s, a) = post(&app, &keys, "/events", server_event("v", n, &format!("lost-{n}"))).await;
             assert_eq!(s, StatusCode::ACCEPTED, "the retry is stored: {a}");
         }
-        assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event WHERE idempotency_key LIKE 'lost-%'").await, 3);
+        let (s, a) = post(&app, &keys, "/events", batch).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "the batch's valid event is stored: {a}");
+        assert_eq!(count(&app.db, "SELECT COUNT(*) FROM analytics_event WHERE idempotency_key LIKE 'lost-%'").await, 4);
     }
 }
 

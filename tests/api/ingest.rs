@@ -265,6 +265,27 @@ async fn bad_events_name_the_field() {
     )
     .await;
     assert_eq!(got.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A repeated key is refused, naming it, never read as its last value: as one event and
+    // inside a batch item.
+    for (body, field) in [
+        (format!(r#"{{"event_name": "a", "event_name": "b", "page_url": "{PAGE}"}}"#), "event_name"),
+        (
+            format!(r#"{{"batch": [{{"event_name": "a", "page_url": "{PAGE}", "title": "x", "title": "y"}}]}}"#),
+            "batch[0].title",
+        ),
+    ] {
+        let got = send(
+            app.http
+                .post(app.tenant_url("/events"))
+                .header("x-ingest-key", &keys.public_key)
+                .header("origin", ORIGIN)
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+        .await;
+        assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
+        assert!(got.1["error"]["message"].as_str().unwrap().contains("duplicate field"), "{body}: {}", got.1);
+    }
 }
 
 #[tokio::test]
