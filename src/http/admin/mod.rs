@@ -279,7 +279,7 @@ async fn sign_in(
             return message(StatusCode::SERVICE_UNAVAILABLE, None, "Unavailable", "Please try again shortly.");
         }
     };
-    let id = state.admin_sessions.start(holder.token_id);
+    let id = state.admin_sessions.start(holder.token_id, holder.tenant.id);
     let cookie = session::set_cookie(&id, session::secure(&state.public_url));
     ([(header::SET_COOKIE, cookie)], Redirect::to("/admin")).into_response()
 }

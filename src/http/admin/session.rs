@@ -21,7 +21,8 @@ pub const TTL: Duration = Duration::from_secs(8 * 3600);
 /// Sign-in attempts per client IP per minute.
 pub const SIGN_INS_PER_MINUTE: u32 = 10;
 pub const COOKIE: &str = "cg_admin";
-/// Sessions kept at most; past it the oldest expiring are dropped.
+/// Sessions kept at most; past it the tenant holding the most loses its oldest, so one tenant's
+/// admin signing in with many tokens cannot push other tenants' users out.
 const MAX_SESSIONS: usize = 10_000;
 /// Sessions of one token at most (browsers and tabs); a new one ends that token's oldest, so one
 /// token signing in over and over cannot push everyone else's sessions out.
@@ -30,6 +31,8 @@ const MAX_SESSIONS_PER_TOKEN: usize = 20;
 #[derive(Clone, Debug)]
 pub struct Session {
     pub token_id: Uuid,
+    /// The token's tenant (its id): what the cap on all sessions is shared out by.
+    tenant_id: Uuid,
     pub csrf: String,
     expires: Instant,
     /// A message shown once, on the next page (after a change and its redirect).
@@ -44,10 +47,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts a session for the token; returns the cookie value.
-    pub fn start(&self, token_id: Uuid) -> String {
+    /// Starts a session for the token of the tenant `tenant_id`; returns the cookie value.
+    pub fn start(&self, token_id: Uuid, tenant_id: Uuid) -> String {
         let id = crypto::random_hex(32);
-        let session = Session { token_id, csrf: crypto::random_hex(32), expires: Instant::now() + TTL, flash: None };
+        let expires = Instant::now() + TTL;
+        let session = Session { token_id, tenant_id, csrf: crypto::random_hex(32), expires, flash: None };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
@@ -59,10 +63,26 @@ impl Sessions {
         {
             map.remove(&oldest);
         }
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+        if map.len() >= MAX_SESSIONS {
+            // The oldest session of the tenant that holds the most (this one's, counting the new).
+            let mut held: HashMap<Uuid, usize> = HashMap::from([(tenant_id, 1)]);
+            for s in map.values() {
+                *held.entry(s.tenant_id).or_default() += 1;
+            }
+            let busiest = held.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t);
+            let oldest = map.iter().filter(|(_, s)| Some(s.tenant_id) == busiest).min_by_key(|(_, s)| s.expires);
+            match oldest.map(|(k, _)| k.clone()) {
+                Some(k) => {
+                    map.remove(&k);
+                }
+                // The new session's own tenant holds the most and has none yet: impossible past
+                // the first sign-in, but then the globally oldest goes.
+                None => {
+                    if let Some(k) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone()) {
+                        map.remove(&k);
+                    }
+                }
+            }
         }
         map.insert(crypto::sha256_hex(&id), session);
         id
@@ -148,7 +168,7 @@ mod tests {
     fn a_session_is_found_by_its_cookie_and_ends() {
         let sessions = Sessions::default();
         let token = Uuid::now_v7();
-        let id = sessions.start(token);
+        let id = sessions.start(token, Uuid::now_v7());
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, format!("other=1; {COOKIE}={id}").parse().unwrap());
         let (key, s) = sessions.find(&headers).unwrap();
@@ -170,15 +190,39 @@ mod tests {
             headers.insert(header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());
             headers
         };
-        let someone_else = sessions.start(Uuid::now_v7());
+        let tenant = Uuid::now_v7();
+        let someone_else = sessions.start(Uuid::now_v7(), tenant);
         let noisy = Uuid::now_v7();
-        let first = sessions.start(noisy);
+        let first = sessions.start(noisy, tenant);
         for _ in 0..MAX_SESSIONS_PER_TOKEN * 3 {
-            sessions.start(noisy);
+            sessions.start(noisy, tenant);
         }
         assert!(sessions.find(&cookie(&someone_else)).is_some(), "another token's session stays");
         assert!(sessions.find(&cookie(&first)).is_none(), "the noisy token's oldest went");
         let map = sessions.map.lock().unwrap();
         assert_eq!(map.values().filter(|s| s.token_id == noisy).count(), MAX_SESSIONS_PER_TOKEN);
+    }
+
+    /// One tenant's admin signs in with token after token until every session slot is taken:
+    /// the sessions that go are that tenant's, never another tenant's.
+    #[test]
+    fn a_tenant_filling_every_slot_ends_its_own_sessions_not_other_tenants() {
+        let sessions = Sessions::default();
+        let cookie = |id: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());
+            headers
+        };
+        let victim = sessions.start(Uuid::now_v7(), Uuid::now_v7());
+        let (noisy, mut first) = (Uuid::now_v7(), None);
+        for i in 0..MAX_SESSIONS + 50 {
+            let id = sessions.start(Uuid::now_v7(), noisy);
+            if i == 0 {
+                first = Some(id);
+            }
+        }
+        assert!(sessions.find(&cookie(&victim)).is_some(), "another tenant's session stays");
+        assert!(sessions.find(&cookie(&first.unwrap())).is_none(), "the noisy tenant's oldest went");
+        assert_eq!(sessions.map.lock().unwrap().len(), MAX_SESSIONS);
     }
 }
