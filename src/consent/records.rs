@@ -243,13 +243,18 @@ pub(crate) fn by_hash<'a>(
 }
 
 /// Whether a record made at `created_at` may have been unseen by the ingest decision of an event
-/// received at `received_at`, and the event must be decided again before it is sent. A record's
-/// time is taken before its transaction commits, and on PostgreSQL the ingest writer does not wait
-/// for a consent write: a withdrawal committing just after the writer read the visitor's records
-/// can carry a time before the event's. Records up to [`UNSEEN_MARGIN`] older than the event count
-/// (deciding again what was already seen decides the same).
-pub fn maybe_unseen(created_at: DateTime<Utc>, received_at: DateTime<Utc>) -> bool {
-    created_at > received_at - UNSEEN_MARGIN
+/// received at `received_at` (on `backend`), and the event must be decided again before it is
+/// sent. A record's time is taken before its transaction commits, and on PostgreSQL the ingest
+/// writer does not wait for a consent write: a withdrawal committing just after the writer read
+/// the visitor's records can carry a time before the event's, so there records up to
+/// [`UNSEEN_MARGIN`] older than the event count (deciding again what was already seen decides the
+/// same). On SQLite the record's time is taken under the one write lock the ingest writer holds
+/// while it reads: a record older than the event was committed before the writer read.
+pub fn maybe_unseen(created_at: DateTime<Utc>, received_at: DateTime<Utc>, backend: sea_orm::DbBackend) -> bool {
+    match backend {
+        sea_orm::DbBackend::Sqlite => created_at > received_at,
+        _ => created_at > received_at - UNSEEN_MARGIN,
+    }
 }
 
 /// Longer than a consent write takes from its `created_at` to its commit, short enough that the

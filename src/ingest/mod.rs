@@ -454,7 +454,10 @@ pub async fn redecide(
     };
     // Most visitors decided before their events: one indexed read says so, and the ingest
     // decision stands.
-    if !afresh && latest.as_ref().is_none_or(|m| !consent::records::maybe_unseen(m.created_at, event.received_at)) {
+    let backend = db.get_database_backend();
+    if !afresh
+        && latest.as_ref().is_none_or(|m| !consent::records::maybe_unseen(m.created_at, event.received_at, backend))
+    {
         return Ok(None);
     }
     let active = consent::config::store::active_id(db, tenant.id).await?;

@@ -542,6 +542,7 @@ impl Worker {
             d.consent_lookup_id.as_deref().or(events.get(&d.event_id).and_then(|e| e.anonymous_id.as_deref()))
         });
         let decided = crate::consent::records::latest_times(&self.db, &tenant, lookups).await?;
+        let backend = self.db.get_database_backend();
         let mut keyed = Vec::new();
         // What must not or cannot go, recorded together (with other requests' outcomes).
         let mut unsent = Vec::new();
@@ -562,7 +563,7 @@ impl Worker {
             let lookup = d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref());
             let decided_since = lookup
                 .and_then(|l| decided.get(l))
-                .is_some_and(|at| crate::consent::records::maybe_unseen(*at, event.received_at));
+                .is_some_and(|at| crate::consent::records::maybe_unseen(*at, event.received_at, backend));
             match self.item((provider, &config, &settings), &tenant, &d, event, decided_since).await? {
                 Ok((key, item)) => keyed.push((key, (ready(d), item))),
                 Err(outcome) => unsent.push((ready(d), outcome)),

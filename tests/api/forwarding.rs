@@ -662,9 +662,15 @@ async fn deliveries_are_listed_by_status_config_and_event_with_cursor_pages() {
 /// A withdrawal whose time is just before the event's but that was not committed when ingest
 /// decided (on PostgreSQL the ingest writer does not wait for consent writes): the event is
 /// decided again before it is sent, and not sent where the config needs the withdrawn category.
+/// PostgreSQL only (`.ci/run`'s PostgreSQL step): on SQLite a record is timed under the write lock
+/// the ingest writer reads under, so one older than the event was seen.
 #[tokio::test]
 async fn a_withdrawal_committed_after_the_ingest_decision_still_stops_the_event() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    if crate::helpers::backend() == "sqlite" {
+        eprintln!("PostgreSQL only: the race needs a writer that does not share the consent write lock");
+        return;
+    }
     let (app, fakes, keys) = setup().await;
     app.publish_consent_config(json!({})).await;
     let needs_analytics = site::umami(&app, &fakes, json!({"required_category": "analytics"})).await;
