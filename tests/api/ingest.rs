@@ -218,6 +218,19 @@ fn positional(name: &str) -> Value {
     Value::Array(fields)
 }
 
+/// `body` as it is, with `content_type`, from the site's page (its public key and origin).
+async fn post_raw(app: &TestApp, keys: &site::Site, content_type: &str, body: String) -> (StatusCode, Value) {
+    send(
+        app.http
+            .post(app.tenant_url("/events"))
+            .header("x-ingest-key", &keys.public_key)
+            .header("origin", ORIGIN)
+            .header("content-type", content_type)
+            .body(body),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn bad_events_name_the_field() {
     let app = spawn_app().await;
@@ -243,27 +256,11 @@ async fn bad_events_name_the_field() {
         let got = track(&app, &keys, body.clone()).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
     }
-    let got = send(
-        app.http
-            .post(app.tenant_url("/events"))
-            .header("x-ingest-key", &keys.public_key)
-            .header("origin", ORIGIN)
-            .header("content-type", "application/json")
-            .body("{nope"),
-    )
-    .await;
+    let got = post_raw(&app, &keys, "application/json", "{nope".into()).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request", None);
     let big = json!({"event_name": "e", "page_url": PAGE, "title": "t".repeat(70 * 1024)});
     assert_error(&track(&app, &keys, big).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None);
-    let got = send(
-        app.http
-            .post(app.tenant_url("/events"))
-            .header("x-ingest-key", &keys.public_key)
-            .header("origin", ORIGIN)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("a=1"),
-    )
-    .await;
+    let got = post_raw(&app, &keys, "application/x-www-form-urlencoded", "a=1".into()).await;
     assert_eq!(got.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // A repeated key is refused, naming it, never read as its last value: as one event and
     // inside a batch item.
@@ -274,15 +271,7 @@ async fn bad_events_name_the_field() {
             "batch[0].title",
         ),
     ] {
-        let got = send(
-            app.http
-                .post(app.tenant_url("/events"))
-                .header("x-ingest-key", &keys.public_key)
-                .header("origin", ORIGIN)
-                .header("content-type", "application/json")
-                .body(body.clone()),
-        )
-        .await;
+        let got = post_raw(&app, &keys, "application/json", body.clone()).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some(field));
         assert!(got.1["error"]["message"].as_str().unwrap().contains("duplicate field"), "{body}: {}", got.1);
     }

@@ -182,14 +182,16 @@ mod tests {
         assert!(sessions.find(&headers).is_none());
     }
 
+    /// A request carrying the session cookie `id`.
+    fn cookie(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());
+        headers
+    }
+
     #[test]
     fn a_token_signing_in_over_and_over_ends_only_its_own_sessions() {
         let sessions = Sessions::default();
-        let cookie = |id: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());
-            headers
-        };
         let tenant = Uuid::now_v7();
         let someone_else = sessions.start(Uuid::now_v7(), tenant);
         let noisy = Uuid::now_v7();
@@ -208,11 +210,6 @@ mod tests {
     #[test]
     fn a_tenant_filling_every_slot_ends_its_own_sessions_not_other_tenants() {
         let sessions = Sessions::default();
-        let cookie = |id: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());
-            headers
-        };
         let victim = sessions.start(Uuid::now_v7(), Uuid::now_v7());
         let (noisy, mut first) = (Uuid::now_v7(), None);
         for i in 0..MAX_SESSIONS + 50 {
