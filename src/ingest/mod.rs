@@ -434,7 +434,8 @@ fn stored_event(
 /// nothing newer, the ingest decision stands.
 /// `consent_lookup_id`: the one on the waiting delivery (it is never stored on the event).
 /// `tenant`: the event's (the delivery worker reads it once per config, not per delivery). One
-/// read per delivery: the visitor's latest record; the policy only when that record is newer.
+/// read per delivery: the visitor's latest record; the active config and its policy only when
+/// that record may be newer, and then once per round (`consent_now`).
 ///
 /// `afresh` (a replayed delivery, which lost what it held of the visitor when it first ended):
 /// decided now whatever is found — under the latest record however old, or as a visitor who never
@@ -445,8 +446,8 @@ pub async fn redecide(
     event: &analytics_event::Model,
     consent_lookup_id: Option<&str>,
     afresh: bool,
-    config: &entity::provider_config::Model,
-    provider: &dyn providers::AnyProvider,
+    (config, provider): (&entity::provider_config::Model, &dyn providers::AnyProvider),
+    consent_now: &ConsentNow,
 ) -> Result<Option<Redecision>> {
     let latest = match consent_lookup_id {
         Some(id) => consent::records::latest_model(db, tenant, id).await?,
@@ -460,9 +461,8 @@ pub async fn redecide(
     {
         return Ok(None);
     }
-    let active = consent::config::store::active_id(db, tenant.id).await?;
-    let record = latest.as_ref().map(|m| consent::records::under(m, active)).transpose()?;
-    let policy = consent::policy_for(db, tenant.id).await?;
+    let (active, policy) = consent_now.get(db, tenant.id).await?;
+    let record = latest.as_ref().map(|m| consent::records::under(m, *active)).transpose()?;
     let signals = Signals {
         dnt: event.dnt,
         gpc: event.gpc,
@@ -476,6 +476,26 @@ pub async fn redecide(
         decision: consent::decide(policy.as_ref(), record.as_ref(), &signals, &provider_policy, now),
         granted: consent::effective(policy.as_ref(), record.as_ref(), &signals, now).choices,
     }))
+}
+
+/// The tenant's active consent config and its policy as send-time decisions read them: once per
+/// delivery round (however many of its deliveries are decided again), not once per delivery.
+#[derive(Default)]
+pub struct ConsentNow(tokio::sync::OnceCell<(Option<uuid::Uuid>, Option<consent::ConsentPolicy>)>);
+
+impl ConsentNow {
+    async fn get(
+        &self,
+        db: &impl ConnectionTrait,
+        tenant_id: uuid::Uuid,
+    ) -> Result<&(Option<uuid::Uuid>, Option<consent::ConsentPolicy>)> {
+        self.0
+            .get_or_try_init(|| async {
+                let active = consent::config::store::active_id(db, tenant_id).await?;
+                Ok::<_, crate::error::Error>((active, consent::policy_for(db, tenant_id).await?))
+            })
+            .await
+    }
 }
 
 /// A newer decision of the visitor, taken at send time.

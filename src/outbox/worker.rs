@@ -543,6 +543,8 @@ impl Worker {
         });
         let decided = crate::consent::records::latest_times(&self.db, &tenant, lookups).await?;
         let backend = self.db.get_database_backend();
+        // The tenant's consent config, read once for the round if any delivery is decided again.
+        let consent_now = crate::ingest::ConsentNow::default();
         let mut keyed = Vec::new();
         // What must not or cannot go, recorded together (with other requests' outcomes).
         let mut unsent = Vec::new();
@@ -564,7 +566,7 @@ impl Worker {
             let decided_since = lookup
                 .and_then(|l| decided.get(l))
                 .is_some_and(|at| crate::consent::records::maybe_unseen(*at, event.received_at, backend));
-            match self.item((provider, &config, &settings), &tenant, &d, event, decided_since).await? {
+            match self.item((provider, &config, &settings), (&tenant, &consent_now), &d, event, decided_since).await? {
                 Ok((key, item)) => keyed.push((key, (ready(d), item))),
                 Err(outcome) => unsent.push((ready(d), outcome)),
             }
@@ -629,7 +631,7 @@ impl Worker {
     async fn item(
         &self,
         (provider, config, settings): (&'static dyn AnyProvider, &provider_config::Model, &StoredSettings),
-        tenant: &entity::tenant::Model,
+        (tenant, consent_now): (&entity::tenant::Model, &crate::ingest::ConsentNow),
         d: &delivery::Model,
         event: &analytics_event::Model,
         decided_since: bool,
@@ -651,7 +653,10 @@ impl Worker {
             true => event.anonymous_id.as_deref(),
             false => d.consent_lookup_id.as_deref().or(event.anonymous_id.as_deref()).filter(|_| decided_since),
         };
-        if let Some(now) = crate::ingest::redecide(&self.db, tenant, event, lookup, replayed, config, provider).await? {
+        let target = (config, provider as &dyn AnyProvider);
+        if let Some(now) =
+            crate::ingest::redecide(&self.db, tenant, event, lookup, replayed, target, consent_now).await?
+        {
             match now.decision.identity() {
                 None => {
                     let reason = format!("{} ({}); not sent", super::CONSENT_CHANGED, now.decision.reason());
