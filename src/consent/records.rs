@@ -258,8 +258,8 @@ pub fn maybe_unseen(created_at: DateTime<Utc>, received_at: DateTime<Utc>, backe
 }
 
 /// Longer than a consent write takes from its `created_at` to its commit, short enough that the
-/// events right after a visitor's decision (each decided again, three reads) stay few. A commit
-/// slower than this could still slip through.
+/// events right after a visitor's decision (each decided again) stay few. A commit slower than
+/// this could still slip through.
 pub const UNSEEN_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// When each of `visitor_ids` (of `tenant`) last recorded a decision: the newest `created_at` of

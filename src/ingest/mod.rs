@@ -491,8 +491,8 @@ impl ConsentNow {
     ) -> Result<&(Option<uuid::Uuid>, Option<consent::ConsentPolicy>)> {
         self.0
             .get_or_try_init(|| async {
-                let active = consent::config::store::active_id(db, tenant_id).await?;
-                Ok::<_, crate::error::Error>((active, consent::policy_for(db, tenant_id).await?))
+                let active = consent::config::store::active(db, tenant_id).await?;
+                Ok::<_, crate::error::Error>((active.as_ref().map(|p| p.config.id), active.map(|p| p.policy())))
             })
             .await
     }
