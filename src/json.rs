@@ -19,19 +19,29 @@ pub fn from_value<T: DeserializeOwned>(raw: Value, prefix: &str) -> Result<T> {
     serde_path_to_error::deserialize(ObjectsOnly(raw)).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
-        let mut field = if path == "." { String::new() } else { path };
-        for lead in ["unknown field `", "missing field `"] {
-            if let Some(rest) = message.strip_prefix(lead)
-                && let Some(name) = rest.split('`').next()
-            {
-                let already = field == name || field.ends_with(&format!(".{name}"));
-                if !already {
-                    field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
-                }
-            }
-        }
+        let field = field_named(&path, &message, &["unknown", "missing"]).unwrap_or_default();
         Error::Validation { field: join(prefix, &field), message }
     })
+}
+
+/// The field serde's error `message` is about, found at `path` (`.`: the top): serde reports an
+/// unknown, missing or repeated key at its parent object, so for those of `kinds` (`unknown`,
+/// `missing`, `duplicate`) the key named in the message (`unknown field `k`, …`) is added below
+/// the path. `None` for the top itself.
+pub fn field_named(path: &str, message: &str, kinds: &[&str]) -> Option<String> {
+    let path = if path == "." { "" } else { path };
+    let named = kinds.iter().find_map(|k| message.strip_prefix(k)?.strip_prefix(" field `")?.split('`').next());
+    let field = match named {
+        Some(name) if path != name && !path.ends_with(&format!(".{name}")) => {
+            if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            }
+        }
+        _ => path.to_string(),
+    };
+    (!field.is_empty()).then_some(field)
 }
 
 /// `prefix.field`, `prefix`, `field` or nothing.

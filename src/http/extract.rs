@@ -95,16 +95,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             let message = e.into_inner().to_string();
             // A parameter the endpoint does not know (its query type denies unknown fields): a
             // misspelt filter would otherwise widen the result silently.
-            let field = (path != ".").then_some(path).or_else(|| unknown_field(&message));
+            let field = crate::json::field_named(&path, &message, &["unknown"]);
             ApiError::BadRequest { message: format!("invalid query string: {message}"), field }
         })
     }
-}
-
-/// The name in serde's "unknown field `name`, expected …".
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest[..rest.find('`')?].to_string())
 }
 
 /// A JSON body. `application/json` and `text/plain` are both accepted (browsers send
@@ -227,13 +221,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 // A repeated key is refused at its object: the field is the key below it.
-                let repeated = message.strip_prefix("duplicate field `").and_then(|r| r.split('`').next());
-                let field = match (path.as_str(), repeated) {
-                    (".", Some(key)) => Some(key.to_string()),
-                    (_, Some(key)) => Some(format!("{path}.{key}")),
-                    (".", None) => None,
-                    (_, None) => Some(path),
-                };
+                let field = crate::json::field_named(&path, &message, &["duplicate"]);
                 ApiError::Unprocessable { field, message }
             }
             _ => ApiError::BadRequest { field: None, message: format!("invalid JSON: {message}") },
