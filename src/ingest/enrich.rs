@@ -116,13 +116,16 @@ fn is_automation(ua: &str) -> bool {
     MARKERS.iter().any(|m| lower.contains(m))
 }
 
+/// The campaign parameters kept, without their `utm_` prefix.
+pub const UTM_PARAMS: [&str; 5] = ["source", "medium", "campaign", "term", "content"];
+
 /// `utm_*` parameters of the page URL, as `{"source": …, "medium": …}`.
 pub fn utm(page_url: &str) -> Map<String, Value> {
     let mut out = Map::new();
     if let Ok(u) = url::Url::parse(page_url) {
         for (k, v) in u.query_pairs() {
             if let Some(name) = k.strip_prefix("utm_")
-                && ["source", "medium", "campaign", "term", "content"].contains(&name)
+                && UTM_PARAMS.contains(&name)
                 && !v.is_empty()
                 && !out.contains_key(name)
             {

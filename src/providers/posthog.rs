@@ -382,7 +382,7 @@ pub fn event_item(v: &Visit<'_>) -> Result<(Value, Vec<String>), String> {
     }
     // Capture does not read them from `$current_url` (only posthog-js sets them). Ingest keeps
     // them without the prefix (`ingest::enrich::utm`: `{"source": …}`).
-    for name in ["source", "medium", "campaign", "term", "content"] {
+    for name in crate::ingest::enrich::UTM_PARAMS {
         if let Some(s) = event.context["utm"][name].as_str() {
             properties.insert(format!("utm_{name}"), json!(s));
         }

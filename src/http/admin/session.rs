@@ -64,24 +64,15 @@ impl Sessions {
             map.remove(&oldest);
         }
         if map.len() >= MAX_SESSIONS {
-            // The oldest session of the tenant that holds the most (this one's, counting the new).
-            let mut held: HashMap<Uuid, usize> = HashMap::from([(tenant_id, 1)]);
+            // The oldest session of the tenant that holds the most.
+            let mut held: HashMap<Uuid, usize> = HashMap::new();
             for s in map.values() {
                 *held.entry(s.tenant_id).or_default() += 1;
             }
             let busiest = held.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t);
             let oldest = map.iter().filter(|(_, s)| Some(s.tenant_id) == busiest).min_by_key(|(_, s)| s.expires);
-            match oldest.map(|(k, _)| k.clone()) {
-                Some(k) => {
-                    map.remove(&k);
-                }
-                // The new session's own tenant holds the most and has none yet: impossible past
-                // the first sign-in, but then the globally oldest goes.
-                None => {
-                    if let Some(k) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone()) {
-                        map.remove(&k);
-                    }
-                }
+            if let Some(k) = oldest.map(|(k, _)| k.clone()) {
+                map.remove(&k);
             }
         }
         map.insert(crypto::sha256_hex(&id), session);
